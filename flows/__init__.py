@@ -1,0 +1,1 @@
+"""Prefect flows of signature-pipeline: one module per stage, each runnable as `python -m flows.<stage>`."""

@@ -1,0 +1,48 @@
+"""What every stage entry point shares: reading the parameter file and turning known errors
+into one clear line on stderr instead of a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tasks.archives import NotAnArchiveError, UnsafeArchiveError
+from tasks.config import ConfigError
+from tasks.datasets import LayoutError
+from tasks.download import DownloadError
+from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
+
+USER_ERRORS = (ConfigError, DownloadError, LayoutError, UnsafeArchiveError, NotAnArchiveError)
+QUIET_ENVIRONMENT = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+def workspace_paths(params_file: str) -> ProjectPaths:
+    """Paths of the workspace whose parameter file is `params_file` (the folder that holds it)."""
+    return ProjectPaths.from_root(Path(params_file).resolve().parent)
+
+
+def default_params_file() -> str:
+    """`params.yaml` in the working directory, where `dvc repro` runs every stage."""
+    return str(Path.cwd() / PARAMS_FILE_NAME)
+
+
+def quiet_environment() -> None:
+    """Turn telemetry off for libraries that read it from the environment, unless the user set it."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
+def run_entry_point(stage: Callable[[str], object]) -> None:
+    """Run a stage flow on `params.yaml` of the working directory; exit 1 with one line on user errors."""
+    quiet_environment()
+    try:
+        stage(default_params_file())
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,49 @@
+"""Stage `download`: bring the dataset named in `params.yaml` into `data/raw/`.
+
+Run it with `python -m flows.download` (what `dvc repro download` does) or `sigpipe download`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows._stage import run_entry_point, workspace_paths
+from tasks.config import DataParams, DownloadParams, SyntheticParams, parse_group, read_params_file
+from tasks.download import DownloadSummary, fetch_dataset
+from tasks.paths import ProjectPaths
+from tasks.prepare import write_json
+
+
+@task(name="fetch-dataset", cache_policy=NO_CACHE)
+def fetch_dataset_task(
+    data: DataParams, download: DownloadParams, synthetic: SyntheticParams, paths: ProjectPaths
+) -> DownloadSummary:
+    """Fetch the dataset into `data/raw/` (retries and resume happen inside, per HTTP request)."""
+    return fetch_dataset(data, download, synthetic, paths)
+
+
+@flow(name="download", log_prints=True)
+def download_flow(params_file: str) -> dict[str, object]:
+    """Read the `data`, `download` and `synthetic` parameters, fetch, and record what came in."""
+    paths = workspace_paths(params_file)
+    params = read_params_file(paths.params_file)
+    data = parse_group(params, "data", DataParams, params_file)
+    download = parse_group(params, "download", DownloadParams, params_file)
+    synthetic = parse_group(params, "synthetic", SyntheticParams, params_file)
+    summary = fetch_dataset_task(data, download, synthetic, paths)
+    metrics = {**asdict(summary), "layout": data.layout}
+    write_json(paths.download_metrics_file, metrics)
+    print(f"data/raw holds {summary.files} files ({summary.bytes / 1e6:.1f} MB) from {summary.source}")
+    return metrics
+
+
+def main() -> None:
+    """Entry point of `python -m flows.download`."""
+    run_entry_point(download_flow)
+
+
+if __name__ == "__main__":
+    main()

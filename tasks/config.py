@@ -1,0 +1,155 @@
+"""Typed, validated parameters read from `params.yaml`.
+
+Only flow entry points call `load_params`; the core functions in `tasks/` receive these objects
+(or plain values taken from them). Each stage validates just the groups it reads, matching the
+keys that its `dvc.yaml` stage declares, so a stage never depends on parameters it ignores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DataSource = Literal["url", "gdrive", "kaggle", "local", "synthetic"]
+DataLayout = Literal["utsig", "utsig_crop", "cedar", "folder"]
+
+
+class ConfigError(ValueError):
+    """A parameter file is missing, unreadable or holds an invalid value."""
+
+
+class StrictModel(BaseModel):
+    """Base for parameter groups: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(StrictModel):
+    """Where the dataset comes from (`source`) and how its files are laid out (`layout`)."""
+
+    source: DataSource
+    layout: DataLayout
+    url: str | None = None
+    sha256: str | None = None
+    path: str | None = None
+    gdrive_id: str | None = None
+    kaggle_handle: str | None = None
+
+    @model_validator(mode="after")
+    def _check_source_fields(self) -> DataParams:
+        """Each source needs its own field; say which one and how to fill it."""
+        if self.source == "url":
+            if not self.url or not self.url.startswith(("http://", "https://")):
+                raise ValueError("data.url must be an http(s) address when data.source is 'url'")
+            if not self.sha256 or len(self.sha256) != 64:
+                raise ValueError(
+                    "data.sha256 (64 hex digits) is required when data.source is 'url'; "
+                    "compute it with `sha256sum <archive>`"
+                )
+        if self.sha256 is not None:
+            try:
+                int(self.sha256, 16)
+            except ValueError as error:
+                raise ValueError(f"data.sha256 is not hexadecimal: {self.sha256!r}") from error
+        if self.source == "local" and not self.path:
+            raise ValueError("data.path (an archive or a folder) is required when data.source is 'local'")
+        if self.source == "gdrive" and not self.gdrive_id:
+            raise ValueError("data.gdrive_id is required when data.source is 'gdrive'")
+        if self.source == "kaggle" and not self.kaggle_handle:
+            raise ValueError("data.kaggle_handle (owner/dataset) is required when data.source is 'kaggle'")
+        return self
+
+
+class DownloadParams(StrictModel):
+    """How hard the HTTP download tries before it gives up."""
+
+    retries: int = Field(ge=0)
+    backoff_seconds: float = Field(ge=0)
+    timeout_seconds: float = Field(gt=0)
+    chunk_bytes: int = Field(gt=0)
+
+
+class SyntheticParams(StrictModel):
+    """Size and seed of the generated UTSig-shaped dataset used by the demo and the tests."""
+
+    seed: int
+    writers: int = Field(ge=1)
+    genuine_per_writer: int = Field(ge=1)
+    skilled_per_writer: int = Field(ge=0)
+    simple_per_writer: int = Field(ge=0)
+    opposite_per_writer: int = Field(ge=0)
+    width: int = Field(ge=32)
+    height: int = Field(ge=32)
+
+
+class PrepareParams(StrictModel):
+    """Preprocessing and split rules of the `prepare` stage."""
+
+    image_size: int = Field(ge=16)
+    test_per_writer: int = Field(ge=0)
+    train_per_writer: int = Field(ge=1)
+    val_fraction: float = Field(ge=0, lt=1)
+    calibration_fraction: float = Field(ge=0, le=1)
+    seed: int
+    working_max_side: int = Field(ge=64)
+    blur_radius: float = Field(ge=0)
+    min_contrast: int = Field(ge=1, le=255)
+    max_ink_fraction: float = Field(gt=0, le=1)
+    min_side_pixels: int = Field(ge=1)
+    margin_fraction: float = Field(ge=0, lt=1)
+    workers: int = Field(ge=0)
+
+
+GroupModel = TypeVar("GroupModel", bound=StrictModel)
+
+
+def read_params_file(params_file: Path) -> dict[str, Any]:
+    """Read `params.yaml` into a dict, with an error that names the file and the fix."""
+    if not params_file.is_file():
+        raise ConfigError(
+            f"{params_file}: parameter file not found. Run from the project root, or copy "
+            "params.yaml from the repository."
+        )
+    try:
+        content = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{params_file}: not valid YAML ({error})") from error
+    if not isinstance(content, dict):
+        raise ConfigError(f"{params_file}: expected a mapping of parameter groups at the top level")
+    return content
+
+
+def parse_group(params: dict[str, Any], group: str, model: type[GroupModel], source: str) -> GroupModel:
+    """Validate one parameter group; errors list each bad key as `group.key: reason`."""
+    if group not in params or params[group] is None:
+        raise ConfigError(f"{source}: missing parameter group '{group}'. Add it (see README, Parameters).")
+    try:
+        return model.model_validate(params[group])
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            location = ".".join(str(part) for part in (group, *item["loc"]))
+            reason = "missing: add it" if item["type"] == "missing" else item["msg"]
+            problems.append(f"  {location}: {reason}")
+        raise ConfigError(f"{source}: invalid parameters\n" + "\n".join(problems)) from error
+
+
+def load_group(params_file: Path, group: str, model: type[GroupModel]) -> GroupModel:
+    """Read `params_file` and validate the parameter group `group` with `model`."""
+    return parse_group(read_params_file(params_file), group, model, str(params_file))
+
+
+class LayoutParams(BaseModel):
+    """Just `data.layout`: what the `prepare` stage reads of the `data` group."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    layout: DataLayout
+
+
+def parse_layout(params: dict[str, Any], source: str) -> str:
+    """Validate and return `data.layout`, ignoring the download-only keys of the `data` group."""
+    return parse_group(params, "data", LayoutParams, source).layout

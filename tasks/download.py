@@ -1,0 +1,321 @@
+"""The `download` stage's core: bring a dataset into `data/raw/` from one of five sources.
+
+- `url`: an http(s) archive, streamed with a progress bar, resumed with HTTP Range after an
+  interruption, retried with exponential backoff on transient errors, verified against the
+  required SHA-256, then safely extracted.
+- `gdrive` / `kaggle`: through gdown / kagglehub (optional extras).
+- `local`: an archive or a folder on disk, copied (never moved).
+- `synthetic`: the UTSig-shaped generator of `tasks.synthetic`.
+
+The new raw folder is assembled beside the old one and swapped in only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from urllib.parse import unquote, urlparse
+
+import requests
+from tqdm import tqdm
+
+from tasks.archives import NotAnArchiveError, UnsafeArchiveError, is_archive, safe_extract
+from tasks.config import DataParams, DownloadParams, SyntheticParams
+from tasks.paths import ProjectPaths
+from tasks.synthetic import write_synthetic_dataset
+
+PARTIAL_SUFFIX = ".part"
+CORRUPT_SUFFIX = ".corrupt"
+INCOMING_SUFFIX = ".incoming"
+PERMANENT_HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 451})
+RANGE_NOT_SATISFIABLE = 416
+PARTIAL_CONTENT = 206
+HASH_BLOCK_BYTES = 1 << 20
+DEFAULT_ARCHIVE_NAME = "dataset-archive"
+MANUAL_HINT = (
+    "To supply the data by hand: fetch the archive (or folder) yourself, then set "
+    "`data.source: local` and `data.path: <archive or folder>` in params.yaml and rerun `dvc repro`."
+)
+EXTRA_HINT = "Install the extra with: .venv/bin/pip install -e '.[{extra}]' (or: make venv EXTRAS=cpu,dev,{extra})."
+
+
+class DownloadError(RuntimeError):
+    """The dataset could not be fetched; the message says what failed and what to do."""
+
+
+class TransientDownloadError(RuntimeError):
+    """A failure worth retrying: a cut connection, a timeout, a 5xx or 429 answer."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently an HTTP download is retried."""
+
+    retries: int
+    backoff_seconds: float
+    timeout_seconds: float
+    chunk_bytes: int
+
+    @classmethod
+    def from_params(cls, params: DownloadParams) -> RetryPolicy:
+        return cls(params.retries, params.backoff_seconds, params.timeout_seconds, params.chunk_bytes)
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(HASH_BLOCK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def archive_name(url: str) -> str:
+    """The file name an URL's archive is saved under."""
+    name = Path(unquote(urlparse(url).path)).name
+    return name or DEFAULT_ARCHIVE_NAME
+
+
+def expected_total(response: requests.Response, offset: int) -> int | None:
+    """Full size of the file being fetched, from Content-Length (plus the resume offset)."""
+    length = response.headers.get("Content-Length")
+    return int(length) + offset if length and length.isdigit() else None
+
+
+def resume_offset(response: requests.Response, offset: int) -> int:
+    """Where the body of `response` starts: `offset` for a matching 206, 0 when the server restarts."""
+    if response.status_code != PARTIAL_CONTENT:
+        return 0
+    content_range = response.headers.get("Content-Range", "")
+    if not content_range.startswith(f"bytes {offset}-"):
+        raise TransientDownloadError(f"server answered range '{content_range}' to a request from byte {offset}")
+    return offset
+
+
+def fetch_once(session: requests.Session, url: str, partial: Path, policy: RetryPolicy, show_progress: bool) -> None:
+    """One attempt: request the rest of `partial` and append it; raise on short or failed reads."""
+    offset = partial.stat().st_size if partial.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with session.get(url, stream=True, timeout=policy.timeout_seconds, headers=headers) as response:
+        if response.status_code == RANGE_NOT_SATISFIABLE and offset:
+            return  # The partial file is already complete; the checksum decides.
+        if response.status_code in PERMANENT_HTTP_STATUSES:
+            raise DownloadError(
+                f"{url}: the server answered HTTP {response.status_code} {response.reason}. {MANUAL_HINT}"
+            )
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TransientDownloadError(f"HTTP {response.status_code} {response.reason}")
+        response.raise_for_status()
+        start = resume_offset(response, offset)
+        total = expected_total(response, start)
+        written = start
+        with (
+            partial.open("ab" if start else "wb") as handle,
+            tqdm(
+                total=total, initial=start, unit="B", unit_scale=True, desc=partial.name, disable=not show_progress
+            ) as progress,
+        ):
+            for chunk in response.iter_content(chunk_size=policy.chunk_bytes):
+                handle.write(chunk)
+                written += len(chunk)
+                progress.update(len(chunk))
+    if total is not None and written < total:
+        raise TransientDownloadError(f"connection closed after {written} of {total} bytes")
+
+
+def download_url(
+    url: str,
+    destination: Path,
+    expected_sha256: str,
+    policy: RetryPolicy,
+    show_progress: bool = True,
+    session: requests.Session | None = None,
+) -> Path:
+    """Download `url` to `destination`, resuming and retrying, and verify its SHA-256.
+
+    A file already at `destination` with the right checksum is reused. A wrong checksum keeps
+    the bytes as `<destination>.corrupt` for inspection and raises DownloadError.
+    """
+    expected = expected_sha256.lower()
+    if destination.is_file() and sha256_of(destination) == expected:
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + PARTIAL_SUFFIX)
+    session = session or requests.Session()
+    for attempt in range(policy.retries + 1):
+        try:
+            fetch_once(session, url, partial, policy, show_progress)
+            break
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            TransientDownloadError,
+        ) as error:
+            if attempt == policy.retries:
+                raise DownloadError(
+                    f"{url}: download failed after {attempt + 1} attempts ({type(error).__name__}: {error}). "
+                    f"Check the address and your connection; the partial file {partial} is kept and the "
+                    f"next run resumes it. {MANUAL_HINT}"
+                ) from error
+            time.sleep(policy.backoff_seconds * 2**attempt)
+    actual = sha256_of(partial)
+    if actual != expected:
+        corrupt = destination.with_name(destination.name + CORRUPT_SUFFIX)
+        partial.replace(corrupt)
+        raise DownloadError(
+            f"{url}: checksum mismatch: expected sha256 {expected}, got {actual}. The bytes were kept "
+            f"in {corrupt}. If the archive is the right one, update data.sha256; otherwise rerun to "
+            f"download it again. {MANUAL_HINT}"
+        )
+    partial.replace(destination)
+    return destination
+
+
+def import_extra(module_name: str, extra: str, source: str) -> ModuleType:
+    """Import an optional dependency, or explain which extra installs it."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        raise DownloadError(
+            f"data.source '{source}' needs the Python package '{module_name}', which is not installed. "
+            + EXTRA_HINT.format(extra=extra)
+        ) from error
+
+
+def fetch_gdrive(file_or_folder_id: str, download_dir: Path) -> Path:
+    """Fetch a public Google Drive folder (or, failing that, file) with gdown; returns its path."""
+    gdown = import_extra("gdown", "gdrive", "gdrive")
+    target = download_dir / f"gdrive-{file_or_folder_id}"
+    target.mkdir(parents=True, exist_ok=True)
+    problems = []
+    try:
+        files = gdown.download_folder(id=file_or_folder_id, output=str(target), quiet=False, resume=True)
+        if files:
+            return target
+        problems.append("as a folder: nothing was downloaded")
+    except Exception as error:  # gdown raises many types; each is reported below.
+        problems.append(f"as a folder: {type(error).__name__}: {error}")
+    try:
+        path = gdown.download(id=file_or_folder_id, output=str(target) + "/", quiet=False, resume=True)
+        if path:
+            return Path(path)
+        problems.append("as a file: nothing was downloaded")
+    except Exception as error:
+        problems.append(f"as a file: {type(error).__name__}: {error}")
+    raise DownloadError(
+        f"Google Drive id {file_or_folder_id} could not be fetched ({'; '.join(problems)}). {MANUAL_HINT}"
+    )
+
+
+def fetch_kaggle(handle: str) -> Path:
+    """Fetch a Kaggle dataset with kagglehub (which caches it); returns the local folder."""
+    kagglehub = import_extra("kagglehub", "kaggle", "kaggle")
+    try:
+        return Path(kagglehub.dataset_download(handle))
+    except Exception as error:  # kagglehub raises many types; the message keeps the original.
+        raise DownloadError(
+            f"Kaggle dataset {handle} could not be fetched ({type(error).__name__}: {error}). "
+            f"Check the handle and your Kaggle credentials (~/.kaggle/kaggle.json). {MANUAL_HINT}"
+        ) from error
+
+
+def copy_folder(source: Path, target: Path) -> None:
+    """Copy a folder tree into `target`; archives inside are extracted to a folder of their name."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(f"*{PARTIAL_SUFFIX}"))
+    for archive in sorted(path for path in target.rglob("*") if is_archive(path)):
+        safe_extract(archive, archive.with_name(archive.name.split(".")[0] or DEFAULT_ARCHIVE_NAME))
+        archive.unlink()
+
+
+def materialise(source: Path, target: Path, expected_sha256: str | None) -> None:
+    """Put `source` (a folder or an archive) into `target`, verifying an archive's checksum if given."""
+    if source.is_dir():
+        copy_folder(source, target)
+        return
+    if not source.is_file():
+        raise DownloadError(f"{source}: no such file or folder. Fix data.path in params.yaml.")
+    if expected_sha256 and sha256_of(source) != expected_sha256.lower():
+        raise DownloadError(f"{source}: checksum differs from data.sha256; fix data.sha256 or the file.")
+    safe_extract(source, target)
+
+
+def resolve_local_path(path: str, root: Path) -> Path:
+    """`data.path` as an absolute path; relative paths are taken from the workspace root."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else (root / candidate).resolve()
+
+
+def fill_incoming(
+    data: DataParams,
+    download: DownloadParams,
+    synthetic: SyntheticParams,
+    paths: ProjectPaths,
+    incoming: Path,
+    show_progress: bool,
+) -> str:
+    """Put the dataset named by `data.source` into `incoming`; returns a description of where from."""
+    if data.source == "synthetic":
+        incoming.mkdir(parents=True)
+        count = write_synthetic_dataset(synthetic, incoming)
+        return f"synthetic generator (seed {synthetic.seed}, {count} images)"
+    if data.source == "url":
+        assert data.url and data.sha256  # guaranteed by DataParams validation
+        archive = download_url(
+            data.url,
+            paths.downloads_dir / archive_name(data.url),
+            data.sha256,
+            RetryPolicy.from_params(download),
+            show_progress,
+        )
+        safe_extract(archive, incoming)
+        return data.url
+    if data.source == "local":
+        assert data.path
+        materialise(resolve_local_path(data.path, paths.root), incoming, data.sha256)
+        return f"local {data.path}"
+    if data.source == "gdrive":
+        assert data.gdrive_id
+        materialise(fetch_gdrive(data.gdrive_id, paths.downloads_dir), incoming, data.sha256)
+        return f"gdrive {data.gdrive_id}"
+    assert data.kaggle_handle
+    materialise(fetch_kaggle(data.kaggle_handle), incoming, data.sha256)
+    return f"kaggle {data.kaggle_handle}"
+
+
+@dataclass(frozen=True)
+class DownloadSummary:
+    """What the download stage put into `data/raw`."""
+
+    source: str
+    files: int
+    bytes: int
+
+
+def fetch_dataset(
+    data: DataParams,
+    download: DownloadParams,
+    synthetic: SyntheticParams,
+    paths: ProjectPaths,
+    show_progress: bool = True,
+) -> DownloadSummary:
+    """Fetch the dataset into `paths.raw_dir`, replacing it only once the new copy is complete."""
+    incoming = paths.raw_dir.with_name(paths.raw_dir.name + INCOMING_SUFFIX)
+    shutil.rmtree(incoming, ignore_errors=True)
+    try:
+        origin = fill_incoming(data, download, synthetic, paths, incoming, show_progress)
+    except (UnsafeArchiveError, NotAnArchiveError) as error:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise DownloadError(f"{error}. {MANUAL_HINT}") from error
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+    sizes = [path.stat().st_size for path in incoming.rglob("*") if path.is_file()]
+    shutil.rmtree(paths.raw_dir, ignore_errors=True)
+    incoming.rename(paths.raw_dir)
+    return DownloadSummary(origin, len(sizes), sum(sizes))

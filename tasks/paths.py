@@ -1,0 +1,93 @@
+"""The one place that knows where the pipeline's files live.
+
+Every stage receives a `ProjectPaths` built from the workspace root (the folder that holds
+`params.yaml` and `dvc.yaml`); no function builds a path from a literal of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PARAMS_FILE_NAME = "params.yaml"
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """Locations of every input and output of the pipeline, relative to one workspace root."""
+
+    root: Path
+
+    @classmethod
+    def from_root(cls, root: Path | str) -> ProjectPaths:
+        """Build the paths for the workspace at `root` (resolved to an absolute path)."""
+        return cls(root=Path(root).resolve())
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / PARAMS_FILE_NAME
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def raw_dir(self) -> Path:
+        """Stage `download` output: the dataset as distributed, never modified afterwards."""
+        return self.data_dir / "raw"
+
+    @property
+    def downloads_dir(self) -> Path:
+        """Archives being or already downloaded; kept outside DVC outputs so a download can resume."""
+        return self.data_dir / "downloads"
+
+    @property
+    def prepared_dir(self) -> Path:
+        """Stage `prepare` output: manifest, preprocessed images and the data report."""
+        return self.data_dir / "prepared"
+
+    @property
+    def prepared_images_dir(self) -> Path:
+        return self.prepared_dir / "images"
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.prepared_dir / "manifest.csv"
+
+    @property
+    def skipped_file(self) -> Path:
+        return self.prepared_dir / "skipped.csv"
+
+    @property
+    def data_report_file(self) -> Path:
+        return self.prepared_dir / "data_report.md"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def prepare_metrics_file(self) -> Path:
+        return self.metrics_dir / "prepare.json"
+
+    @property
+    def download_metrics_file(self) -> Path:
+        """Where the data came from and how many files and bytes it holds (raw data stays pristine)."""
+        return self.metrics_dir / "download.json"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def mlruns_dir(self) -> Path:
+        return self.root / "mlruns"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """Absolute SQLite URI (DESIGN section 4: relative URIs lose runs under `dvc exp run --temp`)."""
+        return f"sqlite:///{self.mlruns_dir / 'mlflow.db'}"

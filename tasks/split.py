@@ -1,0 +1,113 @@
+"""Deterministic, per-writer assignment of every signature to a split.
+
+Genuine signatures of each writer go to `test` (up to `test_per_writer`), then to training (up
+to `train_per_writer`, of which `val_fraction` become `val`); any left over are `unused`.
+Forgeries and opposite-hand samples are divided between `calibration` and `test`. Each writer's
+files are shuffled with a seed derived from the split seed and the writer's name, so adding or
+removing one writer never changes another writer's split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import groupby
+
+import numpy as np
+
+from tasks.datasets.base import SIGNATURE_KINDS, SignatureRecord
+
+SPLITS = ("train", "val", "test", "calibration", "unused")
+NATURAL_CHUNK = re.compile(r"(\d+)")
+
+
+@dataclass(frozen=True)
+class SplitRules:
+    """The `prepare` parameters that decide the split."""
+
+    test_per_writer: int
+    train_per_writer: int
+    val_fraction: float
+    calibration_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenuineQuota:
+    """How one writer's genuine signatures are divided."""
+
+    test: int
+    train: int
+    val: int
+    unused: int
+
+
+def round_half_up(value: float) -> int:
+    """Round to the nearest integer, halves up (Python's round() sends 2.5 to 2)."""
+    return math.floor(value + 0.5)
+
+
+def genuine_quota(available: int, rules: SplitRules) -> GenuineQuota:
+    """Divide `available` genuine signatures; at least one always stays for training."""
+    test = min(rules.test_per_writer, max(available - 1, 0))
+    train_and_val = min(rules.train_per_writer, available - test)
+    val = min(round_half_up(rules.val_fraction * train_and_val), max(train_and_val - 1, 0))
+    return GenuineQuota(test=test, train=train_and_val - val, val=val, unused=available - test - train_and_val)
+
+
+def natural_key(text: str) -> tuple[object, ...]:
+    """Sort key that puts `2` before `10` in file names."""
+    return tuple(int(chunk) if chunk.isdigit() else chunk for chunk in NATURAL_CHUNK.split(text))
+
+
+def writer_seed(seed: int, writer: str, kind: str) -> list[int]:
+    """A seed for one writer and kind that does not depend on the other writers."""
+    digest = hashlib.sha256(f"{writer}\0{kind}".encode()).digest()
+    return [seed, int.from_bytes(digest[:8], "big")]
+
+
+def shuffled(records: list[SignatureRecord], seed: int) -> list[SignatureRecord]:
+    """`records` in a seeded random order, starting from a canonical sort so input order is irrelevant."""
+    ordered = sorted(records, key=lambda record: (natural_key(record.sample), record.path))
+    first = ordered[0]
+    permutation = np.random.default_rng(writer_seed(seed, first.writer, first.kind)).permutation(len(ordered))
+    return [ordered[index] for index in permutation]
+
+
+def split_genuine(records: list[SignatureRecord], rules: SplitRules) -> dict[str, str]:
+    """Split one writer's genuine signatures into test, val, train and unused."""
+    quota = genuine_quota(len(records), rules)
+    labels = ["test"] * quota.test + ["val"] * quota.val + ["train"] * quota.train + ["unused"] * quota.unused
+    return {record.path: label for record, label in zip(shuffled(records, rules.seed), labels, strict=True)}
+
+
+def split_unknowns(records: list[SignatureRecord], rules: SplitRules) -> dict[str, str]:
+    """Split one writer's forgeries (or opposite-hand samples) into calibration and test."""
+    calibration = round_half_up(rules.calibration_fraction * len(records))
+    return {
+        record.path: "calibration" if position < calibration else "test"
+        for position, record in enumerate(shuffled(records, rules.seed))
+    }
+
+
+def assign_splits(records: Iterable[SignatureRecord], rules: SplitRules) -> dict[str, str]:
+    """Map each record's path to its split. Each path gets exactly one split."""
+    assignment: dict[str, str] = {}
+    key = lambda record: (record.writer, SIGNATURE_KINDS.index(record.kind))  # noqa: E731
+    for (_writer, kind_index), group in groupby(sorted(records, key=key), key=key):
+        members = list(group)
+        is_genuine = SIGNATURE_KINDS[kind_index] == "genuine"
+        assignment.update(split_genuine(members, rules) if is_genuine else split_unknowns(members, rules))
+    return assignment
+
+
+def short_writers(records: Iterable[SignatureRecord], rules: SplitRules) -> dict[str, int]:
+    """Writers with fewer genuine signatures than `test_per_writer + train_per_writer`, and their count."""
+    wanted = rules.test_per_writer + rules.train_per_writer
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.writer] = counts.get(record.writer, 0) + (record.kind == "genuine")
+    return {writer: count for writer, count in sorted(counts.items()) if count < wanted}
