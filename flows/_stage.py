@@ -38,11 +38,16 @@ def quiet_environment() -> None:
         os.environ.setdefault(name, value)
 
 
-def run_entry_point(stage: Callable[[str], object]) -> None:
-    """Run a stage flow on `params.yaml` of the working directory; exit 1 with one line on user errors."""
+def run_stage(stage: Callable[[str], object], params_file: str) -> None:
+    """Run a stage flow on `params_file`; on a user error print one line and exit with code 1."""
     quiet_environment()
     try:
-        stage(default_params_file())
+        stage(params_file)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def run_entry_point(stage: Callable[[str], object]) -> None:
+    """Run a stage flow on `params.yaml` of the working directory (how `dvc repro` calls it)."""
+    run_stage(stage, default_params_file())

@@ -79,7 +79,7 @@ def wide_to_eight_bit(image: Image.Image) -> np.ndarray:
 def to_grey(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit grey; transparent pixels become white paper."""
     if image.mode in SIXTEEN_BIT_MODES or image.mode in WIDE_MODES:
-        return Image.fromarray(wide_to_eight_bit(image), mode="L")
+        return Image.fromarray(wide_to_eight_bit(image))
     if image.mode == "P" or "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ALPHA_MODES:
@@ -224,4 +224,4 @@ def preprocess_file(path: Path, settings: PreprocessSettings) -> PreprocessResul
 def save_grey_png(image: np.ndarray, path: Path) -> None:
     """Write an 8-bit grey PNG with no metadata, so the same pixels give the same bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image, mode="L").save(path, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(image).save(path, format="PNG", optimize=False, compress_level=6)

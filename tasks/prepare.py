@@ -204,7 +204,8 @@ def data_report(
     lines = [
         "# Data report",
         "",
-        f"Layout `{layout}`: {summary.manifest_rows} images of {summary.writers} writers; {summary.skipped} files skipped.",
+        f"Layout `{layout}`: {summary.manifest_rows} images of {summary.writers} writers; "
+        f"{summary.skipped} files skipped.",
         "",
         "| split | genuine | skilled | simple | opposite |",
         "|---|---|---|---|---|",

@@ -171,7 +171,7 @@ def write_synthetic_dataset(params: SyntheticParams, target_dir: Path) -> int:
     for writer, kind, number, relative in planned_files(params):
         path = target_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(draw_sample(params, writer, kind, number), mode="L").save(
+        Image.fromarray(draw_sample(params, writer, kind, number)).save(
             path, format="TIFF", compression="tiff_lzw"
         )
         written += 1

@@ -50,4 +50,5 @@ def list_dataset(raw_dir: Path, layout: str) -> AdapterResult:
         for path in sorted(raw_dir.rglob("*"))
         if path.is_file() and path.name not in IGNORED_NAMES and relative_posix(path, raw_dir) not in accounted
     ]
-    return AdapterResult(sorted(result.records), sorted([*result.skipped, *strays]), result.notes)
+    reported = [item for item in [*result.skipped, *strays] if Path(item.path).name not in IGNORED_NAMES]
+    return AdapterResult(sorted(result.records), sorted(reported), result.notes)

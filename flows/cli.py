@@ -1,0 +1,38 @@
+"""`sigpipe`: the command line of signature-pipeline (one command per stage so far)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows._stage import run_stage
+from flows.download import download_flow
+from flows.prepare import prepare_flow
+from tasks.paths import PARAMS_FILE_NAME
+
+app = typer.Typer(
+    help="Signature pipeline: download, prepare, and (soon) train, evaluate, register.", no_args_is_help=True
+)
+
+ParamsOption = Annotated[
+    Path,
+    typer.Option("--params", "-p", help="Parameter file; its folder is the workspace.", exists=True, dir_okay=False),
+]
+
+
+@app.command()
+def download(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
+    """Fetch the dataset named by `data.source` into data/raw/."""
+    run_stage(download_flow, str(params.resolve()))
+
+
+@app.command()
+def prepare(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
+    """Preprocess data/raw/ into data/prepared/ (manifest, split, images, data report)."""
+    run_stage(prepare_flow, str(params.resolve()))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,91 @@
+"""Shared fixtures: small generated datasets, workspaces, and one Prefect test harness per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import PrepareParams, SyntheticParams
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml")
+WORKSPACE_FOLDERS = ("flows", "tasks")
+CEDAR_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "cedar"
+HARNESS_STARTUP_SECONDS = 120
+
+
+def synthetic_params(**overrides: object) -> SyntheticParams:
+    """A tiny UTSig-shaped dataset: 4 writers, a dozen images each, 96x64 pixels."""
+    values: dict[str, object] = dict(
+        seed=11,
+        writers=4,
+        genuine_per_writer=8,
+        skilled_per_writer=2,
+        simple_per_writer=1,
+        opposite_per_writer=2,
+        width=96,
+        height=64,
+    )
+    values.update(overrides)
+    return SyntheticParams.model_validate(values)
+
+
+def prepare_params(**overrides: object) -> PrepareParams:
+    """The project's `prepare` defaults with a small image size and one worker process."""
+    values = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["prepare"]
+    values.update(image_size=32, workers=1)
+    values.update(overrides)
+    return PrepareParams.model_validate(values)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A copy of the project's pipeline files (code, params, dvc.yaml) in a fresh folder."""
+    root = tmp_path / "workspace"
+    root.mkdir()
+    for name in WORKSPACE_FILES:
+        shutil.copy2(PROJECT_ROOT / name, root / name)
+    for name in WORKSPACE_FOLDERS:
+        shutil.copytree(PROJECT_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def edit_params(params_file: Path, changes: dict[str, dict[str, object]]) -> None:
+    """Update groups of `params_file` in place, e.g. {"prepare": {"image_size": 32}}."""
+    params = yaml.safe_load(params_file.read_text())
+    for group, values in changes.items():
+        params.setdefault(group, {}).update(values)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> Iterator[str]:
+    """One temporary Prefect API for the whole session; yields its URL for subprocesses too."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_SECONDS):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def subprocess_env(prefect_api_url: str) -> dict[str, str]:
+    """Environment for stage subprocesses: the session's Prefect API, the venv first on PATH."""
+    environment = dict(os.environ)
+    environment["PREFECT_API_URL"] = prefect_api_url
+    environment["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    environment["DO_NOT_TRACK"] = "true"
+    return environment
+
+
+@pytest.fixture
+def cedar_dir() -> Path:
+    """The shared CEDAR copy; the test is skipped where it is absent (a fresh clone has none)."""
+    if not (CEDAR_DIR / "full_org").is_dir():
+        pytest.skip(f"CEDAR not found at {CEDAR_DIR}")
+    return CEDAR_DIR

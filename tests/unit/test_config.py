@@ -1,0 +1,70 @@
+"""Parameter validation: missing files, groups and keys, and per-source requirements, each named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import ConfigError, DataParams, PrepareParams, load_group, parse_group, parse_layout
+from tests.conftest import PROJECT_ROOT
+
+
+def project_params() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+
+
+def test_the_shipped_params_are_valid() -> None:
+    params = project_params()
+    assert parse_group(params, "data", DataParams, "params.yaml").source == "synthetic"
+    assert parse_group(params, "prepare", PrepareParams, "params.yaml").test_per_writer == 5
+    assert parse_layout(params, "params.yaml") == "utsig"
+
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: parameter file not found"):
+        load_group(tmp_path / "nowhere.yaml", "prepare", PrepareParams)
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("prepare: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_group(path, "prepare", PrepareParams)
+
+
+def test_missing_group_and_missing_key_are_named() -> None:
+    params = project_params()
+    with pytest.raises(ConfigError, match="missing parameter group 'prepare'"):
+        parse_group({"data": params["data"]}, "prepare", PrepareParams, "params.yaml")
+    del params["prepare"]["image_size"]
+    with pytest.raises(ConfigError, match=r"prepare\.image_size: missing"):
+        parse_group(params, "prepare", PrepareParams, "params.yaml")
+
+
+def test_unknown_key_and_bad_value_are_named() -> None:
+    params = project_params()
+    params["prepare"]["imagesize"] = 10
+    params["prepare"]["val_fraction"] = 1.5
+    with pytest.raises(ConfigError) as caught:
+        parse_group(params, "prepare", PrepareParams, "params.yaml")
+    assert "prepare.imagesize" in str(caught.value)
+    assert "prepare.val_fraction" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"source": "url", "url": "https://example.org/a.zip"}, "sha256"),
+        ({"source": "url", "url": "ftp://example.org/a.zip", "sha256": "0" * 64}, "http"),
+        ({"source": "url", "url": "https://example.org/a.zip", "sha256": "z" * 64}, "hexadecimal"),
+        ({"source": "local"}, "data.path"),
+        ({"source": "gdrive"}, "gdrive_id"),
+        ({"source": "kaggle"}, "kaggle_handle"),
+        ({"source": "ftp"}, "data.source"),
+    ],
+)
+def test_each_source_requires_its_fields(fields: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_group({"data": {"layout": "utsig", **fields}}, "data", DataParams, "params.yaml")
