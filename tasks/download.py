@@ -100,7 +100,9 @@ def resume_offset(response: requests.Response, offset: int) -> int:
 def fetch_once(session: requests.Session, url: str, partial: Path, policy: RetryPolicy, show_progress: bool) -> None:
     """One attempt: request the rest of `partial` and append it; raise on short or failed reads."""
     offset = partial.stat().st_size if partial.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    # Identity encoding: byte offsets and the checksum refer to the file as stored, never a
+    # transparently decompressed stream (a server may label a .tar.gz as gzip-encoded).
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
     with session.get(url, stream=True, timeout=policy.timeout_seconds, headers=headers) as response:
         if response.status_code == RANGE_NOT_SATISFIABLE and offset:
             return  # The partial file is already complete; the checksum decides.
@@ -226,10 +228,17 @@ def fetch_kaggle(handle: str) -> Path:
 
 
 def copy_folder(source: Path, target: Path) -> None:
-    """Copy a folder tree into `target`; archives inside are extracted to a folder of their name."""
+    """Copy a folder tree into `target`; archives inside are extracted to a folder of their name.
+
+    An archive next to a folder of that name (`UTSig.zip` beside `UTSig/`) is taken to be the
+    packed copy of it: it is kept as it is, and the data report lists it as a skipped file.
+    """
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(f"*{PARTIAL_SUFFIX}"))
     for archive in sorted(path for path in target.rglob("*") if is_archive(path)):
-        safe_extract(archive, archive.with_name(archive.name.split(".")[0] or DEFAULT_ARCHIVE_NAME))
+        extracted = archive.with_name(archive.name.split(".")[0] or DEFAULT_ARCHIVE_NAME)
+        if extracted.exists():
+            continue
+        safe_extract(archive, extracted)
         archive.unlink()
 
 

@@ -19,6 +19,7 @@ from tasks.archives import (
     safe_extract,
 )
 
+TarMember = tuple[tarfile.TarInfo, io.BytesIO | None]
 FILES = {
     "UTSig/Genuine/1/1.tif": b"first" * 100,
     "UTSig/Genuine/1/2.tif": b"second" * 100,
@@ -41,7 +42,7 @@ def write_zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | 
     return path
 
 
-def tar_member(name: str, kind: bytes = tarfile.REGTYPE, content: bytes = b"", link: str = "") -> tuple:
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, content: bytes = b"", link: str = "") -> TarMember:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = link
@@ -49,7 +50,7 @@ def tar_member(name: str, kind: bytes = tarfile.REGTYPE, content: bytes = b"", l
     return info, (io.BytesIO(content) if kind == tarfile.REGTYPE else None)
 
 
-def write_tar(path: Path, members: dict[str, bytes], mode: str = "w", extra: list[tuple] | None = None) -> Path:
+def write_tar(path: Path, members: dict[str, bytes], mode: str = "w", extra: list[TarMember] | None = None) -> Path:
     """A tar at `path` (mode "w", "w:gz", ...) holding `members` as regular files, then the `extra` members."""
     with tarfile.open(path, mode) as archive:
         for name, content in members.items():
@@ -192,7 +193,7 @@ def test_safe_extract_tar_refuses_unsafe_member(name: str, mode: str, tmp_path: 
     ],
 )
 @pytest.mark.parametrize("mode", ["w", "w:gz"])
-def test_safe_extract_tar_refuses_links(member: tuple, mode: str, tmp_path: Path) -> None:
+def test_safe_extract_tar_refuses_links(member: TarMember, mode: str, tmp_path: Path) -> None:
     archive = write_tar(tmp_path / "ds.tar", FILES, mode=mode, extra=[member])
     target = tmp_path / "raw"
 

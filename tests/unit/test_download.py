@@ -1,6 +1,6 @@
 """Tests of `tasks.download`: HTTP download with resume, retries and checksum, and `fetch_dataset`.
 
-Every HTTP test talks to `support.http_server.LocalHTTPServer` on 127.0.0.1; nothing leaves the machine.
+Every HTTP test talks to `tests.support.http_server.LocalHTTPServer` on 127.0.0.1; nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import io
 import socket
 import sys
 import tarfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-TESTS_DIR = str(Path(__file__).resolve().parents[1])
-if TESTS_DIR not in sys.path:  # pytest adds tests/ itself when tests/conftest.py exists
-    sys.path.insert(0, TESTS_DIR)
-
-from support.http_server import LocalHTTPServer, parse_range  # noqa: E402
-
-from tasks.config import DataParams, DownloadParams, SyntheticParams  # noqa: E402
-from tasks.download import (  # noqa: E402
+from tasks.config import DataParams, DownloadParams, SyntheticParams
+from tasks.download import (
     CORRUPT_SUFFIX,
     PARTIAL_SUFFIX,
     DownloadError,
@@ -34,7 +29,8 @@ from tasks.download import (  # noqa: E402
     download_url,
     fetch_dataset,
 )
-from tasks.paths import ProjectPaths  # noqa: E402
+from tasks.paths import ProjectPaths
+from tests.support.http_server import LocalHTTPServer, parse_range
 
 PAYLOAD = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable modulo 256
 CHUNK = 256
@@ -193,12 +189,13 @@ def test_server_cut_sends_full_length_but_part_of_the_body(server: LocalHTTPServ
     assert again.content == PAYLOAD
 
 
-def test_server_refuses_to_be_used_outside_its_block() -> None:
+def test_server_shuts_down_and_refuses_use_outside_its_block() -> None:
     server = LocalHTTPServer({"/x": b"x"})
     with pytest.raises(RuntimeError, match="not running"):
         server.url("/x")
     with server:
         port = server.port
+    assert not any(thread.name == "LocalHTTPServer" for thread in threading.enumerate())
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/x", timeout=5)
 
@@ -263,6 +260,28 @@ def test_download_resumes_after_cut_connection(server: LocalHTTPServer, tmp_path
     assert destination.read_bytes() == PAYLOAD
     assert sha(destination.read_bytes()) == sha(PAYLOAD)
     assert not partial.exists()
+
+
+class HeaderSpy(requests.Session):
+    """A session that records the headers of each request it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[dict[str, str]] = []
+
+    def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.sent.append(dict(kwargs.get("headers") or {}))
+        return super().get(url, **kwargs)
+
+
+def test_download_asks_for_the_stored_bytes_not_a_decompressed_stream(server: LocalHTTPServer, tmp_path: Path) -> None:
+    server.cut("/data.bin", times=1, after_bytes=3000)
+    with HeaderSpy() as session:
+        download_url(
+            server.url("/data.bin"), tmp_path / "d.bin", sha(PAYLOAD), policy(), show_progress=False, session=session
+        )
+    assert len(session.sent) == 2
+    assert all(headers["Accept-Encoding"] == "identity" for headers in session.sent)
 
 
 def test_download_failed_run_keeps_part_and_next_run_resumes_from_it(server: LocalHTTPServer, tmp_path: Path) -> None:
@@ -488,6 +507,17 @@ def test_fetch_local_folder_copies_and_never_touches_source(paths: ProjectPaths,
     assert files_of(paths.raw_dir) == {**DATASET, "extra/inner/a.txt": b"inner"}
     assert summary.source == f"local {source}"
     assert summary.files == len(DATASET) + 1
+
+
+def test_fetch_local_folder_keeps_an_archive_beside_its_extracted_folder(paths: ProjectPaths, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "UTSig").mkdir(parents=True)
+    (source / "UTSig" / "a.txt").write_bytes(b"extracted")
+    (source / "UTSig.zip").write_bytes(zip_bytes({"a.txt": b"packed"}))
+
+    fetch_dataset(local_params(source), FAST_DOWNLOAD, SYNTHETIC, paths, show_progress=False)
+
+    assert files_of(paths.raw_dir) == {"UTSig/a.txt": b"extracted", "UTSig.zip": zip_bytes({"a.txt": b"packed"})}
 
 
 def test_fetch_local_archive_extracts_and_never_touches_source(paths: ProjectPaths) -> None:
