@@ -12,13 +12,24 @@ from tasks.archives import NotAnArchiveError, UnsafeArchiveError
 from tasks.config import ConfigError
 from tasks.datasets import LayoutError
 from tasks.download import DownloadError
+from tasks.errors import TrainingDataError, WeightsError
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
 
-USER_ERRORS = (ConfigError, DownloadError, LayoutError, UnsafeArchiveError, NotAnArchiveError)
+USER_ERRORS = (
+    ConfigError,
+    DownloadError,
+    LayoutError,
+    UnsafeArchiveError,
+    NotAnArchiveError,
+    TrainingDataError,
+    WeightsError,
+)
 QUIET_ENVIRONMENT = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TF_CPP_MIN_LOG_LEVEL": "2",
+    # oneDNN kernels measured 10-20% faster for the frozen base on these CPUs (DESIGN section 4).
+    "TF_ENABLE_ONEDNN_OPTS": "1",
 }
 
 

@@ -10,10 +10,11 @@ import typer
 from flows._stage import run_stage
 from flows.download import download_flow
 from flows.prepare import prepare_flow
+from flows.train import train_flow
 from tasks.paths import PARAMS_FILE_NAME
 
 app = typer.Typer(
-    help="Signature pipeline: download, prepare, and (soon) train, evaluate, register.", no_args_is_help=True
+    help="Signature pipeline: download, prepare, train (evaluate, calibrate, register: next).", no_args_is_help=True
 )
 
 ParamsOption = Annotated[
@@ -32,6 +33,12 @@ def download(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
 def prepare(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
     """Preprocess data/raw/ into data/prepared/ (manifest, split, images, data report)."""
     run_stage(prepare_flow, str(params.resolve()))
+
+
+@app.command()
+def train(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
+    """Train the classifier on data/prepared/ (resumes an interrupted run), logged to MLflow."""
+    run_stage(train_flow, str(params.resolve()))
 
 
 if __name__ == "__main__":

@@ -103,6 +103,56 @@ class PrepareParams(StrictModel):
     workers: int = Field(ge=0)
 
 
+class ModelParams(StrictModel):
+    """The classifier: frozen InceptionV3 base and a small trained head."""
+
+    weights: str
+    dense_units: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    standardize_features: bool
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> ModelParams:
+        """`imagenet`, `none`, or a path ending in .h5 / .keras / .weights.h5."""
+        if self.weights not in ("imagenet", "none") and not self.weights.endswith((".h5", ".keras")):
+            raise ValueError(
+                f"model.weights must be 'imagenet', 'none' or a path to a .h5 weights file, not {self.weights!r}"
+            )
+        return self
+
+
+class AugmentParams(StrictModel):
+    """The reference recipe's augmentation (Keras ImageDataGenerator settings), as parameters.
+
+    `rotation_degrees` and `shear_degrees` are angles, as in ImageDataGenerator (whose
+    `shear_range` is in degrees); `zoom` and the shifts are fractions of the image size.
+    """
+
+    rotation_degrees: float = Field(ge=0, le=180)
+    zoom: float = Field(ge=0, lt=1)
+    width_shift: float = Field(ge=0, lt=1)
+    height_shift: float = Field(ge=0, lt=1)
+    shear_degrees: float = Field(ge=0, lt=90)
+    horizontal_flip: bool
+    fill_mode: Literal["nearest", "reflect", "wrap", "constant"]
+
+
+class TrainParams(StrictModel):
+    """How the head is trained: mode, schedule, hardware use."""
+
+    mode: Literal["cached", "online"]
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    patience: int = Field(ge=1)
+    seed: int
+    augmented_views: int = Field(ge=1)
+    embed_batch_size: int = Field(ge=1)
+    mixed_precision: Literal["auto", "on", "off"]
+    jit_compile: bool
+    distribute: Literal["auto", "none", "mirrored"]
+
+
 GroupModel = TypeVar("GroupModel", bound=StrictModel)
 
 
@@ -153,3 +203,10 @@ class LayoutParams(BaseModel):
 def parse_layout(params: dict[str, Any], source: str) -> str:
     """Validate and return `data.layout`, ignoring the download-only keys of the `data` group."""
     return parse_group(params, "data", LayoutParams, source).layout
+
+
+class TrackingParams(StrictModel):
+    """Where runs are logged: the MLflow experiment (the store comes from paths or MLFLOW_TRACKING_URI)."""
+
+    experiment: str = Field(min_length=1)
+    log_model: bool

@@ -63,6 +63,38 @@ class ProjectPaths:
         return self.prepared_dir / "data_report.md"
 
     @property
+    def features_dir(self) -> Path:
+        """Cached embeddings of the frozen base (train stage, cached mode), one file set per key."""
+        return self.data_dir / "features"
+
+    @property
+    def train_checkpoint_dir(self) -> Path:
+        """Per-epoch state of an unfinished training run, removed when the run completes."""
+        return self.data_dir / "checkpoints" / "train"
+
+    @property
+    def classifier_file(self) -> Path:
+        return self.models_dir / "classifier.keras"
+
+    @property
+    def labels_file(self) -> Path:
+        """Class index to writer id, in the classifier's output order."""
+        return self.models_dir / "labels.json"
+
+    @property
+    def train_run_file(self) -> Path:
+        """The MLflow run of the last training, for the stages that log after it."""
+        return self.models_dir / "train_run.json"
+
+    @property
+    def train_metrics_file(self) -> Path:
+        return self.metrics_dir / "train.json"
+
+    @property
+    def learning_curve_file(self) -> Path:
+        return self.plots_dir / "learning_curve.png"
+
+    @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"
 

@@ -171,8 +171,6 @@ def write_synthetic_dataset(params: SyntheticParams, target_dir: Path) -> int:
     for writer, kind, number, relative in planned_files(params):
         path = target_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(draw_sample(params, writer, kind, number)).save(
-            path, format="TIFF", compression="tiff_lzw"
-        )
+        Image.fromarray(draw_sample(params, writer, kind, number)).save(path, format="TIFF", compression="tiff_lzw")
         written += 1
     return written

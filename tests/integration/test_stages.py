@@ -74,12 +74,23 @@ def test_entry_point_prints_one_line_error_and_exits_1(workspace: Path, subproce
     assert not (workspace / "data" / "raw").exists()
 
 
+DVC_DATASET = {
+    **TINY_DATASET,
+    "synthetic": {**TINY_DATASET["synthetic"], "genuine_per_writer": 9, "width": 120, "height": 80},
+    "prepare": {"image_size": 75, "workers": 1},
+    "model": {"dense_units": 32},
+    "train": {"epochs": 2, "augmented_views": 1},
+    "tracking": {"log_model": False},  # logging the model is covered by the train flow test
+}
+
+
 @pytest.mark.slow
 def test_dvc_repro_is_incremental(workspace: Path, subprocess_env: dict[str, str]) -> None:
-    edit_params(workspace / "params.yaml", TINY_DATASET)
+    edit_params(workspace / "params.yaml", DVC_DATASET)
     run(["dvc", "init", "--no-scm", "-q"], workspace, subprocess_env)
     first = run(["dvc", "repro"], workspace, subprocess_env)
-    assert "Running stage 'download'" in first.stdout and "Running stage 'prepare'" in first.stdout
+    for stage in ("download", "prepare", "train"):
+        assert f"Running stage '{stage}'" in first.stdout
     manifest = workspace / "data" / "prepared" / "manifest.csv"
     manifest_bytes = manifest.read_bytes()
 
@@ -87,14 +98,19 @@ def test_dvc_repro_is_incremental(workspace: Path, subprocess_env: dict[str, str
     assert "Running stage" not in second.stdout
     assert manifest.read_bytes() == manifest_bytes
 
-    edit_params(workspace / "params.yaml", {"prepare": {"image_size": 40}})
+    edit_params(workspace / "params.yaml", {"train": {"mode": "online"}})
     third = run(["dvc", "repro"], workspace, subprocess_env)
-    assert "Running stage 'download'" not in third.stdout
-    assert "Running stage 'prepare'" in third.stdout
+    assert "Running stage 'train'" in third.stdout
+    assert "Running stage 'download'" not in third.stdout and "Running stage 'prepare'" not in third.stdout
+    assert json.loads((workspace / "metrics" / "train.json").read_text())["mode"] == "online"
+
+    edit_params(workspace / "params.yaml", {"prepare": {"image_size": 80}})
+    fourth = run(["dvc", "repro"], workspace, subprocess_env)
+    assert "Running stage 'download'" not in fourth.stdout
+    assert "Running stage 'prepare'" in fourth.stdout and "Running stage 'train'" in fourth.stdout
     status = run(["dvc", "status"], workspace, subprocess_env)
     assert "up to date" in status.stdout
     # Rebuilding from scratch gives the same manifest: the stage is reproducible to the byte.
-    run(["dvc", "repro", "--force", "prepare"], workspace, subprocess_env)
     rebuilt = manifest.read_bytes()
-    run(["dvc", "repro", "--force", "prepare"], workspace, subprocess_env)
+    run(["dvc", "repro", "--force", "--single-item", "prepare"], workspace, subprocess_env)
     assert manifest.read_bytes() == rebuilt

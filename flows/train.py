@@ -1,0 +1,161 @@
+"""Stage `train`: train the frozen-InceptionV3 classifier on `data/prepared/`, tracked in MLflow.
+
+Run it with `python -m flows.train` (what `dvc repro train` does) or `sigpipe train`. A run that
+was killed resumes from its last completed epoch, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows._stage import run_entry_point, workspace_paths
+from tasks.config import AugmentParams, ModelParams, TrackingParams, TrainParams, parse_group, read_params_file
+from tasks.paths import ProjectPaths
+from tasks.prepare import write_json
+
+MODEL_ARTIFACT_NAME = "model"
+SIGNATURE_EXAMPLE_COUNT = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The parameter groups the train stage reads, and the whole file for logging."""
+
+    model: ModelParams
+    train: TrainParams
+    augment: AugmentParams
+    tracking: TrackingParams
+    all_params: dict[str, Any]
+
+
+def train_metrics(result: Any) -> dict[str, object]:
+    """The content of `metrics/train.json` from a TrainResult."""
+    history, best = result.state.history, result.state.best_epoch
+    last = {name: values[-1] for name, values in history.items() if values}
+    kept = {name: values[best] for name, values in history.items() if len(values) > best >= 0}
+    return {
+        "mode": result.mode,
+        "device": result.device,
+        "epochs_run": result.state.completed_epochs,
+        "best_epoch": best + 1,
+        "stopped_early": result.state.stopped_early,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "final": last,
+        "best": kept,
+        "test_accuracy": result.test_accuracy,
+        "train_seconds": round(result.train_seconds, 3),
+        "train_images_per_second": round(result.train_images_per_second, 3),
+        "embed_seconds": round(result.embed_seconds, 3),
+        "embed_images_per_second": round(result.embed_images_per_second, 3),
+        "features_reused": result.features_reused,
+    }
+
+
+def log_classifier(classifier: Any, image_size: int) -> str:
+    """Log the classifier to the active MLflow run with an explicit signature; returns its model URI."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    example = np.full((SIGNATURE_EXAMPLE_COUNT, image_size, image_size, 3), 255.0, dtype=np.float32)
+    signature = infer_signature(example, classifier.predict(example, verbose=0))
+    return mlflow.tensorflow.log_model(classifier, name=MODEL_ARTIFACT_NAME, signature=signature).model_uri
+
+
+@task(name="train-classifier", cache_policy=NO_CACHE)
+def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
+    """Load the prepared data, train (resuming if a checkpoint matches), write and log the outputs."""
+    import mlflow
+
+    from tasks.device import apply_policy, choose_policy, visible_gpu_count
+    from tasks.plots import learning_curve
+    from tasks.prepare import read_manifest
+    from tasks.tracking import data_version, ensure_experiment, epoch_logger, flatten_params
+    from tasks.train import load_training_data, read_resumable_state, train_classifier, training_fingerprint
+
+    digest = data_version(paths.manifest_file)
+    fingerprint = training_fingerprint(config.model, config.train, config.augment, digest)
+    pending = read_resumable_state(paths.train_checkpoint_dir, fingerprint)
+    if pending is not None:
+        print(f"resuming from epoch {pending.completed_epochs} of MLflow run {pending.run_id}")
+    data = load_training_data(read_manifest(paths.manifest_file), paths.root)
+    policy = choose_policy(visible_gpu_count(), config.train.mixed_precision, config.train.distribute)
+    strategy = apply_policy(policy)
+    print(
+        f"{len(data.classes)} writers, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images "
+        f"at {data.image_size} px; mode {config.train.mode}; {policy}"
+    )
+    experiment_id = ensure_experiment(paths, config.tracking.experiment)
+    run_id = pending.run_id if pending is not None else None
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else "train") as run:
+        if run_id is None:
+            mlflow.log_params(flatten_params(config.all_params))
+            mlflow.set_tags(
+                {
+                    "stage": "train",
+                    "mode": config.train.mode,
+                    "device": policy.device,
+                    "strategy": policy.strategy,
+                    "mixed_precision": str(policy.mixed_precision),
+                    "data_version": digest,
+                }
+            )
+        with strategy.scope():
+            result = train_classifier(
+                paths,
+                data,
+                config.model,
+                config.train,
+                config.augment,
+                fingerprint,
+                policy.device,
+                run_id=run.info.run_id,
+                callbacks=[epoch_logger()],
+            )
+        paths.models_dir.mkdir(parents=True, exist_ok=True)
+        result.classifier.save(paths.classifier_file)
+        write_json(paths.labels_file, {"classes": list(result.classes), "unknown_class_id": len(result.classes)})
+        learning_curve(result.state.history, result.state.best_epoch, paths.learning_curve_file)
+        metrics = train_metrics(result)
+        write_json(paths.train_metrics_file, metrics)
+        mlflow.log_metrics({name: float(value) for name, value in metrics.items() if isinstance(value, int | float)})
+        mlflow.log_artifact(str(paths.learning_curve_file), artifact_path="plots")
+        mlflow.log_artifact(str(paths.labels_file))
+        model_uri = log_classifier(result.classifier, data.image_size) if config.tracking.log_model else None
+        write_json(
+            paths.train_run_file,
+            {"run_id": run.info.run_id, "experiment_id": experiment_id, "model_uri": model_uri, "data_version": digest},
+        )
+    print(
+        f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}: "
+        f"val_accuracy {metrics['best'].get('val_accuracy', float('nan')):.3f}; MLflow run {run.info.run_id}"
+    )
+    return metrics
+
+
+@flow(name="train", log_prints=True)
+def train_flow(params_file: str) -> dict[str, object]:
+    """Read the `model`, `augment`, `train` and `tracking` parameters and train the classifier."""
+    paths = workspace_paths(params_file)
+    params = read_params_file(paths.params_file)
+    config = TrainConfig(
+        model=parse_group(params, "model", ModelParams, params_file),
+        train=parse_group(params, "train", TrainParams, params_file),
+        augment=parse_group(params, "augment", AugmentParams, params_file),
+        tracking=parse_group(params, "tracking", TrackingParams, params_file),
+        all_params=params,
+    )
+    return train_task(paths, config)
+
+
+def main() -> None:
+    """Entry point of `python -m flows.train`."""
+    run_entry_point(train_flow)
+
+
+if __name__ == "__main__":
+    main()

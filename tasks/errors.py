@@ -1,0 +1,12 @@
+"""Errors that mean "the user must change something" (input, parameters, files), kept in a module
+without heavy imports so entry points can catch them before TensorFlow is loaded."""
+
+from __future__ import annotations
+
+
+class WeightsError(RuntimeError):
+    """The base's weights cannot be loaded; the message says where to put the file by hand."""
+
+
+class TrainingDataError(ValueError):
+    """The prepared data cannot train a classifier (too few writers, no validation images...)."""

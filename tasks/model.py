@@ -1,0 +1,138 @@
+"""The classifier: a frozen InceptionV3 base and a small trained head (the reference recipe, corrected).
+
+Inputs are float pixels in [0, 255] (grey replicated to three channels); a Rescaling layer does
+exactly `keras.applications.inception_v3.preprocess_input` (x / 127.5 - 1) inside the model, so
+every caller feeds the same thing and no caller can forget it (the reference rescaled to [0, 1]).
+The base always runs with `training=False`, so its BatchNorm layers stay in inference mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tasks.errors import WeightsError
+
+INCEPTION_MIN_SIZE = 75
+FEATURE_DIM = 2048
+PIXEL_SCALE = 127.5
+IMAGENET_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/" + IMAGENET_WEIGHTS_FILE
+)
+BASE_NAME = "inception_v3"
+HEAD_STANDARDISE = "head_standardise"
+HEAD_DENSE = "head_dense"
+HEAD_DROPOUT = "head_dropout"
+HEAD_OUTPUT = "head_output"
+HEAD_LAYERS = (HEAD_DENSE, HEAD_OUTPUT)
+
+
+def imagenet_hint() -> str:
+    """How to supply the ImageNet weights on a machine that cannot download them."""
+    return (
+        f"Download {IMAGENET_WEIGHTS_URL} on a machine with internet access and either put it at "
+        f"~/.keras/models/{IMAGENET_WEIGHTS_FILE} (Keras then finds it offline) or set model.weights to its "
+        "path in params.yaml. To train without pretrained weights, set model.weights: none."
+    )
+
+
+def resolve_weights(weights: str, root: Path) -> str | None:
+    """`model.weights` as Keras takes it: None, 'imagenet', or an existing file's absolute path."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise WeightsError(f"model.weights: {path} does not exist. {imagenet_hint()}")
+    return str(path)
+
+
+def build_base(image_size: int, weights: str, root: Path) -> keras.Model:
+    """InceptionV3 without its top, every layer frozen."""
+    if image_size < INCEPTION_MIN_SIZE:
+        raise ValueError(f"prepare.image_size is {image_size}; InceptionV3 needs at least {INCEPTION_MIN_SIZE}")
+    resolved = resolve_weights(weights, root)
+    try:
+        base = keras.applications.InceptionV3(
+            include_top=False, weights=resolved, input_shape=(image_size, image_size, 3)
+        )
+    except Exception as error:  # Keras raises a bare Exception for a failed download.
+        raise WeightsError(
+            f"InceptionV3 weights '{weights}' could not be loaded ({error}). {imagenet_hint()}"
+        ) from error
+    base.trainable = False
+    return base
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The head's shape, and the embedding statistics it standardises with (None: no standardisation)."""
+
+    class_count: int
+    dense_units: int
+    dropout: float
+    feature_mean: np.ndarray | None = None
+    feature_variance: np.ndarray | None = None
+
+
+def add_head(features: keras.KerasTensor, spec: HeadSpec) -> keras.KerasTensor:
+    """[Standardise] -> Dense(relu) -> Dropout -> Dense(softmax), the output in float32 under mixed precision.
+
+    Standardising the 2048-d embedding with the training images' mean and variance (a fixed Keras
+    Normalization layer, saved with the model) is what lets a head learn on a randomly initialised
+    base (`model.weights: none`), whose embeddings are tiny; with ImageNet weights it is harmless.
+    """
+    if spec.feature_mean is not None:
+        features = keras.layers.Normalization(
+            mean=spec.feature_mean, variance=spec.feature_variance, name=HEAD_STANDARDISE
+        )(features)
+    hidden = keras.layers.Dense(spec.dense_units, activation="relu", name=HEAD_DENSE)(features)
+    hidden = keras.layers.Dropout(spec.dropout, name=HEAD_DROPOUT)(hidden)
+    return keras.layers.Dense(spec.class_count, activation="softmax", dtype="float32", name=HEAD_OUTPUT)(hidden)
+
+
+def build_embedder(base: keras.Model, image_size: int) -> keras.Model:
+    """Pixels in [0, 255] to the base's 2048-d pooled embedding (what the cached mode stores)."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    scaled = keras.layers.Rescaling(1.0 / PIXEL_SCALE, offset=-1.0, name="inception_preprocess")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(base(scaled, training=False))
+    return keras.Model(inputs, pooled, name="embedder")
+
+
+def build_classifier(base: keras.Model, image_size: int, spec: HeadSpec) -> keras.Model:
+    """The full classifier: preprocessing, frozen base, pooling, head."""
+    embedder = build_embedder(base, image_size)
+    return keras.Model(embedder.input, add_head(embedder.output, spec), name="signature_classifier")
+
+
+def build_head(spec: HeadSpec) -> keras.Model:
+    """The head alone, on 2048-d embeddings (trained in cached mode), with the classifier's layer names."""
+    inputs = keras.Input((FEATURE_DIM,), name="embedding")
+    return keras.Model(inputs, add_head(inputs, spec), name="head")
+
+
+def copy_head_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copy the trained head layers from `source` to the layers of the same name in `target`."""
+    for name in HEAD_LAYERS:
+        target.get_layer(name).set_weights(source.get_layer(name).get_weights())
+
+
+def embedding_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and variance of (..., 2048) embeddings, in float64 then float32."""
+    flat = embeddings.reshape(-1, embeddings.shape[-1]).astype(np.float64)
+    return flat.mean(axis=0).astype(np.float32), flat.var(axis=0).astype(np.float32)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of a model's weights, to key caches on the exact base that produced them."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,72 @@
+"""MLflow helpers: one store per workspace (SQLite under mlruns/), flat params, per-epoch metrics.
+
+`MLFLOW_TRACKING_URI`, when set, wins over the local store, so the same code logs to a team's
+tracking server. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tasks.paths import ProjectPaths
+
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+HASH_BLOCK_BYTES = 1 << 20
+
+
+def tracking_uri(paths: ProjectPaths) -> str:
+    """The tracking URI: the environment's if set, else the workspace's SQLite store (absolute)."""
+    return os.environ.get(TRACKING_URI_VARIABLE) or paths.mlflow_tracking_uri
+
+
+def ensure_experiment(paths: ProjectPaths, name: str) -> str:
+    """Point MLflow at the store and return the id of experiment `name`, creating it if needed.
+
+    In the local store, artifacts go to `mlruns/artifacts/` beside the database.
+    """
+    import mlflow
+
+    uri = tracking_uri(paths)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = (paths.mlruns_dir / "artifacts").as_uri() if uri == paths.mlflow_tracking_uri else None
+    paths.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+def flatten_params(groups: Mapping[str, BaseModel | Mapping[str, object]]) -> dict[str, str]:
+    """`{"train": TrainParams(...)}` to `{"train.epochs": "10", ...}`, as MLflow params."""
+    flat: dict[str, str] = {}
+    for group, values in groups.items():
+        items = values.model_dump() if isinstance(values, BaseModel) else dict(values)
+        for key, value in items.items():
+            flat[f"{group}.{key}"] = str(value)
+    return flat
+
+
+def data_version(manifest_file: Path) -> str:
+    """The data version: SHA-256 of the manifest (which holds every image's own hash)."""
+    digest = hashlib.sha256()
+    with manifest_file.open("rb") as handle:
+        for block in iter(lambda: handle.read(HASH_BLOCK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def epoch_logger():  # -> keras.callbacks.Callback
+    """A Keras callback that logs every epoch's metrics to the active MLflow run, step = epoch."""
+    import keras
+    import mlflow
+
+    class MlflowEpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            mlflow.log_metrics({name: float(value) for name, value in (logs or {}).items()}, step=epoch)
+
+    return MlflowEpochLogger()

@@ -1,0 +1,542 @@
+"""Training the classifier's head on a frozen InceptionV3, in two modes.
+
+- `online` (the reference behaviour): every step augments fresh images and runs the frozen base.
+- `cached`: the base is frozen, so its embeddings of `augmented_views` augmented copies of each
+  training image (and of the un-augmented validation and test images) are computed once, kept
+  under `data/features/` keyed by everything they depend on, and the head trains on them. Epoch
+  `e` uses view `e mod views`, so both modes take the same number of steps per epoch.
+
+Both modes shuffle and augment with stateless seeds derived from (seed, epoch, image index), so a
+run is reproducible on CPU and an interrupted run resumes from its last completed epoch with the
+data order it would have had. Early stopping watches the validation loss and the best epoch's
+weights are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tqdm import tqdm
+
+from tasks.augment import augment_image, element_seed
+from tasks.config import AugmentParams, ModelParams, TrainParams
+from tasks.errors import TrainingDataError
+from tasks.model import (
+    FEATURE_DIM,
+    HeadSpec,
+    build_base,
+    build_classifier,
+    build_embedder,
+    build_head,
+    copy_head_weights,
+    embedding_statistics,
+)
+from tasks.model import weights_digest as model_weights_digest
+from tasks.paths import ProjectPaths
+
+GENUINE = "genuine"
+STATE_FILE = "state.json"
+SEED_STATE_NAME = "seed_generator_state"
+LAST_MODEL_FILE = "last.keras"
+BEST_WEIGHTS_FILE = "best.weights.h5"
+CACHED_VIEW_EPOCH_OFFSET = 1_000_000
+FEATURES_SUFFIX = ".npz"
+FEATURES_META_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class SplitImages:
+    """The genuine images of one split, with their class labels and source hashes."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    hashes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Everything the classifier trains and validates on, in memory (decoded once)."""
+
+    classes: tuple[str, ...]
+    train: SplitImages
+    val: SplitImages
+    test: SplitImages
+    image_size: int
+
+
+@dataclass
+class TrainState:
+    """Progress of a training run, saved after every epoch so a killed run can resume."""
+
+    fingerprint: str
+    run_id: str | None = None
+    completed_epochs: int = 0
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    history: dict[str, list[float]] = field(default_factory=dict)
+    seed_states: list[list[int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training produced."""
+
+    classifier: keras.Model
+    classes: tuple[str, ...]
+    state: TrainState
+    mode: str
+    train_seconds: float
+    train_images_per_second: float
+    embed_seconds: float
+    embed_images_per_second: float
+    features_reused: bool
+    resumed_from_epoch: int
+    device: str
+    test_accuracy: float
+
+
+def read_grey_image(path: Path) -> np.ndarray:
+    """A preprocessed image as an (height, width, 1) uint8 array."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))[..., np.newaxis]
+
+
+def split_images(rows: Sequence[dict[str, str]], root: Path, classes: tuple[str, ...]) -> SplitImages:
+    """Decode the rows' preprocessed images and label them by writer."""
+    index = {writer: position for position, writer in enumerate(classes)}
+    images = [read_grey_image(root / row["prepared_path"]) for row in rows]
+    return SplitImages(
+        images=np.stack(images) if images else np.zeros((0, 1, 1, 1), dtype=np.uint8),
+        labels=np.array([index[row["writer"]] for row in rows], dtype=np.int32),
+        hashes=tuple(row["prepared_sha256"] for row in rows),
+    )
+
+
+def load_training_data(manifest_rows: Sequence[dict[str, str]], root: Path) -> TrainingData:
+    """The genuine train, val and test images of the manifest; classes are the writers with training images."""
+    genuine = [row for row in manifest_rows if row["kind"] == GENUINE]
+    classes = tuple(sorted({row["writer"] for row in genuine if row["split"] == "train"}))
+    if len(classes) < 2:
+        raise TrainingDataError(
+            f"the manifest has {len(classes)} writer(s) with training images; at least 2 are needed"
+        )
+    by_split = {
+        split: [row for row in genuine if row["split"] == split and row["writer"] in classes]
+        for split in ("train", "val", "test")
+    }
+    if not by_split["val"]:
+        raise TrainingDataError(
+            "no validation images: early stopping needs them. Set prepare.val_fraction above 0 "
+            "(and enough genuine signatures per writer), then rerun prepare."
+        )
+    data = {split: split_images(rows, root, classes) for split, rows in by_split.items()}
+    return TrainingData(classes, data["train"], data["val"], data["test"], int(data["train"].images.shape[1]))
+
+
+def to_model_input(image: tf.Tensor) -> tf.Tensor:
+    """uint8 grey (h, w, 1) to float RGB (h, w, 3) in [0, 255], what the classifier takes."""
+    return tf.image.grayscale_to_rgb(tf.cast(image, tf.float32))
+
+
+def one_hot(labels: np.ndarray, class_count: int) -> np.ndarray:
+    return np.eye(class_count, dtype=np.float32)[labels]
+
+
+def plain_batches(split: SplitImages, class_count: int | None, batch_size: int) -> tf.data.Dataset:
+    """Un-augmented images (with one-hot labels when `class_count` is given), batched."""
+    images = tf.data.Dataset.from_tensor_slices(split.images).map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
+    if class_count is None:
+        return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    labels = tf.data.Dataset.from_tensor_slices(one_hot(split.labels, class_count))
+    return tf.data.Dataset.zip((images, labels)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_order(count: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """A permutation of range(count) that depends only on (seed, epoch)."""
+    stateless_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=stateless_seed)
+
+
+def augmented_images(
+    images: tf.Tensor, augment: AugmentParams, seed: int, epoch: tf.Tensor, order: tf.Tensor
+) -> tf.data.Dataset:
+    """Images in `order`, each augmented with the seed of (seed, epoch, its index), in parallel."""
+
+    def load(index: tf.Tensor) -> tf.Tensor:
+        image = tf.cast(tf.gather(images, index), tf.float32)
+        return tf.image.grayscale_to_rgb(augment_image(image, element_seed(seed, epoch, index), augment))
+
+    return tf.data.Dataset.from_tensor_slices(order).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def online_batches(
+    split: SplitImages,
+    class_count: int,
+    augment: AugmentParams,
+    seed: int,
+    start_epoch: int,
+    epochs: int,
+    batch_size: int,
+) -> tf.data.Dataset:
+    """Freshly augmented training batches for epochs [start_epoch, epochs), shuffled per epoch."""
+    images = tf.constant(split.images)
+    labels = tf.constant(one_hot(split.labels, class_count))
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        order = epoch_order(len(split), seed, epoch)
+        pixels = augmented_images(images, augment, seed, epoch, order)
+        targets = tf.data.Dataset.from_tensor_slices(tf.gather(labels, order))
+        return tf.data.Dataset.zip((pixels, targets)).batch(batch_size)
+
+    return tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def cached_batches(
+    views: np.ndarray, labels: np.ndarray, class_count: int, seed: int, start_epoch: int, epochs: int, batch_size: int
+) -> tf.data.Dataset:
+    """Training batches of cached embeddings: epoch e uses view e mod views, shuffled per epoch."""
+    features = tf.constant(views)
+    targets = tf.constant(one_hot(labels, class_count))
+    view_count = views.shape[0]
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        order = epoch_order(len(labels), seed, epoch)
+        view = tf.gather(features, epoch % view_count)
+        return tf.data.Dataset.from_tensor_slices((tf.gather(view, order), tf.gather(targets, order))).batch(batch_size)
+
+    return tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def embed(
+    embedder: keras.Model, batches: tf.data.Dataset, count: int, description: str, show_progress: bool
+) -> np.ndarray:
+    """Run the frozen base over `batches` of images, with a progress bar; returns (count, 2048)."""
+    step = tf.function(lambda batch: embedder(batch, training=False), reduce_retracing=True)
+    outputs = []
+    with tqdm(total=count, desc=description, unit="img", disable=not show_progress) as progress:
+        for batch in batches:
+            outputs.append(step(batch).numpy().astype(np.float32))
+            progress.update(int(batch.shape[0]))
+    return np.concatenate(outputs) if outputs else np.zeros((0, FEATURE_DIM), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """Embeddings of the frozen base: augmented training views, plain validation and test images."""
+
+    train_views: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    embed_seconds: float
+    images_embedded: int
+
+
+def features_key(data: TrainingData, augment: AugmentParams, views: int, seed: int, base_digest: str) -> str:
+    """What the cached embeddings depend on: the images, augmentation, views, seed and base weights."""
+    content = {
+        "train": data.train.hashes,
+        "val": data.val.hashes,
+        "test": data.test.hashes,
+        "image_size": data.image_size,
+        "augment": augment.model_dump(),
+        "views": views,
+        "seed": seed,
+        "base_weights": base_digest,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def read_feature_cache(cache_dir: Path, key: str) -> FeatureCache | None:
+    """The cached embeddings for `key`, or None when there are none (or they are unreadable)."""
+    arrays_file, meta_file = cache_dir / f"{key}{FEATURES_SUFFIX}", cache_dir / f"{key}{FEATURES_META_SUFFIX}"
+    if not (arrays_file.is_file() and meta_file.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+        with np.load(arrays_file) as arrays:
+            return FeatureCache(
+                arrays["train_views"], arrays["val"], arrays["test"], meta["embed_seconds"], meta["images"]
+            )
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def write_feature_cache(cache_dir: Path, key: str, cache: FeatureCache) -> None:
+    """Store embeddings under `key` (written to a temporary name, then renamed) and drop older keys."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for stale in cache_dir.iterdir():
+        if stale.is_file() and not stale.name.startswith(key):
+            stale.unlink()
+    temporary = cache_dir / f"{key}.partial{FEATURES_SUFFIX}"
+    np.savez(temporary, train_views=cache.train_views, val=cache.val, test=cache.test)
+    temporary.replace(cache_dir / f"{key}{FEATURES_SUFFIX}")
+    meta = {"key": key, "embed_seconds": cache.embed_seconds, "images": cache.images_embedded}
+    (cache_dir / f"{key}{FEATURES_META_SUFFIX}").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def compute_features(
+    embedder: keras.Model,
+    data: TrainingData,
+    augment: AugmentParams,
+    views: int,
+    seed: int,
+    batch_size: int,
+    show_progress: bool,
+) -> FeatureCache:
+    """Embed `views` augmented copies of every training image and the plain val and test images."""
+    started = time.perf_counter()
+    images = tf.constant(data.train.images)
+    natural_order = tf.range(len(data.train), dtype=tf.int64)
+    train_views = []
+    for view in range(views):
+        epoch = tf.constant(CACHED_VIEW_EPOCH_OFFSET + view, tf.int64)
+        batches = (
+            augmented_images(images, augment, seed, epoch, natural_order).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        )
+        train_views.append(
+            embed(embedder, batches, len(data.train), f"embed train view {view + 1}/{views}", show_progress)
+        )
+    val = embed(embedder, plain_batches(data.val, None, batch_size), len(data.val), "embed val", show_progress)
+    test = embed(embedder, plain_batches(data.test, None, batch_size), len(data.test), "embed test", show_progress)
+    count = views * len(data.train) + len(data.val) + len(data.test)
+    return FeatureCache(np.stack(train_views), val, test, time.perf_counter() - started, count)
+
+
+def training_fingerprint(model: ModelParams, train: TrainParams, augment: AugmentParams, data_digest: str) -> str:
+    """Identity of a training run: a checkpoint resumes only a run with the same inputs."""
+    content = {
+        "model": model.model_dump(),
+        "train": train.model_dump(),
+        "augment": augment.model_dump(),
+        "data": data_digest,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def read_resumable_state(checkpoint_dir: Path, fingerprint: str) -> TrainState | None:
+    """The saved state of an unfinished run with this fingerprint, if its files are all there."""
+    state_file = checkpoint_dir / STATE_FILE
+    if not (state_file.is_file() and (checkpoint_dir / LAST_MODEL_FILE).is_file()):
+        return None
+    try:
+        state = TrainState(**json.loads(state_file.read_text()))
+    except (ValueError, TypeError):
+        return None
+    return state if state.fingerprint == fingerprint else None
+
+
+def seed_state_variables(model: keras.Model) -> list[keras.Variable]:
+    """The random-generator states of a model's layers (Dropout), which `model.save` does not keep."""
+    return [variable for variable in model.variables if SEED_STATE_NAME in variable.path]
+
+
+def write_json_atomically(path: Path, content: object) -> None:
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    temporary.replace(path)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Early stopping on validation loss, best weights, and a resumable state after every epoch."""
+
+    def __init__(self, checkpoint_dir: Path, state: TrainState, patience: int) -> None:
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+        self.state = state
+        self.patience = patience
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        for name, value in logs.items():
+            self.state.history.setdefault(name, []).append(float(value))
+        validation_loss = float(logs["val_loss"])
+        if validation_loss < self.state.best_val_loss:
+            self.state.best_val_loss, self.state.best_epoch = validation_loss, epoch
+            self.state.epochs_without_improvement = 0
+            self.model.save_weights(self.checkpoint_dir / BEST_WEIGHTS_FILE)
+        else:
+            self.state.epochs_without_improvement += 1
+        self.state.completed_epochs = epoch + 1
+        if self.state.epochs_without_improvement >= self.patience:
+            self.state.stopped_early = True
+            self.model.stop_training = True
+        self.state.seed_states = [
+            np.asarray(variable.numpy()).ravel().tolist() for variable in seed_state_variables(self.model)
+        ]
+        temporary = self.checkpoint_dir / f"partial-{LAST_MODEL_FILE}"
+        self.model.save(temporary)
+        temporary.replace(self.checkpoint_dir / LAST_MODEL_FILE)
+        write_json_atomically(self.checkpoint_dir / STATE_FILE, asdict(self.state))
+
+
+def compile_model(model: keras.Model, train: TrainParams) -> keras.Model:
+    """Adam and categorical cross-entropy, as in the reference."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=train.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=train.jit_compile,
+    )
+    return model
+
+
+def fit_with_resume(
+    fresh_model: Callable[[], keras.Model],
+    batches_from: Callable[[int], tf.data.Dataset],
+    steps_per_epoch: int,
+    validation: tf.data.Dataset,
+    train: TrainParams,
+    checkpoint_dir: Path,
+    state: TrainState,
+    callbacks: Sequence[keras.callbacks.Callback],
+) -> keras.Model:
+    """Fit from the state's last completed epoch (0 for a new run); return the best epoch's model."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if state.completed_epochs:
+        model = keras.models.load_model(checkpoint_dir / LAST_MODEL_FILE)
+        for variable, values in zip(seed_state_variables(model), state.seed_states, strict=True):
+            variable.assign(np.array(values, dtype=variable.dtype).reshape(variable.shape))
+    else:
+        model = fresh_model()
+    if state.completed_epochs < train.epochs and not state.stopped_early:
+        model.fit(
+            batches_from(state.completed_epochs),
+            epochs=train.epochs,
+            initial_epoch=state.completed_epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=validation,
+            callbacks=[EpochCheckpoint(checkpoint_dir, state, train.patience), *callbacks],
+            verbose=2,
+        )
+    model.load_weights(checkpoint_dir / BEST_WEIGHTS_FILE)
+    return model
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and ask TensorFlow for deterministic kernels."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def accuracy(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, labels: np.ndarray) -> float:
+    """Share of `labels` predicted correctly (NaN when there are none)."""
+    if len(labels) == 0:
+        return float("nan")
+    probabilities = model.predict(inputs, verbose=0)
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
+
+
+def train_classifier(
+    paths: ProjectPaths,
+    data: TrainingData,
+    model_params: ModelParams,
+    train: TrainParams,
+    augment: AugmentParams,
+    fingerprint: str,
+    device: str,
+    run_id: str | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train the head in `train.mode`, resuming an unfinished run with the same fingerprint.
+
+    Returns the full classifier (base and trained head) with the best epoch's weights. The
+    checkpoint folder is removed once the run has finished.
+    """
+    seed_everything(train.seed)
+    class_count = len(data.classes)
+    state = read_resumable_state(paths.train_checkpoint_dir, fingerprint)
+    if state is None:
+        shutil.rmtree(paths.train_checkpoint_dir, ignore_errors=True)
+        state = TrainState(fingerprint=fingerprint, run_id=run_id)
+    resumed_from = state.completed_epochs
+    paths.features_dir.mkdir(parents=True, exist_ok=True)
+    base = build_base(data.image_size, model_params.weights, paths.root)
+    embedder = build_embedder(base, data.image_size)
+    steps = math.ceil(len(data.train) / train.batch_size)
+    embed_seconds, embedded, reused, cache = 0.0, 0, False, None
+    if train.mode == "cached":
+        key = features_key(data, augment, train.augmented_views, train.seed, model_weights_digest(base))
+        cache = read_feature_cache(paths.features_dir, key)
+        reused = cache is not None
+        if cache is None:
+            cache = compute_features(
+                embedder, data, augment, train.augmented_views, train.seed, train.embed_batch_size, show_progress
+            )
+            write_feature_cache(paths.features_dir, key, cache)
+            embed_seconds, embedded = cache.embed_seconds, cache.images_embedded
+        reference_embeddings = cache.train_views
+    elif model_params.standardize_features:
+        # One augmented pass, so the statistics match what the head sees during online training.
+        order = tf.range(len(data.train), dtype=tf.int64)
+        epoch = tf.constant(CACHED_VIEW_EPOCH_OFFSET, tf.int64)
+        batches = augmented_images(tf.constant(data.train.images), augment, train.seed, epoch, order)
+        batches = batches.batch(train.embed_batch_size).prefetch(tf.data.AUTOTUNE)
+        reference_embeddings = embed(embedder, batches, len(data.train), "embed train statistics", show_progress)
+    statistics = embedding_statistics(reference_embeddings) if model_params.standardize_features else (None, None)
+    spec = HeadSpec(len(data.classes), model_params.dense_units, model_params.dropout, *statistics)
+    classifier = build_classifier(base, data.image_size, spec)
+    started = time.perf_counter()
+    if cache is not None:
+        validation = tf.data.Dataset.from_tensor_slices((cache.val, one_hot(data.val.labels, class_count)))
+        head = fit_with_resume(
+            lambda: compile_model(build_head(spec), train),
+            lambda start: cached_batches(
+                cache.train_views, data.train.labels, class_count, train.seed, start, train.epochs, train.batch_size
+            ),
+            steps,
+            validation.batch(train.batch_size),
+            train,
+            paths.train_checkpoint_dir,
+            state,
+            callbacks,
+        )
+        copy_head_weights(head, classifier)
+        test_accuracy = accuracy(head, cache.test, data.test.labels)
+    else:
+        classifier = fit_with_resume(
+            lambda: compile_model(classifier, train),
+            lambda start: online_batches(
+                data.train, class_count, augment, train.seed, start, train.epochs, train.batch_size
+            ),
+            steps,
+            plain_batches(data.val, class_count, train.embed_batch_size),
+            train,
+            paths.train_checkpoint_dir,
+            state,
+            callbacks,
+        )
+        test_accuracy = accuracy(classifier, plain_batches(data.test, None, train.embed_batch_size), data.test.labels)
+    train_seconds = time.perf_counter() - started
+    epochs_run = state.completed_epochs - resumed_from
+    shutil.rmtree(paths.train_checkpoint_dir, ignore_errors=True)
+    return TrainResult(
+        classifier=classifier,
+        classes=data.classes,
+        state=state,
+        mode=train.mode,
+        train_seconds=train_seconds,
+        train_images_per_second=len(data.train) * epochs_run / train_seconds if epochs_run else 0.0,
+        embed_seconds=embed_seconds,
+        embed_images_per_second=embedded / embed_seconds if embed_seconds else 0.0,
+        features_reused=reused,
+        resumed_from_epoch=resumed_from,
+        device=device,
+        test_accuracy=test_accuracy,
+    )

@@ -1,0 +1,113 @@
+"""The classifier's structure: frozen base, preprocessing inside the model, the head, weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tasks.errors import WeightsError
+from tasks.model import (
+    FEATURE_DIM,
+    HEAD_OUTPUT,
+    HeadSpec,
+    build_base,
+    build_classifier,
+    build_embedder,
+    build_head,
+    copy_head_weights,
+    embedding_statistics,
+    weights_digest,
+)
+
+SIZE = 75
+
+
+@pytest.fixture(scope="module")
+def base() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return build_base(SIZE, "none", Path("."))
+
+
+def test_base_is_frozen_and_classifier_trains_only_the_head(base: keras.Model) -> None:
+    assert not base.trainable
+    assert all(not layer.trainable for layer in base.layers)
+    classifier = build_classifier(base, SIZE, HeadSpec(7, 32, 0.1))
+    assert classifier.output_shape == (None, 7)
+    assert classifier.input_shape == (None, SIZE, SIZE, 3)
+    trainable = {weight.path.split("/")[0] for weight in classifier.trainable_weights}
+    assert trainable == {"head_dense", "head_output"}
+    assert classifier.get_layer(HEAD_OUTPUT).dtype_policy.compute_dtype == "float32"
+
+
+def test_preprocessing_is_inception_preprocess_input(base: keras.Model) -> None:
+    embedder = build_embedder(base, SIZE)
+    rescale = embedder.get_layer("inception_preprocess")
+    pixels = np.array([[0.0, 127.5, 255.0]], dtype=np.float32)
+    expected = keras.applications.inception_v3.preprocess_input(pixels.copy())
+    assert np.allclose(keras.ops.convert_to_numpy(rescale(pixels)), expected)
+    assert embedder.output_shape == (None, FEATURE_DIM)
+
+
+def test_frozen_base_runs_in_inference_mode(base: keras.Model) -> None:
+    """BatchNorm in inference mode: the same input gives the same embedding with training=True."""
+    embedder = build_embedder(base, SIZE)
+    images = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
+    inference = keras.ops.convert_to_numpy(embedder(images, training=False))
+    training = keras.ops.convert_to_numpy(embedder(images, training=True))
+    assert np.allclose(inference, training)
+
+
+def test_head_standardises_and_transfers_to_the_classifier(base: keras.Model) -> None:
+    embeddings = np.random.default_rng(1).normal(3.0, 0.001, (10, FEATURE_DIM)).astype(np.float32)
+    mean, variance = embedding_statistics(embeddings)
+    spec = HeadSpec(3, 16, 0.0, mean, variance)
+    head = build_head(spec)
+    standardised = keras.ops.convert_to_numpy(head.get_layer("head_standardise")(embeddings))
+    assert abs(standardised.mean()) < 1e-3 and standardised.std() == pytest.approx(1.0, abs=0.05)
+    classifier = build_classifier(base, SIZE, spec)
+    copy_head_weights(head, classifier)
+    for name in ("head_dense", "head_output"):
+        for source, target in zip(
+            head.get_layer(name).get_weights(), classifier.get_layer(name).get_weights(), strict=True
+        ):
+            assert np.array_equal(source, target)
+
+
+def test_too_small_images_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 75"):
+        build_base(64, "none", Path("."))
+
+
+def test_missing_weights_file_names_it_and_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError) as caught:
+        build_base(SIZE, "weights/inception.h5", tmp_path)
+    message = str(caught.value)
+    assert str(tmp_path / "weights/inception.h5") in message
+    assert "~/.keras/models/" in message and "model.weights: none" in message
+
+
+def test_failed_imagenet_download_says_where_to_put_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from keras.src.applications import inception_v3
+
+    def refuse(*_args: object, **_kwargs: object) -> str:
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(inception_v3.file_utils, "get_file", refuse)
+    with pytest.raises(WeightsError) as caught:
+        build_base(SIZE, "imagenet", Path("."))
+    message = str(caught.value)
+    assert "no network" in message
+    assert "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in message and "~/.keras/models/" in message
+
+
+def test_local_weights_file_is_loaded(base: keras.Model, tmp_path: Path) -> None:
+    path = tmp_path / "inception_notop.weights.h5"
+    base.save_weights(path)
+    keras.utils.set_random_seed(99)
+    loaded = build_base(SIZE, str(path), tmp_path)
+    assert weights_digest(loaded) == weights_digest(base)
+    keras.utils.set_random_seed(99)
+    assert weights_digest(build_base(SIZE, "none", tmp_path)) != weights_digest(base)
