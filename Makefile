@@ -34,8 +34,11 @@ demo: venv ## Run the whole pipeline offline on the generated dataset (dvc repro
 	@echo
 	dvc metrics show
 	@echo
-	@echo "Manifest:    data/prepared/manifest.csv"
-	@echo "Data report: data/prepared/data_report.md"
+	@echo "Manifest:       data/prepared/manifest.csv"
+	@echo "Data report:    data/prepared/data_report.md"
+	@echo "Classifier:     models/classifier.keras (labels: models/labels.json)"
+	@echo "Learning curve: plots/learning_curve.png"
+	@echo "MLflow UI:      $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --workers 1"
 
 test: venv ## Run every test, the slow end-to-end ones included.
 	pytest $(PYTEST_ARGS)
@@ -54,5 +57,6 @@ format: venv ## Format the code with ruff.
 status: venv ## Show what DVC would rerun.
 	dvc status
 
-clean: ## Remove stage outputs (data/raw, data/prepared, metrics); keeps downloads and .venv.
-	rm -rf data/raw data/raw.incoming data/prepared metrics/*.json
+clean: ## Remove stage outputs (data, models, metrics, plots); keeps downloads, mlruns and .venv.
+	rm -rf data/raw data/raw.incoming data/prepared data/features data/checkpoints
+	rm -f metrics/*.json models/*.keras models/*.json plots/*.png

@@ -30,6 +30,7 @@ HEAD_DENSE = "head_dense"
 HEAD_DROPOUT = "head_dropout"
 HEAD_OUTPUT = "head_output"
 HEAD_LAYERS = (HEAD_DENSE, HEAD_OUTPUT)
+KERNEL_SEED_STRIDE = 10_000
 
 
 def imagenet_hint() -> str:
@@ -54,8 +55,21 @@ def resolve_weights(weights: str, root: Path) -> str | None:
     return str(path)
 
 
-def build_base(image_size: int, weights: str, root: Path) -> keras.Model:
-    """InceptionV3 without its top, every layer frozen."""
+def reinitialise_kernels(model: keras.Model, seed: int) -> None:
+    """Give every kernel a Glorot-uniform value drawn from (seed, its position) alone.
+
+    Keras draws the seeds of unseeded initializers from Python's global `random`, which other
+    threads of the process (Prefect's log and event workers, for one) also draw from; explicit
+    seeds make a randomly initialised base the same in every run.
+    """
+    kernels = [weight for weight in model.weights if weight.path.endswith("kernel")]
+    for position, kernel in enumerate(kernels):
+        initializer = keras.initializers.GlorotUniform(seed=seed * KERNEL_SEED_STRIDE + position)
+        kernel.assign(initializer(kernel.shape, dtype=kernel.dtype))
+
+
+def build_base(image_size: int, weights: str, root: Path, seed: int = 0) -> keras.Model:
+    """InceptionV3 without its top, every layer frozen; with `weights: none`, initialised from `seed`."""
     if image_size < INCEPTION_MIN_SIZE:
         raise ValueError(f"prepare.image_size is {image_size}; InceptionV3 needs at least {INCEPTION_MIN_SIZE}")
     resolved = resolve_weights(weights, root)
@@ -67,6 +81,8 @@ def build_base(image_size: int, weights: str, root: Path) -> keras.Model:
         raise WeightsError(
             f"InceptionV3 weights '{weights}' could not be loaded ({error}). {imagenet_hint()}"
         ) from error
+    if resolved is None:
+        reinitialise_kernels(base, seed)
     base.trainable = False
     return base
 
@@ -78,6 +94,7 @@ class HeadSpec:
     class_count: int
     dense_units: int
     dropout: float
+    seed: int = 0
     feature_mean: np.ndarray | None = None
     feature_variance: np.ndarray | None = None
 
@@ -93,9 +110,20 @@ def add_head(features: keras.KerasTensor, spec: HeadSpec) -> keras.KerasTensor:
         features = keras.layers.Normalization(
             mean=spec.feature_mean, variance=spec.feature_variance, name=HEAD_STANDARDISE
         )(features)
-    hidden = keras.layers.Dense(spec.dense_units, activation="relu", name=HEAD_DENSE)(features)
-    hidden = keras.layers.Dropout(spec.dropout, name=HEAD_DROPOUT)(hidden)
-    return keras.layers.Dense(spec.class_count, activation="softmax", dtype="float32", name=HEAD_OUTPUT)(hidden)
+    hidden = keras.layers.Dense(
+        spec.dense_units,
+        activation="relu",
+        name=HEAD_DENSE,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=spec.seed),
+    )(features)
+    hidden = keras.layers.Dropout(spec.dropout, seed=spec.seed + 1, name=HEAD_DROPOUT)(hidden)
+    return keras.layers.Dense(
+        spec.class_count,
+        activation="softmax",
+        dtype="float32",
+        name=HEAD_OUTPUT,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=spec.seed + 2),
+    )(hidden)
 
 
 def build_embedder(base: keras.Model, image_size: int) -> keras.Model:

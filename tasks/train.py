@@ -467,7 +467,7 @@ def train_classifier(
         state = TrainState(fingerprint=fingerprint, run_id=run_id)
     resumed_from = state.completed_epochs
     paths.features_dir.mkdir(parents=True, exist_ok=True)
-    base = build_base(data.image_size, model_params.weights, paths.root)
+    base = build_base(data.image_size, model_params.weights, paths.root, train.seed)
     embedder = build_embedder(base, data.image_size)
     steps = math.ceil(len(data.train) / train.batch_size)
     embed_seconds, embedded, reused, cache = 0.0, 0, False, None
@@ -490,7 +490,7 @@ def train_classifier(
         batches = batches.batch(train.embed_batch_size).prefetch(tf.data.AUTOTUNE)
         reference_embeddings = embed(embedder, batches, len(data.train), "embed train statistics", show_progress)
     statistics = embedding_statistics(reference_embeddings) if model_params.standardize_features else (None, None)
-    spec = HeadSpec(len(data.classes), model_params.dense_units, model_params.dropout, *statistics)
+    spec = HeadSpec(len(data.classes), model_params.dense_units, model_params.dropout, train.seed, *statistics)
     classifier = build_classifier(base, data.image_size, spec)
     started = time.perf_counter()
     if cache is not None:

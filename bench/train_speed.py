@@ -1,0 +1,243 @@
+"""Training speed and accuracy on CEDAR: the published reference recipe against our two modes.
+
+For each image size, in one process, with the same split, epochs and seed and `weights=None`:
+1. reference: legacy `ImageDataGenerator` (its settings, 1/255 rescale) reading the raw files,
+   frozen InceptionV3 re-run on every augmented batch, every epoch;
+2. ours, `online`; 3. ours, `cached` (embedding time included in its wall time).
+Also the raw forward throughput of the frozen base on random tensors, and our embedding
+throughput as a fraction of it. Results are printed as a markdown table and written as JSON.
+
+Usage: python bench/train_speed.py --cedar ../shared/datasets/cedar --sizes 150 299 --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import accuracy_score, f1_score
+
+from tasks.config import AugmentParams, ModelParams, PrepareParams, TrainParams
+from tasks.model import build_base, build_embedder
+from tasks.paths import ProjectPaths
+from tasks.prepare import prepare_dataset, read_manifest
+from tasks.train import load_training_data, plain_batches, train_classifier, training_fingerprint
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_BATCH = 16
+FORWARD_BATCH = 32
+FORWARD_BATCHES = 6
+REFERENCE_AUGMENTATION = dict(
+    rotation_range=20,
+    zoom_range=0.05,
+    width_shift_range=0.05,
+    height_shift_range=0.05,
+    shear_range=0.05,
+    horizontal_flip=True,
+    fill_mode="nearest",
+)
+
+
+def prepared_workspace(cedar: Path, root: Path, size: int) -> ProjectPaths:
+    """CEDAR copied under `root` and prepared at `size` px: 5 test, 19 train (15 + 4 val) genuine per writer."""
+    import yaml
+
+    paths = ProjectPaths.from_root(root)
+    if not paths.raw_dir.exists():
+        shutil.copytree(cedar, paths.raw_dir)
+    values = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["prepare"]
+    values.update(image_size=size, test_per_writer=5, train_per_writer=19, val_fraction=0.2)
+    prepare_dataset(paths, "cedar", PrepareParams.model_validate(values), show_progress=False)
+    return paths
+
+
+def raw_forward_throughput(size: int) -> float:
+    """Images/s of the frozen base (with pooling) on random tensors, after one warm-up batch."""
+    keras.utils.set_random_seed(0)
+    embedder = build_embedder(build_base(size, "none", PROJECT_ROOT), size)
+    step = tf.function(lambda batch: embedder(batch, training=False))
+    batch = tf.random.uniform((FORWARD_BATCH, size, size, 3), 0, 255, seed=1)
+    step(batch).numpy()
+    started = time.perf_counter()
+    for _ in range(FORWARD_BATCHES):
+        step(batch).numpy()
+    return FORWARD_BATCH * FORWARD_BATCHES / (time.perf_counter() - started)
+
+
+def reference_recipe(paths: ProjectPaths, size: int, epochs: int, seed: int) -> dict[str, float]:
+    """The published recipe: ImageDataGenerator on raw files, 1/255, base re-run every epoch."""
+    import pandas as pd
+
+    generator_class = tf.keras.preprocessing.image.ImageDataGenerator
+    keras.utils.set_random_seed(seed)
+    rows = [row for row in read_manifest(paths.manifest_file) if row["kind"] == "genuine"]
+    classes = sorted({row["writer"] for row in rows})
+    frames = {
+        split: pd.DataFrame(
+            {
+                "filename": [str(paths.root / r["path"]) for r in rows if r["split"] == split],
+                "class": [r["writer"] for r in rows if r["split"] == split],
+            }
+        )
+        for split in ("train", "val", "test")
+    }
+    common = dict(
+        x_col="filename",
+        y_col="class",
+        target_size=(size, size),
+        color_mode="rgb",
+        class_mode="categorical",
+        classes=classes,
+        batch_size=REFERENCE_BATCH,
+        seed=seed,
+    )
+    augmenting = generator_class(rescale=1.0 / 255, **REFERENCE_AUGMENTATION)
+    plain = generator_class(rescale=1.0 / 255)
+    train_flow = augmenting.flow_from_dataframe(frames["train"], shuffle=True, **common)
+    val_flow = plain.flow_from_dataframe(frames["val"], shuffle=False, **common)
+    test_flow = plain.flow_from_dataframe(frames["test"], shuffle=False, **common)
+    base = keras.applications.InceptionV3(weights=None, include_top=False, input_shape=(size, size, 3))
+    for layer in base.layers:
+        layer.trainable = False
+    hidden = keras.layers.GlobalAveragePooling2D()(base.output)
+    hidden = keras.layers.Dropout(0.1)(keras.layers.Dense(1024, activation="relu")(hidden))
+    model = keras.Model(base.input, keras.layers.Dense(len(classes), activation="softmax")(hidden))
+    model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"])
+    started = time.perf_counter()
+    model.fit(train_flow, epochs=epochs, validation_data=val_flow, verbose=2)
+    wall = time.perf_counter() - started
+    predictions = np.argmax(model.predict(test_flow, verbose=0), axis=1)
+    truth = test_flow.classes
+    return {
+        "wall_seconds": wall,
+        "train_images_per_second": len(frames["train"]) * epochs / wall,
+        "test_accuracy": accuracy_score(truth, predictions),
+        "f1_weighted": f1_score(truth, predictions, average="weighted"),
+    }
+
+
+def ours(paths: ProjectPaths, mode: str, epochs: int, seed: int, views: int) -> dict[str, float]:
+    """Our training in `mode`, from a cold feature cache; wall time covers embedding and training."""
+    import yaml
+
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    model = ModelParams.model_validate({**params["model"], "weights": "none"})
+    augment = AugmentParams.model_validate(params["augment"])
+    train = TrainParams.model_validate(
+        {
+            **params["train"],
+            "mode": mode,
+            "epochs": epochs,
+            "seed": seed,
+            "augmented_views": views,
+            "patience": epochs,
+            "mixed_precision": "off",
+            "distribute": "none",
+        }
+    )
+    shutil.rmtree(paths.features_dir, ignore_errors=True)
+    data = load_training_data(read_manifest(paths.manifest_file), paths.root)
+    started = time.perf_counter()
+    result = train_classifier(
+        paths,
+        data,
+        model,
+        train,
+        augment,
+        training_fingerprint(model, train, augment, mode),
+        "cpu",
+        show_progress=False,
+    )
+    wall = time.perf_counter() - started
+    predictions = np.argmax(result.classifier.predict(plain_batches(data.test, None, 32), verbose=0), axis=1)
+    return {
+        "wall_seconds": wall,
+        "train_images_per_second": len(data.train) * epochs / wall,
+        "test_accuracy": accuracy_score(data.test.labels, predictions),
+        "f1_weighted": f1_score(data.test.labels, predictions, average="weighted"),
+        "embed_images_per_second": result.embed_images_per_second,
+    }
+
+
+def machine_description() -> str:
+    """Host, processor and core count, to name the machine in bench/README.md."""
+    import os
+
+    return f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores), TensorFlow {tf.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cedar", type=Path, default=PROJECT_ROOT.parent / "shared" / "datasets" / "cedar")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[150, 299])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--views", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "bench" / "results" / "train_speed.json")
+    arguments = parser.parse_args()
+    results: dict[str, object] = {
+        "machine": machine_description(),
+        "epochs": arguments.epochs,
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        for size in arguments.sizes:
+            paths = prepared_workspace(arguments.cedar, Path(scratch) / f"cedar-{size}", size)
+            forward = raw_forward_throughput(size)
+            runs = [("reference", reference_recipe(paths, size, arguments.epochs, arguments.seed))]
+            runs.append(("online", ours(paths, "online", arguments.epochs, arguments.seed, 1)))
+            for views in arguments.views:
+                runs.append(
+                    (f"cached, {views} view(s)", ours(paths, "cached", arguments.epochs, arguments.seed, views))
+                )
+            baseline = runs[0][1]["wall_seconds"]
+            for name, measured in runs:
+                measured.update(
+                    size=size,
+                    variant=name,
+                    raw_forward_images_per_second=forward,
+                    speedup_vs_reference=baseline / measured["wall_seconds"],
+                )
+                if measured.get("embed_images_per_second"):
+                    measured["embed_fraction_of_raw_forward"] = measured["embed_images_per_second"] / forward
+                results["runs"].append(measured)
+                print(json.dumps(measured), flush=True)
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+
+
+def print_table(results: dict[str, object]) -> None:
+    """The results as the markdown table of bench/README.md."""
+    print(
+        "| size | variant | wall s | train img/s | speed-up vs reference | test acc | weighted F1 "
+        "| embed img/s (% of raw forward) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for run in results["runs"]:
+        embed = (
+            f"{run['embed_images_per_second']:.1f} ({run['embed_fraction_of_raw_forward']:.0%})"
+            if run.get("embed_fraction_of_raw_forward")
+            else "-"
+        )
+        print(
+            f"| {run['size']} | {run['variant']} | {run['wall_seconds']:.1f} | {run['train_images_per_second']:.1f} | "
+            f"{run['speedup_vs_reference']:.2f}x | {run['test_accuracy']:.3f} | {run['f1_weighted']:.3f} | {embed} |"
+        )
+    forwards = {run["size"]: run["raw_forward_images_per_second"] for run in results["runs"]}
+    print(
+        "\nRaw forward of the frozen base (random tensors, batch 32): "
+        + ", ".join(f"{size} px: {value:.1f} img/s" for size, value in forwards.items())
+    )
+
+
+if __name__ == "__main__":
+    main()
