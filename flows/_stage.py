@@ -12,7 +12,7 @@ from tasks.archives import NotAnArchiveError, UnsafeArchiveError
 from tasks.config import ConfigError
 from tasks.datasets import LayoutError
 from tasks.download import DownloadError
-from tasks.errors import TrainingDataError, WeightsError
+from tasks.errors import CalibrationError, EvaluationError, TrainingDataError, WeightsError
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
 
 USER_ERRORS = (
@@ -23,6 +23,8 @@ USER_ERRORS = (
     NotAnArchiveError,
     TrainingDataError,
     WeightsError,
+    EvaluationError,
+    CalibrationError,
 )
 QUIET_ENVIRONMENT = {
     "DO_NOT_TRACK": "true",

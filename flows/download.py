@@ -13,8 +13,8 @@ from prefect.cache_policies import NO_CACHE
 from flows._stage import run_entry_point, workspace_paths
 from tasks.config import DataParams, DownloadParams, SyntheticParams, parse_group, read_params_file
 from tasks.download import DownloadSummary, fetch_dataset
+from tasks.files import write_json
 from tasks.paths import ProjectPaths
-from tasks.prepare import write_json
 
 
 @task(name="fetch-dataset", cache_policy=NO_CACHE)

@@ -12,8 +12,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._stage import run_entry_point, workspace_paths
 from tasks.config import PrepareParams, parse_group, parse_layout, read_params_file
+from tasks.files import write_json
 from tasks.paths import ProjectPaths
-from tasks.prepare import PrepareSummary, prepare_dataset, prepare_metrics, write_json
+from tasks.prepare import PrepareSummary, prepare_dataset, prepare_metrics
 
 
 @task(name="preprocess-and-split", cache_policy=NO_CACHE)

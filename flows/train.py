@@ -14,8 +14,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._stage import run_entry_point, workspace_paths
 from tasks.config import AugmentParams, ModelParams, TrackingParams, TrainParams, parse_group, read_params_file
+from tasks.files import write_json
 from tasks.paths import ProjectPaths
-from tasks.prepare import write_json
 
 MODEL_ARTIFACT_NAME = "model"
 SIGNATURE_EXAMPLE_COUNT = 2

@@ -210,3 +210,18 @@ class TrackingParams(StrictModel):
 
     experiment: str = Field(min_length=1)
     log_model: bool
+
+
+class EvaluateParams(StrictModel):
+    """How the held-out images are scored and summarised."""
+
+    batch_size: int = Field(ge=1)
+    top_k: int = Field(ge=1)
+
+
+class CalibrateParams(StrictModel):
+    """How the temperature and the "unknown" threshold are fitted."""
+
+    objective: Literal["target_far", "eer"]
+    target_far: float = Field(gt=0, lt=1)
+    reference_threshold: float = Field(gt=0, lt=1)

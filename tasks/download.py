@@ -12,7 +12,6 @@ The new raw folder is assembled beside the old one and swapped in only when comp
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import shutil
 import time
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from tasks.archives import NotAnArchiveError, UnsafeArchiveError, is_archive, safe_extract
 from tasks.config import DataParams, DownloadParams, SyntheticParams
+from tasks.files import sha256_file
 from tasks.paths import ProjectPaths
 from tasks.synthetic import write_synthetic_dataset
 
@@ -35,7 +35,6 @@ INCOMING_SUFFIX = ".incoming"
 PERMANENT_HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 451})
 RANGE_NOT_SATISFIABLE = 416
 PARTIAL_CONTENT = 206
-HASH_BLOCK_BYTES = 1 << 20
 DEFAULT_ARCHIVE_NAME = "dataset-archive"
 MANUAL_HINT = (
     "To supply the data by hand: fetch the archive (or folder) yourself, then set "
@@ -64,15 +63,6 @@ class RetryPolicy:
     @classmethod
     def from_params(cls, params: DownloadParams) -> RetryPolicy:
         return cls(params.retries, params.backoff_seconds, params.timeout_seconds, params.chunk_bytes)
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(HASH_BLOCK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def archive_name(url: str) -> str:
@@ -144,7 +134,7 @@ def download_url(
     the bytes as `<destination>.corrupt` for inspection and raises DownloadError.
     """
     expected = expected_sha256.lower()
-    if destination.is_file() and sha256_of(destination) == expected:
+    if destination.is_file() and sha256_file(destination) == expected:
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + PARTIAL_SUFFIX)
@@ -166,7 +156,7 @@ def download_url(
                     f"next run resumes it. {MANUAL_HINT}"
                 ) from error
             time.sleep(policy.backoff_seconds * 2**attempt)
-    actual = sha256_of(partial)
+    actual = sha256_file(partial)
     if actual != expected:
         corrupt = destination.with_name(destination.name + CORRUPT_SUFFIX)
         partial.replace(corrupt)
@@ -249,7 +239,7 @@ def materialise(source: Path, target: Path, expected_sha256: str | None) -> None
         return
     if not source.is_file():
         raise DownloadError(f"{source}: no such file or folder. Fix data.path in params.yaml.")
-    if expected_sha256 and sha256_of(source) != expected_sha256.lower():
+    if expected_sha256 and sha256_file(source) != expected_sha256.lower():
         raise DownloadError(f"{source}: checksum differs from data.sha256; fix data.sha256 or the file.")
     safe_extract(source, target)
 

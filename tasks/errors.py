@@ -10,3 +10,11 @@ class WeightsError(RuntimeError):
 
 class TrainingDataError(ValueError):
     """The prepared data cannot train a classifier (too few writers, no validation images...)."""
+
+
+class EvaluationError(ValueError):
+    """The prepared data has nothing to evaluate on (no test genuine signatures)."""
+
+
+class CalibrationError(ValueError):
+    """The calibration data cannot support the asked threshold (no unknowns, or too few)."""

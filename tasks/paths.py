@@ -95,6 +95,44 @@ class ProjectPaths:
         return self.plots_dir / "learning_curve.png"
 
     @property
+    def scores_file(self) -> Path:
+        """Logits of every val, test and calibration image (evaluate stage), read by calibrate."""
+        return self.data_dir / "scores" / "scores.npz"
+
+    @property
+    def evaluate_metrics_file(self) -> Path:
+        return self.metrics_dir / "evaluate.json"
+
+    @property
+    def per_writer_file(self) -> Path:
+        return self.metrics_dir / "per_writer.csv"
+
+    @property
+    def confusion_matrix_file(self) -> Path:
+        return self.plots_dir / "confusion_matrix.png"
+
+    @property
+    def roc_det_file(self) -> Path:
+        return self.plots_dir / "roc_det.png"
+
+    @property
+    def score_distributions_file(self) -> Path:
+        return self.plots_dir / "score_distributions.png"
+
+    @property
+    def calibrate_metrics_file(self) -> Path:
+        return self.metrics_dir / "calibrate.json"
+
+    @property
+    def calibration_file(self) -> Path:
+        """Temperature, threshold and unknown class id: what inference applies to the classifier."""
+        return self.models_dir / "calibration.json"
+
+    @property
+    def reliability_file(self) -> Path:
+        return self.plots_dir / "reliability.png"
+
+    @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"
 

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 PNG_METADATA = {"Software": None}
 FIGURE_DPI = 100
+MAX_TICK_LABELS = 40
+DET_CLIP = 1e-4
+HISTOGRAM_BINS = 40
 
 
 def learning_curve(history: dict[str, list[float]], best_epoch: int, path: Path) -> None:
     """Loss and accuracy per epoch, train against validation, the kept (best) epoch marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = list(range(1, len(history.get("loss", [])) + 1))
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric, title in ((axes[0], "loss", "Cross-entropy loss"), (axes[1], "accuracy", "Accuracy")):
@@ -26,7 +28,103 @@ def learning_curve(history: dict[str, list[float]], best_epoch: int, path: Path)
         axis.set_title(title)
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.tight_layout()
+    save(figure, path)
+
+
+def pyplot():  # -> matplotlib.pyplot
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(figure, path: Path) -> None:  # figure: matplotlib.figure.Figure
+    """Write a figure as PNG without a timestamp, and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
     figure.savefig(path, dpi=FIGURE_DPI, metadata=PNG_METADATA)
-    plt.close(figure)
+    pyplot().close(figure)
+
+
+def confusion_matrix_image(matrix: np.ndarray, classes: Sequence[str], path: Path) -> None:
+    """Row-normalised confusion matrix, classes in id order, no per-cell text (readable at 115 writers)."""
+    plt = pyplot()
+    totals = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, totals, out=np.zeros_like(matrix, dtype=np.float64), where=totals > 0)
+    side = min(12.0, 4.0 + len(classes) * 0.07)
+    figure, axis = plt.subplots(figsize=(side + 1.5, side))
+    image = axis.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    step = max(1, len(classes) // MAX_TICK_LABELS)
+    ticks = np.arange(0, len(classes), step)
+    axis.set_xticks(ticks, [classes[index] for index in ticks], rotation=90, fontsize=7)
+    axis.set_yticks(ticks, [classes[index] for index in ticks], fontsize=7)
+    axis.set_xlabel("predicted writer")
+    axis.set_ylabel("true writer")
+    axis.set_title(f"Confusion matrix, test genuine ({int(matrix.sum())} images), row-normalised")
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    save(figure, path)
+
+
+def roc_det_image(scores: dict[str, np.ndarray], path: Path) -> None:
+    """ROC (FAR against 1 - FRR) and DET (FRR against FAR, normal-deviate axes) per impostor kind."""
+    from scipy.stats import norm
+    from sklearn.metrics import roc_curve
+
+    plt = pyplot()
+    figure, (roc_axis, det_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
+    genuine = scores["genuine"]
+    for kind, impostor in scores.items():
+        if kind == "genuine" or not len(impostor) or not len(genuine):
+            continue
+        truth = np.concatenate([np.ones(len(genuine)), np.zeros(len(impostor))])
+        far, true_accept, _ = roc_curve(truth, np.concatenate([genuine, impostor]))
+        frr = 1.0 - true_accept
+        roc_axis.plot(far, true_accept, label=kind)
+        clipped = lambda rate: norm.ppf(np.clip(rate, DET_CLIP, 1 - DET_CLIP))  # noqa: E731
+        det_axis.plot(clipped(far), clipped(frr), label=kind)
+    roc_axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    roc_axis.set(xlabel="FAR", ylabel="1 - FRR", title="ROC, test (claimed-writer probability)")
+    ticks = np.array([0.001, 0.01, 0.05, 0.2, 0.5, 0.8])
+    det_axis.set_xticks(norm.ppf(ticks), [f"{tick:g}" for tick in ticks])
+    det_axis.set_yticks(norm.ppf(ticks), [f"{tick:g}" for tick in ticks])
+    det_axis.plot(norm.ppf(ticks), norm.ppf(ticks), color="grey", linestyle=":", label="EER line")
+    det_axis.set(xlabel="FAR", ylabel="FRR", title="DET, test")
+    for axis in (roc_axis, det_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    save(figure, path)
+
+
+def score_distributions_image(scores: dict[str, np.ndarray], path: Path) -> None:
+    """Histograms of the claimed-writer probability: genuine against each impostor kind."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    bins = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    for kind, values in scores.items():
+        if len(values):
+            axis.hist(values, bins=bins, density=True, histtype="step", linewidth=1.5, label=f"{kind} ({len(values)})")
+    axis.set_yscale("log")
+    axis.set(xlabel="probability of the claimed writer", ylabel="density (log)", title="Score distributions, test")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    save(figure, path)
+
+
+def reliability_image(
+    before: dict[str, list[float]], after: dict[str, list[float]], temperature: float, path: Path
+) -> None:
+    """Reliability diagram of the top-1 confidence, before and after temperature scaling."""
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    for axis, table, title in ((axes[0], before, "before (T = 1)"), (axes[1], after, f"after (T = {temperature:.2f})")):
+        centres = np.array(table["centre"])
+        accuracy = np.nan_to_num(np.array(table["accuracy"]))
+        axis.bar(centres, accuracy, width=1.0 / len(centres), edgecolor="black", alpha=0.7, label="accuracy")
+        axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+        axis.set(xlabel="top-1 confidence", title=f"Reliability, test genuine, {title}", xlim=(0, 1), ylim=(0, 1))
+        axis.legend()
+    axes[0].set_ylabel("accuracy")
+    save(figure, path)

@@ -8,8 +8,6 @@ decided after preprocessing, so a skipped image never takes a test slot.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -21,6 +19,7 @@ from tqdm import tqdm
 
 from tasks.config import PrepareParams
 from tasks.datasets import AdapterResult, SignatureRecord, SkippedFile, list_dataset
+from tasks.files import sha256_file, write_csv
 from tasks.images import (
     ImageReadError,
     NoInkError,
@@ -44,7 +43,6 @@ MANIFEST_COLUMNS = (
     "original_height",
     "ink_threshold",
 )
-HASH_BLOCK_BYTES = 1 << 20
 PREPARED_SUFFIX = ".png"
 PROCESS_CHUNK_SIZE = 8
 
@@ -80,15 +78,6 @@ class PrepareSummary:
     writers: int
     skipped: int
     counts: dict[str, dict[str, int]]
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(HASH_BLOCK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def settings_from_params(params: PrepareParams) -> PreprocessSettings:
@@ -127,8 +116,8 @@ def process_one(job: PrepareJob) -> ProcessedImage:
     return ProcessedImage(
         record=job.record,
         prepared_path=target.relative_to(job.paths.root).as_posix(),
-        source_sha256=file_sha256(source),
-        prepared_sha256=file_sha256(target),
+        source_sha256=sha256_file(source),
+        prepared_sha256=sha256_file(target),
         original_width=result.original_width,
         original_height=result.original_height,
         ink_threshold=result.threshold,
@@ -175,15 +164,6 @@ def count_by_split_and_kind(rows: Iterable[dict[str, object]]) -> dict[str, dict
     counter = Counter((str(row["split"]), str(row["kind"])) for row in rows)
     kinds = ("genuine", "skilled", "simple", "opposite")
     return {split: {kind: counter[(split, kind)] for kind in kinds} for split in SPLITS}
-
-
-def write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict[str, object]]) -> None:
-    """Write rows as CSV with a header and Unix line endings."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def read_manifest(path: Path) -> list[dict[str, str]]:
@@ -273,9 +253,3 @@ def prepare_metrics(summary: PrepareSummary) -> dict[str, object]:
         "kinds": dict(totals),
         "splits": summary.counts,
     }
-
-
-def write_json(path: Path, content: object) -> None:
-    """Write JSON with sorted keys and a final newline, so equal content gives equal bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -6,17 +6,16 @@ tracking server. Nothing here runs at import time.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from tasks.files import sha256_file
 from tasks.paths import ProjectPaths
 
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
-HASH_BLOCK_BYTES = 1 << 20
 
 
 def tracking_uri(paths: ProjectPaths) -> str:
@@ -51,15 +50,6 @@ def flatten_params(groups: Mapping[str, BaseModel | Mapping[str, object]]) -> di
     return flat
 
 
-def data_version(manifest_file: Path) -> str:
-    """The data version: SHA-256 of the manifest (which holds every image's own hash)."""
-    digest = hashlib.sha256()
-    with manifest_file.open("rb") as handle:
-        for block in iter(lambda: handle.read(HASH_BLOCK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def epoch_logger():  # -> keras.callbacks.Callback
     """A Keras callback that logs every epoch's metrics to the active MLflow run, step = epoch."""
     import keras
@@ -70,3 +60,17 @@ def epoch_logger():  # -> keras.callbacks.Callback
             mlflow.log_metrics({name: float(value) for name, value in (logs or {}).items()}, step=epoch)
 
     return MlflowEpochLogger()
+
+
+def parent_run_id(train_run_file: Path) -> str | None:
+    """The training run that later stages nest their runs under, if training has logged one."""
+    import json
+
+    if not train_run_file.is_file():
+        return None
+    return json.loads(train_run_file.read_text()).get("run_id")
+
+
+def data_version(manifest_file: Path) -> str:
+    """The data version: SHA-256 of the manifest (which holds every image's own hash)."""
+    return sha256_file(manifest_file)

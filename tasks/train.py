@@ -48,8 +48,8 @@ from tasks.paths import ProjectPaths
 GENUINE = "genuine"
 STATE_FILE = "state.json"
 SEED_STATE_NAME = "seed_generator_state"
-LAST_MODEL_FILE = "last.keras"
-BEST_WEIGHTS_FILE = "best.weights.h5"
+LAST_STATE_FILE = "last.npz"
+BEST_FILE = "best.npz"
 CACHED_VIEW_EPOCH_OFFSET = 1_000_000
 FEATURES_SUFFIX = ".npz"
 FEATURES_META_SUFFIX = ".json"
@@ -90,7 +90,6 @@ class TrainState:
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     history: dict[str, list[float]] = field(default_factory=dict)
-    seed_states: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -223,11 +222,17 @@ def cached_batches(
     return tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
+def embedding_function(embedder: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The embedder as one compiled function for any batch size: traced once, not once per dataset."""
+    size = embedder.input_shape[1]
+    signature = [tf.TensorSpec([None, size, size, 3], tf.float32)]
+    return tf.function(lambda batch: embedder(batch, training=False), input_signature=signature)
+
+
 def embed(
-    embedder: keras.Model, batches: tf.data.Dataset, count: int, description: str, show_progress: bool
+    step: Callable[[tf.Tensor], tf.Tensor], batches: tf.data.Dataset, count: int, description: str, show_progress: bool
 ) -> np.ndarray:
     """Run the frozen base over `batches` of images, with a progress bar; returns (count, 2048)."""
-    step = tf.function(lambda batch: embedder(batch, training=False), reduce_retracing=True)
     outputs = []
     with tqdm(total=count, desc=description, unit="img", disable=not show_progress) as progress:
         for batch in batches:
@@ -301,6 +306,7 @@ def compute_features(
 ) -> FeatureCache:
     """Embed `views` augmented copies of every training image and the plain val and test images."""
     started = time.perf_counter()
+    step = embedding_function(embedder)
     images = tf.constant(data.train.images)
     natural_order = tf.range(len(data.train), dtype=tf.int64)
     train_views = []
@@ -309,11 +315,9 @@ def compute_features(
         batches = (
             augmented_images(images, augment, seed, epoch, natural_order).batch(batch_size).prefetch(tf.data.AUTOTUNE)
         )
-        train_views.append(
-            embed(embedder, batches, len(data.train), f"embed train view {view + 1}/{views}", show_progress)
-        )
-    val = embed(embedder, plain_batches(data.val, None, batch_size), len(data.val), "embed val", show_progress)
-    test = embed(embedder, plain_batches(data.test, None, batch_size), len(data.test), "embed test", show_progress)
+        train_views.append(embed(step, batches, len(data.train), f"embed train view {view + 1}/{views}", show_progress))
+    val = embed(step, plain_batches(data.val, None, batch_size), len(data.val), "embed val", show_progress)
+    test = embed(step, plain_batches(data.test, None, batch_size), len(data.test), "embed test", show_progress)
     count = views * len(data.train) + len(data.val) + len(data.test)
     return FeatureCache(np.stack(train_views), val, test, time.perf_counter() - started, count)
 
@@ -332,7 +336,7 @@ def training_fingerprint(model: ModelParams, train: TrainParams, augment: Augmen
 def read_resumable_state(checkpoint_dir: Path, fingerprint: str) -> TrainState | None:
     """The saved state of an unfinished run with this fingerprint, if its files are all there."""
     state_file = checkpoint_dir / STATE_FILE
-    if not (state_file.is_file() and (checkpoint_dir / LAST_MODEL_FILE).is_file()):
+    if not (state_file.is_file() and (checkpoint_dir / LAST_STATE_FILE).is_file()):
         return None
     try:
         state = TrainState(**json.loads(state_file.read_text()))
@@ -342,8 +346,36 @@ def read_resumable_state(checkpoint_dir: Path, fingerprint: str) -> TrainState |
 
 
 def seed_state_variables(model: keras.Model) -> list[keras.Variable]:
-    """The random-generator states of a model's layers (Dropout), which `model.save` does not keep."""
+    """The random-generator states of a model's layers (Dropout)."""
     return [variable for variable in model.variables if SEED_STATE_NAME in variable.path]
+
+
+def checkpointed_variables(model: keras.Model, with_optimizer: bool) -> list[keras.Variable]:
+    """What a checkpoint holds: the trainable (head) variables, and for resuming also the
+    optimizer's and the dropout generators' state. The frozen base is never written: it is
+    rebuilt identically from `model.weights` and the seed, which keeps a checkpoint a few MB."""
+    variables = list(model.trainable_variables)
+    if with_optimizer:
+        variables += list(model.optimizer.variables) + seed_state_variables(model)
+    return variables
+
+
+def save_variables(variables: Sequence[keras.Variable], path: Path) -> None:
+    """Write variables' values to an .npz, atomically (a temporary name, then a rename)."""
+    temporary = path.with_name(f"partial-{path.name}")
+    with temporary.open("wb") as handle:
+        np.savez(handle, *[keras.ops.convert_to_numpy(variable) for variable in variables])
+    temporary.replace(path)
+
+
+def load_variables(variables: Sequence[keras.Variable], path: Path) -> None:
+    """Assign the values saved by `save_variables`, in the same order."""
+    with np.load(path) as arrays:
+        values = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+    if len(values) != len(variables):
+        raise ValueError(f"{path} holds {len(values)} arrays, the model {len(variables)} variables")
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
 
 
 def write_json_atomically(path: Path, content: object) -> None:
@@ -369,19 +401,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if validation_loss < self.state.best_val_loss:
             self.state.best_val_loss, self.state.best_epoch = validation_loss, epoch
             self.state.epochs_without_improvement = 0
-            self.model.save_weights(self.checkpoint_dir / BEST_WEIGHTS_FILE)
+            save_variables(checkpointed_variables(self.model, with_optimizer=False), self.checkpoint_dir / BEST_FILE)
         else:
             self.state.epochs_without_improvement += 1
         self.state.completed_epochs = epoch + 1
         if self.state.epochs_without_improvement >= self.patience:
             self.state.stopped_early = True
             self.model.stop_training = True
-        self.state.seed_states = [
-            np.asarray(variable.numpy()).ravel().tolist() for variable in seed_state_variables(self.model)
-        ]
-        temporary = self.checkpoint_dir / f"partial-{LAST_MODEL_FILE}"
-        self.model.save(temporary)
-        temporary.replace(self.checkpoint_dir / LAST_MODEL_FILE)
+        save_variables(checkpointed_variables(self.model, with_optimizer=True), self.checkpoint_dir / LAST_STATE_FILE)
         write_json_atomically(self.checkpoint_dir / STATE_FILE, asdict(self.state))
 
 
@@ -408,12 +435,10 @@ def fit_with_resume(
 ) -> keras.Model:
     """Fit from the state's last completed epoch (0 for a new run); return the best epoch's model."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    model = fresh_model()
     if state.completed_epochs:
-        model = keras.models.load_model(checkpoint_dir / LAST_MODEL_FILE)
-        for variable, values in zip(seed_state_variables(model), state.seed_states, strict=True):
-            variable.assign(np.array(values, dtype=variable.dtype).reshape(variable.shape))
-    else:
-        model = fresh_model()
+        model.optimizer.build(model.trainable_variables)
+        load_variables(checkpointed_variables(model, with_optimizer=True), checkpoint_dir / LAST_STATE_FILE)
     if state.completed_epochs < train.epochs and not state.stopped_early:
         model.fit(
             batches_from(state.completed_epochs),
@@ -424,7 +449,7 @@ def fit_with_resume(
             callbacks=[EpochCheckpoint(checkpoint_dir, state, train.patience), *callbacks],
             verbose=2,
         )
-    model.load_weights(checkpoint_dir / BEST_WEIGHTS_FILE)
+    load_variables(checkpointed_variables(model, with_optimizer=False), checkpoint_dir / BEST_FILE)
     return model
 
 
@@ -488,7 +513,9 @@ def train_classifier(
         epoch = tf.constant(CACHED_VIEW_EPOCH_OFFSET, tf.int64)
         batches = augmented_images(tf.constant(data.train.images), augment, train.seed, epoch, order)
         batches = batches.batch(train.embed_batch_size).prefetch(tf.data.AUTOTUNE)
-        reference_embeddings = embed(embedder, batches, len(data.train), "embed train statistics", show_progress)
+        reference_embeddings = embed(
+            embedding_function(embedder), batches, len(data.train), "embed train statistics", show_progress
+        )
     statistics = embedding_statistics(reference_embeddings) if model_params.standardize_features else (None, None)
     spec = HeadSpec(len(data.classes), model_params.dense_units, model_params.dropout, train.seed, *statistics)
     classifier = build_classifier(base, data.image_size, spec)

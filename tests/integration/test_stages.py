@@ -77,6 +77,8 @@ def test_entry_point_prints_one_line_error_and_exits_1(workspace: Path, subproce
 DVC_DATASET = {
     **TINY_DATASET,
     "synthetic": {**TINY_DATASET["synthetic"], "genuine_per_writer": 9, "width": 120, "height": 80},
+    "evaluate": {"batch_size": 16, "top_k": 2},
+    "calibrate": {"target_far": 0.2},  # 9 calibration unknowns can resolve a FAR of 0.2, not 0.05
     "prepare": {"image_size": 75, "workers": 1},
     "model": {"dense_units": 32},
     "train": {"epochs": 2, "augmented_views": 1},
@@ -89,7 +91,7 @@ def test_dvc_repro_is_incremental(workspace: Path, subprocess_env: dict[str, str
     edit_params(workspace / "params.yaml", DVC_DATASET)
     run(["dvc", "init", "--no-scm", "-q"], workspace, subprocess_env)
     first = run(["dvc", "repro"], workspace, subprocess_env)
-    for stage in ("download", "prepare", "train"):
+    for stage in ("download", "prepare", "train", "evaluate", "calibrate"):
         assert f"Running stage '{stage}'" in first.stdout
     manifest = workspace / "data" / "prepared" / "manifest.csv"
     manifest_bytes = manifest.read_bytes()
@@ -98,9 +100,15 @@ def test_dvc_repro_is_incremental(workspace: Path, subprocess_env: dict[str, str
     assert "Running stage" not in second.stdout
     assert manifest.read_bytes() == manifest_bytes
 
+    edit_params(workspace / "params.yaml", {"calibrate": {"target_far": 0.25}})
+    only_calibrate = run(["dvc", "repro"], workspace, subprocess_env)
+    assert only_calibrate.stdout.count("Running stage") == 1 and "Running stage 'calibrate'" in only_calibrate.stdout
+    assert json.loads((workspace / "metrics" / "calibrate.json").read_text())["target_far"] == 0.25
+
     edit_params(workspace / "params.yaml", {"train": {"mode": "online"}})
     third = run(["dvc", "repro"], workspace, subprocess_env)
-    assert "Running stage 'train'" in third.stdout
+    for stage in ("train", "evaluate", "calibrate"):
+        assert f"Running stage '{stage}'" in third.stdout
     assert "Running stage 'download'" not in third.stdout and "Running stage 'prepare'" not in third.stdout
     assert json.loads((workspace / "metrics" / "train.json").read_text())["mode"] == "online"
 

@@ -147,7 +147,7 @@ def test_interrupted_run_resumes_from_its_last_epoch_to_the_same_result(
     assert not paths.train_checkpoint_dir.exists()
 
 
-def test_train_flow_logs_a_loadable_mlflow_run(workspace: Path, prefect_api_url: str) -> None:
+def test_stage_flows_train_evaluate_calibrate_and_log_to_mlflow(workspace: Path, prefect_api_url: str) -> None:
     import mlflow
 
     from flows.download import download_flow
@@ -160,15 +160,16 @@ def test_train_flow_logs_a_loadable_mlflow_run(workspace: Path, prefect_api_url:
             "synthetic": {
                 "writers": 3,
                 "genuine_per_writer": 10,
-                "skilled_per_writer": 1,
+                "skilled_per_writer": 2,
                 "simple_per_writer": 0,
-                "opposite_per_writer": 0,
+                "opposite_per_writer": 2,
                 "width": 120,
                 "height": 80,
             },
             "prepare": {"image_size": 75, "workers": 1},
             "model": {"dense_units": 32},
             "train": {"epochs": 3, "augmented_views": 1, "patience": 5},
+            "calibrate": {"target_far": 0.2},  # 6 calibration unknowns can resolve a FAR of 0.2, not 0.05
         },
     )
     params_file = str(workspace / "params.yaml")
@@ -199,3 +200,54 @@ def test_train_flow_logs_a_loadable_mlflow_run(workspace: Path, prefect_api_url:
     predictions = np.asarray(model.predict(batch))
     assert predictions.shape == (2, 3)
     assert np.allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
+
+    check_evaluate_and_calibrate(workspace, run_info["run_id"])
+
+
+def check_evaluate_and_calibrate(workspace: Path, train_run_id: str) -> None:
+    """The evaluate and calibrate flows on the trained workspace: files, keys, nested MLflow runs."""
+    import mlflow
+
+    from flows.calibrate import calibrate_flow
+    from flows.evaluate import evaluate_flow
+
+    params_file = str(workspace / "params.yaml")
+    paths = ProjectPaths.from_root(workspace)
+    evaluation = evaluate_flow(params_file)
+    written = json.loads(paths.evaluate_metrics_file.read_text())
+    for key in ("accuracy", "f1_weighted", "f1_macro", "top5_accuracy", "eer_skilled", "auc_skilled"):
+        assert key in written, key
+    assert 0.0 <= written["accuracy"] <= 1.0 and written["test_genuine_images"] == 15
+    assert written["eer_simple"] is None  # no simple forgeries in this dataset: null, not a made-up number
+    assert written["verification_a_posteriori"]["threshold_source"] == "test scores (a posteriori)"
+    assert len(read_manifest(paths.per_writer_file)) == 3
+    for plot in (paths.confusion_matrix_file, paths.roc_det_file, paths.score_distributions_file):
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert evaluation["accuracy"] == written["accuracy"]
+
+    calibrate_flow(params_file)
+    report = json.loads(paths.calibrate_metrics_file.read_text())
+    for key in (
+        "temperature",
+        "threshold",
+        "frr",
+        "far_skilled",
+        "far_opposite",
+        "far_random",
+        "expected_calibration_error_before",
+        "expected_calibration_error_after",
+    ):
+        assert key in report, key
+    assert report["temperature"] > 0 and 0 < report["threshold"] <= 1
+    calibration = json.loads(paths.calibration_file.read_text())
+    assert calibration["unknown_class_id"] == 3 and calibration["threshold"] == report["threshold"]
+    assert paths.reliability_file.stat().st_size > 0
+
+    client = mlflow.tracking.MlflowClient()
+    children = client.search_runs(
+        [client.get_run(train_run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{train_run_id}'"
+    )
+    stages = {run.data.tags["stage"]: run for run in children}
+    assert set(stages) == {"evaluate", "calibrate"}
+    assert stages["evaluate"].data.metrics["accuracy"] == pytest.approx(written["accuracy"])
+    assert stages["calibrate"].data.metrics["threshold"] == pytest.approx(report["threshold"])

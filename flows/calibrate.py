@@ -1,0 +1,87 @@
+"""Stage `calibrate`: temperature scaling and the "unknown" threshold, fitted on calibration data.
+
+Run it with `python -m flows.calibrate` (what `dvc repro calibrate` does) or `sigpipe calibrate`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows._stage import run_entry_point, workspace_paths
+from flows.evaluate import flat_numbers
+from tasks.config import CalibrateParams, TrackingParams, parse_group, read_params_file
+from tasks.files import json_ready, write_json
+from tasks.paths import ProjectPaths
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    calibrate: CalibrateParams
+    tracking: TrackingParams
+
+
+@task(name="fit-temperature-and-threshold", cache_policy=NO_CACHE)
+def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, object]:
+    """Fit on val genuine and the calibration split, report on test, write and log everything."""
+    import mlflow
+
+    from tasks.calibrate import calibration_report, fit_calibration
+    from tasks.metrics import reliability_bins
+    from tasks.plots import reliability_image
+    from tasks.scores import load_scores, softmax
+    from tasks.tracking import ensure_experiment, parent_run_id
+
+    table = load_scores(paths.scores_file)
+    classes = json.loads(paths.labels_file.read_text())["classes"]
+    calibration = fit_calibration(table, config.calibrate.objective, config.calibrate.target_far)
+    report = calibration_report(table, calibration, config.calibrate.reference_threshold)
+    report = json_ready(report)
+    write_json(paths.calibrate_metrics_file, report)
+    write_json(paths.calibration_file, {**asdict(calibration), "unknown_class_id": len(classes), "classes": classes})
+    genuine = table.select("test", "genuine")
+    reliability_image(
+        reliability_bins(softmax(genuine.logits), genuine.claimed),
+        reliability_bins(softmax(genuine.logits, calibration.temperature), genuine.claimed),
+        calibration.temperature,
+        paths.reliability_file,
+    )
+    experiment_id = ensure_experiment(paths, config.tracking.experiment)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name="calibrate", parent_run_id=parent_run_id(paths.train_run_file)
+    ):
+        mlflow.set_tag("stage", "calibrate")
+        mlflow.log_params({f"calibrate.{key}": value for key, value in config.calibrate.model_dump().items()})
+        mlflow.log_metrics(flat_numbers(report))
+        mlflow.log_dict(report, "calibrate.json")
+        mlflow.log_artifact(str(paths.reliability_file), artifact_path="plots")
+        mlflow.log_artifact(str(paths.calibration_file))
+    print(
+        f"temperature {calibration.temperature:.3f}, threshold {calibration.threshold:.3f}: test FRR {report['frr']}, "
+        f"FAR skilled {report['far_skilled']}, FAR random {report['far_random']}"
+    )
+    return report
+
+
+@flow(name="calibrate", log_prints=True)
+def calibrate_flow(params_file: str) -> dict[str, object]:
+    """Read the `calibrate` and `tracking` parameters and calibrate the classifier's scores."""
+    paths = workspace_paths(params_file)
+    params = read_params_file(paths.params_file)
+    config = CalibrateConfig(
+        calibrate=parse_group(params, "calibrate", CalibrateParams, params_file),
+        tracking=parse_group(params, "tracking", TrackingParams, params_file),
+    )
+    return calibrate_task(paths, config)
+
+
+def main() -> None:
+    """Entry point of `python -m flows.calibrate`."""
+    run_entry_point(calibrate_flow)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Stage `evaluate`: the field's metrics on the test split, as files and in MLflow.
+
+Run it with `python -m flows.evaluate` (what `dvc repro evaluate` does) or `sigpipe evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows._stage import run_entry_point, workspace_paths
+from tasks.config import EvaluateParams, TrackingParams, parse_group, read_params_file
+from tasks.files import json_ready, write_csv, write_json
+from tasks.paths import ProjectPaths
+
+PER_WRITER_COLUMNS = ("writer", "precision", "recall", "f1", "support")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    evaluate: EvaluateParams
+    tracking: TrackingParams
+
+
+def flat_numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    """The top-level finite numeric metrics (NaN, None and nested blocks left out), for MLflow."""
+    return {
+        name: float(value)
+        for name, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+@task(name="score-and-measure", cache_policy=NO_CACHE)
+def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, object]:
+    """Score val, test and calibration images once; write metrics, per-writer CSV and plots; log them."""
+    import keras
+    import mlflow
+
+    from tasks.evaluate import evaluation_report, score_manifest
+    from tasks.plots import confusion_matrix_image, roc_det_image, score_distributions_image
+    from tasks.prepare import read_manifest
+    from tasks.scores import save_scores, verification_scores
+    from tasks.tracking import data_version, ensure_experiment, parent_run_id
+
+    classes = json.loads(paths.labels_file.read_text())["classes"]
+    classifier = keras.models.load_model(paths.classifier_file)
+    rows = read_manifest(paths.manifest_file)
+    table = score_manifest(classifier, rows, paths.root, classes, config.evaluate.batch_size)
+    save_scores(table, paths.scores_file)
+    metrics, per_writer, matrix = evaluation_report(table, classes, config.evaluate.top_k)
+    write_json(paths.evaluate_metrics_file, metrics)
+    write_csv(paths.per_writer_file, PER_WRITER_COLUMNS, per_writer)
+    scores = verification_scores(table, "test")
+    confusion_matrix_image(matrix, classes, paths.confusion_matrix_file)
+    roc_det_image(scores, paths.roc_det_file)
+    score_distributions_image(scores, paths.score_distributions_file)
+    experiment_id = ensure_experiment(paths, config.tracking.experiment)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name="evaluate", parent_run_id=parent_run_id(paths.train_run_file)
+    ):
+        mlflow.set_tags({"stage": "evaluate", "data_version": data_version(paths.manifest_file)})
+        mlflow.log_metrics(flat_numbers(metrics))
+        mlflow.log_dict(json_ready(metrics), "evaluate.json")
+        for plot in (paths.confusion_matrix_file, paths.roc_det_file, paths.score_distributions_file):
+            mlflow.log_artifact(str(plot), artifact_path="plots")
+        mlflow.log_artifact(str(paths.per_writer_file))
+    print(
+        f"test: accuracy {metrics['accuracy']:.3f}, weighted F1 {metrics['f1_weighted']:.3f}, "
+        f"top-{config.evaluate.top_k} {metrics[f'top{config.evaluate.top_k}_accuracy']:.3f}; "
+        f"skilled-forgery EER (a posteriori) {metrics['eer_skilled']}"
+    )
+    return metrics
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(params_file: str) -> dict[str, object]:
+    """Read the `evaluate` and `tracking` parameters and evaluate the trained classifier."""
+    paths = workspace_paths(params_file)
+    params = read_params_file(paths.params_file)
+    config = EvaluateConfig(
+        evaluate=parse_group(params, "evaluate", EvaluateParams, params_file),
+        tracking=parse_group(params, "tracking", TrackingParams, params_file),
+    )
+    return evaluate_task(paths, config)
+
+
+def main() -> None:
+    """Entry point of `python -m flows.evaluate`."""
+    run_entry_point(evaluate_flow)
+
+
+if __name__ == "__main__":
+    main()
