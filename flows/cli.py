@@ -12,11 +12,13 @@ from flows.calibrate import calibrate_flow
 from flows.download import download_flow
 from flows.evaluate import evaluate_flow
 from flows.prepare import prepare_flow
+from flows.register import register_flow
 from flows.train import train_flow
-from tasks.paths import PARAMS_FILE_NAME
+from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
 
 app = typer.Typer(
-    help="Signature pipeline: download, prepare, train, evaluate, calibrate (register: next).", no_args_is_help=True
+    help="Signature pipeline: download, prepare, train, evaluate, calibrate, register; predict and verify.",
+    no_args_is_help=True,
 )
 
 ParamsOption = Annotated[
@@ -53,6 +55,97 @@ def evaluate(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
 def calibrate(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
     """Fit the temperature and the "unknown" threshold on calibration data; report them on test."""
     run_stage(calibrate_flow, str(params.resolve()))
+
+
+@app.command()
+def register(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
+    """Package the calibrated model and register it (champion only if it beats the current one)."""
+    run_stage(register_flow, str(params.resolve()))
+
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model URI; default models:/<register.model_name>@champion."),
+]
+
+
+def load_signature_model(model_uri: str | None, params_file: Path):  # -> SignatureClassifier
+    """Load the packaged model (pointing MLflow at the workspace store), or exit with one line."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from flows._stage import quiet_environment
+    from tasks.config import ConfigError, RegisterParams, load_group
+    from tasks.tracking import tracking_uri
+
+    quiet_environment()
+    paths = ProjectPaths.from_root(params_file.resolve().parent)
+    if model_uri is None:
+        try:
+            name = load_group(paths.params_file, "register", RegisterParams).model_name
+        except ConfigError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=1) from error
+        model_uri = f"models:/{name}@champion"
+    mlflow.set_tracking_uri(tracking_uri(paths))
+    try:
+        return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
+    except (MlflowException, OSError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        typer.echo(
+            f"error: model {model_uri} cannot be loaded ({first_line}). Run the pipeline (dvc repro) to register "
+            "one, or pass --model with an existing URI.",
+            err=True,
+        )
+        raise typer.Exit(code=1) from error
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Signature image files.")],
+    model: ModelOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+    params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
+) -> None:
+    """Who signed each image: writer (or unknown), calibrated confidence, top writers. Exit 1 if any image failed."""
+    import json
+
+    from tasks.files import json_ready
+    from tasks.inference import items_from
+
+    answers = load_signature_model(model, params).answers(items_from([str(image) for image in images]))
+    for answer in answers:
+        row = answer.as_row()
+        if as_json:
+            typer.echo(json.dumps(json_ready({**row, "top_k": json.loads(str(row["top_k"]))})))
+        elif answer.error:
+            typer.echo(f"error: {answer.error}", err=True)
+        else:
+            top = ", ".join(f"{writer} {probability:.2f}" for writer, probability in answer.top_k)
+            typer.echo(f"{answer.input}\t{answer.writer}\t{answer.confidence:.3f}\t[{top}]")
+    if any(answer.error for answer in answers):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def verify(
+    image: Annotated[Path, typer.Argument(help="Signature image file.")],
+    writer: Annotated[str, typer.Option("--writer", "-w", help="The claimed writer id.")],
+    model: ModelOption = None,
+    params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
+) -> None:
+    """Is IMAGE really WRITER's signature? Accept or reject, with the score and the threshold used."""
+    from tasks.inference import items_from
+
+    signature_model = load_signature_model(model, params)
+    score, accepted, error = signature_model.claim_score(items_from(str(image))[0], writer)
+    if error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1)
+    verdict = "accept" if accepted else "reject"
+    typer.echo(f"{verdict}\t{image}\twriter {writer}\tscore {score:.3f}\tthreshold {signature_model.threshold:.3f}")
+    if not accepted:
+        raise typer.Exit(code=2)
 
 
 if __name__ == "__main__":

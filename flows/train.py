@@ -61,9 +61,13 @@ def log_classifier(classifier: Any, image_size: int) -> str:
     import numpy as np
     from mlflow.models import infer_signature
 
+    from tasks.tracking import model_requirements
+
     example = np.full((SIGNATURE_EXAMPLE_COUNT, image_size, image_size, 3), 255.0, dtype=np.float32)
     signature = infer_signature(example, classifier.predict(example, verbose=0))
-    return mlflow.tensorflow.log_model(classifier, name=MODEL_ARTIFACT_NAME, signature=signature).model_uri
+    return mlflow.tensorflow.log_model(
+        classifier, name=MODEL_ARTIFACT_NAME, signature=signature, pip_requirements=model_requirements()
+    ).model_uri
 
 
 @task(name="train-classifier", cache_policy=NO_CACHE)

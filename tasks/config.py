@@ -225,3 +225,11 @@ class CalibrateParams(StrictModel):
     objective: Literal["target_far", "eer"]
     target_far: float = Field(gt=0, lt=1)
     reference_threshold: float = Field(gt=0, lt=1)
+
+
+class RegisterParams(StrictModel):
+    """Where the packaged model is registered and how a new version is judged."""
+
+    model_name: str = Field(min_length=1)
+    metric: str = Field(min_length=1)
+    top_k: int = Field(ge=1)

@@ -26,7 +26,7 @@ from tasks.metrics import (
     identification_metrics,
     per_class_report,
 )
-from tasks.model import HEAD_OUTPUT
+from tasks.model import LogitScorer
 from tasks.scores import IMPOSTOR_KINDS, NO_CLASS, ScoreTable, softmax, verification_scores
 
 SCORED_SPLITS = ("val", "test", "calibration")
@@ -41,14 +41,10 @@ def read_model_input(path: tf.Tensor) -> tf.Tensor:
 
 def logits_of(classifier: keras.Model, image_paths: Sequence[str], batch_size: int) -> np.ndarray:
     """Pre-softmax outputs of the classifier for image files, streamed in batches."""
-    output_layer = classifier.get_layer(HEAD_OUTPUT)
-    features_model = keras.Model(classifier.input, output_layer.input)
-    kernel, bias = (np.asarray(weight, dtype=np.float64) for weight in output_layer.get_weights())
     dataset = tf.data.Dataset.from_tensor_slices(list(image_paths)).map(
         read_model_input, num_parallel_calls=tf.data.AUTOTUNE
     )
-    features = features_model.predict(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), verbose=0)
-    return (np.asarray(features, dtype=np.float64) @ kernel + bias).astype(np.float32)
+    return LogitScorer(classifier)(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)).astype(np.float32)
 
 
 def score_manifest(

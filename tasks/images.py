@@ -9,6 +9,7 @@ forgeries on white) cannot tell two classes apart on their own.
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from dataclasses import dataclass
@@ -95,16 +96,18 @@ def shrink_to_working_size(grey: Image.Image, working_max_side: int) -> Image.Im
     return grey.reduce(factor) if factor > 1 else grey
 
 
-def read_grey(path: Path, working_max_side: int) -> tuple[np.ndarray, int, int]:
-    """Decode `path` to an 8-bit grey array at working size; also return its original size.
+def read_grey(source: Path | bytes, working_max_side: int, name: str = "") -> tuple[np.ndarray, int, int]:
+    """Decode a file (or encoded image bytes) to an 8-bit grey array at working size; also
+    return its original size.
 
-    Raises ImageReadError, naming the file, for anything Pillow cannot decode, including
-    truncated files and decompression bombs.
+    Raises ImageReadError, naming the input (`name`, else the path), for anything Pillow cannot
+    decode, including empty or truncated files and decompression bombs.
     """
+    name = name or str(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
                 opened.draft("L", (working_max_side, working_max_side))
                 opened.load()
                 original_width, original_height = opened.size
@@ -118,7 +121,7 @@ def read_grey(path: Path, working_max_side: int) -> tuple[np.ndarray, int, int]:
         Image.DecompressionBombError,
         Image.DecompressionBombWarning,
     ) as error:
-        raise ImageReadError(f"{path}: cannot be read as an image ({type(error).__name__}: {error})") from error
+        raise ImageReadError(f"{name}: cannot be read as an image ({type(error).__name__}: {error})") from error
     return np.asarray(shrink_to_working_size(grey, working_max_side)), original_width, original_height
 
 
@@ -211,13 +214,14 @@ def preprocess_grey(grey: np.ndarray, settings: PreprocessSettings) -> tuple[np.
     return np.asarray(resized), threshold, ink_fraction
 
 
-def preprocess_file(path: Path, settings: PreprocessSettings) -> PreprocessResult:
-    """Read and preprocess one signature file; errors name the file."""
-    grey, original_width, original_height = read_grey(path, settings.working_max_side)
+def preprocess_file(path: Path | bytes, settings: PreprocessSettings, name: str = "") -> PreprocessResult:
+    """Read and preprocess one signature file (or encoded image bytes); errors name the input."""
+    name = name or str(path)
+    grey, original_width, original_height = read_grey(path, settings.working_max_side, name)
     try:
         image, threshold, ink_fraction = preprocess_grey(grey, settings)
     except NoInkError as error:
-        raise NoInkError(f"{path}: {error}") from error
+        raise NoInkError(f"{name}: {error}") from error
     return PreprocessResult(image, original_width, original_height, threshold, ink_fraction)
 
 

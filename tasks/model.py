@@ -164,3 +164,25 @@ def weights_digest(model: keras.Model) -> str:
     for weight in model.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.hexdigest()
+
+
+class LogitScorer:
+    """The classifier's pre-softmax outputs (what temperature scaling divides), in float64.
+
+    The softmax layer is kept in the saved model for users of the bare `.keras` file; the logits
+    are recomputed from its input with the same kernel and bias.
+    """
+
+    def __init__(self, classifier: keras.Model) -> None:
+        output_layer = classifier.get_layer(HEAD_OUTPUT)
+        self.features = keras.Model(classifier.input, output_layer.input)
+        self.kernel, self.bias = (np.asarray(weight, dtype=np.float64) for weight in output_layer.get_weights())
+
+    def __call__(self, pixels: object, batch_size: int = 32) -> np.ndarray:
+        """Logits of float RGB pixels in [0, 255] (an array or a batched tf.data dataset)."""
+        features = (
+            self.features.predict(pixels, batch_size=batch_size, verbose=0)
+            if isinstance(pixels, np.ndarray)
+            else self.features.predict(pixels, verbose=0)
+        )
+        return np.asarray(features, dtype=np.float64) @ self.kernel + self.bias

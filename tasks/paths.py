@@ -133,6 +133,11 @@ class ProjectPaths:
         return self.plots_dir / "reliability.png"
 
     @property
+    def register_metrics_file(self) -> Path:
+        """The registration decision: version, alias, and the numbers compared."""
+        return self.metrics_dir / "register.json"
+
+    @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"
 

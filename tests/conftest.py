@@ -43,16 +43,20 @@ def prepare_params(**overrides: object) -> PrepareParams:
     return PrepareParams.model_validate(values)
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    """A copy of the project's pipeline files (code, params, dvc.yaml) in a fresh folder."""
-    root = tmp_path / "workspace"
-    root.mkdir()
+def make_workspace(root: Path) -> Path:
+    """Copy the project's pipeline files (code, params, dvc.yaml) into a fresh folder `root`."""
+    root.mkdir(parents=True)
     for name in WORKSPACE_FILES:
         shutil.copy2(PROJECT_ROOT / name, root / name)
     for name in WORKSPACE_FOLDERS:
         shutil.copytree(PROJECT_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     return root
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A copy of the project's pipeline files (code, params, dvc.yaml) in a fresh folder."""
+    return make_workspace(tmp_path / "workspace")
 
 
 def edit_params(params_file: Path, changes: dict[str, dict[str, object]]) -> None:

@@ -24,7 +24,7 @@ from tasks.train import (
     train_classifier,
     training_fingerprint,
 )
-from tests.conftest import PROJECT_ROOT, edit_params, prepare_params, synthetic_params
+from tests.conftest import PROJECT_ROOT, prepare_params, synthetic_params
 
 WRITERS = 4
 CHANCE = 1 / WRITERS
@@ -145,109 +145,3 @@ def test_interrupted_run_resumes_from_its_last_epoch_to_the_same_result(
     for name, values in uninterrupted.state.history.items():
         assert np.allclose(resumed.state.history[name], values, rtol=1e-4), name
     assert not paths.train_checkpoint_dir.exists()
-
-
-def test_stage_flows_train_evaluate_calibrate_and_log_to_mlflow(workspace: Path, prefect_api_url: str) -> None:
-    import mlflow
-
-    from flows.download import download_flow
-    from flows.prepare import prepare_flow
-    from flows.train import train_flow
-
-    edit_params(
-        workspace / "params.yaml",
-        {
-            "synthetic": {
-                "writers": 3,
-                "genuine_per_writer": 10,
-                "skilled_per_writer": 2,
-                "simple_per_writer": 0,
-                "opposite_per_writer": 2,
-                "width": 120,
-                "height": 80,
-            },
-            "prepare": {"image_size": 75, "workers": 1},
-            "model": {"dense_units": 32},
-            "train": {"epochs": 3, "augmented_views": 1, "patience": 5},
-            "calibrate": {"target_far": 0.2},  # 6 calibration unknowns can resolve a FAR of 0.2, not 0.05
-        },
-    )
-    params_file = str(workspace / "params.yaml")
-    download_flow(params_file)
-    prepare_flow(params_file)
-    metrics = train_flow(params_file)
-
-    paths = ProjectPaths.from_root(workspace)
-    assert json.loads(paths.train_metrics_file.read_text()) == json.loads(json.dumps(metrics))
-    assert paths.learning_curve_file.stat().st_size > 0
-    assert json.loads(paths.labels_file.read_text()) == {"classes": ["001", "002", "003"], "unknown_class_id": 3}
-    reloaded = keras.models.load_model(paths.classifier_file)
-    assert reloaded.output_shape == (None, 3)
-
-    run_info = json.loads(paths.train_run_file.read_text())
-    mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
-    run = mlflow.get_run(run_info["run_id"])
-    assert run.data.params["train.epochs"] == "3" and run.data.params["prepare.image_size"] == "75"
-    assert run.data.tags["mode"] == "cached" and run.data.tags["device"] == "cpu"
-    assert run.data.tags["data_version"] == run_info["data_version"]
-    client = mlflow.tracking.MlflowClient()
-    history = client.get_metric_history(run.info.run_id, "val_loss")
-    assert [point.step for point in history] == list(range(metrics["epochs_run"]))
-    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
-    assert {"plots", "labels.json"} <= artifacts
-    model = mlflow.pyfunc.load_model(run_info["model_uri"])
-    batch = np.full((2, 75, 75, 3), 255.0, dtype=np.float32)
-    predictions = np.asarray(model.predict(batch))
-    assert predictions.shape == (2, 3)
-    assert np.allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
-
-    check_evaluate_and_calibrate(workspace, run_info["run_id"])
-
-
-def check_evaluate_and_calibrate(workspace: Path, train_run_id: str) -> None:
-    """The evaluate and calibrate flows on the trained workspace: files, keys, nested MLflow runs."""
-    import mlflow
-
-    from flows.calibrate import calibrate_flow
-    from flows.evaluate import evaluate_flow
-
-    params_file = str(workspace / "params.yaml")
-    paths = ProjectPaths.from_root(workspace)
-    evaluation = evaluate_flow(params_file)
-    written = json.loads(paths.evaluate_metrics_file.read_text())
-    for key in ("accuracy", "f1_weighted", "f1_macro", "top5_accuracy", "eer_skilled", "auc_skilled"):
-        assert key in written, key
-    assert 0.0 <= written["accuracy"] <= 1.0 and written["test_genuine_images"] == 15
-    assert written["eer_simple"] is None  # no simple forgeries in this dataset: null, not a made-up number
-    assert written["verification_a_posteriori"]["threshold_source"] == "test scores (a posteriori)"
-    assert len(read_manifest(paths.per_writer_file)) == 3
-    for plot in (paths.confusion_matrix_file, paths.roc_det_file, paths.score_distributions_file):
-        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert evaluation["accuracy"] == written["accuracy"]
-
-    calibrate_flow(params_file)
-    report = json.loads(paths.calibrate_metrics_file.read_text())
-    for key in (
-        "temperature",
-        "threshold",
-        "frr",
-        "far_skilled",
-        "far_opposite",
-        "far_random",
-        "expected_calibration_error_before",
-        "expected_calibration_error_after",
-    ):
-        assert key in report, key
-    assert report["temperature"] > 0 and 0 < report["threshold"] <= 1
-    calibration = json.loads(paths.calibration_file.read_text())
-    assert calibration["unknown_class_id"] == 3 and calibration["threshold"] == report["threshold"]
-    assert paths.reliability_file.stat().st_size > 0
-
-    client = mlflow.tracking.MlflowClient()
-    children = client.search_runs(
-        [client.get_run(train_run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{train_run_id}'"
-    )
-    stages = {run.data.tags["stage"]: run for run in children}
-    assert set(stages) == {"evaluate", "calibrate"}
-    assert stages["evaluate"].data.metrics["accuracy"] == pytest.approx(written["accuracy"])
-    assert stages["calibrate"].data.metrics["threshold"] == pytest.approx(report["threshold"])

@@ -1,0 +1,108 @@
+"""The whole pipeline on CEDAR (download -> prepare -> train -> evaluate -> calibrate), measured.
+
+Runs the stage flows in a scratch copy of the project with CEDAR as a local source, and prints
+the evaluation and calibration numbers next to the reference project's fixed 0.40 threshold.
+
+Usage: python bench/cedar_pipeline.py --cedar ../shared/datasets/cedar --size 150 --weights none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml")
+
+
+def scratch_workspace(root: Path, changes: dict[str, dict[str, object]]) -> Path:
+    """A copy of the project's pipeline files under `root` with `changes` applied to params.yaml."""
+    for name in WORKSPACE_FILES:
+        shutil.copy2(PROJECT_ROOT / name, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for group, values in changes.items():
+        params[group].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root / "params.yaml"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cedar", type=Path, default=PROJECT_ROOT.parent / "shared" / "datasets" / "cedar")
+    parser.add_argument("--size", type=int, default=150)
+    parser.add_argument("--weights", default="none")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "bench" / "results" / "cedar_pipeline.json")
+    arguments = parser.parse_args()
+
+    from flows._stage import quiet_environment
+
+    quiet_environment()
+    from flows.calibrate import calibrate_flow
+    from flows.download import download_flow
+    from flows.evaluate import evaluate_flow
+    from flows.prepare import prepare_flow
+    from flows.train import train_flow
+
+    changes = {
+        "data": {"source": "local", "layout": "cedar", "path": str(arguments.cedar.resolve())},
+        "prepare": {"image_size": arguments.size, "train_per_writer": 19},
+        "model": {"weights": arguments.weights},
+        "train": {"epochs": arguments.epochs, "augmented_views": arguments.views},
+        "tracking": {"log_model": False},
+    }
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        params_file = str(scratch_workspace(Path(scratch), changes))
+        results = {}
+        for name, stage in (("download", download_flow), ("prepare", prepare_flow), ("train", train_flow),
+                            ("evaluate", evaluate_flow), ("calibrate", calibrate_flow)):
+            started = time.perf_counter()
+            results[name] = stage(params_file)
+            timings[name] = round(time.perf_counter() - started, 1)
+        calibrate = json.loads((Path(scratch) / "metrics" / "calibrate.json").read_text())
+        evaluate = json.loads((Path(scratch) / "metrics" / "evaluate.json").read_text())
+    summary = {"settings": changes, "stage_seconds": timings, "evaluate": evaluate, "calibrate": calibrate}
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.write_text(json.dumps(summary, indent=2) + "\n")
+    print_tables(evaluate, calibrate, timings)
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def print_tables(evaluate: dict, calibrate: dict, timings: dict[str, float]) -> None:
+    """Markdown tables for bench/README.md."""
+    print("| identification (test genuine) | value |\n|---|---|")
+    for key in ("accuracy", "f1_weighted", "f1_macro", "top5_accuracy"):
+        print(f"| {key} | {evaluate[key]:.3f} |")
+    print("\n| verification, a posteriori | EER | AUC |\n|---|---|---|")
+    for kind in ("skilled", "random"):
+        auc = evaluate[f"auc_{kind}"]
+        print(f"| {kind} | {percent(evaluate[f'eer_{kind}'])} | {'n/a' if auc is None else f'{auc:.3f}'} |")
+    reference = calibrate["reference_fixed_threshold"]
+    print("\n| on test | calibrated (T, threshold fitted on val + calibration) | reference fixed 0.40, T = 1 |")
+    print("|---|---|---|")
+    print(f"| temperature / threshold | {calibrate['temperature']:.3f} / {calibrate['threshold']:.3f} | 1 / 0.40 |")
+    print(f"| FRR (genuine answered unknown) | {percent(calibrate['frr'])} | {percent(reference['open_set']['frr'])} |")
+    print(f"| accuracy among accepted | {percent(calibrate['accuracy_accepted'])} | "
+          f"{percent(reference['open_set']['accuracy_accepted'])} |")
+    print(f"| FAR skilled (forgeries not rejected) | {percent(calibrate['far_skilled'])} | "
+          f"{percent(reference['open_set']['far_skilled'])} |")
+    print(f"| FAR random (claimed-writer score) | {percent(calibrate['far_random'])} | "
+          f"{percent(reference['verification']['far_random'])} |")
+    print(f"| ECE, test genuine | {calibrate['expected_calibration_error_after']:.3f} | "
+          f"{calibrate['expected_calibration_error_before']:.3f} |")
+    print("\nStage seconds: " + ", ".join(f"{name} {seconds}" for name, seconds in timings.items()))
+
+
+if __name__ == "__main__":
+    main()

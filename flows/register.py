@@ -1,0 +1,108 @@
+"""Stage `register`: package the calibrated model as an MLflow pyfunc and register it.
+
+The new version becomes `champion` only if it beats the current champion on `register.metric`
+on the same test manifest; otherwise it becomes `challenger`. Run it with `python -m flows.register`
+(what `dvc repro register` does) or `sigpipe register`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows._stage import run_entry_point, workspace_paths
+from tasks.config import PrepareParams, RegisterParams, TrackingParams, parse_group, read_params_file
+from tasks.files import write_json
+from tasks.paths import ProjectPaths
+
+VERSION_TAG_METRICS = ("accuracy", "f1_weighted", "f1_macro", "top5_accuracy", "eer_skilled", "auc_skilled")
+CALIBRATION_TAG_METRICS = ("temperature", "threshold", "frr", "far_skilled", "far_random")
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    register: RegisterParams
+    prepare: PrepareParams
+    tracking: TrackingParams
+
+
+@task(name="package-and-register", cache_policy=NO_CACHE)
+def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, object]:
+    """Log the pyfunc, register a version, tag it with its numbers, and move the right alias."""
+    import mlflow
+
+    from tasks.prepare import read_manifest, settings_from_params
+    from tasks.registry import current_champion, decide, log_packaged_model, test_manifest_digest
+    from tasks.tracking import data_version, ensure_experiment, parent_run_id
+
+    rows = read_manifest(paths.manifest_file)
+    evaluation = json.loads(paths.evaluate_metrics_file.read_text())
+    calibration = json.loads(paths.calibrate_metrics_file.read_text())
+    if config.register.metric not in evaluation:
+        from tasks.config import ConfigError
+
+        raise ConfigError(f"register.metric '{config.register.metric}' is not a key of {paths.evaluate_metrics_file}")
+    manifest = test_manifest_digest(rows)
+    example = next(paths.root / row["path"] for row in rows if row["split"] == "test" and row["kind"] == "genuine")
+    name = config.register.model_name
+    experiment_id = ensure_experiment(paths, config.tracking.experiment)
+    client = mlflow.tracking.MlflowClient()
+    train_run = parent_run_id(paths.train_run_file)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="register", parent_run_id=train_run):
+        model_uri = log_packaged_model(paths, settings_from_params(config.prepare), config.register.top_k, example)
+        tags = {
+            "test_manifest": manifest,
+            "data_version": data_version(paths.manifest_file),
+            "train_run_id": train_run or "",
+            **{f"metric.{key}": str(evaluation.get(key)) for key in VERSION_TAG_METRICS},
+            **{f"metric.{key}": str(calibration.get(key)) for key in CALIBRATION_TAG_METRICS},
+        }
+        champion = current_champion(client, name)
+        version = mlflow.register_model(model_uri, name, tags=tags)
+        decision = decide(evaluation, manifest, champion, config.register.metric)
+        client.set_registered_model_alias(name, decision.alias, version.version)
+        client.update_model_version(
+            name,
+            version.version,
+            description=(
+                f"{decision.alias}: {decision.reason}. Test {config.register.metric} = {decision.new_value}; "
+                f"calibrated threshold {calibration.get('threshold')}, temperature {calibration.get('temperature')}."
+            ),
+        )
+        result = {
+            "model_name": name,
+            "version": str(version.version),
+            "model_uri": model_uri,
+            "load_uri": f"models:/{name}@{decision.alias}",
+            **asdict(decision),
+        }
+        mlflow.set_tag("stage", "register")
+        mlflow.log_dict(result, "register.json")
+    write_json(paths.register_metrics_file, result)
+    print(f"registered {name} version {version.version} as {decision.alias}: {decision.reason}")
+    return result
+
+
+@flow(name="register", log_prints=True)
+def register_flow(params_file: str) -> dict[str, object]:
+    """Read the `register`, `prepare` and `tracking` parameters and register the calibrated model."""
+    paths = workspace_paths(params_file)
+    params = read_params_file(paths.params_file)
+    config = RegisterConfig(
+        register=parse_group(params, "register", RegisterParams, params_file),
+        prepare=parse_group(params, "prepare", PrepareParams, params_file),
+        tracking=parse_group(params, "tracking", TrackingParams, params_file),
+    )
+    return register_task(paths, config)
+
+
+def main() -> None:
+    """Entry point of `python -m flows.register`."""
+    run_entry_point(register_flow)
+
+
+if __name__ == "__main__":
+    main()

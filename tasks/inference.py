@@ -1,0 +1,183 @@
+"""Inference: from image files or bytes to answers, and the MLflow pyfunc model that carries it.
+
+The packaged model holds the trained classifier, the `prepare` stage's preprocessing settings
+(applied with the same code, `tasks.images`), the calibration (temperature, threshold) and the
+writer-id mapping. An answer is the top writer when its calibrated probability reaches the
+threshold, else `unknown` with class id = number of writers (the reference's convention).
+One unreadable image gets an error in its own row; the others are still answered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.images import ImageReadError, NoInkError, PreprocessSettings, preprocess_file
+from tasks.scores import softmax
+
+UNKNOWN_WRITER = "unknown"
+OUTPUT_COLUMNS = ("input", "writer", "class_id", "confidence", "top_k", "error")
+PATH_COLUMN = "path"
+IMAGE_COLUMN = "image"
+ARTIFACT_CLASSIFIER = "classifier"
+ARTIFACT_CALIBRATION = "calibration"
+ARTIFACT_PREPROCESS = "preprocess"
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One image to score: a display name and a path or encoded bytes (or why it has neither)."""
+
+    name: str
+    source: Path | bytes | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The model's answer for one image."""
+
+    input: str
+    writer: str
+    class_id: int
+    confidence: float
+    top_k: list[tuple[str, float]]
+    error: str = ""
+
+    def as_row(self) -> dict[str, object]:
+        """A flat row: `top_k` as a JSON string so every column has a simple type."""
+        return {
+            "input": self.input,
+            "writer": self.writer,
+            "class_id": self.class_id,
+            "confidence": self.confidence,
+            "top_k": json.dumps([[writer, round(probability, 6)] for writer, probability in self.top_k]),
+            "error": self.error,
+        }
+
+
+def decode_base64(text: str, name: str) -> InputItem:
+    """An InputItem from base64 text (HTTP clients send images this way)."""
+    try:
+        return InputItem(name, base64.b64decode(text, validate=True))
+    except (binascii.Error, ValueError) as error:
+        return InputItem(name, None, f"{name}: not valid base64 ({error})")
+
+
+def items_from(model_input: Any) -> list[InputItem]:
+    """Normalise what callers pass: a DataFrame with a `path` or `image` (base64) column, a list of
+    paths, of bytes, or of base64 strings, or one path."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN in model_input.columns:
+            values = model_input[IMAGE_COLUMN].tolist()
+            return [
+                InputItem(f"image[{index}]", value)
+                if isinstance(value, bytes)
+                else decode_base64(str(value), f"image[{index}]")
+                for index, value in enumerate(values)
+            ]
+        column = PATH_COLUMN if PATH_COLUMN in model_input.columns else model_input.columns[0]
+        return [InputItem(str(value), Path(str(value))) for value in model_input[column].tolist()]
+    if isinstance(model_input, str | Path):
+        return [InputItem(str(model_input), Path(model_input))]
+    return [
+        InputItem(f"image[{index}]", value) if isinstance(value, bytes) else InputItem(str(value), Path(str(value)))
+        for index, value in enumerate(model_input)
+    ]
+
+
+def preprocess_item(item: InputItem, settings: PreprocessSettings) -> tuple[np.ndarray | None, str]:
+    """The preprocessed image of one input, or None and a one-line error naming the input."""
+    if item.error:
+        return None, item.error
+    if isinstance(item.source, Path) and not item.source.is_file():
+        return None, f"{item.name}: no such file"
+    try:
+        return preprocess_file(item.source, settings, name=item.name).image, ""
+    except (ImageReadError, NoInkError) as error:
+        return None, str(error)
+
+
+class SignatureClassifier:
+    """The classifier with its calibration and preprocessing: images in, calibrated answers out."""
+
+    def __init__(self, classifier: Any, calibration: dict[str, Any], settings: PreprocessSettings, top_k: int) -> None:
+        from tasks.model import LogitScorer
+
+        self.scorer = LogitScorer(classifier)
+        self.classes: list[str] = list(calibration["classes"])
+        self.temperature = float(calibration["temperature"])
+        self.threshold = float(calibration["threshold"])
+        self.unknown_class_id = int(calibration["unknown_class_id"])
+        self.settings = settings
+        self.top_k = min(top_k, len(self.classes))
+
+    @classmethod
+    def from_files(cls, classifier_file: Path, calibration_file: Path, preprocess_file_: Path) -> SignatureClassifier:
+        """Load the three artifacts a packaged model carries."""
+        import keras
+
+        preprocess = json.loads(preprocess_file_.read_text())
+        top_k = preprocess.pop("top_k")
+        return cls(
+            keras.models.load_model(classifier_file),
+            json.loads(calibration_file.read_text()),
+            PreprocessSettings(**preprocess),
+            top_k,
+        )
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities of preprocessed grey images (n, size, size)."""
+        pixels = np.repeat(images[..., np.newaxis].astype(np.float32), 3, axis=-1)
+        return softmax(self.scorer(pixels), self.temperature)
+
+    def answers(self, items: Sequence[InputItem]) -> list[Answer]:
+        """Answer every input; unusable inputs get an error row and do not stop the others."""
+        prepared = [preprocess_item(item, self.settings) for item in items]
+        usable = [index for index, (image, _error) in enumerate(prepared) if image is not None]
+        probabilities = self.probabilities(np.stack([prepared[index][0] for index in usable])) if usable else None
+        answers: list[Answer] = []
+        for index, item in enumerate(items):
+            if index not in usable:
+                answers.append(Answer(item.name, "", -1, float("nan"), [], prepared[index][1]))
+                continue
+            row = probabilities[usable.index(index)]
+            ranked = np.argsort(-row, kind="stable")[: self.top_k]
+            best = int(ranked[0])
+            accepted = row[best] >= self.threshold
+            answers.append(
+                Answer(
+                    input=item.name,
+                    writer=self.classes[best] if accepted else UNKNOWN_WRITER,
+                    class_id=best if accepted else self.unknown_class_id,
+                    confidence=float(row[best]),
+                    top_k=[(self.classes[position], float(row[position])) for position in ranked],
+                )
+            )
+        return answers
+
+    def claim_score(self, item: InputItem, writer: str) -> tuple[float, bool, str]:
+        """Verification: the calibrated probability of `writer`, whether it reaches the threshold, error."""
+        if writer not in self.classes:
+            return float("nan"), False, f"writer {writer!r} is not one the model knows ({len(self.classes)} writers)"
+        image, error = preprocess_item(item, self.settings)
+        if image is None:
+            return float("nan"), False, error
+        score = float(self.probabilities(image[np.newaxis])[0, self.classes.index(writer)])
+        return score, score >= self.threshold, ""
+
+
+def answers_frame(answers: Sequence[Answer]):  # -> pandas.DataFrame
+    """Answers as the pyfunc's output DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame([answer.as_row() for answer in answers], columns=list(OUTPUT_COLUMNS))

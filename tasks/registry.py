@@ -1,0 +1,155 @@
+"""Packaging and registering the model, and the champion decision.
+
+A new version becomes `champion` only when it beats the current champion on `register.metric`
+(ties broken by the lower skilled-forgery EER) measured on the same test manifest; otherwise it
+is the `challenger`. The champion alias is never removed, only moved to a better model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.images import PreprocessSettings
+from tasks.inference import ARTIFACT_CALIBRATION, ARTIFACT_CLASSIFIER, ARTIFACT_PREPROCESS, IMAGE_COLUMN, PATH_COLUMN
+from tasks.paths import ProjectPaths
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+TIE_BREAK_METRIC = "eer_skilled"
+LOWER_IS_BETTER_PREFIXES = ("eer_", "far_", "frr", "expected_calibration_error")
+TAG_TEST_MANIFEST = "test_manifest"
+TAG_METRIC_PREFIX = "metric."
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+CODE_FOLDER = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which alias the new version got, why, and the numbers compared."""
+
+    alias: str
+    reason: str
+    metric: str
+    new_value: float | None
+    champion_version: str | None
+    champion_value: float | None
+
+
+def test_manifest_digest(rows: Sequence[dict[str, str]]) -> str:
+    """Identity of the test set: SHA-256 of the sorted (path, image hash, split) of test rows."""
+    test_rows = sorted((row["path"], row["source_sha256"]) for row in rows if row["split"] == "test")
+    return hashlib.sha256(json.dumps(test_rows).encode()).hexdigest()
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith(LOWER_IS_BETTER_PREFIXES)
+
+
+def as_number(value: object) -> float | None:
+    """A finite float, or None (missing, null or NaN metrics cannot win)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def compare(new: dict[str, Any], old: dict[str, Any], metric: str) -> int:
+    """1 if `new` is better than `old` on `metric` (then the tie-break), -1 if worse, 0 if equal."""
+    for name in (metric, TIE_BREAK_METRIC):
+        new_value, old_value = as_number(new.get(name)), as_number(old.get(name))
+        if new_value is None or old_value is None or new_value == old_value:
+            continue
+        better = new_value < old_value if lower_is_better(name) else new_value > old_value
+        return 1 if better else -1
+    return 0
+
+
+def decide(new_metrics: dict[str, Any], new_manifest: str, champion: dict[str, Any] | None, metric: str) -> Decision:
+    """The alias for a new version, given the current champion's metrics and test manifest (tags)."""
+    new_value = as_number(new_metrics.get(metric))
+    if champion is None:
+        return Decision(CHAMPION, "no champion yet", metric, new_value, None, None)
+    champion_value = as_number(champion["metrics"].get(metric))
+    if champion["test_manifest"] != new_manifest:
+        reason = "the champion was measured on another test manifest, so the two cannot be compared; it stays"
+        return Decision(CHALLENGER, reason, metric, new_value, champion["version"], champion_value)
+    verdict = compare(new_metrics, champion["metrics"], metric)
+    if verdict > 0:
+        reason = f"better than version {champion['version']} on {metric} (tie-break: lower {TIE_BREAK_METRIC})"
+        return Decision(CHAMPION, reason, metric, new_value, champion["version"], champion_value)
+    reason = f"not better than champion version {champion['version']} on {metric}; the champion stays"
+    return Decision(CHALLENGER, reason, metric, new_value, champion["version"], champion_value)
+
+
+def version_metrics(tags: dict[str, str]) -> dict[str, float | None]:
+    """Metrics stored as `metric.<name>` tags on a model version."""
+    return {
+        name[len(TAG_METRIC_PREFIX) :]: as_number(value)
+        for name, value in tags.items()
+        if name.startswith(TAG_METRIC_PREFIX)
+    }
+
+
+def current_champion(client: Any, model_name: str) -> dict[str, Any] | None:
+    """The champion version's number, metrics and test manifest, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+    return {
+        "version": str(version.version),
+        "metrics": version_metrics(version.tags),
+        "test_manifest": version.tags.get(TAG_TEST_MANIFEST),
+    }
+
+
+def write_preprocess_artifact(settings: PreprocessSettings, top_k: int, folder: Path) -> Path:
+    """The preprocessing settings (and top-k) the packaged model applies, as a JSON artifact."""
+    path = folder / "preprocess.json"
+    path.write_text(json.dumps({**asdict(settings), "top_k": top_k}, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k: int, example_image: Path) -> str:
+    """Log the pyfunc (model from code, with the `tasks` package) to the active run; returns its URI."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import ColSpec, Schema
+
+    from tasks.inference import SignatureClassifier, answers_frame, items_from
+    from tasks.tracking import model_requirements
+
+    with tempfile.TemporaryDirectory() as scratch:
+        preprocess = write_preprocess_artifact(settings, top_k, Path(scratch))
+        example = pd.DataFrame({"path": [str(example_image)]})
+        model = SignatureClassifier.from_files(paths.classifier_file, paths.calibration_file, preprocess)
+        outputs = infer_signature(example, answers_frame(model.answers(items_from(example)))).outputs
+        inputs = Schema(
+            [ColSpec("string", PATH_COLUMN, required=False), ColSpec("string", IMAGE_COLUMN, required=False)]
+        )
+        signature = ModelSignature(inputs=inputs, outputs=outputs)
+        info = mlflow.pyfunc.log_model(
+            name="signature_model",
+            python_model=str(PYFUNC_FILE),
+            artifacts={
+                ARTIFACT_CLASSIFIER: str(paths.classifier_file),
+                ARTIFACT_CALIBRATION: str(paths.calibration_file),
+                ARTIFACT_PREPROCESS: str(preprocess),
+            },
+            code_paths=[str(CODE_FOLDER)],
+            pip_requirements=model_requirements(),
+            signature=signature,
+            input_example=example,
+        )
+    return info.model_uri

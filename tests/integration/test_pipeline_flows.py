@@ -1,0 +1,268 @@
+"""The stage flows in order on one generated workspace: train, evaluate, calibrate, register, and
+then what a user does with the result: load it from the registry, the CLI, and HTTP serving."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import requests
+
+from tasks.inference import OUTPUT_COLUMNS, UNKNOWN_WRITER
+from tasks.paths import ProjectPaths
+from tasks.prepare import read_manifest
+from tests.conftest import edit_params, make_workspace
+
+MODEL_NAME = "signature-test"
+SERVE_STARTUP_SECONDS = 180
+CLI_TIMEOUT_SECONDS = 300
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> ProjectPaths:
+    """A workspace on which download, prepare, train, evaluate, calibrate and register have run."""
+    from flows.calibrate import calibrate_flow
+    from flows.download import download_flow
+    from flows.evaluate import evaluate_flow
+    from flows.prepare import prepare_flow
+    from flows.register import register_flow
+    from flows.train import train_flow
+
+    workspace = make_workspace(tmp_path_factory.mktemp("pipeline") / "workspace")
+    edit_params(
+        workspace / "params.yaml",
+        {
+            "synthetic": {
+                "writers": 3,
+                "genuine_per_writer": 10,
+                "skilled_per_writer": 2,
+                "simple_per_writer": 0,
+                "opposite_per_writer": 2,
+                "width": 120,
+                "height": 80,
+            },
+            "prepare": {"image_size": 75, "workers": 1},
+            "model": {"dense_units": 32},
+            "train": {"epochs": 3, "augmented_views": 1, "patience": 5},
+            "calibrate": {"target_far": 0.2},  # 6 calibration unknowns can resolve a FAR of 0.2, not 0.05
+            "register": {"model_name": MODEL_NAME, "top_k": 2},
+        },
+    )
+    params_file = str(workspace / "params.yaml")
+    for stage in (download_flow, prepare_flow, train_flow, evaluate_flow, calibrate_flow, register_flow):
+        stage(params_file)
+    return ProjectPaths.from_root(workspace)
+
+
+def test_train_outputs_and_mlflow_run(trained: ProjectPaths) -> None:
+    import mlflow
+
+    metrics = json.loads(trained.train_metrics_file.read_text())
+    assert trained.learning_curve_file.stat().st_size > 0
+    assert json.loads(trained.labels_file.read_text()) == {"classes": ["001", "002", "003"], "unknown_class_id": 3}
+    assert keras.models.load_model(trained.classifier_file).output_shape == (None, 3)
+    run_info = json.loads(trained.train_run_file.read_text())
+    mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
+    run = mlflow.get_run(run_info["run_id"])
+    assert run.data.params["train.epochs"] == "3" and run.data.params["prepare.image_size"] == "75"
+    assert run.data.tags["mode"] == "cached" and run.data.tags["device"] == "cpu"
+    assert run.data.tags["data_version"] == run_info["data_version"]
+    client = mlflow.tracking.MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [point.step for point in history] == list(range(metrics["epochs_run"]))
+    assert {"plots", "labels.json"} <= {item.path for item in client.list_artifacts(run.info.run_id)}
+    model = mlflow.pyfunc.load_model(run_info["model_uri"])
+    predictions = np.asarray(model.predict(np.full((2, 75, 75, 3), 255.0, dtype=np.float32)))
+    assert predictions.shape == (2, 3) and np.allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_evaluate_and_calibrate_outputs_and_nested_runs(trained: ProjectPaths) -> None:
+    import mlflow
+
+    written = json.loads(trained.evaluate_metrics_file.read_text())
+    for key in ("accuracy", "f1_weighted", "f1_macro", "top5_accuracy", "eer_skilled", "auc_skilled"):
+        assert key in written, key
+    assert 0.0 <= written["accuracy"] <= 1.0 and written["test_genuine_images"] == 15
+    assert written["eer_simple"] is None  # no simple forgeries in this dataset: null, not a made-up number
+    assert written["verification_a_posteriori"]["threshold_source"] == "test scores (a posteriori)"
+    assert len(read_manifest(trained.per_writer_file)) == 3
+    for plot in (trained.confusion_matrix_file, trained.roc_det_file, trained.score_distributions_file):
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(trained.calibrate_metrics_file.read_text())
+    for key in (
+        "temperature",
+        "threshold",
+        "frr",
+        "far_skilled",
+        "far_opposite",
+        "far_random",
+        "expected_calibration_error_before",
+        "expected_calibration_error_after",
+    ):
+        assert key in report, key
+    calibration = json.loads(trained.calibration_file.read_text())
+    assert calibration["unknown_class_id"] == 3 and calibration["threshold"] == report["threshold"]
+    assert trained.reliability_file.stat().st_size > 0
+    train_run_id = json.loads(trained.train_run_file.read_text())["run_id"]
+    mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
+    client = mlflow.tracking.MlflowClient()
+    experiment = client.get_run(train_run_id).info.experiment_id
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{train_run_id}'")
+    stages = {run.data.tags["stage"]: run for run in children}
+    assert set(stages) == {"evaluate", "calibrate", "register"}
+    assert stages["evaluate"].data.metrics["accuracy"] == pytest.approx(written["accuracy"])
+    assert stages["calibrate"].data.metrics["threshold"] == pytest.approx(report["threshold"])
+
+
+def test_champion_moves_only_to_a_better_model(trained: ProjectPaths) -> None:
+    """Registering again with the measured accuracy lowered, then raised (standing for a worse and a
+    better model on the same test manifest), leaves the champion, then moves it."""
+    import mlflow
+
+    from flows.register import register_flow
+
+    first = json.loads(trained.register_metrics_file.read_text())
+    assert first["alias"] == "champion" and first["reason"] == "no champion yet"
+    evaluation = json.loads(trained.evaluate_metrics_file.read_text())
+    params_file = str(trained.params_file)
+    try:
+        trained.evaluate_metrics_file.write_text(json.dumps({**evaluation, "accuracy": evaluation["accuracy"] - 0.1}))
+        worse = register_flow(params_file)
+        trained.evaluate_metrics_file.write_text(json.dumps({**evaluation, "accuracy": evaluation["accuracy"] + 0.1}))
+        better = register_flow(params_file)
+    finally:
+        trained.evaluate_metrics_file.write_text(json.dumps(evaluation))
+    mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
+    client = mlflow.tracking.MlflowClient()
+    assert worse["alias"] == "challenger" and worse["champion_version"] == first["version"]
+    assert worse["champion_value"] == pytest.approx(evaluation["accuracy"])
+    assert better["alias"] == "champion" and better["champion_version"] == first["version"]
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == better["version"]
+    assert client.get_model_version_by_alias(MODEL_NAME, "challenger").version == worse["version"]
+    assert json.loads(trained.register_metrics_file.read_text())["version"] == better["version"]
+
+
+def generated_images(paths: ProjectPaths) -> list[Path]:
+    rows = read_manifest(paths.manifest_file)
+    return [paths.root / row["path"] for row in rows if row["split"] == "test" and row["kind"] == "genuine"][:3]
+
+
+def test_load_by_alias_and_predict_paths_and_base64(trained: ProjectPaths, tmp_path: Path) -> None:
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    images = generated_images(trained)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    answers = model.predict(pd.DataFrame({"path": [str(images[0]), str(broken), str(images[1])]}))
+    assert list(answers.columns) == list(OUTPUT_COLUMNS)
+    assert answers["error"].tolist()[0] == "" and answers["error"].tolist()[2] == ""
+    assert "broken.png" in answers["error"].tolist()[1]
+    for row in answers.iloc[[0, 2]].itertuples():
+        assert row.writer in {"001", "002", "003", UNKNOWN_WRITER}
+        assert (row.class_id == 3) == (row.writer == UNKNOWN_WRITER)
+        assert 0.0 < row.confidence <= 1.0 and len(json.loads(row.top_k)) == 2
+    encoded = base64.b64encode(images[0].read_bytes()).decode()
+    by_bytes = model.predict(pd.DataFrame({"image": [encoded, "@@not base64@@"]}))
+    assert by_bytes["confidence"].iloc[0] == pytest.approx(answers["confidence"].iloc[0])
+    assert "not valid base64" in by_bytes["error"].iloc[1]
+    signature = model.metadata.get_input_schema().input_names()
+    assert set(signature) == {"path", "image"}
+
+
+def run_cli(arguments: list[str], workspace: Path) -> subprocess.CompletedProcess[str]:
+    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *arguments],
+        cwd=workspace,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_SECONDS,
+    )
+
+
+def test_cli_predict_and_verify(trained: ProjectPaths) -> None:
+    image = generated_images(trained)[0]
+    result = run_cli(["predict", str(image), "missing.png", "--json"], trained.root)
+    assert result.returncode == 1  # one input failed; the other is still answered
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [line["input"] for line in lines] == [str(image), "missing.png"]
+    assert lines[0]["error"] == "" and lines[1]["error"] == "missing.png: no such file"
+    verdict = run_cli(["verify", str(image), "--writer", "001"], trained.root)
+    assert verdict.returncode in (0, 2) and "threshold" in verdict.stdout
+    assert verdict.stdout.split("\t")[0] == ("accept" if verdict.returncode == 0 else "reject")
+    unknown_writer = run_cli(["verify", str(image), "--writer", "999"], trained.root)
+    assert unknown_writer.returncode == 1 and "999" in unknown_writer.stderr
+    no_model = run_cli(["predict", str(image), "--model", "models:/absent@champion"], trained.root)
+    assert no_model.returncode == 1 and "models:/absent@champion" in no_model.stderr
+    assert len(no_model.stderr.strip().splitlines()) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_scores_a_file_over_http(trained: ProjectPaths) -> None:
+    port = free_port()
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": trained.mlflow_tracking_uri}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{MODEL_NAME}@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=trained.root,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + SERVE_STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        else:
+            pytest.fail(f"mlflow models serve did not answer /ping within {SERVE_STARTUP_SECONDS} s")
+        encoded = base64.b64encode(generated_images(trained)[0].read_bytes()).decode()
+        response = requests.post(
+            f"http://127.0.0.1:{port}/invocations",
+            json={"dataframe_split": {"columns": ["image"], "data": [[encoded]]}},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        assert len(predictions) == 1 and predictions[0]["error"] == ""
+        assert predictions[0]["writer"] in {"001", "002", "003", UNKNOWN_WRITER}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
