@@ -35,7 +35,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     import mlflow
 
     from tasks.prepare import read_manifest, settings_from_params
-    from tasks.registry import current_champion, decide, log_packaged_model, test_manifest_digest
+    from tasks.registry import current_champion, decide, digest_of_test_rows, log_packaged_model
     from tasks.tracking import data_version, ensure_experiment, parent_run_id
 
     rows = read_manifest(paths.manifest_file)
@@ -45,7 +45,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         from tasks.config import ConfigError
 
         raise ConfigError(f"register.metric '{config.register.metric}' is not a key of {paths.evaluate_metrics_file}")
-    manifest = test_manifest_digest(rows)
+    manifest = digest_of_test_rows(rows)
     example = next(paths.root / row["path"] for row in rows if row["split"] == "test" and row["kind"] == "genuine")
     name = config.register.model_name
     experiment_id = ensure_experiment(paths, config.tracking.experiment)

@@ -8,6 +8,7 @@ independent of pickle versions. It is the one module of the project meant to do 
 from __future__ import annotations
 
 from pathlib import Path
+
 import mlflow
 
 from tasks.inference import (

@@ -42,7 +42,7 @@ class Decision:
     champion_value: float | None
 
 
-def test_manifest_digest(rows: Sequence[dict[str, str]]) -> str:
+def digest_of_test_rows(rows: Sequence[dict[str, str]]) -> str:
     """Identity of the test set: SHA-256 of the sorted (path, image hash, split) of test rows."""
     test_rows = sorted((row["path"], row["source_sha256"]) for row in rows if row["split"] == "test")
     return hashlib.sha256(json.dumps(test_rows).encode()).hexdigest()

@@ -146,8 +146,8 @@ def test_champion_moves_only_to_a_better_model(trained: ProjectPaths) -> None:
     assert worse["alias"] == "challenger" and worse["champion_version"] == first["version"]
     assert worse["champion_value"] == pytest.approx(evaluation["accuracy"])
     assert better["alias"] == "champion" and better["champion_version"] == first["version"]
-    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == better["version"]
-    assert client.get_model_version_by_alias(MODEL_NAME, "challenger").version == worse["version"]
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == better["version"]
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == worse["version"]
     assert json.loads(trained.register_metrics_file.read_text())["version"] == better["version"]
 
 
@@ -219,7 +219,9 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_mlflow_models_serve_scores_a_file_over_http(trained: ProjectPaths) -> None:
     port = free_port()
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": trained.mlflow_tracking_uri}
+    # The server runs `uvicorn` by name: the environment's bin folder must be on PATH, as in an activated venv.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": trained.mlflow_tracking_uri, "PATH": path}
     server = subprocess.Popen(
         [
             sys.executable,
@@ -245,14 +247,16 @@ def test_mlflow_models_serve_scores_a_file_over_http(trained: ProjectPaths) -> N
     )
     try:
         deadline = time.monotonic() + SERVE_STARTUP_SECONDS
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and server.poll() is None:
             try:
                 if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
                     break
             except requests.ConnectionError:
                 time.sleep(1)
         else:
-            pytest.fail(f"mlflow models serve did not answer /ping within {SERVE_STARTUP_SECONDS} s")
+            pytest.fail(
+                f"mlflow models serve did not answer /ping within {SERVE_STARTUP_SECONDS} s: {server.stderr.read()[-2000:]}"
+            )
         encoded = base64.b64encode(generated_images(trained)[0].read_bytes()).decode()
         response = requests.post(
             f"http://127.0.0.1:{port}/invocations",
