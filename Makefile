@@ -37,7 +37,9 @@ demo: venv ## Run the whole pipeline offline on the generated dataset (dvc repro
 	@echo "Manifest:       data/prepared/manifest.csv"
 	@echo "Data report:    data/prepared/data_report.md"
 	@echo "Classifier:     models/classifier.keras (labels: models/labels.json)"
-	@echo "Learning curve: plots/learning_curve.png"
+	@echo "Learning curve: plots/learning_curve.png; evaluation plots: plots/*.png"
+	@echo "Registered:     models:/utsig-inceptionv3@champion (metrics/register.json)"
+	@echo "Try:            $(BIN)/sigpipe predict data/raw/UTSig/Genuine/1/1.tif"
 	@echo "MLflow UI:      $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --workers 1"
 
 test: venv ## Run every test, the slow end-to-end ones included.

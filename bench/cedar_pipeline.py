@@ -62,8 +62,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         params_file = str(scratch_workspace(Path(scratch), changes))
         results = {}
-        for name, stage in (("download", download_flow), ("prepare", prepare_flow), ("train", train_flow),
-                            ("evaluate", evaluate_flow), ("calibrate", calibrate_flow)):
+        for name, stage in (
+            ("download", download_flow),
+            ("prepare", prepare_flow),
+            ("train", train_flow),
+            ("evaluate", evaluate_flow),
+            ("calibrate", calibrate_flow),
+        ):
             started = time.perf_counter()
             results[name] = stage(params_file)
             timings[name] = round(time.perf_counter() - started, 1)
@@ -93,14 +98,22 @@ def print_tables(evaluate: dict, calibrate: dict, timings: dict[str, float]) -> 
     print("|---|---|---|")
     print(f"| temperature / threshold | {calibrate['temperature']:.3f} / {calibrate['threshold']:.3f} | 1 / 0.40 |")
     print(f"| FRR (genuine answered unknown) | {percent(calibrate['frr'])} | {percent(reference['open_set']['frr'])} |")
-    print(f"| accuracy among accepted | {percent(calibrate['accuracy_accepted'])} | "
-          f"{percent(reference['open_set']['accuracy_accepted'])} |")
-    print(f"| FAR skilled (forgeries not rejected) | {percent(calibrate['far_skilled'])} | "
-          f"{percent(reference['open_set']['far_skilled'])} |")
-    print(f"| FAR random (claimed-writer score) | {percent(calibrate['far_random'])} | "
-          f"{percent(reference['verification']['far_random'])} |")
-    print(f"| ECE, test genuine | {calibrate['expected_calibration_error_after']:.3f} | "
-          f"{calibrate['expected_calibration_error_before']:.3f} |")
+    print(
+        f"| accuracy among accepted | {percent(calibrate['accuracy_accepted'])} | "
+        f"{percent(reference['open_set']['accuracy_accepted'])} |"
+    )
+    print(
+        f"| FAR skilled (forgeries not rejected) | {percent(calibrate['far_skilled'])} | "
+        f"{percent(reference['open_set']['far_skilled'])} |"
+    )
+    print(
+        f"| FAR random (claimed-writer score) | {percent(calibrate['far_random'])} | "
+        f"{percent(reference['verification']['far_random'])} |"
+    )
+    print(
+        f"| ECE, test genuine | {calibrate['expected_calibration_error_after']:.3f} | "
+        f"{calibrate['expected_calibration_error_before']:.3f} |"
+    )
     print("\nStage seconds: " + ", ".join(f"{name} {seconds}" for name, seconds in timings.items()))
 
 

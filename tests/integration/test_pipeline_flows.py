@@ -254,9 +254,8 @@ def test_mlflow_models_serve_scores_a_file_over_http(trained: ProjectPaths) -> N
             except requests.ConnectionError:
                 time.sleep(1)
         else:
-            pytest.fail(
-                f"mlflow models serve did not answer /ping within {SERVE_STARTUP_SECONDS} s: {server.stderr.read()[-2000:]}"
-            )
+            details = server.stderr.read()[-2000:]
+            pytest.fail(f"mlflow models serve did not answer /ping within {SERVE_STARTUP_SECONDS} s: {details}")
         encoded = base64.b64encode(generated_images(trained)[0].read_bytes()).decode()
         response = requests.post(
             f"http://127.0.0.1:{port}/invocations",

@@ -1,0 +1,108 @@
+"""Inference speed of the packaged model (MLflow pyfunc) against the bare classifier, on CPU.
+
+In one process: a classifier at `--size` px (`weights=None`: speed does not depend on the weight
+values) is packaged exactly as the `register` stage does it, logged to a scratch MLflow store and
+loaded back. Then, on the same preprocessed CEDAR images:
+- bare: the Keras classifier's forward on the images already decoded into one tensor;
+- pyfunc: `model.predict` on the image files (decode, the prepare stage's preprocessing, forward,
+  calibration, answers);
+plus single-image latency through the pyfunc (p50, p95) and the model's load time.
+
+Usage: python bench/inference_speed.py --cedar ../shared/datasets/cedar --size 299 --images 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+LATENCY_REPEATS = 20
+BATCH_SIZE = 32
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cedar", type=Path, default=PROJECT_ROOT.parent / "shared" / "datasets" / "cedar")
+    parser.add_argument("--size", type=int, default=299)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "bench" / "results" / "inference_speed.json")
+    arguments = parser.parse_args()
+
+    import mlflow
+    import pandas as pd
+    from PIL import Image
+
+    from tasks.config import PrepareParams
+    from tasks.files import write_json
+    from tasks.model import HeadSpec, build_base, build_classifier
+    from tasks.paths import ProjectPaths
+    from tasks.prepare import prepare_dataset, read_manifest, settings_from_params
+    from tasks.registry import log_packaged_model
+
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = ProjectPaths.from_root(scratch)
+        shutil.copytree(arguments.cedar, paths.raw_dir)
+        prepare = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["prepare"]
+        params = PrepareParams.model_validate({**prepare, "image_size": arguments.size})
+        prepare_dataset(paths, "cedar", params, show_progress=False)
+        rows = [row for row in read_manifest(paths.manifest_file) if row["kind"] == "genuine"][: arguments.images]
+        files = [str(paths.root / row["prepared_path"]) for row in rows]
+        classes = sorted({row["writer"] for row in read_manifest(paths.manifest_file)})
+        classifier = build_classifier(
+            build_base(arguments.size, "none", paths.root, 0), arguments.size, HeadSpec(len(classes), 1024, 0.1)
+        )
+        paths.models_dir.mkdir(parents=True)
+        classifier.save(paths.classifier_file)
+        write_json(
+            paths.calibration_file,
+            {"classes": classes, "temperature": 1.0, "threshold": 0.5, "unknown_class_id": len(classes)},
+        )
+        mlflow.set_tracking_uri(f"sqlite:///{paths.root / 'mlflow.db'}")
+        with mlflow.start_run():
+            uri = log_packaged_model(paths, settings_from_params(params), 5, Path(files[0]))
+        started = time.perf_counter()
+        model = mlflow.pyfunc.load_model(uri)
+        load_seconds = time.perf_counter() - started
+
+        pixels = np.stack([np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) for file in files])
+        classifier.predict(pixels[:BATCH_SIZE], batch_size=BATCH_SIZE, verbose=0)  # warm-up
+        model.predict(pd.DataFrame({"path": files[:BATCH_SIZE]}))  # warm-up
+        started = time.perf_counter()
+        classifier.predict(pixels, batch_size=BATCH_SIZE, verbose=0)
+        bare = time.perf_counter() - started
+        started = time.perf_counter()
+        model.predict(pd.DataFrame({"path": files}))
+        packaged = time.perf_counter() - started
+        latencies = []
+        for index in range(LATENCY_REPEATS):
+            started = time.perf_counter()
+            model.predict(pd.DataFrame({"path": [files[index % len(files)]]}))
+            latencies.append(time.perf_counter() - started)
+    result = {
+        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)",
+        "size": arguments.size,
+        "images": len(files),
+        "bare_images_per_second": len(files) / bare,
+        "pyfunc_images_per_second": len(files) / packaged,
+        "pyfunc_overhead": packaged / bare - 1.0,
+        "latency_p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "latency_p95_ms": 1000 * float(np.percentile(latencies, 95)),
+        "load_seconds": load_seconds,
+    }
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
