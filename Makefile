@@ -15,7 +15,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast lint format status clean
+.PHONY: help venv demo test test-fast lint format status clean up down
+
+RUN_DIR := .run
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)/api
+WORK_POOL := signature-pool
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +61,26 @@ lint: venv ## Check style with ruff.
 format: venv ## Format the code with ruff.
 	ruff format flows tasks tests bench
 	ruff check --fix flows tasks tests bench
+
+up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deployment, and the MLflow UI.
+	@mkdir -p $(RUN_DIR)
+	@if [ -f $(RUN_DIR)/prefect-server.pid ] && kill -0 $$(cat $(RUN_DIR)/prefect-server.pid) 2>/dev/null; then echo "already up (make down first)"; exit 1; fi
+	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > $(RUN_DIR)/prefect-server.log 2>&1 & echo $$! > $(RUN_DIR)/prefect-server.pid
+	@for attempt in $$(seq 1 90); do curl -sf $(PREFECT_URL)/health > /dev/null && break; sleep 1; done; \
+	  curl -sf $(PREFECT_URL)/health > /dev/null || { echo "Prefect server did not start: see $(RUN_DIR)/prefect-server.log"; exit 1; }
+	PREFECT_API_URL=$(PREFECT_URL) prefect work-pool create $(WORK_POOL) --type process --overwrite > /dev/null
+	PREFECT_API_URL=$(PREFECT_URL) SIGPIPE_ROOT=$(CURDIR) prefect --no-prompt deploy --all
+	PREFECT_API_URL=$(PREFECT_URL) prefect worker start --pool $(WORK_POOL) > $(RUN_DIR)/worker.log 2>&1 & echo $$! > $(RUN_DIR)/worker.pid
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+	  > $(RUN_DIR)/mlflow.log 2>&1 & echo $$! > $(RUN_DIR)/mlflow.pid
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)   MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)   logs: $(RUN_DIR)/"
+	@echo "Run:        PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run 'signature-pipeline/local' --watch"
+
+down: ## Stop what `make up` started.
+	@for name in worker mlflow prefect-server; do \
+	  if [ -f $(RUN_DIR)/$$name.pid ]; then kill $$(cat $(RUN_DIR)/$$name.pid) 2>/dev/null && echo "stopped $$name"; rm -f $(RUN_DIR)/$$name.pid; fi; \
+	done
 
 status: venv ## Show what DVC would rerun.
 	dvc status

@@ -13,6 +13,7 @@ from tasks.config import ConfigError
 from tasks.datasets import LayoutError
 from tasks.download import DownloadError
 from tasks.errors import CalibrationError, EvaluationError, TrainingDataError, WeightsError
+from tasks.orchestration import PipelineBusyError, StageFailedError
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
 
 USER_ERRORS = (
@@ -25,6 +26,8 @@ USER_ERRORS = (
     WeightsError,
     EvaluationError,
     CalibrationError,
+    PipelineBusyError,
+    StageFailedError,
 )
 QUIET_ENVIRONMENT = {
     "DO_NOT_TRACK": "true",

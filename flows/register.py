@@ -14,7 +14,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._stage import run_entry_point, workspace_paths
-from tasks.config import PrepareParams, RegisterParams, TrackingParams, parse_group, read_params_file
+from tasks.config import ConfigError, PrepareParams, RegisterParams, TrackingParams, parse_group, read_params_file
 from tasks.files import write_json
 from tasks.paths import ProjectPaths
 
@@ -42,8 +42,6 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     evaluation = json.loads(paths.evaluate_metrics_file.read_text())
     calibration = json.loads(paths.calibrate_metrics_file.read_text())
     if config.register.metric not in evaluation:
-        from tasks.config import ConfigError
-
         raise ConfigError(f"register.metric '{config.register.metric}' is not a key of {paths.evaluate_metrics_file}")
     manifest = digest_of_test_rows(rows)
     example = next(paths.root / row["path"] for row in rows if row["split"] == "test" and row["kind"] == "genuine")

@@ -138,6 +138,11 @@ class ProjectPaths:
         return self.metrics_dir / "register.json"
 
     @property
+    def pipeline_lock_file(self) -> Path:
+        """Held by a running pipeline flow: DVC cannot run twice in one workspace."""
+        return self.data_dir / ".pipeline.lock"
+
+    @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"
 

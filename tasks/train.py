@@ -51,6 +51,7 @@ SEED_STATE_NAME = "seed_generator_state"
 LAST_STATE_FILE = "last.npz"
 BEST_FILE = "best.npz"
 CACHED_VIEW_EPOCH_OFFSET = 1_000_000
+STATISTICS_SAMPLE_IMAGES = 256
 FEATURES_SUFFIX = ".npz"
 FEATURES_META_SUFFIX = ".json"
 
@@ -508,13 +509,14 @@ def train_classifier(
             embed_seconds, embedded = cache.embed_seconds, cache.images_embedded
         reference_embeddings = cache.train_views
     elif model_params.standardize_features:
-        # One augmented pass, so the statistics match what the head sees during online training.
-        order = tf.range(len(data.train), dtype=tf.int64)
+        # Augmented images, so the statistics match what the head sees during online training; a
+        # seeded sample of them, so this costs a fraction of an epoch even on a large dataset.
         epoch = tf.constant(CACHED_VIEW_EPOCH_OFFSET, tf.int64)
+        order = epoch_order(len(data.train), train.seed, epoch)[:STATISTICS_SAMPLE_IMAGES]
         batches = augmented_images(tf.constant(data.train.images), augment, train.seed, epoch, order)
         batches = batches.batch(train.embed_batch_size).prefetch(tf.data.AUTOTUNE)
         reference_embeddings = embed(
-            embedding_function(embedder), batches, len(data.train), "embed train statistics", show_progress
+            embedding_function(embedder), batches, int(order.shape[0]), "embed train statistics", show_progress
         )
     statistics = embedding_statistics(reference_embeddings) if model_params.standardize_features else (None, None)
     spec = HeadSpec(len(data.classes), model_params.dense_units, model_params.dropout, train.seed, *statistics)

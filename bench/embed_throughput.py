@@ -1,0 +1,81 @@
+"""Steady-state embedding throughput of the cached mode against the base's raw forward pass.
+
+For each size, in one process: the frozen base's forward on random tensors (the ceiling), and our
+embedding of CEDAR's training images through the real input pipeline (decode-free uint8 tensors,
+stateless augmentation in a parallel tf.data map, prefetch) with the same compiled function the
+train stage uses; both after one warm-up batch, so tracing is excluded from both.
+
+Usage: python bench/embed_throughput.py --cedar ../shared/datasets/cedar --sizes 150 299
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import tensorflow as tf
+import yaml
+
+from tasks.config import AugmentParams, PrepareParams
+from tasks.model import build_base, build_embedder
+from tasks.paths import ProjectPaths
+from tasks.prepare import prepare_dataset, read_manifest
+from tasks.train import CACHED_VIEW_EPOCH_OFFSET, augmented_images, embed, embedding_function, load_training_data
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BATCH = 32
+RAW_BATCHES = 8
+
+
+def measure(cedar: Path, size: int, scratch: Path) -> dict[str, float]:
+    """Raw forward and pipeline embedding images/s at `size` px."""
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    paths = ProjectPaths.from_root(scratch / f"cedar-{size}")
+    shutil.copytree(cedar, paths.raw_dir)
+    prepare = PrepareParams.model_validate({**params["prepare"], "image_size": size, "train_per_writer": 19})
+    prepare_dataset(paths, "cedar", prepare, show_progress=False)
+    data = load_training_data(read_manifest(paths.manifest_file), paths.root)
+    step = embedding_function(build_embedder(build_base(size, "none", paths.root, 0), size))
+    random_batch = tf.random.uniform((BATCH, size, size, 3), 0, 255, seed=1)
+    step(random_batch).numpy()
+    started = time.perf_counter()
+    for _ in range(RAW_BATCHES):
+        step(random_batch).numpy()
+    raw = BATCH * RAW_BATCHES / (time.perf_counter() - started)
+    augment = AugmentParams.model_validate(params["augment"])
+    order = tf.range(len(data.train), dtype=tf.int64)
+    epoch = tf.constant(CACHED_VIEW_EPOCH_OFFSET, tf.int64)
+    batches = augmented_images(tf.constant(data.train.images), augment, 42, epoch, order).batch(BATCH)
+    embed(step, batches.take(1), BATCH, "warm-up", False)
+    started = time.perf_counter()
+    embed(step, batches.prefetch(tf.data.AUTOTUNE), len(data.train), "embed", False)
+    pipeline = len(data.train) / (time.perf_counter() - started)
+    return {
+        "size": size,
+        "raw_forward_images_per_second": raw,
+        "embedding_images_per_second": pipeline,
+        "fraction_of_raw": pipeline / raw,
+        "images": len(data.train),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cedar", type=Path, default=PROJECT_ROOT.parent / "shared" / "datasets" / "cedar")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[150, 299])
+    parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "bench" / "results" / "embed_throughput.json")
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        results = [measure(arguments.cedar, size, Path(scratch)) for size in arguments.sizes]
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.write_text(json.dumps(results, indent=2) + "\n")
+    for result in results:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The whole pipeline as one Prefect flow: download -> prepare -> train -> evaluate -> calibrate -> register.
+
+Each stage is a task that runs `dvc repro --single-item <stage>`, so DVC decides what is up to date
+and records what ran: after this flow `dvc status` is clean, and after `dvc repro` this flow skips
+every stage. Deployment parameters (`overrides`, e.g. {"train.epochs": 5}) are written into
+params.yaml, as `dvc exp run --set-param` does, so every run stays reproducible from its files.
+Runs in one workspace never overlap: a file lock (and the deployment's concurrency limit of 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows._stage import quiet_environment, run_entry_point, workspace_paths
+from tasks.orchestration import (
+    PIPELINE_STAGES,
+    StageOutcome,
+    apply_overrides,
+    read_json_if_present,
+    report_markdown,
+    run_dvc_stage,
+    workspace_lock,
+)
+from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
+
+REPORT_KEY = "signature-pipeline-report"
+TIMINGS_KEY = "signature-pipeline-timings"
+DOWNLOAD_RETRIES = 3
+DOWNLOAD_RETRY_DELAYS_SECONDS = [10, 30, 90]
+DEFAULT_LOCK_TIMEOUT_SECONDS = 600.0
+DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+
+
+@task(cache_policy=NO_CACHE)
+def run_stage(stage: str, root: Path, environment: dict[str, str]) -> StageOutcome:
+    """Run one DVC stage (skipped by DVC when up to date); a failure names the stage."""
+    outcome = run_dvc_stage(stage, root, environment)
+    print(f"{stage}: {'ran' if outcome.ran else 'up to date'} in {outcome.seconds:.1f} s")
+    return outcome
+
+
+def prefect_api_url() -> str | None:
+    """The API this flow run reports to, so stage subprocesses use it instead of starting their own."""
+    from prefect.settings import get_current_settings
+
+    configured = get_current_settings().api.url
+    if configured:
+        return str(configured)
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # With no API configured, Prefect runs this flow against its temporary local server.
+    ephemeral = SubprocessASGIServer()
+    return ephemeral.api_url if ephemeral.running else None
+
+
+def stage_environment() -> dict[str, str]:
+    """The environment of stage commands: this interpreter's bin folder first, this run's API."""
+    quiet_environment()
+    environment = dict(os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    url = prefect_api_url()
+    if url:
+        environment["PREFECT_API_URL"] = url
+    return environment
+
+
+def training_run_link(paths: ProjectPaths, mlflow_ui_url: str) -> str | None:
+    """A link to the training run in the MLflow UI, when training has logged one."""
+    run = read_json_if_present(paths.train_run_file)
+    if not run.get("run_id"):
+        return None
+    return f"{mlflow_ui_url}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
+
+
+@flow(name="signature-pipeline", log_prints=True)
+def pipeline_flow(
+    params_file: str = PARAMS_FILE_NAME,
+    overrides: dict[str, Any] | None = None,
+    lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+    mlflow_ui_url: str = DEFAULT_MLFLOW_UI,
+) -> list[dict[str, object]]:
+    """Bring every stage up to date, in order, then publish a report and a timing table."""
+    paths = workspace_paths(str(Path(params_file).resolve()))
+    with workspace_lock(paths.pipeline_lock_file, lock_timeout_seconds):
+        if overrides:
+            print("parameters set: " + ", ".join(apply_overrides(paths.params_file, overrides)))
+        environment = stage_environment()
+        outcomes = []
+        for stage in PIPELINE_STAGES:
+            options: dict[str, Any] = {"name": stage, "task_run_name": stage}
+            if stage == "download":
+                options.update(retries=DOWNLOAD_RETRIES, retry_delay_seconds=DOWNLOAD_RETRY_DELAYS_SECONDS)
+            outcomes.append(run_stage.with_options(**options)(stage, paths.root, environment))
+    metrics = {
+        "evaluate": read_json_if_present(paths.evaluate_metrics_file),
+        "calibrate": read_json_if_present(paths.calibrate_metrics_file),
+        "register": read_json_if_present(paths.register_metrics_file),
+    }
+    create_markdown_artifact(
+        key=REPORT_KEY,
+        markdown=report_markdown(outcomes, metrics, training_run_link(paths, mlflow_ui_url)),
+        description="Headline metrics, champion decision and MLflow link of this pipeline run",
+    )
+    rows = [{**asdict(outcome), "seconds": round(outcome.seconds, 1)} for outcome in outcomes]
+    create_table_artifact(key=TIMINGS_KEY, table=rows, description="Per-stage wall time; ran = False: up to date")
+    return rows
+
+
+def main() -> None:
+    """Entry point of `python -m flows.pipeline` (what `make demo` runs)."""
+    run_entry_point(pipeline_flow)
+
+
+if __name__ == "__main__":
+    main()

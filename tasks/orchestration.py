@@ -1,0 +1,153 @@
+"""Plain helpers of the pipeline flow: parameter overrides, the workspace lock, DVC stage runs,
+and the end-of-run report. DVC's lock file stays the one record of what is up to date."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.config import ConfigError
+
+PIPELINE_STAGES = ("download", "prepare", "train", "evaluate", "calibrate", "register")
+RAN_MARKER = "Running stage '{stage}'"
+LOCK_POLL_SECONDS = 2.0
+OUTPUT_TAIL_CHARACTERS = 3000
+
+
+class PipelineBusyError(RuntimeError):
+    """Another pipeline run holds the workspace (DVC cannot run twice in one workspace)."""
+
+
+class StageFailedError(RuntimeError):
+    """A stage's command failed; the message names the stage and ends with its output."""
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What happened to one stage in a pipeline run."""
+
+    stage: str
+    ran: bool
+    seconds: float
+
+
+def apply_overrides(params_file: Path, overrides: Mapping[str, Any]) -> list[str]:
+    """Write `group.key: value` overrides into params.yaml, keeping its comments and order.
+
+    Like `dvc exp run --set-param`, the change lands in params.yaml, so DVC records it in dvc.lock
+    and a rerun with the same file reproduces the run. Unknown groups or keys are refused.
+    """
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    document = yaml.load(params_file.read_text(encoding="utf-8"))
+    applied = []
+    for dotted, value in overrides.items():
+        group, _, key = dotted.partition(".")
+        if group not in document or not key or key not in document[group]:
+            raise ConfigError(
+                f"{params_file}: cannot set '{dotted}': no such parameter (use group.key, e.g. train.epochs)"
+            )
+        document[group][key] = value
+        applied.append(f"{dotted}={value}")
+    with params_file.open("w", encoding="utf-8") as handle:
+        yaml.dump(document, handle)
+    return applied
+
+
+@contextmanager
+def workspace_lock(lock_file: Path, timeout_seconds: float) -> Iterator[None]:
+    """Hold an exclusive lock on the workspace, waiting up to `timeout_seconds` for another run."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a+") as handle:
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown"
+                    raise PipelineBusyError(
+                        f"another pipeline run holds {lock_file} ({holder}); it was waited for "
+                        f"{timeout_seconds:.0f} s. Wait for it to finish, then run again."
+                    ) from error
+                time.sleep(LOCK_POLL_SECONDS)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_dvc_stage(stage: str, root: Path, environment: Mapping[str, str]) -> StageOutcome:
+    """`dvc repro --single-item <stage>`: DVC reruns the stage only if its inputs changed."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        ["dvc", "repro", "--single-item", stage],
+        cwd=root,
+        env=dict(environment),
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise StageFailedError(
+            f"stage '{stage}' failed (exit {result.returncode}):\n{output[-OUTPUT_TAIL_CHARACTERS:]}"
+        )
+    return StageOutcome(stage, RAN_MARKER.format(stage=stage) in output, seconds)
+
+
+def read_json_if_present(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def report_markdown(outcomes: list[StageOutcome], metrics: dict[str, dict[str, Any]], run_link: str | None) -> str:
+    """The end-of-run markdown artifact: stages, headline metrics, champion decision, MLflow link."""
+    evaluate, calibrate, register = (metrics.get(name, {}) for name in ("evaluate", "calibrate", "register"))
+
+    def number(value: Any, percent: bool = False) -> str:
+        if not isinstance(value, int | float):
+            return "n/a"
+        return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
+
+    lines = ["# signature-pipeline run", "", "| stage | ran | seconds |", "|---|---|---|"]
+    lines += [f"| {item.stage} | {'yes' if item.ran else 'up to date'} | {item.seconds:.1f} |" for item in outcomes]
+    lines += [
+        "",
+        "## Headline metrics (test split)",
+        "",
+        f"- identification accuracy {number(evaluate.get('accuracy'))}, "
+        f"weighted F1 {number(evaluate.get('f1_weighted'))}",
+        f"- skilled-forgery EER (a posteriori) {number(evaluate.get('eer_skilled'), True)}, "
+        f"AUC {number(evaluate.get('auc_skilled'))}",
+        f"- calibrated: T = {number(calibrate.get('temperature'))}, threshold {number(calibrate.get('threshold'))}, "
+        f"FRR {number(calibrate.get('frr'), True)}, FAR skilled {number(calibrate.get('far_skilled'), True)}",
+        "",
+        "## Registry",
+        "",
+        f"- {register.get('model_name', 'n/a')} version {register.get('version', 'n/a')}: "
+        f"**{register.get('alias', 'n/a')}** ({register.get('reason', 'no decision recorded')})",
+    ]
+    if run_link:
+        lines += ["", f"[MLflow training run]({run_link})"]
+    return "\n".join(lines) + "\n"
