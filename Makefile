@@ -35,8 +35,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed ## Create .venv and install the project (EXTRAS=cpu,dev by default; cuda, gdrive, kaggle too).
 
-demo: venv ## Run the whole pipeline offline on the generated dataset (dvc repro), then show the metrics.
-	dvc repro
+demo: venv ## Run the whole pipeline offline on the generated dataset through the Prefect flow, then show the metrics.
+	python -m flows.pipeline
 	@echo
 	dvc metrics show
 	@echo

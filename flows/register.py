@@ -29,6 +29,14 @@ class RegisterConfig:
     tracking: TrackingParams
 
 
+PARAM_TAG_GROUPS = ("data", "prepare", "model", "augment", "train", "calibrate")
+
+
+def trained_with(params: dict[str, object]) -> dict[str, object]:
+    """The parameter groups that produced the model, for the version's tags."""
+    return {group: params[group] for group in PARAM_TAG_GROUPS if isinstance(params.get(group), dict)}
+
+
 @task(name="package-and-register", cache_policy=NO_CACHE)
 def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, object]:
     """Log the pyfunc, register a version, tag it with its numbers, and move the right alias."""
@@ -36,9 +44,10 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
 
     from tasks.prepare import read_manifest, settings_from_params
     from tasks.registry import current_champion, decide, digest_of_test_rows, log_packaged_model
-    from tasks.tracking import data_version, ensure_experiment, parent_run_id
+    from tasks.tracking import data_version, ensure_experiment, flatten_params, parent_run_id
 
     rows = read_manifest(paths.manifest_file)
+    params = read_params_file(paths.params_file)
     evaluation = json.loads(paths.evaluate_metrics_file.read_text())
     calibration = json.loads(paths.calibrate_metrics_file.read_text())
     if config.register.metric not in evaluation:
@@ -57,6 +66,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
             "train_run_id": train_run or "",
             **{f"metric.{key}": str(evaluation.get(key)) for key in VERSION_TAG_METRICS},
             **{f"metric.{key}": str(calibration.get(key)) for key in CALIBRATION_TAG_METRICS},
+            **{f"param.{key}": value for key, value in flatten_params(trained_with(params)).items()},
         }
         champion = current_champion(client, name)
         version = mlflow.register_model(model_uri, name, tags=tags)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,7 +144,9 @@ class SignatureClassifier:
 
     def answers(self, items: Sequence[InputItem]) -> list[Answer]:
         """Answer every input; unusable inputs get an error row and do not stop the others."""
-        prepared = [preprocess_item(item, self.settings) for item in items]
+        # Decoding and preprocessing release the GIL in Pillow and NumPy: threads overlap them.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            prepared = list(pool.map(lambda item: preprocess_item(item, self.settings), items))
         usable = [index for index, (image, _error) in enumerate(prepared) if image is not None]
         probabilities = self.probabilities(np.stack([prepared[index][0] for index in usable])) if usable else None
         answers: list[Answer] = []

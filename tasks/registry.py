@@ -26,6 +26,8 @@ TIE_BREAK_METRIC = "eer_skilled"
 LOWER_IS_BETTER_PREFIXES = ("eer_", "far_", "frr", "expected_calibration_error")
 TAG_TEST_MANIFEST = "test_manifest"
 TAG_METRIC_PREFIX = "metric."
+TAG_PARAM_PREFIX = "param."
+ARTIFACT_PARAMS = "params"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 CODE_FOLDER = Path(__file__).parent
 
@@ -146,6 +148,7 @@ def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k:
                 ARTIFACT_CLASSIFIER: str(paths.classifier_file),
                 ARTIFACT_CALIBRATION: str(paths.calibration_file),
                 ARTIFACT_PREPROCESS: str(preprocess),
+                ARTIFACT_PARAMS: str(paths.params_file),
             },
             code_paths=[str(CODE_FOLDER)],
             pip_requirements=model_requirements(),
