@@ -38,8 +38,7 @@ venv: $(VENV)/.installed ## Create .venv and install the project (EXTRAS=cpu,dev
 demo: venv ## Run the whole pipeline offline on the generated dataset through the Prefect flow, then show the metrics.
 	python -m flows.pipeline
 	@echo
-	dvc metrics show
-	@echo
+	@echo "Metrics:        metrics/*.json (dvc metrics show), plots/*.png (dvc plots show)"
 	@echo "Manifest:       data/prepared/manifest.csv"
 	@echo "Data report:    data/prepared/data_report.md"
 	@echo "Classifier:     models/classifier.keras (labels: models/labels.json)"

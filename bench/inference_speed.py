@@ -66,6 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         paths = ProjectPaths.from_root(scratch)
         shutil.copytree(arguments.cedar, paths.raw_dir)
+        shutil.copy2(PROJECT_ROOT / "params.yaml", paths.params_file)  # packaged with the model
         prepare = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["prepare"]
         params = PrepareParams.model_validate({**prepare, "image_size": arguments.size})
         prepare_dataset(paths, "cedar", params, show_progress=False)

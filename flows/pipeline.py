@@ -104,9 +104,11 @@ def pipeline_flow(
         "calibrate": read_json_if_present(paths.calibrate_metrics_file),
         "register": read_json_if_present(paths.register_metrics_file),
     }
+    report = report_markdown(outcomes, metrics, training_run_link(paths, mlflow_ui_url))
+    print(report)
     create_markdown_artifact(
         key=REPORT_KEY,
-        markdown=report_markdown(outcomes, metrics, training_run_link(paths, mlflow_ui_url)),
+        markdown=report,
         description="Headline metrics, champion decision and MLflow link of this pipeline run",
     )
     rows = [{**asdict(outcome), "seconds": round(outcome.seconds, 1)} for outcome in outcomes]
