@@ -76,9 +76,13 @@ up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deploymen
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)   MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)   logs: $(RUN_DIR)/"
 	@echo "Run:        PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run 'signature-pipeline/local' --watch"
 
-down: ## Stop what `make up` started.
+down: ## Stop what `make up` started (TERM, then KILL after 10 s).
 	@for name in worker mlflow prefect-server; do \
-	  if [ -f $(RUN_DIR)/$$name.pid ]; then kill $$(cat $(RUN_DIR)/$$name.pid) 2>/dev/null && echo "stopped $$name"; rm -f $(RUN_DIR)/$$name.pid; fi; \
+	  if [ -f $(RUN_DIR)/$$name.pid ]; then \
+	    pid=$$(cat $(RUN_DIR)/$$name.pid); kill $$pid 2>/dev/null; \
+	    for attempt in $$(seq 1 10); do kill -0 $$pid 2>/dev/null || break; sleep 1; done; \
+	    kill -9 $$pid 2>/dev/null; rm -f $(RUN_DIR)/$$name.pid; echo "stopped $$name"; \
+	  fi; \
 	done
 
 status: venv ## Show what DVC would rerun.
