@@ -12,7 +12,6 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._stage import run_entry_point, workspace_paths
-from flows.evaluate import flat_numbers
 from tasks.config import CalibrateParams, TrackingParams, parse_group, read_params_file
 from tasks.files import json_ready, write_json
 from tasks.paths import ProjectPaths
@@ -33,7 +32,7 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
     from tasks.metrics import reliability_bins
     from tasks.plots import reliability_image
     from tasks.scores import load_scores, softmax
-    from tasks.tracking import ensure_experiment, parent_run_id
+    from tasks.tracking import ensure_experiment, loggable_metrics, parent_run_id
 
     table = load_scores(paths.scores_file)
     classes = json.loads(paths.labels_file.read_text())["classes"]
@@ -55,7 +54,7 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
     ):
         mlflow.set_tag("stage", "calibrate")
         mlflow.log_params({f"calibrate.{key}": value for key, value in config.calibrate.model_dump().items()})
-        mlflow.log_metrics(flat_numbers(report))
+        mlflow.log_metrics(loggable_metrics(report))
         mlflow.log_dict(report, "calibrate.json")
         mlflow.log_artifact(str(paths.reliability_file), artifact_path="plots")
         mlflow.log_artifact(str(paths.calibration_file))

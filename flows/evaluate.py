@@ -6,9 +6,7 @@ Run it with `python -m flows.evaluate` (what `dvc repro evaluate` does) or `sigp
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
-from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -27,15 +25,6 @@ class EvaluateConfig:
     tracking: TrackingParams
 
 
-def flat_numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    """The top-level finite numeric metrics (NaN, None and nested blocks left out), for MLflow."""
-    return {
-        name: float(value)
-        for name, value in metrics.items()
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    }
-
-
 @task(name="score-and-measure", cache_policy=NO_CACHE)
 def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, object]:
     """Score val, test and calibration images once; write metrics, per-writer CSV and plots; log them."""
@@ -46,7 +35,7 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     from tasks.plots import confusion_matrix_image, roc_det_image, score_distributions_image
     from tasks.prepare import read_manifest
     from tasks.scores import save_scores, verification_scores
-    from tasks.tracking import data_version, ensure_experiment, parent_run_id
+    from tasks.tracking import data_version, ensure_experiment, loggable_metrics, parent_run_id
 
     classes = json.loads(paths.labels_file.read_text())["classes"]
     classifier = keras.models.load_model(paths.classifier_file)
@@ -65,7 +54,7 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
         experiment_id=experiment_id, run_name="evaluate", parent_run_id=parent_run_id(paths.train_run_file)
     ):
         mlflow.set_tags({"stage": "evaluate", "data_version": data_version(paths.manifest_file)})
-        mlflow.log_metrics(flat_numbers(metrics))
+        mlflow.log_metrics(loggable_metrics(metrics))
         mlflow.log_dict(json_ready(metrics), "evaluate.json")
         for plot in (paths.confusion_matrix_file, paths.roc_det_file, paths.score_distributions_file):
             mlflow.log_artifact(str(plot), artifact_path="plots")

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._stage import run_entry_point, workspace_paths
 from tasks.config import AugmentParams, ModelParams, TrackingParams, TrainParams, parse_group, read_params_file
-from tasks.files import write_json
+from tasks.files import json_ready, write_json
 from tasks.paths import ProjectPaths
 
 MODEL_ARTIFACT_NAME = "model"
@@ -78,7 +78,7 @@ def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
     from tasks.device import apply_policy, choose_policy, visible_gpu_count
     from tasks.plots import learning_curve
     from tasks.prepare import read_manifest
-    from tasks.tracking import data_version, ensure_experiment, epoch_logger, flatten_params
+    from tasks.tracking import data_version, ensure_experiment, epoch_logger, flatten_params, loggable_metrics
     from tasks.train import load_training_data, read_resumable_state, train_classifier, training_fingerprint
 
     digest = data_version(paths.manifest_file)
@@ -126,7 +126,8 @@ def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
         learning_curve(result.state.history, result.state.best_epoch, paths.learning_curve_file)
         metrics = train_metrics(result)
         write_json(paths.train_metrics_file, metrics)
-        mlflow.log_metrics({name: float(value) for name, value in metrics.items() if isinstance(value, int | float)})
+        mlflow.log_metrics(loggable_metrics(metrics))
+        mlflow.log_dict(json_ready(metrics), "train.json")
         mlflow.log_artifact(str(paths.learning_curve_file), artifact_path="plots")
         mlflow.log_artifact(str(paths.labels_file))
         model_uri = log_classifier(result.classifier, data.image_size) if config.tracking.log_model else None

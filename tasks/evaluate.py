@@ -28,6 +28,7 @@ from tasks.metrics import (
 )
 from tasks.model import LogitScorer
 from tasks.scores import IMPOSTOR_KINDS, NO_CLASS, ScoreTable, softmax, verification_scores
+from tasks.train import to_model_input
 
 SCORED_SPLITS = ("val", "test", "calibration")
 VERIFICATION_KINDS = (*IMPOSTOR_KINDS, "random")
@@ -35,8 +36,7 @@ VERIFICATION_KINDS = (*IMPOSTOR_KINDS, "random")
 
 def read_model_input(path: tf.Tensor) -> tf.Tensor:
     """A preprocessed grey PNG as the classifier's float RGB input in [0, 255]."""
-    image = tf.io.decode_png(tf.io.read_file(path), channels=1)
-    return tf.image.grayscale_to_rgb(tf.cast(image, tf.float32))
+    return to_model_input(tf.io.decode_png(tf.io.read_file(path), channels=1))
 
 
 def logits_of(classifier: keras.Model, image_paths: Sequence[str], batch_size: int) -> np.ndarray:

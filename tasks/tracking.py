@@ -6,6 +6,7 @@ tracking server. Nothing here runs at import time.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -94,3 +95,13 @@ def model_requirements() -> list[str]:
         except PackageNotFoundError:
             continue
     return pinned
+
+
+def loggable_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
+    """The top-level finite numbers of a metrics dict, as MLflow metrics (flags, nulls, NaN and
+    nested blocks left out: they stay in the JSON file logged beside them)."""
+    return {
+        name: float(value)
+        for name, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
