@@ -3,11 +3,14 @@
 In one process: a classifier at `--size` px (`weights=None`: speed does not depend on the weight
 values) is packaged exactly as the `register` stage does it, logged to a scratch MLflow store and
 loaded back. Then, on the same preprocessed CEDAR images:
-- bare: the Keras classifier's forward on the images already decoded into one tensor;
-  (each throughput is the best of three timed runs after a warm-up run)
+- bare: the Keras classifier's forward on the images already decoded into one float tensor, two
+  ways: `classifier.predict` and the model called in a `tf.function` batch by batch; the faster of
+  the two is the baseline;
 - pyfunc: `model.predict` on the image files (decode, the prepare stage's preprocessing, forward,
-  calibration, answers);
-plus single-image latency through the pyfunc (p50, p95) and the model's load time.
+  calibration, answers).
+The three are timed in turn, round after round (after one untimed warm-up round), so a slow
+moment of the machine hits all of them; each throughput is the median over the rounds. Then the
+single-image latency through the pyfunc (p50, p95) and the model's load time.
 
 Usage: python bench/inference_speed.py --cedar ../shared/datasets/cedar --size 299 --images 64
 """
@@ -30,18 +33,30 @@ import yaml
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LATENCY_REPEATS = 20
 BATCH_SIZE = 32
-TIMING_REPEATS = 3
+TIMING_ROUNDS = 7
 
 
-def best_of(call: Callable[[], object]) -> float:
-    """Fastest of TIMING_REPEATS timed calls, after one untimed warm-up call (tracing, caches)."""
-    call()
-    timings = []
-    for _ in range(TIMING_REPEATS):
-        started = time.perf_counter()
-        call()
-        timings.append(time.perf_counter() - started)
-    return min(timings)
+def interleaved_medians(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Median seconds of each call over TIMING_ROUNDS rounds that run every call once, in turn,
+    after one untimed warm-up round (tracing, caches)."""
+    timings: dict[str, list[float]] = {name: [] for name in calls}
+    for round_index in range(TIMING_ROUNDS + 1):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            if round_index:
+                timings[name].append(time.perf_counter() - started)
+    return {name: float(np.median(values)) for name, values in timings.items()}
+
+
+def batched_forward(classifier: object) -> Callable[[np.ndarray], np.ndarray]:
+    """The classifier called in one traced `tf.function`, BATCH_SIZE images at a time."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda batch: classifier(batch, training=False), reduce_retracing=True)
+    return lambda pixels: np.concatenate(
+        [forward(pixels[start : start + BATCH_SIZE]).numpy() for start in range(0, len(pixels), BATCH_SIZE)]
+    )
 
 
 def main() -> None:
@@ -91,8 +106,14 @@ def main() -> None:
 
         pixels = np.stack([np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) for file in files])
         frame = pd.DataFrame({"path": files})
-        bare = best_of(lambda: classifier.predict(pixels, batch_size=BATCH_SIZE, verbose=0))
-        packaged = best_of(lambda: model.predict(frame))
+        forward = batched_forward(classifier)
+        seconds = interleaved_medians(
+            {
+                "keras_predict": lambda: classifier.predict(pixels, batch_size=BATCH_SIZE, verbose=0),
+                "tf_function": lambda: forward(pixels),
+                "pyfunc": lambda: model.predict(frame),
+            }
+        )
         latencies = []
         for index in range(LATENCY_REPEATS):
             started = time.perf_counter()
@@ -102,9 +123,11 @@ def main() -> None:
         "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)",
         "size": arguments.size,
         "images": len(files),
-        "bare_images_per_second": len(files) / bare,
-        "pyfunc_images_per_second": len(files) / packaged,
-        "pyfunc_overhead": packaged / bare - 1.0,
+        "timing_rounds": TIMING_ROUNDS,
+        "bare_keras_predict_images_per_second": len(files) / seconds["keras_predict"],
+        "bare_tf_function_images_per_second": len(files) / seconds["tf_function"],
+        "pyfunc_images_per_second": len(files) / seconds["pyfunc"],
+        "pyfunc_overhead": seconds["pyfunc"] / min(seconds["keras_predict"], seconds["tf_function"]) - 1.0,
         "latency_p50_ms": 1000 * float(np.percentile(latencies, 50)),
         "latency_p95_ms": 1000 * float(np.percentile(latencies, 95)),
         "load_seconds": load_seconds,

@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ IMAGE_COLUMN = "image"
 ARTIFACT_CLASSIFIER = "classifier"
 ARTIFACT_CALIBRATION = "calibration"
 ARTIFACT_PREPROCESS = "preprocess"
+SCORING_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,18 @@ def items_from(model_input: Any) -> list[InputItem]:
     ]
 
 
+def chunked(values: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of `size` values (the last may be shorter), consumed lazily."""
+    chunk: list[Any] = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def preprocess_item(item: InputItem, settings: PreprocessSettings) -> tuple[np.ndarray | None, str]:
     """The preprocessed image of one input, or None and a one-line error naming the input."""
     if item.error:
@@ -139,35 +152,45 @@ class SignatureClassifier:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities of preprocessed grey images (n, size, size)."""
-        pixels = np.repeat(images[..., np.newaxis].astype(np.float32), 3, axis=-1)
-        return softmax(self.scorer(pixels), self.temperature)
+        return softmax(self.scorer.of_grey(images), self.temperature)
 
     def answers(self, items: Sequence[InputItem]) -> list[Answer]:
-        """Answer every input; unusable inputs get an error row and do not stop the others."""
-        # Decoding and preprocessing release the GIL in Pillow and NumPy: threads overlap them.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            prepared = list(pool.map(lambda item: preprocess_item(item, self.settings), items))
-        usable = [index for index, (image, _error) in enumerate(prepared) if image is not None]
-        probabilities = self.probabilities(np.stack([prepared[index][0] for index in usable])) if usable else None
+        """Answer every input; unusable inputs get an error row and do not stop the others.
+
+        Decoding and preprocessing run in threads (Pillow and NumPy release the GIL) and stream
+        into the forward pass one batch at a time, so the next batch is being prepared while the
+        classifier scores the current one.
+        """
         answers: list[Answer] = []
-        for index, item in enumerate(items):
-            if index not in usable:
-                answers.append(Answer(item.name, "", -1, float("nan"), [], prepared[index][1]))
-                continue
-            row = probabilities[usable.index(index)]
-            ranked = np.argsort(-row, kind="stable")[: self.top_k]
-            best = int(ranked[0])
-            accepted = row[best] >= self.threshold
-            answers.append(
-                Answer(
-                    input=item.name,
-                    writer=self.classes[best] if accepted else UNKNOWN_WRITER,
-                    class_id=best if accepted else self.unknown_class_id,
-                    confidence=float(row[best]),
-                    top_k=[(self.classes[position], float(row[position])) for position in ranked],
-                )
-            )
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            prepared = pool.map(lambda item: preprocess_item(item, self.settings), items)
+            for chunk in chunked(zip(items, prepared, strict=True), SCORING_BATCH_SIZE):
+                answers.extend(self.answer_chunk(chunk))
         return answers
+
+    def answer_chunk(self, chunk: Sequence[tuple[InputItem, tuple[np.ndarray | None, str]]]) -> list[Answer]:
+        """Answers for one batch of preprocessed inputs (None images carry their error)."""
+        usable = [image for _item, (image, _error) in chunk if image is not None]
+        probabilities = iter(self.probabilities(np.stack(usable)) if usable else [])
+        return [
+            self.answer(item.name, next(probabilities))
+            if image is not None
+            else Answer(item.name, "", -1, float("nan"), [], error)
+            for item, (image, error) in chunk
+        ]
+
+    def answer(self, name: str, row: np.ndarray) -> Answer:
+        """The answer for one image's calibrated probabilities: the top writer, or unknown below the threshold."""
+        ranked = np.argsort(-row, kind="stable")[: self.top_k]
+        best = int(ranked[0])
+        accepted = row[best] >= self.threshold
+        return Answer(
+            input=name,
+            writer=self.classes[best] if accepted else UNKNOWN_WRITER,
+            class_id=best if accepted else self.unknown_class_id,
+            confidence=float(row[best]),
+            top_k=[(self.classes[position], float(row[position])) for position in ranked],
+        )
 
     def claim_score(self, item: InputItem, writer: str) -> tuple[float, bool, str]:
         """Verification: the calibrated probability of `writer`, whether it reaches the threshold, error."""

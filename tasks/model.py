@@ -174,15 +174,40 @@ class LogitScorer:
     """
 
     def __init__(self, classifier: keras.Model) -> None:
+        import tensorflow as tf
+
         output_layer = classifier.get_layer(HEAD_OUTPUT)
         self.features = keras.Model(classifier.input, output_layer.input)
         self.kernel, self.bias = (np.asarray(weight, dtype=np.float64) for weight in output_layer.get_weights())
+        # One traced graph for every batch size: `keras.Model.predict` builds a tf.data pipeline on
+        # every call, a fixed cost that dominates when a service scores a few images at a time.
+        rgb = tf.TensorSpec(shape=(None, *classifier.input_shape[1:]), dtype=tf.float32)
+        grey = tf.TensorSpec(shape=(None, *classifier.input_shape[1:-1]), dtype=tf.uint8)
+        self.forward = tf.function(lambda batch: self.features(batch, training=False), input_signature=[rgb])
+        # Grey bytes in, replicated to three float channels inside the graph: 12x less memory to
+        # fill in NumPy per image, which at 299 px costs as much as a tenth of the forward pass.
+        self.forward_grey = tf.function(
+            lambda batch: self.features(
+                tf.repeat(tf.cast(batch, tf.float32)[..., tf.newaxis], 3, axis=-1), training=False
+            ),
+            input_signature=[grey],
+        )
 
     def __call__(self, pixels: object, batch_size: int = 32) -> np.ndarray:
         """Logits of float RGB pixels in [0, 255] (an array or a batched tf.data dataset)."""
-        features = (
-            self.features.predict(pixels, batch_size=batch_size, verbose=0)
-            if isinstance(pixels, np.ndarray)
-            else self.features.predict(pixels, verbose=0)
-        )
+        if isinstance(pixels, np.ndarray):
+            return self.batched(self.forward, np.asarray(pixels, dtype=np.float32), batch_size)
+        return self.logits(self.features.predict(pixels, verbose=0))
+
+    def of_grey(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Logits of 8-bit grey images (n, size, size), as the prepare stage writes them."""
+        return self.batched(self.forward_grey, np.asarray(images, dtype=np.uint8), batch_size)
+
+    def batched(self, forward: object, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+        """Logits of `inputs` run through a traced `forward`, `batch_size` at a time."""
+        batches = [forward(inputs[start : start + batch_size]).numpy() for start in range(0, len(inputs), batch_size)]
+        return self.logits(np.concatenate(batches) if batches else np.zeros((0, self.kernel.shape[0])))
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """The output layer's pre-softmax values, in float64, from its input features."""
         return np.asarray(features, dtype=np.float64) @ self.kernel + self.bias

@@ -13,6 +13,7 @@ from tasks.model import (
     FEATURE_DIM,
     HEAD_OUTPUT,
     HeadSpec,
+    LogitScorer,
     build_base,
     build_classifier,
     build_embedder,
@@ -117,3 +118,19 @@ def test_random_base_depends_on_its_seed_only(base: keras.Model) -> None:
     random.random()
     assert weights_digest(build_base(SIZE, "none", Path("."), seed=0)) == weights_digest(base)
     assert weights_digest(build_base(SIZE, "none", Path("."), seed=1)) != weights_digest(base)
+
+
+def test_logit_scorer_matches_the_classifier_in_any_batching(base: keras.Model) -> None:
+    """The scorer's logits give the saved model's softmax, whether it is fed RGB floats, grey bytes
+    (replicated to three channels inside the graph) or a batch size that does not divide the input."""
+    classifier = build_classifier(base, SIZE, HeadSpec(5, 16, 0.1))
+    grey = np.random.default_rng(3).integers(0, 256, size=(7, SIZE, SIZE), dtype=np.uint8)
+    rgb = np.repeat(grey[..., np.newaxis].astype(np.float32), 3, axis=-1)
+    scorer = LogitScorer(classifier)
+    logits = scorer(rgb, batch_size=3)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    expected = classifier.predict(rgb, verbose=0)
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scorer.of_grey(grey, batch_size=4), logits, rtol=1e-5, atol=1e-5)
+    assert scorer(rgb[:0]).shape == (0, 5)
