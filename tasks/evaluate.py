@@ -28,7 +28,7 @@ from tasks.metrics import (
 )
 from tasks.model import LogitScorer
 from tasks.scores import IMPOSTOR_KINDS, NO_CLASS, ScoreTable, softmax, verification_scores
-from tasks.train import to_model_input
+from tasks.train import prefetched, to_model_input
 
 SCORED_SPLITS = ("val", "test", "calibration")
 VERIFICATION_KINDS = (*IMPOSTOR_KINDS, "random")
@@ -44,7 +44,7 @@ def logits_of(classifier: keras.Model, image_paths: Sequence[str], batch_size: i
     dataset = tf.data.Dataset.from_tensor_slices(list(image_paths)).map(
         read_model_input, num_parallel_calls=tf.data.AUTOTUNE
     )
-    return LogitScorer(classifier)(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)).astype(np.float32)
+    return LogitScorer(classifier)(prefetched(dataset.batch(batch_size))).astype(np.float32)
 
 
 def score_manifest(

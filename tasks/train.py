@@ -54,6 +54,7 @@ CACHED_VIEW_EPOCH_OFFSET = 1_000_000
 STATISTICS_SAMPLE_IMAGES = 256
 FEATURES_SUFFIX = ".npz"
 FEATURES_META_SUFFIX = ".json"
+PREFETCH_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class TrainResult:
     resumed_from_epoch: int
     device: str
     test_accuracy: float
+    test_predictions: np.ndarray  # most probable class of each test image, in data.test's order
 
 
 def read_grey_image(path: Path) -> np.ndarray:
@@ -158,13 +160,25 @@ def one_hot(labels: np.ndarray, class_count: int) -> np.ndarray:
     return np.eye(class_count, dtype=np.float32)[labels]
 
 
+def prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with a fixed prefetch buffer and tf.data's autotuner switched off.
+
+    With the autotuner on, finishing or deleting an iterator waited 1 to 5 s in about one case in
+    three on the 2-core development machine (its background threads wind down on a timer), and
+    Keras opens a new validation iterator every epoch. Parallel maps keep one call per core.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(options)
+
+
 def plain_batches(split: SplitImages, class_count: int | None, batch_size: int) -> tf.data.Dataset:
     """Un-augmented images (with one-hot labels when `class_count` is given), batched."""
     images = tf.data.Dataset.from_tensor_slices(split.images).map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
     if class_count is None:
-        return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return prefetched(images.batch(batch_size))
     labels = tf.data.Dataset.from_tensor_slices(one_hot(split.labels, class_count))
-    return tf.data.Dataset.zip((images, labels)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return prefetched(tf.data.Dataset.zip((images, labels)).batch(batch_size))
 
 
 def epoch_order(count: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
@@ -204,7 +218,7 @@ def online_batches(
         targets = tf.data.Dataset.from_tensor_slices(tf.gather(labels, order))
         return tf.data.Dataset.zip((pixels, targets)).batch(batch_size)
 
-    return tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+    return prefetched(tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch))
 
 
 def cached_batches(
@@ -220,7 +234,7 @@ def cached_batches(
         view = tf.gather(features, epoch % view_count)
         return tf.data.Dataset.from_tensor_slices((tf.gather(view, order), tf.gather(targets, order))).batch(batch_size)
 
-    return tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+    return prefetched(tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch))
 
 
 def embedding_function(embedder: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -313,9 +327,7 @@ def compute_features(
     train_views = []
     for view in range(views):
         epoch = tf.constant(CACHED_VIEW_EPOCH_OFFSET + view, tf.int64)
-        batches = (
-            augmented_images(images, augment, seed, epoch, natural_order).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-        )
+        batches = prefetched(augmented_images(images, augment, seed, epoch, natural_order).batch(batch_size))
         train_views.append(embed(step, batches, len(data.train), f"embed train view {view + 1}/{views}", show_progress))
     val = embed(step, plain_batches(data.val, None, batch_size), len(data.val), "embed val", show_progress)
     test = embed(step, plain_batches(data.test, None, batch_size), len(data.test), "embed test", show_progress)
@@ -460,12 +472,16 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def accuracy(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, labels: np.ndarray) -> float:
+def predicted_classes(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, count: int) -> np.ndarray:
+    """The most probable class of each of `count` inputs (an empty array when there are none)."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.argmax(model.predict(inputs, verbose=0), axis=1)
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Share of `labels` predicted correctly (NaN when there are none)."""
-    if len(labels) == 0:
-        return float("nan")
-    probabilities = model.predict(inputs, verbose=0)
-    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
+    return float(np.mean(predictions == labels)) if len(labels) else float("nan")
 
 
 def train_classifier(
@@ -514,7 +530,7 @@ def train_classifier(
         epoch = tf.constant(CACHED_VIEW_EPOCH_OFFSET, tf.int64)
         order = epoch_order(len(data.train), train.seed, epoch)[:STATISTICS_SAMPLE_IMAGES]
         batches = augmented_images(tf.constant(data.train.images), augment, train.seed, epoch, order)
-        batches = batches.batch(train.embed_batch_size).prefetch(tf.data.AUTOTUNE)
+        batches = prefetched(batches.batch(train.embed_batch_size))
         reference_embeddings = embed(
             embedding_function(embedder), batches, int(order.shape[0]), "embed train statistics", show_progress
         )
@@ -530,14 +546,14 @@ def train_classifier(
                 cache.train_views, data.train.labels, class_count, train.seed, start, train.epochs, train.batch_size
             ),
             steps,
-            validation.batch(train.batch_size),
+            prefetched(validation.batch(train.batch_size)),
             train,
             paths.train_checkpoint_dir,
             state,
             callbacks,
         )
         copy_head_weights(head, classifier)
-        test_accuracy = accuracy(head, cache.test, data.test.labels)
+        test_predictions = predicted_classes(head, cache.test, len(data.test))
     else:
         classifier = fit_with_resume(
             lambda: compile_model(classifier, train),
@@ -551,7 +567,9 @@ def train_classifier(
             state,
             callbacks,
         )
-        test_accuracy = accuracy(classifier, plain_batches(data.test, None, train.embed_batch_size), data.test.labels)
+        test_predictions = predicted_classes(
+            classifier, plain_batches(data.test, None, train.embed_batch_size), len(data.test)
+        )
     train_seconds = time.perf_counter() - started
     epochs_run = state.completed_epochs - resumed_from
     shutil.rmtree(paths.train_checkpoint_dir, ignore_errors=True)
@@ -567,5 +585,6 @@ def train_classifier(
         features_reused=reused,
         resumed_from_epoch=resumed_from,
         device=device,
-        test_accuracy=test_accuracy,
+        test_accuracy=accuracy(test_predictions, data.test.labels),
+        test_predictions=test_predictions,
     )
