@@ -3,7 +3,6 @@ interrupted run resumes to the same result, and the train flow logs a loadable M
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -17,10 +16,10 @@ from tasks.paths import ProjectPaths
 from tasks.prepare import prepare_dataset, read_manifest
 from tasks.synthetic import write_synthetic_dataset
 from tasks.train import (
-    STATE_FILE,
     TrainResult,
     load_training_data,
     plain_batches,
+    read_resumable_state,
     train_classifier,
     training_fingerprint,
 )
@@ -136,8 +135,8 @@ def test_interrupted_run_resumes_from_its_last_epoch_to_the_same_result(
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(paths, params, callbacks=(Crash(after=crash_after),))
-    state = json.loads((paths.train_checkpoint_dir / STATE_FILE).read_text())
-    assert state["completed_epochs"] == crash_after
+    state = read_resumable_state(paths.train_checkpoint_dir, training_fingerprint(MODEL, params, AUGMENT, "data"))
+    assert state is not None and state.completed_epochs == crash_after
 
     resumed = train(paths, params)
     assert resumed.resumed_from_epoch == crash_after
