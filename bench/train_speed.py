@@ -1,6 +1,7 @@
 """Training speed and accuracy on CEDAR: the published reference recipe against our two modes.
 
-For each image size, in one process, with the same split, epochs and seed and `weights=None`:
+For each image size, with the same split, epochs and seed and `weights=None`, each variant in its
+own fresh Python process (so none inherits another's TensorFlow state or warm caches):
 1. reference: legacy `ImageDataGenerator` (its settings, 1/255 rescale) reading the raw files,
    frozen InceptionV3 re-run on every augmented batch, every epoch;
 2. ours, `online`; 3. ours, `cached` (embedding time included in its wall time).
@@ -16,6 +17,8 @@ import argparse
 import json
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -175,6 +178,34 @@ def machine_description() -> str:
     return f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores), TensorFlow {tf.__version__}"
 
 
+RESULT_PREFIX = "RESULT "
+
+
+def run_variant(workspace: Path, variant: str, size: int, epochs: int, seed: int, views: int) -> dict[str, float]:
+    """One variant in a fresh Python process (this script with --child), so no variant inherits
+    another's TensorFlow state, memory or warm caches; returns what the child measured."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--workspace", str(workspace)]
+    command += ["--sizes", str(size), "--epochs", str(epochs), "--seed", str(seed), "--views", str(views)]
+    completed = subprocess.run(command, check=True, capture_output=True, text=True, cwd=PROJECT_ROOT)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if not lines:
+        raise RuntimeError(
+            f"{variant} at {size} px printed no result:\n{completed.stdout[-2000:]}{completed.stderr[-2000:]}"
+        )
+    return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+
+
+def child(arguments: argparse.Namespace) -> None:
+    """Measure one variant on an already prepared workspace and print its result line."""
+    paths = ProjectPaths.from_root(arguments.workspace)
+    size, views = arguments.sizes[0], arguments.views[0]
+    if arguments.child == "reference":
+        measured = reference_recipe(paths, size, arguments.epochs, arguments.seed)
+    else:
+        measured = ours(paths, arguments.child, arguments.epochs, arguments.seed, views)
+    print(RESULT_PREFIX + json.dumps(measured), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cedar", type=Path, default=PROJECT_ROOT.parent / "shared" / "datasets" / "cedar")
@@ -183,22 +214,29 @@ def main() -> None:
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "bench" / "results" / "train_speed.json")
+    parser.add_argument("--child", choices=["reference", "online", "cached"], help=argparse.SUPPRESS)
+    parser.add_argument("--workspace", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.child:
+        child(arguments)
+        return
     results: dict[str, object] = {
         "machine": machine_description(),
         "epochs": arguments.epochs,
+        "protocol": "each variant in its own fresh process, one after the other, on the same prepared data",
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as scratch:
         for size in arguments.sizes:
-            paths = prepared_workspace(arguments.cedar, Path(scratch) / f"cedar-{size}", size)
+            workspace = Path(scratch) / f"cedar-{size}"
+            prepared_workspace(arguments.cedar, workspace, size)
             forward = raw_forward_throughput(size)
-            runs = [("reference", reference_recipe(paths, size, arguments.epochs, arguments.seed))]
-            runs.append(("online", ours(paths, "online", arguments.epochs, arguments.seed, 1)))
-            for views in arguments.views:
-                runs.append(
-                    (f"cached, {views} view(s)", ours(paths, "cached", arguments.epochs, arguments.seed, views))
-                )
+            variants = [("reference", "reference", 1), ("online", "online", 1)]
+            variants += [(f"cached, {views} view(s)", "cached", views) for views in arguments.views]
+            runs = []
+            for name, variant, views in variants:
+                runs.append((name, run_variant(workspace, variant, size, arguments.epochs, arguments.seed, views)))
+                print(name, json.dumps(runs[-1][1]), flush=True)
             baseline = runs[0][1]["wall_seconds"]
             for name, measured in runs:
                 measured.update(
@@ -210,7 +248,6 @@ def main() -> None:
                 if measured.get("embed_images_per_second"):
                     measured["embed_fraction_of_raw_forward"] = measured["embed_images_per_second"] / forward
                 results["runs"].append(measured)
-                print(json.dumps(measured), flush=True)
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
