@@ -9,8 +9,10 @@ The base always runs with `training=False`, so its BatchNorm layers stay in infe
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -203,7 +205,7 @@ class LogitScorer:
         """Logits of 8-bit grey images (n, size, size), as the prepare stage writes them."""
         return self.batched(self.forward_grey, np.asarray(images, dtype=np.uint8), batch_size)
 
-    def batched(self, forward: object, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    def batched(self, forward: Callable[[np.ndarray], Any], inputs: np.ndarray, batch_size: int) -> np.ndarray:
         """Logits of `inputs` run through a traced `forward`, `batch_size` at a time."""
         batches = [forward(inputs[start : start + batch_size]).numpy() for start in range(0, len(inputs), batch_size)]
         return self.logits(np.concatenate(batches) if batches else np.zeros((0, self.kernel.shape[0])))

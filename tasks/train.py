@@ -377,8 +377,12 @@ def checkpointed_variables(model: keras.Model, with_optimizer: bool) -> list[ker
 
 
 def variable_values(variables: Sequence[keras.Variable]) -> dict[str, np.ndarray]:
-    """Copies of the variables' values, named in order (arr_0, arr_1, ...)."""
-    return {f"{ARRAY_PREFIX}{index}": keras.ops.convert_to_numpy(variable) for index, variable in enumerate(variables)}
+    """Copies of the variables' values, named in order (arr_0, arr_1, ...). Explicit copies: a
+    background thread writes them while training goes on updating the variables."""
+    return {
+        f"{ARRAY_PREFIX}{index}": np.array(keras.ops.convert_to_numpy(variable), copy=True)
+        for index, variable in enumerate(variables)
+    }
 
 
 def save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
