@@ -17,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -52,7 +54,7 @@ STATE_ENTRY = "state"
 ARRAY_PREFIX = "arr_"
 SEED_STATE_NAME = "seed_generator_state"
 LAST_STATE_FILE = "last.npz"
-BEST_FILE = "best.npz"
+BEST_PREFIX = "best-"
 CACHED_VIEW_EPOCH_OFFSET = 1_000_000
 STATISTICS_SAMPLE_IMAGES = 256
 FEATURES_SUFFIX = ".npz"
@@ -356,7 +358,7 @@ def read_resumable_state(checkpoint_dir: Path, fingerprint: str) -> TrainState |
     try:
         with np.load(checkpoint_dir / LAST_STATE_FILE) as arrays:
             state = TrainState(**json.loads(str(arrays[STATE_ENTRY])))
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError):
         return None
     return state if state.fingerprint == fingerprint else None
 
@@ -390,6 +392,8 @@ def save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     temporary = path.with_name(f"partial-{path.name}")
     with temporary.open("wb") as handle:
         np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before the rename, so a power cut cannot leave a truncated file
     temporary.replace(path)
 
 
@@ -403,12 +407,19 @@ def load_variables(variables: Sequence[keras.Variable], path: Path) -> None:
         variable.assign(value)
 
 
+def best_file_name(epoch: int) -> str:
+    """The checkpoint file of the best weights, named by their epoch so the resumable state (which
+    records the best epoch) always names a file that exists, whatever moment a kill hits."""
+    return f"{BEST_PREFIX}{epoch}{FEATURES_SUFFIX}"
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Early stopping on validation loss, best weights, and a resumable state after every epoch.
 
-    The values are copied at the end of the epoch and written by one background thread, in
-    order, while the next epoch trains (a cached-mode epoch takes about as long as writing its
-    ~25 MB); `finish` blocks until every write is on disk.
+    The values are copied at the end of the epoch and written by a background thread while the
+    next epoch trains (a cached-mode epoch takes about as long as writing its ~25 MB). At most one
+    epoch's writes are in flight: the next epoch end waits for them, so a failed write stops
+    training there, and `finish` waits for the last.
     """
 
     def __init__(self, checkpoint_dir: Path, state: TrainState, patience: int) -> None:
@@ -417,17 +428,19 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.state = state
         self.patience = patience
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self.pending: list[Future[None]] = []
+        self.pending: Future[None] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.wait_for_writes()
         logs = logs or {}
         for name, value in logs.items():
             self.state.history.setdefault(name, []).append(float(value))
+        best = None
         validation_loss = float(logs["val_loss"])
         if validation_loss < self.state.best_val_loss:
             self.state.best_val_loss, self.state.best_epoch = validation_loss, epoch
             self.state.epochs_without_improvement = 0
-            self.write(variable_values(checkpointed_variables(self.model, with_optimizer=False)), BEST_FILE)
+            best = variable_values(checkpointed_variables(self.model, with_optimizer=False))
         else:
             self.state.epochs_without_improvement += 1
         self.state.completed_epochs = epoch + 1
@@ -436,17 +449,28 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self.model.stop_training = True
         resumable = variable_values(checkpointed_variables(self.model, with_optimizer=True))
         resumable[STATE_ENTRY] = np.array(json.dumps(asdict(self.state)))
-        self.write(resumable, LAST_STATE_FILE)
+        self.pending = self.writer.submit(self.save_epoch, best, resumable, self.state.best_epoch)
 
-    def write(self, arrays: dict[str, np.ndarray], name: str) -> None:
-        """Queue `arrays` to be saved as `name` in the checkpoint folder."""
-        self.pending.append(self.writer.submit(save_arrays, arrays, self.checkpoint_dir / name))
+    def save_epoch(self, best: dict[str, np.ndarray] | None, resumable: dict[str, np.ndarray], best_epoch: int) -> None:
+        """Write the new best weights (if any), then the resumable state, then drop older best files."""
+        if best is not None:
+            save_arrays(best, self.checkpoint_dir / best_file_name(best_epoch))
+        save_arrays(resumable, self.checkpoint_dir / LAST_STATE_FILE)
+        for stale in self.checkpoint_dir.glob(f"{BEST_PREFIX}*{FEATURES_SUFFIX}"):
+            if stale.name != best_file_name(best_epoch):
+                stale.unlink()
 
-    def finish(self) -> None:
-        """Block until every queued write has finished and stop the writer; re-raise a write's error."""
+    def wait_for_writes(self) -> None:
+        """Block until the queued writes have finished; re-raise their error."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def finish(self, raise_errors: bool = True) -> None:
+        """Wait for the last writes and stop the writer thread."""
         self.writer.shutdown(wait=True)
-        for future in self.pending:
-            future.result()
+        if raise_errors:
+            self.wait_for_writes()
 
 
 def compile_model(model: keras.Model, train: TrainParams, steps_per_execution: int = 1) -> keras.Model:
@@ -493,9 +517,15 @@ def fit_with_resume(
                 callbacks=[checkpoint, *callbacks],
                 verbose=2,
             )
-        finally:
-            checkpoint.finish()  # also when fit fails: the epochs it finished stay resumable
-    load_variables(checkpointed_variables(model, with_optimizer=False), checkpoint_dir / BEST_FILE)
+        except BaseException:
+            checkpoint.finish(
+                raise_errors=False
+            )  # the epochs it finished stay resumable; fit's error is the one to report
+            raise
+        checkpoint.finish()
+    load_variables(
+        checkpointed_variables(model, with_optimizer=False), checkpoint_dir / best_file_name(state.best_epoch)
+    )
     return model
 
 

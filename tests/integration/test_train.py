@@ -17,6 +17,7 @@ from tasks.prepare import prepare_dataset, read_manifest
 from tasks.synthetic import write_synthetic_dataset
 from tasks.train import (
     TrainResult,
+    best_file_name,
     load_training_data,
     plain_batches,
     read_resumable_state,
@@ -137,6 +138,8 @@ def test_interrupted_run_resumes_from_its_last_epoch_to_the_same_result(
         train(paths, params, callbacks=(Crash(after=crash_after),))
     state = read_resumable_state(paths.train_checkpoint_dir, training_fingerprint(MODEL, params, AUGMENT, "data"))
     assert state is not None and state.completed_epochs == crash_after
+    best_files = sorted(path.name for path in paths.train_checkpoint_dir.glob("best-*"))
+    assert best_files == [best_file_name(state.best_epoch)]  # the state names the one best file there is
 
     resumed = train(paths, params)
     assert resumed.resumed_from_epoch == crash_after
@@ -144,3 +147,22 @@ def test_interrupted_run_resumes_from_its_last_epoch_to_the_same_result(
     for name, values in uninterrupted.state.history.items():
         assert np.allclose(resumed.state.history[name], values, rtol=1e-4), name
     assert not paths.train_checkpoint_dir.exists()
+
+
+def test_a_failed_checkpoint_write_stops_training_with_its_error(
+    paths: ProjectPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.train
+
+    def disk_full(arrays: dict, path: Path) -> None:
+        raise OSError(f"{path}: no space left on device")
+
+    monkeypatch.setattr(tasks.train, "save_arrays", disk_full)
+    with pytest.raises(OSError, match="no space left"):
+        train(paths, TRAIN.model_copy(update={"epochs": 3}))
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated zip", b"not a zip at all"])
+def test_an_unreadable_checkpoint_is_ignored_not_fatal(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "last.npz").write_bytes(content)
+    assert read_resumable_state(tmp_path, "any fingerprint") is None
