@@ -203,7 +203,9 @@ class LogitScorer:
 
     def of_grey(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Logits of 8-bit grey images (n, size, size), as the prepare stage writes them."""
-        return self.batched(self.forward_grey, np.asarray(images, dtype=np.uint8), batch_size)
+        if images.dtype != np.uint8:  # a silent cast would wrap or truncate other pixel values
+            raise TypeError(f"grey images must be uint8 (0-255), got {images.dtype}")
+        return self.batched(self.forward_grey, images, batch_size)
 
     def batched(self, forward: Callable[[np.ndarray], Any], inputs: np.ndarray, batch_size: int) -> np.ndarray:
         """Logits of `inputs` run through a traced `forward`, `batch_size` at a time."""

@@ -134,3 +134,5 @@ def test_logit_scorer_matches_the_classifier_in_any_batching(base: keras.Model) 
     np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(scorer.of_grey(grey, batch_size=4), logits, rtol=1e-5, atol=1e-5)
     assert scorer(rgb[:0]).shape == (0, 5)
+    with pytest.raises(TypeError, match="uint8"):
+        scorer.of_grey(grey.astype(np.float32))
