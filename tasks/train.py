@@ -45,6 +45,7 @@ from tasks.model import (
     build_head,
     copy_head_weights,
     embedding_statistics,
+    inference_function,
 )
 from tasks.model import weights_digest as model_weights_digest
 from tasks.paths import ProjectPaths
@@ -53,13 +54,16 @@ GENUINE = "genuine"
 STATE_ENTRY = "state"
 ARRAY_PREFIX = "arr_"
 SEED_STATE_NAME = "seed_generator_state"
-LAST_STATE_FILE = "last.npz"
+CHECKPOINT_SUFFIX = ".npz"
+LAST_STATE_FILE = f"last{CHECKPOINT_SUFFIX}"
 BEST_PREFIX = "best-"
 CACHED_VIEW_EPOCH_OFFSET = 1_000_000
 STATISTICS_SAMPLE_IMAGES = 256
 FEATURES_SUFFIX = ".npz"
 FEATURES_META_SUFFIX = ".json"
 PREFETCH_BATCHES = 2
+# What reading a missing, empty, truncated or foreign .npz raises.
+UNREADABLE_NPZ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError)
 
 
 @dataclass(frozen=True)
@@ -242,13 +246,6 @@ def cached_batches(
     return prefetched(tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch))
 
 
-def embedding_function(embedder: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """The embedder as one compiled function for any batch size: traced once, not once per dataset."""
-    size = embedder.input_shape[1]
-    signature = [tf.TensorSpec([None, size, size, 3], tf.float32)]
-    return tf.function(lambda batch: embedder(batch, training=False), input_signature=signature)
-
-
 def embed(
     step: Callable[[tf.Tensor], tf.Tensor], batches: tf.data.Dataset, count: int, description: str, show_progress: bool
 ) -> np.ndarray:
@@ -298,7 +295,7 @@ def read_feature_cache(cache_dir: Path, key: str) -> FeatureCache | None:
             return FeatureCache(
                 arrays["train_views"], arrays["val"], arrays["test"], meta["embed_seconds"], meta["images"]
             )
-    except (OSError, ValueError, KeyError):
+    except UNREADABLE_NPZ_ERRORS:
         return None
 
 
@@ -308,9 +305,8 @@ def write_feature_cache(cache_dir: Path, key: str, cache: FeatureCache) -> None:
     for stale in cache_dir.iterdir():
         if stale.is_file() and not stale.name.startswith(key):
             stale.unlink()
-    temporary = cache_dir / f"{key}.partial{FEATURES_SUFFIX}"
-    np.savez(temporary, train_views=cache.train_views, val=cache.val, test=cache.test)
-    temporary.replace(cache_dir / f"{key}{FEATURES_SUFFIX}")
+    arrays = {"train_views": cache.train_views, "val": cache.val, "test": cache.test}
+    save_arrays(arrays, cache_dir / f"{key}{FEATURES_SUFFIX}")
     meta = {"key": key, "embed_seconds": cache.embed_seconds, "images": cache.images_embedded}
     (cache_dir / f"{key}{FEATURES_META_SUFFIX}").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -326,7 +322,7 @@ def compute_features(
 ) -> FeatureCache:
     """Embed `views` augmented copies of every training image and the plain val and test images."""
     started = time.perf_counter()
-    step = embedding_function(embedder)
+    step = inference_function(embedder)
     images = tf.constant(data.train.images)
     natural_order = tf.range(len(data.train), dtype=tf.int64)
     train_views = []
@@ -358,7 +354,7 @@ def read_resumable_state(checkpoint_dir: Path, fingerprint: str) -> TrainState |
     try:
         with np.load(checkpoint_dir / LAST_STATE_FILE) as arrays:
             state = TrainState(**json.loads(str(arrays[STATE_ENTRY])))
-    except (OSError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError):
+    except (*UNREADABLE_NPZ_ERRORS, TypeError):
         return None
     return state if state.fingerprint == fingerprint else None
 
@@ -410,7 +406,7 @@ def load_variables(variables: Sequence[keras.Variable], path: Path) -> None:
 def best_file_name(epoch: int) -> str:
     """The checkpoint file of the best weights, named by their epoch so the resumable state (which
     records the best epoch) always names a file that exists, whatever moment a kill hits."""
-    return f"{BEST_PREFIX}{epoch}{FEATURES_SUFFIX}"
+    return f"{BEST_PREFIX}{epoch}{CHECKPOINT_SUFFIX}"
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -456,7 +452,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if best is not None:
             save_arrays(best, self.checkpoint_dir / best_file_name(best_epoch))
         save_arrays(resumable, self.checkpoint_dir / LAST_STATE_FILE)
-        for stale in self.checkpoint_dir.glob(f"{BEST_PREFIX}*{FEATURES_SUFFIX}"):
+        for stale in self.checkpoint_dir.glob(f"{BEST_PREFIX}*{CHECKPOINT_SUFFIX}"):
             if stale.name != best_file_name(best_epoch):
                 stale.unlink()
 
@@ -518,9 +514,8 @@ def fit_with_resume(
                 verbose=2,
             )
         except BaseException:
-            checkpoint.finish(
-                raise_errors=False
-            )  # the epochs it finished stay resumable; fit's error is the one to report
+            # The epochs it finished stay resumable; fit's own error is the one to report.
+            checkpoint.finish(raise_errors=False)
             raise
         checkpoint.finish()
     load_variables(
@@ -610,7 +605,7 @@ def train_classifier(
         batches = augmented_images(tf.constant(data.train.images), augment, train.seed, epoch, order)
         batches = prefetched(batches.batch(train.embed_batch_size))
         reference_embeddings = embed(
-            embedding_function(embedder), batches, int(order.shape[0]), "embed train statistics", show_progress
+            inference_function(embedder), batches, int(order.shape[0]), "embed train statistics", show_progress
         )
     statistics = embedding_statistics(reference_embeddings) if model_params.standardize_features else (None, None)
     spec = HeadSpec(len(data.classes), model_params.dense_units, model_params.dropout, train.seed, *statistics)
