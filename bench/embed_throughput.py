@@ -21,7 +21,8 @@ import tensorflow as tf
 import yaml
 
 from tasks.config import AugmentParams, PrepareParams
-from tasks.model import build_base, build_embedder, inference_function
+from tasks.fused import folded_inference_function
+from tasks.model import build_base, build_embedder
 from tasks.paths import ProjectPaths
 from tasks.prepare import prepare_dataset, read_manifest
 from tasks.train import CACHED_VIEW_EPOCH_OFFSET, augmented_images, embed, load_training_data
@@ -39,7 +40,7 @@ def measure(cedar: Path, size: int, scratch: Path) -> dict[str, float]:
     prepare = PrepareParams.model_validate({**params["prepare"], "image_size": size, "train_per_writer": 19})
     prepare_dataset(paths, "cedar", prepare, show_progress=False)
     data = load_training_data(read_manifest(paths.manifest_file), paths.root)
-    step = inference_function(build_embedder(build_base(size, "none", paths.root, 0), size))
+    step = folded_inference_function(build_embedder(build_base(size, "none", paths.root, 0), size))
     random_batch = tf.random.uniform((BATCH, size, size, 3), 0, 255, seed=1)
     step(random_batch).numpy()
     started = time.perf_counter()

@@ -130,10 +130,13 @@ def reference_recipe(paths: ProjectPaths, size: int, epochs: int, seed: int) -> 
     }
 
 
-def ours(paths: ProjectPaths, mode: str, epochs: int, seed: int, views: int) -> dict[str, float]:
+def ours(paths: ProjectPaths, mode: str, epochs: int, seed: int, views: int, mixed: bool) -> dict[str, float]:
     """Our training in `mode`, from a cold feature cache; wall time covers model building, embedding,
-    training and the test predictions (as the reference's does)."""
+    training and the test predictions (as the reference's does). `mixed`: `train.mixed_precision: on`
+    (bfloat16 on a CPU), as the train stage applies it."""
     import yaml
+
+    from tasks.device import apply_policy, choose_policy
 
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     model = ModelParams.model_validate({**params["model"], "weights": "none"})
@@ -146,10 +149,11 @@ def ours(paths: ProjectPaths, mode: str, epochs: int, seed: int, views: int) -> 
             "seed": seed,
             "augmented_views": views,
             "patience": epochs,
-            "mixed_precision": "off",
+            "mixed_precision": "on" if mixed else "off",
             "distribute": "none",
         }
     )
+    apply_policy(choose_policy(0, train.mixed_precision, train.distribute))
     shutil.rmtree(paths.features_dir, ignore_errors=True)
     started = time.perf_counter()  # decoding the images included, as in the reference's flows
     data = load_training_data(read_manifest(paths.manifest_file), paths.root)
@@ -182,6 +186,7 @@ def machine_description() -> str:
 
 
 RESULT_PREFIX = "RESULT "
+BFLOAT16_SUFFIX = "bf16"
 
 
 def run_variant(workspace: Path, variant: str, size: int, epochs: int, seed: int, views: int) -> dict[str, float]:
@@ -205,7 +210,8 @@ def child(arguments: argparse.Namespace) -> None:
     if arguments.child == "reference":
         measured = reference_recipe(paths, size, arguments.epochs, arguments.seed)
     else:
-        measured = ours(paths, arguments.child, arguments.epochs, arguments.seed, views)
+        mode, _, precision = arguments.child.partition("-")
+        measured = ours(paths, mode, arguments.epochs, arguments.seed, views, mixed=precision == BFLOAT16_SUFFIX)
     print(RESULT_PREFIX + json.dumps(measured), flush=True)
 
 
@@ -244,7 +250,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rounds", type=int, default=1, help="repeat every variant this many times; report medians")
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "bench" / "results" / "train_speed.json")
-    parser.add_argument("--child", choices=["reference", "online", "cached"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--bfloat16", action="store_true", help="also run cached mode with train.mixed_precision: on (bfloat16 on CPU)"
+    )
+    parser.add_argument(
+        "--child", choices=["reference", "online", "cached", f"cached-{BFLOAT16_SUFFIX}"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--workspace", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.child:
@@ -263,6 +274,10 @@ def main() -> None:
             forward = raw_forward_throughput(size)
             variants = [("reference", "reference", 1), ("online", "online", 1)]
             variants += [(f"cached, {views} view(s)", "cached", views) for views in arguments.views]
+            if arguments.bfloat16:
+                variants += [
+                    (f"cached, {views} view(s), bfloat16", f"cached-{BFLOAT16_SUFFIX}", views) for views in arguments.views
+                ]
             measured_runs: dict[str, list[dict[str, float]]] = {name: [] for name, _variant, _views in variants}
             for round_index in range(arguments.rounds):
                 # Each round starts one variant later, so no variant always runs first or last.

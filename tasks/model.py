@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from tasks.errors import WeightsError
+from tasks.fused import folded_inference_function
 
 INCEPTION_MIN_SIZE = 75
 FEATURE_DIM = 2048
@@ -168,15 +169,6 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def inference_function(model: keras.Model) -> Callable[[Any], Any]:
-    """`model` in inference mode as one traced function for any batch size of float pixels:
-    traced once, not once per call or per dataset (as `keras.Model.predict` does)."""
-    import tensorflow as tf
-
-    signature = [tf.TensorSpec(shape=(None, *model.input_shape[1:]), dtype=tf.float32)]
-    return tf.function(lambda batch: model(batch, training=False), input_signature=signature)
-
-
 class LogitScorer:
     """The classifier's pre-softmax outputs (what temperature scaling divides), in float64.
 
@@ -193,13 +185,11 @@ class LogitScorer:
         # One traced graph for every batch size: `keras.Model.predict` builds a tf.data pipeline on
         # every call, a fixed cost that dominates when a service scores a few images at a time.
         grey = tf.TensorSpec(shape=(None, *classifier.input_shape[1:-1]), dtype=tf.uint8)
-        self.forward = inference_function(self.features)
+        self.forward = folded_inference_function(self.features)
         # Grey bytes in, replicated to three float channels inside the graph: 12x less memory to
         # fill in NumPy per image, which at 299 px costs as much as a tenth of the forward pass.
         self.forward_grey = tf.function(
-            lambda batch: self.features(
-                tf.repeat(tf.cast(batch, tf.float32)[..., tf.newaxis], 3, axis=-1), training=False
-            ),
+            lambda batch: self.forward(tf.repeat(tf.cast(batch, tf.float32)[..., tf.newaxis], 3, axis=-1)),
             input_signature=[grey],
         )
 

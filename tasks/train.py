@@ -36,6 +36,7 @@ from tqdm import tqdm
 from tasks.augment import augment_image, element_seed
 from tasks.config import AugmentParams, ModelParams, TrainParams
 from tasks.errors import TrainingDataError
+from tasks.fused import folded_inference_function
 from tasks.model import (
     FEATURE_DIM,
     HeadSpec,
@@ -45,9 +46,9 @@ from tasks.model import (
     build_head,
     copy_head_weights,
     embedding_statistics,
-    inference_function,
 )
 from tasks.model import weights_digest as model_weights_digest
+from tasks.optimizer import FusedAdam
 from tasks.paths import ProjectPaths
 
 GENUINE = "genuine"
@@ -322,7 +323,7 @@ def compute_features(
 ) -> FeatureCache:
     """Embed `views` augmented copies of every training image and the plain val and test images."""
     started = time.perf_counter()
-    step = inference_function(embedder)
+    step = folded_inference_function(embedder)
     images = tf.constant(data.train.images)
     natural_order = tf.range(len(data.train), dtype=tf.int64)
     train_views = []
@@ -470,13 +471,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 def compile_model(model: keras.Model, train: TrainParams, steps_per_execution: int = 1) -> keras.Model:
-    """Adam and categorical cross-entropy, as in the reference.
+    """Adam (its fused kernel, `tasks.optimizer`) and categorical cross-entropy, as in the reference.
 
     `steps_per_execution` runs that many steps per call into TensorFlow: the same updates, less
     Python between them (a sixth of the time of a cached-mode head step is otherwise overhead).
     """
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=train.learning_rate),
+        optimizer=FusedAdam(learning_rate=train.learning_rate),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=train.jit_compile,
@@ -605,7 +606,7 @@ def train_classifier(
         batches = augmented_images(tf.constant(data.train.images), augment, train.seed, epoch, order)
         batches = prefetched(batches.batch(train.embed_batch_size))
         reference_embeddings = embed(
-            inference_function(embedder), batches, int(order.shape[0]), "embed train statistics", show_progress
+            folded_inference_function(embedder), batches, int(order.shape[0]), "embed train statistics", show_progress
         )
     statistics = embedding_statistics(reference_embeddings) if model_params.standardize_features else (None, None)
     spec = HeadSpec(len(data.classes), model_params.dense_units, model_params.dropout, train.seed, *statistics)
@@ -628,8 +629,8 @@ def train_classifier(
         copy_head_weights(head, classifier)
         test_predictions = predicted_classes(head, cache.test, len(data.test))
     else:
-        classifier = fit_with_resume(
-            lambda: compile_model(classifier, train),
+        trained = fit_with_resume(
+            lambda: compile_model(build_classifier(base, data.image_size, spec), train),
             lambda start: online_batches(
                 data.train, class_count, augment, train.seed, start, train.epochs, train.batch_size
             ),
@@ -640,6 +641,9 @@ def train_classifier(
             state,
             callbacks,
         )
+        # The returned classifier is a fresh, uncompiled copy: the saved model is for inference and
+        # carries neither the optimizer's state (twice the head's size) nor its class.
+        copy_head_weights(trained, classifier)
         test_predictions = predicted_classes(
             classifier, plain_batches(data.test, None, train.embed_batch_size), len(data.test)
         )

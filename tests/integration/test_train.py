@@ -112,6 +112,26 @@ def test_online_mode_learns(paths: ProjectPaths) -> None:
     assert history["loss"][-1] < history["loss"][0]
     assert max(history["val_accuracy"]) > CHANCE
     assert result.classifier.output_shape == (None, WRITERS)
+    assert not result.classifier.compiled  # what gets saved carries no optimizer state
+
+
+def test_cached_mode_learns_under_bfloat16_mixed_precision(paths: ProjectPaths) -> None:
+    """`train.mixed_precision: on` on a CPU: bfloat16 embeddings and head, float32 probabilities."""
+    from tasks.device import apply_policy, choose_policy
+
+    params = TRAIN.model_copy(update={"mixed_precision": "on"})
+    try:
+        apply_policy(choose_policy(0, params.mixed_precision, params.distribute))
+        result = train(paths, params)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    history = result.state.history
+    assert result.classifier.get_layer("head_dense").compute_dtype == "bfloat16"
+    assert history["loss"][-1] < history["loss"][0]
+    assert max(history["val_accuracy"]) > CHANCE + 0.2
+    data = load_training_data(read_manifest(paths.manifest_file), paths.root)
+    probabilities = result.classifier.predict(plain_batches(data.test, None, 16), verbose=0)
+    assert probabilities.dtype == np.float32
 
 
 class Crash(keras.callbacks.Callback):

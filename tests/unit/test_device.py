@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.device import DevicePolicy, apply_policy, choose_policy
+from pathlib import Path
+
+from tasks.device import DevicePolicy, apply_policy, choose_policy, cpu_has_native_bfloat16, dtype_policy_name
 
 
 @pytest.mark.parametrize(
@@ -21,13 +23,41 @@ def test_choose_policy(gpus: int, mixed: str, distribute: str, expected: DeviceP
     assert choose_policy(gpus, mixed, distribute) == expected
 
 
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (DevicePolicy("gpu", 1, True, "default"), "mixed_float16"),
+        (DevicePolicy("cpu", 0, True, "default"), "mixed_bfloat16"),
+        (DevicePolicy("gpu", 1, False, "default"), "float32"),
+        (DevicePolicy("cpu", 0, False, "default"), "float32"),
+    ],
+)
+def test_mixed_precision_is_float16_on_gpus_and_bfloat16_on_cpus(policy: DevicePolicy, expected: str) -> None:
+    assert dtype_policy_name(policy) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),
+        ("fpu sse2 avx2 amx_bf16 amx_tile", True),
+        ("fpu sse2 avx2 avx512f avx512_vnni", False),
+    ],
+)
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path: Path, flags: str, expected: bool) -> None:
+    cpu_info = tmp_path / "cpuinfo"
+    cpu_info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert cpu_has_native_bfloat16(cpu_info) is expected
+    assert cpu_has_native_bfloat16(tmp_path / "missing") is False
+
+
 def test_apply_policy_sets_keras_dtype_policy_and_strategy() -> None:
     import keras
     import tensorflow as tf
 
     try:
         strategy = apply_policy(DevicePolicy("cpu", 0, True, "mirrored"))
-        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
         assert isinstance(strategy, tf.distribute.MirroredStrategy)
         strategy = apply_policy(DevicePolicy("cpu", 0, False, "default"))
         assert keras.mixed_precision.global_policy().name == "float32"
