@@ -3,9 +3,9 @@
 In one process: a classifier at `--size` px (`weights=None`: speed does not depend on the weight
 values) is packaged exactly as the `register` stage does it, logged to a scratch MLflow store and
 loaded back. Then, on the same preprocessed CEDAR images:
-- bare: the Keras classifier's forward on the images already decoded into one float tensor, two
-  ways: `classifier.predict` and the model called in a `tf.function` batch by batch; the faster of
-  the two is the baseline;
+- bare: the classifier's forward on the images already decoded into one float tensor, three
+  ways: `classifier.predict`, the model called in a `tf.function` batch by batch, and the same
+  with its BatchNorms folded (`tasks.fused`, what the pyfunc runs); the fastest is the baseline;
 - pyfunc: `model.predict` on the image files (decode, the prepare stage's preprocessing, forward,
   calibration, answers).
 The three are timed in turn, round after round (after one untimed warm-up round), so a slow
@@ -49,11 +49,11 @@ def interleaved_medians(calls: dict[str, Callable[[], object]]) -> dict[str, flo
     return {name: float(np.median(values)) for name, values in timings.items()}
 
 
-def batched_forward(classifier: object) -> Callable[[np.ndarray], np.ndarray]:
-    """The classifier called in one traced `tf.function`, BATCH_SIZE images at a time."""
-    import tensorflow as tf
+def batched_forward(classifier: object, folded: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """The classifier called in one traced function (BatchNorms folded or not), BATCH_SIZE images at a time."""
+    from tasks.fused import folded_inference_function, inference_function
 
-    forward = tf.function(lambda batch: classifier(batch, training=False), reduce_retracing=True)
+    forward = folded_inference_function(classifier) if folded else inference_function(classifier)
     return lambda pixels: np.concatenate(
         [forward(pixels[start : start + BATCH_SIZE]).numpy() for start in range(0, len(pixels), BATCH_SIZE)]
     )
@@ -106,11 +106,12 @@ def main() -> None:
 
         pixels = np.stack([np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) for file in files])
         frame = pd.DataFrame({"path": files})
-        forward = batched_forward(classifier)
+        forward, folded_forward = batched_forward(classifier, folded=False), batched_forward(classifier, folded=True)
         seconds = interleaved_medians(
             {
                 "keras_predict": lambda: classifier.predict(pixels, batch_size=BATCH_SIZE, verbose=0),
                 "tf_function": lambda: forward(pixels),
+                "folded": lambda: folded_forward(pixels),
                 "pyfunc": lambda: model.predict(frame),
             }
         )
@@ -126,8 +127,10 @@ def main() -> None:
         "timing_rounds": TIMING_ROUNDS,
         "bare_keras_predict_images_per_second": len(files) / seconds["keras_predict"],
         "bare_tf_function_images_per_second": len(files) / seconds["tf_function"],
+        "bare_folded_images_per_second": len(files) / seconds["folded"],
         "pyfunc_images_per_second": len(files) / seconds["pyfunc"],
-        "pyfunc_overhead": seconds["pyfunc"] / min(seconds["keras_predict"], seconds["tf_function"]) - 1.0,
+        "pyfunc_overhead": seconds["pyfunc"] / min(seconds["keras_predict"], seconds["tf_function"], seconds["folded"])
+        - 1.0,
         "latency_p50_ms": 1000 * float(np.percentile(latencies, 50)),
         "latency_p95_ms": 1000 * float(np.percentile(latencies, 95)),
         "load_seconds": load_seconds,

@@ -276,7 +276,8 @@ def main() -> None:
             variants += [(f"cached, {views} view(s)", "cached", views) for views in arguments.views]
             if arguments.bfloat16:
                 variants += [
-                    (f"cached, {views} view(s), bfloat16", f"cached-{BFLOAT16_SUFFIX}", views) for views in arguments.views
+                    (f"cached, {views} view(s), bfloat16", f"cached-{BFLOAT16_SUFFIX}", views)
+                    for views in arguments.views
                 ]
             measured_runs: dict[str, list[dict[str, float]]] = {name: [] for name, _variant, _views in variants}
             for round_index in range(arguments.rounds):

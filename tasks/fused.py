@@ -113,7 +113,12 @@ def folded_operations(model: keras.Model) -> dict[int, Operation] | None:
         elif isinstance(layer, SUPPORTED_LAYERS):
             operations[id(layer)] = layer_call(layer)
         else:
-            logger.info("%s: layer %s (%s) is not foldable; running it through Keras", model.name, layer.name, type(layer).__name__)
+            logger.info(
+                "%s: layer %s (%s) is not foldable; running it through Keras",
+                model.name,
+                layer.name,
+                type(layer).__name__,
+            )
             return None
     return operations
 

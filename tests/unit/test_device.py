@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from tasks.device import DevicePolicy, apply_policy, choose_policy, cpu_has_native_bfloat16, dtype_policy_name
 

@@ -119,7 +119,9 @@ def small_model(branch_reads_conv: bool, conv_activation: str | None, bias: bool
         (False, "relu", False, False),  # a nonlinearity between conv and BatchNorm
     ],
 )
-def test_only_exact_folds_are_made(branch_reads_conv: bool, conv_activation: str | None, bias: bool, folds: bool) -> None:
+def test_only_exact_folds_are_made(
+    branch_reads_conv: bool, conv_activation: str | None, bias: bool, folds: bool
+) -> None:
     model = small_model(branch_reads_conv, conv_activation, bias)
     if bias:
         conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
