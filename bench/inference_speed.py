@@ -34,6 +34,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LATENCY_REPEATS = 20
 BATCH_SIZE = 32
 TIMING_ROUNDS = 7
+BENCH_EXPERIMENT = "inference-bench"
 
 
 def interleaved_medians(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
@@ -97,8 +98,12 @@ def main() -> None:
             paths.calibration_file,
             {"classes": classes, "temperature": 1.0, "threshold": 0.5, "unknown_class_id": len(classes)},
         )
-        mlflow.set_tracking_uri(f"sqlite:///{paths.root / 'mlflow.db'}")
-        with mlflow.start_run():
+        # The scratch workspace's own store, artifacts included (not the project's mlruns/, nor
+        # whatever $MLFLOW_TRACKING_URI names).
+        paths.mlruns_dir.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
+        artifacts = (paths.root / "artifacts").as_uri()
+        with mlflow.start_run(experiment_id=mlflow.create_experiment(BENCH_EXPERIMENT, artifact_location=artifacts)):
             uri = log_packaged_model(paths, settings_from_params(params), 5, Path(files[0]))
         started = time.perf_counter()
         model = mlflow.pyfunc.load_model(uri)
