@@ -16,8 +16,10 @@ GPU_MIXED_POLICY = "mixed_float16"
 CPU_MIXED_POLICY = "mixed_bfloat16"
 FLOAT_POLICY = "float32"
 CPU_INFO_FILE = Path("/proc/cpuinfo")
-# CPU flags of native bfloat16 arithmetic (AVX-512 BF16 on AMD Zen 4 and Intel; AMX on Intel Xeon 4th gen+).
-NATIVE_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# CPU flags of native bfloat16 arithmetic: AVX-512 BF16 (AMD Zen 4, Intel), AMX (Intel Xeon 4th
+# generation on), BF16 (Arm v8.6, e.g. AWS Graviton 3), as Linux lists them in /proc/cpuinfo.
+NATIVE_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+CPU_FLAG_FIELDS = ("flags", "Features")  # the x86 and the Arm name of the field
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,12 @@ def cpu_has_native_bfloat16(cpu_info_file: Path = CPU_INFO_FILE) -> bool:
         text = cpu_info_file.read_text(errors="replace")
     except OSError:
         return False
-    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[-1].split()}
+    flags = {
+        flag
+        for line in text.splitlines()
+        if line.startswith(CPU_FLAG_FIELDS)
+        for flag in line.split(":", 1)[-1].split()
+    }
     return bool(flags & NATIVE_BFLOAT16_FLAGS)
 
 

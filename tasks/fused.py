@@ -9,12 +9,16 @@ in float32 there). Measured on the development CPU at 150 px (bench/README.md): 
 in float32 and a third of the tracing time; 2x with bfloat16 on a CPU that has native bfloat16.
 
 The model's own Keras graph is walked as it is: only folded pairs are replaced, every other layer
-runs its own `call` (so its maths is Keras'). A model holding a layer this module does not know
-is run through Keras unchanged, so folding can only ever make inference faster, never different.
+runs its own maths, with Keras' dtype casts and in inference mode. In float32 the outputs equal
+Keras' to float rounding (tested); under mixed precision they differ by the rounding of the
+reduced-precision convolution, as Keras' own do. A model holding an operation this module does
+not know (any layer outside `SUPPORTED_LAYERS`, a raw `keras.ops` node) runs through Keras
+unchanged.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -40,13 +44,14 @@ SUPPORTED_LAYERS: tuple[type, ...] = (
     keras.layers.BatchNormalization,
 )
 Operation = Callable[..., Any]
+CHANNEL_AXES = (-1, 3)  # the channels axis of NHWC tensors, as BatchNormalization may name it
 
 
-def folded_pair(layer: keras.layers.Layer) -> keras.layers.Conv2D | None:
-    """The Conv2D that `layer` (a BatchNormalization) can fold into, or None.
+def folded_pair(layer: keras.layers.Layer, model: keras.Model) -> keras.layers.Conv2D | None:
+    """The Conv2D that `layer` (a BatchNormalization of `model`) can fold into, or None.
 
-    Foldable when the BatchNorm normalises the channel axis of a plain, linear Conv2D whose output
-    feeds nothing else.
+    Foldable when the BatchNorm normalises the channel axis of a plain, linear Conv2D that is
+    called once, whose output feeds nothing else and is not itself an output of the model.
     """
     if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
         return None
@@ -56,9 +61,11 @@ def folded_pair(layer: keras.layers.Layer) -> keras.layers.Conv2D | None:
         and producer.activation is keras.activations.linear
         and producer.data_format == "channels_last"
         and producer.groups == 1
+        and len(producer._inbound_nodes) == 1
         and len(producer._outbound_nodes) == 1
+        and all(output is not producer.output for output in model.outputs)
     )
-    return producer if linear_conv and layer.axis in (-1, 3) else None
+    return producer if linear_conv and layer.axis in CHANNEL_AXES else None
 
 
 def folded_convolution(conv: keras.layers.Conv2D, norm: keras.layers.BatchNormalization) -> Operation:
@@ -77,47 +84,70 @@ def folded_convolution(conv: keras.layers.Conv2D, norm: keras.layers.BatchNormal
     strides, padding, dilations = conv.strides, conv.padding.upper(), conv.dilation_rate
 
     def convolve(inputs: Any, **_: Any) -> Any:
-        return tf.nn.bias_add(tf.nn.conv2d(inputs, kernel, strides, padding, dilations=dilations), bias)
+        # Cast like Keras' autocast: a model loaded in another process runs its Functional wrapper
+        # in the global policy (float32) and each layer in its own saved (mixed) policy.
+        pixels = tf.cast(inputs, kernel.dtype)
+        return tf.nn.bias_add(tf.nn.conv2d(pixels, kernel, strides, padding, dilations=dilations), bias)
 
     return convolve
 
 
+def in_compute_dtype(layer: keras.layers.Layer, inputs: Any) -> Any:
+    """Floating tensors in `inputs` cast to the layer's compute dtype, as Keras' `__call__` does."""
+    import tensorflow as tf
+
+    if not layer.autocast:
+        return inputs
+
+    def cast(tensor: Any) -> Any:
+        floating = isinstance(tensor, tf.Tensor) and tensor.dtype.is_floating
+        return tf.cast(tensor, layer.compute_dtype) if floating else tensor
+
+    return keras.tree.map_structure(cast, inputs)
+
+
 def layer_call(layer: keras.layers.Layer) -> Operation:
     """The layer in inference mode. A layer without weights runs its bare `call` (its maths, without
-    Keras' per-call bookkeeping, which is most of the tracing time); one with weights goes through
-    Keras, which casts its variables to the compute dtype under mixed precision."""
+    Keras' per-call bookkeeping, which is most of the tracing time) on inputs cast as Keras casts
+    them; one with weights goes through Keras, which also casts its variables under mixed precision.
+    Either way `training` is False, whatever the graph recorded (Keras' `model(x, training=False)`
+    overrides it too)."""
+    takes_training = "training" in inspect.signature(layer.call).parameters
     if layer.weights:
         return lambda *args, **kwargs: layer(*args, **{**kwargs, "training": False})
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        return layer.call(*args, **{name: value for name, value in kwargs.items() if value is not None})
+        kwargs = {name: value for name, value in kwargs.items() if value is not None and name != "training"}
+        if takes_training:
+            kwargs["training"] = False
+        return layer.call(*in_compute_dtype(layer, args), **kwargs)
 
     return call
 
 
 def folded_operations(model: keras.Model) -> dict[int, Operation] | None:
-    """What each layer of `model` (by id) runs in the folded graph; None when a layer is not supported."""
+    """What each operation of `model` (by id) runs in the folded graph; None when one is not supported."""
     operations: dict[int, Operation] = {}
     for layer in model.layers:
-        if (conv := folded_pair(layer)) is not None:
+        if (conv := folded_pair(layer, model)) is not None:
             operations[id(conv)] = folded_convolution(conv, layer)
             operations[id(layer)] = lambda inputs, **_: inputs
-    for layer in model.layers:
-        if id(layer) in operations:
+    for operation in model.operations:
+        if id(operation) in operations:
             continue
-        if isinstance(layer, keras.Model):
-            nested = folded_graph(layer)
+        if isinstance(operation, keras.Model):
+            nested = folded_graph(operation)
             if nested is None:
                 return None
-            operations[id(layer)] = lambda inputs, run=nested, **_: run(inputs)
-        elif isinstance(layer, SUPPORTED_LAYERS):
-            operations[id(layer)] = layer_call(layer)
+            operations[id(operation)] = lambda inputs, run=nested, **_: run(inputs)
+        elif isinstance(operation, SUPPORTED_LAYERS):
+            operations[id(operation)] = layer_call(operation)
         else:
             logger.info(
-                "%s: layer %s (%s) is not foldable; running it through Keras",
+                "%s: %s (%s) is not foldable; running the model through Keras",
                 model.name,
-                layer.name,
-                type(layer).__name__,
+                operation.name,
+                type(operation).__name__,
             )
             return None
     return operations
@@ -125,19 +155,14 @@ def folded_operations(model: keras.Model) -> dict[int, Operation] | None:
 
 def folded_graph(model: keras.Model) -> Callable[[Any], Any] | None:
     """`model`'s graph with every foldable BatchNorm folded, as a plain function; None if unsupported."""
-    import tensorflow as tf
-
     if not hasattr(model, "_run_through_graph") or len(model.inputs) != 1:
         return None
     operations = folded_operations(model)
     if operations is None:
         return None
-    compute_dtype = model.compute_dtype
 
     def run(inputs: Any) -> Any:
-        return model._run_through_graph(
-            tf.cast(inputs, compute_dtype), operation_fn=lambda operation: operations[id(operation)]
-        )
+        return model._run_through_graph(inputs, operation_fn=lambda operation: operations[id(operation)])
 
     return run
 

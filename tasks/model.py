@@ -9,7 +9,7 @@ The base always runs with `training=False`, so its BatchNorm layers stay in infe
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,10 +194,13 @@ class LogitScorer:
         )
 
     def __call__(self, pixels: object, batch_size: int = 32) -> np.ndarray:
-        """Logits of float RGB pixels in [0, 255] (an array or a batched tf.data dataset)."""
+        """Logits of float RGB pixels in [0, 255] (an array, or a tf.data dataset of image batches).
+
+        Both run the same folded graph, so the logits calibration is fitted on (evaluate's, from a
+        dataset) are the ones served (the pyfunc's, from arrays)."""
         if isinstance(pixels, np.ndarray):
             return self.batched(self.forward, np.asarray(pixels, dtype=np.float32), batch_size)
-        return self.logits(self.features.predict(pixels, verbose=0))
+        return self.logits_of_batches(self.forward, pixels)
 
     def of_grey(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Logits of 8-bit grey images (n, size, size), as the prepare stage writes them."""
@@ -207,8 +210,16 @@ class LogitScorer:
 
     def batched(self, forward: Callable[[np.ndarray], Any], inputs: np.ndarray, batch_size: int) -> np.ndarray:
         """Logits of `inputs` run through a traced `forward`, `batch_size` at a time."""
-        batches = [forward(inputs[start : start + batch_size]).numpy() for start in range(0, len(inputs), batch_size)]
-        return self.logits(np.concatenate(batches) if batches else np.zeros((0, self.kernel.shape[0])))
+        return self.logits_of_batches(
+            forward, (inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size))
+        )
+
+    def logits_of_batches(self, forward: Callable[[Any], Any], batches: Iterable[Any]) -> np.ndarray:
+        """Logits of every batch run through a traced `forward`, in order (no batches: none)."""
+        features = [forward(batch).numpy() for batch in batches]
+        if not features:
+            return np.zeros((0, self.kernel.shape[0]))
+        return self.logits(np.concatenate(features))
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """The output layer's pre-softmax values, in float64, from its input features."""

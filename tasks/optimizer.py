@@ -19,15 +19,21 @@ from typing import Any
 import keras
 from keras import ops
 
+SERIALIZATION_PACKAGE = "signature_pipeline"  # a model saved compiled with it loads once this module is imported
 
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class FusedAdam(keras.optimizers.Adam):
     """`keras.optimizers.Adam` whose per-variable update is TensorFlow's fused Adam kernel."""
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         """One Adam update of `variable` (same maths as the parent's, one kernel instead of five)."""
+        if keras.backend.backend() != "tensorflow" or self.amsgrad:
+            super().update_step(gradient, variable, learning_rate)
+            return
         import tensorflow as tf
 
-        if self.amsgrad or tf.distribute.has_strategy() or keras.backend.backend() != "tensorflow":
+        if tf.distribute.has_strategy():
             super().update_step(gradient, variable, learning_rate)
             return
         dtype = variable.dtype

@@ -270,8 +270,11 @@ class FeatureCache:
     images_embedded: int
 
 
-def features_key(data: TrainingData, augment: AugmentParams, views: int, seed: int, base_digest: str) -> str:
-    """What the cached embeddings depend on: the images, augmentation, views, seed and base weights."""
+def features_key(
+    data: TrainingData, augment: AugmentParams, views: int, seed: int, base_digest: str, compute_dtype: str
+) -> str:
+    """What the cached embeddings depend on: the images, augmentation, views, seed, base weights and
+    the precision the base ran in (bfloat16 embeddings are not float32 ones)."""
     content = {
         "train": data.train.hashes,
         "val": data.val.hashes,
@@ -281,6 +284,7 @@ def features_key(data: TrainingData, augment: AugmentParams, views: int, seed: i
         "views": views,
         "seed": seed,
         "base_weights": base_digest,
+        "compute_dtype": compute_dtype,
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -588,7 +592,8 @@ def train_classifier(
     steps = math.ceil(len(data.train) / train.batch_size)
     embed_seconds, embedded, reused, cache = 0.0, 0, False, None
     if train.mode == "cached":
-        key = features_key(data, augment, train.augmented_views, train.seed, model_weights_digest(base))
+        digest = model_weights_digest(base)
+        key = features_key(data, augment, train.augmented_views, train.seed, digest, embedder.compute_dtype)
         cache = read_feature_cache(paths.features_dir, key)
         reused = cache is not None
         if cache is None:

@@ -42,13 +42,33 @@ def test_mixed_precision_is_float16_on_gpus_and_bfloat16_on_cpus(policy: DeviceP
         ("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),
         ("fpu sse2 avx2 amx_bf16 amx_tile", True),
         ("fpu sse2 avx2 avx512f avx512_vnni", False),
+        ("Features\t: fp asimd sve bf16 i8mm", True),
+        ("Features\t: fp asimd evtstrm aes", False),
     ],
 )
 def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path: Path, flags: str, expected: bool) -> None:
     cpu_info = tmp_path / "cpuinfo"
-    cpu_info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    line = flags if flags.startswith("Features") else f"flags\t\t: {flags}"
+    cpu_info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\n{line}\n\nprocessor\t: 1\n")
     assert cpu_has_native_bfloat16(cpu_info) is expected
     assert cpu_has_native_bfloat16(tmp_path / "missing") is False
+
+
+@pytest.mark.parametrize(("native", "warned"), [(False, True), (True, False)])
+def test_bfloat16_on_a_cpu_without_it_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native: bool, warned: bool
+) -> None:
+    import keras
+
+    import tasks.device
+
+    monkeypatch.setattr(tasks.device, "cpu_has_native_bfloat16", lambda: native)
+    try:
+        with caplog.at_level("WARNING", logger="tasks.device"):
+            apply_policy(DevicePolicy("cpu", 0, True, "default"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert ("no native bfloat16" in caplog.text) is warned
 
 
 def test_apply_policy_sets_keras_dtype_policy_and_strategy() -> None:

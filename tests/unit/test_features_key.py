@@ -19,16 +19,17 @@ def data(train_hashes: tuple[str, ...] = ("a", "b")) -> TrainingData:
     return TrainingData(("w1", "w2"), split(train_hashes), split(("c",)), split(("d",)), 75)
 
 
-def test_key_depends_on_images_augmentation_views_seed_and_weights() -> None:
-    reference = features_key(data(), AUGMENT, 4, 42, "base")
-    assert features_key(data(), AUGMENT, 4, 42, "base") == reference
+def test_key_depends_on_images_augmentation_views_seed_weights_and_precision() -> None:
+    reference = features_key(data(), AUGMENT, 4, 42, "base", "float32")
+    assert features_key(data(), AUGMENT, 4, 42, "base", "float32") == reference
     variants = [
-        features_key(data(("a", "x")), AUGMENT, 4, 42, "base"),
-        features_key(data(), AUGMENT.model_copy(update={"zoom": 0.1}), 4, 42, "base"),
-        features_key(data(), AUGMENT.model_copy(update={"horizontal_flip": False}), 4, 42, "base"),
-        features_key(data(), AUGMENT, 3, 42, "base"),
-        features_key(data(), AUGMENT, 4, 43, "base"),
-        features_key(data(), AUGMENT, 4, 42, "other base weights"),
+        features_key(data(("a", "x")), AUGMENT, 4, 42, "base", "float32"),
+        features_key(data(), AUGMENT.model_copy(update={"zoom": 0.1}), 4, 42, "base", "float32"),
+        features_key(data(), AUGMENT.model_copy(update={"horizontal_flip": False}), 4, 42, "base", "float32"),
+        features_key(data(), AUGMENT, 3, 42, "base", "float32"),
+        features_key(data(), AUGMENT, 4, 43, "base", "float32"),
+        features_key(data(), AUGMENT, 4, 42, "other base weights", "float32"),
+        features_key(data(), AUGMENT, 4, 42, "base", "bfloat16"),
     ]
     assert reference not in variants
     assert len(set(variants)) == len(variants)

@@ -138,3 +138,73 @@ def test_a_model_with_an_unknown_layer_runs_through_keras() -> None:
     assert folded_graph(model) is None
     batch = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
     np.testing.assert_allclose(folded_inference_function(model)(batch).numpy(), model(batch).numpy(), rtol=1e-6)
+
+
+def conv_block(inputs: keras.KerasTensor) -> keras.KerasTensor:
+    """Conv (no bias) -> BatchNorm -> ReLU, the InceptionV3 block."""
+    convolved = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+    return keras.layers.Activation("relu")(keras.layers.BatchNormalization(scale=False)(convolved))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_a_mixed_precision_model_loaded_in_float32_runs_folded(tmp_path: Path, policy: str) -> None:
+    """A saved model loads with its Functional wrappers in the global policy (float32 in a fresh
+    process) and its layers in their saved mixed policy: the folded graph must cast like Keras."""
+    try:
+        keras.mixed_precision.set_global_policy(policy)
+        inner_inputs = keras.Input((12, 12, 3))
+        inner = keras.Model(inner_inputs, conv_block(conv_block(inner_inputs)), name="inner")
+        inputs = keras.Input((12, 12, 3))
+        pooled = keras.layers.GlobalAveragePooling2D()(inner(inputs))  # the float32 input meets a conv
+        model = keras.Model(inputs, keras.layers.Dense(3, dtype="float32")(pooled))
+        randomise_batch_norms(model, seed=6)
+        model.save(tmp_path / "mixed.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    loaded = keras.models.load_model(tmp_path / "mixed.keras")
+    batch = pixels(4, size=12)
+    expected = loaded.predict(batch, verbose=0)
+    actual = folded_inference_function(loaded)(batch).numpy()
+    assert actual.dtype == np.float32
+    assert relative_error(expected, actual) < 0.05
+
+
+def test_a_conv_whose_output_is_also_a_model_output_is_not_folded() -> None:
+    inputs = keras.Input((12, 12, 3))
+    convolved = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    normalised = keras.layers.BatchNormalization()(convolved)
+    model = keras.Model(inputs, [normalised, convolved])
+    randomise_batch_norms(model, seed=8)
+    batch = pixels(2, size=12)
+    for expected, actual in zip(model(batch, training=False), folded_graph(model)(batch), strict=True):
+        assert relative_error(expected.numpy(), actual.numpy()) < 1e-5
+
+
+def test_a_conv_called_twice_is_not_folded() -> None:
+    inputs = keras.Input((12, 12, 3))
+    shared = keras.layers.Conv2D(4, 3, padding="same")
+    first = keras.layers.BatchNormalization()(shared(inputs))
+    second = shared(keras.layers.MaxPooling2D(1)(inputs))
+    model = keras.Model(inputs, keras.layers.Concatenate()([first, second]))
+    randomise_batch_norms(model, seed=9)
+    batch = pixels(2, size=12)
+    assert relative_error(model(batch, training=False).numpy(), folded_inference_function(model)(batch).numpy()) < 1e-5
+
+
+def test_a_raw_keras_op_in_the_graph_runs_through_keras() -> None:
+    inputs = keras.Input((12, 12, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(conv_block(inputs / 255.0)))
+    assert folded_graph(model) is None
+    batch = pixels(2, size=12)
+    assert relative_error(model(batch, training=False).numpy(), folded_inference_function(model)(batch).numpy()) < 1e-6
+
+
+def test_a_layer_called_with_training_true_runs_in_inference_mode() -> None:
+    inputs = keras.Input((12, 12, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(conv_block(inputs))
+    model = keras.Model(inputs, keras.layers.Dropout(0.5, seed=1)(pooled, training=True))
+    randomise_batch_norms(model, seed=10)
+    batch = pixels(3, size=12)
+    folded = folded_inference_function(model)
+    np.testing.assert_allclose(folded(batch).numpy(), folded(batch).numpy())
+    assert relative_error(model(batch, training=False).numpy(), folded(batch).numpy()) < 1e-5
