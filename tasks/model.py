@@ -217,9 +217,7 @@ class LogitScorer:
     def logits_of_batches(self, forward: Callable[[Any], Any], batches: Iterable[Any]) -> np.ndarray:
         """Logits of every batch run through a traced `forward`, in order (no batches: none)."""
         features = [forward(batch).numpy() for batch in batches]
-        if not features:
-            return np.zeros((0, self.kernel.shape[0]))
-        return self.logits(np.concatenate(features))
+        return self.logits(np.concatenate(features) if features else np.zeros((0, self.kernel.shape[0])))
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """The output layer's pre-softmax values, in float64, from its input features."""
