@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tasks.errors import WeightsError
 from tasks.model import (
@@ -122,7 +123,8 @@ def test_random_base_depends_on_its_seed_only(base: keras.Model) -> None:
 
 def test_logit_scorer_matches_the_classifier_in_any_batching(base: keras.Model) -> None:
     """The scorer's logits give the saved model's softmax, whether it is fed RGB floats, grey bytes
-    (replicated to three channels inside the graph) or a batch size that does not divide the input."""
+    (replicated to three channels inside the graph), a batch size that does not divide the input,
+    or a dataset of batches (evaluate's path)."""
     classifier = build_classifier(base, SIZE, HeadSpec(5, 16, 0.1))
     grey = np.random.default_rng(3).integers(0, 256, size=(7, SIZE, SIZE), dtype=np.uint8)
     rgb = np.repeat(grey[..., np.newaxis].astype(np.float32), 3, axis=-1)
@@ -133,6 +135,9 @@ def test_logit_scorer_matches_the_classifier_in_any_batching(base: keras.Model) 
     expected = classifier.predict(rgb, verbose=0)
     np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(scorer.of_grey(grey, batch_size=4), logits, rtol=1e-5, atol=1e-5)
+    batches = tf.data.Dataset.from_tensor_slices(rgb).batch(2)  # how evaluate feeds it
+    np.testing.assert_allclose(scorer(batches), logits, rtol=1e-5, atol=1e-5)
     assert scorer(rgb[:0]).shape == (0, 5)
+    assert scorer(batches.take(0)).shape == (0, 5)
     with pytest.raises(TypeError, match="uint8"):
         scorer.of_grey(grey.astype(np.float32))
