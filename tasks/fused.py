@@ -112,9 +112,9 @@ def layer_call(layer: keras.layers.Layer) -> Operation:
     them; one with weights goes through Keras, which also casts its variables under mixed precision.
     Either way `training` is False, whatever the graph recorded (Keras' `model(x, training=False)`
     overrides it too)."""
-    takes_training = "training" in inspect.signature(layer.call).parameters
     if layer.weights:
         return lambda *args, **kwargs: layer(*args, **{**kwargs, "training": False})
+    takes_training = "training" in inspect.signature(layer.call).parameters
 
     def call(*args: Any, **kwargs: Any) -> Any:
         kwargs = {name: value for name, value in kwargs.items() if value is not None and name != "training"}
@@ -167,13 +167,19 @@ def folded_graph(model: keras.Model) -> Callable[[Any], Any] | None:
     return run
 
 
+def pixel_signature(model: keras.Model) -> list[Any]:
+    """The traced functions' input: float32 pixels of the model's input shape, any batch size."""
+    import tensorflow as tf
+
+    return [tf.TensorSpec(shape=(None, *model.input_shape[1:]), dtype=tf.float32)]
+
+
 def inference_function(model: keras.Model) -> Callable[[Any], Any]:
     """`model` in inference mode as one traced function for any batch size of float pixels:
     traced once, not once per call or per dataset (as `keras.Model.predict` does)."""
     import tensorflow as tf
 
-    signature = [tf.TensorSpec(shape=(None, *model.input_shape[1:]), dtype=tf.float32)]
-    return tf.function(lambda batch: model(batch, training=False), input_signature=signature)
+    return tf.function(lambda batch: model(batch, training=False), input_signature=pixel_signature(model))
 
 
 def folded_inference_function(model: keras.Model) -> Callable[[Any], Any]:
@@ -187,5 +193,4 @@ def folded_inference_function(model: keras.Model) -> Callable[[Any], Any]:
     graph = folded_graph(model)
     if graph is None:
         return inference_function(model)
-    signature = [tf.TensorSpec(shape=(None, *model.input_shape[1:]), dtype=tf.float32)]
-    return tf.function(lambda batch: tf.cast(graph(batch), tf.float32), input_signature=signature)
+    return tf.function(lambda batch: tf.cast(graph(batch), tf.float32), input_signature=pixel_signature(model))
