@@ -36,11 +36,13 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     from tasks.prepare import read_manifest
     from tasks.scores import save_scores, verification_scores
     from tasks.tracking import data_version, ensure_experiment, loggable_metrics, parent_run_id
+    from tasks.verifier import load_verifier
 
     classes = json.loads(paths.labels_file.read_text())["classes"]
     classifier = keras.models.load_model(paths.classifier_file)
+    verifier = load_verifier(paths.verifier_file)
     rows = read_manifest(paths.manifest_file)
-    table = score_manifest(classifier, rows, paths.root, classes, config.evaluate.batch_size)
+    table = score_manifest(classifier, verifier, rows, paths.root, classes, config.evaluate.batch_size)
     save_scores(table, paths.scores_file)
     metrics, per_writer, matrix = evaluation_report(table, classes, config.evaluate.top_k)
     write_json(paths.evaluate_metrics_file, metrics)
@@ -62,7 +64,8 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     print(
         f"test: accuracy {metrics['accuracy']:.3f}, weighted F1 {metrics['f1_weighted']:.3f}, "
         f"top-{config.evaluate.top_k} {metrics[f'top{config.evaluate.top_k}_accuracy']:.3f}; "
-        f"skilled-forgery EER (a posteriori) {metrics['eer_skilled']}"
+        f"skilled-forgery EER (a posteriori) {metrics['eer_skilled']} "
+        f"(softmax-probability baseline {metrics['softmax_eer_skilled']})"
     )
     return metrics
 

@@ -80,6 +80,7 @@ def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
     from tasks.prepare import read_manifest
     from tasks.tracking import data_version, ensure_experiment, epoch_logger, flatten_params, loggable_metrics
     from tasks.train import load_training_data, read_resumable_state, train_classifier, training_fingerprint
+    from tasks.verifier import save_verifier
 
     digest = data_version(paths.manifest_file)
     fingerprint = training_fingerprint(config.model, config.train, config.augment, digest)
@@ -122,6 +123,7 @@ def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
             )
         paths.models_dir.mkdir(parents=True, exist_ok=True)
         result.classifier.save(paths.classifier_file)
+        save_verifier(result.verifier, paths.verifier_file)
         write_json(paths.labels_file, {"classes": list(result.classes), "unknown_class_id": len(result.classes)})
         learning_curve(result.state.history, result.state.best_epoch, paths.learning_curve_file)
         metrics = train_metrics(result)
@@ -130,6 +132,7 @@ def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
         mlflow.log_dict(json_ready(metrics), "train.json")
         mlflow.log_artifact(str(paths.learning_curve_file), artifact_path="plots")
         mlflow.log_artifact(str(paths.labels_file))
+        mlflow.log_artifact(str(paths.verifier_file))
         model_uri = log_classifier(result.classifier, data.image_size) if config.tracking.log_model else None
         write_json(
             paths.train_run_file,

@@ -1,14 +1,20 @@
-"""Temperature scaling and the "unknown" threshold, fitted on calibration data, judged on test.
+"""Temperature scaling and the verification threshold, fitted on calibration data, judged on test.
 
 - Temperature: the scalar T minimising the negative log-likelihood of the validation genuine
-  images (Guo et al., 2017); it changes confidences, never the top-1 answer.
-- Threshold on the top calibrated probability, with the validation genuine images as knowns and
-  the `calibration` split (forgeries, opposite-hand) as unknowns: the lowest threshold whose FAR
-  on those unknowns is at most `target_far`, or the equal-error point.
-- On test, which fitting never sees: open-set results of the rule "answer the top writer if its
-  probability reaches the threshold, else unknown", and verification results of the same
-  threshold on the claimed writer's probability. The reference project's fixed 0.40 threshold
-  on uncalibrated probabilities is evaluated the same way, side by side.
+  images (Guo et al., 2017); it changes the reported confidences, never the top-1 answer.
+- Threshold on the writer-dependent verifier's score of a claim (`tasks.verifier`), with the
+  validation genuine images claimed as their own writer as genuine claims, and the `calibration`
+  split's skilled forgeries (all its forgeries and opposite-hand samples when it has no skilled
+  ones) as impostors: the lowest threshold whose FAR on them is at most `target_far`, or the
+  equal-error point. The calibration split holds the forgeries of other writers than the test
+  split (`tasks.split`), so the test FAR is measured on writers the threshold never saw.
+- One threshold serves both questions. Verification: accept "W signed this" when the verifier's
+  score for W reaches it. Identification: answer the top writer of the classifier when the
+  verifier accepts the claim that this writer signed, else "unknown".
+- On test, which fitting never sees: FRR and FAR per impostor kind at that threshold, beside
+  the a-posteriori EER; open-set identification results of the same rule. The reference
+  project's fixed 0.40 threshold on uncalibrated softmax probabilities is evaluated the same
+  way, side by side.
 """
 
 from __future__ import annotations
@@ -21,22 +27,36 @@ from scipy.optimize import minimize_scalar
 
 from tasks.errors import CalibrationError
 from tasks.metrics import equal_error_rate, expected_calibration_error, false_rates, threshold_for_far
-from tasks.scores import IMPOSTOR_KINDS, ScoreTable, softmax, verification_scores
+from tasks.scores import (
+    IMPOSTOR_KINDS,
+    SOFTMAX,
+    TABLE_ARRAYS,
+    VERIFIER,
+    ScoreTable,
+    claimed_scores,
+    softmax,
+    verification_scores,
+)
 
 # Below 0.5 the fit is almost always chasing a validation set it classifies perfectly (the NLL
 # then falls towards 0 as T falls towards 0), which would saturate every probability at 1.
 TEMPERATURE_BOUNDS = (0.5, 20.0)
 TINY_PROBABILITY = 1e-12
+THRESHOLD_IMPOSTOR_KIND = "skilled"  # the field's verification protocol: skilled forgeries
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """What inference needs: the temperature and the threshold on the top calibrated probability."""
+    """What inference needs: the temperature of the probabilities and the threshold on `score`."""
 
     temperature: float
     threshold: float
     objective: str
     target_far: float
+    score: str = VERIFIER
+    genuine_claims: int = 0
+    impostor_claims: int = 0
+    impostor_kinds: tuple[str, ...] = ()
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -56,11 +76,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(math.exp(result.x))
 
 
-def fit_threshold(known_top: np.ndarray, unknown_top: np.ndarray, objective: str, target_far: float) -> float:
-    """Threshold on the top probability: for `target_far` on the unknowns, or at the equal-error point."""
+def fit_threshold(genuine: np.ndarray, impostor: np.ndarray, objective: str, target_far: float) -> float:
+    """Threshold on claim scores: for `target_far` on the impostors, or at the equal-error point."""
     if objective == "target_far":
-        return threshold_for_far(unknown_top, target_far)
-    return equal_error_rate(known_top, unknown_top).threshold
+        return threshold_for_far(impostor, target_far)
+    return equal_error_rate(genuine, impostor).threshold
+
+
+def threshold_impostors(unknown: ScoreTable) -> ScoreTable:
+    """The calibration rows a threshold is fitted on: skilled forgeries, or every row when there are none."""
+    skilled = unknown.kinds == THRESHOLD_IMPOSTOR_KIND
+    if not skilled.any():
+        return unknown
+    return ScoreTable(*(getattr(unknown, name)[skilled] for name in TABLE_ARRAYS))
 
 
 def minimum_unknowns(target_far: float) -> int:
@@ -69,7 +97,8 @@ def minimum_unknowns(target_far: float) -> int:
 
 
 def fit_calibration(table: ScoreTable, objective: str, target_far: float) -> Calibration:
-    """Fit temperature and threshold on `val` genuine (knowns) and the `calibration` split (unknowns)."""
+    """Fit the temperature on `val` genuine and the verification threshold on `val` genuine claims
+    (genuine) against the `calibration` split (impostors, writer-disjoint from the test ones)."""
     known = table.select("val", "genuine")
     unknown = table.select("calibration")
     if not len(unknown):
@@ -77,25 +106,37 @@ def fit_calibration(table: ScoreTable, objective: str, target_far: float) -> Cal
             "the calibration split is empty: the dataset has no forgeries or opposite-hand samples for "
             "writers with training images; set prepare.calibration_fraction above 0"
         )
-    if objective == "target_far" and len(unknown) < minimum_unknowns(target_far):
+    impostors = threshold_impostors(unknown)
+    if objective == "target_far" and len(impostors) < minimum_unknowns(target_far):
         raise CalibrationError(
-            f"the calibration split has {len(unknown)} forgeries / opposite-hand samples, too few to set a "
-            f"threshold for calibrate.target_far={target_far}: a FAR that small needs at least "
+            f"the calibration split has {len(impostors)} {', '.join(sorted(set(impostors.kinds)))} samples, too few "
+            f"to set a threshold for calibrate.target_far={target_far}: a FAR that small needs at least "
             f"{minimum_unknowns(target_far)} of them (one false accept in 1/target_far). Raise "
             "calibrate.target_far, use calibrate.objective: eer, or give the dataset more forgeries."
         )
     temperature = fit_temperature(known.logits, known.claimed)
-    known_top = softmax(known.logits, temperature).max(axis=1)
-    unknown_top = softmax(unknown.logits, temperature).max(axis=1)
-    return Calibration(temperature, fit_threshold(known_top, unknown_top, objective, target_far), objective, target_far)
+    genuine_scores = claimed_scores(known.claim_scores(VERIFIER), known.claimed)
+    impostor_scores = claimed_scores(impostors.claim_scores(VERIFIER), impostors.claimed)
+    return Calibration(
+        temperature=temperature,
+        threshold=fit_threshold(genuine_scores, impostor_scores, objective, target_far),
+        objective=objective,
+        target_far=target_far,
+        score=VERIFIER,
+        genuine_claims=len(genuine_scores),
+        impostor_claims=len(impostor_scores),
+        impostor_kinds=tuple(sorted(set(impostors.kinds))),
+    )
 
 
-def open_set_results(table: ScoreTable, temperature: float, threshold: float) -> dict[str, float]:
-    """Test results of "top writer if its probability >= threshold, else unknown"."""
+def open_set_results(table: ScoreTable, temperature: float, threshold: float, source: str) -> dict[str, float]:
+    """Test results of "the classifier's top writer if the claim that it signed scores >= threshold
+    (on `source`: the verifier, or the calibrated softmax), else unknown"."""
     genuine = table.select("test", "genuine")
     probabilities = softmax(genuine.logits, temperature)
-    accepted = probabilities.max(axis=1) >= threshold
-    correct = np.argmax(probabilities, axis=1) == genuine.claimed
+    top = np.argmax(probabilities, axis=1)
+    accepted = claimed_scores(genuine.claim_scores(source, temperature), top) >= threshold
+    correct = top == genuine.claimed
     results = {
         "frr": float(1.0 - accepted.mean()) if len(accepted) else float("nan"),
         "accuracy_accepted": float(correct[accepted].mean()) if accepted.any() else float("nan"),
@@ -103,40 +144,58 @@ def open_set_results(table: ScoreTable, temperature: float, threshold: float) ->
     }
     for kind in IMPOSTOR_KINDS:
         rows = table.select("test", kind)
-        top = softmax(rows.logits, temperature).max(axis=1) if len(rows) else np.zeros(0)
-        results[f"far_{kind}"] = float(np.mean(top >= threshold)) if len(rows) else float("nan")
+        if not len(rows):
+            results[f"far_{kind}"] = float("nan")
+            continue
+        rows_top = np.argmax(rows.logits, axis=1)
+        results[f"far_{kind}"] = float(
+            np.mean(claimed_scores(rows.claim_scores(source, temperature), rows_top) >= threshold)
+        )
     return results
 
 
-def verification_results(table: ScoreTable, temperature: float, threshold: float) -> dict[str, float]:
-    """Test FRR and FAR per impostor kind when a claim is accepted at `threshold` on its writer's probability."""
-    scores = verification_scores(table, "test", temperature)
+def verification_results(table: ScoreTable, temperature: float, threshold: float, source: str) -> dict[str, float]:
+    """Test FRR and FAR per impostor kind when a claim is accepted at `threshold` on `source`'s score."""
+    scores = verification_scores(table, "test", source, temperature)
     results: dict[str, float] = {}
     for kind in (*IMPOSTOR_KINDS, "random"):
         frr, far = false_rates(scores["genuine"], scores[kind], threshold)
         results["frr"] = frr
         results[f"far_{kind}"] = far
+        results[f"eer_{kind}_a_posteriori"] = equal_error_rate(scores["genuine"], scores[kind]).eer
     return results
 
 
 def calibration_report(table: ScoreTable, calibration: Calibration, reference_threshold: float) -> dict[str, object]:
-    """Everything `metrics/calibrate.json` holds: fitted values, test results, the reference side by side."""
+    """Everything `metrics/calibrate.json` holds: fitted values, test results, the reference side by side.
+
+    The top-level `frr` and `far_<kind>` are verification results on test at the calibrated
+    threshold (the field's protocol); `open_set` has what the same threshold does to identification.
+    """
     test_genuine = table.select("test", "genuine")
     val_genuine = table.select("val", "genuine")
-    open_set = open_set_results(table, calibration.temperature, calibration.threshold)
-    verification = verification_results(table, calibration.temperature, calibration.threshold)
+    open_set = open_set_results(table, calibration.temperature, calibration.threshold, calibration.score)
+    verification = verification_results(table, calibration.temperature, calibration.threshold, calibration.score)
     return {
         "temperature": calibration.temperature,
         "temperature_at_bound": bool(min(abs(calibration.temperature - bound) for bound in TEMPERATURE_BOUNDS) < 1e-3),
         "threshold": calibration.threshold,
+        "score": calibration.score,
         "objective": calibration.objective,
         "target_far": calibration.target_far,
-        "frr": open_set["frr"],
-        "accuracy_accepted": open_set["accuracy_accepted"],
-        "far_skilled": open_set["far_skilled"],
-        "far_simple": open_set["far_simple"],
-        "far_opposite": open_set["far_opposite"],
+        "threshold_fitted_on": {
+            "genuine": f"{calibration.genuine_claims} validation genuine claims",
+            "impostors": (
+                f"{calibration.impostor_claims} calibration-split {'/'.join(calibration.impostor_kinds)} claims"
+            ),
+        },
+        "frr": verification["frr"],
+        "far_skilled": verification["far_skilled"],
+        "far_simple": verification["far_simple"],
+        "far_opposite": verification["far_opposite"],
         "far_random": verification["far_random"],
+        "eer_skilled_a_posteriori": verification["eer_skilled_a_posteriori"],
+        "accuracy_accepted": open_set["accuracy_accepted"],
         "expected_calibration_error_before": expected_calibration_error(
             softmax(test_genuine.logits), test_genuine.claimed
         ),
@@ -152,7 +211,8 @@ def calibration_report(table: ScoreTable, calibration: Calibration, reference_th
         "reference_fixed_threshold": {
             "threshold": reference_threshold,
             "temperature": 1.0,
-            "open_set": open_set_results(table, 1.0, reference_threshold),
-            "verification": verification_results(table, 1.0, reference_threshold),
+            "score": SOFTMAX,
+            "open_set": open_set_results(table, 1.0, reference_threshold, SOFTMAX),
+            "verification": verification_results(table, 1.0, reference_threshold, SOFTMAX),
         },
     }

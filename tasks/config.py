@@ -104,12 +104,19 @@ class PrepareParams(StrictModel):
 
 
 class ModelParams(StrictModel):
-    """The classifier: frozen InceptionV3 base and a small trained head."""
+    """The classifier: frozen InceptionV3 base, a small trained head, and the writer-dependent verifier.
+
+    `head: linear` is softmax regression on the (standardised) embedding; `head: mlp` puts a
+    Dense(`dense_units`, relu) layer before it (the reference recipe). `verifier_regularization`
+    is the L2 penalty of each writer's ridge classifier (`tasks.verifier`).
+    """
 
     weights: str
+    head: Literal["linear", "mlp"]
     dense_units: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
     standardize_features: bool
+    verifier_regularization: float = Field(gt=0)
 
     @model_validator(mode="after")
     def _check_weights(self) -> ModelParams:
@@ -121,13 +128,42 @@ class ModelParams(StrictModel):
         return self
 
 
-class AugmentParams(StrictModel):
-    """The reference recipe's augmentation (Keras ImageDataGenerator settings), as parameters.
+AUGMENT_PRESETS: dict[str, dict[str, object]] = {
+    # Mild jitter of a scan: a signature is written a little rotated, shifted and scaled, never
+    # mirrored. Sizes chosen on CEDAR's validation and calibration data (bench/README.md, quality).
+    "signature": {
+        "rotation_degrees": 2.0,
+        "zoom": 0.02,
+        "width_shift": 0.02,
+        "height_shift": 0.02,
+        "shear_degrees": 0.0,
+        "horizontal_flip": False,
+        "fill_mode": "constant",
+    },
+    # The seed project's Keras ImageDataGenerator settings, to reproduce and compare with it.
+    "reference": {
+        "rotation_degrees": 20.0,
+        "zoom": 0.05,
+        "width_shift": 0.05,
+        "height_shift": 0.05,
+        "shear_degrees": 0.05,
+        "horizontal_flip": True,
+        "fill_mode": "nearest",
+    },
+}
 
-    `rotation_degrees` and `shear_degrees` are angles, as in ImageDataGenerator (whose
-    `shear_range` is in degrees); `zoom` and the shifts are fractions of the image size.
+
+class AugmentParams(StrictModel):
+    """Augmentation of training images: a named preset, and any of its values overridden by key.
+
+    `preset: signature` (the default) is mild geometric jitter with no flips; `preset: reference`
+    is the seed project's Keras ImageDataGenerator recipe (horizontal flips, +-20 degrees). A key
+    given next to the preset replaces the preset's value. `rotation_degrees` and `shear_degrees`
+    are angles, as in ImageDataGenerator (whose `shear_range` is in degrees); `zoom` and the
+    shifts are fractions of the image size.
     """
 
+    preset: Literal["signature", "reference"] = "signature"
     rotation_degrees: float = Field(ge=0, le=180)
     zoom: float = Field(ge=0, lt=1)
     width_shift: float = Field(ge=0, lt=1)
@@ -135,6 +171,15 @@ class AugmentParams(StrictModel):
     shear_degrees: float = Field(ge=0, lt=90)
     horizontal_flip: bool
     fill_mode: Literal["nearest", "reflect", "wrap", "constant"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, values: Any) -> Any:
+        """Take every key not given from the named preset (unknown presets are left to field validation)."""
+        if not isinstance(values, dict):
+            return values
+        preset = AUGMENT_PRESETS.get(values.get("preset", "signature"), {})
+        return {**preset, **values}
 
 
 class TrainParams(StrictModel):
@@ -146,7 +191,7 @@ class TrainParams(StrictModel):
     learning_rate: float = Field(gt=0)
     patience: int = Field(ge=1)
     seed: int
-    augmented_views: int = Field(ge=1)
+    augmented_views: int = Field(ge=0)
     embed_batch_size: int = Field(ge=1)
     mixed_precision: Literal["auto", "on", "off"]
     jit_compile: bool

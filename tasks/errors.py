@@ -18,3 +18,7 @@ class EvaluationError(ValueError):
 
 class CalibrationError(ValueError):
     """The calibration data cannot support the asked threshold (no unknowns, or too few)."""
+
+
+class VerifierError(ValueError):
+    """The writer-dependent verifier cannot be fitted or read (too few writers, a missing or foreign file)."""

@@ -1,9 +1,10 @@
 """The `evaluate` stage's core: score every held-out image once, then the field's metrics on test.
 
-Identification is measured on the test genuine signatures only. Verification takes the
-probability of the claimed writer as the score and compares that writer's test genuine
-signatures with its skilled forgeries, simple forgeries, opposite-hand samples, and other
-writers' test genuine signatures (random forgeries). The EERs here are chosen on the test
+Identification is measured on the test genuine signatures only. Verification scores the claim
+"W signed this" with the writer-dependent verifier (`tasks.verifier`) and compares W's test
+genuine signatures with its skilled forgeries, simple forgeries, opposite-hand samples, and
+other writers' test genuine signatures (random forgeries); the classifier's softmax probability
+of W, the baseline, is measured the same way beside it. The EERs here are chosen on the test
 scores themselves, so they are labelled a posteriori; thresholds fitted on calibration data
 come from the `calibrate` stage.
 """
@@ -26,9 +27,10 @@ from tasks.metrics import (
     identification_metrics,
     per_class_report,
 )
-from tasks.model import LogitScorer
-from tasks.scores import IMPOSTOR_KINDS, NO_CLASS, ScoreTable, softmax, verification_scores
+from tasks.model import LogitScorer, ScorerOutputs
+from tasks.scores import IMPOSTOR_KINDS, NO_CLASS, SOFTMAX, VERIFIER, ScoreTable, softmax, verification_scores
 from tasks.train import prefetched, to_model_input
+from tasks.verifier import WriterVerifier
 
 SCORED_SPLITS = ("val", "test", "calibration")
 VERIFICATION_KINDS = (*IMPOSTOR_KINDS, "random")
@@ -39,23 +41,36 @@ def read_model_input(path: tf.Tensor) -> tf.Tensor:
     return to_model_input(tf.io.decode_png(tf.io.read_file(path), channels=1))
 
 
-def logits_of(classifier: keras.Model, image_paths: Sequence[str], batch_size: int) -> np.ndarray:
-    """Pre-softmax outputs of the classifier for image files, streamed in batches."""
+def outputs_of(classifier: keras.Model, image_paths: Sequence[str], batch_size: int) -> ScorerOutputs:
+    """Pre-softmax outputs and base embeddings of the classifier for image files, streamed in batches."""
     dataset = tf.data.Dataset.from_tensor_slices(list(image_paths)).map(
         read_model_input, num_parallel_calls=tf.data.AUTOTUNE
     )
-    return LogitScorer(classifier)(prefetched(dataset.batch(batch_size))).astype(np.float32)
+    return LogitScorer(classifier).outputs(prefetched(dataset.batch(batch_size)))
 
 
 def score_manifest(
-    classifier: keras.Model, rows: Sequence[dict[str, str]], root: Path, classes: Sequence[str], batch_size: int
+    classifier: keras.Model,
+    verifier: WriterVerifier,
+    rows: Sequence[dict[str, str]],
+    root: Path,
+    classes: Sequence[str],
+    batch_size: int,
 ) -> ScoreTable:
-    """Logits of every val, test and calibration image, with its split, kind and claimed writer."""
+    """Logits, verifier scores and embeddings of every val, test and calibration image, with its
+    split, kind and claimed writer."""
+    if verifier.writer_count != len(classes):
+        raise EvaluationError(
+            f"the verifier knows {verifier.writer_count} writers, the classifier {len(classes)}: they come from "
+            "different trainings. Rerun the train stage (`dvc repro train`)."
+        )
     index = {writer: position for position, writer in enumerate(classes)}
     chosen = [row for row in rows if row["split"] in SCORED_SPLITS]
-    logits = logits_of(classifier, [str(root / row["prepared_path"]) for row in chosen], batch_size)
+    outputs = outputs_of(classifier, [str(root / row["prepared_path"]) for row in chosen], batch_size)
     return ScoreTable(
-        logits=logits.reshape(len(chosen), len(classes)),
+        logits=outputs.logits.reshape(len(chosen), len(classes)).astype(np.float32),
+        verification=verifier.scores(outputs.embeddings).reshape(len(chosen), len(classes)),
+        embeddings=outputs.embeddings,
         claimed=np.array([index.get(row["writer"], NO_CLASS) for row in chosen], dtype=np.int64),
         kinds=np.array([row["kind"] for row in chosen]),
         splits=np.array([row["split"] for row in chosen]),
@@ -63,13 +78,15 @@ def score_manifest(
     )
 
 
-def verification_report(table: ScoreTable) -> dict[str, object]:
-    """EER and AUC per impostor kind (a posteriori), and every kind's FAR at the skilled-EER threshold.
+def verification_report(table: ScoreTable, source: str = VERIFIER) -> dict[str, object]:
+    """EER and AUC per impostor kind (a posteriori), and every kind's FAR at the skilled-EER threshold,
+    for the claim scores of `source` (the verifier's, or the softmax baseline's).
 
     A kind with no samples gets NaN, which the JSON writer turns into null.
     """
-    scores = verification_scores(table, "test")
+    scores = verification_scores(table, "test", source)
     report: dict[str, object] = {
+        "score": source,
         "threshold_source": "test scores (a posteriori)",
         "genuine_claims": len(scores["genuine"]),
     }
@@ -101,15 +118,18 @@ def evaluation_report(
         raise EvaluationError("no test genuine signatures to evaluate on: set prepare.test_per_writer above 0")
     probabilities = softmax(genuine.logits)
     identification = identification_metrics(probabilities, genuine.claimed, top_k)
-    verification = verification_report(table)
+    verification = verification_report(table, VERIFIER)
+    baseline = verification_report(table, SOFTMAX)
     metrics: dict[str, object] = {
         **identification,
         "test_genuine_images": len(genuine),
         "writers": len(classes),
         "verification_a_posteriori": verification,
+        "softmax_verification_a_posteriori": baseline,
     }
     for kind in VERIFICATION_KINDS:
         metrics[f"eer_{kind}"] = verification[kind]["eer"]
         metrics[f"auc_{kind}"] = verification[kind]["auc"]
+        metrics[f"softmax_eer_{kind}"] = baseline[kind]["eer"]
     matrix = confusion_counts(genuine.claimed, np.argmax(probabilities, axis=1), len(classes))
     return metrics, per_class_report(probabilities, genuine.claimed, tuple(classes)), matrix

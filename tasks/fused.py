@@ -185,12 +185,16 @@ def inference_function(model: keras.Model) -> Callable[[Any], Any]:
 def folded_inference_function(model: keras.Model) -> Callable[[Any], Any]:
     """`model` in inference mode as one traced function of float32 pixels, BatchNorms folded.
 
-    Outputs are float32 whatever the compute dtype. Falls back to the Keras model itself (traced
-    the same way) when the graph holds a layer this module does not know.
+    Outputs (one tensor, or a list for a model with several) are float32 whatever the compute
+    dtype. Falls back to the Keras model itself (traced the same way) when the graph holds a layer
+    this module does not know.
     """
     import tensorflow as tf
 
     graph = folded_graph(model)
     if graph is None:
         return inference_function(model)
-    return tf.function(lambda batch: tf.cast(graph(batch), tf.float32), input_signature=pixel_signature(model))
+    return tf.function(
+        lambda batch: tf.nest.map_structure(lambda output: tf.cast(output, tf.float32), graph(batch)),
+        input_signature=pixel_signature(model),
+    )

@@ -1,10 +1,13 @@
 """Inference: from image files or bytes to answers, and the MLflow pyfunc model that carries it.
 
-The packaged model holds the trained classifier, the `prepare` stage's preprocessing settings
-(applied with the same code, `tasks.images`), the calibration (temperature, threshold) and the
-writer-id mapping. An answer is the top writer when its calibrated probability reaches the
-threshold, else `unknown` with class id = number of writers (the reference's convention).
-One unreadable image gets an error in its own row; the others are still answered.
+The packaged model holds the trained classifier, the writer-dependent verifier, the `prepare`
+stage's preprocessing settings (applied with the same code, `tasks.images`), the calibration
+(temperature, threshold) and the writer-id mapping. An answer is the classifier's top writer when
+the verifier accepts the claim that this writer signed (its score reaches the calibrated
+threshold), else `unknown` with class id = number of writers (the reference's convention); the
+confidence is the top writer's calibrated probability. Verifying a claim ("did W sign this?")
+compares the verifier's score for W with the same threshold. One unreadable image gets an error
+in its own row; the others are still answered.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import numpy as np
 
 from tasks.images import ImageReadError, NoInkError, PreprocessSettings, preprocess_file
 from tasks.scores import softmax
+from tasks.verifier import WriterVerifier, load_verifier
 
 UNKNOWN_WRITER = "unknown"
-OUTPUT_COLUMNS = ("input", "writer", "class_id", "confidence", "top_k", "error")
+OUTPUT_COLUMNS = ("input", "writer", "class_id", "confidence", "verification_score", "top_k", "error")
 PATH_COLUMN = "path"
 IMAGE_COLUMN = "image"
 ARTIFACT_CLASSIFIER = "classifier"
 ARTIFACT_CALIBRATION = "calibration"
 ARTIFACT_PREPROCESS = "preprocess"
+ARTIFACT_VERIFIER = "verifier"
 SCORING_BATCH_SIZE = 32
 
 
@@ -51,6 +56,7 @@ class Answer:
     writer: str
     class_id: int
     confidence: float
+    verification_score: float
     top_k: list[tuple[str, float]]
     error: str = ""
 
@@ -61,6 +67,7 @@ class Answer:
             "writer": self.writer,
             "class_id": self.class_id,
             "confidence": self.confidence,
+            "verification_score": self.verification_score,
             "top_k": json.dumps([[writer, round(probability, 6)] for writer, probability in self.top_k]),
             "error": self.error,
         }
@@ -123,12 +130,20 @@ def preprocess_item(item: InputItem, settings: PreprocessSettings) -> tuple[np.n
 
 
 class SignatureClassifier:
-    """The classifier with its calibration and preprocessing: images in, calibrated answers out."""
+    """The classifier with its verifier, calibration and preprocessing: images in, calibrated answers out."""
 
-    def __init__(self, classifier: Any, calibration: dict[str, Any], settings: PreprocessSettings, top_k: int) -> None:
+    def __init__(
+        self,
+        classifier: Any,
+        verifier: WriterVerifier,
+        calibration: dict[str, Any],
+        settings: PreprocessSettings,
+        top_k: int,
+    ) -> None:
         from tasks.model import LogitScorer
 
         self.scorer = LogitScorer(classifier)
+        self.verifier = verifier
         self.classes: list[str] = list(calibration["classes"])
         self.temperature = float(calibration["temperature"])
         self.threshold = float(calibration["threshold"])
@@ -137,22 +152,27 @@ class SignatureClassifier:
         self.top_k = min(top_k, len(self.classes))
 
     @classmethod
-    def from_files(cls, classifier_file: Path, calibration_file: Path, preprocess_file_: Path) -> SignatureClassifier:
-        """Load the three artifacts a packaged model carries."""
+    def from_files(
+        cls, classifier_file: Path, verifier_file: Path, calibration_file: Path, preprocess_file_: Path
+    ) -> SignatureClassifier:
+        """Load the four artifacts a packaged model carries."""
         import keras
 
         preprocess = json.loads(preprocess_file_.read_text())
         top_k = preprocess.pop("top_k")
         return cls(
             keras.models.load_model(classifier_file),
+            load_verifier(verifier_file),
             json.loads(calibration_file.read_text()),
             PreprocessSettings(**preprocess),
             top_k,
         )
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities of preprocessed grey images (n, size, size)."""
-        return softmax(self.scorer.of_grey(images), self.temperature)
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated class probabilities and verifier claim scores, (n, writers) each, of
+        preprocessed grey images (n, size, size)."""
+        outputs = self.scorer.of_grey(images)
+        return softmax(outputs.logits, self.temperature), self.verifier.scores(outputs.embeddings)
 
     def answers(self, items: Sequence[InputItem]) -> list[Answer]:
         """Answer every input; unusable inputs get an error row and do not stop the others.
@@ -171,35 +191,38 @@ class SignatureClassifier:
     def answer_chunk(self, chunk: Sequence[tuple[InputItem, tuple[np.ndarray | None, str]]]) -> list[Answer]:
         """Answers for one batch of preprocessed inputs (None images carry their error)."""
         usable = [image for _item, (image, _error) in chunk if image is not None]
-        probabilities = iter(self.probabilities(np.stack(usable)) if usable else [])
+        probabilities, claims = self.scores(np.stack(usable)) if usable else (np.zeros((0, 0)), np.zeros((0, 0)))
+        rows = iter(zip(probabilities, claims, strict=True))
         return [
-            self.answer(item.name, next(probabilities))
+            self.answer(item.name, *next(rows))
             if image is not None
-            else Answer(item.name, "", -1, float("nan"), [], error)
+            else Answer(item.name, "", -1, float("nan"), float("nan"), [], error)
             for item, (image, error) in chunk
         ]
 
-    def answer(self, name: str, row: np.ndarray) -> Answer:
-        """The answer for one image's calibrated probabilities: the top writer, or unknown below the threshold."""
-        ranked = np.argsort(-row, kind="stable")[: self.top_k]
+    def answer(self, name: str, probabilities: np.ndarray, claims: np.ndarray) -> Answer:
+        """The answer for one image: the top writer if the verifier accepts that it signed, else unknown."""
+        ranked = np.argsort(-probabilities, kind="stable")[: self.top_k]
         best = int(ranked[0])
-        accepted = row[best] >= self.threshold
+        accepted = bool(claims[best] >= self.threshold)
         return Answer(
             input=name,
             writer=self.classes[best] if accepted else UNKNOWN_WRITER,
             class_id=best if accepted else self.unknown_class_id,
-            confidence=float(row[best]),
-            top_k=[(self.classes[position], float(row[position])) for position in ranked],
+            confidence=float(probabilities[best]),
+            verification_score=float(claims[best]),
+            top_k=[(self.classes[position], float(probabilities[position])) for position in ranked],
         )
 
     def claim_score(self, item: InputItem, writer: str) -> tuple[float, bool, str]:
-        """Verification: the calibrated probability of `writer`, whether it reaches the threshold, error."""
+        """Verification: the verifier's score of the claim that `writer` signed, whether it reaches the
+        calibrated threshold, and an error (empty when the image could be scored)."""
         if writer not in self.classes:
             return float("nan"), False, f"writer {writer!r} is not one the model knows ({len(self.classes)} writers)"
         image, error = preprocess_item(item, self.settings)
         if image is None:
             return float("nan"), False, error
-        score = float(self.probabilities(image[np.newaxis])[0, self.classes.index(writer)])
+        score = float(self.scores(image[np.newaxis])[1][0, self.classes.index(writer)])
         return score, score >= self.threshold, ""
 
 

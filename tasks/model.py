@@ -28,6 +28,7 @@ IMAGENET_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/" + IMAGENET_WEIGHTS_FILE
 )
 BASE_NAME = "inception_v3"
+POOL_NAME = "pool"
 HEAD_STANDARDISE = "head_standardise"
 HEAD_DENSE = "head_dense"
 HEAD_DROPOUT = "head_dropout"
@@ -92,7 +93,11 @@ def build_base(image_size: int, weights: str, root: Path, seed: int = 0) -> kera
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """The head's shape, and the embedding statistics it standardises with (None: no standardisation)."""
+    """The head's shape, and the embedding statistics it standardises with (None: no standardisation).
+
+    `dense_units` 0 is a linear head (softmax regression on the embedding); above 0, a hidden
+    Dense(relu) layer of that many units comes first.
+    """
 
     class_count: int
     dense_units: int
@@ -103,7 +108,7 @@ class HeadSpec:
 
 
 def add_head(features: keras.KerasTensor, spec: HeadSpec) -> keras.KerasTensor:
-    """[Standardise] -> Dense(relu) -> Dropout -> Dense(softmax), the output in float32 under mixed precision.
+    """[Standardise] -> [Dense(relu)] -> Dropout -> Dense(softmax), the output in float32 under mixed precision.
 
     Standardising the 2048-d embedding with the training images' mean and variance (a fixed Keras
     Normalization layer, saved with the model) is what lets a head learn on a randomly initialised
@@ -113,12 +118,14 @@ def add_head(features: keras.KerasTensor, spec: HeadSpec) -> keras.KerasTensor:
         features = keras.layers.Normalization(
             mean=spec.feature_mean, variance=spec.feature_variance, name=HEAD_STANDARDISE
         )(features)
-    hidden = keras.layers.Dense(
-        spec.dense_units,
-        activation="relu",
-        name=HEAD_DENSE,
-        kernel_initializer=keras.initializers.GlorotUniform(seed=spec.seed),
-    )(features)
+    hidden = features
+    if spec.dense_units:
+        hidden = keras.layers.Dense(
+            spec.dense_units,
+            activation="relu",
+            name=HEAD_DENSE,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=spec.seed),
+        )(features)
     hidden = keras.layers.Dropout(spec.dropout, seed=spec.seed + 1, name=HEAD_DROPOUT)(hidden)
     return keras.layers.Dense(
         spec.class_count,
@@ -133,7 +140,7 @@ def build_embedder(base: keras.Model, image_size: int) -> keras.Model:
     """Pixels in [0, 255] to the base's 2048-d pooled embedding (what the cached mode stores)."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     scaled = keras.layers.Rescaling(1.0 / PIXEL_SCALE, offset=-1.0, name="inception_preprocess")(inputs)
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(base(scaled, training=False))
+    pooled = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(base(scaled, training=False))
     return keras.Model(inputs, pooled, name="embedder")
 
 
@@ -151,8 +158,10 @@ def build_head(spec: HeadSpec) -> keras.Model:
 
 def copy_head_weights(source: keras.Model, target: keras.Model) -> None:
     """Copy the trained head layers from `source` to the layers of the same name in `target`."""
+    present = {layer.name for layer in source.layers}
     for name in HEAD_LAYERS:
-        target.get_layer(name).set_weights(source.get_layer(name).get_weights())
+        if name in present:
+            target.get_layer(name).set_weights(source.get_layer(name).get_weights())
 
 
 def embedding_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,8 +178,17 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class ScorerOutputs:
+    """What one pass of the classifier gives per image: its logits and its base embedding."""
+
+    logits: np.ndarray  # (n, classes), float64, pre-softmax
+    embeddings: np.ndarray  # (n, 2048), float32, the pooled output of the frozen base
+
+
 class LogitScorer:
-    """The classifier's pre-softmax outputs (what temperature scaling divides), in float64.
+    """The classifier's pre-softmax outputs (what temperature scaling divides), in float64, and the
+    frozen base's pooled embedding of each image (what the writer-dependent verifier scores).
 
     The softmax layer is kept in the saved model for users of the bare `.keras` file; the logits
     are recomputed from its input with the same kernel and bias.
@@ -180,7 +198,7 @@ class LogitScorer:
         import tensorflow as tf
 
         output_layer = classifier.get_layer(HEAD_OUTPUT)
-        self.features = keras.Model(classifier.input, output_layer.input)
+        self.features = keras.Model(classifier.input, [classifier.get_layer(POOL_NAME).output, output_layer.input])
         self.kernel, self.bias = (np.asarray(weight, dtype=np.float64) for weight in output_layer.get_weights())
         # One traced graph for every batch size: `keras.Model.predict` builds a tf.data pipeline on
         # every call, a fixed cost that dominates when a service scores a few images at a time.
@@ -194,30 +212,42 @@ class LogitScorer:
         )
 
     def __call__(self, pixels: object, batch_size: int = 32) -> np.ndarray:
-        """Logits of float RGB pixels in [0, 255] (an array, or a tf.data dataset of image batches).
+        """Logits of float RGB pixels in [0, 255] (an array, or a tf.data dataset of image batches)."""
+        return self.outputs(pixels, batch_size).logits
+
+    def outputs(self, pixels: object, batch_size: int = 32) -> ScorerOutputs:
+        """Logits and embeddings of float RGB pixels in [0, 255] (an array, or a dataset of batches).
 
         Both run the same folded graph, so the logits calibration is fitted on (evaluate's, from a
         dataset) are the ones served (the pyfunc's, from arrays)."""
         if isinstance(pixels, np.ndarray):
             return self.batched(self.forward, np.asarray(pixels, dtype=np.float32), batch_size)
-        return self.logits_of_batches(self.forward, pixels)
+        return self.outputs_of_batches(self.forward, pixels)
 
-    def of_grey(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Logits of 8-bit grey images (n, size, size), as the prepare stage writes them."""
+    def of_grey(self, images: np.ndarray, batch_size: int = 32) -> ScorerOutputs:
+        """Logits and embeddings of 8-bit grey images (n, size, size), as the prepare stage writes them."""
         if images.dtype != np.uint8:  # a silent cast would wrap or truncate other pixel values
             raise TypeError(f"grey images must be uint8 (0-255), got {images.dtype}")
         return self.batched(self.forward_grey, images, batch_size)
 
-    def batched(self, forward: Callable[[np.ndarray], Any], inputs: np.ndarray, batch_size: int) -> np.ndarray:
-        """Logits of `inputs` run through a traced `forward`, `batch_size` at a time."""
-        return self.logits_of_batches(
+    def batched(self, forward: Callable[[np.ndarray], Any], inputs: np.ndarray, batch_size: int) -> ScorerOutputs:
+        """Outputs of `inputs` run through a traced `forward`, `batch_size` at a time."""
+        return self.outputs_of_batches(
             forward, (inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size))
         )
 
-    def logits_of_batches(self, forward: Callable[[Any], Any], batches: Iterable[Any]) -> np.ndarray:
-        """Logits of every batch run through a traced `forward`, in order (no batches: none)."""
-        features = [forward(batch).numpy() for batch in batches]
-        return self.logits(np.concatenate(features) if features else np.zeros((0, self.kernel.shape[0])))
+    def outputs_of_batches(self, forward: Callable[[Any], Any], batches: Iterable[Any]) -> ScorerOutputs:
+        """Logits and embeddings of every batch run through a traced `forward`, in order (no batches: none)."""
+        embeddings, features = [], []
+        for batch in batches:
+            pooled, hidden = forward(batch)
+            embeddings.append(pooled.numpy())
+            features.append(hidden.numpy())
+        if not features:
+            return ScorerOutputs(
+                self.logits(np.zeros((0, self.kernel.shape[0]))), np.zeros((0, FEATURE_DIM), np.float32)
+            )
+        return ScorerOutputs(self.logits(np.concatenate(features)), np.concatenate(embeddings).astype(np.float32))
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """The output layer's pre-softmax values, in float64, from its input features."""

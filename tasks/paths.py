@@ -77,6 +77,11 @@ class ProjectPaths:
         return self.models_dir / "classifier.keras"
 
     @property
+    def verifier_file(self) -> Path:
+        """The writer-dependent verifier (one linear model per writer on the base's embeddings)."""
+        return self.models_dir / "verifier.npz"
+
+    @property
     def labels_file(self) -> Path:
         """Class index to writer id, in the classifier's output order."""
         return self.models_dir / "labels.json"
@@ -96,7 +101,8 @@ class ProjectPaths:
 
     @property
     def scores_file(self) -> Path:
-        """Logits of every val, test and calibration image (evaluate stage), read by calibrate."""
+        """Logits, verifier scores and embeddings of every val, test and calibration image
+        (evaluate stage), read by calibrate and by the quality benchmark."""
         return self.data_dir / "scores" / "scores.npz"
 
     @property

@@ -15,6 +15,7 @@ from tasks.inference import (
     ARTIFACT_CALIBRATION,
     ARTIFACT_CLASSIFIER,
     ARTIFACT_PREPROCESS,
+    ARTIFACT_VERIFIER,
     SignatureClassifier,
     answers_frame,
     items_from,
@@ -28,6 +29,7 @@ class SignaturePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.model = SignatureClassifier.from_files(
             Path(context.artifacts[ARTIFACT_CLASSIFIER]),
+            Path(context.artifacts[ARTIFACT_VERIFIER]),
             Path(context.artifacts[ARTIFACT_CALIBRATION]),
             Path(context.artifacts[ARTIFACT_PREPROCESS]),
         )

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from tasks.images import PreprocessSettings
-from tasks.inference import ARTIFACT_CALIBRATION, ARTIFACT_CLASSIFIER, ARTIFACT_PREPROCESS, IMAGE_COLUMN, PATH_COLUMN
+from tasks.inference import (
+    ARTIFACT_CALIBRATION,
+    ARTIFACT_CLASSIFIER,
+    ARTIFACT_PREPROCESS,
+    ARTIFACT_VERIFIER,
+    IMAGE_COLUMN,
+    PATH_COLUMN,
+)
 from tasks.paths import ProjectPaths
 
 CHAMPION = "champion"
@@ -135,7 +142,9 @@ def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k:
     with tempfile.TemporaryDirectory() as scratch:
         preprocess = write_preprocess_artifact(settings, top_k, Path(scratch))
         example = pd.DataFrame({"path": [str(example_image)]})
-        model = SignatureClassifier.from_files(paths.classifier_file, paths.calibration_file, preprocess)
+        model = SignatureClassifier.from_files(
+            paths.classifier_file, paths.verifier_file, paths.calibration_file, preprocess
+        )
         outputs = infer_signature(example, answers_frame(model.answers(items_from(example)))).outputs
         inputs = Schema(
             [ColSpec("string", PATH_COLUMN, required=False), ColSpec("string", IMAGE_COLUMN, required=False)]
@@ -146,6 +155,7 @@ def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k:
             python_model=str(PYFUNC_FILE),
             artifacts={
                 ARTIFACT_CLASSIFIER: str(paths.classifier_file),
+                ARTIFACT_VERIFIER: str(paths.verifier_file),
                 ARTIFACT_CALIBRATION: str(paths.calibration_file),
                 ARTIFACT_PREPROCESS: str(preprocess),
                 ARTIFACT_PARAMS: str(paths.params_file),

@@ -1,8 +1,13 @@
-"""The classifier's logits for every image the evaluation and calibration use, on disk.
+"""The classifier's outputs for every image the evaluation and calibration use, on disk.
 
 The `evaluate` stage runs the classifier once over the validation, test and calibration images
-and stores the logits with each row's split, kind and claimed writer; `evaluate` and
+and stores, per image, the identification logits, the writer-dependent verifier's score for
+every writer, the base embedding, and the row's split, kind and claimed writer; `evaluate` and
 `calibrate` then work on this table only, so calibration never reruns the network.
+
+Two verification scores of the claim "W signed this" can be read from the table: the verifier's
+decision value for W (`VERIFIER`, what the pipeline verifies with) and the classifier's softmax
+probability of W (`SOFTMAX`, the baseline it is compared with).
 """
 
 from __future__ import annotations
@@ -14,13 +19,20 @@ import numpy as np
 
 NO_CLASS = -1
 IMPOSTOR_KINDS = ("skilled", "simple", "opposite")
+VERIFIER = "verifier"
+SOFTMAX = "softmax"
+
+
+TABLE_ARRAYS = ("logits", "verification", "embeddings", "claimed", "kinds", "splits", "paths")
 
 
 @dataclass(frozen=True)
 class ScoreTable:
-    """Logits (rows x classes) and, per row, its split, kind and the class of its writer."""
+    """Per row: logits and verifier scores (rows x classes), embedding, split, kind, writer's class."""
 
     logits: np.ndarray
+    verification: np.ndarray
+    embeddings: np.ndarray
     claimed: np.ndarray
     kinds: np.ndarray
     splits: np.ndarray
@@ -31,7 +43,11 @@ class ScoreTable:
         mask = (self.splits == split) & (self.claimed != NO_CLASS)
         if kind is not None:
             mask &= self.kinds == kind
-        return ScoreTable(self.logits[mask], self.claimed[mask], self.kinds[mask], self.splits[mask], self.paths[mask])
+        return ScoreTable(*(getattr(self, name)[mask] for name in TABLE_ARRAYS))
+
+    def claim_scores(self, source: str, temperature: float = 1.0) -> np.ndarray:
+        """(rows, classes) scores of the claim "class c signed row i": the verifier's or the softmax's."""
+        return self.verification.astype(np.float64) if source == VERIFIER else softmax(self.logits, temperature)
 
     def __len__(self) -> int:
         return len(self.claimed)
@@ -43,6 +59,8 @@ def save_scores(table: ScoreTable, path: Path) -> None:
     np.savez(
         path,
         logits=table.logits.astype(np.float32),
+        verification=table.verification.astype(np.float64),  # thresholds are fitted on these values
+        embeddings=table.embeddings.astype(np.float32),
         claimed=table.claimed.astype(np.int64),
         kinds=table.kinds.astype(str),
         splits=table.splits.astype(str),
@@ -53,7 +71,7 @@ def save_scores(table: ScoreTable, path: Path) -> None:
 def load_scores(path: Path) -> ScoreTable:
     """Read a table written by `save_scores`."""
     with np.load(path, allow_pickle=False) as arrays:
-        return ScoreTable(arrays["logits"], arrays["claimed"], arrays["kinds"], arrays["splits"], arrays["paths"])
+        return ScoreTable(*(arrays[name] for name in TABLE_ARRAYS))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -64,27 +82,31 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
-def claimed_scores(probabilities: np.ndarray, claimed: np.ndarray) -> np.ndarray:
-    """Each row's probability for its claimed writer (the verification score)."""
-    return probabilities[np.arange(len(claimed)), claimed]
+def claimed_scores(scores: np.ndarray, claimed: np.ndarray) -> np.ndarray:
+    """Each row's score for its claimed writer (the verification score)."""
+    return scores[np.arange(len(claimed)), claimed]
 
 
-def random_forgery_scores(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def random_forgery_scores(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Scores of every genuine image claimed as every *other* writer (random forgeries)."""
-    others = np.ones_like(probabilities, dtype=bool)
+    others = np.ones_like(scores, dtype=bool)
     others[np.arange(len(labels)), labels] = False
-    return probabilities[others]
+    return scores[others]
 
 
-def verification_scores(table: ScoreTable, split: str, temperature: float = 1.0) -> dict[str, np.ndarray]:
-    """Genuine and impostor scores of one split: genuine, skilled, simple, opposite, random."""
+def verification_scores(
+    table: ScoreTable, split: str, source: str = VERIFIER, temperature: float = 1.0
+) -> dict[str, np.ndarray]:
+    """Genuine and impostor claim scores of one split: genuine, skilled, simple, opposite, random."""
     genuine = table.select(split, "genuine")
-    genuine_probabilities = softmax(genuine.logits, temperature)
+    genuine_scores = genuine.claim_scores(source, temperature)
     scores = {
-        "genuine": claimed_scores(genuine_probabilities, genuine.claimed),
-        "random": random_forgery_scores(genuine_probabilities, genuine.claimed),
+        "genuine": claimed_scores(genuine_scores, genuine.claimed),
+        "random": random_forgery_scores(genuine_scores, genuine.claimed),
     }
     for kind in IMPOSTOR_KINDS:
         rows = table.select(split, kind)
-        scores[kind] = claimed_scores(softmax(rows.logits, temperature), rows.claimed) if len(rows) else np.zeros(0)
+        scores[kind] = (
+            claimed_scores(rows.claim_scores(source, temperature), rows.claimed) if len(rows) else np.zeros(0)
+        )
     return scores

@@ -2,9 +2,14 @@
 
 Genuine signatures of each writer go to `test` (up to `test_per_writer`), then to training (up
 to `train_per_writer`, of which `val_fraction` become `val`); any left over are `unused`.
-Forgeries and opposite-hand samples are divided between `calibration` and `test`. Each writer's
-files are shuffled with a seed derived from the split seed and the writer's name, so adding or
-removing one writer never changes another writer's split.
+Forgeries and opposite-hand samples go to `calibration` or `test` by *writer*: a
+`calibration_fraction` share of the writers give all of theirs to calibration, the others all to
+test, so a threshold fitted on calibration forgeries is judged on forgeries of other writers
+(writer-disjoint, as the field's protocols ask). Each writer's files are shuffled, and each
+writer is drawn to a side, with a seed derived from the split seed and the writer's name, so
+adding or removing one writer never changes another writer's split (except when every writer
+would land on one side: then the writer drawn closest to the other side moves there, so both
+sides are non-empty).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from tasks.datasets.base import SIGNATURE_KINDS, SignatureRecord
 
 SPLITS = ("train", "val", "test", "calibration", "unused")
 NATURAL_CHUNK = re.compile(r"(\d+)")
+GENUINE = "genuine"
+CALIBRATION_DRAW = "calibration-writer"  # the "kind" in the writer's seed of its calibration draw
 
 
 @dataclass(frozen=True)
@@ -84,23 +91,42 @@ def split_genuine(records: list[SignatureRecord], rules: SplitRules) -> dict[str
     return {record.path: label for record, label in zip(shuffled(records, rules.seed), labels, strict=True)}
 
 
-def split_unknowns(records: list[SignatureRecord], rules: SplitRules) -> dict[str, str]:
-    """Split one writer's forgeries (or opposite-hand samples) into calibration and test."""
-    calibration = round_half_up(rules.calibration_fraction * len(records))
-    return {
-        record.path: "calibration" if position < calibration else "test"
-        for position, record in enumerate(shuffled(records, rules.seed))
-    }
+def writer_draw(seed: int, writer: str) -> float:
+    """A number in [0, 1) that depends only on the split seed and the writer's name."""
+    return float(np.random.default_rng(writer_seed(seed, writer, CALIBRATION_DRAW)).random())
+
+
+def calibration_writers(writers: Iterable[str], rules: SplitRules) -> set[str]:
+    """The writers whose forgeries and opposite-hand samples all go to `calibration`.
+
+    A writer goes there when its draw is below `calibration_fraction`. When that leaves one side
+    empty although the fraction is strictly between 0 and 1 and there are at least two writers,
+    the writer drawn nearest the boundary crosses it: a threshold needs calibration forgeries, and
+    a test FAR needs test ones.
+    """
+    draws = {writer: writer_draw(rules.seed, writer) for writer in sorted(set(writers))}
+    chosen = {writer for writer, draw in draws.items() if draw < rules.calibration_fraction}
+    if len(draws) >= 2 and 0 < rules.calibration_fraction < 1:
+        if not chosen:
+            chosen = {min(draws, key=draws.__getitem__)}
+        elif chosen == set(draws):
+            chosen = chosen - {max(draws, key=draws.__getitem__)}
+    return chosen
 
 
 def assign_splits(records: Iterable[SignatureRecord], rules: SplitRules) -> dict[str, str]:
     """Map each record's path to its split. Each path gets exactly one split."""
+    listing = list(records)
+    calibration = calibration_writers((record.writer for record in listing if record.kind != GENUINE), rules)
     assignment: dict[str, str] = {}
     key = lambda record: (record.writer, SIGNATURE_KINDS.index(record.kind))  # noqa: E731
-    for (_writer, kind_index), group in groupby(sorted(records, key=key), key=key):
+    for (writer, kind_index), group in groupby(sorted(listing, key=key), key=key):
         members = list(group)
-        is_genuine = SIGNATURE_KINDS[kind_index] == "genuine"
-        assignment.update(split_genuine(members, rules) if is_genuine else split_unknowns(members, rules))
+        if SIGNATURE_KINDS[kind_index] == GENUINE:
+            assignment.update(split_genuine(members, rules))
+        else:
+            side = "calibration" if writer in calibration else "test"
+            assignment.update({record.path: side for record in members})
     return assignment
 
 

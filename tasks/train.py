@@ -1,10 +1,13 @@
 """Training the classifier's head on a frozen InceptionV3, in two modes.
 
 - `online` (the reference behaviour): every step augments fresh images and runs the frozen base.
-- `cached`: the base is frozen, so its embeddings of `augmented_views` augmented copies of each
-  training image (and of the un-augmented validation and test images) are computed once, kept
-  under `data/features/` keyed by everything they depend on, and the head trains on them. Epoch
-  `e` uses view `e mod views`, so both modes take the same number of steps per epoch.
+- `cached`: the base is frozen, so its embeddings of each training image as it is (the clean
+  view) and of `augmented_views` augmented copies (and of the un-augmented validation and test
+  images) are computed once, kept under `data/features/` keyed by everything they depend on, and
+  the head trains on them: every epoch is one shuffled pass over all the views.
+
+In both modes the writer-dependent verifier (`tasks.verifier`) is fitted on the cached training
+views (the online mode computes them once for it).
 
 Both modes shuffle and augment with stateless seeds derived from (seed, epoch, image index), so a
 run is reproducible on CPU and an interrupted run resumes from its last completed epoch with the
@@ -50,6 +53,7 @@ from tasks.model import (
 from tasks.model import weights_digest as model_weights_digest
 from tasks.optimizer import FusedAdam
 from tasks.paths import ProjectPaths
+from tasks.verifier import WriterVerifier, fit_writer_verifier
 
 GENUINE = "genuine"
 STATE_ENTRY = "state"
@@ -59,10 +63,11 @@ CHECKPOINT_SUFFIX = ".npz"
 LAST_STATE_FILE = f"last{CHECKPOINT_SUFFIX}"
 BEST_PREFIX = "best-"
 CACHED_VIEW_EPOCH_OFFSET = 1_000_000
-STATISTICS_SAMPLE_IMAGES = 256
 FEATURES_SUFFIX = ".npz"
 FEATURES_META_SUFFIX = ".json"
 PREFETCH_BATCHES = 2
+# Bumped when what the cache holds changes meaning (2: view 0 of train_views is the clean image).
+FEATURES_FORMAT = 2
 # What reading a missing, empty, truncated or foreign .npz raises.
 UNREADABLE_NPZ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError)
 
@@ -109,6 +114,7 @@ class TrainResult:
     """What a finished training produced."""
 
     classifier: keras.Model
+    verifier: WriterVerifier
     classes: tuple[str, ...]
     state: TrainState
     mode: str
@@ -231,18 +237,24 @@ def online_batches(
     return prefetched(tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch))
 
 
+def flat_views(views: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(views, n, features) embeddings and n labels as (views * n, features) samples and their labels."""
+    return views.reshape(-1, views.shape[-1]), np.tile(labels, views.shape[0])
+
+
 def cached_batches(
     views: np.ndarray, labels: np.ndarray, class_count: int, seed: int, start_epoch: int, epochs: int, batch_size: int
 ) -> tf.data.Dataset:
-    """Training batches of cached embeddings: epoch e uses view e mod views, shuffled per epoch."""
-    features = tf.constant(views)
-    targets = tf.constant(one_hot(labels, class_count))
-    view_count = views.shape[0]
+    """Training batches of cached embeddings: every epoch is one pass over all views, shuffled per epoch."""
+    samples, sample_labels = flat_views(views, labels)
+    features = tf.constant(samples)
+    targets = tf.constant(one_hot(sample_labels, class_count))
 
     def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
-        order = epoch_order(len(labels), seed, epoch)
-        view = tf.gather(features, epoch % view_count)
-        return tf.data.Dataset.from_tensor_slices((tf.gather(view, order), tf.gather(targets, order))).batch(batch_size)
+        order = epoch_order(len(sample_labels), seed, epoch)
+        return tf.data.Dataset.from_tensor_slices((tf.gather(features, order), tf.gather(targets, order))).batch(
+            batch_size
+        )
 
     return prefetched(tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch))
 
@@ -261,7 +273,8 @@ def embed(
 
 @dataclass(frozen=True)
 class FeatureCache:
-    """Embeddings of the frozen base: augmented training views, plain validation and test images."""
+    """Embeddings of the frozen base: training views (view 0 the clean images, then the augmented
+    copies), plain validation and test images."""
 
     train_views: np.ndarray
     val: np.ndarray
@@ -273,9 +286,10 @@ class FeatureCache:
 def features_key(
     data: TrainingData, augment: AugmentParams, views: int, seed: int, base_digest: str, compute_dtype: str
 ) -> str:
-    """What the cached embeddings depend on: the images, augmentation, views, seed, base weights and
-    the precision the base ran in (bfloat16 embeddings are not float32 ones)."""
+    """What the cached embeddings depend on: the images, augmentation, views, seed, base weights,
+    the precision the base ran in (bfloat16 embeddings are not float32 ones) and the cache format."""
     content = {
+        "format": FEATURES_FORMAT,
         "train": data.train.hashes,
         "val": data.val.hashes,
         "test": data.test.hashes,
@@ -325,19 +339,20 @@ def compute_features(
     batch_size: int,
     show_progress: bool,
 ) -> FeatureCache:
-    """Embed `views` augmented copies of every training image and the plain val and test images."""
+    """Embed every training image as it is and in `views` augmented copies, and the plain val and test images."""
     started = time.perf_counter()
     step = folded_inference_function(embedder)
     images = tf.constant(data.train.images)
     natural_order = tf.range(len(data.train), dtype=tf.int64)
-    train_views = []
+    clean = plain_batches(data.train, None, batch_size)
+    train_views = [embed(step, clean, len(data.train), "embed train images", show_progress)]
     for view in range(views):
         epoch = tf.constant(CACHED_VIEW_EPOCH_OFFSET + view, tf.int64)
         batches = prefetched(augmented_images(images, augment, seed, epoch, natural_order).batch(batch_size))
         train_views.append(embed(step, batches, len(data.train), f"embed train view {view + 1}/{views}", show_progress))
     val = embed(step, plain_batches(data.val, None, batch_size), len(data.val), "embed val", show_progress)
     test = embed(step, plain_batches(data.test, None, batch_size), len(data.test), "embed test", show_progress)
-    count = views * len(data.train) + len(data.val) + len(data.test)
+    count = (1 + views) * len(data.train) + len(data.val) + len(data.test)
     return FeatureCache(np.stack(train_views), val, test, time.perf_counter() - started, count)
 
 
@@ -589,35 +604,29 @@ def train_classifier(
     paths.features_dir.mkdir(parents=True, exist_ok=True)
     base = build_base(data.image_size, model_params.weights, paths.root, train.seed)
     embedder = build_embedder(base, data.image_size)
-    steps = math.ceil(len(data.train) / train.batch_size)
-    embed_seconds, embedded, reused, cache = 0.0, 0, False, None
-    if train.mode == "cached":
-        digest = model_weights_digest(base)
-        key = features_key(data, augment, train.augmented_views, train.seed, digest, embedder.compute_dtype)
-        cache = read_feature_cache(paths.features_dir, key)
-        reused = cache is not None
-        if cache is None:
-            cache = compute_features(
-                embedder, data, augment, train.augmented_views, train.seed, train.embed_batch_size, show_progress
-            )
-            write_feature_cache(paths.features_dir, key, cache)
-            embed_seconds, embedded = cache.embed_seconds, cache.images_embedded
-        reference_embeddings = cache.train_views
-    elif model_params.standardize_features:
-        # Augmented images, so the statistics match what the head sees during online training; a
-        # seeded sample of them, so this costs a fraction of an epoch even on a large dataset.
-        epoch = tf.constant(CACHED_VIEW_EPOCH_OFFSET, tf.int64)
-        order = epoch_order(len(data.train), train.seed, epoch)[:STATISTICS_SAMPLE_IMAGES]
-        batches = augmented_images(tf.constant(data.train.images), augment, train.seed, epoch, order)
-        batches = prefetched(batches.batch(train.embed_batch_size))
-        reference_embeddings = embed(
-            folded_inference_function(embedder), batches, int(order.shape[0]), "embed train statistics", show_progress
+    digest = model_weights_digest(base)
+    key = features_key(data, augment, train.augmented_views, train.seed, digest, embedder.compute_dtype)
+    cache = read_feature_cache(paths.features_dir, key)
+    reused = cache is not None
+    embed_seconds, embedded = 0.0, 0
+    if cache is None:
+        cache = compute_features(
+            embedder, data, augment, train.augmented_views, train.seed, train.embed_batch_size, show_progress
         )
+        write_feature_cache(paths.features_dir, key, cache)
+        embed_seconds, embedded = cache.embed_seconds, cache.images_embedded
+    verifier = fit_writer_verifier(
+        *flat_views(cache.train_views, data.train.labels), class_count, model_params.verifier_regularization
+    )
+    reference_embeddings = cache.train_views
     statistics = embedding_statistics(reference_embeddings) if model_params.standardize_features else (None, None)
-    spec = HeadSpec(len(data.classes), model_params.dense_units, model_params.dropout, train.seed, *statistics)
+    dense_units = model_params.dense_units if model_params.head == "mlp" else 0
+    spec = HeadSpec(len(data.classes), dense_units, model_params.dropout, train.seed, *statistics)
     classifier = build_classifier(base, data.image_size, spec)
     started = time.perf_counter()
-    if cache is not None:
+    if train.mode == "cached":
+        samples_per_epoch = cache.train_views.shape[0] * len(data.train)
+        steps = math.ceil(samples_per_epoch / train.batch_size)
         validation = tf.data.Dataset.from_tensor_slices((cache.val, one_hot(data.val.labels, class_count)))
         head = fit_with_resume(
             lambda: compile_model(build_head(spec), train, steps_per_execution=steps),
@@ -634,6 +643,8 @@ def train_classifier(
         copy_head_weights(head, classifier)
         test_predictions = predicted_classes(head, cache.test, len(data.test))
     else:
+        samples_per_epoch = len(data.train)
+        steps = math.ceil(samples_per_epoch / train.batch_size)
         trained = fit_with_resume(
             lambda: compile_model(build_classifier(base, data.image_size, spec), train),
             lambda start: online_batches(
@@ -657,11 +668,12 @@ def train_classifier(
     shutil.rmtree(paths.train_checkpoint_dir, ignore_errors=True)
     return TrainResult(
         classifier=classifier,
+        verifier=verifier,
         classes=data.classes,
         state=state,
         mode=train.mode,
         train_seconds=train_seconds,
-        train_images_per_second=len(data.train) * epochs_run / train_seconds if epochs_run else 0.0,
+        train_images_per_second=samples_per_epoch * epochs_run / train_seconds if epochs_run else 0.0,
         embed_seconds=embed_seconds,
         embed_images_per_second=embedded / embed_seconds if embed_seconds else 0.0,
         features_reused=reused,

@@ -28,7 +28,9 @@ from tests.conftest import PROJECT_ROOT, prepare_params, synthetic_params
 
 WRITERS = 4
 CHANCE = 1 / WRITERS
-MODEL = ModelParams(weights="none", dense_units=64, dropout=0.1, standardize_features=True)
+MODEL = ModelParams(
+    weights="none", head="mlp", dense_units=64, dropout=0.1, standardize_features=True, verifier_regularization=0.01
+)
 AUGMENT = AugmentParams.model_validate(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["augment"])
 TRAIN = TrainParams(
     mode="cached",

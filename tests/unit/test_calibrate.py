@@ -1,12 +1,23 @@
-"""Temperature scaling and the unknown threshold on synthetic score tables."""
+"""Temperature scaling, the verification threshold and its test results, on synthetic score tables."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 
-from tasks.calibrate import calibration_report, fit_calibration, fit_temperature, negative_log_likelihood
-from tasks.scores import ScoreTable, softmax
+from tasks.calibrate import (
+    calibration_report,
+    fit_calibration,
+    fit_temperature,
+    negative_log_likelihood,
+    open_set_results,
+    verification_results,
+)
+from tasks.scores import TABLE_ARRAYS, VERIFIER, ScoreTable, softmax
+
+FEATURES = 3
 
 
 def sample_labels(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -28,69 +39,112 @@ def test_temperature_recovers_overconfidence() -> None:
     assert np.array_equal(softmax(overconfident).argmax(axis=1), softmax(overconfident, temperature).argmax(axis=1))
 
 
-def table(rng: np.random.Generator, classes: int = 4) -> ScoreTable:
-    """Genuine rows peak on their class; forgeries are flatter; splits val / calibration / test."""
-    logits, claimed, kinds, splits = [], [], [], []
-    for split, genuine_count, forgery_count in (("val", 80, 0), ("calibration", 0, 200), ("test", 80, 200)):
-        for index in range(genuine_count):
-            row = rng.normal(0, 1, classes)
-            row[index % classes] += 5
-            logits.append(row), claimed.append(index % classes), kinds.append("genuine"), splits.append(split)
-        for index in range(forgery_count):
-            row = rng.normal(0, 1, classes)
-            row[index % classes] += 1.5
-            kind = "skilled" if index % 2 else "opposite"
-            logits.append(row), claimed.append(index % classes), kinds.append(kind), splits.append(split)
+def build_table(rows: list[tuple[str, str, int, list[float], list[float]]]) -> ScoreTable:
+    """A table from (split, kind, claimed, logits, verifier scores) rows."""
     return ScoreTable(
-        np.array(logits, dtype=np.float32),
-        np.array(claimed),
-        np.array(kinds),
-        np.array(splits),
-        np.array([f"f{index}" for index in range(len(claimed))]),
+        logits=np.array([row[3] for row in rows], dtype=np.float32),
+        verification=np.array([row[4] for row in rows], dtype=np.float64),
+        embeddings=np.zeros((len(rows), FEATURES), dtype=np.float32),
+        claimed=np.array([row[2] for row in rows]),
+        kinds=np.array([row[1] for row in rows]),
+        splits=np.array([row[0] for row in rows]),
+        paths=np.array([f"f{index}" for index in range(len(rows))]),
     )
 
 
-def test_threshold_meets_target_far_on_calibration_and_is_reported_on_test() -> None:
+def table(rng: np.random.Generator, classes: int = 4) -> ScoreTable:
+    """Genuine rows peak on their class in logits and verifier scores; forgeries peak less; splits
+    val / calibration / test (calibration forgeries and test forgeries from different writers)."""
+    rows = []
+    for split, genuine_count, forgery_count in (("val", 80, 0), ("calibration", 0, 200), ("test", 80, 200)):
+        for index in range(genuine_count):
+            logits, scores = rng.normal(0, 1, classes), rng.normal(-1, 0.3, classes)
+            logits[index % classes] += 5
+            scores[index % classes] = rng.normal(1.0, 0.3)
+            rows.append((split, "genuine", index % classes, list(logits), list(scores)))
+        for index in range(forgery_count):
+            writer = index % 2 if split == "calibration" else 2 + index % 2
+            logits, scores = rng.normal(0, 1, classes), rng.normal(-1, 0.3, classes)
+            logits[writer] += 4
+            scores[writer] = rng.normal(0.0, 0.3)
+            kind = "skilled" if index % 4 else "opposite"
+            rows.append((split, kind, writer, list(logits), list(scores)))
+    return build_table(rows)
+
+
+def rows_where(scores: ScoreTable, keep: np.ndarray) -> ScoreTable:
+    return ScoreTable(*(getattr(scores, name)[keep] for name in TABLE_ARRAYS))
+
+
+def test_threshold_meets_target_far_on_calibration_skilled_forgeries_and_is_reported_on_test() -> None:
     scores = table(np.random.default_rng(1))
     calibration = fit_calibration(scores, "target_far", 0.05)
-    unknown = scores.select("calibration")
-    top = softmax(unknown.logits, calibration.temperature).max(axis=1)
-    assert np.mean(top >= calibration.threshold) <= 0.05
+    skilled = scores.select("calibration", "skilled")
+    claims = skilled.verification[np.arange(len(skilled)), skilled.claimed]
+    assert np.mean(claims >= calibration.threshold) <= 0.05
+    assert calibration.score == VERIFIER and calibration.impostor_kinds == ("skilled",)
+    assert calibration.impostor_claims == 150 and calibration.genuine_claims == 80
     report = calibration_report(scores, calibration, reference_threshold=0.40)
-    for key in (
-        "temperature",
-        "threshold",
-        "frr",
-        "far_skilled",
-        "far_opposite",
-        "far_random",
-        "expected_calibration_error_before",
-        "expected_calibration_error_after",
-    ):
+    for key in ("temperature", "threshold", "frr", "far_skilled", "far_opposite", "far_random"):
         assert key in report
-    assert report["far_skilled"] < 0.2 and report["frr"] < 0.2
+    assert report["far_skilled"] < 0.2 and report["frr"] < 0.2 and report["far_random"] == 0.0
+    assert report["eer_skilled_a_posteriori"] < 0.1
     assert report["accuracy_accepted"] == pytest.approx(1.0)
     assert report["reference_fixed_threshold"]["threshold"] == 0.40
-    # The fixed 0.40 on uncalibrated scores lets far more forgeries through than the fitted threshold.
-    assert report["reference_fixed_threshold"]["open_set"]["far_skilled"] > report["far_skilled"]
+    # The softmax probability cannot tell a forgery of W from W: the fixed 0.40 lets almost all through.
+    assert report["reference_fixed_threshold"]["verification"]["far_skilled"] > 0.8
 
 
 def test_equal_error_objective_balances_the_two_errors_on_calibration_data() -> None:
     scores = table(np.random.default_rng(2))
     calibration = fit_calibration(scores, "eer", 0.05)
-    known = softmax(scores.select("val", "genuine").logits, calibration.temperature).max(axis=1)
-    unknown = softmax(scores.select("calibration").logits, calibration.temperature).max(axis=1)
-    assert abs(np.mean(known < calibration.threshold) - np.mean(unknown >= calibration.threshold)) < 0.05
+    genuine = scores.select("val", "genuine")
+    skilled = scores.select("calibration", "skilled")
+    frr = np.mean(genuine.verification[np.arange(len(genuine)), genuine.claimed] < calibration.threshold)
+    far = np.mean(skilled.verification[np.arange(len(skilled)), skilled.claimed] >= calibration.threshold)
+    assert abs(frr - far) < 0.05
+
+
+def test_without_skilled_forgeries_every_calibration_row_is_an_impostor() -> None:
+    scores = table(np.random.default_rng(7))
+    no_skilled = rows_where(scores, scores.kinds != "skilled")
+    calibration = fit_calibration(no_skilled, "eer", 0.05)
+    assert calibration.impostor_kinds == ("opposite",) and calibration.impostor_claims == 50
+
+
+def test_hand_computed_results_at_a_threshold() -> None:
+    """Two writers, threshold 0.5 on the verifier's score; every count below is done by hand."""
+    rows = [
+        # test genuine of writer 0: identified as 0 (logits), verifier scores 0.9 / 0.2 for claims 0 / 1
+        ("test", "genuine", 0, [3.0, 0.0], [0.9, 0.2]),
+        # test genuine of writer 0, verifier rejects it (0.4 < 0.5): an FRR case
+        ("test", "genuine", 0, [3.0, 0.0], [0.4, 0.1]),
+        # test genuine of writer 1, identified as 0 by the classifier (wrong), verifier says 0.6 for 0
+        ("test", "genuine", 1, [2.0, 1.0], [0.6, 0.7]),
+        # skilled forgeries of writer 1: one accepted (0.55), one rejected (0.3)
+        ("test", "skilled", 1, [0.0, 2.0], [0.0, 0.55]),
+        ("test", "skilled", 1, [0.0, 2.0], [0.0, 0.3]),
+    ]
+    scores = build_table(rows)
+    verification = verification_results(scores, 1.0, 0.5, VERIFIER)
+    # Genuine claims (own writer): 0.9, 0.4, 0.7 -> one of three rejected.
+    assert verification["frr"] == pytest.approx(1 / 3)
+    assert verification["far_skilled"] == pytest.approx(1 / 2)
+    # Random forgeries: claims of the other writer: 0.2, 0.1 (rows 1-2, as writer 1), 0.6 (row 3, as 0).
+    assert verification["far_random"] == pytest.approx(1 / 3)
+    open_set = open_set_results(scores, 1.0, 0.5, VERIFIER)
+    # Top writers 0, 0, 0 with verifier scores 0.9, 0.4, 0.6: two accepted, one of them correct.
+    assert open_set["frr"] == pytest.approx(1 / 3)
+    assert open_set["accuracy_accepted"] == pytest.approx(1 / 2)
+    assert open_set["accuracy_overall"] == pytest.approx(1 / 3)
+    # Skilled forgeries are answered as writer 1 (their top) with scores 0.55 and 0.3: one accepted.
+    assert open_set["far_skilled"] == pytest.approx(1 / 2)
 
 
 def test_empty_calibration_split_is_a_clear_error() -> None:
     scores = table(np.random.default_rng(3))
-    keep = scores.splits != "calibration"
-    without = ScoreTable(
-        scores.logits[keep], scores.claimed[keep], scores.kinds[keep], scores.splits[keep], scores.paths[keep]
-    )
     with pytest.raises(ValueError, match="calibration split is empty"):
-        fit_calibration(without, "target_far", 0.05)
+        fit_calibration(rows_where(scores, scores.splits != "calibration"), "target_far", 0.05)
 
 
 def test_perfectly_separated_validation_stops_at_the_lower_temperature_bound() -> None:
@@ -99,24 +153,24 @@ def test_perfectly_separated_validation_stops_at_the_lower_temperature_bound() -
     assert temperature == pytest.approx(0.5, abs=1e-3)
 
 
-def test_too_few_unknowns_for_the_target_far_is_refused() -> None:
+def test_too_few_impostors_for_the_target_far_is_refused() -> None:
     scores = table(np.random.default_rng(4))
-    keep = (scores.splits != "calibration") | (np.arange(len(scores)) % 20 == 0)
-    few = ScoreTable(
-        scores.logits[keep], scores.claimed[keep], scores.kinds[keep], scores.splits[keep], scores.paths[keep]
-    )
-    assert len(few.select("calibration")) == 10
+    keep = (scores.splits != "calibration") | (np.arange(len(scores)) % 20 == 1)
+    few = rows_where(scores, keep)
+    assert len(few.select("calibration", "skilled")) == 10
     with pytest.raises(ValueError, match=r"too few .* at least 20"):
         fit_calibration(few, "target_far", 0.05)
-    assert fit_calibration(few, "target_far", 0.1).threshold > 0  # 10 unknowns can show a FAR of 0.1
-    assert fit_calibration(few, "eer", 0.05).threshold > 0
+    assert np.isfinite(fit_calibration(few, "target_far", 0.1).threshold)  # 10 impostors can show a FAR of 0.1
+    assert np.isfinite(fit_calibration(few, "eer", 0.05).threshold)
 
 
 def test_test_rows_never_influence_the_fit() -> None:
-    """No leakage: scrambling every test logit leaves temperature and threshold unchanged."""
+    """No leakage: scrambling every test logit and verifier score leaves temperature and threshold unchanged."""
     scores = table(np.random.default_rng(5))
-    scrambled_logits = scores.logits.copy()
     is_test = scores.splits == "test"
-    scrambled_logits[is_test] = np.random.default_rng(6).normal(0, 10, scrambled_logits[is_test].shape)
-    scrambled = ScoreTable(scrambled_logits, scores.claimed, scores.kinds, scores.splits, scores.paths)
+    rng = np.random.default_rng(6)
+    logits, verification = scores.logits.copy(), scores.verification.copy()
+    logits[is_test] = rng.normal(0, 10, logits[is_test].shape)
+    verification[is_test] = rng.normal(0, 10, verification[is_test].shape)
+    scrambled = dataclasses.replace(scores, logits=logits, verification=verification)
     assert fit_calibration(scrambled, "target_far", 0.05) == fit_calibration(scores, "target_far", 0.05)

@@ -25,11 +25,12 @@ def test_key_depends_on_images_augmentation_views_seed_weights_and_precision() -
     variants = [
         features_key(data(("a", "x")), AUGMENT, 4, 42, "base", "float32"),
         features_key(data(), AUGMENT.model_copy(update={"zoom": 0.1}), 4, 42, "base", "float32"),
-        features_key(data(), AUGMENT.model_copy(update={"horizontal_flip": False}), 4, 42, "base", "float32"),
+        features_key(data(), AUGMENT.model_copy(update={"horizontal_flip": True}), 4, 42, "base", "float32"),
         features_key(data(), AUGMENT, 3, 42, "base", "float32"),
         features_key(data(), AUGMENT, 4, 43, "base", "float32"),
         features_key(data(), AUGMENT, 4, 42, "other base weights", "float32"),
         features_key(data(), AUGMENT, 4, 42, "base", "bfloat16"),
+        features_key(data(), AugmentParams(preset="reference"), 4, 42, "base", "float32"),
     ]
     assert reference not in variants
     assert len(set(variants)) == len(variants)

@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 
 from tasks.images import PreprocessSettings
 from tasks.inference import UNKNOWN_WRITER, SignatureClassifier, answers_frame, items_from
-from tasks.model import HEAD_OUTPUT
+from tasks.model import HEAD_OUTPUT, POOL_NAME
+from tasks.verifier import WriterVerifier
 
 SETTINGS = PreprocessSettings(
     image_size=32,
@@ -29,7 +30,7 @@ SETTINGS = PreprocessSettings(
 def tiny_classifier() -> keras.Model:
     """Pixels -> mean grey level -> 3 classes; the output layer carries the classifier's name."""
     inputs = keras.Input((32, 32, 3))
-    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(inputs)
     outputs = keras.layers.Dense(3, activation="softmax", name=HEAD_OUTPUT)(pooled)
     model = keras.Model(inputs, outputs)
     model.get_layer(HEAD_OUTPUT).set_weights(
@@ -38,9 +39,23 @@ def tiny_classifier() -> keras.Model:
     return model
 
 
+def tiny_verifier() -> WriterVerifier:
+    """Scores of writers a, b, c: the mean grey level / 255 (channel 0) times 1, 2 and -1."""
+    kernel = np.zeros((3, 3))
+    kernel[0] = [1.0 / 255, 2.0 / 255, -1.0 / 255]
+    return WriterVerifier(np.zeros(3), np.ones(3), kernel, np.zeros(3))
+
+
 def model(threshold: float) -> SignatureClassifier:
     calibration = {"classes": ["a", "b", "c"], "temperature": 1.0, "threshold": threshold, "unknown_class_id": 3}
-    return SignatureClassifier(tiny_classifier(), calibration, SETTINGS, top_k=2)
+    return SignatureClassifier(tiny_classifier(), tiny_verifier(), calibration, SETTINGS, top_k=2)
+
+
+def mean_grey(path: Path) -> float:
+    """The mean grey level of the image the model sees (prepared as the prepare stage does)."""
+    from tasks.images import preprocess_file
+
+    return float(preprocess_file(path, SETTINGS, name=path.name).image.mean())
 
 
 @pytest.fixture
@@ -52,18 +67,27 @@ def signature_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_answers_carry_writer_confidence_and_top_k(signature_file: Path) -> None:
+def test_answers_carry_writer_confidence_verification_score_and_top_k(signature_file: Path) -> None:
+    """The bias makes b the top writer; its verifier score is 2 * mean grey / 255 (computed by hand)."""
     answer = model(threshold=0.0).answers(items_from([str(signature_file)]))[0]
-    assert answer.error == "" and answer.writer in {"a", "b", "c"}
-    assert answer.class_id == ["a", "b", "c"].index(answer.writer)
-    assert len(answer.top_k) == 2 and answer.top_k[0] == (answer.writer, pytest.approx(answer.confidence))
-    assert answer.top_k[0][1] >= answer.top_k[1][1]
+    grey = mean_grey(signature_file)
+    assert answer.error == "" and (answer.writer, answer.class_id) == ("b", 1)
+    assert answer.verification_score == pytest.approx(2 * grey / 255, rel=1e-5)
+    # softmax of (0.001 g, 1, -0.001 g) * 3 channels: b's probability.
+    logits = np.array([0.003 * grey, 1.0, -0.003 * grey])
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert answer.confidence == pytest.approx(expected[1], rel=1e-4)
+    assert [writer for writer, _ in answer.top_k] == ["b", "a"]
+    assert answer.top_k[1][1] == pytest.approx(expected[0], rel=1e-4)
 
 
-def test_below_the_threshold_the_answer_is_unknown_with_class_id_n(signature_file: Path) -> None:
-    answer = model(threshold=0.999).answers(items_from([str(signature_file)]))[0]
-    assert (answer.writer, answer.class_id) == (UNKNOWN_WRITER, 3)
-    assert 0 < answer.confidence < 0.999
+def test_the_answer_is_unknown_exactly_when_the_verifier_rejects_the_top_writer(signature_file: Path) -> None:
+    score = 2 * mean_grey(signature_file) / 255
+    accepted = model(threshold=score * 0.999).answers(items_from([str(signature_file)]))[0]
+    rejected = model(threshold=score * 1.001).answers(items_from([str(signature_file)]))[0]
+    assert (accepted.writer, accepted.class_id) == ("b", 1)
+    assert (rejected.writer, rejected.class_id) == (UNKNOWN_WRITER, 3)
+    assert rejected.confidence == pytest.approx(accepted.confidence)
 
 
 def test_one_bad_input_does_not_lose_the_others(signature_file: Path, tmp_path: Path) -> None:
@@ -92,8 +116,11 @@ def test_inputs_as_frames_bytes_and_base64(signature_file: Path) -> None:
     assert by_base64[0].input == "image[0]" and "not valid base64" in by_base64[1].error
 
 
-def test_verification_claim(signature_file: Path) -> None:
-    classifier = model(threshold=0.3)
-    score, accepted, error = classifier.claim_score(items_from(str(signature_file))[0], "b")
-    assert error == "" and 0 < score < 1 and accepted == (score >= 0.3)
-    assert "not one the model knows" in classifier.claim_score(items_from(str(signature_file))[0], "z")[2]
+def test_verification_claim_uses_the_claimed_writers_verifier_score(signature_file: Path) -> None:
+    grey = mean_grey(signature_file)
+    classifier = model(threshold=1.0 * grey / 255 + 0.01)
+    item = items_from(str(signature_file))[0]
+    assert classifier.claim_score(item, "b") == (pytest.approx(2 * grey / 255, rel=1e-5), True, "")
+    assert classifier.claim_score(item, "a") == (pytest.approx(grey / 255, rel=1e-5), False, "")
+    assert classifier.claim_score(item, "c")[1] is False
+    assert "not one the model knows" in classifier.claim_score(item, "z")[2]

@@ -134,10 +134,16 @@ def test_logit_scorer_matches_the_classifier_in_any_batching(base: keras.Model) 
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     expected = classifier.predict(rgb, verbose=0)
     np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(scorer.of_grey(grey, batch_size=4), logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scorer.of_grey(grey, batch_size=4).logits, logits, rtol=1e-5, atol=1e-5)
     batches = tf.data.Dataset.from_tensor_slices(rgb).batch(2)  # how evaluate feeds it
-    np.testing.assert_allclose(scorer(batches), logits, rtol=1e-5, atol=1e-5)
+    outputs = scorer.outputs(batches)
+    np.testing.assert_allclose(outputs.logits, logits, rtol=1e-5, atol=1e-5)
+    # The embeddings are the base's pooled output, what the cached mode and the verifier use.
+    expected_embeddings = build_embedder(base, SIZE).predict(rgb, verbose=0)
+    np.testing.assert_allclose(outputs.embeddings, expected_embeddings, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scorer.of_grey(grey).embeddings, expected_embeddings, rtol=1e-4, atol=1e-5)
     assert scorer(rgb[:0]).shape == (0, 5)
     assert scorer(batches.take(0)).shape == (0, 5)
+    assert scorer.outputs(batches.take(0)).embeddings.shape == (0, 2048)
     with pytest.raises(TypeError, match="uint8"):
         scorer.of_grey(grey.astype(np.float32))

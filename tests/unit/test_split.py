@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from tasks.datasets.base import SignatureRecord
-from tasks.split import SplitRules, assign_splits, genuine_quota, short_writers
+from tasks.split import SplitRules, assign_splits, calibration_writers, genuine_quota, short_writers, writer_draw
 
 RULES = SplitRules(test_per_writer=5, train_per_writer=22, val_fraction=0.2, calibration_fraction=0.5, seed=3)
 
@@ -42,8 +42,36 @@ def test_reference_counts_per_writer() -> None:
     counts = per_writer(assign_splits(listing, RULES), listing)
     for writer in {record.writer for record in listing}:
         assert counts[(writer, "genuine")] == {"test": 5, "train": 18, "val": 4}
-        assert counts[(writer, "skilled")] == {"calibration": 3, "test": 3}
-        assert counts[(writer, "opposite")] == {"calibration": 2, "test": 1}
+        assert counts[(writer, "skilled")] in ({"calibration": 6}, {"test": 6})
+        assert counts[(writer, "opposite")] in ({"calibration": 3}, {"test": 3})
+
+
+def test_forgeries_are_split_by_writer_so_calibration_and_test_writers_are_disjoint() -> None:
+    listing = records(writers=40)
+    assignment = assign_splits(listing, RULES)
+    sides: dict[str, set[str]] = {}
+    for record in listing:
+        if record.kind != "genuine":
+            sides.setdefault(record.writer, set()).add(assignment[record.path])
+    assert all(len(side) == 1 for side in sides.values())
+    calibration = {writer for writer, side in sides.items() if side == {"calibration"}}
+    # Each writer's side is its own draw against the fraction: 40 draws give both sides.
+    assert calibration == {writer for writer in sides if writer_draw(RULES.seed, writer) < 0.5}
+    assert 0 < len(calibration) < 40
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.99])
+def test_both_sides_get_a_writer_when_the_draws_put_every_writer_on_one_side(fraction: float) -> None:
+    rules = SplitRules(**{**RULES.__dict__, "calibration_fraction": fraction})
+    writers = [f"{number:03d}" for number in range(1, 4)]
+    chosen = calibration_writers(writers, rules)
+    assert 0 < len(chosen) < len(writers)
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [(0.0, 0), (1.0, 3)])
+def test_fraction_zero_or_one_puts_every_writer_on_one_side(fraction: float, expected: int) -> None:
+    rules = SplitRules(**{**RULES.__dict__, "calibration_fraction": fraction})
+    assert len(calibration_writers(["001", "002", "003"], rules)) == expected
 
 
 def test_genuine_beyond_quota_is_unused_and_never_leaks_into_forgery_splits() -> None:

@@ -1,0 +1,84 @@
+"""The writer-dependent verifier: the same weights as scikit-learn's ridge classifier, hand-computed
+scores, separation of a writer from the others, and its file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import RidgeClassifier
+
+from tasks.errors import VerifierError
+from tasks.verifier import WriterVerifier, fit_writer_verifier, load_verifier, save_verifier, standardisation
+
+
+def writers_data(seed: int = 0, writers: int = 3, per_writer: int = 12, features: int = 6, spread: float = 3.0):
+    """Embeddings whose first features carry the writer, the rest noise; an uneven writer 0."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(writers), per_writer)[: writers * per_writer - 4]  # writer 2 has 4 fewer
+    centres = rng.normal(0, spread, (writers, features))
+    return centres[labels] + rng.normal(0, 1, (len(labels), features)), labels
+
+
+def test_each_writer_equals_scikit_learns_balanced_ridge_classifier() -> None:
+    embeddings, labels = writers_data()
+    verifier = fit_writer_verifier(embeddings, labels, 3, regularization=0.05)
+    mean, scale = standardisation(embeddings)
+    standardised = (embeddings - mean) / scale
+    for writer in range(3):
+        targets = np.where(labels == writer, 1, -1)
+        weights = np.where(labels == writer, 0.5 / np.sum(labels == writer), 0.5 / np.sum(labels != writer))
+        reference = RidgeClassifier(alpha=0.05).fit(standardised, targets, sample_weight=weights)
+        np.testing.assert_allclose(verifier.kernel[:, writer], reference.coef_.ravel(), rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(verifier.scores(embeddings)[:, writer], reference.decision_function(standardised))
+
+
+def test_scores_by_hand() -> None:
+    verifier = WriterVerifier(
+        mean=np.array([1.0, 2.0]),
+        scale=np.array([2.0, 4.0]),
+        kernel=np.array([[1.0, -1.0], [0.5, 2.0]]),
+        bias=np.array([0.0, 1.0]),
+    )
+    # x = (3, 6) -> standardised (1, 1) -> (1 + 0.5 + 0, -1 + 2 + 1) = (1.5, 2.0)
+    np.testing.assert_allclose(verifier.scores(np.array([[3.0, 6.0]])), [[1.5, 2.0]])
+
+
+def test_each_writers_own_embeddings_score_above_the_others() -> None:
+    embeddings, labels = writers_data(seed=1, spread=8.0)
+    scores = fit_writer_verifier(embeddings, labels, 3, regularization=0.01).scores(embeddings)
+    for writer in range(3):
+        assert scores[labels == writer, writer].min() > scores[labels != writer, writer].max()
+
+
+def test_more_regularization_shrinks_the_weights() -> None:
+    embeddings, labels = writers_data(seed=2)
+    weak = fit_writer_verifier(embeddings, labels, 3, regularization=0.001)
+    strong = fit_writer_verifier(embeddings, labels, 3, regularization=10.0)
+    assert np.linalg.norm(strong.kernel) < np.linalg.norm(weak.kernel) / 5
+
+
+def test_a_constant_feature_does_not_break_the_fit() -> None:
+    embeddings, labels = writers_data(seed=3)
+    embeddings[:, 0] = 7.0
+    verifier = fit_writer_verifier(embeddings, labels, 3, regularization=0.01)
+    assert np.all(np.isfinite(verifier.scores(embeddings))) and verifier.scale[0] == 1.0
+
+
+def test_a_writer_without_embeddings_is_refused() -> None:
+    embeddings, labels = writers_data()
+    with pytest.raises(VerifierError, match="every writer"):
+        fit_writer_verifier(embeddings, labels, 4, regularization=0.01)
+
+
+def test_file_round_trip_and_a_broken_file_names_itself(tmp_path: Path) -> None:
+    embeddings, labels = writers_data()
+    verifier = fit_writer_verifier(embeddings, labels, 3, regularization=0.05)
+    save_verifier(verifier, tmp_path / "verifier.npz")
+    loaded = load_verifier(tmp_path / "verifier.npz")
+    np.testing.assert_array_equal(loaded.scores(embeddings), verifier.scores(embeddings))
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes((tmp_path / "verifier.npz").read_bytes()[:100])
+    with pytest.raises(VerifierError, match="broken.npz.*dvc repro train"):
+        load_verifier(broken)
