@@ -44,7 +44,7 @@ demo: venv ## Run the whole pipeline offline on the generated dataset through th
 	@echo "Classifier:     models/classifier.keras (labels: models/labels.json)"
 	@echo "Learning curve: plots/learning_curve.png; evaluation plots: plots/*.png"
 	@echo "Registered:     models:/utsig-inceptionv3@champion (metrics/register.json)"
-	@echo "Try:            $(BIN)/sigpipe predict data/raw/UTSig/Genuine/1/1.tif"
+	@echo "Try:            the two sigpipe commands at the end of the report above (a test signature)"
 	@echo "MLflow UI:      $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --workers 1"
 
 test: venv ## Run every test, the slow end-to-end ones included.

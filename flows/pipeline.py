@@ -27,9 +27,11 @@ from tasks.orchestration import (
     read_json_if_present,
     report_markdown,
     run_dvc_stage,
+    try_example,
     workspace_lock,
 )
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
+from tasks.prepare import read_manifest
 
 REPORT_KEY = "signature-pipeline-report"
 TIMINGS_KEY = "signature-pipeline-timings"
@@ -104,7 +106,8 @@ def pipeline_flow(
         "calibrate": read_json_if_present(paths.calibrate_metrics_file),
         "register": read_json_if_present(paths.register_metrics_file),
     }
-    report = report_markdown(outcomes, metrics, training_run_link(paths, mlflow_ui_url))
+    example = try_example(read_manifest(paths.manifest_file)) if paths.manifest_file.is_file() else None
+    report = report_markdown(outcomes, metrics, training_run_link(paths, mlflow_ui_url), example)
     print(report)
     create_markdown_artifact(
         key=REPORT_KEY,

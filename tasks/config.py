@@ -106,13 +106,15 @@ class PrepareParams(StrictModel):
 class ModelParams(StrictModel):
     """The classifier: frozen InceptionV3 base, a small trained head, and the writer-dependent verifier.
 
-    `head: linear` is softmax regression on the (standardised) embedding; `head: mlp` puts a
+    `head: ridge` uses the verifier's writer-dependent ridge classifiers as the head (solved
+    exactly, no epochs; its logits are the verifier's scores); `head: linear` is softmax
+    regression on the (standardised) embedding trained with Adam; `head: mlp` puts a
     Dense(`dense_units`, relu) layer before it (the reference recipe). `verifier_regularization`
     is the L2 penalty of each writer's ridge classifier (`tasks.verifier`).
     """
 
     weights: str
-    head: Literal["linear", "mlp"]
+    head: Literal["ridge", "linear", "mlp"]
     dense_units: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
     standardize_features: bool

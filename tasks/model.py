@@ -19,6 +19,7 @@ import numpy as np
 
 from tasks.errors import WeightsError
 from tasks.fused import folded_inference_function
+from tasks.verifier import WriterVerifier
 
 INCEPTION_MIN_SIZE = 75
 FEATURE_DIM = 2048
@@ -148,6 +149,30 @@ def build_classifier(base: keras.Model, image_size: int, spec: HeadSpec) -> kera
     """The full classifier: preprocessing, frozen base, pooling, head."""
     embedder = build_embedder(base, image_size)
     return keras.Model(embedder.input, add_head(embedder.output, spec), name="signature_classifier")
+
+
+def build_ridge_classifier(
+    base: keras.Model, image_size: int, verifier: WriterVerifier, dropout: float, seed: int
+) -> keras.Model:
+    """The classifier whose head is the verifier's writer-dependent linear models (`model.head: ridge`).
+
+    Its Normalization layer standardises with the verifier's statistics and its output layer holds
+    the verifier's kernel and bias, so its logits are the verifier's scores and its softmax ranks
+    the writers by them: identification and verification read the same linear models.
+    """
+    spec = HeadSpec(
+        verifier.writer_count,
+        0,
+        dropout,
+        seed,
+        verifier.mean.astype(np.float32),
+        np.square(verifier.scale).astype(np.float32),
+    )
+    classifier = build_classifier(base, image_size, spec)
+    classifier.get_layer(HEAD_OUTPUT).set_weights(
+        [verifier.kernel.astype(np.float32), verifier.bias.astype(np.float32)]
+    )
+    return classifier
 
 
 def build_head(spec: HeadSpec) -> keras.Model:

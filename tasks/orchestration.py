@@ -121,8 +121,24 @@ def read_json_if_present(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def report_markdown(outcomes: list[StageOutcome], metrics: dict[str, dict[str, Any]], run_link: str | None) -> str:
-    """The end-of-run markdown artifact: stages, headline metrics, champion decision, MLflow link."""
+def try_example(manifest_rows: list[dict[str, str]]) -> tuple[str, str] | None:
+    """(raw path, writer) of a test genuine signature, one the model never trained on, to try the CLI with.
+
+    The first in path order: a fixed choice, not one picked for being answered well.
+    """
+    candidates = sorted(
+        (row["path"], row["writer"]) for row in manifest_rows if row["split"] == "test" and row["kind"] == "genuine"
+    )
+    return candidates[0] if candidates else None
+
+
+def report_markdown(
+    outcomes: list[StageOutcome],
+    metrics: dict[str, dict[str, Any]],
+    run_link: str | None,
+    example: tuple[str, str] | None = None,
+) -> str:
+    """The end-of-run markdown artifact: stages, headline metrics, champion decision, MLflow link, a CLI example."""
     evaluate, calibrate, register = (metrics.get(name, {}) for name in ("evaluate", "calibrate", "register"))
 
     def number(value: Any, percent: bool = False) -> str:
@@ -139,9 +155,12 @@ def report_markdown(outcomes: list[StageOutcome], metrics: dict[str, dict[str, A
         f"- identification accuracy {number(evaluate.get('accuracy'))}, "
         f"weighted F1 {number(evaluate.get('f1_weighted'))}",
         f"- skilled-forgery EER (a posteriori) {number(evaluate.get('eer_skilled'), True)}, "
-        f"AUC {number(evaluate.get('auc_skilled'))}",
-        f"- calibrated: T = {number(calibrate.get('temperature'))}, threshold {number(calibrate.get('threshold'))}, "
-        f"FRR {number(calibrate.get('frr'), True)}, FAR skilled {number(calibrate.get('far_skilled'), True)}",
+        f"AUC {number(evaluate.get('auc_skilled'))} (softmax-probability baseline: "
+        f"{number(evaluate.get('softmax_eer_skilled'), True)})",
+        f"- at the calibrated threshold {number(calibrate.get('threshold'))} (fitted on validation genuine and "
+        f"calibration writers' forgeries, never on test): test FRR {number(calibrate.get('frr'), True)}, "
+        f"FAR skilled {number(calibrate.get('far_skilled'), True)}, "
+        f"FAR random {number(calibrate.get('far_random'), True)}",
         "",
         "## Registry",
         "",
@@ -150,4 +169,13 @@ def report_markdown(outcomes: list[StageOutcome], metrics: dict[str, dict[str, A
     ]
     if run_link:
         lines += ["", f"[MLflow training run]({run_link})"]
+    if example:
+        path, writer = example
+        lines += [
+            "",
+            "## Try it on a test signature the model never trained on",
+            "",
+            f"    sigpipe predict {path}",
+            f"    sigpipe verify {path} --writer {writer}",
+        ]
     return "\n".join(lines) + "\n"

@@ -17,11 +17,12 @@ HISTOGRAM_BINS = 40
 def learning_curve(history: dict[str, list[float]], best_epoch: int, path: Path) -> None:
     """Loss and accuracy per epoch, train against validation, the kept (best) epoch marked."""
     plt = pyplot()
-    epochs = list(range(1, len(history.get("loss", [])) + 1))
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric, title in ((axes[0], "loss", "Cross-entropy loss"), (axes[1], "accuracy", "Accuracy")):
-        axis.plot(epochs, history.get(metric, []), marker="o", label="train")
-        axis.plot(epochs, history.get(f"val_{metric}", []), marker="o", label="validation")
+        # A closed-form head (model.head: ridge) records accuracy only, as one epoch.
+        for name, label in ((metric, "train"), (f"val_{metric}", "validation")):
+            values = history.get(name, [])
+            axis.plot(range(1, len(values) + 1), values, marker="o", label=label)
         if best_epoch >= 0:
             axis.axvline(best_epoch + 1, color="grey", linestyle="--", label=f"kept: epoch {best_epoch + 1}")
         axis.set_xlabel("epoch")
@@ -98,16 +99,24 @@ def roc_det_image(scores: dict[str, np.ndarray], path: Path) -> None:
     save(figure, path)
 
 
+def histogram_edges(scores: dict[str, np.ndarray]) -> np.ndarray:
+    """HISTOGRAM_BINS equal bins from the lowest to the highest score of every kind (verifier scores
+    are decision values, not probabilities in [0, 1])."""
+    present = [values for values in scores.values() if len(values)]
+    low, high = (float(min(map(np.min, present))), float(max(map(np.max, present)))) if present else (0.0, 1.0)
+    return np.linspace(low, high if high > low else low + 1.0, HISTOGRAM_BINS + 1)
+
+
 def score_distributions_image(scores: dict[str, np.ndarray], path: Path) -> None:
-    """Histograms of the claimed-writer probability: genuine against each impostor kind."""
+    """Histograms of the claimed writer's verification score: genuine against each impostor kind."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(8, 4.5))
-    bins = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    bins = histogram_edges(scores)
     for kind, values in scores.items():
         if len(values):
             axis.hist(values, bins=bins, density=True, histtype="step", linewidth=1.5, label=f"{kind} ({len(values)})")
     axis.set_yscale("log")
-    axis.set(xlabel="probability of the claimed writer", ylabel="density (log)", title="Score distributions, test")
+    axis.set(xlabel="verifier score of the claimed writer", ylabel="density (log)", title="Score distributions, test")
     axis.legend()
     axis.grid(alpha=0.3)
     save(figure, path)

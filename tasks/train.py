@@ -47,6 +47,7 @@ from tasks.model import (
     build_classifier,
     build_embedder,
     build_head,
+    build_ridge_classifier,
     copy_head_weights,
     embedding_statistics,
 )
@@ -571,6 +572,19 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(predictions == labels)) if len(labels) else float("nan")
 
 
+def record_closed_form_fit(
+    state: TrainState, verifier: WriterVerifier, cache: FeatureCache, data: TrainingData
+) -> None:
+    """Record a closed-form head in the training state as one completed epoch (train and
+    validation accuracy of its answers), so reports and the learning curve read it like the others."""
+    samples, labels = flat_views(cache.train_views, data.train.labels)
+    state.history = {
+        "accuracy": [accuracy(np.argmax(verifier.scores(samples), axis=1), labels)],
+        "val_accuracy": [accuracy(np.argmax(verifier.scores(cache.val), axis=1), data.val.labels)],
+    }
+    state.completed_epochs, state.best_epoch = 1, 0
+
+
 def train_classifier(
     paths: ProjectPaths,
     data: TrainingData,
@@ -624,7 +638,13 @@ def train_classifier(
     spec = HeadSpec(len(data.classes), dense_units, model_params.dropout, train.seed, *statistics)
     classifier = build_classifier(base, data.image_size, spec)
     started = time.perf_counter()
-    if train.mode == "cached":
+    if model_params.head == "ridge":
+        # The verifier's writer-dependent linear models are the head: solved exactly, no epochs.
+        classifier = build_ridge_classifier(base, data.image_size, verifier, model_params.dropout, train.seed)
+        samples_per_epoch = cache.train_views.shape[0] * len(data.train)
+        record_closed_form_fit(state, verifier, cache, data)
+        test_predictions = np.argmax(verifier.scores(cache.test), axis=1) if len(data.test) else np.zeros(0, np.int64)
+    elif train.mode == "cached":
         samples_per_epoch = cache.train_views.shape[0] * len(data.train)
         steps = math.ceil(samples_per_epoch / train.batch_size)
         validation = tf.data.Dataset.from_tensor_slices((cache.val, one_hot(data.val.labels, class_count)))

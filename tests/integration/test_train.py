@@ -73,13 +73,47 @@ def paths(prepared_root: Path, tmp_path: Path) -> ProjectPaths:
 
 
 def train(
-    paths: ProjectPaths, train_params: TrainParams = TRAIN, augment: AugmentParams = AUGMENT, callbacks: tuple = ()
+    paths: ProjectPaths,
+    train_params: TrainParams = TRAIN,
+    augment: AugmentParams = AUGMENT,
+    callbacks: tuple = (),
+    model: ModelParams = MODEL,
 ) -> TrainResult:
     data = load_training_data(read_manifest(paths.manifest_file), paths.root)
-    fingerprint = training_fingerprint(MODEL, train_params, augment, "data")
+    fingerprint = training_fingerprint(model, train_params, augment, "data")
     return train_classifier(
-        paths, data, MODEL, train_params, augment, fingerprint, "cpu", callbacks=callbacks, show_progress=False
+        paths, data, model, train_params, augment, fingerprint, "cpu", callbacks=callbacks, show_progress=False
     )
+
+
+def test_the_ridge_head_is_the_verifier_and_identifies_the_test_writers(paths: ProjectPaths) -> None:
+    """The default head: no epochs, the classifier's logits are the verifier's scores, and it beats chance
+    by far on held-out images; the verifier ranks each test image's own writer above the others."""
+    from tasks.model import LogitScorer
+
+    result = train(paths, model=MODEL.model_copy(update={"head": "ridge"}))
+    data = load_training_data(read_manifest(paths.manifest_file), paths.root)
+    outputs = LogitScorer(result.classifier).outputs(plain_batches(data.test, None, 16))
+    np.testing.assert_allclose(outputs.logits, result.verifier.scores(outputs.embeddings), rtol=1e-4, atol=1e-4)
+    assert result.state.completed_epochs == 1 and result.state.history["val_accuracy"][0] > CHANCE + 0.3
+    assert result.test_accuracy > CHANCE + 0.3
+    assert float(np.mean(np.argmax(outputs.logits, axis=1) == data.test.labels)) == pytest.approx(result.test_accuracy)
+
+
+def test_the_cache_holds_the_clean_view_first_and_the_head_trains_on_every_view(paths: ProjectPaths) -> None:
+    from tasks.model import build_embedder
+    from tasks.train import read_feature_cache
+
+    result = train(paths)
+    cache_file = next(paths.features_dir.glob("*.npz"))
+    cache = read_feature_cache(paths.features_dir, cache_file.stem)
+    assert cache.train_views.shape[0] == 1 + TRAIN.augmented_views
+    data = load_training_data(read_manifest(paths.manifest_file), paths.root)
+    embedder = build_embedder(result.classifier.get_layer("inception_v3"), data.image_size)
+    clean = embedder.predict(plain_batches(data.train, None, 16), verbose=0)
+    np.testing.assert_allclose(cache.train_views[0], clean, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(cache.train_views[1], clean, rtol=1e-3, atol=1e-4)
+    assert result.train_images_per_second > 0
 
 
 def test_cached_mode_learns_reuses_its_cache_and_invalidates_it(paths: ProjectPaths) -> None:

@@ -68,3 +68,28 @@ def test_unknown_key_and_bad_value_are_named() -> None:
 def test_each_source_requires_its_fields(fields: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_group({"data": {"layout": "utsig", **fields}}, "data", DataParams, "params.yaml")
+
+
+def test_augmentation_presets_fill_what_is_not_given_and_keys_override_them() -> None:
+    from tasks.config import AUGMENT_PRESETS, AugmentParams
+
+    shipped = parse_group(project_params(), "augment", AugmentParams, "params.yaml")
+    assert shipped.preset == "signature" and shipped.horizontal_flip is False
+    assert shipped.model_dump(exclude={"preset"}) == AUGMENT_PRESETS["signature"]
+    reference = AugmentParams.model_validate({"preset": "reference"})
+    assert reference.horizontal_flip is True and reference.rotation_degrees == 20.0
+    overridden = AugmentParams.model_validate({"preset": "reference", "horizontal_flip": False})
+    assert overridden.horizontal_flip is False and overridden.rotation_degrees == 20.0
+    with pytest.raises(ConfigError, match=r"augment\.preset"):
+        parse_group({"augment": {"preset": "mirror"}}, "augment", AugmentParams, "params.yaml")
+
+
+def test_model_head_and_verifier_regularization_are_validated() -> None:
+    from tasks.config import ModelParams
+
+    params = project_params()
+    assert parse_group(params, "model", ModelParams, "params.yaml").head == "ridge"
+    params["model"].update(head="deep", verifier_regularization=0)
+    with pytest.raises(ConfigError) as caught:
+        parse_group(params, "model", ModelParams, "params.yaml")
+    assert "model.head" in str(caught.value) and "model.verifier_regularization" in str(caught.value)

@@ -147,3 +147,23 @@ def test_logit_scorer_matches_the_classifier_in_any_batching(base: keras.Model) 
     assert scorer.outputs(batches.take(0)).embeddings.shape == (0, 2048)
     with pytest.raises(TypeError, match="uint8"):
         scorer.of_grey(grey.astype(np.float32))
+
+
+def test_ridge_classifier_logits_are_the_verifiers_scores(base: keras.Model) -> None:
+    """The ridge head holds the verifier: its logits equal the verifier's scores of the base's embeddings."""
+    from tasks.model import build_ridge_classifier
+    from tasks.verifier import WriterVerifier
+
+    rng = np.random.default_rng(4)
+    verifier = WriterVerifier(
+        mean=rng.normal(0, 0.01, FEATURE_DIM),
+        scale=rng.uniform(0.5, 2.0, FEATURE_DIM),
+        kernel=rng.normal(0, 0.1, (FEATURE_DIM, 4)),
+        bias=rng.normal(0, 1, 4),
+    )
+    classifier = build_ridge_classifier(base, SIZE, verifier, dropout=0.1, seed=0)
+    pixels = rng.uniform(0, 255, (3, SIZE, SIZE, 3)).astype(np.float32)
+    outputs = LogitScorer(classifier).outputs(pixels)
+    np.testing.assert_allclose(outputs.logits, verifier.scores(outputs.embeddings), rtol=1e-4, atol=1e-4)
+    probabilities = classifier.predict(pixels, verbose=0)
+    np.testing.assert_array_equal(np.argmax(probabilities, axis=1), np.argmax(outputs.logits, axis=1))

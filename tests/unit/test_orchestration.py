@@ -12,7 +12,14 @@ import pytest
 import yaml
 
 from tasks.config import ConfigError
-from tasks.orchestration import PipelineBusyError, StageOutcome, apply_overrides, report_markdown, workspace_lock
+from tasks.orchestration import (
+    PipelineBusyError,
+    StageOutcome,
+    apply_overrides,
+    report_markdown,
+    try_example,
+    workspace_lock,
+)
 
 PARAMS = textwrap.dedent(
     """\
@@ -91,3 +98,17 @@ def test_report_lists_stages_metrics_and_the_decision() -> None:
     assert "accuracy 0.900" in text and "EER (a posteriori) 20.0%, AUC n/a" in text
     assert "m version 2: **champion** (no champion yet)" in text
     assert "runs/abc" in text
+    assert "sigpipe" not in text  # no example without a manifest
+
+
+def test_the_try_example_is_a_fixed_test_genuine_signature_with_its_writer() -> None:
+    rows = [
+        {"path": "g/2/1.tif", "writer": "2", "kind": "genuine", "split": "test"},
+        {"path": "g/1/5.tif", "writer": "1", "kind": "genuine", "split": "train"},
+        {"path": "f/1/1.tif", "writer": "1", "kind": "skilled", "split": "test"},
+        {"path": "g/1/9.tif", "writer": "1", "kind": "genuine", "split": "test"},
+    ]
+    assert try_example(rows) == ("g/1/9.tif", "1")
+    assert try_example(rows[1:3]) is None
+    text = report_markdown([], {}, None, ("g/1/9.tif", "1"))
+    assert "sigpipe predict g/1/9.tif" in text and "sigpipe verify g/1/9.tif --writer 1" in text
