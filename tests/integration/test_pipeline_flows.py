@@ -77,9 +77,9 @@ def test_train_outputs_and_mlflow_run(trained: ProjectPaths) -> None:
     assert run.data.tags["mode"] == "cached" and run.data.tags["device"] == "cpu"
     assert run.data.tags["data_version"] == run_info["data_version"]
     client = mlflow.tracking.MlflowClient()
-    history = client.get_metric_history(run.info.run_id, "val_loss")
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [point.step for point in history] == list(range(metrics["epochs_run"]))
-    assert {"plots", "labels.json"} <= {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {"plots", "labels.json", "verifier.npz"} <= {item.path for item in client.list_artifacts(run.info.run_id)}
     model = mlflow.pyfunc.load_model(run_info["model_uri"])
     predictions = np.asarray(model.predict(np.full((2, 75, 75, 3), 255.0, dtype=np.float32)))
     assert predictions.shape == (2, 3) and np.allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
