@@ -94,6 +94,11 @@ def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
         f"{len(data.classes)} writers, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images "
         f"at {data.image_size} px; mode {config.train.mode}; {policy}"
     )
+    if config.model.head == "ridge":
+        print(
+            "model.head is ridge: the head is solved in closed form from the cached views, so train.mode, "
+            "epochs, learning_rate, batch_size and patience do not apply (they do for head: linear or mlp)"
+        )
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
     run_id = pending.run_id if pending is not None else None
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else "train") as run:

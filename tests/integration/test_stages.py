@@ -80,7 +80,7 @@ DVC_DATASET = {
     "evaluate": {"batch_size": 16, "top_k": 2},
     "calibrate": {"target_far": 0.2},  # 9 calibration unknowns can resolve a FAR of 0.2, not 0.05
     "prepare": {"image_size": 75, "workers": 1},
-    "model": {"dense_units": 32},
+    "model": {"head": "mlp", "dense_units": 32},  # a trained head, so train.mode changes the model
     "train": {"epochs": 2, "augmented_views": 1},
     "tracking": {"log_model": False},  # logging the model is covered by the train flow test
 }
