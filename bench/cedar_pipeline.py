@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -45,11 +45,6 @@ def main() -> None:
     from flows._stage import quiet_environment
 
     quiet_environment()
-    from flows.calibrate import calibrate_flow
-    from flows.download import download_flow
-    from flows.evaluate import evaluate_flow
-    from flows.prepare import prepare_flow
-    from flows.train import train_flow
 
     changes = {
         "data": {"source": "local", "layout": "cedar", "path": str(arguments.cedar.resolve())},
@@ -58,20 +53,11 @@ def main() -> None:
         "train": {"epochs": arguments.epochs, "augmented_views": arguments.views},
         "tracking": {"log_model": False},
     }
-    timings: dict[str, float] = {}
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from bench.quality import run_stages
+
     with tempfile.TemporaryDirectory() as scratch:
-        params_file = str(scratch_workspace(Path(scratch), changes))
-        results = {}
-        for name, stage in (
-            ("download", download_flow),
-            ("prepare", prepare_flow),
-            ("train", train_flow),
-            ("evaluate", evaluate_flow),
-            ("calibrate", calibrate_flow),
-        ):
-            started = time.perf_counter()
-            results[name] = stage(params_file)
-            timings[name] = round(time.perf_counter() - started, 1)
+        timings = run_stages(str(scratch_workspace(Path(scratch), changes)))
         calibrate = json.loads((Path(scratch) / "metrics" / "calibrate.json").read_text())
         evaluate = json.loads((Path(scratch) / "metrics" / "evaluate.json").read_text())
     summary = {"settings": changes, "stage_seconds": timings, "evaluate": evaluate, "calibrate": calibrate}

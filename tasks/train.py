@@ -636,11 +636,13 @@ def train_classifier(
     statistics = embedding_statistics(reference_embeddings) if model_params.standardize_features else (None, None)
     dense_units = model_params.dense_units if model_params.head == "mlp" else 0
     spec = HeadSpec(len(data.classes), dense_units, model_params.dropout, train.seed, *statistics)
-    classifier = build_classifier(base, data.image_size, spec)
-    started = time.perf_counter()
     if model_params.head == "ridge":
         # The verifier's writer-dependent linear models are the head: solved exactly, no epochs.
         classifier = build_ridge_classifier(base, data.image_size, verifier, model_params.dropout, train.seed)
+    else:
+        classifier = build_classifier(base, data.image_size, spec)
+    started = time.perf_counter()
+    if model_params.head == "ridge":
         samples_per_epoch = cache.train_views.shape[0] * len(data.train)
         record_closed_form_fit(state, verifier, cache, data)
         test_predictions = np.argmax(verifier.scores(cache.test), axis=1) if len(data.test) else np.zeros(0, np.int64)
