@@ -24,11 +24,13 @@ import tensorflow as tf
 import yaml
 
 from tasks.config import AugmentParams, PrepareParams
+from tasks.features import CACHED_VIEW_EPOCH_OFFSET, embed
 from tasks.fused import folded_inference_function, inference_function
+from tasks.input_pipeline import augmented_images, load_training_data, prefetched
+from tasks.manifest import read_manifest
 from tasks.model import build_base, build_embedder
 from tasks.paths import ProjectPaths
-from tasks.prepare import prepare_dataset, read_manifest
-from tasks.train import CACHED_VIEW_EPOCH_OFFSET, augmented_images, embed, load_training_data, prefetched
+from tasks.prepare import prepare_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BATCH = 32

@@ -65,10 +65,11 @@ def embeddings_of_every_image(root: Path, size: int, weights: str) -> dict[str, 
     import tensorflow as tf
 
     from tasks.config import AugmentParams
+    from tasks.features import CACHED_VIEW_EPOCH_OFFSET, embed
     from tasks.fused import folded_inference_function
+    from tasks.input_pipeline import augmented_images, prefetched, read_grey_image
+    from tasks.manifest import read_manifest
     from tasks.model import build_base, build_embedder
-    from tasks.prepare import read_manifest
-    from tasks.train import CACHED_VIEW_EPOCH_OFFSET, augmented_images, embed, prefetched, read_grey_image
 
     rows = read_manifest(root / "data" / "prepared" / "manifest.csv")
     images = np.stack([read_grey_image(root / row["prepared_path"]) for row in rows])

@@ -74,9 +74,10 @@ def main() -> None:
 
     from tasks.config import PrepareParams
     from tasks.files import write_json
+    from tasks.manifest import read_manifest
     from tasks.model import HeadSpec, build_base, build_classifier
     from tasks.paths import ProjectPaths
-    from tasks.prepare import prepare_dataset, read_manifest, settings_from_params
+    from tasks.prepare import prepare_dataset, settings_from_params
     from tasks.registry import log_packaged_model
 
     with tempfile.TemporaryDirectory() as scratch:

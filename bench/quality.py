@@ -87,11 +87,11 @@ def peer_metrics(root: Path) -> dict[str, float]:
     from sklearn.metrics import f1_score
     from sklearn.preprocessing import StandardScaler
 
+    from tasks.input_pipeline import load_training_data
+    from tasks.manifest import read_manifest
     from tasks.metrics import equal_error_rate
     from tasks.paths import ProjectPaths
-    from tasks.prepare import read_manifest
     from tasks.scores import claimed_scores, load_scores, random_forgery_scores
-    from tasks.train import load_training_data
 
     paths = ProjectPaths.from_root(root)
     data = load_training_data(read_manifest(paths.manifest_file), paths.root)

@@ -8,12 +8,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.archives import NotAnArchiveError, UnsafeArchiveError
-from tasks.config import ConfigError
-from tasks.datasets import LayoutError
-from tasks.download import DownloadError
-from tasks.errors import CalibrationError, EvaluationError, TrainingDataError, WeightsError
-from tasks.orchestration import PipelineBusyError, StageFailedError
+from tasks.errors import (
+    CalibrationError,
+    ConfigError,
+    DownloadError,
+    EvaluationError,
+    LayoutError,
+    NotAnArchiveError,
+    PipelineBusyError,
+    StageFailedError,
+    TrainingDataError,
+    UnsafeArchiveError,
+    VerifierError,
+    WeightsError,
+)
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
 
 USER_ERRORS = (
@@ -26,6 +34,7 @@ USER_ERRORS = (
     WeightsError,
     EvaluationError,
     CalibrationError,
+    VerifierError,
     PipelineBusyError,
     StageFailedError,
 )

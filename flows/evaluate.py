@@ -32,8 +32,8 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     import mlflow
 
     from tasks.evaluate import evaluation_report, score_manifest
+    from tasks.manifest import read_manifest
     from tasks.plots import confusion_matrix_image, roc_det_image, score_distributions_image
-    from tasks.prepare import read_manifest
     from tasks.scores import save_scores, verification_scores
     from tasks.tracking import data_version, ensure_experiment, loggable_metrics, parent_run_id
     from tasks.verifier import load_verifier

@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows._stage import quiet_environment, run_entry_point, workspace_paths
+from tasks.manifest import read_manifest
 from tasks.orchestration import (
     PIPELINE_STAGES,
     StageOutcome,
@@ -31,7 +32,6 @@ from tasks.orchestration import (
     workspace_lock,
 )
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
-from tasks.prepare import read_manifest
 
 REPORT_KEY = "signature-pipeline-report"
 TIMINGS_KEY = "signature-pipeline-timings"

@@ -1,7 +1,8 @@
 """Stage `register`: package the calibrated model as an MLflow pyfunc and register it.
 
-The new version becomes `champion` only if it beats the current champion on `register.metric`
-on the same test manifest; otherwise it becomes `challenger`. Run it with `python -m flows.register`
+The new version becomes `champion` only if it beats the current champion on `register.metric`,
+a selection metric measured on the same validation and calibration data (never on test);
+otherwise it becomes `challenger`. Run it with `python -m flows.register`
 (what `dvc repro register` does) or `sigpipe register`.
 """
 
@@ -18,7 +19,16 @@ from tasks.config import ConfigError, PrepareParams, RegisterParams, TrackingPar
 from tasks.files import write_json
 from tasks.paths import ProjectPaths
 
-VERSION_TAG_METRICS = ("accuracy", "f1_weighted", "f1_macro", "top5_accuracy", "eer_skilled", "auc_skilled")
+VERSION_TAG_METRICS = (
+    "selection_accuracy",
+    "selection_eer_skilled",
+    "accuracy",
+    "f1_weighted",
+    "f1_macro",
+    "top5_accuracy",
+    "eer_skilled",
+    "auc_skilled",
+)
 CALIBRATION_TAG_METRICS = ("temperature", "threshold", "frr", "far_skilled", "far_random")
 
 
@@ -42,17 +52,34 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     """Log the pyfunc, register a version, tag it with its numbers, and move the right alias."""
     import mlflow
 
-    from tasks.prepare import read_manifest, settings_from_params
-    from tasks.registry import current_champion, decide, digest_of_test_rows, log_packaged_model
+    from tasks.manifest import read_manifest
+    from tasks.prepare import settings_from_params
+    from tasks.registry import (
+        SELECTION_SPLITS,
+        TAG_SELECTION_MANIFEST,
+        TAG_TEST_MANIFEST,
+        check_selection_metric,
+        current_champion,
+        decide,
+        digest_of_rows,
+        log_packaged_model,
+    )
     from tasks.tracking import data_version, ensure_experiment, flatten_params, parent_run_id
 
     rows = read_manifest(paths.manifest_file)
     params = read_params_file(paths.params_file)
     evaluation = json.loads(paths.evaluate_metrics_file.read_text())
     calibration = json.loads(paths.calibrate_metrics_file.read_text())
+    try:
+        check_selection_metric(config.register.metric)
+    except ValueError as error:
+        raise ConfigError(f"{paths.params_file}: {error}") from None
     if config.register.metric not in evaluation:
-        raise ConfigError(f"register.metric '{config.register.metric}' is not a key of {paths.evaluate_metrics_file}")
-    manifest = digest_of_test_rows(rows)
+        raise ConfigError(
+            f"register.metric '{config.register.metric}' is not a key of {paths.evaluate_metrics_file}: "
+            "rerun the evaluate stage (`dvc repro evaluate`) or pick one of its selection_* keys"
+        )
+    manifest = digest_of_rows(rows, SELECTION_SPLITS)
     example = next(paths.root / row["path"] for row in rows if row["split"] == "test" and row["kind"] == "genuine")
     name = config.register.model_name
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
@@ -61,7 +88,8 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     with mlflow.start_run(experiment_id=experiment_id, run_name="register", parent_run_id=train_run):
         model_uri = log_packaged_model(paths, settings_from_params(config.prepare), config.register.top_k, example)
         tags = {
-            "test_manifest": manifest,
+            TAG_SELECTION_MANIFEST: manifest,
+            TAG_TEST_MANIFEST: digest_of_rows(rows, ("test",)),
             "data_version": data_version(paths.manifest_file),
             "train_run_id": train_run or "",
             **{f"metric.{key}": str(evaluation.get(key)) for key in VERSION_TAG_METRICS},
@@ -76,7 +104,8 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
             name,
             version.version,
             description=(
-                f"{decision.alias}: {decision.reason}. Test {config.register.metric} = {decision.new_value}; "
+                f"{decision.alias}: {decision.reason}. {config.register.metric} = {decision.new_value} "
+                f"(test accuracy {evaluation.get('accuracy')}, skilled EER {evaluation.get('eer_skilled')}); "
                 f"calibrated threshold {calibration.get('threshold')}, temperature {calibration.get('temperature')}."
             ),
         )

@@ -46,7 +46,6 @@ def train_metrics(result: Any) -> dict[str, object]:
         "resumed_from_epoch": result.resumed_from_epoch,
         "final": last,
         "best": kept,
-        "test_accuracy": result.test_accuracy,
         "train_seconds": round(result.train_seconds, 3),
         "train_images_per_second": round(result.train_images_per_second, 3),
         "embed_seconds": round(result.embed_seconds, 3),
@@ -75,11 +74,13 @@ def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
     """Load the prepared data, train (resuming if a checkpoint matches), write and log the outputs."""
     import mlflow
 
+    from tasks.checkpoints import read_resumable_state
     from tasks.device import apply_policy, choose_policy, visible_gpu_count
+    from tasks.input_pipeline import load_training_data
+    from tasks.manifest import read_manifest
     from tasks.plots import learning_curve
-    from tasks.prepare import read_manifest
     from tasks.tracking import data_version, ensure_experiment, epoch_logger, flatten_params, loggable_metrics
-    from tasks.train import load_training_data, read_resumable_state, train_classifier, training_fingerprint
+    from tasks.train import train_classifier, training_fingerprint
     from tasks.verifier import save_verifier
 
     digest = data_version(paths.manifest_file)
@@ -91,7 +92,7 @@ def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
     policy = choose_policy(visible_gpu_count(), config.train.mixed_precision, config.train.distribute)
     strategy = apply_policy(policy)
     print(
-        f"{len(data.classes)} writers, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images "
+        f"{len(data.classes)} writers, {len(data.train)} train / {len(data.val)} val images "
         f"at {data.image_size} px; mode {config.train.mode}; {policy}"
     )
     if config.model.head == "ridge":

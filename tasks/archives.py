@@ -14,15 +14,9 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from tasks.errors import NotAnArchiveError, UnsafeArchiveError
+
 STAGING_SUFFIX = ".extracting"
-
-
-class UnsafeArchiveError(ValueError):
-    """An archive holds a member that would be written outside the target, or a link."""
-
-
-class NotAnArchiveError(ValueError):
-    """A file is neither a zip nor a tar archive (possibly a truncated download)."""
 
 
 def is_archive(path: Path) -> bool:

@@ -30,10 +30,11 @@ from tasks.metrics import equal_error_rate, expected_calibration_error, false_ra
 from tasks.scores import (
     IMPOSTOR_KINDS,
     SOFTMAX,
-    TABLE_ARRAYS,
     VERIFIER,
     ScoreTable,
+    calibration_impostors,
     claimed_scores,
+    selection_claims,
     softmax,
     verification_scores,
 )
@@ -42,7 +43,6 @@ from tasks.scores import (
 # then falls towards 0 as T falls towards 0), which would saturate every probability at 1.
 TEMPERATURE_BOUNDS = (0.5, 20.0)
 TINY_PROBABILITY = 1e-12
-THRESHOLD_IMPOSTOR_KIND = "skilled"  # the field's verification protocol: skilled forgeries
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,6 @@ def fit_threshold(genuine: np.ndarray, impostor: np.ndarray, objective: str, tar
     return equal_error_rate(genuine, impostor).threshold
 
 
-def threshold_impostors(unknown: ScoreTable) -> ScoreTable:
-    """The calibration rows a threshold is fitted on: skilled forgeries, or every row when there are none."""
-    skilled = unknown.kinds == THRESHOLD_IMPOSTOR_KIND
-    if not skilled.any():
-        return unknown
-    return ScoreTable(*(getattr(unknown, name)[skilled] for name in TABLE_ARRAYS))
-
-
 def minimum_unknowns(target_far: float) -> int:
     """Fewest unknowns that can show a FAR of `target_far` at all: one false accept in 1 / target_far."""
     return math.ceil(1.0 / target_far - 1e-9)
@@ -100,13 +92,12 @@ def fit_calibration(table: ScoreTable, objective: str, target_far: float) -> Cal
     """Fit the temperature on `val` genuine and the verification threshold on `val` genuine claims
     (genuine) against the `calibration` split (impostors, writer-disjoint from the test ones)."""
     known = table.select("val", "genuine")
-    unknown = table.select("calibration")
-    if not len(unknown):
+    if not len(table.select("calibration")):
         raise CalibrationError(
             "the calibration split is empty: the dataset has no forgeries or opposite-hand samples for "
             "writers with training images; set prepare.calibration_fraction above 0"
         )
-    impostors = threshold_impostors(unknown)
+    impostors = calibration_impostors(table)
     if objective == "target_far" and len(impostors) < minimum_unknowns(target_far):
         raise CalibrationError(
             f"the calibration split has {len(impostors)} {', '.join(sorted(set(impostors.kinds)))} samples, too few "
@@ -115,8 +106,7 @@ def fit_calibration(table: ScoreTable, objective: str, target_far: float) -> Cal
             "calibrate.target_far, use calibrate.objective: eer, or give the dataset more forgeries."
         )
     temperature = fit_temperature(known.logits, known.claimed)
-    genuine_scores = claimed_scores(known.claim_scores(VERIFIER), known.claimed)
-    impostor_scores = claimed_scores(impostors.claim_scores(VERIFIER), impostors.claimed)
+    genuine_scores, impostor_scores = selection_claims(table, VERIFIER)
     return Calibration(
         temperature=temperature,
         threshold=fit_threshold(genuine_scores, impostor_scores, objective, target_far),

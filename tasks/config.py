@@ -13,12 +13,10 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tasks.errors import ConfigError
+
 DataSource = Literal["url", "gdrive", "kaggle", "local", "synthetic"]
 DataLayout = Literal["utsig", "utsig_crop", "cedar", "folder"]
-
-
-class ConfigError(ValueError):
-    """A parameter file is missing, unreadable or holds an invalid value."""
 
 
 class StrictModel(BaseModel):

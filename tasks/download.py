@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from tasks.archives import NotAnArchiveError, UnsafeArchiveError, is_archive, safe_extract
 from tasks.config import DataParams, DownloadParams, SyntheticParams
+from tasks.errors import DownloadError
 from tasks.files import sha256_file
 from tasks.paths import ProjectPaths
 from tasks.synthetic import write_synthetic_dataset
@@ -41,10 +42,6 @@ MANUAL_HINT = (
     "`data.source: local` and `data.path: <archive or folder>` in params.yaml and rerun `dvc repro`."
 )
 EXTRA_HINT = "Install the extra with: .venv/bin/pip install -e '.[{extra}]' (or: make venv EXTRAS=cpu,dev,{extra})."
-
-
-class DownloadError(RuntimeError):
-    """The dataset could not be fetched; the message says what failed and what to do."""
 
 
 class TransientDownloadError(RuntimeError):

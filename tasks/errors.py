@@ -4,6 +4,26 @@ without heavy imports so entry points can catch them before TensorFlow is loaded
 from __future__ import annotations
 
 
+class ConfigError(ValueError):
+    """A parameter file is missing, unreadable or holds an invalid value."""
+
+
+class DownloadError(RuntimeError):
+    """The dataset could not be fetched; the message says what failed and what to do."""
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive holds a member that would be written outside the target, or a link."""
+
+
+class NotAnArchiveError(ValueError):
+    """A file is neither a zip nor a tar archive (possibly a truncated download)."""
+
+
+class LayoutError(ValueError):
+    """The raw data folder does not hold the layout that `data.layout` names."""
+
+
 class WeightsError(RuntimeError):
     """The base's weights cannot be loaded; the message says where to put the file by hand."""
 
@@ -22,3 +42,11 @@ class CalibrationError(ValueError):
 
 class VerifierError(ValueError):
     """The writer-dependent verifier cannot be fitted or read (too few writers, a missing or foreign file)."""
+
+
+class PipelineBusyError(RuntimeError):
+    """Another pipeline run holds the workspace (DVC cannot run twice in one workspace)."""
+
+
+class StageFailedError(RuntimeError):
+    """A stage's command failed; the message names the stage and ends with its output."""

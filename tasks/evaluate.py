@@ -7,6 +7,10 @@ other writers' test genuine signatures (random forgeries); the classifier's soft
 of W, the baseline, is measured the same way beside it. The EERs here are chosen on the test
 scores themselves, so they are labelled a posteriori; thresholds fitted on calibration data
 come from the `calibrate` stage.
+
+Test numbers are reported, never chosen by: the champion decision (`tasks.registry`) compares
+the `selection_*` metrics, measured on the validation genuine images and the calibration split's
+forgeries, which neither training's fit nor the test report touch.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tasks.errors import EvaluationError
+from tasks.input_pipeline import prefetched, to_model_input
 from tasks.metrics import (
     confusion_counts,
     equal_error_rate,
@@ -28,11 +33,20 @@ from tasks.metrics import (
     per_class_report,
 )
 from tasks.model import LogitScorer, ScorerOutputs
-from tasks.scores import IMPOSTOR_KINDS, NO_CLASS, SOFTMAX, VERIFIER, ScoreTable, softmax, verification_scores
-from tasks.train import prefetched, to_model_input
+from tasks.scores import (
+    IMPOSTOR_KINDS,
+    NO_CLASS,
+    SOFTMAX,
+    VERIFIER,
+    ScoreTable,
+    selection_claims,
+    softmax,
+    verification_scores,
+)
 from tasks.verifier import WriterVerifier
 
 SCORED_SPLITS = ("val", "test", "calibration")
+SELECTION_PREFIX = "selection_"
 VERIFICATION_KINDS = (*IMPOSTOR_KINDS, "random")
 
 
@@ -109,6 +123,21 @@ def verification_report(table: ScoreTable, source: str = VERIFIER) -> dict[str, 
     return report
 
 
+def selection_metrics(table: ScoreTable) -> dict[str, float]:
+    """What versions are compared on, without test: identification accuracy on the validation
+    genuine images, and the verifier's EER of validation genuine claims against the calibration
+    split's skilled forgeries. An empty side gives NaN, which never wins a comparison."""
+    genuine = table.select("val", "genuine")
+    accuracy = float(np.mean(np.argmax(genuine.logits, axis=1) == genuine.claimed)) if len(genuine) else math.nan
+    genuine_scores, impostor_scores = selection_claims(table, VERIFIER)
+    return {
+        f"{SELECTION_PREFIX}accuracy": accuracy,
+        f"{SELECTION_PREFIX}eer_skilled": equal_error_rate(genuine_scores, impostor_scores).eer,
+        f"{SELECTION_PREFIX}genuine_claims": len(genuine_scores),
+        f"{SELECTION_PREFIX}impostor_claims": len(impostor_scores),
+    }
+
+
 def evaluation_report(
     table: ScoreTable, classes: Sequence[str], top_k: int
 ) -> tuple[dict[str, object], list, np.ndarray]:
@@ -126,6 +155,7 @@ def evaluation_report(
         "writers": len(classes),
         "verification_a_posteriori": verification,
         "softmax_verification_a_posteriori": baseline,
+        **selection_metrics(table),
     }
     for kind in VERIFICATION_KINDS:
         metrics[f"eer_{kind}"] = verification[kind]["eer"]

@@ -15,20 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.config import ConfigError
+from tasks.errors import ConfigError, PipelineBusyError, StageFailedError
 
 PIPELINE_STAGES = ("download", "prepare", "train", "evaluate", "calibrate", "register")
 RAN_MARKER = "Running stage '{stage}'"
 LOCK_POLL_SECONDS = 2.0
 OUTPUT_TAIL_CHARACTERS = 3000
-
-
-class PipelineBusyError(RuntimeError):
-    """Another pipeline run holds the workspace (DVC cannot run twice in one workspace)."""
-
-
-class StageFailedError(RuntimeError):
-    """A stage's command failed; the message names the stage and ends with its output."""
 
 
 @dataclass(frozen=True)

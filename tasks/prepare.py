@@ -7,13 +7,11 @@ decided after preprocessing, so a skipped image never takes a test slot.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -27,22 +25,10 @@ from tasks.images import (
     preprocess_file,
     save_grey_png,
 )
+from tasks.manifest import MANIFEST_COLUMNS
 from tasks.paths import ProjectPaths
 from tasks.split import SPLITS, SplitRules, assign_splits, short_writers
 
-MANIFEST_COLUMNS = (
-    "path",
-    "prepared_path",
-    "writer",
-    "kind",
-    "sample",
-    "split",
-    "source_sha256",
-    "prepared_sha256",
-    "original_width",
-    "original_height",
-    "ink_threshold",
-)
 PREPARED_SUFFIX = ".png"
 PROCESS_CHUNK_SIZE = 8
 
@@ -164,12 +150,6 @@ def count_by_split_and_kind(rows: Iterable[dict[str, object]]) -> dict[str, dict
     counter = Counter((str(row["split"]), str(row["kind"])) for row in rows)
     kinds = ("genuine", "skilled", "simple", "opposite")
     return {split: {kind: counter[(split, kind)] for kind in kinds} for split in SPLITS}
-
-
-def read_manifest(path: Path) -> list[dict[str, str]]:
-    """Read `manifest.csv` back as a list of rows (strings)."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def data_report(

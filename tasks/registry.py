@@ -1,8 +1,10 @@
 """Packaging and registering the model, and the champion decision.
 
 A new version becomes `champion` only when it beats the current champion on `register.metric`
-(ties broken by the lower skilled-forgery EER) measured on the same test manifest; otherwise it
-is the `challenger`. The champion alias is never removed, only moved to a better model.
+(ties broken by the lower `selection_eer_skilled`), both measured on the same selection data:
+the validation genuine images and the calibration split's forgeries, never test (`tasks.evaluate`
+`selection_metrics`). Test numbers are tagged on the version for reporting only. A missing or
+NaN metric never wins; the champion alias is never removed, only moved to a better model.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from tasks.paths import ProjectPaths
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-TIE_BREAK_METRIC = "eer_skilled"
-LOWER_IS_BETTER_PREFIXES = ("eer_", "far_", "frr", "expected_calibration_error")
+SELECTION_PREFIX = "selection_"
+TIE_BREAK_METRIC = "selection_eer_skilled"
+LOWER_IS_BETTER_NAMES = ("eer_", "far_", "frr", "expected_calibration_error")
+SELECTION_SPLITS = ("val", "calibration")
+TAG_SELECTION_MANIFEST = "selection_manifest"
 TAG_TEST_MANIFEST = "test_manifest"
 TAG_METRIC_PREFIX = "metric."
 TAG_PARAM_PREFIX = "param."
@@ -51,14 +56,27 @@ class Decision:
     champion_value: float | None
 
 
-def digest_of_test_rows(rows: Sequence[dict[str, str]]) -> str:
-    """Identity of the test set: SHA-256 of the sorted (path, image hash, split) of test rows."""
-    test_rows = sorted((row["path"], row["source_sha256"]) for row in rows if row["split"] == "test")
-    return hashlib.sha256(json.dumps(test_rows).encode()).hexdigest()
+def digest_of_rows(rows: Sequence[dict[str, str]], splits: Sequence[str]) -> str:
+    """Identity of the images of `splits`: SHA-256 of their sorted (path, image hash, split, kind)."""
+    chosen = sorted(
+        (row["path"], row["source_sha256"], row["split"], row["kind"]) for row in rows if row["split"] in splits
+    )
+    return hashlib.sha256(json.dumps(chosen).encode()).hexdigest()
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.startswith(LOWER_IS_BETTER_PREFIXES)
+    """Error rates (EER, FAR, FRR, calibration error) are better low; everything else high."""
+    return metric.removeprefix(SELECTION_PREFIX).startswith(LOWER_IS_BETTER_NAMES)
+
+
+def check_selection_metric(metric: str) -> None:
+    """Refuse a promotion metric measured on test: choosing by test numbers tunes to the test split."""
+    if not metric.startswith(SELECTION_PREFIX):
+        raise ValueError(
+            f"register.metric '{metric}' is not a selection metric: versions are compared on validation and "
+            f"calibration data, never on test. Use one of the '{SELECTION_PREFIX}*' keys of metrics/evaluate.json "
+            f"(e.g. {SELECTION_PREFIX}accuracy or {TIE_BREAK_METRIC})"
+        )
 
 
 def as_number(value: object) -> float | None:
@@ -71,10 +89,18 @@ def as_number(value: object) -> float | None:
 
 
 def compare(new: dict[str, Any], old: dict[str, Any], metric: str) -> int:
-    """1 if `new` is better than `old` on `metric` (then the tie-break), -1 if worse, 0 if equal."""
-    for name in (metric, TIE_BREAK_METRIC):
+    """1 if `new` is better than `old` on `metric` (then the tie-break), -1 if not, 0 if equal.
+
+    A missing or NaN value never wins: `new` lacking one loses, `old` lacking one (and `new` not)
+    loses to it.
+    """
+    for name in dict.fromkeys((metric, TIE_BREAK_METRIC)):
         new_value, old_value = as_number(new.get(name)), as_number(old.get(name))
-        if new_value is None or old_value is None or new_value == old_value:
+        if new_value is None:
+            return -1
+        if old_value is None:
+            return 1
+        if new_value == old_value:
             continue
         better = new_value < old_value if lower_is_better(name) else new_value > old_value
         return 1 if better else -1
@@ -82,13 +108,13 @@ def compare(new: dict[str, Any], old: dict[str, Any], metric: str) -> int:
 
 
 def decide(new_metrics: dict[str, Any], new_manifest: str, champion: dict[str, Any] | None, metric: str) -> Decision:
-    """The alias for a new version, given the current champion's metrics and test manifest (tags)."""
+    """The alias for a new version, given the current champion's metrics and selection manifest (tags)."""
     new_value = as_number(new_metrics.get(metric))
     if champion is None:
         return Decision(CHAMPION, "no champion yet", metric, new_value, None, None)
     champion_value = as_number(champion["metrics"].get(metric))
-    if champion["test_manifest"] != new_manifest:
-        reason = "the champion was measured on another test manifest, so the two cannot be compared; it stays"
+    if champion["selection_manifest"] != new_manifest:
+        reason = "the champion was measured on other selection data, so the two cannot be compared; it stays"
         return Decision(CHALLENGER, reason, metric, new_value, champion["version"], champion_value)
     verdict = compare(new_metrics, champion["metrics"], metric)
     if verdict > 0:
@@ -108,7 +134,7 @@ def version_metrics(tags: dict[str, str]) -> dict[str, float | None]:
 
 
 def current_champion(client: Any, model_name: str) -> dict[str, Any] | None:
-    """The champion version's number, metrics and test manifest, or None when there is none."""
+    """The champion version's number, metrics and selection manifest, or None when there is none."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -118,7 +144,7 @@ def current_champion(client: Any, model_name: str) -> dict[str, Any] | None:
     return {
         "version": str(version.version),
         "metrics": version_metrics(version.tags),
-        "test_manifest": version.tags.get(TAG_TEST_MANIFEST),
+        "selection_manifest": version.tags.get(TAG_SELECTION_MANIFEST),
     }
 
 

@@ -21,6 +21,7 @@ NO_CLASS = -1
 IMPOSTOR_KINDS = ("skilled", "simple", "opposite")
 VERIFIER = "verifier"
 SOFTMAX = "softmax"
+CALIBRATION_IMPOSTOR_KIND = "skilled"  # the field's verification protocol: skilled forgeries
 
 
 TABLE_ARRAYS = ("logits", "verification", "embeddings", "claimed", "kinds", "splits", "paths")
@@ -110,3 +111,24 @@ def verification_scores(
             claimed_scores(rows.claim_scores(source, temperature), rows.claimed) if len(rows) else np.zeros(0)
         )
     return scores
+
+
+def calibration_impostors(table: ScoreTable) -> ScoreTable:
+    """The `calibration` split's skilled forgeries, or all its rows when it has none: the impostors
+    that thresholds are fitted on and versions are compared on, writer-disjoint from test's."""
+    unknown = table.select("calibration")
+    skilled = unknown.kinds == CALIBRATION_IMPOSTOR_KIND
+    if not skilled.any():
+        return unknown
+    return ScoreTable(*(getattr(unknown, name)[skilled] for name in TABLE_ARRAYS))
+
+
+def selection_claims(table: ScoreTable, source: str = VERIFIER) -> tuple[np.ndarray, np.ndarray]:
+    """(genuine, impostor) claim scores that never touch test: validation genuine images claimed
+    as their writer, and `calibration_impostors` claimed as the writer they imitate."""
+    genuine = table.select("val", "genuine")
+    impostors = calibration_impostors(table)
+    return (
+        claimed_scores(genuine.claim_scores(source), genuine.claimed),
+        claimed_scores(impostors.claim_scores(source), impostors.claimed),
+    )

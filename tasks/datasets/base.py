@@ -12,15 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.errors import LayoutError
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 SIGNATURE_KINDS = ("genuine", "skilled", "simple", "opposite")
 IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 LAYOUT_SEARCH_DEPTH = 3
 LISTING_PREVIEW_ENTRIES = 12
-
-
-class LayoutError(ValueError):
-    """The raw data folder does not hold the layout that `data.layout` names."""
 
 
 @dataclass(frozen=True, order=True)

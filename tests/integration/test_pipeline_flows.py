@@ -18,8 +18,8 @@ import pytest
 import requests
 
 from tasks.inference import OUTPUT_COLUMNS, UNKNOWN_WRITER
+from tasks.manifest import read_manifest
 from tasks.paths import ProjectPaths
-from tasks.prepare import read_manifest
 from tests.conftest import edit_params, make_workspace
 
 MODEL_NAME = "signature-test"
@@ -124,27 +124,32 @@ def test_evaluate_and_calibrate_outputs_and_nested_runs(trained: ProjectPaths) -
 
 
 def test_champion_moves_only_to_a_better_model(trained: ProjectPaths) -> None:
-    """Registering again with the measured accuracy lowered, then raised (standing for a worse and a
-    better model on the same test manifest), leaves the champion, then moves it."""
+    """Registering again with the selection accuracy lowered, then raised (standing for a worse and a
+    better model on the same validation and calibration data), leaves the champion, then moves it;
+    a higher *test* accuracy alone moves nothing."""
     import mlflow
 
     from flows.register import register_flow
 
     first = json.loads(trained.register_metrics_file.read_text())
     assert first["alias"] == "champion" and first["reason"] == "no champion yet"
+    assert first["metric"] == "selection_accuracy"
     evaluation = json.loads(trained.evaluate_metrics_file.read_text())
+    selection = evaluation["selection_accuracy"]
     params_file = str(trained.params_file)
     try:
-        trained.evaluate_metrics_file.write_text(json.dumps({**evaluation, "accuracy": evaluation["accuracy"] - 0.1}))
+        trained.evaluate_metrics_file.write_text(
+            json.dumps({**evaluation, "accuracy": evaluation["accuracy"] + 0.5, "selection_accuracy": selection - 0.1})
+        )
         worse = register_flow(params_file)
-        trained.evaluate_metrics_file.write_text(json.dumps({**evaluation, "accuracy": evaluation["accuracy"] + 0.1}))
+        trained.evaluate_metrics_file.write_text(json.dumps({**evaluation, "selection_accuracy": selection + 0.1}))
         better = register_flow(params_file)
     finally:
         trained.evaluate_metrics_file.write_text(json.dumps(evaluation))
     mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
     client = mlflow.tracking.MlflowClient()
     assert worse["alias"] == "challenger" and worse["champion_version"] == first["version"]
-    assert worse["champion_value"] == pytest.approx(evaluation["accuracy"])
+    assert worse["champion_value"] == pytest.approx(selection)
     assert better["alias"] == "champion" and better["champion_version"] == first["version"]
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == better["version"]
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == worse["version"]

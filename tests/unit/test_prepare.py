@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tasks.manifest import read_manifest
 from tasks.paths import ProjectPaths
-from tasks.prepare import prepare_dataset, prepare_metrics, read_manifest
+from tasks.prepare import prepare_dataset, prepare_metrics
 from tasks.synthetic import write_synthetic_dataset
 from tests.conftest import prepare_params, synthetic_params
 

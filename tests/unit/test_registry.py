@@ -1,50 +1,91 @@
-"""The champion decision: better on the metric (then the tie-break) on the same test manifest."""
+"""The champion decision: better on a selection metric (then the tie-break) on the same selection
+data, never on test, and a missing or NaN number never wins."""
 
 from __future__ import annotations
 
-from tasks.registry import CHALLENGER, CHAMPION, compare, decide, digest_of_test_rows
+import pytest
+
+from tasks.registry import (
+    CHALLENGER,
+    CHAMPION,
+    check_selection_metric,
+    compare,
+    decide,
+    digest_of_rows,
+    lower_is_better,
+)
 
 MANIFEST = "m1"
+METRIC = "selection_accuracy"
+TIE = "selection_eer_skilled"
 
 
-def champion(accuracy: float, eer: float | None = 0.2, manifest: str = MANIFEST) -> dict:
-    return {"version": "3", "metrics": {"accuracy": accuracy, "eer_skilled": eer}, "test_manifest": manifest}
+def champion(accuracy: float | None, eer: float | None = 0.2, manifest: str = MANIFEST) -> dict:
+    return {"version": "3", "metrics": {METRIC: accuracy, TIE: eer}, "selection_manifest": manifest}
 
 
 def test_first_version_is_champion() -> None:
-    decision = decide({"accuracy": 0.5}, MANIFEST, None, "accuracy")
+    decision = decide({METRIC: 0.5}, MANIFEST, None, METRIC)
     assert decision.alias == CHAMPION and decision.champion_version is None
 
 
 def test_better_worse_and_tie_break() -> None:
-    assert decide({"accuracy": 0.9, "eer_skilled": 0.3}, MANIFEST, champion(0.8), "accuracy").alias == CHAMPION
-    worse = decide({"accuracy": 0.7, "eer_skilled": 0.1}, MANIFEST, champion(0.8), "accuracy")
+    assert decide({METRIC: 0.9, TIE: 0.3}, MANIFEST, champion(0.8), METRIC).alias == CHAMPION
+    worse = decide({METRIC: 0.7, TIE: 0.1}, MANIFEST, champion(0.8), METRIC)
     assert worse.alias == CHALLENGER and worse.champion_value == 0.8 and worse.new_value == 0.7
-    assert decide({"accuracy": 0.8, "eer_skilled": 0.1}, MANIFEST, champion(0.8), "accuracy").alias == CHAMPION
-    assert decide({"accuracy": 0.8, "eer_skilled": 0.3}, MANIFEST, champion(0.8), "accuracy").alias == CHALLENGER
-    assert decide({"accuracy": 0.8, "eer_skilled": 0.2}, MANIFEST, champion(0.8), "accuracy").alias == CHALLENGER
+    assert decide({METRIC: 0.8, TIE: 0.1}, MANIFEST, champion(0.8), METRIC).alias == CHAMPION
+    assert decide({METRIC: 0.8, TIE: 0.3}, MANIFEST, champion(0.8), METRIC).alias == CHALLENGER
+    assert decide({METRIC: 0.8, TIE: 0.2}, MANIFEST, champion(0.8), METRIC).alias == CHALLENGER
 
 
 def test_lower_is_better_metrics() -> None:
-    assert compare({"eer_skilled": 0.1}, {"eer_skilled": 0.2}, "eer_skilled") == 1
-    assert compare({"eer_skilled": 0.3}, {"eer_skilled": 0.2}, "eer_skilled") == -1
+    assert compare({TIE: 0.1}, {TIE: 0.2}, TIE) == 1
+    assert compare({TIE: 0.3}, {TIE: 0.2}, TIE) == -1
+    assert lower_is_better("selection_eer_skilled") and lower_is_better("far_skilled")
+    assert not lower_is_better("selection_accuracy") and not lower_is_better("f1_weighted")
 
 
-def test_another_test_manifest_never_replaces_the_champion() -> None:
-    decision = decide({"accuracy": 0.99}, "m2", champion(0.5), "accuracy")
-    assert decision.alias == CHALLENGER and "another test manifest" in decision.reason
+def test_another_selection_manifest_never_replaces_the_champion() -> None:
+    decision = decide({METRIC: 0.99}, "m2", champion(0.5), METRIC)
+    assert decision.alias == CHALLENGER and "other selection data" in decision.reason
 
 
-def test_missing_or_null_metrics_cannot_win() -> None:
-    assert decide({"accuracy": None}, MANIFEST, champion(0.5, eer=None), "accuracy").alias == CHALLENGER
-    assert decide({"accuracy": float("nan")}, MANIFEST, champion(0.5), "accuracy").alias == CHALLENGER
+def test_a_nan_primary_metric_never_wins_through_the_tie_break() -> None:
+    """The demonstrated bug: NaN accuracy with a better EER beat a 0.95 / 0.20 champion."""
+    new = {METRIC: float("nan"), TIE: 0.10}
+    assert compare(new, champion(0.95)["metrics"], METRIC) == -1
+    assert decide(new, MANIFEST, champion(0.95), METRIC).alias == CHALLENGER
+    assert decide({METRIC: None, TIE: 0.1}, MANIFEST, champion(0.5), METRIC).alias == CHALLENGER
+    assert decide({TIE: 0.1}, MANIFEST, champion(0.5), METRIC).alias == CHALLENGER
 
 
-def test_digest_of_test_rows_covers_only_test_rows() -> None:
+def test_a_nan_tie_break_never_wins_a_tie() -> None:
+    assert decide({METRIC: 0.8, TIE: float("nan")}, MANIFEST, champion(0.8, eer=0.2), METRIC).alias == CHALLENGER
+
+
+def test_a_champion_without_the_metric_loses_to_a_measured_version() -> None:
+    assert decide({METRIC: 0.5, TIE: 0.3}, MANIFEST, champion(None), METRIC).alias == CHAMPION
+    assert decide({METRIC: 0.5, TIE: 0.3}, MANIFEST, champion(0.5, eer=float("nan")), METRIC).alias == CHAMPION
+
+
+def test_both_missing_keeps_the_champion() -> None:
+    assert decide({METRIC: None}, MANIFEST, champion(None), METRIC).alias == CHALLENGER
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "eer_skilled", "f1_weighted"])
+def test_test_metrics_are_refused_for_promotion(metric: str) -> None:
+    with pytest.raises(ValueError, match="never on test"):
+        check_selection_metric(metric)
+    check_selection_metric("selection_accuracy")
+
+
+def test_digest_covers_only_the_chosen_splits() -> None:
     rows = [
-        {"path": "a", "source_sha256": "1", "split": "test"},
-        {"path": "b", "source_sha256": "2", "split": "train"},
+        {"path": "a", "source_sha256": "1", "split": "val", "kind": "genuine"},
+        {"path": "b", "source_sha256": "2", "split": "test", "kind": "genuine"},
+        {"path": "c", "source_sha256": "3", "split": "calibration", "kind": "skilled"},
     ]
-    digest = digest_of_test_rows(rows)
-    assert digest_of_test_rows([rows[0], {**rows[1], "source_sha256": "9"}]) == digest
-    assert digest_of_test_rows([{**rows[0], "source_sha256": "8"}, rows[1]]) != digest
+    digest = digest_of_rows(rows, ("val", "calibration"))
+    assert digest_of_rows([rows[0], {**rows[1], "source_sha256": "9"}, rows[2]], ("val", "calibration")) == digest
+    assert digest_of_rows([{**rows[0], "source_sha256": "8"}, rows[1], rows[2]], ("val", "calibration")) != digest
+    assert digest_of_rows([rows[0], rows[1], {**rows[2], "split": "test"}], ("val", "calibration")) != digest
