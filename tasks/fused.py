@@ -14,6 +14,14 @@ Keras' to float rounding (tested); under mixed precision they differ by the roun
 reduced-precision convolution, as Keras' own do. A model holding an operation this module does
 not know (any layer outside `SUPPORTED_LAYERS`, a raw `keras.ops` node) runs through Keras
 unchanged.
+
+Private Keras API, kept on purpose (DESIGN section 7): the graph walk reads `_inbound_nodes`,
+`_outbound_nodes`, `_keras_history` and calls `Functional._run_through_graph`, because Keras has
+no public way to run a functional graph with some operations replaced; the gain on the users'
+paths (embedding in train, evaluate and the pyfunc) is measured in bench/README.md. If a Keras
+release changes any of them, building or tracing the folded graph fails, and
+`folded_inference_function` falls back to the plain Keras model with a warning (tested), while
+`tests/unit/test_fused.py` fails on the changed API so the change is seen, not just survived.
 """
 
 from __future__ import annotations
@@ -44,6 +52,10 @@ SUPPORTED_LAYERS: tuple[type, ...] = (
     keras.layers.BatchNormalization,
 )
 Operation = Callable[..., Any]
+# The private Keras attributes the graph walk uses; a test checks they still exist.
+PRIVATE_KERAS_API = ("_inbound_nodes", "_outbound_nodes", "_keras_history", "_run_through_graph")
+# What a changed private API raises while the folded graph is built or traced.
+CHANGED_API_ERRORS = (AttributeError, TypeError, KeyError, IndexError)
 CHANNEL_AXES = (-1, 3)  # the channels axis of NHWC tensors, as BatchNormalization may name it
 
 
@@ -191,10 +203,22 @@ def folded_inference_function(model: keras.Model) -> Callable[[Any], Any]:
     """
     import tensorflow as tf
 
-    graph = folded_graph(model)
-    if graph is None:
+    try:
+        graph = folded_graph(model)
+        if graph is None:
+            return inference_function(model)
+        function = tf.function(
+            lambda batch: tf.nest.map_structure(lambda output: tf.cast(output, tf.float32), graph(batch)),
+            input_signature=pixel_signature(model),
+        )
+        function.get_concrete_function()  # trace now, so a changed Keras API shows here, not mid-run
+    except CHANGED_API_ERRORS as error:
+        logger.warning(
+            "%s: folding BatchNorm failed (%s: %s), probably a Keras change to its private graph API; "
+            "running the plain Keras model instead (correct, about 12%% slower)",
+            model.name,
+            type(error).__name__,
+            error,
+        )
         return inference_function(model)
-    return tf.function(
-        lambda batch: tf.nest.map_structure(lambda output: tf.cast(output, tf.float32), graph(batch)),
-        input_signature=pixel_signature(model),
-    )
+    return function

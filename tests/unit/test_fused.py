@@ -208,3 +208,62 @@ def test_a_layer_called_with_training_true_runs_in_inference_mode() -> None:
     folded = folded_inference_function(model)
     np.testing.assert_allclose(folded(batch).numpy(), folded(batch).numpy())
     assert relative_error(model(batch, training=False).numpy(), folded(batch).numpy()) < 1e-5
+
+
+def small_conv_model() -> keras.Model:
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(conv_block(inputs)))
+    randomise_batch_norms(model, seed=5)
+    return model
+
+
+def test_the_private_keras_api_the_fold_relies_on_is_still_there() -> None:
+    """Fails on a Keras release that renames or removes what the graph walk uses, so the change is
+    seen (and the fold reviewed) instead of silently running the slower fallback."""
+    import inspect
+
+    from tasks.fused import PRIVATE_KERAS_API
+
+    model = small_conv_model()
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    for name in PRIVATE_KERAS_API:
+        assert any(hasattr(item, name) for item in (model, conv, norm, norm.input)), name
+    assert norm.input._keras_history.operation is conv
+    assert "operation_fn" in inspect.signature(model._run_through_graph).parameters
+    assert folded_graph(model) is not None
+
+
+def broken_history(layer: object, model: object) -> None:
+    raise AttributeError("'KerasTensor' object has no attribute '_keras_history'")
+
+
+def broken_convolution(conv: object, norm: object) -> object:
+    def convolve(inputs: object, **_: object) -> object:
+        raise TypeError("_run_through_graph() got an unexpected keyword argument 'operation_fn'")
+
+    return convolve
+
+
+@pytest.mark.parametrize(
+    ("name", "replacement"), [("folded_pair", broken_history), ("folded_convolution", broken_convolution)]
+)
+def test_a_changed_private_api_falls_back_to_the_plain_keras_model(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str, replacement: object
+) -> None:
+    """Stands for a Keras release that changed the private graph API, failing while the folded
+    graph is built (a renamed attribute) or traced (another call signature): the function still
+    computes the model's outputs, through Keras, and says why in the log."""
+    import tasks.fused
+
+    model = small_conv_model()
+    monkeypatch.setattr(tasks.fused, name, replacement)
+    with caplog.at_level("WARNING", logger="tasks.fused"):
+        function = folded_inference_function(model)
+    assert "plain Keras model" in caplog.text
+    batch = pixels(2)
+    np.testing.assert_allclose(function(batch).numpy(), model(batch, training=False).numpy(), rtol=1e-5, atol=1e-6)
+    # The fold turns conv (no bias) + BatchNorm into conv + BiasAdd; the fallback has no BiasAdd.
+    assert "BiasAdd" not in graph_op_types(function)
+    monkeypatch.undo()
+    assert "BiasAdd" in graph_op_types(folded_inference_function(model))
