@@ -30,6 +30,7 @@ from tasks.verifier import WriterVerifier, load_verifier
 
 UNKNOWN_WRITER = "unknown"
 OUTPUT_COLUMNS = ("input", "writer", "class_id", "confidence", "verification_score", "top_k", "error")
+NULLABLE_COLUMNS = ("confidence", "verification_score")  # no number for an input that could not be read
 PATH_COLUMN = "path"
 IMAGE_COLUMN = "image"
 ARTIFACT_CLASSIFIER = "classifier"
@@ -227,7 +228,11 @@ class SignatureClassifier:
 
 
 def answers_frame(answers: Sequence[Answer]):  # -> pandas.DataFrame
-    """Answers as the pyfunc's output DataFrame."""
+    """Answers as the pyfunc's output DataFrame. The number columns of error rows hold None, not
+    NaN, so the JSON the scoring server writes has `null` there (strict JSON has no NaN)."""
     import pandas as pd
 
-    return pd.DataFrame([answer.as_row() for answer in answers], columns=list(OUTPUT_COLUMNS))
+    frame = pd.DataFrame([answer.as_row() for answer in answers], columns=list(OUTPUT_COLUMNS))
+    for column in NULLABLE_COLUMNS:
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame
