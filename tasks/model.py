@@ -36,6 +36,8 @@ HEAD_DROPOUT = "head_dropout"
 HEAD_OUTPUT = "head_output"
 HEAD_LAYERS = (HEAD_DENSE, HEAD_OUTPUT)
 KERNEL_SEED_STRIDE = 10_000
+MIXED_POLICY_PREFIX = "mixed_"
+FLOAT32 = "float32"
 
 
 def imagenet_hint() -> str:
@@ -187,6 +189,36 @@ def copy_head_weights(source: keras.Model, target: keras.Model) -> None:
     for name in HEAD_LAYERS:
         if name in present:
             target.get_layer(name).set_weights(source.get_layer(name).get_weights())
+
+
+def float32_policies(config: object) -> object:
+    """A model config with every mixed-precision dtype policy (mixed_float16, mixed_bfloat16)
+    replaced by float32; everything else, including explicit float32 outputs, as it was."""
+    if isinstance(config, list):
+        return [float32_policies(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith(
+        MIXED_POLICY_PREFIX
+    ):
+        return {**config, "config": {**config["config"], "name": FLOAT32}}
+    return {key: float32_policies(value) for key, value in config.items()}
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """`model` computing in float32 throughout, with the same weights: what serving gets.
+
+    A GPU run with mixed precision saves float16 layer policies, which a CPU-only server would run
+    as emulated float16 convolutions (slow, and not the numbers that were calibrated in float32
+    on evaluation's scores either way); the variables themselves are float32 in both.
+    """
+    config = model.get_config()
+    float32_config = float32_policies(config)
+    if float32_config == config:
+        return model
+    copy = model.__class__.from_config(float32_config)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def embedding_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -155,6 +155,22 @@ def write_preprocess_artifact(settings: PreprocessSettings, top_k: int, folder: 
     return path
 
 
+def write_serving_classifier(classifier_file: Path, folder: Path) -> Path:
+    """The classifier file to package for serving: `classifier_file` itself when it computes in
+    float32, else a float32 copy written into `folder` (mixed precision is a training-time choice)."""
+    import keras
+
+    from tasks.model import float32_copy
+
+    classifier = keras.models.load_model(classifier_file, compile=False)
+    serving = float32_copy(classifier)
+    if serving is classifier:
+        return classifier_file
+    path = folder / classifier_file.name
+    serving.save(path)
+    return path
+
+
 def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k: int, example_image: Path) -> str:
     """Log the pyfunc (model from code, with the `tasks` package) to the active run; returns its URI."""
     import mlflow
@@ -167,10 +183,9 @@ def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k:
 
     with tempfile.TemporaryDirectory() as scratch:
         preprocess = write_preprocess_artifact(settings, top_k, Path(scratch))
+        classifier_file = write_serving_classifier(paths.classifier_file, Path(scratch))
         example = pd.DataFrame({"path": [str(example_image)]})
-        model = SignatureClassifier.from_files(
-            paths.classifier_file, paths.verifier_file, paths.calibration_file, preprocess
-        )
+        model = SignatureClassifier.from_files(classifier_file, paths.verifier_file, paths.calibration_file, preprocess)
         outputs = infer_signature(example, answers_frame(model.answers(items_from(example)))).outputs
         inputs = Schema(
             [ColSpec("string", PATH_COLUMN, required=False), ColSpec("string", IMAGE_COLUMN, required=False)]
@@ -180,7 +195,7 @@ def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k:
             name="signature_model",
             python_model=str(PYFUNC_FILE),
             artifacts={
-                ARTIFACT_CLASSIFIER: str(paths.classifier_file),
+                ARTIFACT_CLASSIFIER: str(classifier_file),
                 ARTIFACT_VERIFIER: str(paths.verifier_file),
                 ARTIFACT_CALIBRATION: str(paths.calibration_file),
                 ARTIFACT_PREPROCESS: str(preprocess),
