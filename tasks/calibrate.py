@@ -107,9 +107,18 @@ def fit_calibration(table: ScoreTable, objective: str, target_far: float) -> Cal
         )
     temperature = fit_temperature(known.logits, known.claimed)
     genuine_scores, impostor_scores = selection_claims(table, VERIFIER)
+    threshold = fit_threshold(genuine_scores, impostor_scores, objective, target_far)
+    if len(genuine_scores) and not np.any(genuine_scores >= threshold):
+        raise CalibrationError(
+            f"the threshold {threshold:.6g} fitted for calibrate.objective={objective} "
+            f"(target_far {target_far}) rejects all {len(genuine_scores)} validation genuine claims: the "
+            "verifier's scores do not separate them from the calibration forgeries at that FAR, and the "
+            "model would answer unknown to everything. Raise calibrate.target_far or use calibrate.objective: "
+            "eer; if it persists, the training data or image size is too small for this dataset."
+        )
     return Calibration(
         temperature=temperature,
-        threshold=fit_threshold(genuine_scores, impostor_scores, objective, target_far),
+        threshold=threshold,
         objective=objective,
         target_far=target_far,
         score=VERIFIER,
