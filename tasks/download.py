@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import importlib
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import unquote, urlparse
 
 import requests
+import tenacity
 from tqdm import tqdm
 
 from tasks.archives import NotAnArchiveError, UnsafeArchiveError, is_archive, safe_extract
@@ -46,6 +46,14 @@ EXTRA_HINT = "Install the extra with: .venv/bin/pip install -e '.[{extra}]' (or:
 
 class TransientDownloadError(RuntimeError):
     """A failure worth retrying: a cut connection, a timeout, a 5xx or 429 answer."""
+
+
+TRANSIENT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    TransientDownloadError,
+)
 
 
 @dataclass(frozen=True)
@@ -136,23 +144,20 @@ def download_url(
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + PARTIAL_SUFFIX)
     session = session or requests.Session()
-    for attempt in range(policy.retries + 1):
-        try:
-            fetch_once(session, url, partial, policy, show_progress)
-            break
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-            TransientDownloadError,
-        ) as error:
-            if attempt == policy.retries:
-                raise DownloadError(
-                    f"{url}: download failed after {attempt + 1} attempts ({type(error).__name__}: {error}). "
-                    f"Check the address and your connection; the partial file {partial} is kept and the "
-                    f"next run resumes it. {MANUAL_HINT}"
-                ) from error
-            time.sleep(policy.backoff_seconds * 2**attempt)
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.retries + 1),
+        wait=tenacity.wait_exponential(multiplier=policy.backoff_seconds, exp_base=2),
+        retry=tenacity.retry_if_exception_type(TRANSIENT_ERRORS),
+        reraise=True,
+    )
+    try:
+        retrying(fetch_once, session, url, partial, policy, show_progress)
+    except TRANSIENT_ERRORS as error:
+        raise DownloadError(
+            f"{url}: download failed after {policy.retries + 1} attempts ({type(error).__name__}: {error}). "
+            f"Check the address and your connection; the partial file {partial} is kept and the "
+            f"next run resumes it. {MANUAL_HINT}"
+        ) from error
     actual = sha256_file(partial)
     if actual != expected:
         corrupt = destination.with_name(destination.name + CORRUPT_SUFFIX)

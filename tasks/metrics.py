@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score, roc_curve
 
 CALIBRATION_BINS = 15
+RATE_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -73,21 +74,22 @@ def false_rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> 
 
 
 def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> ErrorRates:
-    """EER, its threshold and the ROC AUC; thresholds are taken from the scores themselves.
+    """EER, its threshold and the ROC AUC, from scikit-learn's ROC (thresholds are the scores).
 
     The EER is where FRR and FAR cross; between two candidate thresholds the one with the
-    smaller |FRR - FAR| wins and the EER is the mean of the two rates there.
+    smaller |FRR - FAR| wins (the lowest such threshold on a tie) and the EER is the mean of the
+    two rates there.
     """
     if not len(genuine) or not len(impostor):
         return ErrorRates(float("nan"), float("nan"), float("nan"))
-    candidates = np.unique(np.concatenate([genuine, impostor, [np.inf]]))
-    genuine_sorted, impostor_sorted = np.sort(genuine), np.sort(impostor)
-    frr = np.searchsorted(genuine_sorted, candidates, side="left") / len(genuine)
-    far = 1.0 - np.searchsorted(impostor_sorted, candidates, side="left") / len(impostor)
-    best = int(np.argmin(np.abs(frr - far)))
-    scores = np.concatenate([genuine, impostor])
+    scores = np.concatenate([genuine, impostor]).astype(np.float64)
     truth = np.concatenate([np.ones(len(genuine)), np.zeros(len(impostor))])
-    return ErrorRates(float((frr[best] + far[best]) / 2), float(candidates[best]), float(roc_auc_score(truth, scores)))
+    far, true_accept, thresholds = roc_curve(truth, scores, drop_intermediate=False)
+    frr = 1.0 - true_accept
+    gap = np.abs(frr - far)
+    # Rates are ratios of counts: gaps within rounding are ties, and thresholds fall along the curve.
+    best = int(np.flatnonzero(gap <= gap.min() + RATE_TOLERANCE)[-1])
+    return ErrorRates(float((frr[best] + far[best]) / 2), float(thresholds[best]), float(roc_auc_score(truth, scores)))
 
 
 def threshold_for_far(impostor: np.ndarray, target_far: float) -> float:

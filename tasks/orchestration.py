@@ -3,8 +3,6 @@ and the end-of-run report. DVC's lock file stays the one record of what is up to
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import subprocess
@@ -59,35 +57,25 @@ def apply_overrides(params_file: Path, overrides: Mapping[str, Any]) -> list[str
 
 @contextmanager
 def workspace_lock(lock_file: Path, timeout_seconds: float) -> Iterator[None]:
-    """Hold an exclusive lock on the workspace, waiting up to `timeout_seconds` for another run."""
+    """Hold an exclusive lock on the workspace (`filelock`, an OS lock that dies with its holder),
+    waiting up to `timeout_seconds` for another run; the file names the holder while it is held."""
+    from filelock import FileLock, Timeout
+
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("a+") as handle:
-        deadline = time.monotonic() + timeout_seconds
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "unknown"
-                    raise PipelineBusyError(
-                        f"another pipeline run holds {lock_file} ({holder}); it was waited for "
-                        f"{timeout_seconds:.0f} s. Wait for it to finish, then run again."
-                    ) from error
-                time.sleep(LOCK_POLL_SECONDS)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(lock_file, timeout=timeout_seconds, poll_interval=LOCK_POLL_SECONDS)
+    try:
+        lock.acquire()
+    except Timeout as error:
+        holder = lock_file.read_text(encoding="utf-8").strip() if lock_file.is_file() else ""
+        raise PipelineBusyError(
+            f"another pipeline run holds {lock_file} ({holder or 'unknown'}); it was waited for "
+            f"{timeout_seconds:.0f} s. Wait for it to finish, then run again."
+        ) from error
+    try:
+        lock_file.write_text(f"pid {os.getpid()}", encoding="utf-8")
+        yield
+    finally:
+        lock.release()
 
 
 def run_dvc_stage(stage: str, root: Path, environment: Mapping[str, str]) -> StageOutcome:
