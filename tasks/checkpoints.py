@@ -3,6 +3,12 @@ are written (atomically, by a background thread) and read back.
 
 A checkpoint holds only the trainable (head) variables, and for resuming the optimizer's and the
 dropout generators' state; the frozen base is rebuilt identically from its weights and the seed.
+
+Kept hand-written rather than Keras' `EarlyStopping` + `ModelCheckpoint` + `BackupAndRestore`:
+those save the whole model (the frozen base's 87 MB every epoch), write in the training thread,
+and keep early stopping's counters apart from the weights, so a kill between two writes resumes
+with a state that disagrees with the weights. Here the state and the variables it describes are
+one atomically renamed file, written by a background thread while the next epoch trains.
 """
 
 from __future__ import annotations
