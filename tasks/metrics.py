@@ -97,7 +97,8 @@ def threshold_for_far(impostor: np.ndarray, target_far: float) -> float:
     if not len(impostor):
         raise ValueError("no impostor scores to set a threshold on")
     ordered = np.sort(impostor)[::-1]
-    allowed = int(np.floor(target_far * len(ordered)))
+    # The tolerance keeps a whole count whole: 0.29 * 100 is 28.999999999999996 in floating point.
+    allowed = int(np.floor(target_far * len(ordered) + RATE_TOLERANCE * len(ordered)))
     if allowed >= len(ordered):
         return float(ordered[-1])
     # Accept strictly above the (allowed + 1)-th highest impostor score.

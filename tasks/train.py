@@ -16,6 +16,8 @@ never loaded here: they are for the `evaluate` stage's report only.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shutil
 import time
@@ -142,6 +144,17 @@ def fit_with_resume(
         checkpointed_variables(model, with_optimizer=False), checkpoint_dir / best_file_name(state.best_epoch)
     )
     return model
+
+
+def training_fingerprint(model: ModelParams, train: TrainParams, augment: AugmentParams, data_digest: str) -> str:
+    """Identity of a training run: a checkpoint resumes only a run with the same inputs."""
+    content = {
+        "model": model.model_dump(),
+        "train": train.model_dump(),
+        "augment": augment.model_dump(),
+        "data": data_digest,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def seed_everything(seed: int, deterministic_ops: bool) -> None:

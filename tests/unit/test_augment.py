@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tasks.augment import augment_image, element_seed
+from tasks.augment import PIXEL_MAX, augment_image, element_seed, uniform
 from tasks.config import AugmentParams
 
 REFERENCE = AugmentParams(
@@ -73,11 +73,86 @@ def test_flip_alone_mirrors_the_image() -> None:
     assert all(np.allclose(output, original[:, ::-1], atol=1e-3) for output in flipped)
 
 
-@pytest.mark.parametrize("fill_mode", ["reflect", "wrap", "constant"])
-def test_every_fill_mode_runs(fill_mode: str) -> None:
-    params = REFERENCE.model_copy(update={"fill_mode": fill_mode})
-    output = augmented(params, (1, 1, 1))
-    assert output.shape == (48, 48, 1)
+# A 3 x 8 image whose columns are 10, 20, ..., 80, shifted by exactly 2 pixels, left then right.
+# The horizontal shift is uniform(-1, 1) * width_shift * width, its draw the 5th stream (index 4) of the
+# seed; width_shift is chosen per seed so that the shift is exactly 2 pixels. The transform maps output
+# pixel x to input x + shift: a positive shift moves the content left.
+COLUMNS = np.arange(10.0, 90.0, 10.0, dtype=np.float32)
+SHIFTED = {
+    # seed (7, 0, 0) draws +0.93: content moves 2 px left, two columns are filled on the right.
+    ((7, 0, 0), "constant"): [30, 40, 50, 60, 70, 80, 255, 255],  # white paper
+    ((7, 0, 0), "nearest"): [30, 40, 50, 60, 70, 80, 80, 80],  # the edge column repeated
+    ((7, 0, 0), "wrap"): [30, 40, 50, 60, 70, 80, 10, 20],  # the left edge comes round
+    ((7, 0, 0), "reflect"): [30, 40, 50, 60, 70, 80, 80, 70],  # mirrored about the edge: d c b a | a b c d
+    # seed (7, 0, 1) draws -0.84: content moves 2 px right, two columns are filled on the left.
+    ((7, 0, 1), "constant"): [255, 255, 10, 20, 30, 40, 50, 60],
+    ((7, 0, 1), "nearest"): [10, 10, 10, 20, 30, 40, 50, 60],
+    ((7, 0, 1), "wrap"): [70, 80, 10, 20, 30, 40, 50, 60],
+    ((7, 0, 1), "reflect"): [20, 10, 10, 20, 30, 40, 50, 60],
+}
+
+
+@pytest.mark.parametrize(("seed", "fill_mode"), list(SHIFTED))
+def test_a_two_pixel_shift_moves_the_content_and_fills_by_mode(seed: tuple[int, int, int], fill_mode: str) -> None:
+    element = element_seed(*seed)
+    draw = float(uniform(element, 4, -1.0, 1.0))
+    assert abs(draw) > 0.8 and (draw > 0) == (seed[2] == 0)  # the setup above: a large draw of known sign
+    width = len(COLUMNS)
+    params = NOTHING.model_copy(update={"width_shift": 2.0 / (abs(draw) * width), "fill_mode": fill_mode})
+    image = tf.constant(np.tile(COLUMNS, (3, 1))[..., np.newaxis])
+    output = augment_image(image, element, params).numpy()[..., 0]
+    assert output == pytest.approx(np.tile(SHIFTED[(seed, fill_mode)], (3, 1)), abs=1e-3)
+
+
+def ink_centre_x(image: np.ndarray) -> float:
+    """Column of the centre of mass of the ink (darkness) of a (height, width, 1) image."""
+    ink = PIXEL_MAX - image[..., 0]
+    return float((ink.sum(axis=0) * np.arange(ink.shape[1])).sum() / ink.sum())
+
+
+def left_mark() -> np.ndarray:
+    """48 x 48 white paper with ink only on the left: the ink centre is at column 8, mirrored it is 39."""
+    image = np.full((48, 48, 1), PIXEL_MAX, dtype=np.float32)
+    image[12:36, 4:13, 0] = 0.0
+    return image
+
+
+def test_signature_preset_jitters_but_never_mirrors() -> None:
+    preset = AugmentParams()
+    assert preset.preset == "signature" and preset.horizontal_flip is False
+    image = left_mark()
+    assert ink_centre_x(image) == pytest.approx(8.0)
+    outputs = [augment_image(tf.constant(image), element_seed(3, 0, index), preset).numpy() for index in range(32)]
+    # Shift <= 0.02 * 48 = 0.96 px, zoom <= 2 %, rotation <= 2 degrees: the ink stays within 2 px of column 8
+    # (a mirrored image would have it at 39), and every image is moved a little.
+    assert all(abs(ink_centre_x(output) - 8.0) < 2.0 for output in outputs)
+    assert not any(np.allclose(output, image, atol=1.0) for output in outputs)
+    # The reference preset does mirror some of the same draws.
+    reference = AugmentParams(preset="reference")
+    mirrored = [
+        ink_centre_x(augment_image(tf.constant(image), element_seed(3, 0, index), reference).numpy()) > 30
+        for index in range(32)
+    ]
+    assert 0 < sum(mirrored) < 32
+
+
+def test_signature_preset_fills_with_white_paper_at_the_borders_only() -> None:
+    """On an all-ink image, what comes from outside the image is exactly white (constant fill, not the
+    nearest black edge); the jitter is at most a few pixels, so the inside stays black."""
+    preset = AugmentParams()
+    assert preset.fill_mode == "constant"
+    black = tf.zeros((48, 48, 1))
+    outputs = [augment_image(black, element_seed(3, 0, index), preset).numpy()[..., 0] for index in range(8)]
+    assert all(output[3:-3, 3:-3].max() == 0.0 for output in outputs)
+    assert any((output == PIXEL_MAX).any() for output in outputs)
+    nearest = preset.model_copy(update={"fill_mode": "nearest"})
+    assert all(augment_image(black, element_seed(3, 0, index), nearest).numpy().max() == 0.0 for index in range(8))
+
+
+def test_same_seed_same_pixels_with_the_signature_preset() -> None:
+    preset = AugmentParams()
+    assert np.array_equal(augmented(preset, (42, 3, 7)), augmented(preset, (42, 3, 7)))
+    assert not np.array_equal(augmented(preset, (42, 3, 7)), augmented(preset, (42, 3, 8)))
 
 
 def test_augmentation_runs_inside_a_parallel_tf_data_map() -> None:

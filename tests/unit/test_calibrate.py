@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from tasks.calibrate import (
     open_set_results,
     verification_results,
 )
-from tasks.scores import TABLE_ARRAYS, VERIFIER, ScoreTable, softmax
+from tasks.scores import SOFTMAX, TABLE_ARRAYS, VERIFIER, ScoreTable, softmax
 
 FEATURES = 3
 
@@ -81,7 +82,10 @@ def test_threshold_meets_target_far_on_calibration_skilled_forgeries_and_is_repo
     calibration = fit_calibration(scores, "target_far", 0.05)
     skilled = scores.select("calibration", "skilled")
     claims = skilled.verification[np.arange(len(skilled)), skilled.claimed]
-    assert np.mean(claims >= calibration.threshold) <= 0.05
+    # 150 skilled forgeries, target 0.05: floor(7.5) = 7 may pass, and the threshold is the lowest that
+    # lets no more through (one float lower lets the 8th in).
+    assert np.mean(claims >= calibration.threshold) == pytest.approx(7 / 150)
+    assert np.mean(claims >= np.nextafter(calibration.threshold, -np.inf)) == pytest.approx(8 / 150)
     assert calibration.score == VERIFIER and calibration.impostor_kinds == ("skilled",)
     assert calibration.impostor_claims == 150 and calibration.genuine_claims == 80
     report = calibration_report(scores, calibration, reference_threshold=0.40)
@@ -160,8 +164,12 @@ def test_too_few_impostors_for_the_target_far_is_refused() -> None:
     assert len(few.select("calibration", "skilled")) == 10
     with pytest.raises(ValueError, match=r"too few .* at least 20"):
         fit_calibration(few, "target_far", 0.05)
-    assert np.isfinite(fit_calibration(few, "target_far", 0.1).threshold)  # 10 impostors can show a FAR of 0.1
-    assert np.isfinite(fit_calibration(few, "eer", 0.05).threshold)
+    # 10 impostors can show a FAR of 0.1: one of them passes, the threshold is just above the second highest.
+    skilled = few.select("calibration", "skilled")
+    claims = np.sort(skilled.verification[np.arange(len(skilled)), skilled.claimed])
+    assert fit_calibration(few, "target_far", 0.1).threshold == np.nextafter(claims[-2], np.inf)
+    # The equal-error objective has no minimum: it fits on the 10 as well.
+    assert fit_calibration(few, "eer", 0.05).impostor_claims == 10
 
 
 def test_test_rows_never_influence_the_fit() -> None:
@@ -174,3 +182,106 @@ def test_test_rows_never_influence_the_fit() -> None:
     verification[is_test] = rng.normal(0, 10, verification[is_test].shape)
     scrambled = dataclasses.replace(scores, logits=logits, verification=verification)
     assert fit_calibration(scrambled, "target_far", 0.05) == fit_calibration(scores, "target_far", 0.05)
+
+
+def hand_fit_table() -> ScoreTable:
+    """Three writers; validation genuine claims 0.9, 0.7, 0.5; calibration skilled forgeries 0.8, 0.6,
+    0.4, 0.2 and one opposite-hand sample at 0.95 (not an impostor while skilled forgeries exist)."""
+    logits = [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]]
+    return build_table(
+        [
+            ("val", "genuine", 0, logits[0], [0.9, 0.0, 0.0]),
+            ("val", "genuine", 1, logits[1], [0.0, 0.7, 0.0]),
+            ("val", "genuine", 2, logits[2], [0.0, 0.0, 0.5]),
+            ("calibration", "skilled", 0, logits[0], [0.8, 0.0, 0.0]),
+            ("calibration", "skilled", 1, logits[1], [0.0, 0.6, 0.0]),
+            ("calibration", "skilled", 2, logits[2], [0.0, 0.0, 0.4]),
+            ("calibration", "skilled", 0, logits[0], [0.2, 0.0, 0.0]),
+            ("calibration", "opposite", 1, logits[1], [0.0, 0.95, 0.0]),
+        ]
+    )
+
+
+def test_fitted_thresholds_by_hand() -> None:
+    scores = hand_fit_table()
+    # target_far 1/4 of 4 skilled forgeries: one may pass (0.8): accept strictly above 0.6.
+    far = fit_calibration(scores, "target_far", 0.25)
+    assert far.threshold == np.nextafter(0.6, np.inf)
+    assert (far.genuine_claims, far.impostor_claims, far.impostor_kinds) == (3, 4, ("skilled",))
+    # EER: genuine 0.9 0.7 0.5 against 0.8 0.6 0.4 0.2:
+    #   t=0.8: FRR 2/3, FAR 1/4 (gap 5/12); t=0.7: FRR 1/3, FAR 1/4 (gap 1/12, smallest); t=0.6: FRR 1/3, FAR 1/2.
+    assert fit_calibration(scores, "eer", 0.25).threshold == 0.7
+
+
+def two_writer_table() -> ScoreTable:
+    """Logits are logs of weights: [ln 9, 0] gives 9/10 at T=1 and (ln 9 / 2 = ln 3) 3/4 at T=2;
+    [ln 4, 0] gives 4/5 at T=1 and 2/3 at T=2; [0, 0] gives 1/2 at any T."""
+    nine, four = math.log(9.0), math.log(4.0)
+    unused = [0.0, 0.0]  # verifier scores: these tests score with the softmax
+    return build_table(
+        [
+            ("test", "genuine", 0, [nine, 0.0], unused),  # g0: top 0 (right)
+            ("test", "genuine", 0, [four, 0.0], unused),  # g1: top 0 (right)
+            ("test", "genuine", 1, [nine, 0.0], unused),  # g2: top 0 (wrong)
+            ("test", "genuine", 1, [0.0, nine], unused),  # g3: top 1 (right)
+            ("test", "skilled", 1, [nine, 0.0], unused),  # k0: imitates 1, but the classifier's top is 0
+            ("test", "skilled", 1, [0.0, four], unused),  # k1: imitates 1, top 1
+            ("test", "simple", 0, [0.0, 0.0], unused),  # m0: a tie, top 0 (the first)
+            ("val", "genuine", 0, [nine, 0.0], [0.99, 0.99]),  # other splits never count
+            ("calibration", "skilled", 0, [nine, 0.0], [0.99, 0.99]),
+        ]
+    )
+
+
+def test_open_set_results_on_calibrated_softmax_by_hand() -> None:
+    scores = two_writer_table()
+    # T=2, threshold 0.7. Top writer's probability: g0 3/4, g1 2/3, g2 3/4, g3 3/4 -> g1 alone is unknown.
+    at_two = open_set_results(scores, 2.0, 0.7, SOFTMAX)
+    # FRR 1/4; answered g0 (right), g2 (wrong), g3 (right): 2/3 right; overall 2 right of 4.
+    # Skilled: k0 is answered writer 0 at 3/4 (an accept, although it imitates 1), k1 writer 1 at 2/3 (unknown).
+    # Simple: m0 at 1/2, unknown. No opposite-hand samples: NaN.
+    assert at_two == pytest.approx(
+        {
+            "frr": 1 / 4,
+            "accuracy_accepted": 2 / 3,
+            "accuracy_overall": 1 / 2,
+            "far_skilled": 1 / 2,
+            "far_simple": 0.0,
+            "far_opposite": math.nan,
+        },
+        nan_ok=True,
+    )
+    # T=1: 9/10, 4/5, 9/10, 9/10 all pass 0.7; 3 of 4 right. k0 (9/10) and k1 (4/5) pass; m0 (1/2) does not.
+    at_one = open_set_results(scores, 1.0, 0.7, SOFTMAX)
+    assert (at_one["frr"], at_one["accuracy_accepted"], at_one["accuracy_overall"]) == pytest.approx((0, 3 / 4, 3 / 4))
+    assert (at_one["far_skilled"], at_one["far_simple"]) == pytest.approx((1.0, 0.0))
+    # Nothing accepted: accuracy among the accepted is NaN, overall 0, FRR 1.
+    none = open_set_results(scores, 1.0, 0.95, SOFTMAX)
+    assert none["frr"] == 1.0 and math.isnan(none["accuracy_accepted"]) and none["accuracy_overall"] == 0.0
+
+
+def test_verification_results_on_calibrated_softmax_by_hand() -> None:
+    results = verification_results(two_writer_table(), 2.0, 0.7, SOFTMAX)
+    # T=2, probability of the *claimed* writer. Genuine: g0 3/4, g1 2/3, g2 1/4, g3 3/4 -> FRR at 0.7: 2/4.
+    # Skilled (claim 1): k0 1/4, k1 2/3 -> none reaches 0.7. Simple (claim 0): 1/2 -> 0.
+    # Random (the other writer): g0 1/4, g1 1/3, g2 3/4, g3 1/4 -> 1 of 4.
+    # A-posteriori EERs against genuine 3/4 3/4 2/3 1/4:
+    #   skilled 2/3 1/4: t=3/4: FRR 2/4, FAR 0; t=2/3: FRR 1/4, FAR 1/2 (gap 1/4, smallest); t=1/4: FRR 0, FAR 1
+    #     -> (1/4 + 1/2) / 2 = 3/8.
+    #   random: t=3/4: FRR 2/4, FAR 1/4; t=2/3: FRR 1/4, FAR 1/4 (gap 0) -> 1/4.
+    #   simple 1/2: t=3/4: FRR 2/4, FAR 0; t=2/3: FRR 1/4, FAR 0 (gap 1/4, smallest); t=1/2: FRR 1/4, FAR 1
+    #     -> (1/4 + 0) / 2 = 1/8.
+    assert results == pytest.approx(
+        {
+            "frr": 1 / 2,
+            "far_skilled": 0.0,
+            "far_simple": 0.0,
+            "far_opposite": math.nan,
+            "far_random": 1 / 4,
+            "eer_skilled_a_posteriori": 3 / 8,
+            "eer_simple_a_posteriori": 1 / 8,
+            "eer_opposite_a_posteriori": math.nan,
+            "eer_random_a_posteriori": 1 / 4,
+        },
+        nan_ok=True,
+    )

@@ -12,6 +12,7 @@ from tasks.metrics import (
     false_rates,
     identification_metrics,
     per_class_report,
+    reliability_bins,
     threshold_for_far,
     top_k_accuracy,
 )
@@ -84,3 +85,106 @@ def test_random_forgeries_are_every_other_writer() -> None:
     scores = random_forgery_scores(PROBABILITIES, LABELS)
     assert len(scores) == 4 * 2
     assert sorted(scores.tolist()) == sorted([0.2, 0.1, 0.1, 0.6, 0.5, 0.1, 0.2, 0.2])
+
+
+# Reliability bins and ECE, four bins: edges 0, 0.25, 0.5, 0.75, 1; a confidence on an edge falls in
+# the lower bin ((0.25, 0.5] is bin 1), 1.0 in the last one. Confidence is the top-1 probability; a tie
+# (0.5, 0.5) predicts the first class.
+CALIBRATION_PROBABILITIES = np.array(
+    [
+        [0.6, 0.4],  # confidence 0.6, predicted 0, label 0: right, bin 2
+        [0.3, 0.7],  # confidence 0.7, predicted 1, label 0: wrong, bin 2
+        [0.75, 0.25],  # confidence 0.75 (on the edge), predicted 0, label 1: wrong, bin 2
+        [0.5, 0.5],  # confidence 0.5 (on the edge), predicted 0, label 1: wrong, bin 1
+        [0.9, 0.1],  # confidence 0.9, right, bin 3
+        [0.2, 0.8],  # confidence 0.8, right, bin 3
+        [1.0, 0.0],  # confidence 1.0, right, bin 3
+    ]
+)
+CALIBRATION_LABELS = np.array([0, 0, 1, 1, 0, 1, 0])
+
+
+def test_reliability_bins_by_hand() -> None:
+    table = reliability_bins(CALIBRATION_PROBABILITIES, CALIBRATION_LABELS, bins=4)
+    assert table["centre"] == pytest.approx([0.125, 0.375, 0.625, 0.875])
+    assert table["count"] == [0.0, 1.0, 3.0, 3.0]
+    # Bin 2: mean confidence (0.6 + 0.7 + 0.75) / 3 = 0.68333, one right of three; bin 3: (0.9 + 0.8 + 1) / 3.
+    assert table["confidence"] == pytest.approx([np.nan, 0.5, 2.05 / 3, 0.9], nan_ok=True)
+    assert table["accuracy"] == pytest.approx([np.nan, 0.0, 1 / 3, 1.0], nan_ok=True)
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    # Sum over bins of (share of rows) * |accuracy - confidence|:
+    # 1/7 * |0 - 0.5| + 3/7 * |1/3 - 2.05/3| + 3/7 * |1 - 0.9| = (0.5 + 1.05 + 0.3) / 7 = 1.85 / 7.
+    ece = expected_calibration_error(CALIBRATION_PROBABILITIES, CALIBRATION_LABELS, bins=4)
+    assert ece == pytest.approx(1.85 / 7)
+    # Every row right at confidence 1.0: no error; every row wrong at 0.5 (a tie): 0.5.
+    assert expected_calibration_error(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]), bins=4) == 0.0
+    assert expected_calibration_error(np.array([[0.5, 0.5]] * 2), np.array([1, 1]), bins=4) == pytest.approx(0.5)
+
+
+def test_false_rates_accept_at_the_threshold_and_are_nan_without_claims() -> None:
+    genuine, impostor = np.array([0.2, 0.5, 0.9]), np.array([0.1, 0.5, 0.6, 0.7])
+    # At 0.5: genuine 0.2 rejected (FRR 1/3); impostors 0.5, 0.6, 0.7 accepted, a score equal to it included (3/4).
+    assert false_rates(genuine, impostor, 0.5) == pytest.approx((1 / 3, 3 / 4))
+    # Just above 0.5: genuine 0.2 and 0.5 rejected (2/3), impostors 0.6 and 0.7 accepted (2/4).
+    assert false_rates(genuine, impostor, np.nextafter(0.5, 1.0)) == pytest.approx((2 / 3, 1 / 2))
+    frr, far = false_rates(np.zeros(0), impostor, 0.5)
+    assert np.isnan(frr) and far == pytest.approx(3 / 4)
+    frr, far = false_rates(genuine, np.zeros(0), 0.5)
+    assert frr == pytest.approx(1 / 3) and np.isnan(far)
+
+
+def test_equal_error_rate_threshold_ties_and_auc_ties_by_hand() -> None:
+    genuine = np.array([0.9, 0.8, 0.7, 0.6])
+    # Skilled 0.7, 0.3: t=0.8: FRR 2/4, FAR 0; t=0.7: FRR 1/4, FAR 1/2 (gap 1/4, the smallest); t=0.6: FRR 0,
+    # FAR 1/2. EER (1/4 + 1/2) / 2 = 3/8 at 0.7. AUC: 0.9, 0.8 beat both (4), 0.7 ties 0.7 (1/2) and beats
+    # 0.3 (1), 0.6 beats 0.3 (1): 6.5 / 8.
+    rates = equal_error_rate(genuine, np.array([0.7, 0.3]))
+    assert (rates.eer, rates.threshold, rates.auc) == pytest.approx((3 / 8, 0.7, 6.5 / 8))
+    # One impostor at 0.75: t=0.8: FRR 2/4, FAR 0 (gap 1/2); t=0.75: FRR 2/4, FAR 1 (gap 1/2); tie -> the lower
+    # threshold, 0.75, where the EER is (1/2 + 1) / 2 = 3/4 (not 1/4, the mean at 0.8).
+    rates = equal_error_rate(genuine, np.array([0.75]))
+    assert (rates.eer, rates.threshold, rates.auc) == pytest.approx((0.75, 0.75, 0.5))
+    # Scores all equal: one threshold, everything accepted: FRR 0, FAR 1, EER 1/2, AUC 1/2.
+    rates = equal_error_rate(np.array([0.4, 0.4]), np.array([0.4]))
+    assert (rates.eer, rates.threshold, rates.auc) == pytest.approx((0.5, 0.4, 0.5))
+    # No genuine claims: NaN everywhere.
+    empty = equal_error_rate(np.zeros(0), np.array([0.1]))
+    assert np.isnan([empty.eer, empty.threshold, empty.auc]).all()
+
+
+def test_threshold_for_far_by_hand() -> None:
+    impostor = np.array([0.2, 0.9, 0.4, 0.6])  # sorted high to low: 0.9, 0.6, 0.4, 0.2
+    # target 1/4: one accept allowed -> accept strictly above the 2nd highest, 0.6: only 0.9 gets through.
+    assert threshold_for_far(impostor, 0.25) == np.nextafter(0.6, np.inf)
+    # target 0.3: floor(0.3 * 4) = 1 accept, the same threshold; target 0.5: two accepts, above 0.4.
+    assert threshold_for_far(impostor, 0.3) == np.nextafter(0.6, np.inf)
+    assert threshold_for_far(impostor, 0.5) == np.nextafter(0.4, np.inf)
+    # target 0: nothing accepted, just above the highest.
+    assert threshold_for_far(impostor, 0.0) == np.nextafter(0.9, np.inf)
+    # target 1: every impostor may pass: the lowest impostor score (FAR 1).
+    assert threshold_for_far(impostor, 1.0) == 0.2
+    with pytest.raises(ValueError, match="no impostor scores"):
+        threshold_for_far(np.zeros(0), 0.1)
+
+
+def test_threshold_for_far_with_ties_at_the_top_score() -> None:
+    """When at least target_far of the impostors tie at the maximum, no threshold at or below that score
+    keeps FAR within target: the answer is the next float above the maximum (FAR 0, stricter than asked),
+    and a genuine claim scoring exactly the maximum is rejected."""
+    impostor = np.array([0.9, 0.9, 0.9, 0.1])
+    # target 1/2 allows 2 accepts, but any threshold <= 0.9 accepts 3 (FAR 3/4).
+    threshold = threshold_for_far(impostor, 0.5)
+    assert threshold == np.nextafter(0.9, np.inf)
+    assert false_rates(np.array([0.9, 0.95]), impostor, threshold) == (0.5, 0.0)
+    # Every impostor tied: even target 3/4 (3 accepts of 4) gives just above the tie.
+    assert threshold_for_far(np.full(4, 0.5), 0.75) == np.nextafter(0.5, np.inf)
+    # 3 of 4 tied and target 3/4: 3 accepts allowed, so accepting the whole tie is fine: above 0.1.
+    assert threshold_for_far(impostor, 0.75) == np.nextafter(0.1, np.inf)
+
+
+def test_threshold_for_far_is_the_lowest_when_target_times_count_is_whole() -> None:
+    impostor = np.arange(100) / 100.0  # 0.00 .. 0.99
+    # target 0.29 of 100 allows 29 accepts: 0.71 .. 0.99, i.e. accept strictly above 0.70.
+    assert threshold_for_far(impostor, 0.29) == np.nextafter(0.70, np.inf)
