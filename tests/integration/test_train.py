@@ -81,7 +81,7 @@ def train(
     )
 
 
-def test_images(paths: ProjectPaths, result: TrainResult) -> SplitImages:
+def held_out_images(paths: ProjectPaths, result: TrainResult) -> SplitImages:
     """The test genuine images, which training never loads, for checking what it produced."""
     return load_split_images(read_manifest(paths.manifest_file), paths.root, result.classes, "test")
 
@@ -92,7 +92,7 @@ def test_the_ridge_head_is_the_verifier_and_identifies_the_test_writers(paths: P
     from tasks.model import LogitScorer
 
     result = train(paths, model=MODEL.model_copy(update={"head": "ridge"}))
-    test = test_images(paths, result)
+    test = held_out_images(paths, result)
     outputs = LogitScorer(result.classifier).outputs(plain_batches(test, None, 16))
     np.testing.assert_allclose(outputs.logits, result.verifier.scores(outputs.embeddings), rtol=1e-4, atol=1e-4)
     assert result.state.completed_epochs == 1 and result.state.history["val_accuracy"][0] > CHANCE + 0.3
@@ -141,7 +141,7 @@ def test_the_full_classifier_equals_the_head_trained_on_the_cache(paths: Project
     best = result.state.history["val_accuracy"][result.state.best_epoch]
     assert float(np.mean(np.argmax(validation, axis=1) == data.val.labels)) == pytest.approx(best)
     assert np.allclose(validation.sum(axis=1), 1.0, atol=1e-5)
-    test = test_images(paths, result)
+    test = held_out_images(paths, result)
     probabilities = result.classifier.predict(plain_batches(test, None, 16), verbose=0)
     assert float(np.mean(np.argmax(probabilities, axis=1) == test.labels)) > CHANCE + 0.2
 
@@ -170,7 +170,7 @@ def test_cached_mode_learns_under_bfloat16_mixed_precision(paths: ProjectPaths) 
     assert result.classifier.get_layer("head_dense").compute_dtype == "bfloat16"
     assert history["loss"][-1] < history["loss"][0]
     assert max(history["val_accuracy"]) > CHANCE + 0.2
-    probabilities = result.classifier.predict(plain_batches(test_images(paths, result), None, 16), verbose=0)
+    probabilities = result.classifier.predict(plain_batches(held_out_images(paths, result), None, 16), verbose=0)
     assert probabilities.dtype == np.float32
 
 
