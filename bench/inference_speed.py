@@ -107,7 +107,7 @@ def main() -> None:
         with mlflow.start_run(experiment_id=mlflow.create_experiment(BENCH_EXPERIMENT, artifact_location=artifacts)):
             uri = log_packaged_model(paths, settings_from_params(params), 5, Path(files[0]))
         started = time.perf_counter()
-        model = mlflow.pyfunc.load_model(uri)
+        model = mlflow.pyfunc.load_model(uri, model_config={"accept_paths": True})  # it reads files here
         load_seconds = time.perf_counter() - started
 
         pixels = np.stack([np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) for file in files])

@@ -9,19 +9,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tasks.errors import (
+    ArchiveLimitError,
+    ArtifactStoreError,
     CalibrationError,
     ConfigError,
     DownloadError,
     EvaluationError,
     LayoutError,
+    ModelFileError,
+    ModelInputError,
     NotAnArchiveError,
     PipelineBusyError,
     StageFailedError,
+    TrainingBusyError,
     TrainingDataError,
     UnsafeArchiveError,
     VerifierError,
     WeightsError,
 )
+from tasks.lifeline import die_with_parent, start_guarded_prefect_server
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
 
 USER_ERRORS = (
@@ -29,6 +35,7 @@ USER_ERRORS = (
     DownloadError,
     LayoutError,
     UnsafeArchiveError,
+    ArchiveLimitError,
     NotAnArchiveError,
     TrainingDataError,
     WeightsError,
@@ -37,6 +44,10 @@ USER_ERRORS = (
     VerifierError,
     PipelineBusyError,
     StageFailedError,
+    ModelFileError,
+    TrainingBusyError,
+    ArtifactStoreError,
+    ModelInputError,
 )
 QUIET_ENVIRONMENT = {
     "DO_NOT_TRACK": "true",
@@ -64,8 +75,14 @@ def quiet_environment() -> None:
 
 
 def run_stage(stage: Callable[[str], object], params_file: str) -> None:
-    """Run a stage flow on `params_file`; on a user error print one line and exit with code 1."""
+    """Run a stage flow on `params_file`; on a user error print one line and exit with code 1.
+
+    Under DVC the stage stops when DVC dies, and Prefect's temporary API server (if any) is
+    started up front with a watcher, so that neither outlives the run (`tasks.lifeline`).
+    """
     quiet_environment()
+    die_with_parent()
+    start_guarded_prefect_server()
     try:
         stage(params_file)
     except USER_ERRORS as error:

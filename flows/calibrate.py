@@ -32,7 +32,7 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
     from tasks.metrics import reliability_bins
     from tasks.plots import reliability_image
     from tasks.scores import load_scores, softmax
-    from tasks.tracking import ensure_experiment, loggable_metrics, parent_run_id
+    from tasks.tracking import ensure_experiment, loggable_metrics, parent_run_id, process_tags
 
     table = load_scores(paths.scores_file)
     classes = json.loads(paths.labels_file.read_text())["classes"]
@@ -50,7 +50,10 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
     )
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name="calibrate", parent_run_id=parent_run_id(paths.train_run_file)
+        experiment_id=experiment_id,
+        run_name="calibrate",
+        parent_run_id=parent_run_id(paths.train_run_file),
+        tags=process_tags(),
     ):
         mlflow.set_tag("stage", "calibrate")
         mlflow.log_params({f"calibrate.{key}": value for key, value in config.calibrate.model_dump().items()})

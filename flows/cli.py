@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,8 @@ app = typer.Typer(
     help="Signature pipeline: download, prepare, train, evaluate, calibrate, register; predict and verify.",
     no_args_is_help=True,
 )
+
+ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
 
 ParamsOption = Annotated[
     Path,
@@ -69,6 +72,22 @@ ModelOption = Annotated[
 ]
 
 
+def described_model(model_uri: str) -> str:
+    """`model_uri`, plus the version it resolves to when it names an alias (`models:/name@alias`):
+    the version to restore or replace when its files are damaged."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    match = ALIAS_URI.fullmatch(model_uri)
+    if match is None:
+        return model_uri
+    try:
+        version = MlflowClient().get_model_version_by_alias(match["name"], match["alias"]).version
+    except MlflowException:
+        return model_uri
+    return f"{model_uri} (version {version})"
+
+
 def load_signature_model(model_uri: str | None, params_file: Path):  # -> SignatureClassifier
     """Load the packaged model (pointing MLflow at the workspace store), or exit with one line."""
     import mlflow
@@ -76,6 +95,8 @@ def load_signature_model(model_uri: str | None, params_file: Path):  # -> Signat
 
     from flows._stage import quiet_environment
     from tasks.config import ConfigError, RegisterParams, load_group
+    from tasks.errors import ModelFileError
+    from tasks.inference import ACCEPT_PATHS
     from tasks.tracking import tracking_uri
 
     quiet_environment()
@@ -89,7 +110,11 @@ def load_signature_model(model_uri: str | None, params_file: Path):  # -> Signat
         model_uri = f"models:/{name}@champion"
     mlflow.set_tracking_uri(tracking_uri(paths))
     try:
-        return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
+        # Local use: the model may open the files named on the command line (the served model may not).
+        return mlflow.pyfunc.load_model(model_uri, model_config={ACCEPT_PATHS: True}).unwrap_python_model().model
+    except ModelFileError as error:
+        typer.echo(f"error: {described_model(model_uri)}: {error}", err=True)
+        raise typer.Exit(code=1) from error
     except (MlflowException, OSError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         typer.echo(

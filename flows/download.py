@@ -16,6 +16,8 @@ from tasks.download import DownloadSummary, fetch_dataset
 from tasks.files import write_json
 from tasks.paths import ProjectPaths
 
+SKIPPED_SHOWN = 10  # skipped entries printed; all of them are in metrics/download.json
+
 
 @task(name="fetch-dataset", cache_policy=NO_CACHE)
 def fetch_dataset_task(
@@ -34,9 +36,16 @@ def download_flow(params_file: str) -> dict[str, object]:
     download = parse_group(params, "download", DownloadParams, params_file)
     synthetic = parse_group(params, "synthetic", SyntheticParams, params_file)
     summary = fetch_dataset_task(data, download, synthetic, paths)
-    metrics = {**asdict(summary), "layout": data.layout}
+    metrics = {**asdict(summary), "skipped_files": len(summary.skipped), "layout": data.layout}
     write_json(paths.download_metrics_file, metrics)
-    print(f"data/raw holds {summary.files} files ({summary.bytes / 1e6:.1f} MB) from {summary.source}")
+    for item in summary.skipped[:SKIPPED_SHOWN]:
+        print(f"skipped {item.path}: {item.reason}")
+    if len(summary.skipped) > SKIPPED_SHOWN:
+        print(f"... {len(summary.skipped) - SKIPPED_SHOWN} more skipped, see {paths.download_metrics_file}")
+    print(
+        f"data/raw holds {summary.files} files ({summary.bytes / 1e6:.1f} MB) from {summary.source}; "
+        f"{len(summary.skipped)} skipped"
+    )
     return metrics
 
 

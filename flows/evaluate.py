@@ -35,7 +35,7 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     from tasks.manifest import read_manifest
     from tasks.plots import confusion_matrix_image, roc_det_image, score_distributions_image
     from tasks.scores import save_scores, verification_scores
-    from tasks.tracking import data_version, ensure_experiment, loggable_metrics, parent_run_id
+    from tasks.tracking import data_version, ensure_experiment, loggable_metrics, parent_run_id, process_tags
     from tasks.verifier import load_verifier
 
     classes = json.loads(paths.labels_file.read_text())["classes"]
@@ -53,7 +53,10 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     score_distributions_image(scores, paths.score_distributions_file)
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name="evaluate", parent_run_id=parent_run_id(paths.train_run_file)
+        experiment_id=experiment_id,
+        run_name="evaluate",
+        parent_run_id=parent_run_id(paths.train_run_file),
+        tags=process_tags(),
     ):
         mlflow.set_tags({"stage": "evaluate", "data_version": data_version(paths.manifest_file)})
         mlflow.log_metrics(loggable_metrics(metrics))

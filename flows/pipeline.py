@@ -3,8 +3,10 @@
 Each stage is a task that runs `dvc repro --single-item <stage>`, so DVC decides what is up to date
 and records what ran: after this flow `dvc status` is clean, and after `dvc repro` this flow skips
 every stage. Deployment parameters (`overrides`, e.g. {"train.epochs": 5}) are written into
-params.yaml, as `dvc exp run --set-param` does, so every run stays reproducible from its files.
-Runs in one workspace never overlap: a file lock (and the deployment's concurrency limit of 1).
+params.yaml, as `dvc exp run --set-param` does, so every run stays reproducible from its files;
+they are validated with the whole file first, and a refused override leaves it untouched.
+Runs in one workspace never overlap: a file lock (and the deployment's concurrency limit of 1);
+a run that has to wait says which run holds the lock and since when.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from flows._stage import quiet_environment, run_entry_point, workspace_paths
+from tasks.config import check_params_file
 from tasks.manifest import read_manifest
 from tasks.orchestration import (
     PIPELINE_STAGES,
@@ -91,9 +95,12 @@ def pipeline_flow(
 ) -> list[dict[str, object]]:
     """Bring every stage up to date, in order, then publish a report and a timing table."""
     paths = workspace_paths(str(Path(params_file).resolve()))
-    with workspace_lock(paths.pipeline_lock_file, lock_timeout_seconds):
+    with workspace_lock(paths.pipeline_lock_file, lock_timeout_seconds, label=f"flow run '{flow_run.name}'"):
+        # Every parameter is validated before any stage runs (DVC would remove outputs first);
+        # overrides are validated with the whole file before it is written.
         if overrides:
             print("parameters set: " + ", ".join(apply_overrides(paths.params_file, overrides)))
+        check_params_file(paths.params_file)
         environment = stage_environment()
         outcomes = []
         for stage in PIPELINE_STAGES:

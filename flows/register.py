@@ -9,7 +9,7 @@ otherwise it becomes `challenger`. Run it with `python -m flows.register`
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -63,8 +63,16 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         decide,
         digest_of_rows,
         log_packaged_model,
+        version_removed_on_failure,
     )
-    from tasks.tracking import data_version, ensure_experiment, flatten_params, parent_run_id
+    from tasks.tracking import (
+        data_version,
+        end_abandoned_runs,
+        ensure_experiment,
+        flatten_params,
+        parent_run_id,
+        process_tags,
+    )
 
     rows = read_manifest(paths.manifest_file)
     params = read_params_file(paths.params_file)
@@ -80,13 +88,24 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
             "rerun the evaluate stage (`dvc repro evaluate`) or pick one of its selection_* keys"
         )
     manifest = digest_of_rows(rows, SELECTION_SPLITS)
-    example = next(paths.root / row["path"] for row in rows if row["split"] == "test" and row["kind"] == "genuine")
+    # A prepared (small, preprocessed) image: its bytes are stored in the model as the input example.
+    example = next(
+        paths.root / row["prepared_path"] for row in rows if row["split"] == "test" and row["kind"] == "genuine"
+    )
     name = config.register.model_name
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
+    end_abandoned_runs(experiment_id)
     client = mlflow.tracking.MlflowClient()
     train_run = parent_run_id(paths.train_run_file)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="register", parent_run_id=train_run):
-        model_uri = log_packaged_model(paths, settings_from_params(config.prepare), config.register.top_k, example)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name="register", parent_run_id=train_run, tags=process_tags()
+    ):
+        settings = replace(
+            settings_from_params(config.prepare),
+            max_pixels=config.register.max_image_pixels,
+            max_image_bytes=config.register.max_image_bytes,
+        )
+        model_uri = log_packaged_model(paths, settings, config.register.top_k, example)
         tags = {
             TAG_SELECTION_MANIFEST: manifest,
             TAG_TEST_MANIFEST: digest_of_rows(rows, ("test",)),
@@ -99,16 +118,19 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         champion = current_champion(client, name)
         version = mlflow.register_model(model_uri, name, tags=tags)
         decision = decide(evaluation, manifest, champion, config.register.metric)
-        client.set_registered_model_alias(name, decision.alias, version.version)
-        client.update_model_version(
-            name,
-            version.version,
-            description=(
-                f"{decision.alias}: {decision.reason}. {config.register.metric} = {decision.new_value} "
-                f"(test accuracy {evaluation.get('accuracy')}, skilled EER {evaluation.get('eer_skilled')}); "
-                f"calibrated threshold {calibration.get('threshold')}, temperature {calibration.get('temperature')}."
-            ),
-        )
+        # The alias moves last: a failure before it deletes the new version and leaves the aliases as they were.
+        with version_removed_on_failure(client, name, version.version):
+            client.update_model_version(
+                name,
+                version.version,
+                description=(
+                    f"{decision.alias}: {decision.reason}. {config.register.metric} = {decision.new_value} "
+                    f"(test accuracy {evaluation.get('accuracy')}, skilled EER {evaluation.get('eer_skilled')}); "
+                    f"calibrated threshold {calibration.get('threshold')}, "
+                    f"temperature {calibration.get('temperature')}."
+                ),
+            )
+            client.set_registered_model_alias(name, decision.alias, version.version)
         result = {
             "model_name": name,
             "version": str(version.version),

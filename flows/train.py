@@ -60,17 +60,26 @@ def log_classifier(classifier: Any, image_size: int) -> str:
     import numpy as np
     from mlflow.models import infer_signature
 
-    from tasks.tracking import model_requirements
+    from tasks.tracking import model_artifacts_removed_on_failure, model_requirements
 
     example = np.full((SIGNATURE_EXAMPLE_COUNT, image_size, image_size, 3), 255.0, dtype=np.float32)
     signature = infer_signature(example, classifier.predict(example, verbose=0))
-    return mlflow.tensorflow.log_model(
-        classifier, name=MODEL_ARTIFACT_NAME, signature=signature, pip_requirements=model_requirements()
-    ).model_uri
+    with model_artifacts_removed_on_failure("classifier model"):
+        return mlflow.tensorflow.log_model(
+            classifier, name=MODEL_ARTIFACT_NAME, signature=signature, pip_requirements=model_requirements()
+        ).model_uri
 
 
 @task(name="train-classifier", cache_policy=NO_CACHE)
 def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
+    """Train while holding the checkpoint folder: a second training fails rather than train beside this one."""
+    from tasks.checkpoint_lock import checkpoint_folder_lock
+
+    with checkpoint_folder_lock(paths.train_checkpoint_dir):
+        return train_holding_lock(paths, config)
+
+
+def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
     """Load the prepared data, train (resuming if a checkpoint matches), write and log the outputs."""
     import mlflow
 
@@ -79,7 +88,15 @@ def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
     from tasks.input_pipeline import load_training_data
     from tasks.manifest import read_manifest
     from tasks.plots import learning_curve
-    from tasks.tracking import data_version, ensure_experiment, epoch_logger, flatten_params, loggable_metrics
+    from tasks.tracking import (
+        data_version,
+        end_abandoned_runs,
+        ensure_experiment,
+        epoch_logger,
+        flatten_params,
+        loggable_metrics,
+        process_tags,
+    )
     from tasks.train import train_classifier, training_fingerprint
     from tasks.verifier import save_verifier
 
@@ -101,8 +118,10 @@ def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
             "epochs, learning_rate, batch_size and patience do not apply (they do for head: linear or mlp)"
         )
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
+    end_abandoned_runs(experiment_id)  # a killed run, resumed or not, must not stay RUNNING
     run_id = pending.run_id if pending is not None else None
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else "train") as run:
+        mlflow.set_tags(process_tags())  # this process owns the run now, resumed or new
         if run_id is None:
             mlflow.log_params(flatten_params(config.all_params))
             mlflow.set_tags(

@@ -8,15 +8,21 @@ keys that its `dvc.yaml` stage declares, so a stage never depends on parameters 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import ConfigError
 
 DataSource = Literal["url", "gdrive", "kaggle", "local", "synthetic"]
 DataLayout = Literal["utsig", "utsig_crop", "cedar", "folder"]
+# Keras' InceptionV3 (the frozen base) refuses inputs smaller than 75 x 75 pixels.
+INCEPTION_MIN_SIZE = 75
+# val_fraction * train_per_writer at or above this rounds (halves up) to one validation signature.
+MIN_VALIDATION_SHARE = 0.5
+# register.metric must be one of evaluate's selection metrics (measured without the test split).
+SELECTION_METRIC_PREFIX = "selection_"
 
 
 class StrictModel(BaseModel):
@@ -62,12 +68,21 @@ class DataParams(StrictModel):
 
 
 class DownloadParams(StrictModel):
-    """How hard the HTTP download tries before it gives up."""
+    """How hard the HTTP download tries before it gives up, and the largest archive it extracts.
+
+    The archive limits (checked from the headers before anything is written, and again on the
+    bytes actually written) stop a zip bomb: `max_extracted_bytes` in all, `max_archive_members`
+    entries, and `max_compression_ratio` uncompressed bytes per compressed byte (per member for
+    zip, for the whole archive for tar; sizes under 1 MiB are exempt).
+    """
 
     retries: int = Field(ge=0)
     backoff_seconds: float = Field(ge=0)
     timeout_seconds: float = Field(gt=0)
     chunk_bytes: int = Field(gt=0)
+    max_extracted_bytes: int = Field(gt=0)
+    max_archive_members: int = Field(gt=0)
+    max_compression_ratio: float = Field(ge=1)
 
 
 class SyntheticParams(StrictModel):
@@ -84,13 +99,18 @@ class SyntheticParams(StrictModel):
 
 
 class PrepareParams(StrictModel):
-    """Preprocessing and split rules of the `prepare` stage."""
+    """Preprocessing and split rules of the `prepare` stage.
 
-    image_size: int = Field(ge=16)
-    test_per_writer: int = Field(ge=0)
-    train_per_writer: int = Field(ge=1)
-    val_fraction: float = Field(ge=0, lt=1)
-    calibration_fraction: float = Field(ge=0, le=1)
+    Bounds that only later stages would hit are checked here, before `prepare` reruns: the image
+    side InceptionV3 needs (train), a test split (evaluate), validation images (train's early
+    stopping, calibrate's temperature) and a calibration split (calibrate's threshold).
+    """
+
+    image_size: int = Field(ge=INCEPTION_MIN_SIZE)
+    test_per_writer: int = Field(ge=1)
+    train_per_writer: int = Field(ge=2)
+    val_fraction: float = Field(gt=0, lt=1)
+    calibration_fraction: float = Field(gt=0, le=1)
     seed: int
     working_max_side: int = Field(ge=64)
     blur_radius: float = Field(ge=0)
@@ -99,6 +119,29 @@ class PrepareParams(StrictModel):
     min_side_pixels: int = Field(ge=1)
     margin_fraction: float = Field(ge=0, lt=1)
     workers: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _check_validation_quota(self) -> PrepareParams:
+        """At least one validation signature per writer: `val_fraction * train_per_writer` rounds to 1 or more
+        (the split rounds halves up), or train fails with "no validation images" after prepare reran."""
+        if self.val_fraction * self.train_per_writer < MIN_VALIDATION_SHARE:
+            raise ValueError(
+                f"prepare.val_fraction {self.val_fraction} of prepare.train_per_writer {self.train_per_writer} "
+                "leaves no validation signature per writer (early stopping and calibration need them): raise "
+                f"either so that their product is at least {MIN_VALIDATION_SHARE}"
+            )
+        return self
+
+
+WEIGHTS_KEYWORDS = ("imagenet", "none")  # model.weights values that name no file
+
+
+def weights_file(weights: str, root: Path) -> Path | None:
+    """The file that `model.weights` names (relative paths from the workspace `root`); None for a keyword."""
+    if weights in WEIGHTS_KEYWORDS:
+        return None
+    path = Path(weights).expanduser()
+    return path if path.is_absolute() else root / path
 
 
 class ModelParams(StrictModel):
@@ -121,7 +164,7 @@ class ModelParams(StrictModel):
     @model_validator(mode="after")
     def _check_weights(self) -> ModelParams:
         """`imagenet`, `none`, or a path ending in .h5 / .keras / .weights.h5."""
-        if self.weights not in ("imagenet", "none") and not self.weights.endswith((".h5", ".keras")):
+        if self.weights not in WEIGHTS_KEYWORDS and not self.weights.endswith((".h5", ".keras")):
             raise ValueError(
                 f"model.weights must be 'imagenet', 'none' or a path to a .h5 weights file, not {self.weights!r}"
             )
@@ -224,12 +267,17 @@ def parse_group(params: dict[str, Any], group: str, model: type[GroupModel], sou
     try:
         return model.model_validate(params[group])
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            location = ".".join(str(part) for part in (group, *item["loc"]))
-            reason = "missing: add it" if item["type"] == "missing" else item["msg"]
-            problems.append(f"  {location}: {reason}")
-        raise ConfigError(f"{source}: invalid parameters\n" + "\n".join(problems)) from error
+        raise ConfigError(f"{source}: invalid parameters\n" + "\n".join(validation_problems(error, group))) from error
+
+
+def validation_problems(error: ValidationError, group: str) -> list[str]:
+    """Each problem of a failed group validation as an indented `group.key: reason` line."""
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in (group, *item["loc"]))
+        reason = "missing: add it" if item["type"] == "missing" else item["msg"]
+        problems.append(f"  {location}: {reason}")
+    return problems
 
 
 def load_group(params_file: Path, group: str, model: type[GroupModel]) -> GroupModel:
@@ -278,3 +326,78 @@ class RegisterParams(StrictModel):
     model_name: str = Field(min_length=1)
     metric: str = Field(min_length=1)
     top_k: int = Field(ge=1)
+    # Limits of the packaged model on each input image (README, Registry and inference): pixels
+    # declared by the header, checked before decoding, and bytes of the encoded file. The default
+    # 25 Mpx holds a whole A4/Letter page at 500 dpi (24 Mpx), far more than a signature (UTSig's
+    # 600-dpi scans are a few Mpx, CEDAR's under 0.2), and is 3.6x below Pillow's 89 Mpx bomb
+    # warning: a 25 Mpx RGBA image decodes to 100 MB, where a 9400x9400 one cost 1.5 GB a request.
+    max_image_pixels: int = Field(ge=1)
+    max_image_bytes: int = Field(ge=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _check_selection_metric(cls, metric: str) -> str:
+        """A `selection_*` key of metrics/evaluate.json, checked here rather than after train, evaluate, calibrate."""
+        if not metric.startswith(SELECTION_METRIC_PREFIX):
+            raise ValueError(
+                f"'{metric}' is not a selection metric: versions are compared on validation and calibration "
+                f"data, never on test. Use a '{SELECTION_METRIC_PREFIX}*' key of metrics/evaluate.json "
+                f"(e.g. {SELECTION_METRIC_PREFIX}accuracy or {SELECTION_METRIC_PREFIX}eer_skilled)"
+            )
+        return metric
+
+
+# Every parameter group of params.yaml and its model: what `validate_params` checks as a whole.
+PARAM_GROUPS: dict[str, type[StrictModel]] = {
+    "data": DataParams,
+    "download": DownloadParams,
+    "synthetic": SyntheticParams,
+    "prepare": PrepareParams,
+    "model": ModelParams,
+    "augment": AugmentParams,
+    "train": TrainParams,
+    "tracking": TrackingParams,
+    "evaluate": EvaluateParams,
+    "calibrate": CalibrateParams,
+    "register": RegisterParams,
+}
+
+
+def validate_params(params: dict[str, Any], source: str) -> dict[str, StrictModel]:
+    """Validate every group of `PARAM_GROUPS` at once, listing all problems in one error.
+
+    DVC deletes a stage's outputs before the stage's command reads its parameters, so a bad value
+    would cost the last good outputs; the `check_params` stage and the pipeline flow's overrides
+    call this first, before anything is removed or written. Unknown groups are refused like keys.
+    """
+    problems = [
+        f"  {group}: unknown parameter group (known: {', '.join(PARAM_GROUPS)})"
+        for group in params
+        if group not in PARAM_GROUPS
+    ]
+    validated: dict[str, StrictModel] = {}
+    for group, model in PARAM_GROUPS.items():
+        if params.get(group) is None:
+            problems.append(f"  {group}: missing parameter group: add it (see README, Parameters)")
+            continue
+        try:
+            validated[group] = model.model_validate(params[group])
+        except ValidationError as error:
+            problems.extend(validation_problems(error, group))
+    if problems:
+        raise ConfigError(f"{source}: invalid parameters\n" + "\n".join(problems))
+    return validated
+
+
+def check_params_file(params_file: Path) -> dict[str, StrictModel]:
+    """Read `params_file` and validate all of it (`validate_params`), and check that a weights file
+    named by `model.weights` exists (train would otherwise fail on it after prepare reran)."""
+    groups = validate_params(read_params_file(params_file), str(params_file))
+    model = cast(ModelParams, groups["model"])
+    path = weights_file(model.weights, params_file.resolve().parent)
+    if path is not None and not path.is_file():
+        raise ConfigError(
+            f"{params_file}: model.weights: {path} does not exist. Put the InceptionV3 weights file there, "
+            "or set model.weights to imagenet (downloaded once) or none (untrained base)."
+        )
+    return groups

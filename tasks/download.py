@@ -4,16 +4,24 @@
   interruption, retried with exponential backoff on transient errors, verified against the
   required SHA-256, then safely extracted.
 - `gdrive` / `kaggle`: through gdown / kagglehub (optional extras).
-- `local`: an archive or a folder on disk, copied (never moved).
+- `local`: an archive or a folder on disk, copied (never moved). Symbolic links in a folder are
+  never followed out of it: links that leave it, broken links, link loops and links to folders
+  are skipped and listed; a link to a file inside the folder is copied as a plain file.
 - `synthetic`: the UTSig-shaped generator of `tasks.synthetic`.
 
-The new raw folder is assembled beside the old one and swapped in only when complete.
+The new raw folder is assembled beside the old one and swapped in only when complete. Archives
+are extracted within the `download` parameters' size limits (`tasks.archives`); inside a folder,
+a file is an archive only when its name says so (`.zip`, `.tar.gz`...), and the source files
+are only read, never moved or deleted.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -23,7 +31,7 @@ import requests
 import tenacity
 from tqdm import tqdm
 
-from tasks.archives import NotAnArchiveError, UnsafeArchiveError, is_archive, safe_extract
+from tasks.archives import ArchiveLimits, NotAnArchiveError, UnsafeArchiveError, is_archive, safe_extract
 from tasks.config import DataParams, DownloadParams, SyntheticParams
 from tasks.errors import DownloadError
 from tasks.files import sha256_file
@@ -219,37 +227,117 @@ def fetch_kaggle(handle: str) -> Path:
         ) from error
 
 
-def copy_folder(source: Path, target: Path) -> None:
+@dataclass(frozen=True)
+class SkippedEntry:
+    """A file or link of a source folder that was left out of `data/raw`, with the reason."""
+
+    path: str
+    reason: str
+
+
+def link_problem(link: Path, root: Path) -> str | None:
+    """Why the symbolic link `link` is not copied; None for a link to a regular file inside `root`.
+
+    A link that leaves `root` could bring any readable file (`/etc/passwd`, another dataset)
+    into `data/raw` and the DVC cache; a link to a folder inside `root` only repeats a folder
+    that is copied where it lies anyway, and not following folder links means no link loop.
+    """
+    try:
+        real = link.resolve(strict=True)
+    except FileNotFoundError:
+        return f"broken link (its target {os.readlink(link)} does not exist)"
+    except RuntimeError:  # Python before 3.13 reports a loop this way.
+        return "link loop (following the link leads back to it)"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "link loop (following the link leads back to it)"
+        return f"link cannot be followed ({error.strerror})"
+    if not real.is_relative_to(root):
+        return f"link to {real}, outside the source folder"
+    if real.is_dir():
+        return "link to a folder (not followed; the folder is copied where it lies)"
+    if not stat.S_ISREG(real.stat().st_mode):
+        return "link to a special file (not a regular file)"
+    return None
+
+
+def archive_folder(archive: Path) -> Path:
+    """The folder an archive found inside a source folder is extracted to: its name up to the first dot."""
+    return archive.with_name(archive.name.split(".")[0] or DEFAULT_ARCHIVE_NAME)
+
+
+def copy_folder(source: Path, target: Path, limits: ArchiveLimits) -> list[SkippedEntry]:
     """Copy a folder tree into `target`; archives inside are extracted to a folder of their name.
 
-    An archive next to a folder of that name (`UTSig.zip` beside `UTSig/`) is taken to be the
-    packed copy of it: it is kept as it is, and the data report lists it as a skipped file.
+    Only reads `source`. A file is an archive when its name says so (`.zip`, `.tar.gz`...), so an
+    image with a zip appended stays an image. An archive next to a folder of that name
+    (`UTSig.zip` beside `UTSig/`) is taken to be the packed copy of it: it is copied as it is,
+    and the data report lists it as a skipped file. Symbolic links are judged by `link_problem`:
+    a link to a file inside `source` is copied as a plain file; every other link, and any special
+    file (fifo, socket, device), is skipped and returned with its reason.
     """
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(f"*{PARTIAL_SUFFIX}"))
-    for archive in sorted(path for path in target.rglob("*") if is_archive(path)):
-        extracted = archive.with_name(archive.name.split(".")[0] or DEFAULT_ARCHIVE_NAME)
-        if extracted.exists():
-            continue
-        safe_extract(archive, extracted)
-        archive.unlink()
+    root = source.resolve()
+    skipped: list[SkippedEntry] = []
+    archives: list[tuple[Path, Path]] = []
+    target.mkdir(parents=True)
+    for folder, folders, files in os.walk(root):
+        here = Path(folder)
+        (target / here.relative_to(root)).mkdir(exist_ok=True)
+        folders.sort()
+        for name in sorted([*folders, *files]):
+            path = here / name
+            relative = path.relative_to(root)
+            if path.is_symlink():
+                problem = link_problem(path, root)
+                if problem:
+                    skipped.append(SkippedEntry(relative.as_posix(), problem))
+                    continue
+            elif name in folders:
+                continue  # a real folder: os.walk enters it
+            elif not stat.S_ISREG(path.stat().st_mode):
+                skipped.append(SkippedEntry(relative.as_posix(), "special file (not a regular file)"))
+                continue
+            if name.endswith(PARTIAL_SUFFIX):
+                continue
+            content = path.resolve()
+            if is_archive(path):
+                archives.append((content, target / relative))
+            else:
+                shutil.copy2(content, target / relative)
+    for content, destination in archives:
+        if archive_folder(destination).exists():
+            shutil.copy2(content, destination)
+        else:
+            safe_extract(content, archive_folder(destination), limits)
+    return sorted(skipped, key=lambda entry: entry.path)
 
 
-def materialise(source: Path, target: Path, expected_sha256: str | None) -> None:
-    """Put `source` (a folder or an archive) into `target`, verifying an archive's checksum if given."""
+def materialise(source: Path, target: Path, expected_sha256: str | None, limits: ArchiveLimits) -> list[SkippedEntry]:
+    """Put `source` (a folder or an archive) into `target`, verifying an archive's checksum if given.
+
+    `data.path` names either a folder or an archive, so a file is extracted whatever its name
+    (its format is read from the name, or from the content when the name says nothing).
+    Returns what a folder copy skipped.
+    """
     if source.is_dir():
-        copy_folder(source, target)
-        return
+        return copy_folder(source, target, limits)
     if not source.is_file():
         raise DownloadError(f"{source}: no such file or folder. Fix data.path in params.yaml.")
     if expected_sha256 and sha256_file(source) != expected_sha256.lower():
         raise DownloadError(f"{source}: checksum differs from data.sha256; fix data.sha256 or the file.")
-    safe_extract(source, target)
+    safe_extract(source, target, limits)
+    return []
 
 
 def resolve_local_path(path: str, root: Path) -> Path:
     """`data.path` as an absolute path; relative paths are taken from the workspace root."""
     candidate = Path(path).expanduser()
     return candidate if candidate.is_absolute() else (root / candidate).resolve()
+
+
+def archive_limits(download: DownloadParams) -> ArchiveLimits:
+    """The archive size limits of the `download` parameters."""
+    return ArchiveLimits(download.max_extracted_bytes, download.max_archive_members, download.max_compression_ratio)
 
 
 def fill_incoming(
@@ -259,12 +347,13 @@ def fill_incoming(
     paths: ProjectPaths,
     incoming: Path,
     show_progress: bool,
-) -> str:
-    """Put the dataset named by `data.source` into `incoming`; returns a description of where from."""
+) -> tuple[str, list[SkippedEntry]]:
+    """Put the dataset named by `data.source` into `incoming`; returns where from, and what was skipped."""
+    limits = archive_limits(download)
     if data.source == "synthetic":
         incoming.mkdir(parents=True)
         count = write_synthetic_dataset(synthetic, incoming)
-        return f"synthetic generator (seed {synthetic.seed}, {count} images)"
+        return f"synthetic generator (seed {synthetic.seed}, {count} images)", []
     if data.source == "url":
         assert data.url and data.sha256  # guaranteed by DataParams validation
         archive = download_url(
@@ -274,28 +363,29 @@ def fill_incoming(
             RetryPolicy.from_params(download),
             show_progress,
         )
-        safe_extract(archive, incoming)
-        return data.url
+        safe_extract(archive, incoming, limits)
+        return data.url, []
     if data.source == "local":
         assert data.path
-        materialise(resolve_local_path(data.path, paths.root), incoming, data.sha256)
-        return f"local {data.path}"
+        skipped = materialise(resolve_local_path(data.path, paths.root), incoming, data.sha256, limits)
+        return f"local {data.path}", skipped
     if data.source == "gdrive":
         assert data.gdrive_id
-        materialise(fetch_gdrive(data.gdrive_id, paths.downloads_dir), incoming, data.sha256)
-        return f"gdrive {data.gdrive_id}"
+        skipped = materialise(fetch_gdrive(data.gdrive_id, paths.downloads_dir), incoming, data.sha256, limits)
+        return f"gdrive {data.gdrive_id}", skipped
     assert data.kaggle_handle
-    materialise(fetch_kaggle(data.kaggle_handle), incoming, data.sha256)
-    return f"kaggle {data.kaggle_handle}"
+    skipped = materialise(fetch_kaggle(data.kaggle_handle), incoming, data.sha256, limits)
+    return f"kaggle {data.kaggle_handle}", skipped
 
 
 @dataclass(frozen=True)
 class DownloadSummary:
-    """What the download stage put into `data/raw`."""
+    """What the download stage put into `data/raw`, and what of a source folder it left out."""
 
     source: str
     files: int
     bytes: int
+    skipped: tuple[SkippedEntry, ...] = ()
 
 
 def fetch_dataset(
@@ -309,7 +399,7 @@ def fetch_dataset(
     incoming = paths.raw_dir.with_name(paths.raw_dir.name + INCOMING_SUFFIX)
     shutil.rmtree(incoming, ignore_errors=True)
     try:
-        origin = fill_incoming(data, download, synthetic, paths, incoming, show_progress)
+        origin, skipped = fill_incoming(data, download, synthetic, paths, incoming, show_progress)
     except (UnsafeArchiveError, NotAnArchiveError) as error:
         shutil.rmtree(incoming, ignore_errors=True)
         raise DownloadError(f"{error}. {MANUAL_HINT}") from error
@@ -319,4 +409,4 @@ def fetch_dataset(
     sizes = [path.stat().st_size for path in incoming.rglob("*") if path.is_file()]
     shutil.rmtree(paths.raw_dir, ignore_errors=True)
     incoming.rename(paths.raw_dir)
-    return DownloadSummary(origin, len(sizes), sum(sizes))
+    return DownloadSummary(origin, len(sizes), sum(sizes), tuple(skipped))

@@ -16,6 +16,10 @@ class UnsafeArchiveError(ValueError):
     """An archive holds a member that would be written outside the target, or a link."""
 
 
+class ArchiveLimitError(UnsafeArchiveError):
+    """An archive is over a size limit (bytes, members, compression ratio): a zip bomb or a wrong file."""
+
+
 class NotAnArchiveError(ValueError):
     """A file is neither a zip nor a tar archive (possibly a truncated download)."""
 
@@ -50,3 +54,23 @@ class PipelineBusyError(RuntimeError):
 
 class StageFailedError(RuntimeError):
     """A stage's command failed; the message names the stage and ends with its output."""
+
+
+class ModelInputError(ValueError):
+    """What was passed to the packaged model has none of the columns it reads (`image`, or `path` locally)."""
+
+
+class ModelFileError(ValueError):
+    """A model file (classifier, verifier, calibration, preprocessing) is missing or cannot be read."""
+
+
+class CorruptModelError(ModelFileError):
+    """A packaged (registered) model's file is missing, damaged or differs from its recorded digest."""
+
+
+class TrainingBusyError(RuntimeError):
+    """Another training holds the checkpoint folder; the message names the holder."""
+
+
+class ArtifactStoreError(OSError):
+    """Writing to the MLflow artifact store failed (e.g. a full disk); partial files were removed."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 WHITE = 255
 GREY_LEVELS = 256
@@ -26,10 +26,18 @@ SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 WIDE_MODES = frozenset({"I", "F"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 INK_STRETCH_LOW_PERCENTILE = 1.0
+# Modes Image.reduce cannot box-average, and the mode each is read in instead: bilevel and palette
+# images become grey (with alpha, so transparent pixels still become paper) before shrinking.
+UNREDUCIBLE_MODES = {"1": "L", "P": "LA"}
+KEYED_TRANSPARENCY_MODES = {"L": "LA", "RGB": "RGBA"}  # a colour key must be matched before averaging
 
 
 class ImageReadError(ValueError):
     """An image file cannot be decoded (corrupt, truncated, not an image, too large)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image's header declares more pixels than the limit allows; it is refused before decoding."""
 
 
 class NoInkError(ValueError):
@@ -47,6 +55,12 @@ class PreprocessSettings:
     max_ink_fraction: float
     min_side_pixels: int
     margin_fraction: float
+    # Inference limits the packaged model carries (`register.max_image_pixels`, `register.max_image_bytes`):
+    # images whose header declares more pixels are refused before decoding, encoded images (bytes,
+    # base64) larger than max_image_bytes before decoding the base64. None (the `prepare` stage)
+    # leaves only Pillow's decompression-bomb limit.
+    max_pixels: int | None = None
+    max_image_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -96,23 +110,63 @@ def shrink_to_working_size(grey: Image.Image, working_max_side: int) -> Image.Im
     return grey.reduce(factor) if factor > 1 else grey
 
 
-def read_grey(source: Path | bytes, working_max_side: int, name: str = "") -> tuple[np.ndarray, int, int]:
+def reducible(image: Image.Image) -> Image.Image:
+    """`image` in a mode that Image.reduce averages, converting at full size only what it cannot:
+    16/32-bit grey to 8-bit grey, bilevel and palette to grey (+ alpha), colour-keyed transparency
+    to an alpha channel. Grey and RGB(A) scans are returned as they are, so no full-size RGB/RGBA
+    copy is made before shrinking."""
+    if image.mode in SIXTEEN_BIT_MODES or image.mode in WIDE_MODES:
+        return to_grey(image)
+    if image.mode in UNREDUCIBLE_MODES:
+        return image.convert(UNREDUCIBLE_MODES[image.mode])
+    if "transparency" in image.info and image.mode in KEYED_TRANSPARENCY_MODES:
+        return image.convert(KEYED_TRANSPARENCY_MODES[image.mode])
+    return image
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
+    """Refuse an image whose header declares more than `max_pixels` pixels (read before decoding:
+    a small compressed file can declare a huge canvas, and decoding it costs its full size)."""
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} = {width * height} pixels is above the model's limit of {max_pixels} "
+            "pixels (register.max_image_pixels); send a smaller scan"
+        )
+
+
+def grey_at_working_size(opened: Image.Image, working_max_side: int) -> Image.Image:
+    """An opened image, shrunk to working size in its own mode first, then turned upright (EXIF
+    orientation) and grey: the only full-size pixels held are the decoded ones (plus one
+    premultiplied copy for images with alpha, which Image.reduce makes to average correctly)."""
+    exif = opened.getexif()  # read from the file: the reduced copy is a plain image
+    small = shrink_to_working_size(reducible(opened), working_max_side)
+    if ExifTags.Base.Orientation in exif:
+        small.info["exif"] = exif.tobytes()
+    return to_grey(ImageOps.exif_transpose(small))
+
+
+def read_grey(
+    source: Path | bytes, working_max_side: int, name: str = "", max_pixels: int | None = None
+) -> tuple[np.ndarray, int, int]:
     """Decode a file (or encoded image bytes) to an 8-bit grey array at working size; also
     return its original size.
 
-    Raises ImageReadError, naming the input (`name`, else the path), for anything Pillow cannot
-    decode, including empty or truncated files and decompression bombs.
+    Raises ImageTooLargeError when the header declares more than `max_pixels` pixels (checked
+    before any pixel is decoded), and ImageReadError, naming the input (`name`, else the path),
+    for anything Pillow cannot decode, including empty or truncated files and decompression bombs.
     """
     name = name or str(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
+                check_pixels(opened.size, max_pixels, name)
                 opened.draft("L", (working_max_side, working_max_side))
-                opened.load()
                 original_width, original_height = opened.size
-                upright = ImageOps.exif_transpose(opened)
-                grey = to_grey(upright)
+                grey = grey_at_working_size(opened, working_max_side)
+    except ImageTooLargeError:
+        raise
     except (
         UnidentifiedImageError,
         OSError,
@@ -122,7 +176,7 @@ def read_grey(source: Path | bytes, working_max_side: int, name: str = "") -> tu
         Image.DecompressionBombWarning,
     ) as error:
         raise ImageReadError(f"{name}: cannot be read as an image ({type(error).__name__}: {error})") from error
-    return np.asarray(shrink_to_working_size(grey, working_max_side)), original_width, original_height
+    return np.asarray(grey), original_width, original_height
 
 
 def otsu_threshold(grey: np.ndarray) -> tuple[int, float]:
@@ -217,7 +271,7 @@ def preprocess_grey(grey: np.ndarray, settings: PreprocessSettings) -> tuple[np.
 def preprocess_file(path: Path | bytes, settings: PreprocessSettings, name: str = "") -> PreprocessResult:
     """Read and preprocess one signature file (or encoded image bytes); errors name the input."""
     name = name or str(path)
-    grey, original_width, original_height = read_grey(path, settings.working_max_side, name)
+    grey, original_width, original_height = read_grey(path, settings.working_max_side, name, settings.max_pixels)
     try:
         image, threshold, ink_fraction = preprocess_grey(grey, settings)
     except NoInkError as error:

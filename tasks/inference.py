@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from tasks.errors import ModelInputError
 from tasks.images import ImageReadError, NoInkError, PreprocessSettings, preprocess_file
+from tasks.model_files import read_calibration, read_model_file, read_preprocess
 from tasks.scores import softmax
 from tasks.verifier import WriterVerifier, load_verifier
 
@@ -38,6 +41,15 @@ ARTIFACT_CALIBRATION = "calibration"
 ARTIFACT_PREPROCESS = "preprocess"
 ARTIFACT_VERIFIER = "verifier"
 SCORING_BATCH_SIZE = 32
+# The model_config key that lets the packaged model open files named in a `path` column. The
+# registered model is logged with it off, so `mlflow models serve` never reads a file a client
+# names; the local CLI and the Python API load the model with it on.
+ACCEPT_PATHS = "accept_paths"
+PATHS_REFUSED = (
+    f"file paths are not accepted by this model (loaded without model_config {{'{ACCEPT_PATHS}': True}}, "
+    f"as `mlflow models serve` does): send the file's bytes base64-encoded in the '{IMAGE_COLUMN}' column"
+)
+BASE64_CHARACTERS_PER_BYTE = 4 / 3  # base64 writes 4 characters for every 3 bytes
 
 
 @dataclass(frozen=True)
@@ -74,34 +86,91 @@ class Answer:
         }
 
 
-def decode_base64(text: str, name: str) -> InputItem:
-    """An InputItem from base64 text (HTTP clients send images this way)."""
+def too_large(name: str, size: int, max_bytes: int) -> str:
+    """The error of an encoded image above the model's byte limit."""
+    return (
+        f"{name}: {size} bytes is above the model's limit of {max_bytes} bytes per image "
+        "(register.max_image_bytes); send a smaller scan"
+    )
+
+
+def decode_base64(text: str, name: str, max_bytes: int | None = None) -> InputItem:
+    """An InputItem from base64 text (HTTP clients send images this way); text that would decode
+    to more than `max_bytes` is refused without decoding it."""
+    size = math.floor(len(text) / BASE64_CHARACTERS_PER_BYTE)
+    if max_bytes is not None and size > max_bytes:
+        return InputItem(name, None, too_large(name, size, max_bytes))
     try:
         return InputItem(name, base64.b64decode(text, validate=True))
     except (binascii.Error, ValueError) as error:
         return InputItem(name, None, f"{name}: not valid base64 ({error})")
 
 
-def items_from(model_input: Any) -> list[InputItem]:
-    """Normalise what callers pass: a DataFrame with a `path` or `image` (base64) column, a list of
-    paths, of bytes, or of base64 strings, or one path."""
+def bytes_item(data: bytes, name: str, max_bytes: int | None) -> InputItem:
+    """An InputItem of encoded image bytes, or an error when they exceed `max_bytes`."""
+    if max_bytes is not None and len(data) > max_bytes:
+        return InputItem(name, None, too_large(name, len(data), max_bytes))
+    return InputItem(name, data)
+
+
+def path_item(value: object, name: str, accept_paths: bool) -> InputItem:
+    """An InputItem of a file path, or (paths not accepted) an error that is the same whether or
+    not the file exists: the file is never looked at."""
+    if not accept_paths:
+        return InputItem(name, None, f"{name}: {PATHS_REFUSED}")
+    return InputItem(str(value), Path(str(value)))
+
+
+def is_missing(value: object) -> bool:
+    """An empty cell: None or NaN (what pandas puts in a column a row leaves out)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def frame_items(frame: Any, accept_paths: bool, max_bytes: int | None) -> list[InputItem]:
+    """One InputItem per row of a DataFrame: its `image` cell (base64 text or bytes) when set, else
+    its `path` cell. Raises ModelInputError, naming the columns read, when the frame has neither."""
+    if IMAGE_COLUMN not in frame.columns and PATH_COLUMN not in frame.columns:
+        expected = f"an '{IMAGE_COLUMN}' column (base64 of each image file's bytes)"
+        if accept_paths:
+            expected += f" or a '{PATH_COLUMN}' column (image files)"
+        raise ModelInputError(
+            f"the input has the columns {[str(column) for column in frame.columns]}; the model reads {expected}"
+        )
+    empty = [None] * len(frame)
+    images = frame[IMAGE_COLUMN].tolist() if IMAGE_COLUMN in frame.columns else empty
+    paths = frame[PATH_COLUMN].tolist() if PATH_COLUMN in frame.columns else empty
+    items = []
+    for index, (image, path) in enumerate(zip(images, paths, strict=True)):
+        if isinstance(image, bytes):
+            items.append(bytes_item(image, f"{IMAGE_COLUMN}[{index}]", max_bytes))
+        elif not is_missing(image):
+            items.append(decode_base64(str(image), f"{IMAGE_COLUMN}[{index}]", max_bytes))
+        elif not is_missing(path):
+            items.append(path_item(path, f"{PATH_COLUMN}[{index}]", accept_paths))
+        else:
+            items.append(
+                InputItem(f"row[{index}]", None, f"row {index}: no image (its '{IMAGE_COLUMN}' cell is empty)")
+            )
+    return items
+
+
+def items_from(model_input: Any, accept_paths: bool = True, max_bytes: int | None = None) -> list[InputItem]:
+    """Normalise what callers pass: a DataFrame with an `image` (base64) or a `path` column, a list
+    of paths or of encoded image bytes, or one path.
+
+    `accept_paths` False (the served model) turns every path into an error row without touching
+    the file; `max_bytes` caps each encoded image (None: no cap).
+    """
     import pandas as pd
 
     if isinstance(model_input, pd.DataFrame):
-        if IMAGE_COLUMN in model_input.columns:
-            values = model_input[IMAGE_COLUMN].tolist()
-            return [
-                InputItem(f"image[{index}]", value)
-                if isinstance(value, bytes)
-                else decode_base64(str(value), f"image[{index}]")
-                for index, value in enumerate(values)
-            ]
-        column = PATH_COLUMN if PATH_COLUMN in model_input.columns else model_input.columns[0]
-        return [InputItem(str(value), Path(str(value))) for value in model_input[column].tolist()]
+        return frame_items(model_input, accept_paths, max_bytes)
     if isinstance(model_input, str | Path):
-        return [InputItem(str(model_input), Path(model_input))]
+        return [path_item(model_input, f"{PATH_COLUMN}[0]", accept_paths)]
     return [
-        InputItem(f"image[{index}]", value) if isinstance(value, bytes) else InputItem(str(value), Path(str(value)))
+        bytes_item(value, f"{IMAGE_COLUMN}[{index}]", max_bytes)
+        if isinstance(value, bytes)
+        else path_item(value, f"{PATH_COLUMN}[{index}]", accept_paths)
         for index, value in enumerate(model_input)
     ]
 
@@ -156,16 +225,16 @@ class SignatureClassifier:
     def from_files(
         cls, classifier_file: Path, verifier_file: Path, calibration_file: Path, preprocess_file_: Path
     ) -> SignatureClassifier:
-        """Load the four artifacts a packaged model carries."""
+        """Load the four artifacts a packaged model carries; a missing or unreadable one raises
+        ModelFileError naming it."""
         import keras
 
-        preprocess = json.loads(preprocess_file_.read_text())
-        top_k = preprocess.pop("top_k")
+        settings, top_k = read_model_file(preprocess_file_, "the preprocessing settings", read_preprocess)
         return cls(
-            keras.models.load_model(classifier_file),
-            load_verifier(verifier_file),
-            json.loads(calibration_file.read_text()),
-            PreprocessSettings(**preprocess),
+            read_model_file(classifier_file, "a Keras model", keras.models.load_model),
+            read_model_file(verifier_file, "the verifier", load_verifier),
+            read_model_file(calibration_file, "the calibration", read_calibration),
+            settings,
             top_k,
         )
 

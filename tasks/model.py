@@ -17,11 +17,11 @@ from typing import Any
 import keras
 import numpy as np
 
+from tasks.config import INCEPTION_MIN_SIZE, weights_file
 from tasks.errors import WeightsError
 from tasks.fused import folded_inference_function
 from tasks.verifier import WriterVerifier
 
-INCEPTION_MIN_SIZE = 75
 FEATURE_DIM = 2048
 PIXEL_SCALE = 127.5
 IMAGENET_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -55,9 +55,8 @@ def resolve_weights(weights: str, root: Path) -> str | None:
         return None
     if weights == "imagenet":
         return "imagenet"
-    path = Path(weights).expanduser()
-    path = path if path.is_absolute() else root / path
-    if not path.is_file():
+    path = weights_file(weights, root)
+    if path is None or not path.is_file():
         raise WeightsError(f"model.weights: {path} does not exist. {imagenet_hint()}")
     return str(path)
 

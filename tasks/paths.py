@@ -144,6 +144,12 @@ class ProjectPaths:
         return self.metrics_dir / "register.json"
 
     @property
+    def params_check_file(self) -> Path:
+        """Stage `check_params` output: written only when every parameter is valid; its content never
+        changes, so a rerun of the check never reruns the stages after it."""
+        return self.data_dir / "params_check.json"
+
+    @property
     def pipeline_lock_file(self) -> Path:
         """Held by a running pipeline flow: DVC cannot run twice in one workspace."""
         return self.data_dir / ".pipeline.lock"

@@ -27,7 +27,7 @@ from tasks.images import (
 )
 from tasks.manifest import MANIFEST_COLUMNS
 from tasks.paths import ProjectPaths
-from tasks.split import SPLITS, SplitRules, assign_splits, short_writers
+from tasks.split import SPLITS, UNKNOWN_WRITER_SPLIT, SplitRules, assign_splits, short_writers, writers_without_training
 
 PREPARED_SUFFIX = ".png"
 PROCESS_CHUNK_SIZE = 8
@@ -159,8 +159,10 @@ def data_report(
     notes: list[str],
     short: dict[str, int],
     rules: SplitRules,
+    untrained: dict[str, int],
 ) -> str:
-    """The human-readable data report (markdown): counts, notes, short writers, skipped files."""
+    """The human-readable data report (markdown): counts, notes, short writers, writers without a
+    usable genuine signature (whose forgeries are set aside), skipped files."""
     lines = [
         "# Data report",
         "",
@@ -178,6 +180,15 @@ def data_report(
     if short:
         lines.append(f"{len(short)} writers use all they have (test first, then train and val):")
         lines += [f"- {writer}: {count}" for writer, count in short.items()]
+    else:
+        lines.append("None.")
+    lines += ["", "## Writers without a usable genuine signature", ""]
+    if untrained:
+        lines.append(
+            f"The model does not know these {len(untrained)} writers, so their forgeries and opposite-hand "
+            f"samples are in `{UNKNOWN_WRITER_SPLIT}`, not in calibration or test (samples set aside):"
+        )
+        lines += [f"- {writer}: {count}" for writer, count in untrained.items()]
     else:
         lines.append("None.")
     lines += ["", "## Skipped files", ""]
@@ -216,7 +227,8 @@ def prepare_dataset(
         counts=count_by_split_and_kind(rows),
     )
     short = short_writers((item.record for item in usable), rules)
-    report = data_report(layout, summary, skipped, listing.notes, short, rules)
+    untrained = writers_without_training([item.record for item in usable], splits)
+    report = data_report(layout, summary, skipped, listing.notes, short, rules, untrained)
     paths.data_report_file.write_text(report, encoding="utf-8")
     return summary, listing, skipped
 

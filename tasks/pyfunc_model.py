@@ -10,8 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
+from tasks.errors import ModelInputError
 from tasks.inference import (
+    ACCEPT_PATHS,
     ARTIFACT_CALIBRATION,
     ARTIFACT_CLASSIFIER,
     ARTIFACT_PREPROCESS,
@@ -20,22 +23,36 @@ from tasks.inference import (
     answers_frame,
     items_from,
 )
+from tasks.model_files import packaged_model_errors, verify_packaged_files
 
 
 class SignaturePyfunc(mlflow.pyfunc.PythonModel):
-    """`predict` takes image paths or base64 images and returns one answer row per image."""
+    """`predict` takes base64 images (and image paths when loaded with model_config
+    {"accept_paths": True}) and returns one answer row per image."""
 
     # No type hints on these two: MLflow inspects them and warns about hints it cannot validate.
     def load_context(self, context):
-        self.model = SignatureClassifier.from_files(
-            Path(context.artifacts[ARTIFACT_CLASSIFIER]),
-            Path(context.artifacts[ARTIFACT_VERIFIER]),
-            Path(context.artifacts[ARTIFACT_CALIBRATION]),
-            Path(context.artifacts[ARTIFACT_PREPROCESS]),
-        )
+        # Off unless the loader asks (the CLI and the Python API do; `mlflow models serve` does not).
+        self.accept_paths = (context.model_config or {}).get(ACCEPT_PATHS) is True
+        # Every file is checked against its recorded digest first: a damaged one raises
+        # CorruptModelError, one line naming the model and the file.
+        with packaged_model_errors(context.artifacts):
+            verify_packaged_files(context.artifacts)
+            self.model = SignatureClassifier.from_files(
+                Path(context.artifacts[ARTIFACT_CLASSIFIER]),
+                Path(context.artifacts[ARTIFACT_VERIFIER]),
+                Path(context.artifacts[ARTIFACT_CALIBRATION]),
+                Path(context.artifacts[ARTIFACT_PREPROCESS]),
+            )
 
     def predict(self, context, model_input, params=None):
-        return answers_frame(self.model.answers(items_from(model_input)))
+        try:
+            items = items_from(model_input, self.accept_paths, self.model.settings.max_image_bytes)
+        except ModelInputError as error:
+            # MLflow answers an MlflowException with a 400 carrying only this message; any other
+            # exception would reach the client with the server's stack trace.
+            raise MlflowException.invalid_parameter_value(str(error)) from error
+        return answers_frame(self.model.answers(items))
 
 
 mlflow.models.set_model(SignaturePyfunc())

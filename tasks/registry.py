@@ -9,17 +9,22 @@ NaN metric never wins; the champion alias is never removed, only moved to a bett
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.config import SELECTION_METRIC_PREFIX
+from tasks.errors import ModelFileError
 from tasks.images import PreprocessSettings
 from tasks.inference import (
+    ACCEPT_PATHS,
     ARTIFACT_CALIBRATION,
     ARTIFACT_CLASSIFIER,
     ARTIFACT_PREPROCESS,
@@ -27,11 +32,12 @@ from tasks.inference import (
     IMAGE_COLUMN,
     PATH_COLUMN,
 )
+from tasks.model_files import ARTIFACT_DIGESTS, write_digests
 from tasks.paths import ProjectPaths
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-SELECTION_PREFIX = "selection_"
+SELECTION_PREFIX = SELECTION_METRIC_PREFIX
 TIE_BREAK_METRIC = "selection_eer_skilled"
 LOWER_IS_BETTER_NAMES = ("eer_", "far_", "frr", "expected_calibration_error")
 SELECTION_SPLITS = ("val", "calibration")
@@ -133,6 +139,17 @@ def version_metrics(tags: dict[str, str]) -> dict[str, float | None]:
     }
 
 
+@contextmanager
+def version_removed_on_failure(client: Any, model_name: str, version: str) -> Iterator[None]:
+    """Around the steps that complete a new model version (alias, description): if one fails, delete
+    the version, so that no half-registered version (without its alias) is left in the registry."""
+    try:
+        yield
+    except BaseException:
+        client.delete_model_version(model_name, version)
+        raise
+
+
 def current_champion(client: Any, model_name: str) -> dict[str, Any] | None:
     """The champion version's number, metrics and selection manifest, or None when there is none."""
     from mlflow.exceptions import MlflowException
@@ -172,38 +189,52 @@ def write_serving_classifier(classifier_file: Path, folder: Path) -> Path:
 
 
 def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k: int, example_image: Path) -> str:
-    """Log the pyfunc (model from code, with the `tasks` package) to the active run; returns its URI."""
+    """Log the pyfunc (model from code, with the `tasks` package) to the active run; returns its URI.
+
+    The model is logged with model_config {"accept_paths": False}, so what `mlflow models serve`
+    loads reads only image bytes; its input example is `example_image` base64-encoded.
+    """
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types.schema import ColSpec, Schema
 
     from tasks.inference import SignatureClassifier, answers_frame, items_from
-    from tasks.tracking import model_requirements
+    from tasks.tracking import model_artifacts_removed_on_failure, model_requirements
 
     with tempfile.TemporaryDirectory() as scratch:
         preprocess = write_preprocess_artifact(settings, top_k, Path(scratch))
         classifier_file = write_serving_classifier(paths.classifier_file, Path(scratch))
-        example = pd.DataFrame({"path": [str(example_image)]})
-        model = SignatureClassifier.from_files(classifier_file, paths.verifier_file, paths.calibration_file, preprocess)
+        example = pd.DataFrame({PATH_COLUMN: [str(example_image)]})
+        try:
+            model = SignatureClassifier.from_files(
+                classifier_file, paths.verifier_file, paths.calibration_file, preprocess
+            )
+        except ModelFileError as error:
+            raise ModelFileError(f"{error}; rerun the stage that writes it (`dvc repro`)") from error
         outputs = infer_signature(example, answers_frame(model.answers(items_from(example)))).outputs
         inputs = Schema(
             [ColSpec("string", PATH_COLUMN, required=False), ColSpec("string", IMAGE_COLUMN, required=False)]
         )
         signature = ModelSignature(inputs=inputs, outputs=outputs)
-        info = mlflow.pyfunc.log_model(
-            name="signature_model",
-            python_model=str(PYFUNC_FILE),
-            artifacts={
-                ARTIFACT_CLASSIFIER: str(classifier_file),
-                ARTIFACT_VERIFIER: str(paths.verifier_file),
-                ARTIFACT_CALIBRATION: str(paths.calibration_file),
-                ARTIFACT_PREPROCESS: str(preprocess),
-                ARTIFACT_PARAMS: str(paths.params_file),
-            },
-            code_paths=[str(CODE_FOLDER)],
-            pip_requirements=model_requirements(),
-            signature=signature,
-            input_example=example,
-        )
+        files = {
+            ARTIFACT_CLASSIFIER: classifier_file,
+            ARTIFACT_VERIFIER: paths.verifier_file,
+            ARTIFACT_CALIBRATION: paths.calibration_file,
+            ARTIFACT_PREPROCESS: preprocess,
+            ARTIFACT_PARAMS: paths.params_file,
+        }
+        # Digests of every artifact, packaged with them and checked whenever the model loads.
+        files[ARTIFACT_DIGESTS] = write_digests(files, Path(scratch))
+        with model_artifacts_removed_on_failure("packaged model"):
+            info = mlflow.pyfunc.log_model(
+                name="signature_model",
+                python_model=str(PYFUNC_FILE),
+                artifacts={name: str(path) for name, path in files.items()},
+                code_paths=[str(CODE_FOLDER)],
+                pip_requirements=model_requirements(),
+                signature=signature,
+                input_example=pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(example_image.read_bytes()).decode()]}),
+                model_config={ACCEPT_PATHS: False},
+            )
     return info.model_uri

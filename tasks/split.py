@@ -9,7 +9,8 @@ test, so a threshold fitted on calibration forgeries is judged on forgeries of o
 writer is drawn to a side, with a seed derived from the split seed and the writer's name, so
 adding or removing one writer never changes another writer's split (except when every writer
 would land on one side: then the writer drawn closest to the other side moves there, so both
-sides are non-empty).
+sides are non-empty). The forgeries of a writer with no genuine signature in `train` (the model
+does not know it) are `unused`, and the data report lists that writer.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import groupby
@@ -29,6 +31,7 @@ SPLITS = ("train", "val", "test", "calibration", "unused")
 NATURAL_CHUNK = re.compile(r"(\d+)")
 GENUINE = "genuine"
 CALIBRATION_DRAW = "calibration-writer"  # the "kind" in the writer's seed of its calibration draw
+UNKNOWN_WRITER_SPLIT = "unused"  # where the forgeries of a writer the model never trains on go
 
 
 @dataclass(frozen=True)
@@ -114,26 +117,53 @@ def calibration_writers(writers: Iterable[str], rules: SplitRules) -> set[str]:
     return chosen
 
 
+def trained_writers(records: Iterable[SignatureRecord], assignment: dict[str, str]) -> set[str]:
+    """The writers with at least one genuine signature in `train`: the writers the classifier knows."""
+    return {record.writer for record in records if record.kind == GENUINE and assignment.get(record.path) == "train"}
+
+
 def assign_splits(records: Iterable[SignatureRecord], rules: SplitRules) -> dict[str, str]:
-    """Map each record's path to its split. Each path gets exactly one split."""
+    """Map each record's path to its split. Each path gets exactly one split.
+
+    Forgeries and opposite-hand samples of a writer with no training genuine signature (all of
+    them skipped as unusable, say) go to `UNKNOWN_WRITER_SPLIT`: the model does not know that
+    writer, so they are not forgeries of a known writer and must not count in calibration or test.
+    """
     listing = list(records)
-    calibration = calibration_writers((record.writer for record in listing if record.kind != GENUINE), rules)
-    assignment: dict[str, str] = {}
     key = lambda record: (record.writer, SIGNATURE_KINDS.index(record.kind))  # noqa: E731
-    for (writer, kind_index), group in groupby(sorted(listing, key=key), key=key):
-        members = list(group)
-        if SIGNATURE_KINDS[kind_index] == GENUINE:
+    groups = [
+        (writer, SIGNATURE_KINDS[index], list(group))
+        for (writer, index), group in groupby(sorted(listing, key=key), key=key)
+    ]
+    assignment: dict[str, str] = {}
+    for _writer, kind, members in groups:
+        if kind == GENUINE:
             assignment.update(split_genuine(members, rules))
-        else:
-            side = "calibration" if writer in calibration else "test"
+    known = trained_writers(listing, assignment)
+    calibration = calibration_writers(
+        (record.writer for record in listing if record.kind != GENUINE and record.writer in known), rules
+    )
+    for writer, kind, members in groups:
+        if kind != GENUINE:
+            side = UNKNOWN_WRITER_SPLIT if writer not in known else "calibration" if writer in calibration else "test"
             assignment.update({record.path: side for record in members})
     return assignment
 
 
+def writers_without_training(records: Iterable[SignatureRecord], assignment: dict[str, str]) -> dict[str, int]:
+    """Writers whose forgeries were set aside because none of their genuine signatures is in
+    `train`, with how many samples each had set aside (for the data report)."""
+    listing = list(records)
+    known = trained_writers(listing, assignment)
+    counts = Counter(record.writer for record in listing if record.kind != GENUINE and record.writer not in known)
+    return dict(sorted(counts.items()))
+
+
 def short_writers(records: Iterable[SignatureRecord], rules: SplitRules) -> dict[str, int]:
-    """Writers with fewer genuine signatures than `test_per_writer + train_per_writer`, and their count."""
+    """Writers with fewer genuine signatures than `test_per_writer + train_per_writer`, and their count
+    (writers with none are not short but unknown: see `writers_without_training`)."""
     wanted = rules.test_per_writer + rules.train_per_writer
     counts: dict[str, int] = {}
     for record in records:
         counts[record.writer] = counts.get(record.writer, 0) + (record.kind == "genuine")
-    return {writer: count for writer, count in sorted(counts.items()) if count < wanted}
+    return {writer: count for writer, count in sorted(counts.items()) if 0 < count < wanted}

@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+import shutil
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from tasks.errors import ArtifactStoreError
 from tasks.files import sha256_file
+from tasks.lifeline import is_alive
 from tasks.paths import ProjectPaths
 
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+# The process that owns a run, so that a run left RUNNING by a killed process can be ended later.
+TAG_PID = "sigpipe.pid"
+TAG_HOST = "sigpipe.host"
+RUNNING_FILTER = "attributes.status = 'RUNNING'"
+KILLED = "KILLED"
 
 
 def tracking_uri(paths: ProjectPaths) -> str:
@@ -105,3 +115,73 @@ def loggable_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
         for name, value in metrics.items()
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     }
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming the process that owns a run (pid and host), for `end_abandoned_runs`."""
+    return {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname()}
+
+
+def end_abandoned_runs(experiment_id: str) -> list[str]:
+    """End as KILLED the RUNNING runs of the experiment whose owning process is gone.
+
+    A process killed with `kill -9` (or whose parent died) cannot end its run, which would stay
+    RUNNING for good. Only runs tagged by `process_tags` on this host are judged; a live process
+    with the same pid keeps its run RUNNING (a reused pid errs on the safe side). Returns the ids
+    of the runs ended.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    host = socket.gethostname()
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string=RUNNING_FILTER):
+        tags = run.data.tags
+        pid = tags.get(TAG_PID, "")
+        if tags.get(TAG_HOST) != host or not pid.isdigit() or int(pid) == os.getpid() or is_alive(int(pid)):
+            continue
+        client.set_terminated(run.info.run_id, status=KILLED)
+        ended.append(run.info.run_id)
+        print(f"MLflow run {run.info.run_id} was left RUNNING by process {pid}, which is gone: marked {KILLED}")
+    return ended
+
+
+def os_error_reason(error: OSError) -> str:
+    """The reason of an OSError in a few words; `shutil.copytree` gathers one error per file."""
+    if error.strerror:
+        return error.strerror
+    if isinstance(error, shutil.Error) and error.args and isinstance(error.args[0], list) and error.args[0]:
+        return str(error.args[0][0][-1])
+    return str(error)
+
+
+@contextmanager
+def model_artifacts_removed_on_failure(what: str) -> Iterator[None]:
+    """Around a `log_model` call: if it fails, delete what the new logged model had written.
+
+    MLflow marks a model whose logging failed FAILED but leaves its partly written files (59 MB
+    after a full disk). An OSError (no space, read-only store) becomes one ArtifactStoreError line.
+    The active run then ends FAILED through its `with mlflow.start_run()` block.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    before = mlflow.last_logged_model()
+    try:
+        yield
+    except Exception as error:
+        model = mlflow.last_logged_model()
+        location, cleanup = "the artifact store", "its partial files were removed"
+        if model is not None and (before is None or model.model_id != before.model_id):
+            location = model.artifact_location
+            try:
+                get_artifact_repository(model.artifact_location).delete_artifacts()
+            except (OSError, MlflowException) as cleanup_error:
+                cleanup = f"removing its partial files failed too ({cleanup_error}); delete {location} by hand"
+        if isinstance(error, OSError):
+            raise ArtifactStoreError(
+                f"cannot write the {what} to {location}: {os_error_reason(error)}; {cleanup}. "
+                "Free space (or fix the store's permissions) and run the stage again."
+            ) from error
+        raise

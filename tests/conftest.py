@@ -36,9 +36,9 @@ def synthetic_params(**overrides: object) -> SyntheticParams:
 
 
 def prepare_params(**overrides: object) -> PrepareParams:
-    """The project's `prepare` defaults with a small image size and one worker process."""
+    """The project's `prepare` defaults with the smallest image size InceptionV3 takes and one worker process."""
     values = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["prepare"]
-    values.update(image_size=32, workers=1)
+    values.update(image_size=75, workers=1)
     values.update(overrides)
     return PrepareParams.model_validate(values)
 

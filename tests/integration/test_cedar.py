@@ -21,7 +21,7 @@ REPRO_TIMEOUT_SECONDS = 900
 def test_dvc_repro_prepare_on_cedar(workspace: Path, cedar_dir: Path, subprocess_env: dict[str, str]) -> None:
     edit_params(
         workspace / "params.yaml",
-        {"data": {"source": "local", "layout": "cedar", "path": str(cedar_dir)}, "prepare": {"image_size": 64}},
+        {"data": {"source": "local", "layout": "cedar", "path": str(cedar_dir)}, "prepare": {"image_size": 75}},
     )
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=workspace, env=subprocess_env, check=True)
     before = sorted(path.name for path in (cedar_dir / "full_org").iterdir())

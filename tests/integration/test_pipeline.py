@@ -1,5 +1,5 @@
 """The Prefect pipeline flow on generated data: each stage once, then nothing; artifacts; shared
-state with DVC; a failing stage named; and the same flow run from a deployment by a worker."""
+state with DVC; an invalid override refused; and the same flow run from a deployment by a worker."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.orchestration import PIPELINE_STAGES, StageFailedError
+from tasks.config import ConfigError
+from tasks.orchestration import PIPELINE_STAGES
 from tests.conftest import edit_params
 
 TINY_PIPELINE = {
@@ -60,9 +61,11 @@ def test_pipeline_flow_shares_state_with_dvc(workspace: Path, subprocess_env: di
     second = pipeline_flow(params_file)
     assert not any(row["ran"] for row in second)
 
-    with pytest.raises(StageFailedError, match="stage 'evaluate' failed"):
+    # An invalid override is refused before any stage runs, and params.yaml keeps its bytes.
+    params_before = (workspace / "params.yaml").read_bytes()
+    with pytest.raises(ConfigError, match=r"evaluate\.top_k"):
         pipeline_flow(params_file, overrides={"evaluate.top_k": 0})
-    edit_params(workspace / "params.yaml", {"evaluate": {"top_k": 2}})
+    assert (workspace / "params.yaml").read_bytes() == params_before
 
     # The deployment, run by a real worker process against the same API: every stage up to date.
     from prefect.client.orchestration import get_client

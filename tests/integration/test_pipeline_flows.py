@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from tasks.inference import OUTPUT_COLUMNS, UNKNOWN_WRITER
+from tasks.inference import ACCEPT_PATHS, OUTPUT_COLUMNS, PATHS_REFUSED, UNKNOWN_WRITER
 from tasks.manifest import read_manifest
 from tasks.paths import ProjectPaths
 from tasks.scores import load_scores, softmax
@@ -26,6 +27,7 @@ from tests.conftest import edit_params, make_workspace
 MODEL_NAME = "signature-test"
 SERVE_STARTUP_SECONDS = 180
 CLI_TIMEOUT_SECONDS = 300
+HTTP_TIMEOUT_SECONDS = 120
 # The served model and the evaluate stage score the same image through two paths (raw file decoded in
 # memory, prepared PNG in batches); their verifier scores differ by about 1e-6. A claim closer than this
 # to the threshold could go either way, and is not used to decide an expected answer.
@@ -200,7 +202,7 @@ def test_load_by_alias_and_predict_paths_and_base64(trained: ProjectPaths, tmp_p
     import pandas as pd
 
     mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion", model_config={ACCEPT_PATHS: True})
     images = generated_images(trained)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
@@ -221,6 +223,11 @@ def test_load_by_alias_and_predict_paths_and_base64(trained: ProjectPaths, tmp_p
     assert "not valid base64" in by_bytes["error"].iloc[1]
     signature = model.metadata.get_input_schema().input_names()
     assert set(signature) == {"path", "image"}
+    # Loaded as `mlflow models serve` loads it (no model_config): paths are refused, bytes are read.
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    refused = served.predict(pd.DataFrame({"path": [str(images[0])]}))
+    assert refused["error"].tolist() == [f"path[0]: {PATHS_REFUSED}"]
+    assert served.predict(pd.DataFrame({"image": [encoded]}))["error"].tolist() == [""]
 
 
 def run_cli(arguments: list[str], workspace: Path) -> subprocess.CompletedProcess[str]:
@@ -276,10 +283,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_mlflow_models_serve_scores_a_file_over_http(trained: ProjectPaths, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def served(trained: ProjectPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow models serve` of the champion on 127.0.0.1, as the README starts it; yields its URL."""
     port = free_port()
-    server_log = tmp_path / "serve.log"
+    server_log = tmp_path_factory.mktemp("serve") / "serve.log"
     # The server runs `uvicorn` by name: the environment's bin folder must be on PATH, as in an activated venv.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     environment = {**os.environ, "MLFLOW_TRACKING_URI": trained.mlflow_tracking_uri, "PATH": path}
@@ -322,19 +330,75 @@ def test_mlflow_models_serve_scores_a_file_over_http(trained: ProjectPaths, tmp_
                 f"mlflow models serve did not answer /ping within {SERVE_STARTUP_SECONDS} s (it {state}): "
                 f"{server_log.read_text()[-2000:]}"
             )
-        image = generated_images(trained)[0]
-        encoded = base64.b64encode(image.read_bytes()).decode()
-        response = requests.post(
-            f"http://127.0.0.1:{port}/invocations",
-            json={"dataframe_split": {"columns": ["image"], "data": [[encoded]]}},
-            timeout=120,
-        )
-        assert response.status_code == 200, response.text
-        predictions = response.json()["predictions"]
-        assert len(predictions) == 1 and predictions[0]["error"] == ""
-        writer, class_id, confidence = expected_answer(trained, image)
-        assert (predictions[0]["writer"], predictions[0]["class_id"]) == (writer, class_id)
-        assert predictions[0]["confidence"] == pytest.approx(confidence, abs=1e-4)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def invoke(url: str, columns: list[str], rows: list[list[object]]) -> requests.Response:
+    """POST a `dataframe_split` request to the served model."""
+    payload = {"dataframe_split": {"columns": columns, "data": rows}}
+    return requests.post(f"{url}/invocations", json=payload, timeout=HTTP_TIMEOUT_SECONDS)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_scores_a_file_over_http(trained: ProjectPaths, served: str) -> None:
+    image = generated_images(trained)[0]
+    response = invoke(served, ["image"], [[base64.b64encode(image.read_bytes()).decode()]])
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 1 and predictions[0]["error"] == ""
+    writer, class_id, confidence = expected_answer(trained, image)
+    assert (predictions[0]["writer"], predictions[0]["class_id"]) == (writer, class_id)
+    assert predictions[0]["confidence"] == pytest.approx(confidence, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_server_reads_no_file_a_client_names(trained: ProjectPaths, served: str) -> None:
+    """A readable image, a missing file and an unreadable one all get the same refusal: no
+    existence oracle, and no image on the server can be classified."""
+    names = [str(generated_images(trained)[0]), str(trained.root / "absent.png"), str(trained.params_file)]
+    response = invoke(served, ["path"], [[name] for name in names])
+    assert response.status_code == 200, response.text
+    errors = [row["error"] for row in response.json()["predictions"]]
+    assert errors == [f"path[{index}]: {PATHS_REFUSED}" for index in range(len(names))]
+    mixed = invoke(served, ["image", "path"], [[base64.b64encode(Path(names[0]).read_bytes()).decode(), None]])
+    assert mixed.status_code == 200 and mixed.json()["predictions"][0]["error"] == "", mixed.text
+
+
+@pytest.mark.slow
+def test_bad_requests_get_a_clear_400_without_a_stack_trace(served: str) -> None:
+    wrong_column = invoke(served, ["img"], [["aGVsbG8="]])
+    assert wrong_column.status_code == 400, wrong_column.text
+    body = wrong_column.json()
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "the model reads an 'image' column (base64 of each image file's bytes)" in body["message"]
+    assert "stack_trace" not in body and "Traceback" not in wrong_column.text
+    not_json = requests.post(
+        f"{served}/invocations",
+        data="{not json",
+        headers={"Content-Type": "application/json"},
+        timeout=HTTP_TIMEOUT_SECONDS,
+    )
+    assert not_json.status_code == 400 and "Traceback" not in not_json.text and "stack_trace" not in not_json.json()
+
+
+@pytest.mark.slow
+def test_an_image_over_the_pixel_cap_is_refused_by_the_server(trained: ProjectPaths, served: str) -> None:
+    """A 0.1 KB PNG declaring 9400 x 9400 pixels (the issue's 1.5 GB a request) is refused from its
+    header, in its own row; the image beside it is answered."""
+    from tasks.config import RegisterParams, load_group
+    from tests.unit.test_input_limits import HUGE_SIDE, png_declaring
+
+    limit = load_group(trained.params_file, "register", RegisterParams).max_image_pixels
+    huge = base64.b64encode(png_declaring(HUGE_SIDE, HUGE_SIDE)).decode()
+    real = base64.b64encode(generated_images(trained)[0].read_bytes()).decode()
+    response = invoke(served, ["image"], [[huge], [real]])
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert predictions[0]["error"] == (
+        f"image[0]: 9400x9400 = {HUGE_SIDE**2} pixels is above the model's limit of {limit} pixels "
+        "(register.max_image_pixels); send a smaller scan"
+    )
+    assert predictions[0]["confidence"] is None and predictions[1]["error"] == ""

@@ -23,7 +23,7 @@ TINY_DATASET = {
         "width": 96,
         "height": 64,
     },
-    "prepare": {"image_size": 32, "workers": 1},
+    "prepare": {"image_size": 75, "workers": 1},
 }
 STAGE_TIMEOUT_SECONDS = 300
 

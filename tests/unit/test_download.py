@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import socket
 import sys
 import tarfile
@@ -34,7 +35,15 @@ from tests.support.http_server import LocalHTTPServer, parse_range
 
 PAYLOAD = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable modulo 256
 CHUNK = 256
-FAST_DOWNLOAD = DownloadParams(retries=2, backoff_seconds=0, timeout_seconds=5, chunk_bytes=CHUNK)
+FAST_DOWNLOAD = DownloadParams(
+    retries=2,
+    backoff_seconds=0,
+    timeout_seconds=5,
+    chunk_bytes=CHUNK,
+    max_extracted_bytes=10**6,
+    max_archive_members=1000,
+    max_compression_ratio=200,
+)
 SYNTHETIC = SyntheticParams(
     seed=0,
     writers=1,
@@ -704,3 +713,178 @@ def test_fetch_kaggle_error_is_explained(paths: ProjectPaths, monkeypatch: pytes
     assert "owner/set" in message
     assert "401 Unauthorized" in message
     assert "kaggle.json" in message
+
+
+# --- local folders: symbolic links and special files -------------------------------------------------------------
+
+
+def listing(folder: Path) -> dict[str, str | bytes | None]:
+    """Every entry under `folder` without following links: file bytes, `-> target` for links, None for folders."""
+    result: dict[str, str | bytes | None] = {}
+    for path in sorted(folder.rglob("*")):
+        key = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            result[key] = f"-> {os.readlink(path)}"
+        elif path.is_dir():
+            result[key] = None
+        elif path.is_file():
+            result[key] = path.read_bytes()
+        else:
+            result[key] = "special"
+    return result
+
+
+def test_fetch_local_folder_skips_and_lists_links_that_leave_it_or_lead_nowhere(
+    paths: ProjectPaths, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    write_tree(source, DATASET)
+    outside = tmp_path / "outside"
+    write_tree(outside, {"secret.txt": b"password", "writer/1.tif": b"outside image"})
+    genuine = source / "UTSig" / "Genuine" / "1"
+    (genuine / "passwd.tif").symlink_to(outside / "secret.txt")
+    (genuine / "relative.tif").symlink_to(Path("..", "..", "..", "..", "outside", "secret.txt"))
+    (source / "UTSig" / "Genuine" / "2").symlink_to(outside / "writer")
+    (genuine / "dangling.tif").symlink_to(source / "gone.tif")
+    (genuine / "loop_a.tif").symlink_to(genuine / "loop_b.tif")
+    (genuine / "loop_b.tif").symlink_to(genuine / "loop_a.tif")
+    (genuine / "self.tif").symlink_to("self.tif")
+    (source / "UTSig" / "Again").symlink_to(source / "UTSig" / "Genuine")
+    (source / "UTSig" / "up").symlink_to(source)
+    (genuine / "copy.tif").symlink_to("1.tif")  # a file inside the folder: copied as a plain file
+    os.mkfifo(source / "UTSig" / "pipe")
+    (source / "UTSig" / "to_pipe").symlink_to("pipe")
+    before = listing(source)
+    outside_before = listing(outside)
+
+    summary = fetch_dataset(local_params(source), FAST_DOWNLOAD, SYNTHETIC, paths, show_progress=False)
+
+    assert listing(source) == before
+    assert listing(outside) == outside_before
+    assert files_of(paths.raw_dir) == {**DATASET, "UTSig/Genuine/1/copy.tif": DATASET["UTSig/Genuine/1/1.tif"]}
+    assert not any(path.is_symlink() for path in paths.raw_dir.rglob("*"))
+    reasons = {item.path: item.reason for item in summary.skipped}
+    assert sorted(reasons) == [
+        "UTSig/Again",
+        "UTSig/Genuine/1/dangling.tif",
+        "UTSig/Genuine/1/loop_a.tif",
+        "UTSig/Genuine/1/loop_b.tif",
+        "UTSig/Genuine/1/passwd.tif",
+        "UTSig/Genuine/1/relative.tif",
+        "UTSig/Genuine/1/self.tif",
+        "UTSig/Genuine/2",
+        "UTSig/pipe",
+        "UTSig/to_pipe",
+        "UTSig/up",
+    ]
+    assert reasons["UTSig/Genuine/1/passwd.tif"] == f"link to {outside / 'secret.txt'}, outside the source folder"
+    assert "outside the source folder" in reasons["UTSig/Genuine/1/relative.tif"]
+    assert "outside the source folder" in reasons["UTSig/Genuine/2"]
+    assert reasons["UTSig/Genuine/1/dangling.tif"].startswith("broken link")
+    for loop in ("loop_a", "loop_b", "self"):
+        assert reasons[f"UTSig/Genuine/1/{loop}.tif"].startswith("link loop")
+    assert reasons["UTSig/Again"].startswith("link to a folder")
+    assert reasons["UTSig/up"].startswith("link to a folder")
+    assert reasons["UTSig/pipe"].startswith("special file")
+    assert reasons["UTSig/to_pipe"].startswith("link to a special file")
+    assert summary.files == len(DATASET) + 1
+
+
+def test_fetch_local_folder_given_as_a_link_is_followed(paths: ProjectPaths, tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    write_tree(real, DATASET)
+    (tmp_path / "named").symlink_to(real)
+    (real / "UTSig" / "inside.tif").symlink_to(real / "UTSig" / "Genuine" / "1" / "1.tif")
+
+    summary = fetch_dataset(local_params(tmp_path / "named"), FAST_DOWNLOAD, SYNTHETIC, paths, show_progress=False)
+
+    assert files_of(paths.raw_dir) == {**DATASET, "UTSig/inside.tif": DATASET["UTSig/Genuine/1/1.tif"]}
+    assert summary.skipped == ()
+
+
+# --- archives: limits, and archive or not by name ----------------------------------------------------------------
+
+BOMB_MEMBERS = {f"UTSig/{index}.bin": b"\0" * 400_000 for index in range(3)}  # ~3 KB deflated, 1.2 MB out
+SMALL_LIMIT = FAST_DOWNLOAD.model_copy(update={"max_extracted_bytes": 10**6})
+
+
+def deflated_zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A zip of deflated `members` (zip_bytes stores them as they are)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def test_fetch_url_zip_bomb_is_refused_before_writing_and_names_the_parameter(
+    paths: ProjectPaths, tmp_path: Path
+) -> None:
+    archive = deflated_zip_bytes(BOMB_MEMBERS)
+    assert len(archive) < 10_000
+    paths.raw_dir.mkdir(parents=True)
+    (paths.raw_dir / "keep.txt").write_bytes(b"previous dataset")
+    before = snapshot(tmp_path, exclude=paths.downloads_dir)
+
+    with LocalHTTPServer({"/bomb.zip": archive}) as server, pytest.raises(DownloadError) as raised:
+        fetch_dataset(
+            url_params(server.url("/bomb.zip"), sha(archive)), SMALL_LIMIT, SYNTHETIC, paths, show_progress=False
+        )
+
+    message = str(raised.value)
+    assert str(paths.downloads_dir / "bomb.zip") in message
+    assert "download.max_extracted_bytes" in message
+    assert "\n" not in message
+    assert snapshot(tmp_path, exclude=paths.downloads_dir) == before
+    assert (paths.downloads_dir / "bomb.zip").read_bytes() == archive  # kept: never delete an input
+    assert sorted(p.name for p in paths.data_dir.iterdir()) == ["downloads", "raw"]
+
+
+def test_fetch_url_archive_under_the_limits_passes(paths: ProjectPaths) -> None:
+    archive = deflated_zip_bytes(BOMB_MEMBERS)
+    generous = FAST_DOWNLOAD.model_copy(update={"max_extracted_bytes": 2 * 10**6})
+    with LocalHTTPServer({"/ds.zip": archive}) as server:
+        fetch_dataset(url_params(server.url("/ds.zip"), sha(archive)), generous, SYNTHETIC, paths, show_progress=False)
+
+    assert files_of(paths.raw_dir) == BOMB_MEMBERS
+
+
+def test_fetch_local_folder_with_a_zip_bomb_inside_fails_and_leaves_everything(
+    paths: ProjectPaths, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    write_tree(source, {**DATASET, "more.zip": deflated_zip_bytes(BOMB_MEMBERS)})
+    before = snapshot(source)
+
+    with pytest.raises(DownloadError) as raised:
+        fetch_dataset(local_params(source), SMALL_LIMIT, SYNTHETIC, paths, show_progress=False)
+
+    assert str(source / "more.zip") in str(raised.value)
+    assert "download.max_extracted_bytes" in str(raised.value)
+    assert snapshot(source) == before
+    assert not paths.raw_dir.exists()
+    assert not paths.raw_dir.with_name("raw.incoming").exists()
+
+
+def test_fetch_local_folder_copies_an_image_carrying_a_zip_as_an_image(paths: ProjectPaths, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    image = b"\x89PNG\r\n\x1a\n" + b"pixels" * 20 + zip_bytes({"hidden/a.txt": b"hidden"})
+    write_tree(source, {**DATASET, "UTSig/Genuine/1/3.png": image})
+    assert zipfile.is_zipfile(source / "UTSig/Genuine/1/3.png")
+    before = snapshot(source)
+
+    fetch_dataset(local_params(source), FAST_DOWNLOAD, SYNTHETIC, paths, show_progress=False)
+
+    assert files_of(paths.raw_dir) == {**DATASET, "UTSig/Genuine/1/3.png": image}
+    assert snapshot(source) == before
+
+
+def test_fetch_local_folder_extracts_archives_by_their_name(paths: ProjectPaths, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    write_tree(source, {"a.TGZ": tar_gz_bytes({"x.txt": b"x"}), "b.zip": zip_bytes({"y.txt": b"y"})})
+    before = snapshot(source)
+
+    fetch_dataset(local_params(source), FAST_DOWNLOAD, SYNTHETIC, paths, show_progress=False)
+
+    assert files_of(paths.raw_dir) == {"a/x.txt": b"x", "b/y.txt": b"y"}
+    assert snapshot(source) == before

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,12 +18,16 @@ import yaml
 from tasks.config import ConfigError
 from tasks.orchestration import (
     PipelineBusyError,
+    StageFailedError,
     StageOutcome,
     apply_overrides,
+    lock_holder_file,
     report_markdown,
+    run_dvc_stage,
     try_example,
     workspace_lock,
 )
+from tests.conftest import PROJECT_ROOT
 
 PARAMS = textwrap.dedent(
     """\
@@ -33,14 +41,57 @@ PARAMS = textwrap.dedent(
 )
 
 
+def project_params_copy(tmp_path: Path) -> Path:
+    """The project's params.yaml (a complete, valid file with comments) copied into `tmp_path`."""
+    return Path(shutil.copy2(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml"))
+
+
 def test_overrides_change_values_and_keep_comments(tmp_path: Path) -> None:
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(PARAMS)
+    params_file = project_params_copy(tmp_path)
     applied = apply_overrides(params_file, {"train.epochs": 3, "prepare.image_size": 150})
     assert applied == ["train.epochs=3", "prepare.image_size=150"]
     text = params_file.read_text()
-    assert yaml.safe_load(text) == {"train": {"epochs": 3, "mode": "cached"}, "prepare": {"image_size": 150}}
-    assert "# passes over the data" in text and text.startswith("# Parameters")
+    params = yaml.safe_load(text)
+    assert params["train"]["epochs"] == 3 and params["prepare"]["image_size"] == 150
+    assert "# at most; early stopping ends sooner" in text and text.startswith("# Parameters")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]  # no temporary file left
+
+
+def test_a_key_of_the_group_model_that_the_file_omits_can_be_set(tmp_path: Path) -> None:
+    params_file = project_params_copy(tmp_path)
+    apply_overrides(params_file, {"augment.rotation_degrees": 5.0})
+    assert yaml.safe_load(params_file.read_text())["augment"] == {"preset": "signature", "rotation_degrees": 5.0}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"train.epochs": -5}, "train.epochs"),
+        ({"prepare.image_size": "big"}, "prepare.image_size"),
+        ({"prepare.image_size": 74}, "prepare.image_size"),
+        ({"train.epochs": 2, "evaluate.top_k": 0}, "evaluate.top_k"),
+        ({"register.metric": "accuracy"}, "register.metric"),
+    ],
+)
+def test_an_invalid_override_is_refused_and_the_file_untouched(
+    tmp_path: Path, overrides: dict[str, object], named: str
+) -> None:
+    params_file = project_params_copy(tmp_path)
+    before = params_file.read_bytes()
+    with pytest.raises(ConfigError) as raised:
+        apply_overrides(params_file, overrides)
+    assert named in str(raised.value) and "is unchanged" in str(raised.value)
+    assert params_file.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_overrides_are_refused_when_the_rest_of_the_file_is_invalid(tmp_path: Path) -> None:
+    params_file = project_params_copy(tmp_path)
+    params_file.write_text(params_file.read_text().replace("calibrate:\n", "calibrate_typo:\n"))
+    before = params_file.read_bytes()
+    with pytest.raises(ConfigError, match=r"calibrate: missing parameter group"):
+        apply_overrides(params_file, {"train.epochs": 2})
+    assert params_file.read_bytes() == before
 
 
 @pytest.mark.parametrize("key", ["train.epoch", "training.epochs", "train"])
@@ -52,8 +103,8 @@ def test_unknown_override_is_refused_and_the_file_untouched(tmp_path: Path, key:
     assert params_file.read_text() == PARAMS
 
 
-def test_a_second_run_waits_then_fails_clearly(tmp_path: Path) -> None:
-    lock_file = tmp_path / "data" / ".pipeline.lock"
+def hold_lock(lock_file: Path, seconds: float) -> subprocess.Popen[str]:
+    """A real second process that takes the workspace lock, says "held", keeps it `seconds`, then releases it."""
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -62,28 +113,68 @@ def test_a_second_run_waits_then_fails_clearly(tmp_path: Path) -> None:
             import time
             from pathlib import Path
             from tasks.orchestration import workspace_lock
-            with workspace_lock(Path({str(lock_file)!r}), 5):
+            with workspace_lock(Path({str(lock_file)!r}), 5, label="flow run 'holder-run'"):
                 print("held", flush=True)
-                time.sleep(30)
+                time.sleep({seconds})
         """),
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_waits_then_fails_naming_the_holder(tmp_path: Path) -> None:
+    lock_file = tmp_path / "data" / ".pipeline.lock"
+    holder = hold_lock(lock_file, 30)
+    said: list[str] = []
+    holder_words = rf"flow run 'holder-run', pid {holder.pid} on {socket.gethostname()} since \d{{4}}-.*: .*python"
     try:
-        assert holder.stdout.readline().strip() == "held"
         started = time.monotonic()
         with (
-            pytest.raises(PipelineBusyError, match=r"another pipeline run holds .*pid \d+"),
-            workspace_lock(lock_file, 1),
+            pytest.raises(PipelineBusyError, match=rf"another pipeline run holds .*\({holder_words}"),
+            workspace_lock(lock_file, 1, announce=said.append),
         ):
             pass
         assert time.monotonic() - started >= 1
+        assert len(said) == 1 and re.search(rf"waiting up to 1 s .*{holder_words}", said[0]), said
     finally:
         holder.kill()
         holder.wait()
-    with workspace_lock(lock_file, 1):  # released when its holder is gone
-        assert lock_file.read_text().startswith("pid ")
+    assert lock_holder_file(lock_file).is_file()  # kill -9: the holder could not remove its record
+    with workspace_lock(lock_file, 1, announce=said.append):  # released when its holder is gone
+        assert f'"pid": {os.getpid()}' in lock_holder_file(lock_file).read_text()
+    assert len(said) == 1  # no wait, nothing said
+    assert not lock_holder_file(lock_file).exists()
+
+
+def test_a_waiting_run_says_whom_it_waits_for_then_runs(tmp_path: Path) -> None:
+    lock_file = tmp_path / "data" / ".pipeline.lock"
+    holder = hold_lock(lock_file, 1)
+    said: list[str] = []
+    try:
+        with workspace_lock(lock_file, 60, label="waiter", announce=said.append):
+            assert holder.poll() is not None  # the holder had finished
+            assert "waiter" in lock_holder_file(lock_file).read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(said) == 1 and f"pid {holder.pid}" in said[0] and "holder-run" in said[0]
+
+
+def test_a_failing_dvc_stage_is_named_with_its_output(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  fine:\n    cmd: python -c \"open('fine.txt', 'w').write('ok')\"\n    outs: [fine.txt]\n"
+        "  broken:\n    cmd: python -c \"import sys; sys.exit('broken on purpose')\"\n    deps: [fine.txt]\n"
+    )
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, env=environment, check=True)
+    assert run_dvc_stage("fine", tmp_path, environment).ran
+    assert not run_dvc_stage("fine", tmp_path, environment).ran
+    with pytest.raises(StageFailedError, match=r"stage 'broken' failed \(exit \d+\):\n(.|\n)*broken on purpose"):
+        run_dvc_stage("broken", tmp_path, environment)
 
 
 def test_report_lists_stages_metrics_and_the_decision() -> None:

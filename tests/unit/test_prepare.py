@@ -32,7 +32,7 @@ def test_manifest_has_one_row_per_image_and_valid_splits(tmp_path: Path) -> None
     for row in rows:
         assert (paths.root / row["path"]).is_file()
         image = Image.open(paths.root / row["prepared_path"])
-        assert (image.mode, image.size) == ("L", (32, 32))
+        assert (image.mode, image.size) == ("L", (prepare_params().image_size,) * 2)
         assert len(row["source_sha256"]) == 64
         if row["kind"] == "genuine":
             assert row["split"] in {"train", "val", "test"}

@@ -1,0 +1,222 @@
+"""A registered model whose files were damaged fails to load with one line naming the model and the
+file and saying how to repair it, through MLflow in Python and through the `sigpipe` CLI.
+
+One tiny model is packaged and registered (MLflow in a temporary folder); each test damages one
+file in the registry's artifact store the way a disk or a copy does, and restores it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+from tasks.errors import CorruptModelError, ModelFileError
+from tasks.inference import SignatureClassifier
+from tasks.model_files import ARTIFACT_DIGESTS, DIGESTS_FILE_NAME, packaged_model_errors, verify_packaged_files
+from tasks.paths import ProjectPaths
+from tasks.verifier import save_verifier
+from tests.conftest import edit_params
+from tests.unit.test_inference import SETTINGS, tiny_classifier, tiny_verifier
+
+MODEL_NAME = "integrity-test"
+MODEL_URI = f"models:/{MODEL_NAME}@champion"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CLI_TIMEOUT_SECONDS = 300
+CALIBRATION = {"classes": ["a", "b", "c"], "temperature": 1.0, "threshold": 0.0, "unknown_class_id": 3}
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_bytes(path: Path) -> None:
+    """Invert 64 bytes a third of the way in: the size stays, the content does not."""
+    data = bytearray(path.read_bytes())
+    start = len(data) // 3
+    data[start : start + 64] = bytes(value ^ 0xFF for value in data[start : start + 64])
+    path.write_bytes(bytes(data))
+
+
+def invalid_json(path: Path) -> None:
+    path.write_text("{not json", encoding="utf-8")
+
+
+def without_classes(path: Path) -> None:
+    path.write_text(json.dumps({key: value for key, value in CALIBRATION.items() if key != "classes"}))
+
+
+def remove(path: Path) -> None:
+    path.unlink()
+
+
+DAMAGES: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "truncated classifier": ("classifier.keras", truncate),
+    "flipped classifier bytes": ("classifier.keras", flip_bytes),
+    "invalid calibration JSON": ("calibration.json", invalid_json),
+    "calibration without classes": ("calibration.json", without_classes),
+    "missing verifier": ("verifier.npz", remove),
+}
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> ProjectPaths:
+    """A workspace whose MLflow store holds a tiny packaged model, registered as champion."""
+    import mlflow
+
+    from tasks.registry import log_packaged_model
+
+    paths = ProjectPaths.from_root(tmp_path_factory.mktemp("integrity"))
+    paths.classifier_file.parent.mkdir(parents=True, exist_ok=True)
+    tiny_classifier().save(paths.classifier_file)
+    save_verifier(tiny_verifier(), paths.verifier_file)
+    paths.calibration_file.parent.mkdir(parents=True, exist_ok=True)
+    paths.calibration_file.write_text(json.dumps(CALIBRATION))
+    shutil.copy(PROJECT_ROOT / "params.yaml", paths.params_file)
+    edit_params(paths.params_file, {"register": {"model_name": MODEL_NAME}})  # the CLI's default model
+    image = Image.new("L", (120, 60), 250)
+    ImageDraw.Draw(image).line([(10, 40), (40, 10), (70, 50), (110, 15)], fill=20, width=4)
+    image.save(paths.root / "signature.png")
+    mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
+    experiment = mlflow.create_experiment("integrity", artifact_location=(paths.mlruns_dir / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        model_uri = log_packaged_model(paths, SETTINGS, 2, paths.root / "signature.png")
+    version = mlflow.register_model(model_uri, MODEL_NAME)
+    mlflow.tracking.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", version.version)
+    return paths
+
+
+def stored_file(paths: ProjectPaths, name: str) -> Path:
+    """The registered model's copy of artifact file `name` in the store."""
+    (found,) = (paths.mlruns_dir / "artifacts").rglob(f"artifacts/{name}")
+    return found
+
+
+@pytest.fixture(params=list(DAMAGES))
+def damaged(request: pytest.FixtureRequest, registered: ProjectPaths) -> Iterator[Path]:
+    """Damage one stored file as `DAMAGES[request.param]` says; restore it after the test."""
+    name, damage = DAMAGES[request.param]
+    path = stored_file(registered, name)
+    original = path.read_bytes()
+    damage(path)
+    yield path
+    path.write_bytes(original)
+
+
+@pytest.fixture
+def store(registered: ProjectPaths, monkeypatch: pytest.MonkeyPatch) -> ProjectPaths:
+    """MLflow pointed at the workspace's store, as the CLI does (no environment override)."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(registered.mlflow_tracking_uri)
+    return registered
+
+
+def test_the_packaged_model_records_a_digest_of_every_artifact_and_loads(store: ProjectPaths) -> None:
+    import mlflow
+
+    digests = json.loads(stored_file(store, DIGESTS_FILE_NAME).read_text())
+    assert set(digests) == {"classifier", "verifier", "calibration", "preprocess", "params"}
+    model = mlflow.pyfunc.load_model(MODEL_URI).unwrap_python_model().model
+    assert model.classes == ["a", "b", "c"]
+
+
+def test_python_loading_raises_one_line_naming_the_model_and_file(store: ProjectPaths, damaged: Path) -> None:
+    import mlflow
+
+    with pytest.raises(CorruptModelError) as raised:
+        mlflow.pyfunc.load_model(MODEL_URI)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert str(damaged) in message and "models:/m-" in message and "re-register the model" in message
+
+
+def test_the_cli_prints_one_line_and_exits_non_zero(store: ProjectPaths, damaged: Path) -> None:
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(store.root / "signature.png"), "-p", str(store.params_file)])
+    assert result.exit_code == 1 and not isinstance(result.exception, CorruptModelError | ModelFileError)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert errors[0].startswith(f"error: {MODEL_URI} (version 1): model models:/m-")
+    assert str(damaged) in errors[0] and "re-register the model" in errors[0]
+
+
+@pytest.mark.slow
+def test_the_cli_process_prints_no_traceback(store: ProjectPaths) -> None:
+    """The real `sigpipe` process on a truncated classifier: one error line on stderr, exit 1."""
+    path = stored_file(store, "classifier.keras")
+    original = path.read_bytes()
+    truncate(path)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "predict", "signature.png", "-p", str(store.params_file)],
+            cwd=PROJECT_ROOT,
+            env={key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"},
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_SECONDS,
+        )
+    finally:
+        path.write_bytes(original)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert f"{path}: damaged" in line and "(version 1)" in line
+
+
+def source_files(folder: Path) -> dict[str, Path]:
+    """The four files `SignatureClassifier.from_files` reads, valid, in `folder`."""
+    from tasks.registry import write_preprocess_artifact
+
+    files = {
+        "classifier": folder / "classifier.keras",
+        "verifier": folder / "verifier.npz",
+        "calibration": folder / "calibration.json",
+        "preprocess": write_preprocess_artifact(SETTINGS, 2, folder),
+    }
+    tiny_classifier().save(files["classifier"])
+    save_verifier(tiny_verifier(), files["verifier"])
+    files["calibration"].write_text(json.dumps(CALIBRATION))
+    return files
+
+
+def load(files: dict[str, Path]) -> SignatureClassifier:
+    return SignatureClassifier.from_files(
+        files["classifier"], files["verifier"], files["calibration"], files["preprocess"]
+    )
+
+
+def test_a_model_without_digests_still_fails_with_one_line(tmp_path: Path) -> None:
+    """Models packaged before digests were recorded: an unreadable file is still named, in one line."""
+    files = source_files(tmp_path)
+    invalid_json(files["calibration"])
+    artifacts = {name: str(path) for name, path in files.items()}
+    expected = r"calibration\.json: cannot be read as the calibration"
+    with pytest.raises(CorruptModelError, match=expected) as raised, packaged_model_errors(artifacts):
+        verify_packaged_files(artifacts)
+        load(files)
+    assert "\n" not in str(raised.value) and "re-register the model" in str(raised.value)
+
+
+def test_a_damaged_digest_file_is_named(tmp_path: Path) -> None:
+    digests = tmp_path / DIGESTS_FILE_NAME
+    digests.write_text('{"classifier": {"file": "classifier.keras"}}')
+    with pytest.raises(ModelFileError, match=r"file_digests\.json: cannot be read as the model's file digests"):
+        verify_packaged_files({ARTIFACT_DIGESTS: str(digests)})
+
+
+def test_registration_names_a_broken_source_file(tmp_path: Path) -> None:
+    """The same readers guard registration: a source calibration without classes is named."""
+    files = source_files(tmp_path)
+    without_classes(files["calibration"])
+    with pytest.raises(ModelFileError, match=r"calibration\.json: cannot be read as the calibration .*'classes'"):
+        load(files)

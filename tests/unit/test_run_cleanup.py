@@ -1,0 +1,160 @@
+"""Failed and abandoned MLflow runs end FAILED or KILLED, and a model whose logging fails (a full
+disk) leaves no partial artifacts and no half-registered version. A real SQLite tracking store in
+a tmp folder; the full disk is a fault injected into the local artifact store's copy."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+from mlflow.tracking import MlflowClient
+
+from tasks.errors import ArtifactStoreError
+from tasks.registry import version_removed_on_failure
+from tasks.tracking import (
+    TAG_HOST,
+    TAG_PID,
+    end_abandoned_runs,
+    model_artifacts_removed_on_failure,
+    process_tags,
+)
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    """The smallest pyfunc: returns its input."""
+
+    def predict(self, context: object, model_input: list[str], params: dict | None = None) -> list[str]:
+        return model_input
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """(experiment id, artifact folder) of a fresh SQLite tracking store; the previous URI is restored."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    artifacts = tmp_path / "artifacts"
+    experiment_id = mlflow.create_experiment("cleanup", artifact_location=artifacts.as_uri())
+    yield experiment_id, artifacts
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(previous)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(process.stdout)
+
+
+def test_runs_left_running_by_dead_processes_end_killed(store: tuple[str, Path]) -> None:
+    experiment_id, _ = store
+    client = MlflowClient()
+    here = socket.gethostname()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        runs = {
+            "dead": client.create_run(experiment_id, tags={TAG_PID: str(dead_pid()), TAG_HOST: here}),
+            "alive": client.create_run(experiment_id, tags={TAG_PID: str(alive.pid), TAG_HOST: here}),
+            "other host": client.create_run(experiment_id, tags={TAG_PID: str(dead_pid()), TAG_HOST: "elsewhere"}),
+            "untagged": client.create_run(experiment_id),
+            "this process": client.create_run(experiment_id, tags=process_tags()),
+        }
+        ended = end_abandoned_runs(experiment_id)
+    finally:
+        alive.kill()
+        alive.wait()
+    status = {name: client.get_run(run.info.run_id).info.status for name, run in runs.items()}
+    assert ended == [runs["dead"].info.run_id]
+    assert status == {
+        "dead": "KILLED",
+        "alive": "RUNNING",
+        "other host": "RUNNING",
+        "untagged": "RUNNING",
+        "this process": "RUNNING",
+    }
+
+
+def test_a_run_killed_by_sigkill_is_killed_at_the_next_start_and_can_resume(store: tuple[str, Path]) -> None:
+    experiment_id, _ = store
+    script = (
+        "import mlflow, os, signal, sys; from tasks.tracking import process_tags; "
+        f"mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r}); "
+        f"run = mlflow.start_run(experiment_id={experiment_id!r}, tags=process_tags()); "
+        "print(run.info.run_id, flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[2]
+    )
+    assert killed.returncode == -9, killed.stderr
+    run_id = killed.stdout.strip()
+    client = MlflowClient()
+    assert client.get_run(run_id).info.status == "RUNNING"  # nobody could end it
+    assert end_abandoned_runs(experiment_id) == [run_id]
+    assert client.get_run(run_id).info.status == "KILLED"
+    with mlflow.start_run(run_id=run_id):  # a resumed training reopens the same run
+        assert client.get_run(run_id).info.status == "RUNNING"
+    assert client.get_run(run_id).info.status == "FINISHED"
+    with pytest.raises(ZeroDivisionError), mlflow.start_run(run_id=run_id):  # a resumed run that fails
+        _ = 1 / 0
+    assert client.get_run(run_id).info.status == "FAILED"
+
+
+def copy_one_file_then_fill_the_disk(self: LocalArtifactRepository, local_dir: str, artifact_path=None) -> None:
+    """Fault injection: the artifact store's copy writes one file, then the disk is full."""
+    target = Path(self.artifact_dir, artifact_path or "")
+    target.mkdir(parents=True, exist_ok=True)
+    first = sorted(path for path in Path(local_dir).rglob("*") if path.is_file())[0]
+    shutil.copy2(first, target / first.name)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file()) if folder.exists() else []
+
+
+def test_a_full_disk_while_logging_a_model_leaves_no_partial_files_and_fails_the_run(
+    store: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    experiment_id, artifacts = store
+    with mlflow.start_run(experiment_id=experiment_id):
+        kept = mlflow.pyfunc.log_model(name="earlier", python_model=Echo(), pip_requirements=[])
+    kept_files = files_under(artifacts)
+    assert kept_files
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifacts", copy_one_file_then_fill_the_disk)
+    full_disk = pytest.raises(ArtifactStoreError, match=r"cannot write the test model to .*No space left on device")
+    with (
+        full_disk,
+        mlflow.start_run(experiment_id=experiment_id) as run,
+        model_artifacts_removed_on_failure("test model"),
+    ):
+        mlflow.pyfunc.log_model(name="failing", python_model=Echo(), pip_requirements=[])
+    failed = mlflow.last_logged_model()
+    assert failed is not None and failed.model_id != kept.model_id
+    assert str(failed.status) == "FAILED"
+    assert files_under(artifacts) == kept_files  # the earlier model intact, nothing of the failed one
+    assert MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_a_version_whose_alias_cannot_be_set_is_deleted(store: tuple[str, Path]) -> None:
+    experiment_id, _ = store
+    client = MlflowClient()
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
+    champion = mlflow.register_model(info.model_uri, "cleanup-model")
+    client.set_registered_model_alias("cleanup-model", "champion", champion.version)
+    new = mlflow.register_model(info.model_uri, "cleanup-model")
+    failing = pytest.raises(RuntimeError, match="alias step failed")
+    with failing, version_removed_on_failure(client, "cleanup-model", new.version):
+        raise RuntimeError("alias step failed")
+    versions = {version.version for version in client.search_model_versions("name = 'cleanup-model'")}
+    assert versions == {champion.version}
+    assert client.get_model_version_by_alias("cleanup-model", "champion").version == champion.version
