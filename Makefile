@@ -7,12 +7,22 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
+TEST_WORKERS ?= auto
 
 export PATH := $(BIN):$(PATH)
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 2
+# Prefect's database of runs and its settings stay in this workspace (.prefect/), not in the
+# ~/.prefect that every checkout shares, unless PREFECT_HOME is set; a profiles file in ~/.prefect
+# (a server's URL, a Cloud login) is still read. The stage entry points do the same (flows/__init__.py).
+ifndef PREFECT_HOME
+export PREFECT_HOME := $(CURDIR)/.prefect
+ifneq ($(wildcard $(HOME)/.prefect/profiles.toml),)
+export PREFECT_PROFILES_PATH ?= $(HOME)/.prefect/profiles.toml
+endif
+endif
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test test-fast lint format status clean up down
@@ -47,11 +57,13 @@ demo: venv ## Run the whole pipeline offline on the generated dataset through th
 	@echo "Try:            the two sigpipe commands at the end of the report above (a test signature)"
 	@echo "MLflow UI:      $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --workers 1"
 
-test: venv ## Run every test, the slow end-to-end ones included.
-	pytest $(PYTEST_ARGS)
+# Tests run on every core (pytest-xdist; TEST_WORKERS=0 runs them in one process). Modules that share
+# an expensive session fixture carry the same xdist_group mark, so it is built once, on one worker.
+test: venv ## Run every test, the slow end-to-end ones included, on every core.
+	pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-test-fast: venv ## Run the tests without the slow end-to-end ones.
-	pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: venv ## Run the tests without the slow end-to-end ones, on every core.
+	pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 lint: venv ## Check style with ruff.
 	ruff check flows tasks tests bench
@@ -68,11 +80,15 @@ up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deploymen
 	@for attempt in $$(seq 1 90); do curl -sf $(PREFECT_URL)/health > /dev/null && break; sleep 1; done; \
 	  curl -sf $(PREFECT_URL)/health > /dev/null || { echo "Prefect server did not start: see $(RUN_DIR)/prefect-server.log"; exit 1; }
 	PREFECT_API_URL=$(PREFECT_URL) prefect work-pool create $(WORK_POOL) --type process --overwrite > /dev/null
-	PREFECT_API_URL=$(PREFECT_URL) SIGPIPE_ROOT=$(CURDIR) prefect --no-prompt deploy --all
+# Prefect's own next steps ("start a worker") would contradict this target, which starts one: they go to the log.
+	PREFECT_API_URL=$(PREFECT_URL) SIGPIPE_ROOT=$(CURDIR) prefect --no-prompt deploy --all > $(RUN_DIR)/deploy.log 2>&1 \
+	  || { cat $(RUN_DIR)/deploy.log; exit 1; }
 	PREFECT_API_URL=$(PREFECT_URL) prefect worker start --pool $(WORK_POOL) > $(RUN_DIR)/worker.log 2>&1 & echo $$! > $(RUN_DIR)/worker.pid
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 	  > $(RUN_DIR)/mlflow.log 2>&1 & echo $$! > $(RUN_DIR)/mlflow.pid
+	@echo "Started:    Prefect server (runs kept in $(PREFECT_HOME)), a worker on pool '$(WORK_POOL)' for deployment"
+	@echo "            'signature-pipeline/local', MLflow server; no other terminal is needed. make down stops them."
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)   MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)   logs: $(RUN_DIR)/"
 	@echo "Run:        PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run 'signature-pipeline/local' --watch"
 

@@ -11,16 +11,28 @@ from dataclasses import asdict, dataclass
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import run_entry_point, workspace_paths
+from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import CalibrateParams, TrackingParams, parse_group, read_params_file
-from tasks.files import json_ready, write_json
+from tasks.files import json_ready, write_json, write_metrics
 from tasks.paths import ProjectPaths
+
+# What `dvc metrics show` lists from metrics/calibrate.json: the test FRR and skilled-forgery FAR at
+# the calibrated threshold; every other number is in metrics/calibrate_details.json.
+HEADLINE_METRICS = ("frr", "far_skilled")
 
 
 @dataclass(frozen=True)
 class CalibrateConfig:
     calibrate: CalibrateParams
     tracking: TrackingParams
+
+
+def calibrate_run_name(params: CalibrateParams, digest: str | None) -> str:
+    """The calibration run's MLflow name: the threshold's objective and the data version training recorded."""
+    from tasks.tracking import data_label, run_name
+
+    objective = "threshold at EER" if params.objective == "eer" else f"threshold at FAR {params.target_far:g}"
+    return run_name("calibrate", objective, data_label(digest) if digest else "")
 
 
 @task(name="fit-temperature-and-threshold", cache_policy=NO_CACHE)
@@ -32,14 +44,14 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
     from tasks.metrics import reliability_bins
     from tasks.plots import reliability_image
     from tasks.scores import load_scores, softmax
-    from tasks.tracking import ensure_experiment, loggable_metrics, parent_run_id, process_tags
+    from tasks.tracking import ensure_experiment, loggable_metrics, parent_run_id, process_tags, recorded_data_version
 
     table = load_scores(paths.scores_file)
     classes = json.loads(paths.labels_file.read_text())["classes"]
     calibration = fit_calibration(table, config.calibrate.objective, config.calibrate.target_far)
     report = calibration_report(table, calibration, config.calibrate.reference_threshold)
     report = json_ready(report)
-    write_json(paths.calibrate_metrics_file, report)
+    write_metrics(paths.calibrate_metrics_file, paths.calibrate_details_file, report, HEADLINE_METRICS)
     write_json(paths.calibration_file, {**asdict(calibration), "unknown_class_id": len(classes), "classes": classes})
     genuine = table.select("test", "genuine")
     reliability_image(
@@ -51,7 +63,7 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
     with mlflow.start_run(
         experiment_id=experiment_id,
-        run_name="calibrate",
+        run_name=calibrate_run_name(config.calibrate, recorded_data_version(paths.train_run_file)),
         parent_run_id=parent_run_id(paths.train_run_file),
         tags=process_tags(),
     ):
@@ -68,7 +80,7 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
     return report
 
 
-@flow(name="calibrate", log_prints=True)
+@flow(name="calibrate", flow_run_name=current_stage_run_name, log_prints=True)
 def calibrate_flow(params_file: str) -> dict[str, object]:
     """Read the `calibrate` and `tracking` parameters and calibrate the classifier's scores."""
     paths = workspace_paths(params_file)

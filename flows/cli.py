@@ -1,26 +1,42 @@
-"""`sigpipe`: the command line of signature-pipeline (one command per stage so far)."""
+"""`sigpipe`: the command line of signature-pipeline (one command per stage, and predict / verify).
+
+Each command imports what it needs when it runs (Prefect for the stages, MLflow and TensorFlow for
+predict and verify), so the inputs are checked, and a mistake reported, before any of them loads.
+Unless `--verbose` is given, the libraries' own warnings and logs are kept off the terminal
+(`flows.quiet`): they are set up before the first of them is imported.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flows._stage import run_stage
-from flows.calibrate import calibrate_flow
-from flows.download import download_flow
-from flows.evaluate import evaluate_flow
-from flows.prepare import prepare_flow
-from flows.register import register_flow
-from flows.train import train_flow
+from flows.quiet import quiet_libraries
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
+
+if TYPE_CHECKING:
+    from tasks.inference import Answer
 
 app = typer.Typer(
     help="Signature pipeline: download, prepare, train, evaluate, calibrate, register; predict and verify.",
     no_args_is_help=True,
 )
+
+
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Also show the libraries' warnings and logs (TensorFlow, MLflow, Keras)."),
+    ] = False,
+) -> None:
+    """Signature pipeline: download, prepare, train, evaluate, calibrate, register; predict and verify."""
+    if not verbose:
+        quiet_libraries()
+
 
 ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
 
@@ -33,36 +49,54 @@ ParamsOption = Annotated[
 @app.command()
 def download(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
     """Fetch the dataset named by `data.source` into data/raw/."""
+    from flows._stage import run_stage
+    from flows.download import download_flow
+
     run_stage(download_flow, str(params.resolve()))
 
 
 @app.command()
 def prepare(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
     """Preprocess data/raw/ into data/prepared/ (manifest, split, images, data report)."""
+    from flows._stage import run_stage
+    from flows.prepare import prepare_flow
+
     run_stage(prepare_flow, str(params.resolve()))
 
 
 @app.command()
 def train(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
     """Train the classifier on data/prepared/ (resumes an interrupted run), logged to MLflow."""
+    from flows._stage import run_stage
+    from flows.train import train_flow
+
     run_stage(train_flow, str(params.resolve()))
 
 
 @app.command()
 def evaluate(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
     """Score the test split: identification and verification metrics, plots."""
+    from flows._stage import run_stage
+    from flows.evaluate import evaluate_flow
+
     run_stage(evaluate_flow, str(params.resolve()))
 
 
 @app.command()
 def calibrate(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
     """Fit the temperature and the "unknown" threshold on calibration data; report them on test."""
+    from flows._stage import run_stage
+    from flows.calibrate import calibrate_flow
+
     run_stage(calibrate_flow, str(params.resolve()))
 
 
 @app.command()
 def register(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
     """Package the calibrated model and register it (champion only if it beats the current one)."""
+    from flows._stage import run_stage
+    from flows.register import register_flow
+
     run_stage(register_flow, str(params.resolve()))
 
 
@@ -125,20 +159,12 @@ def load_signature_model(model_uri: str | None, params_file: Path):  # -> Signat
         raise typer.Exit(code=1) from error
 
 
-@app.command()
-def predict(
-    images: Annotated[list[Path], typer.Argument(help="Signature image files.")],
-    model: ModelOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
-    params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
-) -> None:
-    """Who signed each image: writer (or unknown), calibrated confidence, top writers. Exit 1 if any image failed."""
+def echo_answers(answers: list[Answer], as_json: bool) -> None:
+    """Print answers as JSON lines, or as table rows on stdout with errors on stderr."""
     import json
 
     from tasks.files import json_ready
-    from tasks.inference import items_from
 
-    answers = load_signature_model(model, params).answers(items_from([str(image) for image in images]))
     for answer in answers:
         row = answer.as_row()
         if as_json:
@@ -148,7 +174,28 @@ def predict(
         else:
             top = ", ".join(f"{writer} {probability:.2f}" for writer, probability in answer.top_k)
             typer.echo(f"{answer.input}\t{answer.writer}\t{answer.confidence:.3f}\t[{top}]")
-    if any(answer.error for answer in answers):
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Signature image files.")],
+    model: ModelOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+    params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
+) -> None:
+    """Who signed each image: writer (or unknown), calibrated confidence, top writers. Exit 1 if any image failed.
+
+    Files that cannot be opened are reported first, before the model loads; the others are answered."""
+    from tasks.inference import Answer, input_problem, items_from
+
+    items = items_from([str(image) for image in images])
+    problems = [input_problem(item) for item in items]
+    unusable = [Answer.failed(item.name, problem) for item, problem in zip(items, problems, strict=True) if problem]
+    echo_answers(unusable, as_json)  # at once: the model is loaded only for the files that can be opened
+    usable = [item for item, problem in zip(items, problems, strict=True) if not problem]
+    answers = load_signature_model(model, params).answers(usable) if usable else []
+    echo_answers(answers, as_json)
+    if unusable or any(answer.error for answer in answers):
         raise typer.Exit(code=1)
 
 
@@ -159,11 +206,24 @@ def verify(
     model: ModelOption = None,
     params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
 ) -> None:
-    """Is IMAGE really WRITER's signature? Accept or reject, with the score and the threshold used."""
-    from tasks.inference import items_from
+    """Is IMAGE really WRITER's signature? Accept or reject, with the score and the threshold used.
 
+    WRITER is the model's id or the dataset's own name for it (`1` for `001`); an image that cannot
+    be opened is reported before the model loads."""
+    from tasks.errors import ModelInputError
+    from tasks.inference import input_problem, items_from, match_writer
+
+    item = items_from(str(image))[0]
+    if problem := input_problem(item):
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(code=1)
     signature_model = load_signature_model(model, params)
-    score, accepted, error = signature_model.claim_score(items_from(str(image))[0], writer)
+    try:
+        writer = match_writer(writer, signature_model.classes)
+    except ModelInputError as unknown:
+        typer.echo(f"error: {unknown}", err=True)
+        raise typer.Exit(code=1) from unknown
+    score, accepted, error = signature_model.claim_score(item, writer)
     if error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1)

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import run_entry_point, workspace_paths
+from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import DataParams, DownloadParams, SyntheticParams, parse_group, read_params_file
 from tasks.download import DownloadSummary, fetch_dataset
 from tasks.files import write_json
@@ -27,7 +27,7 @@ def fetch_dataset_task(
     return fetch_dataset(data, download, synthetic, paths)
 
 
-@flow(name="download", log_prints=True)
+@flow(name="download", flow_run_name=current_stage_run_name, log_prints=True)
 def download_flow(params_file: str) -> dict[str, object]:
     """Read the `data`, `download` and `synthetic` parameters, fetch, and record what came in."""
     paths = workspace_paths(params_file)

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import run_entry_point, workspace_paths
+from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import EvaluateParams, TrackingParams, parse_group, read_params_file
-from tasks.files import json_ready, write_csv, write_json
+from tasks.files import json_ready, write_csv, write_metrics
 from tasks.paths import ProjectPaths
 
 PER_WRITER_COLUMNS = ("writer", "precision", "recall", "f1", "support")
+# What `dvc metrics show` lists from metrics/evaluate.json (test identification, the skilled-forgery
+# EER, the default promotion metric); every other number is in metrics/evaluate_details.json.
+HEADLINE_METRICS = ("accuracy", "f1_weighted", "eer_skilled", "selection_accuracy")
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,15 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     from tasks.manifest import read_manifest
     from tasks.plots import confusion_matrix_image, roc_det_image, score_distributions_image
     from tasks.scores import save_scores, verification_scores
-    from tasks.tracking import data_version, ensure_experiment, loggable_metrics, parent_run_id, process_tags
+    from tasks.tracking import (
+        data_label,
+        data_version,
+        ensure_experiment,
+        loggable_metrics,
+        parent_run_id,
+        process_tags,
+        run_name,
+    )
     from tasks.verifier import load_verifier
 
     classes = json.loads(paths.labels_file.read_text())["classes"]
@@ -45,20 +56,22 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     table = score_manifest(classifier, verifier, rows, paths.root, classes, config.evaluate.batch_size)
     save_scores(table, paths.scores_file)
     metrics, per_writer, matrix = evaluation_report(table, classes, config.evaluate.top_k)
-    write_json(paths.evaluate_metrics_file, metrics)
+    write_metrics(paths.evaluate_metrics_file, paths.evaluate_details_file, metrics, HEADLINE_METRICS)
     write_csv(paths.per_writer_file, PER_WRITER_COLUMNS, per_writer)
     scores = verification_scores(table, "test")
     confusion_matrix_image(matrix, classes, paths.confusion_matrix_file)
     roc_det_image(scores, paths.roc_det_file)
     score_distributions_image(scores, paths.score_distributions_file)
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
+    digest = data_version(paths.manifest_file)
+    image_size = classifier.input_shape[1]
     with mlflow.start_run(
         experiment_id=experiment_id,
-        run_name="evaluate",
+        run_name=run_name("evaluate", f"{image_size}px", data_label(digest)),
         parent_run_id=parent_run_id(paths.train_run_file),
         tags=process_tags(),
     ):
-        mlflow.set_tags({"stage": "evaluate", "data_version": data_version(paths.manifest_file)})
+        mlflow.set_tags({"stage": "evaluate", "data_version": digest})
         mlflow.log_metrics(loggable_metrics(metrics))
         mlflow.log_dict(json_ready(metrics), "evaluate.json")
         for plot in (paths.confusion_matrix_file, paths.roc_det_file, paths.score_distributions_file):
@@ -73,7 +86,7 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     return metrics
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", flow_run_name=current_stage_run_name, log_prints=True)
 def evaluate_flow(params_file: str) -> dict[str, object]:
     """Read the `evaluate` and `tracking` parameters and evaluate the trained classifier."""
     paths = workspace_paths(params_file)

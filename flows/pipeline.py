@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 
-from flows._stage import quiet_environment, run_entry_point, workspace_paths
+from flows._stage import (
+    PARENT_TASK_RUN_VARIABLE,
+    PIPELINE_RUN_VARIABLE,
+    quiet_environment,
+    run_entry_point,
+    workspace_paths,
+)
 from tasks.config import check_params_file
 from tasks.manifest import read_manifest
 from tasks.orchestration import (
@@ -43,13 +48,25 @@ DOWNLOAD_RETRIES = 3
 DOWNLOAD_RETRY_DELAYS_SECONDS = [10, 30, 90]
 DEFAULT_LOCK_TIMEOUT_SECONDS = 600.0
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+# A worker hands its flow run to the process it starts in this variable; the stages are not that run.
+WORKER_FLOW_RUN_VARIABLE = "PREFECT__FLOW_RUN_ID"
 
 
 @task(cache_policy=NO_CACHE)
 def run_stage(stage: str, root: Path, environment: dict[str, str]) -> StageOutcome:
-    """Run one DVC stage (skipped by DVC when up to date); a failure names the stage."""
-    outcome = run_dvc_stage(stage, root, environment)
-    print(f"{stage}: {'ran' if outcome.ran else 'up to date'} in {outcome.seconds:.1f} s")
+    """Run one DVC stage (skipped by DVC when up to date); a failure names the stage.
+
+    The stage's flow run becomes a subflow run of this task run (`flows._stage.call_stage`), so
+    the Prefect UI shows it nested under the pipeline run; its last messages are repeated here.
+    """
+    nested = {**environment, PARENT_TASK_RUN_VARIABLE: str(task_run.id), PIPELINE_RUN_VARIABLE: str(flow_run.name)}
+    outcome = run_dvc_stage(stage, root, nested)
+    print(
+        "\n".join(
+            [f"{stage}: {'ran' if outcome.ran else 'up to date'} in {outcome.seconds:.1f} s"]
+            + [f"  {message}" for message in outcome.messages]
+        )
+    )
     return outcome
 
 
@@ -71,6 +88,7 @@ def stage_environment() -> dict[str, str]:
     """The environment of stage commands: this interpreter's bin folder first, this run's API."""
     quiet_environment()
     environment = dict(os.environ)
+    environment.pop(WORKER_FLOW_RUN_VARIABLE, None)
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     url = prefect_api_url()
     if url:
@@ -121,7 +139,7 @@ def pipeline_flow(
         markdown=report,
         description="Headline metrics, champion decision and MLflow link of this pipeline run",
     )
-    rows = [{**asdict(outcome), "seconds": round(outcome.seconds, 1)} for outcome in outcomes]
+    rows = [{"stage": item.stage, "ran": item.ran, "seconds": round(item.seconds, 1)} for item in outcomes]
     create_table_artifact(key=TIMINGS_KEY, table=rows, description="Per-stage wall time; ran = False: up to date")
     return rows
 

@@ -10,7 +10,7 @@ import shutil
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import run_entry_point, workspace_paths
+from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import PrepareParams, parse_group, parse_layout, read_params_file
 from tasks.files import write_json
 from tasks.paths import ProjectPaths
@@ -28,7 +28,7 @@ def prepare_task(paths: ProjectPaths, layout: str, params: PrepareParams) -> Pre
     return summary
 
 
-@flow(name="prepare", log_prints=True)
+@flow(name="prepare", flow_run_name=current_stage_run_name, log_prints=True)
 def prepare_flow(params_file: str) -> dict[str, object]:
     """Read `data.layout` and the `prepare` parameters, rebuild `data/prepared/`, write metrics."""
     paths = workspace_paths(params_file)

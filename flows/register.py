@@ -14,10 +14,16 @@ from dataclasses import asdict, dataclass, replace
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import run_entry_point, workspace_paths
+from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import ConfigError, PrepareParams, RegisterParams, TrackingParams, parse_group, read_params_file
-from tasks.files import write_json
+from tasks.files import write_metrics
 from tasks.paths import ProjectPaths
+
+# What `dvc metrics show` lists from metrics/register.json; the decision is in metrics/register_details.json.
+HEADLINE_METRICS = ("version", "alias")
+# Left out of the files DVC records in dvc.lock: the logged model's id differs on every run (it is
+# the version's source in the registry, and in the run's register.json artifact).
+RUN_SPECIFIC_KEYS = ("model_uri",)
 
 VERSION_TAG_METRICS = (
     "selection_accuracy",
@@ -66,25 +72,27 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         version_removed_on_failure,
     )
     from tasks.tracking import (
+        data_label,
         data_version,
         end_abandoned_runs,
         ensure_experiment,
         flatten_params,
         parent_run_id,
         process_tags,
+        run_name,
     )
 
     rows = read_manifest(paths.manifest_file)
     params = read_params_file(paths.params_file)
-    evaluation = json.loads(paths.evaluate_metrics_file.read_text())
-    calibration = json.loads(paths.calibrate_metrics_file.read_text())
+    evaluation = json.loads(paths.evaluate_details_file.read_text())
+    calibration = json.loads(paths.calibrate_details_file.read_text())
     try:
         check_selection_metric(config.register.metric)
     except ValueError as error:
         raise ConfigError(f"{paths.params_file}: {error}") from None
     if config.register.metric not in evaluation:
         raise ConfigError(
-            f"register.metric '{config.register.metric}' is not a key of {paths.evaluate_metrics_file}: "
+            f"register.metric '{config.register.metric}' is not a key of {paths.evaluate_details_file}: "
             "rerun the evaluate stage (`dvc repro evaluate`) or pick one of its selection_* keys"
         )
     manifest = digest_of_rows(rows, SELECTION_SPLITS)
@@ -97,9 +105,10 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     end_abandoned_runs(experiment_id)
     client = mlflow.tracking.MlflowClient()
     train_run = parent_run_id(paths.train_run_file)
+    data = data_label(data_version(paths.manifest_file))
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name="register", parent_run_id=train_run, tags=process_tags()
-    ):
+        experiment_id=experiment_id, run_name=run_name("register", name, data), parent_run_id=train_run, tags=process_tags()
+    ) as run:
         settings = replace(
             settings_from_params(config.prepare),
             max_pixels=config.register.max_image_pixels,
@@ -117,9 +126,9 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         }
         champion = current_champion(client, name)
         version = mlflow.register_model(model_uri, name, tags=tags)
-        decision = decide(evaluation, manifest, champion, config.register.metric)
         # The alias moves last: a failure before it deletes the new version and leaves the aliases as they were.
         with version_removed_on_failure(client, name, version.version):
+            decision = decide(evaluation, manifest, champion, config.register.metric)
             client.update_model_version(
                 name,
                 version.version,
@@ -139,13 +148,16 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
             **asdict(decision),
         }
         mlflow.set_tag("stage", "register")
+        # Renamed once the outcome is known: "register · utsig-inceptionv3 v3 · champion · data 3f2a1c".
+        client.update_run(run.info.run_id, name=run_name("register", f"{name} v{version.version}", decision.alias, data))
         mlflow.log_dict(result, "register.json")
-    write_json(paths.register_metrics_file, result)
+    recorded = {key: value for key, value in result.items() if key not in RUN_SPECIFIC_KEYS}
+    write_metrics(paths.register_metrics_file, paths.register_details_file, recorded, HEADLINE_METRICS)
     print(f"registered {name} version {version.version} as {decision.alias}: {decision.reason}")
     return result
 
 
-@flow(name="register", log_prints=True)
+@flow(name="register", flow_run_name=current_stage_run_name, log_prints=True)
 def register_flow(params_file: str) -> dict[str, object]:
     """Read the `register`, `prepare` and `tracking` parameters and register the calibrated model."""
     paths = workspace_paths(params_file)

@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import run_entry_point, workspace_paths
+from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import AugmentParams, ModelParams, TrackingParams, TrainParams, parse_group, read_params_file
 from tasks.files import json_ready, write_json
 from tasks.paths import ProjectPaths
@@ -52,6 +52,14 @@ def train_metrics(result: Any) -> dict[str, object]:
         "embed_images_per_second": round(result.embed_images_per_second, 3),
         "features_reused": result.features_reused,
     }
+
+
+def train_run_name(config: TrainConfig, image_size: int, digest: str) -> str:
+    """The training run's MLflow name: mode (or the ridge head, which has none), head, image size, data version."""
+    from tasks.tracking import data_label, run_name
+
+    how = "closed form" if config.model.head == "ridge" else config.train.mode
+    return run_name("train", how, f"{config.model.head} head", f"{image_size}px", data_label(digest))
 
 
 def log_classifier(classifier: Any, image_size: int) -> str:
@@ -120,8 +128,13 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
     end_abandoned_runs(experiment_id)  # a killed run, resumed or not, must not stay RUNNING
     run_id = pending.run_id if pending is not None else None
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else "train") as run:
-        mlflow.set_tags(process_tags())  # this process owns the run now, resumed or new
+    # The tags name this process as the run's owner from the first instant, resumed or new.
+    with mlflow.start_run(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_name=None if run_id else train_run_name(config, data.image_size, digest),
+        tags=process_tags(),
+    ) as run:
         if run_id is None:
             mlflow.log_params(flatten_params(config.all_params))
             mlflow.set_tags(
@@ -172,7 +185,7 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
     return metrics
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", flow_run_name=current_stage_run_name, log_prints=True)
 def train_flow(params_file: str) -> dict[str, object]:
     """Read the `model`, `augment`, `train` and `tracking` parameters and train the classifier."""
     paths = workspace_paths(params_file)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Literal
 
-from tasks.errors import ArchiveLimitError, NotAnArchiveError, UnsafeArchiveError
+from tasks.errors import ArchiveLimitError, DownloadError, NotAnArchiveError, UnsafeArchiveError
 
 STAGING_SUFFIX = ".extracting"
 ArchiveFormat = Literal["zip", "tar"]
@@ -140,7 +140,10 @@ def check_zip(archive: Path, members: list[zipfile.ZipInfo], limits: ArchiveLimi
         if stat.S_ISLNK(member.external_attr >> 16):
             raise UnsafeArchiveError(f"{archive}: member '{member.filename}' is a link; nothing was extracted")
         check_ratio(archive, f"member '{member.filename}'", member.file_size, member.compress_size, limits)
-    check_total(archive, sum(member.file_size for member in members), limits)
+    total = sum(member.file_size for member in members)
+    check_total(archive, total, limits)
+    # A bomb split into many members each under the grace size is caught by the whole archive's ratio.
+    check_ratio(archive, "the archive", total, archive.stat().st_size, limits)
 
 
 def check_tar(archive: Path, opened: tarfile.TarFile, limits: ArchiveLimits) -> list[tarfile.TarInfo]:
@@ -152,6 +155,7 @@ def check_tar(archive: Path, opened: tarfile.TarFile, limits: ArchiveLimits) -> 
     """
     members: list[tarfile.TarInfo] = []
     total = 0
+    packed = archive.stat().st_size
     for member in opened:
         members.append(member)
         check_count(archive, len(members), limits)
@@ -162,7 +166,7 @@ def check_tar(archive: Path, opened: tarfile.TarFile, limits: ArchiveLimits) -> 
             raise UnsafeArchiveError(f"{archive}: member '{member.name}' is a special file; nothing was extracted")
         total += member.size
         check_total(archive, total, limits)
-    check_ratio(archive, "the archive", total, archive.stat().st_size, limits)
+        check_ratio(archive, "the archive", total, packed, limits)
     return members
 
 
@@ -248,6 +252,11 @@ def extract_to(archive: Path, staging: Path, limits: ArchiveLimits) -> None:
         raise NotAnArchiveError(f"{archive}: not a zip or tar archive (a truncated or wrong download?)")
 
 
+def is_write_error(error: OSError, staging: Path) -> bool:
+    """True when `error` came from writing under `staging` (a full disk, no permission), not from the archive."""
+    return error.filename is not None and Path(error.filename).is_relative_to(staging)
+
+
 def safe_extract(archive: Path, target: Path, limits: ArchiveLimits) -> None:
     """Extract `archive` into `target` (created; must not exist yet), all or nothing.
 
@@ -263,6 +272,15 @@ def safe_extract(archive: Path, target: Path, limits: ArchiveLimits) -> None:
             extract_to(archive, staging, limits)
         except (UnsafeArchiveError, NotAnArchiveError):
             raise
+        except OSError as error:
+            if not is_write_error(error, staging):
+                raise NotAnArchiveError(
+                    f"{archive}: the archive is damaged or unreadable ({error}); download it again"
+                ) from error
+            raise DownloadError(
+                f"{archive}: cannot write the extracted files to {staging.parent} ({error.strerror}); "
+                "free disk space or fix the folder's permissions, then rerun"
+            ) from error
         except DAMAGED_ARCHIVE_ERRORS as error:
             raise NotAnArchiveError(
                 f"{archive}: the archive is damaged or unreadable ({error}); download it again"

@@ -10,30 +10,23 @@ training deletes the folder, and a lock on a deleted file would let a third proc
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.errors import TrainingBusyError
+from tasks.lifeline import CHILD_STOP_GRACE_SECONDS, PARENT_DEATH_GRACE_SECONDS
+from tasks.locks import exclusive_lock
 
 LOCK_SUFFIX = ".lock"
-# A holder whose parent died stops within tasks.lifeline's grace (10 s) plus a server stop (5 s).
-CHECKPOINT_LOCK_WAIT_SECONDS = 30.0
-LOCK_POLL_SECONDS = 0.5
+# A holder whose parent died stops within tasks.lifeline's grace, plus its Prefect server's stop;
+# twice that leaves room for a slow shutdown before the waiter gives up.
+CHECKPOINT_LOCK_WAIT_SECONDS = 2 * (PARENT_DEATH_GRACE_SECONDS + CHILD_STOP_GRACE_SECONDS)
 
 
 def lock_file_of(checkpoint_dir: Path) -> Path:
     """The lock file of a checkpoint folder: `<folder>.lock` beside it."""
     return checkpoint_dir.with_name(checkpoint_dir.name + LOCK_SUFFIX)
-
-
-def holder_description() -> str:
-    """Who holds the lock: pid, host and since when (UTC), written into the lock file."""
-    since = datetime.now(UTC).isoformat(timespec="seconds")
-    return f"pid {os.getpid()} on {socket.gethostname()} since {since}"
 
 
 @contextmanager
@@ -42,24 +35,21 @@ def checkpoint_folder_lock(
 ) -> Iterator[None]:
     """Hold the checkpoint folder of a training for the life of the `with` block.
 
-    Waits up to `timeout_seconds` for another holder, then raises TrainingBusyError naming it.
+    Waits up to `timeout_seconds` for another holder (saying so once), then raises
+    TrainingBusyError naming it.
     """
-    from filelock import FileLock, Timeout
-
     lock_file = lock_file_of(checkpoint_dir)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_file, timeout=timeout_seconds, poll_interval=LOCK_POLL_SECONDS)
-    try:
-        lock.acquire()
-    except Timeout as error:
-        holder = lock_file.read_text(encoding="utf-8").strip() if lock_file.is_file() else ""
-        raise TrainingBusyError(
-            f"another training ({holder or 'holder unknown'}) is using the checkpoint folder {checkpoint_dir} "
+    with exclusive_lock(
+        lock_file,
+        timeout_seconds,
+        label="training",
+        announce=lambda holder: print(
+            f"waiting up to {timeout_seconds:.0f} s for another training to release {checkpoint_dir} ({holder})"
+        ),
+        busy_error=lambda holder: TrainingBusyError(
+            f"another training ({holder}) is using the checkpoint folder {checkpoint_dir} "
             f"(lock {lock_file}; waited {timeout_seconds:.0f} s). Two trainings must not share it: wait for that "
             "one to finish or stop it, then run again."
-        ) from error
-    try:
-        lock_file.write_text(holder_description(), encoding="utf-8")
+        ),
+    ):
         yield
-    finally:
-        lock.release()

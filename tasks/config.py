@@ -389,15 +389,21 @@ def validate_params(params: dict[str, Any], source: str) -> dict[str, StrictMode
     return validated
 
 
-def check_params_file(params_file: Path) -> dict[str, StrictModel]:
-    """Read `params_file` and validate all of it (`validate_params`), and check that a weights file
-    named by `model.weights` exists (train would otherwise fail on it after prepare reran)."""
-    groups = validate_params(read_params_file(params_file), str(params_file))
+def check_params(values: Any, source: str, root: Path) -> dict[str, StrictModel]:
+    """Validate all of a parameter document (`validate_params`) read from `source` in workspace
+    `root`, and check that a weights file named by `model.weights` exists (train would otherwise
+    fail on it after prepare reran)."""
+    groups = validate_params(values, source)
     model = cast(ModelParams, groups["model"])
-    path = weights_file(model.weights, params_file.resolve().parent)
+    path = weights_file(model.weights, root)
     if path is not None and not path.is_file():
         raise ConfigError(
-            f"{params_file}: model.weights: {path} does not exist. Put the InceptionV3 weights file there, "
+            f"{source}: model.weights: {path} does not exist. Put the InceptionV3 weights file there, "
             "or set model.weights to imagenet (downloaded once) or none (untrained base)."
         )
     return groups
+
+
+def check_params_file(params_file: Path) -> dict[str, StrictModel]:
+    """Read `params_file` and check all of it (`check_params`) before any stage runs."""
+    return check_params(read_params_file(params_file), str(params_file), params_file.resolve().parent)

@@ -6,10 +6,17 @@ import csv
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+import shutil
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 HASH_BLOCK_BYTES = 1 << 20
+# The date every entry of a rewritten zip carries (the earliest a zip can hold), in place of the
+# moment it was written: numpy's .npz and Keras' .keras archives date each entry, so two writes of
+# the same arrays differ, and DVC, which records every output's hash in dvc.lock, sees a change.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+PARTIAL_PREFIX = "partial-"  # a file being rewritten, renamed over the original when complete
 
 
 def sha256_file(path: Path) -> str:
@@ -38,6 +45,16 @@ def write_json(path: Path, content: object) -> None:
     path.write_text(json.dumps(json_ready(content), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
 
 
+def write_metrics(headline_file: Path, details_file: Path, metrics: Mapping[str, object], headline: Iterable[str]) -> None:
+    """Write every number to `details_file` and the `headline` keys alone to `headline_file`.
+
+    DVC shows the headline files (`metrics:` in dvc.yaml) as one table with a column per key of
+    every file; the details stay in a report beside them, so `dvc metrics show` fits a terminal.
+    """
+    write_json(details_file, metrics)
+    write_json(headline_file, {key: metrics.get(key) for key in headline})
+
+
 def write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict[str, object]]) -> None:
     """Write rows as CSV with a header and Unix line endings."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,3 +62,22 @@ def write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict[str, objec
         writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def undate_zip(path: Path, rewrite: Mapping[str, Callable[[bytes], bytes]] | None = None) -> None:
+    """Rewrite the zip archive at `path` with every entry dated `ZIP_EPOCH`, so that equal content
+    gives equal bytes; names, order, compression and permissions stay. `rewrite` maps an entry name
+    to a function of its bytes (e.g. to drop a save date from a metadata file). The new archive is
+    written beside the old one and renamed over it, so a failure leaves the original in place."""
+    rewrite = rewrite or {}
+    temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(temporary, "w") as target:
+        for entry in source.infolist():
+            dated = zipfile.ZipInfo(entry.filename, date_time=ZIP_EPOCH)
+            dated.compress_type, dated.external_attr = entry.compress_type, entry.external_attr
+            if entry.filename in rewrite:
+                target.writestr(dated, rewrite[entry.filename](source.read(entry)))
+                continue
+            with source.open(entry) as reader, target.open(dated, "w", force_zip64=True) as writer:
+                shutil.copyfileobj(reader, writer, HASH_BLOCK_BYTES)
+    temporary.replace(path)

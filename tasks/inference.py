@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.datasets.base import normalise_writer_id
 from tasks.errors import ModelInputError
 from tasks.images import ImageReadError, NoInkError, PreprocessSettings, preprocess_file
 from tasks.model_files import read_calibration, read_model_file, read_preprocess
@@ -50,6 +52,9 @@ PATHS_REFUSED = (
     f"as `mlflow models serve` does): send the file's bytes base64-encoded in the '{IMAGE_COLUMN}' column"
 )
 BASE64_CHARACTERS_PER_BYTE = 4 / 3  # base64 writes 4 characters for every 3 bytes
+# An unknown writer's error lists every id the model knows up to this many, else the closest ones.
+MAX_LISTED_WRITERS = 20
+CLOSEST_WRITERS = 5
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,11 @@ class Answer:
     verification_score: float
     top_k: list[tuple[str, float]]
     error: str = ""
+
+    @classmethod
+    def failed(cls, name: str, error: str) -> Answer:
+        """The answer row of an input that could not be scored: its error, no numbers."""
+        return cls(name, "", -1, float("nan"), float("nan"), [], error)
 
     def as_row(self) -> dict[str, object]:
         """A flat row: `top_k` as a JSON string so every column has a simple type."""
@@ -175,6 +185,36 @@ def items_from(model_input: Any, accept_paths: bool = True, max_bytes: int | Non
     ]
 
 
+def unknown_writer_message(writer: str, classes: Sequence[str], matches: Sequence[str] = ()) -> str:
+    """Why `writer` names none of `classes`, with the ids to use instead: the ambiguous `matches`,
+    every id when there are few, else the closest ones (difflib), so the fix is on the same line."""
+    if matches:
+        return f"writer {writer!r} matches several of the model's writers ({', '.join(matches)}): pass one of them"
+    if len(classes) <= MAX_LISTED_WRITERS:
+        return (
+            f"writer {writer!r} is not one the model knows; its {len(classes)} writers are "
+            f"{', '.join(classes)}: pass one of them"
+        )
+    closest = difflib.get_close_matches(normalise_writer_id(writer), classes, n=CLOSEST_WRITERS, cutoff=0.0)
+    return (
+        f"writer {writer!r} is not one the model knows ({len(classes)} writers); the closest of its ids are "
+        f"{', '.join(closest)}: pass one of the model's ids"
+    )
+
+
+def match_writer(writer: str, classes: Sequence[str]) -> str:
+    """The model's id of `writer` as the user names it: the id itself, or the one id that the
+    dataset adapters' normalisation makes equal (`1`, `01` and `001` are one writer, as the raw
+    folder `Genuine/1` becomes the model's `001`). Raises ModelInputError naming the valid ids."""
+    if writer in classes:
+        return writer
+    normalised = normalise_writer_id(writer)
+    matches = [name for name in classes if normalise_writer_id(name) == normalised]
+    if len(matches) == 1:
+        return matches[0]
+    raise ModelInputError(unknown_writer_message(writer, classes, matches))
+
+
 def chunked(values: Iterable[Any], size: int) -> Iterator[list[Any]]:
     """Consecutive lists of `size` values (the last may be shorter), consumed lazily."""
     chunk: list[Any] = []
@@ -187,12 +227,36 @@ def chunked(values: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def file_problem(path: Path) -> str:
+    """Why the image file `path` cannot be opened ("" when it can): checked before anything is
+    loaded, so a mistyped name is reported at once, and again by each input's preprocessing."""
+    try:
+        with path.open("rb"):
+            return ""
+    except FileNotFoundError:
+        return "no such file"
+    except IsADirectoryError:
+        return "a folder, not an image file"
+    except PermissionError:
+        return "cannot be read (permission denied)"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or type(error).__name__})"
+
+
+def input_problem(item: InputItem) -> str:
+    """The one-line error of an input that is unusable before any decoding ("" when none): its
+    own error, or why its file cannot be opened."""
+    if item.error:
+        return item.error
+    if isinstance(item.source, Path) and (problem := file_problem(item.source)):
+        return f"{item.name}: {problem}"
+    return ""
+
+
 def preprocess_item(item: InputItem, settings: PreprocessSettings) -> tuple[np.ndarray | None, str]:
     """The preprocessed image of one input, or None and a one-line error naming the input."""
-    if item.error:
-        return None, item.error
-    if isinstance(item.source, Path) and not item.source.is_file():
-        return None, f"{item.name}: no such file"
+    if problem := input_problem(item):
+        return None, problem
     try:
         return preprocess_file(item.source, settings, name=item.name).image, ""
     except (ImageReadError, NoInkError) as error:
@@ -264,9 +328,7 @@ class SignatureClassifier:
         probabilities, claims = self.scores(np.stack(usable)) if usable else (np.zeros((0, 0)), np.zeros((0, 0)))
         rows = iter(zip(probabilities, claims, strict=True))
         return [
-            self.answer(item.name, *next(rows))
-            if image is not None
-            else Answer(item.name, "", -1, float("nan"), float("nan"), [], error)
+            self.answer(item.name, *next(rows)) if image is not None else Answer.failed(item.name, error)
             for item, (image, error) in chunk
         ]
 
@@ -286,9 +348,12 @@ class SignatureClassifier:
 
     def claim_score(self, item: InputItem, writer: str) -> tuple[float, bool, str]:
         """Verification: the verifier's score of the claim that `writer` signed, whether it reaches the
-        calibrated threshold, and an error (empty when the image could be scored)."""
-        if writer not in self.classes:
-            return float("nan"), False, f"writer {writer!r} is not one the model knows ({len(self.classes)} writers)"
+        calibrated threshold, and an error (empty when the image could be scored). `writer` may be
+        named as the dataset names it (`match_writer`: `1` for `001`)."""
+        try:
+            writer = match_writer(writer, self.classes)
+        except ModelInputError as unknown:
+            return float("nan"), False, str(unknown)
         image, error = preprocess_item(item, self.settings)
         if image is None:
             return float("nan"), False, error

@@ -172,7 +172,8 @@ def guard_children(pids: Sequence[int]) -> subprocess.Popen[bytes]:
     this process or all of `pids` have exited.
     """
     return subprocess.Popen(
-        [sys.executable, str(WATCHER_FILE), str(os.getpid()), *(str(pid) for pid in pids)],
+        # -P: the script's folder (tasks/) is not put on sys.path, so no module there shadows the stdlib.
+        [sys.executable, "-P", str(WATCHER_FILE), str(os.getpid()), *(str(pid) for pid in pids)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

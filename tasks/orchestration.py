@@ -6,31 +6,30 @@ from __future__ import annotations
 import io
 import json
 import os
-import shlex
-import socket
+import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.config import PARAM_GROUPS, validate_params
+from tasks.config import PARAM_GROUPS, check_params
 from tasks.errors import ConfigError, PipelineBusyError, StageFailedError
+from tasks.lifeline import guard_children
+from tasks.locks import exclusive_lock
 
 # check_params first: it validates every parameter before DVC removes any stage's outputs.
 PIPELINE_STAGES = ("check_params", "download", "prepare", "train", "evaluate", "calibrate", "register")
 RAN_MARKER = "Running stage '{stage}'"
-LOCK_POLL_SECONDS = 2.0
-# Beside the lock file, the holder's pid, host, start time and command, for a run that waits.
-LOCK_HOLDER_SUFFIX = ".holder"
-HOLDER_COMMAND_CHARACTERS = 300  # the holder's command line, cut to this length
-UNKNOWN_HOLDER = "holder unknown: it has not recorded itself yet, or its record is unreadable"
 OUTPUT_TAIL_CHARACTERS = 3000
+YAML_NULL_TAG, YAML_NULL = "tag:yaml.org,2002:null", "null"  # how overrides write None back into params.yaml
+# A message the stage's flow logged, in Prefect's console format "12:00:00.123 | INFO    | Flow run 'x' - <message>".
+STAGE_LOG_LINE = re.compile(r"\| (?:Flow|Task) run (?:'[^']*'|\"[^\"]*\") - (?P<message>.*)$")
+ENGINE_MESSAGE_PREFIXES = ("Beginning ", "Finished in state ", "View at ")  # Prefect's own, not the stage's
+STAGE_SUMMARY_MESSAGES = 5  # the stage's last messages repeated in the pipeline run's log
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,18 @@ class StageOutcome:
     stage: str
     ran: bool
     seconds: float
+    messages: tuple[str, ...] = field(default=(), compare=False)  # the stage's last log messages
+
+
+def stage_messages(output: str, limit: int = STAGE_SUMMARY_MESSAGES) -> tuple[str, ...]:
+    """The last `limit` messages a stage's Prefect flow logged (its prints: counts, epochs, the
+    registry decision), found in the stage's console output; Prefect's own engine lines are left out."""
+    messages = []
+    for line in output.splitlines():
+        match = STAGE_LOG_LINE.search(line)
+        if match and not match["message"].startswith(ENGINE_MESSAGE_PREFIXES):
+            messages.append(match["message"])
+    return tuple(messages[-limit:]) if limit > 0 else ()
 
 
 def apply_overrides(params_file: Path, overrides: Mapping[str, Any]) -> list[str]:
@@ -47,14 +58,11 @@ def apply_overrides(params_file: Path, overrides: Mapping[str, Any]) -> list[str
 
     Like `dvc exp run --set-param`, the change lands in params.yaml, so DVC records it in dvc.lock
     and a rerun with the same file reproduces the run. Unknown groups or keys are refused, and the
-    whole resulting file must pass `validate_params` before anything is written; it then replaces
+    whole resulting file must pass `check_params` before anything is written; it then replaces
     params.yaml atomically, so a rejected (or interrupted) override leaves the file byte for byte
     as it was, and no stage ever runs on a value that was refused.
     """
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    yaml.preserve_quotes = True
+    yaml = round_trip_yaml()
     document = yaml.load(params_file.read_text(encoding="utf-8"))
     applied = []
     for dotted, value in overrides.items():
@@ -69,11 +77,29 @@ def apply_overrides(params_file: Path, overrides: Mapping[str, Any]) -> list[str
     yaml.dump(document, buffer)
     text = buffer.getvalue()
     try:
-        validate_params(safe_yaml(text), str(params_file))
+        check_params(safe_yaml(text), str(params_file), params_file.resolve().parent)
     except ConfigError as error:
         raise ConfigError(f"{error}\nOverrides refused ({', '.join(applied)}): {params_file} is unchanged.") from None
     replace_atomically(params_file, text)
     return applied
+
+
+def round_trip_yaml() -> Any:  # -> ruamel.yaml.YAML
+    """A ruamel.yaml round-trip loader/dumper that writes params.yaml back as it was: comments, order,
+    quotes, and `null` as `null` (ruamel's own representer writes a blank, `url:`)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.representer import RoundTripRepresenter
+
+    class NullKeepingRepresenter(RoundTripRepresenter):
+        """RoundTripRepresenter that spells None `null`."""
+
+    NullKeepingRepresenter.add_representer(
+        type(None), lambda representer, _: representer.represent_scalar(YAML_NULL_TAG, YAML_NULL)
+    )
+    yaml = YAML()
+    yaml.Representer = NullKeepingRepresenter
+    yaml.preserve_quotes = True
+    return yaml
 
 
 def known_key(group_values: Mapping[str, Any], group: str, key: str) -> bool:
@@ -92,45 +118,19 @@ def safe_yaml(text: str) -> Any:
 def replace_atomically(path: Path, text: str) -> None:
     """Write `text` to a temporary file beside `path`, then rename it over `path` (keeping its mode),
     so readers see the old file or the new one, never a partial write."""
-    with tempfile.NamedTemporaryFile(
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below; the name must outlive it for the rename
         "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    )
     temporary = Path(handle.name)
     try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         temporary.chmod(path.stat().st_mode & 0o7777)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def lock_holder_file(lock_file: Path) -> Path:
-    """The side file where the holder of `lock_file` says who it is."""
-    return lock_file.with_name(lock_file.name + LOCK_HOLDER_SUFFIX)
-
-
-def record_lock_holder(lock_file: Path, label: str | None) -> None:
-    """Write this process's pid, host, start time and command (and `label`, e.g. the flow run) beside the lock."""
-    record = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": shlex.join(sys.orig_argv)[:HOLDER_COMMAND_CHARACTERS],
-        "label": label,
-    }
-    lock_holder_file(lock_file).write_text(json.dumps(record) + "\n", encoding="utf-8")
-
-
-def describe_lock_holder(lock_file: Path) -> str:
-    """Who holds `lock_file`, from its side file, in words: pid, host, since when, and what it runs."""
-    try:
-        record = json.loads(lock_holder_file(lock_file).read_text(encoding="utf-8"))
-        label = f"{record['label']}, " if record.get("label") else ""
-        return f"{label}pid {record['pid']} on {record['host']} since {record['started']}: {record['command']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return UNKNOWN_HOLDER
 
 
 @contextmanager
@@ -140,56 +140,46 @@ def workspace_lock(
     label: str | None = None,
     announce: Callable[[str], None] = print,
 ) -> Iterator[None]:
-    """Hold an exclusive lock on the workspace (`filelock`, an OS lock that dies with its holder),
-    waiting up to `timeout_seconds` for another run.
-
-    The holder records itself in a side file (`lock_holder_file`); a run that has to wait says
-    once, through `announce`, whom it waits for and since when, and the error on timeout names the
-    holder too, so a waiting run is never silent for minutes.
-    """
-    from filelock import FileLock, Timeout
-
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_file, poll_interval=LOCK_POLL_SECONDS)
-    try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        announce(
-            f"waiting up to {timeout_seconds:.0f} s for another pipeline run to release {lock_file} "
-            f"({describe_lock_holder(lock_file)})"
-        )
-        try:
-            lock.acquire(timeout=timeout_seconds)
-        except Timeout as error:
-            raise PipelineBusyError(
-                f"another pipeline run holds {lock_file} ({describe_lock_holder(lock_file)}); it was waited for "
-                f"{timeout_seconds:.0f} s. Wait for it to finish, then run again."
-            ) from error
-    try:
-        record_lock_holder(lock_file, label)
+    """Hold an exclusive lock on the workspace (`tasks.locks`), waiting up to `timeout_seconds`
+    for another run; a run that has to wait says once, through `announce`, whom it waits for."""
+    with exclusive_lock(
+        lock_file,
+        timeout_seconds,
+        label=label,
+        announce=lambda holder: announce(
+            f"waiting up to {timeout_seconds:.0f} s for another pipeline run to release {lock_file} ({holder})"
+        ),
+        busy_error=lambda holder: PipelineBusyError(
+            f"another pipeline run holds {lock_file} ({holder}); it was waited for "
+            f"{timeout_seconds:.0f} s. Wait for it to finish, then run again."
+        ),
+    ):
         yield
-    finally:
-        lock_holder_file(lock_file).unlink(missing_ok=True)
-        lock.release()
 
 
 def run_dvc_stage(stage: str, root: Path, environment: Mapping[str, str]) -> StageOutcome:
     """`dvc repro --single-item <stage>`: DVC reruns the stage only if its inputs changed."""
     started = time.perf_counter()
-    result = subprocess.run(
+    with subprocess.Popen(
         ["dvc", "repro", "--single-item", stage],
         cwd=root,
         env=dict(environment),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-    )
+    ) as process:
+        # If this process dies (kill -9 of the pipeline or its worker), the watcher ends dvc, and
+        # the stage, which watches dvc (`tasks.lifeline`), follows: nothing trains on unobserved.
+        guard_children([process.pid])
+        stdout, stderr = process.communicate()
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     seconds = time.perf_counter() - started
     output = result.stdout + result.stderr
     if result.returncode != 0:
         raise StageFailedError(
             f"stage '{stage}' failed (exit {result.returncode}):\n{output[-OUTPUT_TAIL_CHARACTERS:]}"
         )
-    return StageOutcome(stage, RAN_MARKER.format(stage=stage) in output, seconds)
+    return StageOutcome(stage, RAN_MARKER.format(stage=stage) in output, seconds, stage_messages(output))
 
 
 def read_json_if_present(path: Path) -> dict[str, Any]:

@@ -88,11 +88,13 @@ class ProjectPaths:
 
     @property
     def train_run_file(self) -> Path:
-        """The MLflow run of the last training, for the stages that log after it."""
+        """The MLflow run of the last training, for the stages that log after it, and what differs from
+        one run to the next (device, wall times, reuse): not a DVC output, so dvc.lock stays reproducible."""
         return self.models_dir / "train_run.json"
 
     @property
     def train_metrics_file(self) -> Path:
+        """Epochs run, best epoch, final and best loss/accuracy: a report (a DVC out, not a metric)."""
         return self.metrics_dir / "train.json"
 
     @property
@@ -107,7 +109,13 @@ class ProjectPaths:
 
     @property
     def evaluate_metrics_file(self) -> Path:
+        """Headline evaluation numbers, what `dvc metrics show` lists (a subset of the details)."""
         return self.metrics_dir / "evaluate.json"
+
+    @property
+    def evaluate_details_file(self) -> Path:
+        """Every evaluation number (what registration and the run report read)."""
+        return self.metrics_dir / "evaluate_details.json"
 
     @property
     def per_writer_file(self) -> Path:
@@ -127,7 +135,13 @@ class ProjectPaths:
 
     @property
     def calibrate_metrics_file(self) -> Path:
+        """Headline calibration numbers, what `dvc metrics show` lists (a subset of the details)."""
         return self.metrics_dir / "calibrate.json"
+
+    @property
+    def calibrate_details_file(self) -> Path:
+        """Every calibration number (what registration and the run report read)."""
+        return self.metrics_dir / "calibrate_details.json"
 
     @property
     def calibration_file(self) -> Path:
@@ -140,8 +154,13 @@ class ProjectPaths:
 
     @property
     def register_metrics_file(self) -> Path:
-        """The registration decision: version, alias, and the numbers compared."""
+        """The registered version and its alias, what `dvc metrics show` lists."""
         return self.metrics_dir / "register.json"
+
+    @property
+    def register_details_file(self) -> Path:
+        """The registration decision: version, alias, reason, and the numbers compared."""
+        return self.metrics_dir / "register_details.json"
 
     @property
     def params_check_file(self) -> Path:

@@ -27,6 +27,14 @@ TAG_PID = "sigpipe.pid"
 TAG_HOST = "sigpipe.host"
 RUNNING_FILTER = "attributes.status = 'RUNNING'"
 KILLED = "KILLED"
+# The experiment tag MLflow's UI reads (and its experiment-kind selector writes) for the kind of
+# work an experiment holds: "custom_model_development" is classic ML (runs, metrics, charts),
+# where an untagged experiment may open on the GenAI views (traces, assistant).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CLASSIC_ML_KIND = "custom_model_development"
+# Run names read "train · cached · 150px · data 3f2a1c": the stage, then what tells runs apart.
+RUN_NAME_SEPARATOR = " · "
+DATA_VERSION_SHOWN = 6  # leading characters of the data version (manifest SHA-256) in a run name
 
 
 def tracking_uri(paths: ProjectPaths) -> str:
@@ -37,7 +45,9 @@ def tracking_uri(paths: ProjectPaths) -> str:
 def ensure_experiment(paths: ProjectPaths, name: str) -> str:
     """Point MLflow at the store and return the id of experiment `name`, creating it if needed.
 
-    In the local store, artifacts go to `mlruns/artifacts/` beside the database.
+    In the local store, artifacts go to `mlruns/artifacts/` beside the database. The experiment
+    is marked classic ML (`EXPERIMENT_KIND_TAG`) when created, and so is an existing one that has
+    no kind yet (a kind someone chose in the UI is kept).
     """
     import mlflow
 
@@ -45,10 +55,35 @@ def ensure_experiment(paths: ProjectPaths, name: str) -> str:
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            mlflow.tracking.MlflowClient().set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML_KIND
+            )
         return experiment.experiment_id
     artifact_location = (paths.mlruns_dir / "artifacts").as_uri() if uri == paths.mlflow_tracking_uri else None
     paths.mlruns_dir.mkdir(parents=True, exist_ok=True)
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
+    return mlflow.create_experiment(
+        name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: CLASSIC_ML_KIND}
+    )
+
+
+def run_name(stage: str, *details: str) -> str:
+    """A run's name from its stage and what tells it apart, e.g. "train · cached · 150px · data 3f2a1c"."""
+    return RUN_NAME_SEPARATOR.join((stage, *(detail for detail in details if detail)))
+
+
+def data_label(digest: str) -> str:
+    """The data version as shown in a run name: "data " and the first characters of its digest."""
+    return f"data {digest[:DATA_VERSION_SHOWN]}"
+
+
+def recorded_data_version(train_run_file: Path) -> str | None:
+    """The data version the training run recorded (in `models/train_run.json`), if any."""
+    import json
+
+    if not train_run_file.is_file():
+        return None
+    return json.loads(train_run_file.read_text()).get("data_version")
 
 
 def flatten_params(groups: Mapping[str, BaseModel | Mapping[str, object]]) -> dict[str, str]:

@@ -11,12 +11,32 @@ import pytest
 import yaml
 
 from tasks.config import PrepareParams, SyntheticParams
+from tasks.paths import ProjectPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml")
 WORKSPACE_FOLDERS = ("flows", "tasks")
 CEDAR_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "cedar"
 HARNESS_STARTUP_SECONDS = 120
+# The `trained` workspace: 3 writers, 75 px, registered under the project's default model name (what
+# the README's commands load).
+TRAINED_MODEL_NAME = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["register"]["model_name"]
+TRAINED_PARAMS: dict[str, dict[str, object]] = {
+    "synthetic": {
+        "writers": 3,
+        "genuine_per_writer": 10,
+        "skilled_per_writer": 2,
+        "simple_per_writer": 0,
+        "opposite_per_writer": 2,
+        "width": 120,
+        "height": 80,
+    },
+    "prepare": {"image_size": 75, "workers": 1},
+    "model": {"dense_units": 32},
+    "train": {"epochs": 3, "augmented_views": 1, "patience": 5},
+    "calibrate": {"target_far": 0.2},  # 6 calibration unknowns can resolve a FAR of 0.2, not 0.05
+    "register": {"model_name": TRAINED_MODEL_NAME, "top_k": 2},
+}
 
 
 def synthetic_params(**overrides: object) -> SyntheticParams:
@@ -77,14 +97,39 @@ def prefect_api_url() -> Iterator[str]:
         yield str(PREFECT_API_URL.value())
 
 
-@pytest.fixture
-def subprocess_env(prefect_api_url: str) -> dict[str, str]:
+def subprocess_environment(prefect_api_url: str) -> dict[str, str]:
     """Environment for stage subprocesses: the session's Prefect API, the venv first on PATH."""
     environment = dict(os.environ)
     environment["PREFECT_API_URL"] = prefect_api_url
     environment["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     environment["DO_NOT_TRACK"] = "true"
     return environment
+
+
+@pytest.fixture
+def subprocess_env(prefect_api_url: str) -> dict[str, str]:
+    """Environment for stage subprocesses: the session's Prefect API, the venv first on PATH."""
+    return subprocess_environment(prefect_api_url)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> ProjectPaths:
+    """A workspace on which download, prepare, train, evaluate, calibrate and register have run, once
+    per session (per xdist worker: modules that use it share the xdist group `trained`). Tests that
+    change it say so and restore what they change; tests that run commands on it work on a copy."""
+    from flows.calibrate import calibrate_flow
+    from flows.download import download_flow
+    from flows.evaluate import evaluate_flow
+    from flows.prepare import prepare_flow
+    from flows.register import register_flow
+    from flows.train import train_flow
+
+    workspace = make_workspace(tmp_path_factory.mktemp("pipeline") / "workspace")
+    edit_params(workspace / "params.yaml", TRAINED_PARAMS)
+    params_file = str(workspace / "params.yaml")
+    for stage in (download_flow, prepare_flow, train_flow, evaluate_flow, calibrate_flow, register_flow):
+        stage(params_file)
+    return ProjectPaths.from_root(workspace)
 
 
 @pytest.fixture

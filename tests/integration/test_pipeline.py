@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import UUID
 
 import pytest
 import yaml
@@ -13,6 +15,9 @@ import yaml
 from tasks.config import ConfigError
 from tasks.orchestration import PIPELINE_STAGES
 from tests.conftest import edit_params
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 TINY_PIPELINE = {
     "synthetic": {
@@ -35,6 +40,37 @@ TINY_PIPELINE = {
 WORKER_TIMEOUT_SECONDS = 600
 
 
+def nested_stage_runs(pipeline_run_id: UUID) -> dict[str, FlowRun]:
+    """Flow name -> flow run, for every flow run whose parent is a task run of the pipeline run,
+    checking that each one's parent task run is named after its stage."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentTaskRunId
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[pipeline_run_id])))
+        task_names = {task_run.id: task_run.name for task_run in task_runs}
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=list(task_names)))
+        )
+        nested = {client.read_flow(child.flow_id).name: child for child in children}
+    assert len(nested) == len(children), [child.name for child in children]  # one flow run per stage
+    for stage, child in nested.items():
+        assert task_names[child.parent_task_run_id] == stage
+    return nested
+
+
+def pipeline_log(pipeline_run_id: UUID) -> list[str]:
+    """The messages of the pipeline run's log (its tasks' included), once every queued log is sent."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[pipeline_run_id])))
+    return [log.message for log in logs]
+
+
 def artifact_keys() -> set[str]:
     from prefect.client.orchestration import get_client
 
@@ -50,7 +86,8 @@ def test_pipeline_flow_shares_state_with_dvc(workspace: Path, subprocess_env: di
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=workspace, env=subprocess_env, check=True)
     params_file = str(workspace / "params.yaml")
 
-    first = pipeline_flow(params_file, overrides={"train.epochs": 2})
+    first_state = pipeline_flow(params_file, overrides={"train.epochs": 2}, return_state=True)
+    first = first_state.result()
     assert [row["stage"] for row in first] == list(PIPELINE_STAGES)
     assert all(row["ran"] for row in first)
     assert yaml.safe_load((workspace / "params.yaml").read_text())["train"]["epochs"] == 2  # recorded in the file
@@ -58,8 +95,27 @@ def test_pipeline_flow_shares_state_with_dvc(workspace: Path, subprocess_env: di
     assert "up to date" in status.stdout
     assert {REPORT_KEY, TIMINGS_KEY} <= artifact_keys()
 
-    second = pipeline_flow(params_file)
+    # The Prefect UI shows one story: every stage's flow run nested under the pipeline run, named after
+    # what ran and the pipeline run, and the stages' own messages in the pipeline run's log.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        pipeline_run = client.read_flow_run(first_state.state_details.flow_run_id)
+    stage_runs = nested_stage_runs(pipeline_run.id)
+    assert sorted(stage_runs) == sorted(set(PIPELINE_STAGES) - {"check_params"})  # check_params is plain Python
+    for stage, stage_run in stage_runs.items():
+        assert stage_run.name.startswith(f"{stage} (") and stage_run.name.endswith(f" · {pipeline_run.name}")
+        assert stage_run.state is not None and stage_run.state.is_completed(), (stage, stage_run.state)
+    assert stage_runs["train"].name.startswith("train (ridge head, closed form, 75 px)")  # the default head
+    log = pipeline_log(pipeline_run.id)
+    stage_lines = {message.split(":", 1)[0]: message.splitlines() for message in log if ": ran in " in message}
+    assert len(stage_lines["train"]) > 1, log  # the training's own messages follow "train: ran in ... s"
+    assert any("registered pipeline-test version 1" in line for line in stage_lines["register"]), log
+
+    second_state = pipeline_flow(params_file, return_state=True)
+    second = second_state.result()
     assert not any(row["ran"] for row in second)
+    assert nested_stage_runs(second_state.state_details.flow_run_id) == {}  # skipped stages leave no flow run
 
     # An invalid override is refused before any stage runs, and params.yaml keeps its bytes.
     params_before = (workspace / "params.yaml").read_bytes()

@@ -22,9 +22,11 @@ from tasks.inference import ACCEPT_PATHS, OUTPUT_COLUMNS, PATHS_REFUSED, UNKNOWN
 from tasks.manifest import read_manifest
 from tasks.paths import ProjectPaths
 from tasks.scores import load_scores, softmax
-from tests.conftest import edit_params, make_workspace
+from tests.conftest import TRAINED_MODEL_NAME as MODEL_NAME
 
-MODEL_NAME = "signature-test"
+# With pytest-xdist, every module that uses the session's `trained` workspace runs on one worker.
+pytestmark = pytest.mark.xdist_group("trained")
+
 SERVE_STARTUP_SECONDS = 180
 CLI_TIMEOUT_SECONDS = 300
 HTTP_TIMEOUT_SECONDS = 120
@@ -32,42 +34,6 @@ HTTP_TIMEOUT_SECONDS = 120
 # memory, prepared PNG in batches); their verifier scores differ by about 1e-6. A claim closer than this
 # to the threshold could go either way, and is not used to decide an expected answer.
 DECISION_MARGIN = 1e-2
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> ProjectPaths:
-    """A workspace on which download, prepare, train, evaluate, calibrate and register have run."""
-    from flows.calibrate import calibrate_flow
-    from flows.download import download_flow
-    from flows.evaluate import evaluate_flow
-    from flows.prepare import prepare_flow
-    from flows.register import register_flow
-    from flows.train import train_flow
-
-    workspace = make_workspace(tmp_path_factory.mktemp("pipeline") / "workspace")
-    edit_params(
-        workspace / "params.yaml",
-        {
-            "synthetic": {
-                "writers": 3,
-                "genuine_per_writer": 10,
-                "skilled_per_writer": 2,
-                "simple_per_writer": 0,
-                "opposite_per_writer": 2,
-                "width": 120,
-                "height": 80,
-            },
-            "prepare": {"image_size": 75, "workers": 1},
-            "model": {"dense_units": 32},
-            "train": {"epochs": 3, "augmented_views": 1, "patience": 5},
-            "calibrate": {"target_far": 0.2},  # 6 calibration unknowns can resolve a FAR of 0.2, not 0.05
-            "register": {"model_name": MODEL_NAME, "top_k": 2},
-        },
-    )
-    params_file = str(workspace / "params.yaml")
-    for stage in (download_flow, prepare_flow, train_flow, evaluate_flow, calibrate_flow, register_flow):
-        stage(params_file)
-    return ProjectPaths.from_root(workspace)
 
 
 def test_train_outputs_and_mlflow_run(trained: ProjectPaths) -> None:

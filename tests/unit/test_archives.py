@@ -25,7 +25,7 @@ from tasks.archives import (
     is_archive,
     safe_extract,
 )
-from tasks.errors import ArchiveLimitError
+from tasks.errors import ArchiveLimitError, DownloadError
 
 TarMember = tuple[tarfile.TarInfo, io.BytesIO | None]
 LIMITS = ArchiveLimits(max_bytes=10**6, max_members=1000, max_ratio=200)
@@ -472,3 +472,30 @@ def test_copy_within_budget_copies_what_fits(tmp_path: Path) -> None:
 
     assert written == 1000
     assert destination.read_bytes() == b"x" * 1000
+
+
+def test_a_bomb_split_into_members_under_the_grace_size_is_refused_by_the_archive_ratio(tmp_path: Path) -> None:
+    members = {f"UTSig/{index}.bin": ZEROS for index in range(20)}  # 8 MB of zeros in a few kilobytes
+    archive = deflated_zip(tmp_path / "split-bomb.zip", members)
+    generous = ArchiveLimits(max_bytes=10**9, max_members=100, max_ratio=200)
+    target = tmp_path / "raw"
+
+    with pytest.raises(ArchiveLimitError) as raised:
+        safe_extract(archive, target, generous)
+
+    assert "the archive expands" in str(raised.value) and MAX_RATIO_PARAMETER in str(raised.value)
+    assert_nothing_left(tmp_path, archive, target)
+
+
+def test_a_failed_write_names_the_target_folder_not_a_damaged_archive(tmp_path: Path) -> None:
+    """The file system refuses the member (here: a name too long to create), as a full disk would."""
+    archive = write_zip(tmp_path / "long.zip", {"UTSig/" + "n" * 300 + ".png": b"image"})
+    target = tmp_path / "raw"
+
+    with pytest.raises(DownloadError) as raised:
+        safe_extract(archive, target, LIMITS)
+
+    message = str(raised.value)
+    assert "cannot write the extracted files to" in message and str(tmp_path) in message
+    assert "damaged" not in message
+    assert_nothing_left(tmp_path, archive, target)

@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 from tasks.config import ConfigError
+from tasks.locks import holder_file
 from tasks.orchestration import (
     PipelineBusyError,
     StageFailedError,
     StageOutcome,
     apply_overrides,
-    lock_holder_file,
     report_markdown,
     run_dvc_stage,
     try_example,
@@ -71,6 +71,7 @@ def test_a_key_of_the_group_model_that_the_file_omits_can_be_set(tmp_path: Path)
         ({"prepare.image_size": 74}, "prepare.image_size"),
         ({"train.epochs": 2, "evaluate.top_k": 0}, "evaluate.top_k"),
         ({"register.metric": "accuracy"}, "register.metric"),
+        ({"model.weights": "nowhere/inception_v3.h5"}, "model.weights"),  # a file that does not exist
     ],
 )
 def test_an_invalid_override_is_refused_and_the_file_untouched(
@@ -142,11 +143,11 @@ def test_a_second_run_waits_then_fails_naming_the_holder(tmp_path: Path) -> None
     finally:
         holder.kill()
         holder.wait()
-    assert lock_holder_file(lock_file).is_file()  # kill -9: the holder could not remove its record
+    assert holder_file(lock_file).is_file()  # kill -9: the holder could not remove its record
     with workspace_lock(lock_file, 1, announce=said.append):  # released when its holder is gone
-        assert f'"pid": {os.getpid()}' in lock_holder_file(lock_file).read_text()
+        assert f'"pid": {os.getpid()}' in holder_file(lock_file).read_text()
     assert len(said) == 1  # no wait, nothing said
-    assert not lock_holder_file(lock_file).exists()
+    assert not holder_file(lock_file).exists()
 
 
 def test_a_waiting_run_says_whom_it_waits_for_then_runs(tmp_path: Path) -> None:
@@ -155,8 +156,8 @@ def test_a_waiting_run_says_whom_it_waits_for_then_runs(tmp_path: Path) -> None:
     said: list[str] = []
     try:
         with workspace_lock(lock_file, 60, label="waiter", announce=said.append):
-            assert holder.poll() is not None  # the holder had finished
-            assert "waiter" in lock_holder_file(lock_file).read_text()
+            assert holder.wait(timeout=30) == 0  # the holder had released the lock and finishes
+            assert "waiter" in holder_file(lock_file).read_text()
     finally:
         holder.kill()
         holder.wait()

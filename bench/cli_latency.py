@@ -1,0 +1,144 @@
+"""Wall time of the `sigpipe` command as a user runs it: one image predicted, one missing file.
+
+A classifier the size of the demo's (InceptionV3 at `--size` px, `weights=None`: the time does not
+depend on the weight values; 8 writers, 001-008) is packaged and registered as champion in a
+scratch workspace, exactly as the `register` stage does. Then `python -m flows.cli predict
+<image>` and `predict <missing file>` run as fresh processes, `--runs` times each, for every
+`--project` given (a checkout of the project: its `flows` and `tasks` are imported, with this
+virtual environment's packages), so two versions of the CLI are timed on the same model, one
+after the other. Reported: the median wall time (and range) of each.
+
+Usage: python bench/cli_latency.py --project before=/tmp/sigpipe-head --project after=. --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BENCH_MODEL = "cli-latency-bench"
+BENCH_EXPERIMENT = "cli-latency-bench"
+WRITERS = [f"{number:03d}" for number in range(1, 9)]  # the demo's 8 writers
+FEATURES = 2048  # InceptionV3's pooled embedding
+IMAGE_SIZE = (240, 120)  # the demo's synthetic scans
+MISSING_FILE = "missing.png"
+COMMAND_TIMEOUT_SECONDS = 300
+
+
+def registered_workspace(root: Path, size: int) -> Path:
+    """A workspace in `root` whose MLflow store holds a demo-sized packaged model as champion; returns
+    its parameter file. The signature image is `root/signature.png`."""
+    import mlflow
+    import numpy as np
+    import yaml
+    from PIL import Image, ImageDraw
+
+    from tasks.config import PrepareParams
+    from tasks.files import write_json
+    from tasks.model import HeadSpec, build_base, build_classifier
+    from tasks.paths import ProjectPaths
+    from tasks.prepare import settings_from_params
+    from tasks.registry import log_packaged_model
+    from tasks.verifier import WriterVerifier, save_verifier
+
+    paths = ProjectPaths.from_root(root)
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["register"]["model_name"] = BENCH_MODEL
+    params["prepare"]["image_size"] = size
+    paths.params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    spec = HeadSpec(len(WRITERS), 0, 0.0, feature_mean=np.zeros(FEATURES), feature_variance=np.ones(FEATURES))
+    paths.models_dir.mkdir(parents=True, exist_ok=True)
+    build_classifier(build_base(size, "none", paths.root, 0), size, spec).save(paths.classifier_file)
+    rng = np.random.default_rng(0)
+    verifier = WriterVerifier(np.zeros(FEATURES), np.ones(FEATURES), rng.normal(size=(FEATURES, 8)), np.zeros(8))
+    save_verifier(verifier, paths.verifier_file)
+    calibration = {"classes": WRITERS, "temperature": 1.0, "threshold": 0.0, "unknown_class_id": len(WRITERS)}
+    write_json(paths.calibration_file, calibration)
+    image = Image.new("L", IMAGE_SIZE, 250)
+    ImageDraw.Draw(image).line([(20, 80), (80, 20), (140, 100), (220, 30)], fill=20, width=5)
+    image.save(root / "signature.png")
+    mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
+    artifacts = (paths.mlruns_dir / "artifacts").as_uri()
+    with mlflow.start_run(experiment_id=mlflow.create_experiment(BENCH_EXPERIMENT, artifact_location=artifacts)):
+        prepare = PrepareParams.model_validate(params["prepare"])
+        uri = log_packaged_model(
+            paths, settings_from_params(prepare), params["register"]["top_k"], root / "signature.png"
+        )
+    version = mlflow.register_model(uri, BENCH_MODEL)
+    mlflow.tracking.MlflowClient().set_registered_model_alias(BENCH_MODEL, "champion", version.version)
+    return paths.params_file
+
+
+def timed_command(project: Path, workspace: Path, arguments: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    """Seconds one `python -m flows.cli ARGUMENTS` process takes, run in `workspace` with the
+    `flows` and `tasks` of `project`, and its result."""
+    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    environment["PYTHONPATH"] = str(project)
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *arguments],
+        cwd=workspace,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+    )
+    return time.perf_counter() - started, result
+
+
+def summary(seconds: list[float]) -> dict[str, float | list[float]]:
+    """Median, min and max of some wall times, and the times themselves."""
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds), "runs_s": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--project", action="append", default=[], help="LABEL=PATH of a project checkout")
+    parser.add_argument("--size", type=int, default=150)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "bench" / "results" / "cli_latency.json")
+    arguments = parser.parse_args()
+    projects = dict(entry.split("=", 1) for entry in arguments.project) or {"current": str(PROJECT_ROOT)}
+
+    commands = {"predict_one_image": ["predict", "signature.png"], "missing_file": ["predict", MISSING_FILE]}
+    results: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        workspace = Path(scratch)
+        registered_workspace(workspace, arguments.size)
+        seconds: dict[tuple[str, str], list[float]] = {(label, name): [] for label in projects for name in commands}
+        last: dict[tuple[str, str], subprocess.CompletedProcess] = {}
+        for _ in range(arguments.runs):  # rounds of every command, in turn: a slow moment hits all of them
+            for label, project in projects.items():
+                for name, command in commands.items():
+                    elapsed, last[label, name] = timed_command(Path(project).resolve(), workspace, command)
+                    seconds[label, name].append(round(elapsed, 3))
+        for (label, name), times in seconds.items():
+            results.setdefault(label, {})[name] = {
+                **summary(times),
+                "exit_code": last[label, name].returncode,
+                "stdout": last[label, name].stdout.strip(),
+                "stderr": last[label, name].stderr.strip()[-2000:],
+            }
+    report = {
+        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)",
+        "size": arguments.size,
+        "writers": len(WRITERS),
+        "runs": arguments.runs,
+        "results": results,
+    }
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

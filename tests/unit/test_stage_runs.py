@@ -1,0 +1,94 @@
+"""How stage runs appear in Prefect: their names, the messages the pipeline run repeats from them,
+and the workspace's own Prefect home (runs of other checkouts never show in this one's UI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows import keep_prefect_state_in_workspace
+from flows._stage import stage_run_name
+from tasks.orchestration import stage_messages
+from tests.conftest import edit_params
+from tests.support.environments import fresh_shell_environment
+
+STAGE_OUTPUT = """Running stage 'train':
+> python -m flows.train
+12:00:00.100 | INFO    | prefect.engine - Created flow run 'x' for flow 'train'
+12:00:00.200 | INFO    | Flow run 'train · witty-ant' - Beginning subflow run 'train · witty-ant' for flow 'train'
+12:00:01.000 | INFO    | Task run 'train_task-0' - embedding 30 images
+12:00:02.000 | INFO    | Task run 'train_task-0' - best epoch 2 of 3: val_accuracy 0.900
+12:00:02.500 | INFO    | Task run 'train_task-0' - Finished in state Completed()
+12:00:03.000 | WARNING | Flow run "it's" - registered m version 1 as champion: no champion yet
+12:00:03.100 | INFO    | Flow run 'train · witty-ant' - Finished in state Completed()
+Updating lock file 'dvc.lock'
+"""
+PROFILE_API_URL = "http://127.0.0.1:4999/api"
+PRINT_PREFECT_STATE = (
+    "import flows, os, prefect.settings as s; "
+    "print(os.environ['PREFECT_HOME']); print(s.get_current_settings().api.url or '')"
+)
+
+
+def test_stage_messages_are_the_stages_own_lines() -> None:
+    assert stage_messages(STAGE_OUTPUT) == (
+        "embedding 30 images",
+        "best epoch 2 of 3: val_accuracy 0.900",
+        "registered m version 1 as champion: no champion yet",
+    )
+    assert stage_messages(STAGE_OUTPUT, limit=1) == ("registered m version 1 as champion: no champion yet",)
+    assert stage_messages("Stage 'train' didn't change, skipping\n") == ()
+
+
+def test_stage_run_names_say_what_ran(workspace: Path, tmp_path: Path) -> None:
+    params_file = workspace / "params.yaml"
+    edit_params(
+        params_file,
+        {"train": {"mode": "cached", "epochs": 3}, "model": {"head": "mlp"}, "prepare": {"image_size": 75}},
+    )
+    assert stage_run_name("train", str(params_file), "witty-ant") == (
+        "train (mlp head, cached, 75 px, up to 3 epochs) · witty-ant"
+    )
+    edit_params(params_file, {"model": {"head": "ridge"}})  # solved in closed form: no mode, no epochs
+    assert stage_run_name("train", str(params_file)) == "train (ridge head, closed form, 75 px)"
+    assert stage_run_name("prepare", str(params_file)) == "prepare (75 px)"
+    # A run name never stops a run: an unreadable file or a stage without details gives the stage's name.
+    assert stage_run_name("train", str(tmp_path / "missing.yaml")) == "train"
+    assert stage_run_name("check_params", str(params_file), "witty-ant") == "check_params · witty-ant"
+
+
+def test_an_explicit_prefect_home_and_non_workspaces_are_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "chosen"))
+    keep_prefect_state_in_workspace(tmp_path)
+    assert os.environ["PREFECT_HOME"] == str(tmp_path / "chosen")
+    monkeypatch.delenv("PREFECT_HOME")
+    keep_prefect_state_in_workspace(tmp_path)  # no dvc.yaml: an installed copy, not a workspace
+    assert "PREFECT_HOME" not in os.environ
+
+
+def test_prefect_state_stays_in_the_workspace_and_a_users_server_profile_still_applies(
+    workspace: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    command = [sys.executable, "-c", PRINT_PREFECT_STATE]
+    environment = fresh_shell_environment(home)
+
+    shown = subprocess.run(command, cwd=workspace, env=environment, capture_output=True, text=True, check=True)
+    assert shown.stdout.splitlines() == [str(workspace / ".prefect"), ""]
+    assert (workspace / ".prefect").is_dir() and not (home / ".prefect").exists()
+
+    # A profile the user saved in ~/.prefect (`prefect config set PREFECT_API_URL=...`) still points at that server.
+    (home / ".prefect").mkdir()
+    (home / ".prefect" / "profiles.toml").write_text(
+        f'active = "team"\n\n[profiles.team]\nPREFECT_API_URL = "{PROFILE_API_URL}"\n'
+    )
+    shown = subprocess.run(command, cwd=workspace, env=environment, capture_output=True, text=True, check=True)
+    assert shown.stdout.splitlines() == [str(workspace / ".prefect"), PROFILE_API_URL]
+    assert sorted(path.name for path in (home / ".prefect").iterdir()) == ["profiles.toml"]
