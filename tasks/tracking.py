@@ -32,7 +32,10 @@ KILLED = "KILLED"
 # where an untagged experiment may open on the GenAI views (traces, assistant).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 CLASSIC_ML_KIND = "custom_model_development"
-# Run names read "train · cached · 150px · data 3f2a1c": the stage, then what tells runs apart.
+# MLflow 3.17's UI shows its GenAI or its classic-ML views by a switch in its sidebar, which the
+# browser remembers (GenAI at first); a link with this query opens in the classic-ML views.
+UI_CLASSIC_ML_QUERY = "workflowType=machine_learning"
+# Run names read "train · mlp head · cached · 150 px · data 3f2a1c": the stage, then what tells runs apart.
 RUN_NAME_SEPARATOR = " · "
 DATA_VERSION_SHOWN = 6  # leading characters of the data version (manifest SHA-256) in a run name
 
@@ -67,8 +70,14 @@ def ensure_experiment(paths: ProjectPaths, name: str) -> str:
     )
 
 
+def run_ui_link(ui_url: str, experiment_id: str, run_id: str) -> str:
+    """A link to a run in the MLflow UI at `ui_url`, opening in the classic-ML views."""
+    return f"{ui_url}/#/experiments/{experiment_id}/runs/{run_id}?{UI_CLASSIC_ML_QUERY}"
+
+
 def run_name(stage: str, *details: str) -> str:
-    """A run's name from its stage and what tells it apart, e.g. "train · cached · 150px · data 3f2a1c"."""
+    """A run's name from its stage and what tells it apart (empty details left out), e.g.
+    "train · mlp head · cached · 150 px · data 3f2a1c"."""
     return RUN_NAME_SEPARATOR.join((stage, *(detail for detail in details if detail)))
 
 
@@ -190,6 +199,18 @@ def os_error_reason(error: OSError) -> str:
     return str(error)
 
 
+def last_logged_model():  # -> mlflow.entities.LoggedModel | None
+    """The model this process logged last, or None: MLflow remembers its id across tracking stores,
+    so after a switch of tracking URI (a test, a notebook) the id names a model this store lacks."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.last_logged_model()
+    except MlflowException:
+        return None
+
+
 @contextmanager
 def model_artifacts_removed_on_failure(what: str) -> Iterator[None]:
     """Around a `log_model` call: if it fails, delete what the new logged model had written.
@@ -198,15 +219,14 @@ def model_artifacts_removed_on_failure(what: str) -> Iterator[None]:
     after a full disk). An OSError (no space, read-only store) becomes one ArtifactStoreError line.
     The active run then ends FAILED through its `with mlflow.start_run()` block.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    before = mlflow.last_logged_model()
+    before = last_logged_model()
     try:
         yield
     except Exception as error:
-        model = mlflow.last_logged_model()
+        model = last_logged_model()
         location, cleanup = "the artifact store", "its partial files were removed"
         if model is not None and (before is None or model.model_id != before.model_id):
             location = model.artifact_location

@@ -158,3 +158,18 @@ def test_a_version_whose_alias_cannot_be_set_is_deleted(store: tuple[str, Path])
     versions = {version.version for version in client.search_model_versions("name = 'cleanup-model'")}
     assert versions == {champion.version}
     assert client.get_model_version_by_alias("cleanup-model", "champion").version == champion.version
+
+
+def test_a_model_logged_to_another_store_earlier_does_not_break_the_next_logging(tmp_path: Path) -> None:
+    """MLflow remembers the last logged model's id per process, across tracking URIs (found in CI:
+    `Logged model with ID ... not found` when two test modules used two stores)."""
+    previous = mlflow.get_tracking_uri()
+    try:
+        for name in ("first", "second"):
+            mlflow.set_tracking_uri(f"sqlite:///{tmp_path / name}.db")
+            experiment_id = mlflow.create_experiment(name, artifact_location=(tmp_path / name).as_uri())
+            with mlflow.start_run(experiment_id=experiment_id), model_artifacts_removed_on_failure("model"):
+                info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
+            assert MlflowClient().get_logged_model(info.model_id).name == "model"
+    finally:
+        mlflow.set_tracking_uri(previous)
