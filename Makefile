@@ -48,12 +48,12 @@ venv: $(VENV)/.installed ## Create .venv and install the project (EXTRAS=cpu,dev
 demo: venv ## Run the whole pipeline offline on the generated dataset through the Prefect flow, then show the metrics.
 	python -m flows.pipeline
 	@echo
-	@echo "Metrics:        metrics/*.json (dvc metrics show), plots/*.png (dvc plots show)"
+	@echo "Metrics:        dvc metrics show (headline), metrics/*_details.json (all), plots/*.png (dvc plots show)"
 	@echo "Manifest:       data/prepared/manifest.csv"
 	@echo "Data report:    data/prepared/data_report.md"
 	@echo "Classifier:     models/classifier.keras (labels: models/labels.json)"
 	@echo "Learning curve: plots/learning_curve.png; evaluation plots: plots/*.png"
-	@echo "Registered:     models:/utsig-inceptionv3@champion (metrics/register.json)"
+	@echo "Registered:     models:/utsig-inceptionv3@champion (metrics/register_details.json)"
 	@echo "Try:            the two sigpipe commands at the end of the report above (a test signature)"
 	@echo "MLflow UI:      $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --workers 1"
 

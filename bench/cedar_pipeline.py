@@ -58,8 +58,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         timings = run_stages(str(scratch_workspace(Path(scratch), changes)))
-        calibrate = json.loads((Path(scratch) / "metrics" / "calibrate.json").read_text())
-        evaluate = json.loads((Path(scratch) / "metrics" / "evaluate.json").read_text())
+        calibrate = json.loads((Path(scratch) / "metrics" / "calibrate_details.json").read_text())
+        evaluate = json.loads((Path(scratch) / "metrics" / "evaluate_details.json").read_text())
     summary = {"settings": changes, "stage_seconds": timings, "evaluate": evaluate, "calibrate": calibrate}
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(summary, indent=2) + "\n")

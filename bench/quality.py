@@ -127,8 +127,8 @@ def peer_metrics(root: Path) -> dict[str, float]:
 
 def pipeline_metrics(root: Path) -> dict[str, object]:
     """The pipeline's own numbers from its metrics files."""
-    evaluate = json.loads((root / "metrics" / "evaluate.json").read_text())
-    calibrate = json.loads((root / "metrics" / "calibrate.json").read_text())
+    evaluate = json.loads((root / "metrics" / "evaluate_details.json").read_text())
+    calibrate = json.loads((root / "metrics" / "calibrate_details.json").read_text())
     train = json.loads((root / "metrics" / "train.json").read_text())
     prepare = json.loads((root / "metrics" / "prepare.json").read_text())
     return {

@@ -128,12 +128,14 @@ def load_signature_model(model_uri: str | None, params_file: Path):  # -> Signat
     from mlflow.exceptions import MlflowException
 
     from flows._stage import quiet_environment
+    from flows.quiet import import_tensorflow
     from tasks.config import ConfigError, RegisterParams, load_group
     from tasks.errors import ModelFileError
     from tasks.inference import ACCEPT_PATHS
     from tasks.tracking import tracking_uri
 
     quiet_environment()
+    import_tensorflow()  # before MLflow loads the model, which imports it
     paths = ProjectPaths.from_root(params_file.resolve().parent)
     if model_uri is None:
         try:

@@ -18,8 +18,9 @@ from tasks.paths import ProjectPaths
 
 PER_WRITER_COLUMNS = ("writer", "precision", "recall", "f1", "support")
 # What `dvc metrics show` lists from metrics/evaluate.json (test identification, the skilled-forgery
-# EER, the default promotion metric); every other number is in metrics/evaluate_details.json.
-HEADLINE_METRICS = ("accuracy", "f1_weighted", "eer_skilled", "selection_accuracy")
+# EER); every other number (the selection_* ones registration compares too) is in
+# metrics/evaluate_details.json.
+HEADLINE_METRICS = ("accuracy", "f1_weighted", "eer_skilled")
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     image_size = classifier.input_shape[1]
     with mlflow.start_run(
         experiment_id=experiment_id,
-        run_name=run_name("evaluate", f"{image_size}px", data_label(digest)),
+        run_name=run_name("evaluate", f"{image_size} px", data_label(digest)),
         parent_run_id=parent_run_id(paths.train_run_file),
         tags=process_tags(),
     ):

@@ -41,6 +41,7 @@ from tasks.orchestration import (
     workspace_lock,
 )
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
+from tasks.tracking import run_ui_link
 
 REPORT_KEY = "signature-pipeline-report"
 TIMINGS_KEY = "signature-pipeline-timings"
@@ -101,7 +102,7 @@ def training_run_link(paths: ProjectPaths, mlflow_ui_url: str) -> str | None:
     run = read_json_if_present(paths.train_run_file)
     if not run.get("run_id"):
         return None
-    return f"{mlflow_ui_url}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
+    return run_ui_link(mlflow_ui_url, run["experiment_id"], run["run_id"])
 
 
 @flow(name="signature-pipeline", log_prints=True)
@@ -127,9 +128,9 @@ def pipeline_flow(
                 options.update(retries=DOWNLOAD_RETRIES, retry_delay_seconds=DOWNLOAD_RETRY_DELAYS_SECONDS)
             outcomes.append(run_stage.with_options(**options)(stage, paths.root, environment))
     metrics = {
-        "evaluate": read_json_if_present(paths.evaluate_metrics_file),
-        "calibrate": read_json_if_present(paths.calibrate_metrics_file),
-        "register": read_json_if_present(paths.register_metrics_file),
+        "evaluate": read_json_if_present(paths.evaluate_details_file),
+        "calibrate": read_json_if_present(paths.calibrate_details_file),
+        "register": read_json_if_present(paths.register_details_file),
     }
     example = try_example(read_manifest(paths.manifest_file)) if paths.manifest_file.is_file() else None
     report = report_markdown(outcomes, metrics, training_run_link(paths, mlflow_ui_url), example)

@@ -6,6 +6,14 @@ the environment once, when their shared library loads, so the environment is set
 of them is imported (`sigpipe` imports them inside its commands); their Python warnings and
 loggers are filtered by the library that raises them, so warnings of the project's own code
 (a training setting that costs reproducibility) still show. `sigpipe --verbose` skips all of it.
+
+One notice ignores every setting: TensorFlow 2.21's C++ code logs "oneDNN custom operations are
+on" through absl while TensorFlow loads, before absl is initialised, which adds absl's "All log
+messages before absl::InitializeLog()..." line, once per TensorFlow library (measured: neither
+TF_CPP_MIN_LOG_LEVEL=3 nor GRPC_VERBOSITY changes it; TF_ENABLE_ONEDNN_OPTS=0 would, at the cost of
+the oneDNN kernels). So, quiet, TensorFlow is imported with the process's stderr (file
+descriptor 2) pointed at /dev/null for the import alone; Python errors of the import still
+propagate as exceptions.
 """
 
 from __future__ import annotations
@@ -13,7 +21,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # The C++ loggers' levels, read when each library loads: TF_CPP_MIN_LOG_LEVEL 3 keeps TensorFlow's
 # (and XLA's, absl's) to fatal errors, GRPC_VERBOSITY gRPC's to errors.
@@ -24,6 +35,8 @@ QUIET_LIBRARY_ENVIRONMENT = {
 # Python packages whose warnings and log records below ERROR are not shown.
 QUIET_PACKAGES = ("absl", "keras", "mlflow", "tensorflow")
 QUIET_LOG_LEVEL = logging.ERROR
+STDERR_FD = 2
+QUIET_STATE = {"on": False}  # set by quiet_libraries: import TensorFlow with its C++ notices silenced
 
 
 def quiet_libraries() -> None:
@@ -33,3 +46,26 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module=rf"({packages})(\.|$)")
     for package in QUIET_PACKAGES:
         logging.getLogger(package).setLevel(QUIET_LOG_LEVEL)
+    QUIET_STATE["on"] = True
+
+
+@contextmanager
+def stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null inside the block (what C++ code writes to), restored after."""
+    sys.stderr.flush()
+    saved = os.dup(STDERR_FD)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), STDERR_FD)
+        yield
+    finally:
+        os.dup2(saved, STDERR_FD)
+        os.close(saved)
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow now; after `quiet_libraries`, without the C++ notices it prints while loading."""
+    if not QUIET_STATE["on"] or "tensorflow" in sys.modules:
+        return
+    with stderr_silenced():
+        import tensorflow  # noqa: F401

@@ -107,7 +107,10 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     train_run = parent_run_id(paths.train_run_file)
     data = data_label(data_version(paths.manifest_file))
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name("register", name, data), parent_run_id=train_run, tags=process_tags()
+        experiment_id=experiment_id,
+        run_name=run_name("register", name, data),
+        parent_run_id=train_run,
+        tags=process_tags(),
     ) as run:
         settings = replace(
             settings_from_params(config.prepare),
@@ -149,7 +152,9 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         }
         mlflow.set_tag("stage", "register")
         # Renamed once the outcome is known: "register · utsig-inceptionv3 v3 · champion · data 3f2a1c".
-        client.update_run(run.info.run_id, name=run_name("register", f"{name} v{version.version}", decision.alias, data))
+        client.update_run(
+            run.info.run_id, name=run_name("register", f"{name} v{version.version}", decision.alias, data)
+        )
         mlflow.log_dict(result, "register.json")
     recorded = {key: value for key, value in result.items() if key not in RUN_SPECIFIC_KEYS}
     write_metrics(paths.register_metrics_file, paths.register_details_file, recorded, HEADLINE_METRICS)

@@ -39,27 +39,35 @@ def train_metrics(result: Any) -> dict[str, object]:
     kept = {name: values[best] for name, values in history.items() if len(values) > best >= 0}
     return {
         "mode": result.mode,
-        "device": result.device,
         "epochs_run": result.state.completed_epochs,
         "best_epoch": best + 1,
         "stopped_early": result.state.stopped_early,
-        "resumed_from_epoch": result.resumed_from_epoch,
         "final": last,
         "best": kept,
+    }
+
+
+def run_circumstances(result: Any) -> dict[str, object]:
+    """How this training ran (device, resume, feature reuse, wall times): recorded in
+    `models/train_run.json` and MLflow, not in `metrics/train.json`, whose hash DVC records in
+    dvc.lock and which must come out the same when the same inputs are trained again."""
+    return {
+        "device": result.device,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "features_reused": result.features_reused,
         "train_seconds": round(result.train_seconds, 3),
         "train_images_per_second": round(result.train_images_per_second, 3),
         "embed_seconds": round(result.embed_seconds, 3),
         "embed_images_per_second": round(result.embed_images_per_second, 3),
-        "features_reused": result.features_reused,
     }
 
 
 def train_run_name(config: TrainConfig, image_size: int, digest: str) -> str:
-    """The training run's MLflow name: mode (or the ridge head, which has none), head, image size, data version."""
+    """The training run's MLflow name: head, mode (closed form for the ridge head), image size, data version."""
     from tasks.tracking import data_label, run_name
 
     how = "closed form" if config.model.head == "ridge" else config.train.mode
-    return run_name("train", how, f"{config.model.head} head", f"{image_size}px", data_label(digest))
+    return run_name("train", f"{config.model.head} head", how, f"{image_size} px", data_label(digest))
 
 
 def log_classifier(classifier: Any, image_size: int) -> str:
@@ -95,6 +103,7 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
     from tasks.device import apply_policy, choose_policy, visible_gpu_count
     from tasks.input_pipeline import load_training_data
     from tasks.manifest import read_manifest
+    from tasks.model import save_model_file
     from tasks.plots import learning_curve
     from tasks.tracking import (
         data_version,
@@ -162,13 +171,13 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
         if config.model.head == "ridge":  # solved in closed form: its one "epoch" was not logged by a callback
             mlflow.log_metrics({name: values[0] for name, values in result.state.history.items()}, step=0)
         paths.models_dir.mkdir(parents=True, exist_ok=True)
-        result.classifier.save(paths.classifier_file)
+        save_model_file(result.classifier, paths.classifier_file)  # byte-reproducible: DVC hashes it
         save_verifier(result.verifier, paths.verifier_file)
         write_json(paths.labels_file, {"classes": list(result.classes), "unknown_class_id": len(result.classes)})
         learning_curve(result.state.history, result.state.best_epoch, paths.learning_curve_file)
-        metrics = train_metrics(result)
+        metrics, circumstances = train_metrics(result), run_circumstances(result)
         write_json(paths.train_metrics_file, metrics)
-        mlflow.log_metrics(loggable_metrics(metrics))
+        mlflow.log_metrics(loggable_metrics({**metrics, **circumstances}))
         mlflow.log_dict(json_ready(metrics), "train.json")
         mlflow.log_artifact(str(paths.learning_curve_file), artifact_path="plots")
         mlflow.log_artifact(str(paths.labels_file))
@@ -176,7 +185,13 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
         model_uri = log_classifier(result.classifier, data.image_size) if config.tracking.log_model else None
         write_json(
             paths.train_run_file,
-            {"run_id": run.info.run_id, "experiment_id": experiment_id, "model_uri": model_uri, "data_version": digest},
+            {
+                "run_id": run.info.run_id,
+                "experiment_id": experiment_id,
+                "model_uri": model_uri,
+                "data_version": digest,
+                **circumstances,
+            },
         )
     print(
         f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}: "

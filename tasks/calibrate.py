@@ -166,7 +166,7 @@ def verification_results(table: ScoreTable, temperature: float, threshold: float
 
 
 def calibration_report(table: ScoreTable, calibration: Calibration, reference_threshold: float) -> dict[str, object]:
-    """Everything `metrics/calibrate.json` holds: fitted values, test results, the reference side by side.
+    """Everything `metrics/calibrate_details.json` holds: fitted values, test results, the reference side by side.
 
     The top-level `frr` and `far_<kind>` are verification results on test at the calibrated
     threshold (the field's protocol); `open_set` has what the same threshold does to identification.

@@ -337,11 +337,11 @@ class RegisterParams(StrictModel):
     @field_validator("metric")
     @classmethod
     def _check_selection_metric(cls, metric: str) -> str:
-        """A `selection_*` key of metrics/evaluate.json, checked here rather than after train, evaluate, calibrate."""
+        """A `selection_*` key of metrics/evaluate_details.json, checked before train, evaluate and calibrate."""
         if not metric.startswith(SELECTION_METRIC_PREFIX):
             raise ValueError(
                 f"'{metric}' is not a selection metric: versions are compared on validation and calibration "
-                f"data, never on test. Use a '{SELECTION_METRIC_PREFIX}*' key of metrics/evaluate.json "
+                f"data, never on test. Use a '{SELECTION_METRIC_PREFIX}*' key of metrics/evaluate_details.json "
                 f"(e.g. {SELECTION_METRIC_PREFIX}accuracy or {SELECTION_METRIC_PREFIX}eer_skilled)"
             )
         return metric

@@ -141,7 +141,8 @@ def selection_metrics(table: ScoreTable) -> dict[str, float]:
 def evaluation_report(
     table: ScoreTable, classes: Sequence[str], top_k: int
 ) -> tuple[dict[str, object], list, np.ndarray]:
-    """Metrics for `metrics/evaluate.json`, the per-writer rows, and the confusion matrix (counts)."""
+    """Metrics for `metrics/evaluate_details.json` (the headline ones also go to `metrics/evaluate.json`),
+    the per-writer rows, and the confusion matrix (counts)."""
     genuine = table.select("test", "genuine")
     if not len(genuine):
         raise EvaluationError("no test genuine signatures to evaluate on: set prepare.test_per_writer above 0")

@@ -33,6 +33,7 @@ FEATURES_META_SUFFIX = ".json"
 # Bumped when what the cache holds changes meaning (2: view 0 of train_views is the clean image;
 # 3: no test embeddings, code and library versions in the key).
 FEATURES_FORMAT = 3
+REUSED_EMBED_SECONDS = 0.0  # embeddings read from the cache took no embedding time in this run
 # The modules whose code decides what an embedding is: image decoding and input, augmentation,
 # the base model and its folded inference function, and this one.
 EMBEDDING_MODULES = ("input_pipeline.py", "augment.py", "model.py", "fused.py", "features.py")
@@ -117,7 +118,7 @@ def read_feature_cache(cache_dir: Path, key: str) -> FeatureCache | None:
     try:
         meta = json.loads(meta_file.read_text())
         with np.load(arrays_file) as arrays:
-            return FeatureCache(arrays["train_views"], arrays["val"], meta["embed_seconds"], meta["images"])
+            return FeatureCache(arrays["train_views"], arrays["val"], REUSED_EMBED_SECONDS, meta["images"])
     except UNREADABLE_NPZ_ERRORS:
         return None
 
@@ -130,7 +131,8 @@ def write_feature_cache(cache_dir: Path, key: str, cache: FeatureCache) -> None:
             stale.unlink()
     arrays = {"train_views": cache.train_views, "val": cache.val}
     save_arrays(arrays, cache_dir / f"{key}{FEATURES_SUFFIX}")
-    meta = {"key": key, "embed_seconds": cache.embed_seconds, "images": cache.images_embedded}
+    # No wall time here: the folder is a DVC output, whose hash must not change with the machine's load.
+    meta = {"key": key, "images": cache.images_embedded}
     (cache_dir / f"{key}{FEATURES_META_SUFFIX}").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 HASH_BLOCK_BYTES = 1 << 20
 # The date every entry of a rewritten zip carries (the earliest a zip can hold), in place of the
-# moment it was written: numpy's .npz and Keras' .keras archives date each entry, so two writes of
-# the same arrays differ, and DVC, which records every output's hash in dvc.lock, sees a change.
+# moment it was written: Keras' .keras archives date each entry, so two saves of the same model
+# differ, and DVC, which records every output's hash in dvc.lock, sees a change. (NumPy 2.4's .npz
+# entries are undated already.)
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 PARTIAL_PREFIX = "partial-"  # a file being rewritten, renamed over the original when complete
 
@@ -45,7 +46,9 @@ def write_json(path: Path, content: object) -> None:
     path.write_text(json.dumps(json_ready(content), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def write_metrics(headline_file: Path, details_file: Path, metrics: Mapping[str, object], headline: Iterable[str]) -> None:
+def write_metrics(
+    headline_file: Path, details_file: Path, metrics: Mapping[str, object], headline: Iterable[str]
+) -> None:
     """Write every number to `details_file` and the `headline` keys alone to `headline_file`.
 
     DVC shows the headline files (`metrics:` in dvc.yaml) as one table with a column per key of

@@ -9,6 +9,8 @@ The base always runs with `training=False`, so its BatchNorm layers stay in infe
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 
 from tasks.config import INCEPTION_MIN_SIZE, weights_file
 from tasks.errors import WeightsError
+from tasks.files import ZIP_EPOCH, undate_zip
 from tasks.fused import folded_inference_function
 from tasks.verifier import WriterVerifier
 
@@ -38,6 +41,15 @@ HEAD_LAYERS = (HEAD_DENSE, HEAD_OUTPUT)
 KERNEL_SEED_STRIDE = 10_000
 MIXED_POLICY_PREFIX = "mixed_"
 FLOAT32 = "float32"
+# A .keras file is a zip whose metadata.json records when it was saved; `save_model_file` puts the
+# zip epoch there instead, so that the same model saved twice is the same file (DVC hashes it).
+KERAS_METADATA_ENTRY = "metadata.json"
+KERAS_SAVE_DATE_KEY = "date_saved"
+KERAS_SAVE_DATE = "{:04d}-{:02d}-{:02d}@{:02d}:{:02d}:{:02d}".format(*ZIP_EPOCH)  # Keras' own date format
+# config.json names an object shared by several layers (an initializer...) by its Python `id()`, a
+# memory address that differs on every run; `save_model_file` numbers them 1, 2... in order of appearance.
+KERAS_CONFIG_ENTRY = "config.json"
+KERAS_SHARED_OBJECT_ID = re.compile(rb'"shared_object_id": (\d+)')
 
 
 def imagenet_hint() -> str:
@@ -224,6 +236,34 @@ def embedding_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """Per-feature mean and variance of (..., 2048) embeddings, in float64 then float32."""
     flat = embeddings.reshape(-1, embeddings.shape[-1]).astype(np.float64)
     return flat.mean(axis=0).astype(np.float32), flat.var(axis=0).astype(np.float32)
+
+
+def save_model_file(model: keras.Model, path: Path) -> None:
+    """`model.save(path)` (a .keras file), byte for byte the same whenever the model is.
+
+    Keras dates the archive's entries and its metadata.json (both get the zip epoch) and names
+    shared objects by memory address in config.json (numbered instead), so the train stage's output
+    hash in dvc.lock depends on the model alone.
+    """
+    model.save(path)
+    undate_zip(path, {KERAS_METADATA_ENTRY: undated_keras_metadata, KERAS_CONFIG_ENTRY: numbered_shared_objects})
+
+
+def numbered_shared_objects(content: bytes) -> bytes:
+    """A .keras config.json with each distinct `shared_object_id` replaced by its rank of first appearance
+    (the same object keeps one number, so loading links the same layers to it)."""
+    numbers: dict[bytes, int] = {}
+    return KERAS_SHARED_OBJECT_ID.sub(
+        lambda match: b'"shared_object_id": %d' % numbers.setdefault(match[1], len(numbers) + 1), content
+    )
+
+
+def undated_keras_metadata(content: bytes) -> bytes:
+    """A .keras metadata.json with its save date set to `KERAS_SAVE_DATE` (Keras only writes it)."""
+    metadata = json.loads(content)
+    if KERAS_SAVE_DATE_KEY in metadata:
+        metadata[KERAS_SAVE_DATE_KEY] = KERAS_SAVE_DATE
+    return json.dumps(metadata).encode()
 
 
 def weights_digest(model: keras.Model) -> str:

@@ -80,8 +80,8 @@ def check_selection_metric(metric: str) -> None:
     if not metric.startswith(SELECTION_PREFIX):
         raise ValueError(
             f"register.metric '{metric}' is not a selection metric: versions are compared on validation and "
-            f"calibration data, never on test. Use one of the '{SELECTION_PREFIX}*' keys of metrics/evaluate.json "
-            f"(e.g. {SELECTION_PREFIX}accuracy or {TIE_BREAK_METRIC})"
+            f"calibration data, never on test. Use one of the '{SELECTION_PREFIX}*' keys of "
+            f"metrics/evaluate_details.json (e.g. {SELECTION_PREFIX}accuracy or {TIE_BREAK_METRIC})"
         )
 
 

@@ -103,6 +103,9 @@ def subprocess_environment(prefect_api_url: str) -> dict[str, str]:
     environment["PREFECT_API_URL"] = prefect_api_url
     environment["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     environment["DO_NOT_TRACK"] = "true"
+    # mlflow.set_tracking_uri in this process exports MLFLOW_TRACKING_URI (some earlier test's store);
+    # a stage run in a workspace uses that workspace's own store, as it does for a user.
+    environment.pop("MLFLOW_TRACKING_URI", None)
     return environment
 
 

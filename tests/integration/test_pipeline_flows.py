@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import requests
 
+from flows.calibrate import HEADLINE_METRICS as CALIBRATE_HEADLINE
+from flows.evaluate import HEADLINE_METRICS as EVALUATE_HEADLINE
 from tasks.inference import ACCEPT_PATHS, OUTPUT_COLUMNS, PATHS_REFUSED, UNKNOWN_WRITER
 from tasks.manifest import read_manifest
 from tasks.paths import ProjectPaths
@@ -49,6 +51,11 @@ def test_train_outputs_and_mlflow_run(trained: ProjectPaths) -> None:
     assert run.data.params["train.epochs"] == "3" and run.data.params["prepare.image_size"] == "75"
     assert run.data.tags["mode"] == "cached" and run.data.tags["device"] == "cpu"
     assert run.data.tags["data_version"] == run_info["data_version"]
+    # Named by what ran (head, mode, size, data), not "train"; device and wall times are in the run record.
+    head = run.data.params["model.head"]
+    mode = "closed form" if head == "ridge" else "cached"
+    assert run.info.run_name == f"train · {head} head · {mode} · 75 px · data {run_info['data_version'][:6]}"
+    assert run_info["device"] == "cpu" and run_info["train_seconds"] > 0 and "train_seconds" not in metrics
     client = mlflow.tracking.MlflowClient()
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [point.step for point in history] == list(range(metrics["epochs_run"]))
@@ -61,7 +68,8 @@ def test_train_outputs_and_mlflow_run(trained: ProjectPaths) -> None:
 def test_evaluate_and_calibrate_outputs_and_nested_runs(trained: ProjectPaths) -> None:
     import mlflow
 
-    written = json.loads(trained.evaluate_metrics_file.read_text())
+    written = json.loads(trained.evaluate_details_file.read_text())
+    assert json.loads(trained.evaluate_metrics_file.read_text()) == {key: written[key] for key in EVALUATE_HEADLINE}
     for key in ("accuracy", "f1_weighted", "f1_macro", "top5_accuracy", "eer_skilled", "auc_skilled"):
         assert key in written, key
     assert 0.0 <= written["accuracy"] <= 1.0 and written["test_genuine_images"] == 15
@@ -70,7 +78,8 @@ def test_evaluate_and_calibrate_outputs_and_nested_runs(trained: ProjectPaths) -
     assert len(read_manifest(trained.per_writer_file)) == 3
     for plot in (trained.confusion_matrix_file, trained.roc_det_file, trained.score_distributions_file):
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = json.loads(trained.calibrate_metrics_file.read_text())
+    report = json.loads(trained.calibrate_details_file.read_text())
+    assert json.loads(trained.calibrate_metrics_file.read_text()) == {key: report[key] for key in CALIBRATE_HEADLINE}
     for key in (
         "temperature",
         "threshold",
@@ -93,6 +102,12 @@ def test_evaluate_and_calibrate_outputs_and_nested_runs(trained: ProjectPaths) -
     stages = {run.data.tags["stage"]: run for run in children}
     assert set(stages) == {"evaluate", "calibrate", "register"}
     assert stages["evaluate"].data.metrics["accuracy"] == pytest.approx(written["accuracy"])
+    data = f"data {json.loads(trained.train_run_file.read_text())['data_version'][:6]}"
+    assert stages["evaluate"].info.run_name == f"evaluate · 75 px · {data}"
+    assert stages["calibrate"].info.run_name.startswith("calibrate · threshold at ")
+    assert stages["calibrate"].info.run_name.endswith(data)
+    assert stages["register"].info.run_name.startswith(f"register · {MODEL_NAME} v")
+    assert stages["register"].info.run_name.endswith(data)
     assert stages["calibrate"].data.metrics["threshold"] == pytest.approx(report["threshold"])
 
 
@@ -104,21 +119,22 @@ def test_champion_moves_only_to_a_better_model(trained: ProjectPaths) -> None:
 
     from flows.register import register_flow
 
-    first = json.loads(trained.register_metrics_file.read_text())
+    first = json.loads(trained.register_details_file.read_text())
     assert first["alias"] == "champion" and first["reason"] == "no champion yet"
-    assert first["metric"] == "selection_accuracy"
-    evaluation = json.loads(trained.evaluate_metrics_file.read_text())
+    assert first["metric"] == "selection_accuracy" and "model_uri" not in first  # differs on every run
+    assert json.loads(trained.register_metrics_file.read_text()) == {"version": first["version"], "alias": "champion"}
+    evaluation = json.loads(trained.evaluate_details_file.read_text())
     selection = evaluation["selection_accuracy"]
     params_file = str(trained.params_file)
     try:
-        trained.evaluate_metrics_file.write_text(
+        trained.evaluate_details_file.write_text(
             json.dumps({**evaluation, "accuracy": evaluation["accuracy"] + 0.5, "selection_accuracy": selection - 0.1})
         )
         worse = register_flow(params_file)
-        trained.evaluate_metrics_file.write_text(json.dumps({**evaluation, "selection_accuracy": selection + 0.1}))
+        trained.evaluate_details_file.write_text(json.dumps({**evaluation, "selection_accuracy": selection + 0.1}))
         better = register_flow(params_file)
     finally:
-        trained.evaluate_metrics_file.write_text(json.dumps(evaluation))
+        trained.evaluate_details_file.write_text(json.dumps(evaluation))
     mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
     client = mlflow.tracking.MlflowClient()
     assert worse["alias"] == "challenger" and worse["champion_version"] == first["version"]
@@ -213,8 +229,9 @@ def test_cli_predict_and_verify(trained: ProjectPaths) -> None:
     result = run_cli(["predict", str(image), "missing.png", "--json"], trained.root)
     assert result.returncode == 1  # one input failed; the other is still answered
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert [line["input"] for line in lines] == [str(image), "missing.png"]
-    assert lines[0]["error"] == "" and lines[1]["error"] == "missing.png: no such file"
+    # A file that cannot be opened is reported first, before the model loads; the others follow.
+    assert [line["input"] for line in lines] == ["missing.png", str(image)]
+    assert lines[0]["error"] == "missing.png: no such file" and lines[1]["error"] == ""
     # The highest and the lowest claim the evaluate stage scored among these images (each image claimed as
     # each writer): the first clearly reaches the calibrated threshold, the second clearly does not.
     threshold = json.loads(trained.calibration_file.read_text())["threshold"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,12 +101,20 @@ def test_dvc_repro_is_incremental(workspace: Path, subprocess_env: dict[str, str
     assert "Running stage" not in second.stdout
     assert manifest.read_bytes() == manifest_bytes
 
+    # Run again from nothing (no MLflow store, no cached embeddings): every output DVC records is the
+    # same to the byte, so dvc.lock is too, and a fresh clone's run leaves a committed lock unchanged.
+    lock = (workspace / "dvc.lock").read_text()
+    shutil.rmtree(workspace / "mlruns")
+    shutil.rmtree(workspace / "data" / "features")
+    run(["dvc", "repro", "--force"], workspace, subprocess_env)
+    assert (workspace / "dvc.lock").read_text() == lock
+
     edit_params(workspace / "params.yaml", {"calibrate": {"target_far": 0.25}})
     only_calibrate = run(["dvc", "repro"], workspace, subprocess_env)
     assert "Running stage 'calibrate'" in only_calibrate.stdout
     for stage in ("download", "prepare", "train", "evaluate"):
         assert f"Running stage '{stage}'" not in only_calibrate.stdout
-    assert json.loads((workspace / "metrics" / "calibrate.json").read_text())["target_far"] == 0.25
+    assert json.loads((workspace / "metrics" / "calibrate_details.json").read_text())["target_far"] == 0.25
 
     edit_params(workspace / "params.yaml", {"train": {"mode": "online"}})
     third = run(["dvc", "repro"], workspace, subprocess_env)

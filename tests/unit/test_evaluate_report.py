@@ -1,4 +1,4 @@
-"""The numbers `metrics/evaluate.json` reports and promotion decides on, against hand-worked values.
+"""The numbers `metrics/evaluate_details.json` reports and promotion decides on, against hand-worked values.
 
 One small score table of three writers (a, b, c), every row written out below. Logits are logs of
 small whole weights, so softmax probabilities are simple fractions (weights 3, 1, 1 give 3/5,

@@ -159,7 +159,15 @@ def test_the_cli_process_prints_no_traceback(store: ProjectPaths) -> None:
     truncate(path)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "predict", "signature.png", "-p", str(store.params_file)],
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "predict",
+                str(store.root / "signature.png"),
+                "-p",
+                str(store.params_file),
+            ],
             cwd=PROJECT_ROOT,
             env={key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"},
             capture_output=True,

@@ -28,6 +28,8 @@ STAGE_OUTPUT = """Running stage 'train':
 Updating lock file 'dvc.lock'
 """
 PROFILE_API_URL = "http://127.0.0.1:4999/api"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PRINT_MAKE_PREFECT_HOME = "print-prefect-home: ; @echo $(PREFECT_HOME)"
 PRINT_PREFECT_STATE = (
     "import flows, os, prefect.settings as s; "
     "print(os.environ['PREFECT_HOME']); print(s.get_current_settings().api.url or '')"
@@ -92,3 +94,14 @@ def test_prefect_state_stays_in_the_workspace_and_a_users_server_profile_still_a
     shown = subprocess.run(command, cwd=workspace, env=environment, capture_output=True, text=True, check=True)
     assert shown.stdout.splitlines() == [str(workspace / ".prefect"), PROFILE_API_URL]
     assert sorted(path.name for path in (home / ".prefect").iterdir()) == ["profiles.toml"]
+
+
+def test_make_keeps_prefect_state_in_the_workspace_unless_prefect_home_is_set(tmp_path: Path) -> None:
+    """`make up`'s server, `make demo` and the worker read the runs from the same place as the stages."""
+    command = ["make", "-s", "--no-print-directory", "--eval", PRINT_MAKE_PREFECT_HOME, "print-prefect-home"]
+    environment = fresh_shell_environment(tmp_path)
+    shown = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == str(PROJECT_ROOT / ".prefect")
+    environment["PREFECT_HOME"] = str(tmp_path / "chosen")
+    shown = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == str(tmp_path / "chosen")
