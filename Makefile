@@ -25,7 +25,7 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast lint format status clean up down
+.PHONY: help venv demo test test-fast lint format status clean up down screenshots
 
 RUN_DIR := .run
 PREFECT_PORT ?= 4200
@@ -100,6 +100,9 @@ down: ## Stop what `make up` started (TERM, then KILL after 10 s).
 	    kill -9 $$pid 2>/dev/null; rm -f $(RUN_DIR)/$$name.pid; echo "stopped $$name"; \
 	  fi; \
 	done
+
+screenshots: venv ## After make up and a deployment run: the Prefect run and MLflow runs table as PNGs in docs/images (needs chromium).
+	python docs/ui_screenshots.py --prefect-url http://127.0.0.1:$(PREFECT_PORT) --mlflow-url http://127.0.0.1:$(MLFLOW_PORT)
 
 status: venv ## Show what DVC would rerun.
 	dvc status

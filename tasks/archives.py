@@ -20,8 +20,9 @@ import shutil
 import stat
 import tarfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Literal
 
@@ -201,38 +202,44 @@ def copy_within_budget(archive: Path, name: str, stream: IO[bytes], destination:
     return written
 
 
-def write_zip(archive: Path, opened: zipfile.ZipFile, staging: Path, limits: ArchiveLimits) -> None:
-    """Write the (checked) zip members into `staging`, counting the bytes written."""
+# One member to write: its name in the archive, whether it is a folder, and how to open its bytes.
+Member = tuple[str, bool, Callable[[], IO[bytes]]]
+
+
+def write_members(archive: Path, members: Iterable[Member], staging: Path, limits: ArchiveLimits) -> None:
+    """Write the (checked) members into `staging`, counting the bytes written against the limit."""
     written = 0
-    for member in opened.infolist():
-        destination = member_path(archive, staging, member.filename)
+    for name, is_folder, open_member in members:
+        destination = member_path(archive, staging, name)
         if destination is None:
             continue
-        if member.is_dir():
+        if is_folder:
             destination.mkdir(parents=True, exist_ok=True)
             continue
         destination.parent.mkdir(parents=True, exist_ok=True)
-        with opened.open(member) as stream:
-            written += copy_within_budget(archive, member.filename, stream, destination, limits.max_bytes - written)
+        with open_member() as stream:
+            written += copy_within_budget(archive, name, stream, destination, limits.max_bytes - written)
+
+
+def write_zip(archive: Path, opened: zipfile.ZipFile, staging: Path, limits: ArchiveLimits) -> None:
+    """Write the (checked) zip members into `staging`."""
+    members = ((member.filename, member.is_dir(), partial(opened.open, member)) for member in opened.infolist())
+    write_members(archive, members, staging, limits)
+
+
+def tar_member_stream(opened: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    """The bytes of a regular file of the tar (check_tar lets only regular files and folders through)."""
+    stream = opened.extractfile(member)
+    assert stream is not None, member.name
+    return stream
 
 
 def write_tar(
     archive: Path, opened: tarfile.TarFile, members: list[tarfile.TarInfo], staging: Path, limits: ArchiveLimits
 ) -> None:
-    """Write the (checked) tar members, only files and folders, into `staging`, counting the bytes written."""
-    written = 0
-    for member in members:
-        destination = member_path(archive, staging, member.name)
-        if destination is None:
-            continue
-        if member.isdir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        stream = opened.extractfile(member)
-        assert stream is not None  # check_tar lets only regular files and folders through
-        with stream:
-            written += copy_within_budget(archive, member.name, stream, destination, limits.max_bytes - written)
+    """Write the (checked) tar members, only files and folders, into `staging`."""
+    entries = ((member.name, member.isdir(), partial(tar_member_stream, opened, member)) for member in members)
+    write_members(archive, entries, staging, limits)
 
 
 def extract_to(archive: Path, staging: Path, limits: ArchiveLimits) -> None:

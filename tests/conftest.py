@@ -115,6 +115,13 @@ def subprocess_env(prefect_api_url: str) -> dict[str, str]:
     return subprocess_environment(prefect_api_url)
 
 
+@pytest.fixture(autouse=True)
+def workspace_tracking_store() -> None:
+    """Each test starts without MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri exports in this
+    process: code run in-process then logs to its workspace's own store, as in a user's process."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> ProjectPaths:
     """A workspace on which download, prepare, train, evaluate, calibrate and register have run, once
@@ -130,6 +137,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> P
     workspace = make_workspace(tmp_path_factory.mktemp("pipeline") / "workspace")
     edit_params(workspace / "params.yaml", TRAINED_PARAMS)
     params_file = str(workspace / "params.yaml")
+    # The stages run in this process: without this they would log to whichever store an earlier test's
+    # mlflow.set_tracking_uri exported in MLFLOW_TRACKING_URI, not to the workspace's own.
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     for stage in (download_flow, prepare_flow, train_flow, evaluate_flow, calibrate_flow, register_flow):
         stage(params_file)
     return ProjectPaths.from_root(workspace)

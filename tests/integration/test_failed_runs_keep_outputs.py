@@ -11,19 +11,8 @@ import yaml
 
 from tasks.config import ConfigError
 from tests.conftest import edit_params
+from tests.integration.test_stages import TINY_DATASET
 
-TINY_DATASET = {
-    "synthetic": {
-        "writers": 3,
-        "genuine_per_writer": 8,
-        "skilled_per_writer": 2,
-        "simple_per_writer": 1,
-        "opposite_per_writer": 2,
-        "width": 96,
-        "height": 64,
-    },
-    "prepare": {"image_size": 75, "workers": 1},
-}
 KEPT_OUTPUTS = ("metrics/download.json", "metrics/prepare.json", "data/prepared/manifest.csv", "dvc.lock")
 DVC_TIMEOUT_SECONDS = 300
 

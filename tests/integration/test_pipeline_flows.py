@@ -55,7 +55,10 @@ def test_train_outputs_and_mlflow_run(trained: ProjectPaths) -> None:
     head = run.data.params["model.head"]
     mode = "closed form" if head == "ridge" else "cached"
     assert run.info.run_name == f"train · {head} head · {mode} · 75 px · data {run_info['data_version'][:6]}"
-    assert run_info["device"] == "cpu" and run_info["train_seconds"] > 0 and "train_seconds" not in metrics
+    # (The ridge head's closed-form solve on 3 writers can round to 0.000 s: only the place is checked.)
+    circumstances = {"device", "resumed_from_epoch", "features_reused", "train_seconds", "embed_seconds"}
+    assert circumstances <= set(run_info) and not circumstances & set(metrics)
+    assert run_info["device"] == "cpu" and run_info["train_seconds"] >= 0
     client = mlflow.tracking.MlflowClient()
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [point.step for point in history] == list(range(metrics["epochs_run"]))

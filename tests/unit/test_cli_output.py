@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
 from tasks.errors import ModelInputError
 from tasks.inference import MAX_LISTED_WRITERS, match_writer
 from tasks.paths import ProjectPaths
-from tasks.verifier import save_verifier
-from tests.conftest import edit_params
-from tests.unit.test_inference import SETTINGS, tiny_classifier, tiny_verifier
+from tests.support.registered_model import registered_workspace
 
 MODEL_NAME = "cli-output-test"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -42,28 +38,7 @@ LIBRARY_NOISE = ("absl::InitializeLog", "oneDNN", "Warning")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> ProjectPaths:
     """A workspace whose MLflow store holds a tiny packaged model with writers 001-003, champion of
     the workspace's `register.model_name`, and a signature image."""
-    import mlflow
-
-    from tasks.registry import log_packaged_model
-
-    paths = ProjectPaths.from_root(tmp_path_factory.mktemp("cli-output"))
-    paths.classifier_file.parent.mkdir(parents=True, exist_ok=True)
-    tiny_classifier().save(paths.classifier_file)
-    save_verifier(tiny_verifier(), paths.verifier_file)
-    paths.calibration_file.parent.mkdir(parents=True, exist_ok=True)
-    paths.calibration_file.write_text(json.dumps(CALIBRATION))
-    shutil.copy(PROJECT_ROOT / "params.yaml", paths.params_file)
-    edit_params(paths.params_file, {"register": {"model_name": MODEL_NAME}})
-    image = Image.new("L", (120, 60), 250)
-    ImageDraw.Draw(image).line([(10, 40), (40, 10), (70, 50), (110, 15)], fill=20, width=4)
-    image.save(paths.root / "signature.png")
-    mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
-    experiment = mlflow.create_experiment("cli-output", artifact_location=(paths.mlruns_dir / "artifacts").as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        model_uri = log_packaged_model(paths, SETTINGS, 2, paths.root / "signature.png")
-    version = mlflow.register_model(model_uri, MODEL_NAME)
-    mlflow.tracking.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", version.version)
-    return paths
+    return registered_workspace(tmp_path_factory.mktemp("cli-output"), MODEL_NAME, CALIBRATION)
 
 
 def sigpipe(paths: ProjectPaths, *arguments: str, python_options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

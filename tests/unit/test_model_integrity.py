@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from tasks.errors import CorruptModelError, ModelFileError
@@ -24,7 +22,7 @@ from tasks.inference import SignatureClassifier
 from tasks.model_files import ARTIFACT_DIGESTS, DIGESTS_FILE_NAME, packaged_model_errors, verify_packaged_files
 from tasks.paths import ProjectPaths
 from tasks.verifier import save_verifier
-from tests.conftest import edit_params
+from tests.support.registered_model import registered_workspace
 from tests.unit.test_inference import SETTINGS, tiny_classifier, tiny_verifier
 
 MODEL_NAME = "integrity-test"
@@ -70,28 +68,7 @@ DAMAGES: dict[str, tuple[str, Callable[[Path], None]]] = {
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory: pytest.TempPathFactory) -> ProjectPaths:
     """A workspace whose MLflow store holds a tiny packaged model, registered as champion."""
-    import mlflow
-
-    from tasks.registry import log_packaged_model
-
-    paths = ProjectPaths.from_root(tmp_path_factory.mktemp("integrity"))
-    paths.classifier_file.parent.mkdir(parents=True, exist_ok=True)
-    tiny_classifier().save(paths.classifier_file)
-    save_verifier(tiny_verifier(), paths.verifier_file)
-    paths.calibration_file.parent.mkdir(parents=True, exist_ok=True)
-    paths.calibration_file.write_text(json.dumps(CALIBRATION))
-    shutil.copy(PROJECT_ROOT / "params.yaml", paths.params_file)
-    edit_params(paths.params_file, {"register": {"model_name": MODEL_NAME}})  # the CLI's default model
-    image = Image.new("L", (120, 60), 250)
-    ImageDraw.Draw(image).line([(10, 40), (40, 10), (70, 50), (110, 15)], fill=20, width=4)
-    image.save(paths.root / "signature.png")
-    mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
-    experiment = mlflow.create_experiment("integrity", artifact_location=(paths.mlruns_dir / "artifacts").as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        model_uri = log_packaged_model(paths, SETTINGS, 2, paths.root / "signature.png")
-    version = mlflow.register_model(model_uri, MODEL_NAME)
-    mlflow.tracking.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", version.version)
-    return paths
+    return registered_workspace(tmp_path_factory.mktemp("integrity"), MODEL_NAME, CALIBRATION)
 
 
 def stored_file(paths: ProjectPaths, name: str) -> Path:

@@ -1,0 +1,110 @@
+"""Screenshots of the two UIs a user reads, taken with headless Chromium, for the README's tour.
+
+Run after `make up` and one deployment run (the README's "From a fresh clone..." block):
+- the Prefect UI's page of the newest `signature-pipeline` flow run (stage runs nested under it,
+  the report and timing artifacts);
+- the MLflow UI's runs table of the `tracking.experiment` experiment, in its classic ML view.
+
+Chromium is Debian's (`apt-get install chromium`); `--virtual-time-budget` lets each single-page
+app fetch and render its data before the picture is taken. Usage:
+    make screenshots            # or: python docs/ui_screenshots.py --output docs/images
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import requests
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = PROJECT_ROOT / "docs" / "images"
+PIPELINE_FLOW = "signature-pipeline"
+PREFECT_PICTURE = "prefect_pipeline_run.png"
+MLFLOW_PICTURE = "mlflow_runs_table.png"
+WINDOW = "1600,1000"
+RENDER_BUDGET_MS = 20_000  # virtual time for the page's scripts and requests
+CHROMIUM_TIMEOUT_SECONDS = 120
+API_TIMEOUT_SECONDS = 10
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def browser() -> str:
+    """The Chromium executable on PATH, or an error saying how to install it."""
+    for name in BROWSERS:
+        if found := shutil.which(name):
+            return found
+    raise SystemExit("error: no Chromium on PATH: install it (Debian: apt-get install chromium), then rerun")
+
+
+def newest_pipeline_run(prefect_api: str) -> str:
+    """The id of the newest `signature-pipeline` flow run on the Prefect server."""
+    body = {"flows": {"name": {"any_": [PIPELINE_FLOW]}}, "sort": "START_TIME_DESC", "limit": 1}
+    response = requests.post(f"{prefect_api}/flow_runs/filter", json=body, timeout=API_TIMEOUT_SECONDS)
+    response.raise_for_status()
+    runs = response.json()
+    if not runs:
+        raise SystemExit(f"error: no '{PIPELINE_FLOW}' flow run on {prefect_api}: run the deployment first")
+    return runs[0]["id"]
+
+
+def experiment_id(mlflow_url: str, name: str) -> str:
+    """The id of MLflow experiment `name` on the tracking server."""
+    response = requests.get(
+        f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": name},
+        timeout=API_TIMEOUT_SECONDS,
+    )
+    if response.status_code != requests.codes.ok:
+        raise SystemExit(f"error: no MLflow experiment '{name}' on {mlflow_url}: run the pipeline first")
+    return response.json()["experiment"]["experiment_id"]
+
+
+def screenshot(url: str, picture: Path) -> None:
+    """Render `url` in headless Chromium and save what the window shows to `picture` (PNG)."""
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:  # a throwaway profile: no state from earlier visits
+        subprocess.run(
+            [
+                browser(),
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--window-size={WINDOW}",
+                f"--virtual-time-budget={RENDER_BUDGET_MS}",
+                f"--screenshot={picture}",
+                url,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=CHROMIUM_TIMEOUT_SECONDS,
+        )
+    print(f"{picture}: {url}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prefect-url", default="http://127.0.0.1:4200")
+    parser.add_argument("--mlflow-url", default="http://127.0.0.1:5000")
+    parser.add_argument("--params", type=Path, default=PROJECT_ROOT / "params.yaml")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    arguments = parser.parse_args()
+
+    run_id = newest_pipeline_run(f"{arguments.prefect_url}/api")
+    screenshot(f"{arguments.prefect_url}/runs/flow-run/{run_id}", arguments.output / PREFECT_PICTURE)
+    experiment = yaml.safe_load(arguments.params.read_text())["tracking"]["experiment"]
+    identifier = experiment_id(arguments.mlflow_url, experiment)
+    screenshot(
+        f"{arguments.mlflow_url}/#/experiments/{identifier}/runs?workflowType=machine_learning",
+        arguments.output / MLFLOW_PICTURE,
+    )
+
+
+if __name__ == "__main__":
+    main()
