@@ -41,6 +41,7 @@ def break_params(params_file: Path, change: str) -> None:
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+@pytest.mark.slow
 def test_a_bad_parameter_stops_dvc_repro_before_any_output_is_removed(
     workspace: Path, subprocess_env: dict[str, str]
 ) -> None:
@@ -78,6 +79,7 @@ def test_a_bad_parameter_stops_dvc_repro_before_any_output_is_removed(
     assert snapshot(workspace) == before
 
 
+@pytest.mark.slow
 def test_a_refused_override_leaves_params_and_outputs_untouched(
     workspace: Path, subprocess_env: dict[str, str], prefect_api_url: str
 ) -> None:

@@ -227,6 +227,7 @@ def run_cli(arguments: list[str], workspace: Path) -> subprocess.CompletedProces
     )
 
 
+@pytest.mark.slow
 def test_cli_predict_and_verify(trained: ProjectPaths) -> None:
     image = generated_images(trained)[0]
     result = run_cli(["predict", str(image), "missing.png", "--json"], trained.root)

@@ -4,7 +4,7 @@ and DVC repository whose `dvc.lock` records the outputs, and `.venv` with this e
 
 Each block is one test (id: its heading and place under it), run in its own copy of that workspace,
 so blocks may run alone or on different xdist workers. Tags in the README (see
-tests/support/readme.py) mark blocks that start servers or take long as slow, or name the test
+tests/support/readme.py) mark blocks that start servers (or take long), or name the test
 that runs exactly those commands instead. Nothing in a block is substituted: the README uses real
 paths of the demo data."""
 
@@ -53,9 +53,9 @@ def executed_blocks(*, covered: bool) -> list[object]:
     for block in BLOCKS:
         if not block.executed or bool(block.tags.covered_by) != covered:
             continue
-        marks = []
-        if block.tags.slow or block.tags.server_url is not None:
-            marks.append(pytest.mark.slow)
+        # Every block runs real commands end to end (stage processes, servers): slow, as `make
+        # test-fast` leaves them out; `make test` and CI run them all.
+        marks = [pytest.mark.slow]
         if block_ports(block):  # the README's fixed ports: blocks that use them run one after another
             marks.append(pytest.mark.xdist_group("readme-ports"))
         params.append(pytest.param(block, id=block.id, marks=marks))

@@ -186,6 +186,7 @@ class Crash(keras.callbacks.Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "epochs", "crash_after"), [("cached", 4, 2), ("online", 3, 1)])
 def test_interrupted_run_resumes_from_its_last_epoch_to_the_same_result(
     paths: ProjectPaths, mode: str, epochs: int, crash_after: int
