@@ -18,8 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import requests
-import yaml
+from tasks.config import TrackingParams, load_group
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = PROJECT_ROOT / "docs" / "images"
@@ -29,7 +28,6 @@ MLFLOW_PICTURE = "mlflow_runs_table.png"
 WINDOW = "1600,1000"
 RENDER_BUDGET_MS = 20_000  # virtual time for the page's scripts and requests
 CHROMIUM_TIMEOUT_SECONDS = 120
-API_TIMEOUT_SECONDS = 10
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -42,26 +40,29 @@ def browser() -> str:
 
 
 def newest_pipeline_run(prefect_api: str) -> str:
-    """The id of the newest `signature-pipeline` flow run on the Prefect server."""
-    body = {"flows": {"name": {"any_": [PIPELINE_FLOW]}}, "sort": "START_TIME_DESC", "limit": 1}
-    response = requests.post(f"{prefect_api}/flow_runs/filter", json=body, timeout=API_TIMEOUT_SECONDS)
-    response.raise_for_status()
-    runs = response.json()
+    """The id of the newest `signature-pipeline` flow run on the Prefect server (Prefect's own client)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[PIPELINE_FLOW])), sort=FlowRunSort.START_TIME_DESC, limit=1
+        )
     if not runs:
         raise SystemExit(f"error: no '{PIPELINE_FLOW}' flow run on {prefect_api}: run the deployment first")
-    return runs[0]["id"]
+    return str(runs[0].id)
 
 
 def experiment_id(mlflow_url: str, name: str) -> str:
-    """The id of MLflow experiment `name` on the tracking server."""
-    response = requests.get(
-        f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
-        params={"experiment_name": name},
-        timeout=API_TIMEOUT_SECONDS,
-    )
-    if response.status_code != requests.codes.ok:
+    """The id of MLflow experiment `name` on the tracking server (MLflow's own client)."""
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(tracking_uri=mlflow_url).get_experiment_by_name(name)
+    if experiment is None:
         raise SystemExit(f"error: no MLflow experiment '{name}' on {mlflow_url}: run the pipeline first")
-    return response.json()["experiment"]["experiment_id"]
+    return experiment.experiment_id
 
 
 def screenshot(url: str, picture: Path) -> None:
@@ -98,7 +99,7 @@ def main() -> None:
 
     run_id = newest_pipeline_run(f"{arguments.prefect_url}/api")
     screenshot(f"{arguments.prefect_url}/runs/flow-run/{run_id}", arguments.output / PREFECT_PICTURE)
-    experiment = yaml.safe_load(arguments.params.read_text())["tracking"]["experiment"]
+    experiment = load_group(arguments.params, "tracking", TrackingParams).experiment
     identifier = experiment_id(arguments.mlflow_url, experiment)
     screenshot(
         f"{arguments.mlflow_url}/#/experiments/{identifier}/runs?workflowType=machine_learning",
