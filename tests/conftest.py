@@ -115,11 +115,16 @@ def subprocess_env(prefect_api_url: str) -> dict[str, str]:
     return subprocess_environment(prefect_api_url)
 
 
+def forget_exported_tracking_uri() -> None:
+    """Drop MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri exports in this process (some earlier
+    test's store): stages run in-process then log to their workspace's own store, as in a user's process."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(autouse=True)
 def workspace_tracking_store() -> None:
-    """Each test starts without MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri exports in this
-    process: code run in-process then logs to its workspace's own store, as in a user's process."""
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    """Each test starts without an exported tracking URI."""
+    forget_exported_tracking_uri()
 
 
 @pytest.fixture(scope="session")
@@ -137,9 +142,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> P
     workspace = make_workspace(tmp_path_factory.mktemp("pipeline") / "workspace")
     edit_params(workspace / "params.yaml", TRAINED_PARAMS)
     params_file = str(workspace / "params.yaml")
-    # The stages run in this process: without this they would log to whichever store an earlier test's
-    # mlflow.set_tracking_uri exported in MLFLOW_TRACKING_URI, not to the workspace's own.
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    forget_exported_tracking_uri()  # set up before any test's autouse fixture: the stages run in this process
     for stage in (download_flow, prepare_flow, train_flow, evaluate_flow, calibrate_flow, register_flow):
         stage(params_file)
     return ProjectPaths.from_root(workspace)

@@ -74,8 +74,7 @@ def git(arguments: list[str], root: Path) -> None:
 @pytest.fixture(scope="module")
 def readme_environment(prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The shell a README reader has: the venv's bin on PATH, the workspace's own MLflow store."""
-    environment = subprocess_environment(prefect_api_url)
-    environment.pop("MLFLOW_TRACKING_URI", None)
+    environment = subprocess_environment(prefect_api_url)  # without MLFLOW_TRACKING_URI
     # A Prefect server that a block starts (`make up`) keeps its database here, not in the user's ~/.prefect.
     environment["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
     return environment
