@@ -293,9 +293,17 @@ class SignatureClassifier:
         ModelFileError naming it."""
         import keras
 
+        classifier = read_model_file(classifier_file, "a Keras model", keras.models.load_model)
+        return cls.with_classifier(classifier, verifier_file, calibration_file, preprocess_file_)
+
+    @classmethod
+    def with_classifier(
+        cls, classifier: Any, verifier_file: Path, calibration_file: Path, preprocess_file_: Path
+    ) -> SignatureClassifier:
+        """`from_files` for a Keras classifier already in memory (registration has just loaded it)."""
         settings, top_k = read_model_file(preprocess_file_, "the preprocessing settings", read_preprocess)
         return cls(
-            read_model_file(classifier_file, "a Keras model", keras.models.load_model),
+            classifier,
             read_model_file(verifier_file, "the verifier", load_verifier),
             read_model_file(calibration_file, "the calibration", read_calibration),
             settings,

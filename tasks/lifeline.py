@@ -223,11 +223,14 @@ def start_guarded_prefect_server() -> int | None:
     finds it running) and gives it a watcher. Returns the server's pid, or None when an API is
     configured or the temporary server is turned off (`PREFECT_SERVER_ALLOW_EPHEMERAL_MODE`).
     """
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
         return None
+    # Imported only when needed: the server's modules take seconds to import (a stage process that
+    # talks to a running server never loads them).
+    from prefect.server.api.server import SubprocessASGIServer
+
     server = SubprocessASGIServer()
     server.start()
     if server.server_process is None:

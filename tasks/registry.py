@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from tasks.inference import (
     IMAGE_COLUMN,
     PATH_COLUMN,
 )
-from tasks.model_files import ARTIFACT_DIGESTS, write_digests
+from tasks.model_files import ARTIFACT_DIGESTS, read_model_file, write_digests
 from tasks.paths import ProjectPaths
 
 CHAMPION = "champion"
@@ -172,20 +173,21 @@ def write_preprocess_artifact(settings: PreprocessSettings, top_k: int, folder: 
     return path
 
 
-def write_serving_classifier(classifier_file: Path, folder: Path) -> Path:
-    """The classifier file to package for serving: `classifier_file` itself when it computes in
-    float32, else a float32 copy written into `folder` (mixed precision is a training-time choice)."""
+def write_serving_classifier(classifier_file: Path, folder: Path) -> tuple[Path, Any]:
+    """The classifier file to package for serving and the model it holds: `classifier_file` itself
+    when it computes in float32, else a float32 copy written into `folder` (mixed precision is a
+    training-time choice). The loaded model is returned so that registration loads it only once."""
     import keras
 
     from tasks.model import float32_copy
 
-    classifier = keras.models.load_model(classifier_file, compile=False)
+    classifier = read_model_file(classifier_file, "a Keras model", partial(keras.models.load_model, compile=False))
     serving = float32_copy(classifier)
     if serving is classifier:
-        return classifier_file
+        return classifier_file, classifier
     path = folder / classifier_file.name
     serving.save(path)
-    return path
+    return path, serving
 
 
 def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k: int, example_image: Path) -> str:
@@ -204,11 +206,11 @@ def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k:
 
     with tempfile.TemporaryDirectory() as scratch:
         preprocess = write_preprocess_artifact(settings, top_k, Path(scratch))
-        classifier_file = write_serving_classifier(paths.classifier_file, Path(scratch))
         example = pd.DataFrame({PATH_COLUMN: [str(example_image)]})
         try:
-            model = SignatureClassifier.from_files(
-                classifier_file, paths.verifier_file, paths.calibration_file, preprocess
+            classifier_file, classifier = write_serving_classifier(paths.classifier_file, Path(scratch))
+            model = SignatureClassifier.with_classifier(
+                classifier, paths.verifier_file, paths.calibration_file, preprocess
             )
         except ModelFileError as error:
             raise ModelFileError(f"{error}; rerun the stage that writes it (`dvc repro`)") from error
