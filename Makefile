@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,dev,spark
 PYTEST_ARGS ?=
 TEST_WORKERS ?= auto
 
@@ -43,7 +43,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --constraint constraints.txt --editable ".[$(EXTRAS)]"
 	touch $@
 
-venv: $(VENV)/.installed ## Create .venv and install the project (EXTRAS=cpu,dev by default; cuda, gdrive, kaggle too).
+venv: $(VENV)/.installed ## Create .venv and install the project (EXTRAS=cpu,dev,spark by default; cuda, gdrive, kaggle too).
 
 demo: venv ## Run the whole pipeline offline on the generated dataset through the Prefect flow, then show the metrics.
 	python -m flows.pipeline

@@ -122,20 +122,15 @@ def described_model(model_uri: str) -> str:
     return f"{model_uri} (version {version})"
 
 
-def load_signature_model(model_uri: str | None, params_file: Path):  # -> SignatureClassifier
-    """Load the packaged model (pointing MLflow at the workspace store), or exit with one line."""
+def resolve_model_uri(model_uri: str | None, params_file: Path) -> str:
+    """`model_uri`, or the workspace's champion (`models:/<register.model_name>@champion`), with
+    MLflow pointed at the workspace's store (or MLFLOW_TRACKING_URI's server); exits with one line
+    when the parameter file cannot say which model."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    from flows._stage import quiet_environment
-    from flows.quiet import import_tensorflow
     from tasks.config import ConfigError, RegisterParams, load_group
-    from tasks.errors import ModelFileError
-    from tasks.inference import ACCEPT_PATHS
     from tasks.tracking import tracking_uri
 
-    quiet_environment()
-    import_tensorflow()  # before MLflow loads the model, which imports it
     paths = ProjectPaths.from_root(params_file.resolve().parent)
     if model_uri is None:
         try:
@@ -145,6 +140,22 @@ def load_signature_model(model_uri: str | None, params_file: Path):  # -> Signat
             raise typer.Exit(code=1) from error
         model_uri = f"models:/{name}@champion"
     mlflow.set_tracking_uri(tracking_uri(paths))
+    return model_uri
+
+
+def load_signature_model(model_uri: str | None, params_file: Path):  # -> SignatureClassifier
+    """Load the packaged model (pointing MLflow at the workspace store), or exit with one line."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from flows._stage import quiet_environment
+    from flows.quiet import import_tensorflow
+    from tasks.errors import ModelFileError
+    from tasks.inference import ACCEPT_PATHS
+
+    quiet_environment()
+    import_tensorflow()  # before MLflow loads the model, which imports it
+    model_uri = resolve_model_uri(model_uri, params_file)
     try:
         # Local use: the model may open the files named on the command line (the served model may not).
         return mlflow.pyfunc.load_model(model_uri, model_config={ACCEPT_PATHS: True}).unwrap_python_model().model
@@ -233,6 +244,63 @@ def verify(
     typer.echo(f"{verdict}\t{image}\twriter {writer}\tscore {score:.3f}\tthreshold {signature_model.threshold:.3f}")
     if not accepted:
         raise typer.Exit(code=2)
+
+
+@app.command()
+def score(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder of images, or a listing: a .csv with 'path' (and 'claimed_writer') columns, "
+            "or a text file of paths."
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet folder to write, one row per image.")],
+    model: ModelOption = None,
+    master: Annotated[
+        str, typer.Option("--master", help="Spark master: local[N] here, a cluster's URL (spark://host:7077).")
+    ] = "local[*]",
+    partitions: Annotated[
+        int | None, typer.Option("--partitions", min=1, help="Spark partitions (default: Spark's default parallelism).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
+) -> None:
+    """Score many images on Apache Spark (MLflow's spark_udf): writer or unknown, confidence, the
+    verdict on a claimed writer, error, as Parquet. An image that cannot be read gets its own error row."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    from flows._stage import quiet_environment
+    from flows.quiet import jvm_output_silenced, spark_log_level
+    from tasks.batch_scoring import check_output, read_listing, score_listing, spark_session
+    from tasks.errors import ConfigError
+
+    quiet_environment()
+    started = time.perf_counter()
+    try:
+        listing = read_listing(source)  # a wrong source or output is reported before Spark starts
+        check_output(output, overwrite)
+        model_uri = resolve_model_uri(model, params)
+        with jvm_output_silenced():
+            spark = spark_session(master, spark_log_level())
+    except ConfigError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(f"scoring {len(listing)} images on Spark {master}; progress: {spark.sparkContext.uiWebUrl}")
+    try:
+        summary = score_listing(spark, model_uri, listing, output, partitions, overwrite)
+    except MlflowException as error:
+        typer.echo(f"error: model {model_uri} cannot be loaded ({str(error).splitlines()[0]})", err=True)
+        raise typer.Exit(code=1) from error
+    finally:
+        spark.stop()
+    seconds = time.perf_counter() - started
+    typer.echo(
+        f"scored {summary.images} images with {model_uri} in {seconds:.1f} s "
+        f"({summary.images / seconds:.1f} images/s), {summary.errors} with an error: {summary.output}"
+    )
 
 
 if __name__ == "__main__":

@@ -28,15 +28,21 @@ from contextlib import contextmanager
 
 # The C++ loggers' levels, read when each library loads: TF_CPP_MIN_LOG_LEVEL 3 keeps TensorFlow's
 # (and XLA's, absl's) to fatal errors, GRPC_VERBOSITY gRPC's to errors.
+# MLflow's own level (it configures its loggers when imported) and its artifact progress bars.
 QUIET_LIBRARY_ENVIRONMENT = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "GRPC_VERBOSITY": "ERROR",
+    "MLFLOW_LOGGING_LEVEL": "ERROR",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 # Python packages whose warnings and log records below ERROR are not shown.
-QUIET_PACKAGES = ("absl", "keras", "mlflow", "tensorflow")
+QUIET_PACKAGES = ("absl", "keras", "mlflow", "tensorflow", "pyspark", "py4j")
 QUIET_LOG_LEVEL = logging.ERROR
 STDERR_FD = 2
 QUIET_STATE = {"on": False}  # set by quiet_libraries: import TensorFlow with its C++ notices silenced
+# Spark's own log level (its JVM logs through log4j): errors only when quiet, Spark's default otherwise.
+SPARK_QUIET_LOG_LEVEL = "ERROR"
+SPARK_DEFAULT_LOG_LEVEL = "WARN"
 
 
 def quiet_libraries() -> None:
@@ -69,3 +75,20 @@ def import_tensorflow() -> None:
         return
     with stderr_silenced():
         import tensorflow  # noqa: F401
+
+
+def spark_log_level() -> str:
+    """The log level a Spark session of a `sigpipe` command gets: errors only, unless --verbose."""
+    return SPARK_QUIET_LOG_LEVEL if QUIET_STATE["on"] else SPARK_DEFAULT_LOG_LEVEL
+
+
+@contextmanager
+def jvm_output_silenced() -> Iterator[None]:
+    """After `quiet_libraries`, the block runs with stderr on /dev/null, so a JVM started in it (Spark's
+    driver, and the Python workers it starts) writes its start-up notices, log lines and progress
+    bars nowhere; its failures still reach this process as exceptions. Without quiet: no change."""
+    if not QUIET_STATE["on"]:
+        yield
+        return
+    with stderr_silenced():
+        yield

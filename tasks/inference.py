@@ -6,8 +6,9 @@ stage's preprocessing settings (applied with the same code, `tasks.images`), the
 the verifier accepts the claim that this writer signed (its score reaches the calibrated
 threshold), else `unknown` with class id = number of writers (the reference's convention); the
 confidence is the top writer's calibrated probability. Verifying a claim ("did W sign this?")
-compares the verifier's score for W with the same threshold. One unreadable image gets an error
-in its own row; the others are still answered.
+compares the verifier's score for W with the same threshold; an input row may carry such a claim
+(`claimed_writer`, as a bank's cheque names its account holder), answered in the same pass. One
+unreadable image gets an error in its own row; the others are still answered.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,23 @@ from tasks.scores import softmax
 from tasks.verifier import WriterVerifier, load_verifier
 
 UNKNOWN_WRITER = "unknown"
-OUTPUT_COLUMNS = ("input", "writer", "class_id", "confidence", "verification_score", "top_k", "error")
-NULLABLE_COLUMNS = ("confidence", "verification_score")  # no number for an input that could not be read
+OUTPUT_COLUMNS = (
+    "input",
+    "writer",
+    "class_id",
+    "confidence",
+    "verification_score",
+    "top_k",
+    "claimed_writer",
+    "claim_score",
+    "claim_accepted",
+    "error",
+)
+# No number for an input that could not be read, and no claim result for a row that claims nobody.
+NULLABLE_COLUMNS = ("confidence", "verification_score", "claim_score", "claim_accepted")
 PATH_COLUMN = "path"
 IMAGE_COLUMN = "image"
+CLAIM_COLUMN = "claimed_writer"  # optional input: the writer a row claims signed its image
 ARTIFACT_CLASSIFIER = "classifier"
 ARTIFACT_CALIBRATION = "calibration"
 ARTIFACT_PREPROCESS = "preprocess"
@@ -64,6 +78,7 @@ class InputItem:
     name: str
     source: Path | bytes | None
     error: str = ""
+    claim: str = ""  # the writer this input claims signed it, as the caller names it ("" for none)
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,9 @@ class Answer:
     verification_score: float
     top_k: list[tuple[str, float]]
     error: str = ""
+    claimed_writer: str = ""  # the model's id of the claimed writer ("" when the input claims nobody)
+    claim_score: float = float("nan")  # the verifier's score of that claim
+    claim_accepted: bool | None = None  # whether the score reaches the calibrated threshold
 
     @classmethod
     def failed(cls, name: str, error: str) -> Answer:
@@ -92,6 +110,9 @@ class Answer:
             "confidence": self.confidence,
             "verification_score": self.verification_score,
             "top_k": json.dumps([[writer, round(probability, 6)] for writer, probability in self.top_k]),
+            "claimed_writer": self.claimed_writer,
+            "claim_score": self.claim_score,
+            "claim_accepted": self.claim_accepted,
             "error": self.error,
         }
 
@@ -138,7 +159,17 @@ def is_missing(value: object) -> bool:
 
 def frame_items(frame: Any, accept_paths: bool, max_bytes: int | None) -> list[InputItem]:
     """One InputItem per row of a DataFrame: its `image` cell (base64 text or bytes) when set, else
-    its `path` cell. Raises ModelInputError, naming the columns read, when the frame has neither."""
+    its `path` cell, with the row's `claimed_writer` when that column is there. Raises
+    ModelInputError, naming the columns read, when the frame has neither image nor path."""
+    items = frame_images(frame, accept_paths, max_bytes)
+    if CLAIM_COLUMN not in frame.columns:
+        return items
+    claims = ["" if is_missing(claim) else str(claim).strip() for claim in frame[CLAIM_COLUMN].tolist()]
+    return [replace(item, claim=claim) for item, claim in zip(items, claims, strict=True)]
+
+
+def frame_images(frame: Any, accept_paths: bool, max_bytes: int | None) -> list[InputItem]:
+    """The image of each row of a DataFrame (`frame_items` without the claims)."""
     if IMAGE_COLUMN not in frame.columns and PATH_COLUMN not in frame.columns:
         expected = f"an '{IMAGE_COLUMN}' column (base64 of each image file's bytes)"
         if accept_paths:
@@ -336,23 +367,36 @@ class SignatureClassifier:
         probabilities, claims = self.scores(np.stack(usable)) if usable else (np.zeros((0, 0)), np.zeros((0, 0)))
         rows = iter(zip(probabilities, claims, strict=True))
         return [
-            self.answer(item.name, *next(rows)) if image is not None else Answer.failed(item.name, error)
+            self.answer(item, *next(rows)) if image is not None else Answer.failed(item.name, error)
             for item, (image, error) in chunk
         ]
 
-    def answer(self, name: str, probabilities: np.ndarray, claims: np.ndarray) -> Answer:
-        """The answer for one image: the top writer if the verifier accepts that it signed, else unknown."""
+    def answer(self, item: InputItem, probabilities: np.ndarray, claims: np.ndarray) -> Answer:
+        """The answer for one image: the top writer if the verifier accepts that it signed, else
+        unknown; and the verdict on the writer the input claims, if it claims one."""
         ranked = np.argsort(-probabilities, kind="stable")[: self.top_k]
         best = int(ranked[0])
         accepted = bool(claims[best] >= self.threshold)
-        return Answer(
-            input=name,
+        answer = Answer(
+            input=item.name,
             writer=self.classes[best] if accepted else UNKNOWN_WRITER,
             class_id=best if accepted else self.unknown_class_id,
             confidence=float(probabilities[best]),
             verification_score=float(claims[best]),
             top_k=[(self.classes[position], float(probabilities[position])) for position in ranked],
         )
+        return self.with_claim(answer, item.claim, claims) if item.claim else answer
+
+    def with_claim(self, answer: Answer, claim: str, claims: np.ndarray) -> Answer:
+        """`answer` with the verdict on `claim` (a writer as the caller names it, `match_writer`) from
+        the image's verifier scores `claims`; a writer the model does not know leaves the claim
+        unanswered and says why in `error` (the identification stands)."""
+        try:
+            writer = match_writer(claim, self.classes)
+        except ModelInputError as unknown:
+            return replace(answer, error=str(unknown))
+        score = float(claims[self.classes.index(writer)])
+        return replace(answer, claimed_writer=writer, claim_score=score, claim_accepted=score >= self.threshold)
 
     def claim_score(self, item: InputItem, writer: str) -> tuple[float, bool, str]:
         """Verification: the verifier's score of the claim that `writer` signed, whether it reaches the

@@ -30,6 +30,7 @@ from tasks.inference import (
     ARTIFACT_CLASSIFIER,
     ARTIFACT_PREPROCESS,
     ARTIFACT_VERIFIER,
+    CLAIM_COLUMN,
     IMAGE_COLUMN,
     PATH_COLUMN,
 )
@@ -206,7 +207,6 @@ def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k:
 
     with tempfile.TemporaryDirectory() as scratch:
         preprocess = write_preprocess_artifact(settings, top_k, Path(scratch))
-        example = pd.DataFrame({PATH_COLUMN: [str(example_image)]})
         try:
             classifier_file, classifier = write_serving_classifier(paths.classifier_file, Path(scratch))
             model = SignatureClassifier.with_classifier(
@@ -214,9 +214,15 @@ def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k:
             )
         except ModelFileError as error:
             raise ModelFileError(f"{error}; rerun the stage that writes it (`dvc repro`)") from error
+        # The example claims a writer, so the claim columns get their types (string, double, boolean).
+        example = pd.DataFrame({PATH_COLUMN: [str(example_image)], CLAIM_COLUMN: [model.classes[0]]})
         outputs = infer_signature(example, answers_frame(model.answers(items_from(example)))).outputs
         inputs = Schema(
-            [ColSpec("string", PATH_COLUMN, required=False), ColSpec("string", IMAGE_COLUMN, required=False)]
+            [
+                ColSpec("string", PATH_COLUMN, required=False),
+                ColSpec("string", IMAGE_COLUMN, required=False),
+                ColSpec("string", CLAIM_COLUMN, required=False),
+            ]
         )
         signature = ModelSignature(inputs=inputs, outputs=outputs)
         files = {

@@ -207,7 +207,7 @@ def test_load_by_alias_and_predict_paths_and_base64(trained: ProjectPaths, tmp_p
     assert by_bytes["confidence"].iloc[0] == pytest.approx(answers["confidence"].iloc[0], abs=1e-5)
     assert "not valid base64" in by_bytes["error"].iloc[1]
     signature = model.metadata.get_input_schema().input_names()
-    assert set(signature) == {"path", "image"}
+    assert set(signature) == {"path", "image", "claimed_writer"}
     # Loaded as `mlflow models serve` loads it (no model_config): paths are refused, bytes are read.
     served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     refused = served.predict(pd.DataFrame({"path": [str(images[0])]}))

@@ -124,3 +124,28 @@ def test_verification_claim_uses_the_claimed_writers_verifier_score(signature_fi
     assert classifier.claim_score(item, "a") == (pytest.approx(grey / 255, rel=1e-5), False, "")
     assert classifier.claim_score(item, "c")[1] is False
     assert "not one the model knows" in classifier.claim_score(item, "z")[2]
+
+
+def test_a_row_claiming_a_writer_gets_that_claims_score_and_verdict(signature_file: Path) -> None:
+    """The `claimed_writer` column is answered in the same pass as the identification, with the
+    verifier's score for the claimed writer (not the top one) and the calibrated threshold."""
+    grey = mean_grey(signature_file)
+    classifier = model(threshold=1.0 * grey / 255 + 0.01)
+    frame = pd.DataFrame({"path": [str(signature_file)] * 4, "claimed_writer": ["b", "a", "", "z"]})
+    claimed_b, claimed_a, no_claim, unknown = classifier.answers(items_from(frame))
+    assert claimed_b.writer == claimed_a.writer == no_claim.writer == "b"  # the identification is the same
+    assert (claimed_b.claimed_writer, claimed_b.claim_accepted) == ("b", True)
+    assert claimed_b.claim_score == pytest.approx(2 * grey / 255, rel=1e-5)
+    assert (claimed_a.claimed_writer, claimed_a.claim_accepted) == ("a", False)
+    assert claimed_a.claim_score == pytest.approx(grey / 255, rel=1e-5)
+    assert (no_claim.claimed_writer, no_claim.claim_accepted, no_claim.error) == ("", None, "")
+    assert unknown.claim_accepted is None and "not one the model knows" in unknown.error
+    rows = answers_frame([claimed_b, no_claim])
+    assert rows["claim_accepted"].tolist() == [True, None] and rows["claim_score"].tolist()[1] is None
+
+
+def test_a_claim_names_the_writer_as_the_dataset_does(signature_file: Path) -> None:
+    calibration = {"classes": ["001", "002", "003"], "temperature": 1.0, "threshold": 0.0, "unknown_class_id": 3}
+    classifier = SignatureClassifier(tiny_classifier(), tiny_verifier(), calibration, SETTINGS, top_k=2)
+    answer = classifier.answers(items_from(pd.DataFrame({"path": [str(signature_file)], "claimed_writer": [2]})))[0]
+    assert (answer.claimed_writer, answer.claim_accepted) == ("002", True)
