@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
-EXTRAS ?= cpu,dev,spark
+EXTRAS ?= cpu,dev,spark,team
 PYTEST_ARGS ?=
 TEST_WORKERS ?= auto
 
@@ -25,7 +25,7 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast lint format status clean up down screenshots
+.PHONY: help venv demo test test-fast lint format status clean up down team-up team-down screenshots
 
 RUN_DIR := .run
 PREFECT_PORT ?= 4200
@@ -43,7 +43,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --constraint constraints.txt --editable ".[$(EXTRAS)]"
 	touch $@
 
-venv: $(VENV)/.installed ## Create .venv and install the project (EXTRAS=cpu,dev,spark by default; cuda, gdrive, kaggle too).
+venv: $(VENV)/.installed ## Create .venv and install the project (EXTRAS=cpu,dev,spark,team by default; cuda, gdrive, kaggle too).
 
 demo: venv ## Run the whole pipeline offline on the generated dataset through the Prefect flow, then show the metrics.
 	python -m flows.pipeline
@@ -100,6 +100,12 @@ down: ## Stop what `make up` started (TERM, then KILL after 10 s).
 	    kill -9 $$pid 2>/dev/null; rm -f $(RUN_DIR)/$$name.pid; echo "stopped $$name"; \
 	  fi; \
 	done
+
+team-up: venv ## Start PostgreSQL-backed Prefect and MLflow servers and the shared DVC remote (flows/team.py).
+	python -m flows.team up
+
+team-down: ## Stop what `make team-up` started; the databases are kept for the next team-up.
+	python -m flows.team down
 
 screenshots: venv ## After make up and a deployment run: the Prefect run and MLflow runs table as PNGs in docs/images (needs chromium).
 	python docs/ui_screenshots.py --prefect-url http://127.0.0.1:$(PREFECT_PORT) --mlflow-url http://127.0.0.1:$(MLFLOW_PORT)

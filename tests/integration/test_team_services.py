@@ -1,0 +1,120 @@
+"""`python -m flows.team up/down` (`make team-up`/`team-down`): a real PostgreSQL cluster behind the
+Prefect server and the MLflow tracking server, MLflow's artifacts served from the shared folder,
+and the shared DVC remote; everything written survives a restart of all of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.test_pipeline_flows import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team")]
+
+TEAM_TIMEOUT_SECONDS = 600
+EXPERIMENT = "team-services-test"
+MODEL = "team-services-model"
+FLOW = "team-services-flow"
+
+
+def team(command: str, workspace: Path, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.team", command],
+        cwd=workspace,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=TEAM_TIMEOUT_SECONDS,
+    )
+
+
+@pytest.fixture
+def team_dir(tmp_path: Path) -> Iterator[Path]:
+    """The team folder, where PostgreSQL (run as the postgres user when tests run as root) can reach it:
+    pytest's own temporary folders are private to the test's user."""
+    folder = Path(tempfile.mkdtemp(prefix="sigpipe-team-"))
+    folder.chmod(0o755)
+    yield folder / "team"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def team_environment(tmp_path: Path, team_dir: Path) -> dict[str, str]:
+    environment = {name: value for name, value in os.environ.items() if not name.startswith(("PREFECT_", "MLFLOW_"))}
+    environment.update(
+        SIGPIPE_TEAM_DIR=str(team_dir),
+        SIGPIPE_TEAM_SHARED=str(tmp_path / "shared"),
+        SIGPIPE_POSTGRES_PORT=str(free_port()),
+        PREFECT_PORT=str(free_port()),
+        MLFLOW_PORT=str(free_port()),
+        DVC_NO_ANALYTICS="1",
+    )
+    return environment
+
+
+def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
+    tmp_path: Path, team_dir: Path, team_environment: dict[str, str]
+) -> None:
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=workspace, env=team_environment, check=True)
+    mlflow_url = f"http://127.0.0.1:{team_environment['MLFLOW_PORT']}"
+    prefect_url = f"http://127.0.0.1:{team_environment['PREFECT_PORT']}/api"
+    try:
+        up = team("up", workspace, team_environment)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"export PREFECT_API_URL={prefect_url} MLFLOW_TRACKING_URI={mlflow_url}" in up.stdout
+        password_file = team_dir / "postgres.password"
+        assert password_file.stat().st_mode & 0o077 == 0  # readable by its owner only
+
+        # MLflow: a run, a metric, an artifact uploaded through the server, a registered model.
+        client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
+        run = client.create_run(client.create_experiment(EXPERIMENT))
+        client.log_metric(run.info.run_id, "accuracy", 0.875)
+        client.log_text(run.info.run_id, "kept", "notes/kept.txt")
+        client.create_registered_model(MODEL)
+        stored = list((tmp_path / "shared" / "mlflow-artifacts").rglob("kept.txt"))
+        assert len(stored) == 1 and stored[0].read_text() == "kept"  # in the shared folder, sent by the server
+        # Prefect: a flow record in its PostgreSQL database.
+        with temporary_settings({PREFECT_API_URL: prefect_url}), get_client(sync_client=True) as prefect:
+            flow_id = prefect.create_flow_from_name(FLOW)
+        # DVC: data pushed to the shared remote.
+        (workspace / "data.txt").write_text("versioned\n")
+        for command in (["dvc", "add", "-q", "data.txt"], ["dvc", "push", "-q"]):
+            subprocess.run(command, cwd=workspace, env=team_environment, check=True, capture_output=True)
+        assert "remote = team" in (workspace / ".dvc" / "config").read_text()
+        assert any(path.is_file() for path in (tmp_path / "shared" / "dvc-remote").rglob("*"))
+
+        down = team("down", workspace, team_environment)
+        assert down.returncode == 0 and "postgres" in down.stdout, down.stdout + down.stderr
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{mlflow_url}/health", timeout=5)
+
+        again = team("up", workspace, team_environment)
+        assert again.returncode == 0, again.stdout + again.stderr
+        client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
+        assert client.get_run(run.info.run_id).data.metrics == {"accuracy": 0.875}
+        assert client.get_registered_model(MODEL).name == MODEL
+        downloaded = client.download_artifacts(run.info.run_id, "notes/kept.txt", str(tmp_path / "download"))
+        assert Path(downloaded).read_text() == "kept"
+        with temporary_settings({PREFECT_API_URL: prefect_url}), get_client(sync_client=True) as prefect:
+            assert prefect.read_flow_by_name(FLOW).id == flow_id
+        (workspace / "data.txt").unlink()
+        subprocess.run(["dvc", "pull", "-q"], cwd=workspace, env=team_environment, check=True, capture_output=True)
+        assert (workspace / "data.txt").read_text() == "versioned\n"
+    finally:
+        final = team("down", workspace, team_environment)
+    assert final.returncode == 0
+    assert "nothing was running" in team("down", workspace, team_environment).stdout
