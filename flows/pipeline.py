@@ -1,4 +1,5 @@
-"""The whole pipeline as one Prefect flow: download -> prepare -> train -> evaluate -> calibrate -> register.
+"""The whole pipeline as one Prefect flow: download -> prepare -> train -> evaluate -> calibrate -> register,
+then `dvc push` of the outputs when the repository has a default DVC remote (a team's).
 
 Each stage is a task that runs `dvc repro --single-item <stage>`, so DVC decides what is up to date
 and records what ran: after this flow `dvc status` is clean, and after `dvc repro` this flow skips
@@ -34,6 +35,7 @@ from tasks.orchestration import (
     PIPELINE_STAGES,
     StageOutcome,
     apply_overrides,
+    push_outputs,
     read_json_if_present,
     report_markdown,
     run_dvc_stage,
@@ -47,6 +49,8 @@ REPORT_KEY = "signature-pipeline-report"
 TIMINGS_KEY = "signature-pipeline-timings"
 DOWNLOAD_RETRIES = 3
 DOWNLOAD_RETRY_DELAYS_SECONDS = [10, 30, 90]
+PUSH_RETRIES = 2
+PUSH_RETRY_DELAYS_SECONDS = [10, 60]
 DEFAULT_LOCK_TIMEOUT_SECONDS = 600.0
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 # A worker hands its flow run to the process it starts in this variable; the stages are not that run.
@@ -69,6 +73,15 @@ def run_stage(stage: str, root: Path, environment: dict[str, str]) -> StageOutco
         )
     )
     return outcome
+
+
+@task(name="dvc-push", cache_policy=NO_CACHE, retries=PUSH_RETRIES, retry_delay_seconds=PUSH_RETRY_DELAYS_SECONDS)
+def push_task(root: Path, environment: dict[str, str]) -> str | None:
+    """Share what the stages produced: `dvc push` to the default remote when one is set (a team's,
+    `make team-up`), so a second clone gets the same data and models with `dvc pull`."""
+    pushed = push_outputs(root, environment)
+    print(f"dvc push: {pushed}" if pushed else "dvc push: no default DVC remote, nothing shared")
+    return pushed
 
 
 def prefect_api_url() -> str | None:
@@ -127,6 +140,7 @@ def pipeline_flow(
             if stage == "download":
                 options.update(retries=DOWNLOAD_RETRIES, retry_delay_seconds=DOWNLOAD_RETRY_DELAYS_SECONDS)
             outcomes.append(run_stage.with_options(**options)(stage, paths.root, environment))
+        push_task(paths.root, environment)
     metrics = {
         "evaluate": read_json_if_present(paths.evaluate_details_file),
         "calibrate": read_json_if_present(paths.calibrate_details_file),

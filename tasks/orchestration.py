@@ -182,6 +182,32 @@ def run_dvc_stage(stage: str, root: Path, environment: Mapping[str, str]) -> Sta
     return StageOutcome(stage, RAN_MARKER.format(stage=stage) in output, seconds, stage_messages(output))
 
 
+def default_dvc_remote(root: Path, environment: Mapping[str, str]) -> str | None:
+    """The name of the repository's default DVC remote (`dvc remote add -d`), or None without one."""
+    result = subprocess.run(
+        ["dvc", "remote", "default"], cwd=root, env=dict(environment), capture_output=True, text=True, check=False
+    )
+    name = result.stdout.strip()
+    return name if result.returncode == 0 and name else None
+
+
+def push_outputs(root: Path, environment: Mapping[str, str]) -> str | None:
+    """`dvc push` the stages' cached outputs (data, models) to the default remote, so another clone
+    can `dvc pull` them; returns DVC's summary line, or None when no default remote is set (a
+    single-machine workspace: nothing to share). A failed push raises StageFailedError with DVC's output."""
+    remote = default_dvc_remote(root, environment)
+    if remote is None:
+        return None
+    result = subprocess.run(["dvc", "push"], cwd=root, env=dict(environment), capture_output=True, text=True)
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        raise StageFailedError(
+            f"dvc push to remote '{remote}' failed (exit {result.returncode}):\n{output[-OUTPUT_TAIL_CHARACTERS:]}"
+        )
+    summary = output.splitlines()[-1] if output else "nothing to push"
+    return f"remote '{remote}': {summary}"
+
+
 def read_json_if_present(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 

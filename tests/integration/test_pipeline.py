@@ -3,6 +3,7 @@ state with DVC; an invalid override refused; and the same flow run from a deploy
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -84,12 +85,17 @@ def test_pipeline_flow_shares_state_with_dvc(workspace: Path, subprocess_env: di
 
     edit_params(workspace / "params.yaml", TINY_PIPELINE)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=workspace, env=subprocess_env, check=True)
+    remote = workspace.parent / "team-remote"  # a team's shared DVC remote (make team-up adds one)
+    subprocess.run(["dvc", "remote", "add", "-d", "team", str(remote)], cwd=workspace, env=subprocess_env, check=True)
     params_file = str(workspace / "params.yaml")
 
     first_state = pipeline_flow(params_file, overrides={"train.epochs": 2}, return_state=True)
     first = first_state.result()
     assert [row["stage"] for row in first] == list(PIPELINE_STAGES)
     assert all(row["ran"] for row in first)
+    # The outputs went to the remote: what a second clone's `dvc pull` gets (the classifier among them).
+    classifier_digest = hashlib.md5((workspace / "models" / "classifier.keras").read_bytes()).hexdigest()
+    assert any(path.name == classifier_digest[2:] for path in remote.rglob("*") if path.is_file())
     assert yaml.safe_load((workspace / "params.yaml").read_text())["train"]["epochs"] == 2  # recorded in the file
     status = subprocess.run(["dvc", "status"], cwd=workspace, env=subprocess_env, capture_output=True, text=True)
     assert "up to date" in status.stdout
