@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tasks.errors import ArtifactStoreError
+from tasks.errors import ArtifactStoreError, ConfigError
 from tasks.files import sha256_file
 from tasks.lifeline import is_alive
 from tasks.paths import ProjectPaths
@@ -38,11 +38,45 @@ UI_CLASSIC_ML_QUERY = "workflowType=machine_learning"
 # Run names read "train · mlp head · cached · 150 px · data 3f2a1c": the stage, then what tells runs apart.
 RUN_NAME_SEPARATOR = " · "
 DATA_VERSION_SHOWN = 6  # leading characters of the data version (manifest SHA-256) in a run name
+# A tracking server is asked once whether it is up before a stage logs anything to it: MLflow's own
+# client would retry a dead server with backoff for minutes and then fail with a stack trace.
+SERVER_SCHEMES = ("http://", "https://")
+HEALTH_PATH = "/health"
+HEALTH_TIMEOUT_SECONDS = 10
+HEALTH_ATTEMPTS = 3
+HEALTH_RETRY_SECONDS = 2.0
 
 
 def tracking_uri(paths: ProjectPaths) -> str:
     """The tracking URI: the environment's if set, else the workspace's SQLite store (absolute)."""
     return os.environ.get(TRACKING_URI_VARIABLE) or paths.mlflow_tracking_uri
+
+
+def check_tracking_server(uri: str) -> None:
+    """For a tracking server (http or https URI), that it answers its health check, asked a few
+    times over a few seconds (a server restarting); a store that is a database or a folder is not
+    checked. Raises ConfigError naming the server and what to do."""
+    import time
+
+    import requests
+
+    if not uri.startswith(SERVER_SCHEMES):
+        return
+    reason = ""
+    for attempt in range(HEALTH_ATTEMPTS):
+        try:
+            response = requests.get(uri.rstrip("/") + HEALTH_PATH, timeout=HEALTH_TIMEOUT_SECONDS)
+            if response.ok:
+                return
+            reason = f"HTTP {response.status_code}"
+        except requests.RequestException as error:
+            reason = type(error).__name__
+        if attempt + 1 < HEALTH_ATTEMPTS:
+            time.sleep(HEALTH_RETRY_SECONDS)
+    raise ConfigError(
+        f"the MLflow tracking server {uri} ({TRACKING_URI_VARIABLE}) does not answer ({reason}): start it "
+        f"(make team-up, or make up), or unset {TRACKING_URI_VARIABLE} to log to this workspace's own store"
+    )
 
 
 def ensure_experiment(paths: ProjectPaths, name: str) -> str:
@@ -55,6 +89,7 @@ def ensure_experiment(paths: ProjectPaths, name: str) -> str:
     import mlflow
 
     uri = tracking_uri(paths)
+    check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
