@@ -118,3 +118,100 @@ def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
         final = team("down", workspace, team_environment)
     assert final.returncode == 0
     assert "nothing was running" in team("down", workspace, team_environment).stdout
+
+
+# The README's team sequence, in a clone of the project's pipeline files: a deployment run by a
+# process worker against the team's servers, then a second clone that pulls and predicts.
+TEAM_SEQUENCE = """set -euo pipefail
+python -m flows.team up
+export PREFECT_API_URL MLFLOW_TRACKING_URI
+prefect work-pool create signature-pool --type process --overwrite > /dev/null
+SIGPIPE_ROOT=$PWD prefect --no-prompt deploy --all > deploy.log
+prefect worker start --pool signature-pool > worker.log 2>&1 &
+worker=$!
+trap 'kill $worker 2>/dev/null || true' EXIT
+prefect deployment run 'signature-pipeline/local' --watch --watch-timeout 900
+git add dvc.lock params.yaml .dvc/config && git commit -q -m "pipeline run on the team servers"
+git clone -q . ../second-clone && cd ../second-clone
+dvc pull -q
+dvc metrics show --json > ../second-metrics.json
+sigpipe predict data/raw/UTSig/Genuine/1/1.tif --json > ../second-predict.json
+"""
+SEQUENCE_TIMEOUT_SECONDS = 1500
+TINY_TEAM_PIPELINE = {
+    "synthetic": {"writers": 3, "genuine_per_writer": 9, "skilled_per_writer": 2, "width": 120, "height": 80},
+    "prepare": {"image_size": 75, "workers": 1},
+    "train": {"epochs": 2, "augmented_views": 1},
+    "evaluate": {"batch_size": 16, "top_k": 2},
+    "calibrate": {"target_far": 0.2},
+}
+
+
+def test_a_second_clone_pulls_the_data_and_predicts_with_the_servers_champion(
+    tmp_path: Path, team_dir: Path, team_environment: dict[str, str]
+) -> None:
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import PROJECT_ROOT, edit_params, make_workspace
+
+    first = make_workspace(tmp_path / "first-clone")
+    for name in ("prefect.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy2(PROJECT_ROOT / name, first / name)
+    edit_params(first / "params.yaml", TINY_TEAM_PIPELINE)
+    git = ["git", "-c", "user.name=team-test", "-c", "user.email=team-test@localhost"]
+    for command in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        [*git, "commit", "-q", "-m", "clone"],
+    ):
+        subprocess.run(command, cwd=first, env=team_environment, check=True, capture_output=True)
+    environment = {
+        **team_environment,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{team_environment['PREFECT_PORT']}/api",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{team_environment['MLFLOW_PORT']}",
+        "GIT_AUTHOR_NAME": "team-test",
+        "GIT_AUTHOR_EMAIL": "team-test@localhost",
+        "GIT_COMMITTER_NAME": "team-test",
+        "GIT_COMMITTER_EMAIL": "team-test@localhost",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{team_environment.get('PATH', '')}",
+    }
+    try:
+        sequence = subprocess.run(
+            ["bash", "-c", TEAM_SEQUENCE],
+            cwd=first,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=SEQUENCE_TIMEOUT_SECONDS,
+        )
+        logs = "".join(path.read_text() for path in (first / "worker.log", first / "deploy.log") if path.exists())
+        assert sequence.returncode == 0, sequence.stdout[-4000:] + sequence.stderr[-4000:] + logs[-4000:]
+        # The model was registered on the server, and its files went through it to the shared folder.
+        client = MlflowClient(tracking_uri=environment["MLFLOW_TRACKING_URI"])
+        champion = client.get_model_version_by_alias("utsig-inceptionv3", "champion")
+        assert any((tmp_path / "shared" / "mlflow-artifacts").rglob("classifier.keras"))
+        # The second clone has the first one's numbers and answers with the server's champion,
+        # without training: it has no MLflow store of its own, and DVC finds every stage up to date.
+        second = tmp_path / "second-clone"
+        pulled = json.loads((tmp_path / "second-metrics.json").read_text())
+        shown = subprocess.run(
+            ["dvc", "metrics", "show", "--json"], cwd=first, env=environment, capture_output=True, text=True, check=True
+        )
+        assert pulled == json.loads(shown.stdout.replace(str(first), str(second)))
+        status = subprocess.run(
+            ["dvc", "status", "--json"], cwd=second, env=environment, capture_output=True, text=True, check=True
+        )
+        # Only the embedding cache, which stays on the machine that trained, is not in the clone.
+        assert set(json.loads(status.stdout)) <= {"train"} and "data/features" in status.stdout, status.stdout
+        assert "data/prepared" not in status.stdout and "classifier.keras" not in status.stdout
+        assert (second / "plots" / "roc_det.png").is_file() and (second / "metrics" / "evaluate_details.json").is_file()
+        assert not (second / "mlruns" / "mlflow.db").exists()
+        answer = json.loads((tmp_path / "second-predict.json").read_text().splitlines()[0])
+        assert answer["error"] == "" and answer["writer"] in {"001", "002", "003", "unknown"}
+        assert champion.version == "1"
+    finally:
+        team("down", first, team_environment)
