@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from flows.team import TeamSettings, start_postgres, stop_postgres
 from tests.integration.test_pipeline_flows import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team")]
@@ -97,6 +98,15 @@ def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
         assert "remote = team" in (workspace / ".dvc" / "config").read_text()
         assert any(path.is_file() for path in (tmp_path / "shared" / "dvc-remote").rglob("*"))
 
+        # PostgreSQL restarted under the running servers: they reconnect, and nothing written is lost.
+        settings = TeamSettings.from_environment(workspace, team_environment)
+        assert stop_postgres(settings)
+        start_postgres(settings)
+        client.log_metric(run.info.run_id, "accuracy", 0.9, step=1)
+        assert [metric.value for metric in client.get_metric_history(run.info.run_id, "accuracy")] == [0.875, 0.9]
+        with temporary_settings({PREFECT_API_URL: prefect_url}), get_client(sync_client=True) as prefect:
+            assert prefect.read_flow_by_name(FLOW).id == flow_id
+
         down = team("down", workspace, team_environment)
         assert down.returncode == 0 and "postgres" in down.stdout, down.stdout + down.stderr
         with pytest.raises(requests.ConnectionError):
@@ -105,7 +115,7 @@ def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
         again = team("up", workspace, team_environment)
         assert again.returncode == 0, again.stdout + again.stderr
         client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
-        assert client.get_run(run.info.run_id).data.metrics == {"accuracy": 0.875}
+        assert client.get_run(run.info.run_id).data.metrics == {"accuracy": 0.9}  # the latest step
         assert client.get_registered_model(MODEL).name == MODEL
         downloaded = client.download_artifacts(run.info.run_id, "notes/kept.txt", str(tmp_path / "download"))
         assert Path(downloaded).read_text() == "kept"
