@@ -34,6 +34,7 @@ from urllib.parse import quote
 import typer
 
 from tasks.errors import ConfigError
+from tasks.lifeline import is_alive
 
 DEFAULT_TEAM_DIR = ".team"
 DEFAULT_HOST = "127.0.0.1"
@@ -297,23 +298,13 @@ def pid_file(settings: TeamSettings, name: str) -> Path:
     return settings.run_dir / f"{name}.pid"
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_pid(settings: TeamSettings, name: str) -> int | None:
     """The pid of a server this module started, when it is still running."""
     path = pid_file(settings, name)
     if not path.is_file():
         return None
     pid = int(path.read_text().strip())
-    return pid if alive(pid) else None
+    return pid if is_alive(pid) else None
 
 
 def start_server(settings: TeamSettings, name: str, command: Sequence[str], environment: Mapping[str, str]) -> None:
@@ -401,9 +392,9 @@ def stop_server(settings: TeamSettings, name: str) -> bool:
         return False
     os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while alive(pid) and time.monotonic() < deadline:
+    while is_alive(pid) and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS / 4)
-    if alive(pid):
+    if is_alive(pid):
         os.killpg(pid, signal.SIGKILL)
     return True
 
