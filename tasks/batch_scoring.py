@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.datasets.base import is_image_file
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, ListingError
 from tasks.inference import ACCEPT_PATHS, CLAIM_COLUMN, PATH_COLUMN
 
 LISTING_COMMENT = "#"
@@ -31,10 +31,6 @@ PYTHON_VARIABLES = ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")
 PARTIAL_SUFFIX = ".partial"
 LOCAL_MASTER_PREFIX = "local"
 LOOPBACK = "127.0.0.1"
-
-
-class ListingError(ConfigError):
-    """The images to score cannot be listed: a missing source, a listing without a path column, none."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ class ConfigError(ValueError):
     """A parameter file is missing, unreadable or holds an invalid value."""
 
 
+class ListingError(ConfigError):
+    """The images to score cannot be listed: a missing source, a listing without a path column, none."""
+
+
 class DownloadError(RuntimeError):
     """The dataset could not be fetched; the message says what failed and what to do."""
 
