@@ -39,8 +39,6 @@ def main(
 
 
 ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
-LOCAL_SCHEMES = ("", "file")  # artifact locations that are folders on this machine
-MODEL_METADATA_FILE = "MLmodel"
 
 ParamsOption = Annotated[
     Path,
@@ -145,32 +143,6 @@ def resolve_model_uri(model_uri: str | None, params_file: Path) -> str:
     return model_uri
 
 
-def local_model_folder(model_uri: str) -> str:
-    """The folder of the model that `model_uri` (`models:/name@alias`) names, when its artifacts are
-    files on this machine (the workspace's own store): loaded in place, MLflow skips copying every
-    artifact to a temporary folder first. Any other URI, or one that cannot be resolved, is
-    returned unchanged (MLflow then reports what is wrong with it)."""
-    from urllib.parse import urlparse
-    from urllib.request import url2pathname
-
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    match = ALIAS_URI.fullmatch(model_uri)
-    if match is None:
-        return model_uri
-    try:
-        client = MlflowClient()
-        version = client.get_model_version_by_alias(match["name"], match["alias"]).version
-        location = urlparse(client.get_model_version_download_uri(match["name"], version))
-    except MlflowException:
-        return model_uri
-    folder = Path(url2pathname(location.path))
-    if location.scheme in LOCAL_SCHEMES and (folder / MODEL_METADATA_FILE).is_file():
-        return str(folder)
-    return model_uri
-
-
 def load_signature_model(model_uri: str | None, params_file: Path):  # -> SignatureClassifier
     """Load the packaged model (pointing MLflow at the workspace store), or exit with one line."""
     import mlflow
@@ -186,8 +158,7 @@ def load_signature_model(model_uri: str | None, params_file: Path):  # -> Signat
     model_uri = resolve_model_uri(model_uri, params_file)
     try:
         # Local use: the model may open the files named on the command line (the served model may not).
-        source = local_model_folder(model_uri)
-        return mlflow.pyfunc.load_model(source, model_config={ACCEPT_PATHS: True}).unwrap_python_model().model
+        return mlflow.pyfunc.load_model(model_uri, model_config={ACCEPT_PATHS: True}).unwrap_python_model().model
     except ModelFileError as error:
         typer.echo(f"error: {described_model(model_uri)}: {error}", err=True)
         raise typer.Exit(code=1) from error

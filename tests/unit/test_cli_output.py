@@ -76,22 +76,6 @@ def test_predict_prints_its_answer_and_nothing_else(workspace: ProjectPaths) -> 
     assert line.startswith("signature.png\t00")
 
 
-def test_the_local_champion_is_loaded_in_place_and_left_as_it_was(workspace: ProjectPaths) -> None:
-    """`models:/name@alias` in the workspace's store resolves to the model's own folder (no copy);
-    loading it there leaves no bytecode in the registry's files."""
-    import mlflow
-
-    from flows.cli import local_model_folder
-
-    mlflow.set_tracking_uri(workspace.mlflow_tracking_uri)
-    folder = Path(local_model_folder(f"models:/{MODEL_NAME}@champion"))
-    assert (folder / "MLmodel").is_file() and workspace.mlruns_dir in folder.parents
-    assert local_model_folder(f"models:/{MODEL_NAME}@no-such-alias") == f"models:/{MODEL_NAME}@no-such-alias"
-    assert local_model_folder(f"models:/{MODEL_NAME}/1") == f"models:/{MODEL_NAME}/1"
-    assert sigpipe(workspace, "predict", "signature.png").returncode == 0
-    assert not list(workspace.mlruns_dir.rglob("__pycache__"))
-
-
 def test_verify_prints_its_verdict_and_nothing_else(workspace: ProjectPaths) -> None:
     result = sigpipe(workspace, "verify", "signature.png", "--writer", "002")
     assert result.returncode == 0, result.stderr[-2000:]
