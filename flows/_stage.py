@@ -21,6 +21,7 @@ from tasks.errors import (
     NotAnArchiveError,
     PipelineBusyError,
     StageFailedError,
+    TrackingServerLostError,
     TrainingBusyError,
     TrainingDataError,
     UnsafeArchiveError,
@@ -29,6 +30,7 @@ from tasks.errors import (
 )
 from tasks.lifeline import die_with_parent, start_guarded_prefect_server
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
+from tasks.tracking import tracking_server_loss_explained
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -51,6 +53,7 @@ USER_ERRORS = (
     TrainingBusyError,
     ArtifactStoreError,
     ModelInputError,
+    TrackingServerLostError,
 )
 QUIET_ENVIRONMENT = {
     "DO_NOT_TRACK": "true",
@@ -159,13 +162,15 @@ def run_stage(stage: Flow[..., Any], params_file: str) -> None:
     """Run a stage flow on `params_file`; on a user error print one line and exit with code 1.
 
     Under DVC the stage stops when DVC dies, and Prefect's temporary API server (if any) is
-    started up front with a watcher, so that neither outlives the run (`tasks.lifeline`).
+    started up front with a watcher, so that neither outlives the run (`tasks.lifeline`). A tracking
+    server lost mid-stage is one of those user errors (`tasks.tracking.tracking_server_loss_explained`).
     """
     quiet_environment()
     die_with_parent()
     start_guarded_prefect_server()
     try:
-        call_stage(stage, params_file)
+        with tracking_server_loss_explained(stage.name):
+            call_stage(stage, params_file)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -69,6 +69,9 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         decide,
         digest_of_rows,
         log_packaged_model,
+        mark_registered,
+        pending_tags,
+        remove_abandoned_versions,
         version_removed_on_failure,
     )
     from tasks.tracking import (
@@ -127,8 +130,10 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
             **{f"metric.{key}": str(calibration.get(key)) for key in CALIBRATION_TAG_METRICS},
             **{f"param.{key}": value for key, value in flatten_params(trained_with(params)).items()},
         }
+        remove_abandoned_versions(client, name)
         champion = current_champion(client, name)
-        version = mlflow.register_model(model_uri, name, tags=tags)
+        # Pending until its alias is set: a version cut short (a lost server) is deleted by the next run.
+        version = mlflow.register_model(model_uri, name, tags={**tags, **pending_tags()})
         # The alias moves last: a failure before it deletes the new version and leaves the aliases as they were.
         with version_removed_on_failure(client, name, version.version):
             decision = decide(evaluation, manifest, champion, config.register.metric)
@@ -143,6 +148,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
                 ),
             )
             client.set_registered_model_alias(name, decision.alias, version.version)
+        mark_registered(client, name, version.version)
         result = {
             "model_name": name,
             "version": str(version.version),

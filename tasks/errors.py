@@ -76,5 +76,9 @@ class TrainingBusyError(RuntimeError):
     """Another training holds the checkpoint folder; the message names the holder."""
 
 
+class TrackingServerLostError(RuntimeError):
+    """The MLflow tracking server stopped answering while a stage was logging to it (after MLflow's retries)."""
+
+
 class ArtifactStoreError(OSError):
     """Writing to the MLflow artifact store failed (e.g. a full disk); partial files were removed."""

@@ -47,6 +47,10 @@ TAG_SELECTION_MANIFEST = "selection_manifest"
 TAG_TEST_MANIFEST = "test_manifest"
 TAG_METRIC_PREFIX = "metric."
 TAG_PARAM_PREFIX = "param."
+# A version carries this tag from its creation until its alias is set: one that keeps it after its
+# registering process is gone was cut short (a server lost, a kill) and is removed by the next run.
+TAG_REGISTRATION = "sigpipe.registration"
+PENDING = "pending"
 ARTIFACT_PARAMS = "params"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 CODE_FOLDER = Path(__file__).parent
@@ -141,14 +145,58 @@ def version_metrics(tags: dict[str, str]) -> dict[str, float | None]:
     }
 
 
+def pending_tags() -> dict[str, str]:
+    """Tags of a version being registered: pending, and the registering process (`process_tags`)."""
+    from tasks.tracking import process_tags
+
+    return {TAG_REGISTRATION: PENDING, **process_tags()}
+
+
+def mark_registered(client: Any, model_name: str, version: str) -> None:
+    """A version's registration is complete (its alias is set): drop its pending tag."""
+    client.delete_model_version_tag(model_name, version, TAG_REGISTRATION)
+
+
+def remove_abandoned_versions(client: Any, model_name: str) -> list[str]:
+    """Finish the registrations a gone process left pending (on this host): a version without an
+    alias is deleted (it never became champion or challenger), one holding an alias only loses its
+    pending tag (it was complete; only the tag's removal was cut). Returns the versions deleted."""
+    from tasks.tracking import owner_is_gone
+
+    deleted = []
+    for version in client.search_model_versions(f"name = '{model_name}'"):
+        if version.tags.get(TAG_REGISTRATION) != PENDING or not owner_is_gone(version.tags):
+            continue
+        # Search results leave a version's aliases out: they are read from the version itself.
+        if client.get_model_version(model_name, version.version).aliases:
+            mark_registered(client, model_name, version.version)
+            continue
+        client.delete_model_version(model_name, version.version)
+        deleted.append(str(version.version))
+        print(f"{model_name} version {version.version} was left half-registered by a process that is gone: deleted")
+    return deleted
+
+
 @contextmanager
 def version_removed_on_failure(client: Any, model_name: str, version: str) -> Iterator[None]:
     """Around the steps that complete a new model version (alias, description): if one fails, delete
-    the version, so that no half-registered version (without its alias) is left in the registry."""
+    the version, so that no half-registered version (without its alias) is left in the registry.
+
+    If the deletion fails too (the server is gone), the first error is the one raised; the version
+    keeps its pending tag, so the next register run deletes it (`remove_abandoned_versions`).
+    """
+    from mlflow.exceptions import MlflowException
+
     try:
         yield
-    except BaseException:
-        client.delete_model_version(model_name, version)
+    except BaseException as error:
+        try:
+            client.delete_model_version(model_name, version)
+        except MlflowException as cleanup_error:
+            error.add_note(
+                f"{model_name} version {version} could not be deleted ({cleanup_error}): "
+                "the next register run deletes it"
+            )
         raise
 
 

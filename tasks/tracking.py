@@ -10,13 +10,14 @@ import math
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from tasks.errors import ArtifactStoreError, ConfigError
+from tasks.errors import ArtifactStoreError, ConfigError, TrackingServerLostError
 from tasks.files import sha256_file
 from tasks.lifeline import is_alive
 from tasks.paths import ProjectPaths
@@ -45,6 +46,11 @@ HEALTH_PATH = "/health"
 HEALTH_TIMEOUT_SECONDS = 10
 HEALTH_ATTEMPTS = 3
 HEALTH_RETRY_SECONDS = 2.0
+
+
+# MLflow's client retries a request to its server (connection refused, 5xx) this many times, with
+# exponential backoff: about 4 minutes with MLflow's defaults, so a server restart goes unnoticed.
+RETRIES_VARIABLE = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 
 
 def tracking_uri(paths: ProjectPaths) -> str:
@@ -77,6 +83,52 @@ def check_tracking_server(uri: str) -> None:
         f"the MLflow tracking server {uri} ({TRACKING_URI_VARIABLE}) does not answer ({reason}): start it "
         f"(make team-up, or make up), or unset {TRACKING_URI_VARIABLE} to log to this workspace's own store"
     )
+
+
+def lost_server_reason(error: BaseException) -> str | None:
+    """When `error` is MLflow's failure to reach its server (a `requests` error in the chain of
+    exceptions it was raised from or during): that error's name; else None.
+
+    Only an MlflowException counts (a dataset download's failure is not the tracking server's);
+    if MLflow was never imported, the error cannot be one.
+    """
+    exceptions = sys.modules.get("mlflow.exceptions")
+    if exceptions is None or not isinstance(error, exceptions.MlflowException):
+        return None
+    import requests
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, requests.RequestException):
+            return type(current).__name__
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextmanager
+def tracking_server_loss_explained(stage: str) -> Iterator[None]:
+    """Around a stage: an http(s) tracking server that stops answering mid-stage (after MLflow's own
+    retries) becomes one TrackingServerLostError line saying what was left and what to do, instead
+    of MLflow's stack trace. What is left is safe: the stage's run stays RUNNING until the next
+    train or register run marks it KILLED (`end_abandoned_runs`), and a model version whose
+    registration was cut is removed by the next register run (`tasks.registry.remove_abandoned_versions`).
+    """
+    uri = os.environ.get(TRACKING_URI_VARIABLE, "")
+    try:
+        yield
+    except Exception as error:
+        reason = lost_server_reason(error) if uri.startswith(SERVER_SCHEMES) else None
+        if reason is None:
+            raise
+        retries = os.environ.get(RETRIES_VARIABLE, "MLflow's default number of")
+        raise TrackingServerLostError(
+            f"the MLflow tracking server {uri} stopped answering during the {stage} stage ({reason} after "
+            f"{retries} retries, {RETRIES_VARIABLE}): the stage stopped, and DVC records nothing for it. "
+            "Its MLflow run is marked KILLED, and a model version it had begun to register is removed, by the "
+            "next train or register run. Start the server again (make team-up) and rerun: dvc repro"
+        ) from error
 
 
 def ensure_experiment(paths: ProjectPaths, name: str) -> str:
@@ -201,6 +253,18 @@ def process_tags() -> dict[str, str]:
     return {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname()}
 
 
+def owner_is_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process named by `process_tags` in `tags` ran on this host and is gone.
+
+    Anything not tagged by this host's processes, this very process, or a live process with the same
+    pid (a reused pid errs on the safe side) counts as not gone.
+    """
+    pid = tags.get(TAG_PID, "")
+    if tags.get(TAG_HOST) != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    return not is_alive(int(pid))
+
+
 def end_abandoned_runs(experiment_id: str) -> list[str]:
     """End as KILLED the RUNNING runs of the experiment whose owning process is gone.
 
@@ -212,15 +276,13 @@ def end_abandoned_runs(experiment_id: str) -> list[str]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    host = socket.gethostname()
     ended = []
     for run in client.search_runs([experiment_id], filter_string=RUNNING_FILTER):
-        tags = run.data.tags
-        pid = tags.get(TAG_PID, "")
-        if tags.get(TAG_HOST) != host or not pid.isdigit() or int(pid) == os.getpid() or is_alive(int(pid)):
+        if not owner_is_gone(run.data.tags):
             continue
         client.set_terminated(run.info.run_id, status=KILLED)
         ended.append(run.info.run_id)
+        pid = run.data.tags[TAG_PID]
         print(f"MLflow run {run.info.run_id} was left RUNNING by process {pid}, which is gone: marked {KILLED}")
     return ended
 

@@ -19,7 +19,14 @@ from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 
 from tasks.errors import ArtifactStoreError
-from tasks.registry import version_removed_on_failure
+from tasks.registry import (
+    PENDING,
+    TAG_REGISTRATION,
+    mark_registered,
+    pending_tags,
+    remove_abandoned_versions,
+    version_removed_on_failure,
+)
 from tasks.tracking import (
     TAG_HOST,
     TAG_PID,
@@ -158,6 +165,68 @@ def test_a_version_whose_alias_cannot_be_set_is_deleted(store: tuple[str, Path])
     versions = {version.version for version in client.search_model_versions("name = 'cleanup-model'")}
     assert versions == {champion.version}
     assert client.get_model_version_by_alias("cleanup-model", "champion").version == champion.version
+
+
+def test_versions_left_pending_by_gone_processes_are_deleted_or_completed(store: tuple[str, Path]) -> None:
+    """What a register run cut short leaves (a lost server, a kill) is cleared by the next one: a pending
+    version without an alias is deleted, one that got its alias keeps it and loses the pending tag;
+    versions of live processes, of other hosts, and completed ones are left alone."""
+    experiment_id, _ = store
+    client = MlflowClient()
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
+    here = socket.gethostname()
+    gone = {TAG_REGISTRATION: PENDING, TAG_PID: str(dead_pid()), TAG_HOST: here}
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tags = {
+            "complete": {},
+            "cut before its alias": gone,
+            "cut after its alias": gone,
+            "live process": {TAG_REGISTRATION: PENDING, TAG_PID: str(alive.pid), TAG_HOST: here},
+            "other host": {**gone, TAG_HOST: "elsewhere"},
+            "this process": pending_tags(),
+        }
+        versions = {
+            name: mlflow.register_model(info.model_uri, "pending-model", tags=tag).version for name, tag in tags.items()
+        }
+        client.set_registered_model_alias("pending-model", "champion", versions["cut after its alias"])
+        deleted = remove_abandoned_versions(client, "pending-model")
+    finally:
+        alive.kill()
+        alive.wait()
+    assert deleted == [str(versions["cut before its alias"])]
+    left = {str(version.version): version for version in client.search_model_versions("name = 'pending-model'")}
+    assert sorted(left) == sorted(str(number) for name, number in versions.items() if name != "cut before its alias")
+    champion = client.get_model_version("pending-model", versions["cut after its alias"])
+    assert champion.aliases == ["champion"] and TAG_REGISTRATION not in champion.tags
+    still_pending = {
+        name
+        for name, number in versions.items()
+        if left.get(str(number)) and left[str(number)].tags.get(TAG_REGISTRATION) == PENDING
+    }
+    assert still_pending == {"live process", "other host", "this process"}
+    mark_registered(client, "pending-model", versions["this process"])
+    assert TAG_REGISTRATION not in client.get_model_version("pending-model", versions["this process"]).tags
+
+
+def test_a_version_that_cannot_be_deleted_keeps_the_first_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server is gone: deleting the cut version fails too, and the error raised is still the one
+    that cut the registration, with a note that the next register run deletes the version."""
+    with socket.socket() as probe:  # a port nothing listens on: a real, unreachable tracking server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
+    with (
+        pytest.raises(RuntimeError, match="alias step failed") as raised,
+        version_removed_on_failure(client, "lost-model", "3"),
+    ):
+        raise RuntimeError("alias step failed")
+    assert any(
+        "lost-model version 3 could not be deleted" in note and "next register run deletes it" in note
+        for note in raised.value.__notes__
+    )
 
 
 def test_a_model_logged_to_another_store_earlier_does_not_break_the_next_logging(tmp_path: Path) -> None:
