@@ -111,6 +111,7 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
         ensure_experiment,
         epoch_logger,
         flatten_params,
+        log_missing_epochs,
         loggable_metrics,
         process_tags,
     )
@@ -144,6 +145,10 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
         run_name=None if run_id else train_run_name(config, data.image_size, digest),
         tags=process_tags(),
     ) as run:
+        if pending is not None:
+            missing = log_missing_epochs(run.info.run_id, pending.history)
+            if missing:
+                print(f"logged the metrics of epochs {missing} from the checkpoint: the cut run had not logged them")
         if run_id is None:
             mlflow.log_params(flatten_params(config.all_params))
             mlflow.set_tags(

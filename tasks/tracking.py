@@ -11,7 +11,7 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -202,6 +202,36 @@ def epoch_logger():  # -> keras.callbacks.Callback
             mlflow.log_metrics({name: float(value) for name, value in (logs or {}).items()}, step=epoch)
 
     return MlflowEpochLogger()
+
+
+def log_missing_epochs(run_id: str, history: Mapping[str, Sequence[float]]) -> list[int]:
+    """For a resumed run: log the checkpointed epochs whose metrics the run lacks, and return them.
+
+    A run cut while logging an epoch (a lost tracking server, a kill between the checkpoint and the
+    logging callback) has that epoch in its checkpoint's history but not in the tracking store.
+    Which epochs the run has is read from its first metric's history.
+    """
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    if not history:
+        return []
+    client = MlflowClient()
+    logged = {metric.step for metric in client.get_metric_history(run_id, next(iter(history)))}
+    epochs = max(len(values) for values in history.values())
+    missing = [epoch for epoch in range(epochs) if epoch not in logged]
+    timestamp = int(time.time() * 1000)
+    metrics = [
+        Metric(name, float(values[epoch]), timestamp, epoch)
+        for epoch in missing
+        for name, values in history.items()
+        if epoch < len(values)
+    ]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+    return missing
 
 
 def parent_run_id(train_run_file: Path) -> str | None:
