@@ -8,9 +8,13 @@ server database upgrade`, `mlflow db upgrade`; both are no-ops when the schema i
 starts PostgreSQL, the Prefect server and the MLflow tracking server, which serves artifacts from
 the shared folder (`--artifacts-destination`: clients upload and download through the server and
 need no access to the folder), all bound to 127.0.0.1 unless SIGPIPE_TEAM_HOST names another
-address, and makes the shared folder's `dvc-remote` this repository's default DVC remote.
-`make team-down` stops them; the databases stay in the team folder, so the next `team-up` finds
-every run, model version and flow run again.
+address, and makes the shared folder's `dvc-remote` this repository's default DVC remote. In a
+clone of the project (a `prefect.yaml`), it also deploys the pipeline to the server (`prefect
+deploy --all`, work pool `signature-pool`) and starts a process worker for it, which runs the
+stages with MLFLOW_TRACKING_URI set to the team's server. `make team-down` stops the worker first
+(so it shuts down while its server still answers), then the servers, then PostgreSQL; the
+databases stay in the team folder, so the next `team-up` finds every run, model version and flow
+run again.
 
 Settings come from the environment (defaults in TeamSettings): SIGPIPE_TEAM_DIR (databases,
 logs, pid files), SIGPIPE_TEAM_SHARED (artifacts and DVC remote; a shared mount in real use),
@@ -54,7 +58,12 @@ COMMAND_TIMEOUT_SECONDS = 300
 ERROR_LINES = 3  # the end of a failed command's output (a traceback's last lines name the cause)
 DEBIAN_POSTGRES_BIN = Path("/usr/lib/postgresql")
 DVC_REMOTE_NAME = "team"
-SERVERS = ("mlflow", "prefect")  # stopped in this order, before PostgreSQL
+# Stopped in this order, before PostgreSQL: a Prefect worker whose server is gone hangs in its
+# graceful shutdown, so the worker goes first.
+SERVERS = ("worker", "mlflow", "prefect")
+WORK_POOL = "signature-pool"  # prefect.yaml's deployments run on this process work pool
+DEPLOYMENT_FILE = "prefect.yaml"
+DEPLOYMENT = "signature-pipeline/local"  # what `prefect deployment run` starts
 
 app = typer.Typer(help="PostgreSQL-backed Prefect and MLflow servers and a shared DVC remote.", no_args_is_help=True)
 
@@ -369,6 +378,31 @@ def start_servers(settings: TeamSettings) -> None:
     wait_until_healthy(f"{settings.mlflow_url}/health", "MLflow", settings.run_dir / "mlflow.log")
 
 
+def clients_environment(settings: TeamSettings) -> dict[str, str]:
+    """This environment pointed at the team's servers, as a user's shell after the README's `export`."""
+    return {**os.environ, "PREFECT_API_URL": settings.prefect_api_url, "MLFLOW_TRACKING_URI": settings.mlflow_url}
+
+
+def deploy_and_start_worker(settings: TeamSettings) -> bool:
+    """In a clone of the project: the work pool, the deployments of prefect.yaml (`prefect deploy --all`,
+    log in the run folder: its "start a worker" hint is done here) and a process worker that runs them
+    with the team's servers. False where the repository has no prefect.yaml."""
+    if not (settings.root / DEPLOYMENT_FILE).is_file():
+        return False
+    environment = clients_environment(settings)
+    create_pool = [tool("prefect"), "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"]
+    run(create_pool, environment, what="prefect work-pool create", cwd=settings.root)
+    deployed = run(
+        [tool("prefect"), "--no-prompt", "deploy", "--all"],
+        {**environment, "SIGPIPE_ROOT": str(settings.root)},
+        what="prefect deploy --all",
+        cwd=settings.root,
+    )
+    (settings.run_dir / "deploy.log").write_text(deployed)
+    start_server(settings, "worker", [tool("prefect"), "worker", "start", "--pool", WORK_POOL], environment)
+    return True
+
+
 def add_dvc_remote(settings: TeamSettings) -> bool:
     """Make the shared folder's DVC remote this repository's default (`dvc remote add -d`); False
     when the folder is not a DVC repository."""
@@ -407,10 +441,11 @@ def team_up(settings: TeamSettings) -> None:
     migrate(settings)
     start_servers(settings)
     add_dvc_remote(settings)
+    deploy_and_start_worker(settings)
 
 
 def team_down(settings: TeamSettings) -> list[str]:
-    """Stop the servers, then PostgreSQL; the names of what was running."""
+    """Stop the worker, the servers, then PostgreSQL; the names of what was running."""
     stopped = [name for name in SERVERS if stop_server(settings, name)]
     if stop_postgres(settings):
         stopped.append("postgres")
@@ -423,7 +458,8 @@ def settings_here() -> TeamSettings:
 
 @app.command()
 def up() -> None:
-    """Start PostgreSQL, the Prefect server and the MLflow server (created the first time)."""
+    """Start PostgreSQL, the Prefect server and the MLflow server (created the first time), and in a
+    clone of the project the deployment's worker."""
     settings = settings_here()
     try:
         team_up(settings)
@@ -433,6 +469,10 @@ def up() -> None:
     typer.echo(f"PostgreSQL: {settings.host}:{settings.postgres_port} (data in {settings.postgres_dir})")
     typer.echo(f"Prefect:    {settings.prefect_api_url}   MLflow: {settings.mlflow_url}   logs: {settings.run_dir}")
     typer.echo(f"Artifacts:  {settings.artifacts_dir} (served by MLflow)   DVC remote: {settings.dvc_remote_dir}")
+    if running_pid(settings, "worker") is not None:
+        typer.echo(
+            f"Worker:     pool '{WORK_POOL}', deployment '{DEPLOYMENT}' (more: prefect worker start --pool {WORK_POOL})"
+        )
     exports = f"PREFECT_API_URL={settings.prefect_api_url} MLFLOW_TRACKING_URI={settings.mlflow_url}"
     typer.echo(f"Use them:   export {exports}")
 

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from flows.team import TeamSettings, start_postgres, stop_postgres
+from tests.conftest import PROJECT_ROOT, edit_params
 from tests.integration.test_pipeline_flows import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team")]
@@ -130,29 +131,10 @@ def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
     assert "nothing was running" in team("down", workspace, team_environment).stdout
 
 
-# The README's team sequence, in a clone of the project's pipeline files: a deployment run by a
-# process worker against the team's servers, then a second clone that pulls and predicts.
-TEAM_SEQUENCE = """set -euo pipefail
-python -m flows.team up
-export PREFECT_API_URL MLFLOW_TRACKING_URI
-prefect work-pool create signature-pool --type process --overwrite > /dev/null
-SIGPIPE_ROOT=$PWD prefect --no-prompt deploy --all > deploy.log
-prefect worker start --pool signature-pool > worker.log 2>&1 &
-worker=$!
-# The worker is gone before the servers stop: TERM (Prefect shuts down gracefully), then KILL after 15 s.
-stop_worker() {
-  kill $worker 2>/dev/null || return 0
-  for _ in $(seq 15); do kill -0 $worker 2>/dev/null || return 0; sleep 1; done
-  kill -9 $worker 2>/dev/null || true
-}
-trap stop_worker EXIT
-prefect deployment run 'signature-pipeline/local' --watch --watch-timeout 900
-git add dvc.lock params.yaml .dvc/config && git commit -q -m "pipeline run on the team servers"
-git clone -q . ../second-clone && cd ../second-clone
-dvc pull -q
-dvc metrics show --json > ../second-metrics.json
-sigpipe predict data/raw/UTSig/Genuine/1/1.tif --json > ../second-predict.json
-"""
+# The README's team block is run as written, in a clone of the project's pipeline files on a tiny
+# dataset: a deployment run by make team-up's worker against the team's servers, then a second clone
+# that pulls and predicts, then make team-down.
+TEAM_HEADING = "Team services: PostgreSQL-backed Prefect and MLflow, a shared DVC remote"
 SEQUENCE_TIMEOUT_SECONDS = 1500
 TINY_TEAM_PIPELINE = {
     "synthetic": {"writers": 3, "genuine_per_writer": 9, "skilled_per_writer": 2, "width": 120, "height": 80},
@@ -163,68 +145,93 @@ TINY_TEAM_PIPELINE = {
 }
 
 
+def team_block() -> str:
+    """The bash block of the README's team section, as a reader copies it."""
+    from tests.support.readme import read_blocks
+
+    blocks = [block for block in read_blocks(PROJECT_ROOT / "README.md") if block.heading == TEAM_HEADING]
+    assert len(blocks) == 1 and blocks[0].language == "bash", [block.line for block in blocks]
+    return blocks[0].script()
+
+
+def project_clone(root: Path, environment: dict[str, str]) -> Path:
+    """A git clone of the project as `make venv` leaves it: the pipeline files, the checkout files
+    (older than `.venv`, so make installs nothing) and `.venv` linked to this environment."""
+    from tests.conftest import make_workspace
+    from tests.integration.test_readme import CHECKOUT_FILES, link_environment
+
+    make_workspace(root)
+    for name in CHECKOUT_FILES:
+        shutil.copy2(PROJECT_ROOT / name, root / name)
+        os.utime(root / name, (0, 0))
+    link_environment(root / ".venv")
+    edit_params(root / "params.yaml", TINY_TEAM_PIPELINE)
+    for command in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "clone"],
+    ):
+        subprocess.run(command, cwd=root, env=environment, check=True, capture_output=True)
+    return root
+
+
 def test_a_second_clone_pulls_the_data_and_predicts_with_the_servers_champion(
     tmp_path: Path, team_dir: Path, team_environment: dict[str, str]
 ) -> None:
     import json
 
-    from mlflow.tracking import MlflowClient
+    from tests.integration.test_readme import BASH_PRELUDE
 
-    from tests.conftest import PROJECT_ROOT, edit_params, make_workspace
-
-    first = make_workspace(tmp_path / "first-clone")
-    for name in ("prefect.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy2(PROJECT_ROOT / name, first / name)
-    edit_params(first / "params.yaml", TINY_TEAM_PIPELINE)
-    git = ["git", "-c", "user.name=team-test", "-c", "user.email=team-test@localhost"]
-    for command in (
-        ["git", "init", "-q"],
-        ["dvc", "init", "-q"],
-        ["git", "add", "-A"],
-        [*git, "commit", "-q", "-m", "clone"],
-    ):
-        subprocess.run(command, cwd=first, env=team_environment, check=True, capture_output=True)
+    identity = {"GIT_AUTHOR_NAME": "team-test", "GIT_AUTHOR_EMAIL": "team-test@localhost"}
     environment = {
         **team_environment,
+        **identity,
+        "GIT_COMMITTER_NAME": identity["GIT_AUTHOR_NAME"],
+        "GIT_COMMITTER_EMAIL": identity["GIT_AUTHOR_EMAIL"],
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{team_environment['PREFECT_PORT']}/api",
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{team_environment['MLFLOW_PORT']}",
-        "GIT_AUTHOR_NAME": "team-test",
-        "GIT_AUTHOR_EMAIL": "team-test@localhost",
-        "GIT_COMMITTER_NAME": "team-test",
-        "GIT_COMMITTER_EMAIL": "team-test@localhost",
+        "READMETEST_EXIT_CODES": "0",
+        # git and dvc set up the clone before the block activates its .venv.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{team_environment.get('PATH', '')}",
     }
+    first = project_clone(tmp_path / "first-clone", environment)
+    settings = TeamSettings.from_environment(first, environment)
     try:
         sequence = subprocess.run(
-            ["bash", "-c", TEAM_SEQUENCE],
+            ["bash", "-c", BASH_PRELUDE + team_block()],
             cwd=first,
             env=environment,
             capture_output=True,
             text=True,
             timeout=SEQUENCE_TIMEOUT_SECONDS,
         )
-        logs = "".join(path.read_text() for path in (first / "worker.log", first / "deploy.log") if path.exists())
-        assert sequence.returncode == 0, sequence.stdout[-4000:] + sequence.stderr[-4000:] + logs[-4000:]
-        # The model was registered on the server, and its files went through it to the shared folder.
-        client = MlflowClient(tracking_uri=environment["MLFLOW_TRACKING_URI"])
-        champion = client.get_model_version_by_alias("utsig-inceptionv3", "champion")
+        logs = "".join(path.read_text() for path in sorted(settings.run_dir.glob("*.log")))
+        assert sequence.returncode == 0, sequence.stdout[-4000:] + sequence.stderr[-4000:] + logs[-6000:]
+        # make team-down stopped the worker make team-up had started, then the servers and PostgreSQL.
+        assert "stopped: worker, mlflow, prefect, postgres" in sequence.stdout, sequence.stdout[-3000:]
+        # The model's files went through the MLflow server to the shared folder.
         assert any((tmp_path / "shared" / "mlflow-artifacts").rglob("classifier.keras"))
-        # The second clone has the first one's numbers and answers with the server's champion,
+        # The second clone has the first one's numbers and answered with the server's champion,
         # without training: it has no MLflow store of its own.
         second = tmp_path / "second-clone"
-        pulled = json.loads((tmp_path / "second-metrics.json").read_text())
-        shown = subprocess.run(
-            ["dvc", "metrics", "show", "--json"], cwd=first, env=environment, capture_output=True, text=True, check=True
-        )
-        assert pulled == json.loads(shown.stdout.replace(str(first), str(second)))
+        shown = {
+            clone: subprocess.run(
+                ["dvc", "metrics", "show", "--json"],
+                cwd=clone,
+                env=environment,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            for clone in (first, second)
+        }
+        assert json.loads(shown[second]) == json.loads(shown[first].replace(str(first), str(second)))
         # Data, models, metrics and plots came with `dvc pull` (stage reports that carry MLflow runs stay
         # where they ran: dvc.yaml keeps those stages out of DVC's run cache).
         for pulled_file in ("models/classifier.keras", "data/prepared/manifest.csv", "plots/roc_det.png"):
             assert (second / pulled_file).is_file(), pulled_file
         assert not (second / "mlruns" / "mlflow.db").exists()
-        answer = json.loads((tmp_path / "second-predict.json").read_text().splitlines()[0])
-        assert answer["error"] == "" and answer["writer"] in {"001", "002", "003", "unknown"}
-        assert champion.version == "1"
+        answer = next(line for line in sequence.stdout.splitlines() if "1.tif" in line and "Genuine" in line)
+        assert any(writer in answer.split() for writer in ("001", "002", "003", "unknown")), answer
     finally:
         team("down", first, team_environment)
