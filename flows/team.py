@@ -123,10 +123,16 @@ class TeamSettings:
     def mlflow_url(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
 
-    def database_url(self, database: str, driver: str = "postgresql") -> str:
-        """The SQLAlchemy URL of one of the team's databases (password from the team folder)."""
-        password = quote(self.password_file.read_text().strip(), safe="")
-        return f"{driver}://{ROLE}:{password}@{self.host}:{self.postgres_port}/{database}"
+    def database_url(self, database: str, driver: str = "postgresql", with_password: bool = True) -> str:
+        """The SQLAlchemy URL of one of the team's databases (password from the team folder). Without
+        the password, for a command line (`ps` shows it): libpq then reads PGPASSWORD."""
+        credentials = ROLE
+        if with_password:
+            credentials += ":" + quote(self.password(), safe="")
+        return f"{driver}://{credentials}@{self.host}:{self.postgres_port}/{database}"
+
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
 
 
 def postgres_bin_dir() -> Path:
@@ -277,7 +283,7 @@ def stop_postgres(settings: TeamSettings) -> bool:
 
 def create_databases(settings: TeamSettings) -> None:
     """One database per tool, owned by the team's role (kept when they exist)."""
-    environment = {**os.environ, "PGPASSWORD": settings.password_file.read_text().strip()}
+    environment = {**os.environ, "PGPASSWORD": settings.password()}
     connection = ["--host", settings.host, "--port", str(settings.postgres_port), "--username", ROLE]
     query = "SELECT datname FROM pg_database"
     existing = set(run(["psql", *connection, "--dbname", "postgres", "-tAc", query], environment).split())
@@ -293,8 +299,10 @@ def migrate(settings: TeamSettings) -> None:
         "PREFECT_API_DATABASE_CONNECTION_URL": settings.database_url("prefect", "postgresql+asyncpg"),
     }
     run([tool("prefect"), "server", "database", "upgrade", "--yes"], prefect_environment, what="Prefect's migrations")
-    mlflow_environment = {**os.environ, "MLFLOW_BACKEND_STORE_URI": settings.database_url("mlflow")}
-    mlflow_command = [tool("mlflow"), "db", "upgrade", settings.database_url("mlflow")]
+    # `mlflow db upgrade` takes the URL as an argument: given without the password, which libpq reads
+    # from the environment.
+    mlflow_environment = {**os.environ, "PGPASSWORD": settings.password()}
+    mlflow_command = [tool("mlflow"), "db", "upgrade", settings.database_url("mlflow", with_password=False)]
     run(mlflow_command, mlflow_environment, what="MLflow's migrations")
 
 

@@ -39,6 +39,8 @@ def test_database_urls_carry_the_generated_password_escaped(tmp_path: Path) -> N
     settings.password_file.write_text("a/b@c:d\n")
     assert settings.database_url("mlflow") == "postgresql://sigpipe:a%2Fb%40c%3Ad@127.0.0.1:6543/mlflow"
     assert settings.database_url("prefect", "postgresql+asyncpg").startswith("postgresql+asyncpg://sigpipe:")
+    # For a command line (`mlflow db upgrade`): no password, which libpq then reads from PGPASSWORD.
+    assert settings.database_url("mlflow", with_password=False) == "postgresql://sigpipe@127.0.0.1:6543/mlflow"
 
 
 def test_missing_postgresql_programs_name_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
