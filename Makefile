@@ -30,6 +30,7 @@ endif
 RUN_DIR := .run
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
+SCORER_PORT ?= 5001
 PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)/api
 WORK_POOL := signature-pool
 
@@ -73,7 +74,7 @@ format: venv ## Format the code with ruff.
 	ruff format flows tasks tests bench
 	ruff check --fix flows tasks tests bench
 
-up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deployment, and the MLflow UI.
+up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deployment, the MLflow UI and the champion's model server.
 	@mkdir -p $(RUN_DIR)
 	@if [ -f $(RUN_DIR)/prefect-server.pid ] && kill -0 $$(cat $(RUN_DIR)/prefect-server.pid) 2>/dev/null; then echo "already up (make down first)"; exit 1; fi
 	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > $(RUN_DIR)/prefect-server.log 2>&1 & echo $$! > $(RUN_DIR)/prefect-server.pid
@@ -87,13 +88,16 @@ up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deploymen
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 	  > $(RUN_DIR)/mlflow.log 2>&1 & echo $$! > $(RUN_DIR)/mlflow.pid
+# The champion, resident, for `sigpipe predict --server` (it exits at once, saying so in its log, when there is none yet).
+	sigpipe serve --port $(SCORER_PORT) > $(RUN_DIR)/scorer.log 2>&1 & echo $$! > $(RUN_DIR)/scorer.pid
 	@echo "Started:    Prefect server (runs kept in $(PREFECT_HOME)), a worker on pool '$(WORK_POOL)' for deployment"
 	@echo "            'signature-pipeline/local', MLflow server; no other terminal is needed. make down stops them."
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)   MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)   logs: $(RUN_DIR)/"
 	@echo "Run:        PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run 'signature-pipeline/local' --watch"
+	@echo "Predict:    $(BIN)/sigpipe predict --server http://127.0.0.1:$(SCORER_PORT) IMAGE   (the champion as make up found it; log $(RUN_DIR)/scorer.log)"
 
 down: ## Stop what `make up` started (TERM, then KILL after 10 s).
-	@for name in worker mlflow prefect-server; do \
+	@for name in scorer worker mlflow prefect-server; do \
 	  if [ -f $(RUN_DIR)/$$name.pid ]; then \
 	    pid=$$(cat $(RUN_DIR)/$$name.pid); kill $$pid 2>/dev/null; \
 	    for attempt in $$(seq 1 10); do kill -0 $$pid 2>/dev/null || break; sleep 1; done; \

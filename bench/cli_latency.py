@@ -6,7 +6,10 @@ scratch workspace, exactly as the `register` stage does. Then `python -m flows.c
 <image>` and `predict <missing file>` run as fresh processes, `--runs` times each, for every
 `--project` given (a checkout of the project: its `flows` and `tasks` are imported, with this
 virtual environment's packages), so two versions of the CLI are timed on the same model, one
-after the other. Reported: the median wall time (and range) of each.
+after the other. Then `sigpipe serve` (this checkout's) serves the same champion, and `predict
+--server URL <image>` is timed the same way for every project that has it (the client sends the
+image's bytes; the model stays loaded in the server). Reported: the median wall time (and range)
+of each.
 
 Usage: python bench/cli_latency.py --project before=/tmp/sigpipe-head --project after=. --runs 3
 """
@@ -32,6 +35,8 @@ FEATURES = 2048  # InceptionV3's pooled embedding
 IMAGE_SIZE = (240, 120)  # the demo's synthetic scans
 MISSING_FILE = "missing.png"
 COMMAND_TIMEOUT_SECONDS = 300
+SERVER_STARTUP_SECONDS = 180
+CLIENT_MODULE = Path("tasks") / "remote_scoring.py"  # a checkout whose predict has --server
 
 
 def registered_workspace(root: Path, size: int) -> Path:
@@ -95,6 +100,40 @@ def timed_command(project: Path, workspace: Path, arguments: list[str]) -> tuple
     return time.perf_counter() - started, result
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_model_server(workspace: Path) -> tuple[subprocess.Popen, str]:
+    """`sigpipe serve` of the workspace's champion (this checkout's CLI); returns it and its URL once it answers."""
+    import requests
+
+    port = free_port()
+    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    environment["PYTHONPATH"] = str(PROJECT_ROOT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)],
+        cwd=workspace,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return server, url
+        except requests.ConnectionError:
+            time.sleep(1)
+    server.terminate()
+    raise SystemExit(f"sigpipe serve did not answer within {SERVER_STARTUP_SECONDS} s")
+
+
 def summary(seconds: list[float]) -> dict[str, float | list[float]]:
     """Median, min and max of some wall times, and the times themselves."""
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds), "runs_s": seconds}
@@ -121,6 +160,23 @@ def main() -> None:
                 for name, command in commands.items():
                     elapsed, last[label, name] = timed_command(Path(project).resolve(), workspace, command)
                     seconds[label, name].append(round(elapsed, 3))
+        server, url = start_model_server(workspace)
+        try:
+            clients = {
+                label: project for label, project in projects.items() if (Path(project) / CLIENT_MODULE).is_file()
+            }
+            server_command = ["predict", "--server", url, "signature.png"]
+            for label in clients:
+                seconds[label, "predict_one_image_server"] = []
+            for _ in range(arguments.runs):
+                for label, project in clients.items():
+                    elapsed, last[label, "predict_one_image_server"] = timed_command(
+                        Path(project).resolve(), workspace, server_command
+                    )
+                    seconds[label, "predict_one_image_server"].append(round(elapsed, 3))
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
         for (label, name), times in seconds.items():
             results.setdefault(label, {})[name] = {
                 **summary(times),

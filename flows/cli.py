@@ -19,6 +19,7 @@ from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
 
 if TYPE_CHECKING:
     from tasks.inference import Answer
+    from tasks.inference import InputItem as Item
 
 app = typer.Typer(
     help="Signature pipeline: download, prepare, train, evaluate, calibrate, register; predict and verify.",
@@ -39,6 +40,8 @@ def main(
 
 
 ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
+DEFAULT_SERVE_PORT = 5001  # `sigpipe serve` and `make up`'s model server (MLflow's UI has 5000)
+LOOPBACK = "127.0.0.1"
 
 ParamsOption = Annotated[
     Path,
@@ -189,16 +192,48 @@ def echo_answers(answers: list[Answer], as_json: bool) -> None:
             typer.echo(f"{answer.input}\t{answer.writer}\t{answer.confidence:.3f}\t[{top}]")
 
 
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="SIGPIPE_SCORER_URL",
+        help="URL of a running model server (sigpipe serve; make up starts one on "
+        f"http://127.0.0.1:{DEFAULT_SERVE_PORT}): answers in a fraction of a second, no model loaded here.",
+    ),
+]
+
+
+def answers_of(items: list[Item], model: str | None, server: str | None, params: Path) -> list[Answer]:
+    """The answers for `items`: from the model server at `server`, or from the model loaded here."""
+    if server is None:
+        return load_signature_model(model, params).answers(items)
+    from tasks.errors import ScorerError
+    from tasks.remote_scoring import served_answers
+
+    if model is not None:
+        typer.echo(
+            "error: --model and --server exclude each other: the server answers with the model it serves", err=True
+        )
+        raise typer.Exit(code=1)
+    try:
+        return served_answers(server, items)
+    except ScorerError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+
+
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Signature image files.")],
     model: ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
     params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
+    server: ServerOption = None,
 ) -> None:
     """Who signed each image: writer (or unknown), calibrated confidence, top writers. Exit 1 if any image failed.
 
-    Files that cannot be opened are reported first, before the model loads; the others are answered."""
+    Files that cannot be opened are reported first, before the model loads; the others are answered,
+    by the model loaded in this process or, with --server, by a running model server."""
     from tasks.inference import Answer, input_problem, items_from
 
     items = items_from([str(image) for image in images])
@@ -206,7 +241,7 @@ def predict(
     unusable = [Answer.failed(item.name, problem) for item, problem in zip(items, problems, strict=True) if problem]
     echo_answers(unusable, as_json)  # at once: the model is loaded only for the files that can be opened
     usable = [item for item, problem in zip(items, problems, strict=True) if not problem]
-    answers = load_signature_model(model, params).answers(usable) if usable else []
+    answers = answers_of(usable, model, server, params) if usable else []
     echo_answers(answers, as_json)
     if unusable or any(answer.error for answer in answers):
         raise typer.Exit(code=1)
@@ -301,6 +336,56 @@ def score(
         f"scored {summary.images} images with {model_uri} in {seconds:.1f} s "
         f"({summary.images / seconds:.1f} images/s), {summary.errors} with an error: {summary.output}"
     )
+
+
+def champion_problem(model_uri: str) -> str:
+    """Why `model_uri` names no model version in the tracking store ("" when it does, or is no alias URI)."""
+    if ALIAS_URI.fullmatch(model_uri) is None or described_model(model_uri) != model_uri:
+        return ""
+    return f"no model version is {model_uri}: run the pipeline (make demo, dvc repro) to register one, or pass --model"
+
+
+@app.command()
+def serve(
+    model: ModelOption = None,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = DEFAULT_SERVE_PORT,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind (a LAN address only behind a firewall).")
+    ] = LOOPBACK,
+    params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
+) -> None:
+    """Serve the champion (or --model) over HTTP with `mlflow models serve`, for `sigpipe predict --server`
+    and any HTTP client (POST /invocations with base64 images). Stops on Ctrl-C or SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tasks.tracking import tracking_uri
+
+    model_uri = resolve_model_uri(model, params)
+    if problem := champion_problem(model_uri):
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(code=1)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["--host", host, "--port", str(port), "--workers", "1"]
+    # MLflow starts the server as `uvicorn` by name, from this environment's bin folder.
+    bin_folder = str(Path(sys.executable).parent)
+    environment = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri(ProjectPaths.from_root(params.resolve().parent)),
+        "PATH": f"{bin_folder}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    typer.echo(f"serving {model_uri} on http://{host}:{port} (sigpipe predict --server http://{host}:{port} IMAGE)")
+    # Its own process group, stopped whole with this command: MLflow runs the server as a child process.
+    server = subprocess.Popen(command, env=environment, start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        os.killpg(server.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    raise typer.Exit(code=server.wait())
 
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ class TrainingBusyError(RuntimeError):
     """Another training holds the checkpoint folder; the message names the holder."""
 
 
+class ScorerError(RuntimeError):
+    """A model server (`sigpipe serve`) does not answer, or refuses a scoring request."""
+
+
 class TrackingServerLostError(RuntimeError):
     """The MLflow tracking server stopped answering while a stage was logging to it (after MLflow's retries)."""
 

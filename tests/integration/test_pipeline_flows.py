@@ -272,31 +272,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(trained: ProjectPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow models serve` of the champion on 127.0.0.1, as the README starts it; yields its URL."""
+    """`sigpipe serve` of the champion on 127.0.0.1 (`mlflow models serve`, run in its own process
+    group); yields its URL. At the end it is stopped with SIGTERM, which must stop the whole server."""
     port = free_port()
     server_log = tmp_path_factory.mktemp("serve") / "serve.log"
-    # The server runs `uvicorn` by name: the environment's bin folder must be on PATH, as in an activated venv.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": trained.mlflow_tracking_uri, "PATH": path}
+    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     with server_log.open("w") as log:
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "models",
-                "serve",
-                "-m",
-                f"models:/{MODEL_NAME}@champion",
-                "--env-manager",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
+            [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)],
             cwd=trained.root,
             env=environment,
             stdout=log,
@@ -314,13 +297,74 @@ def served(trained: ProjectPaths, tmp_path_factory: pytest.TempPathFactory) -> I
         else:
             state = "exited" if server.poll() is not None else "is still starting"
             pytest.fail(
-                f"mlflow models serve did not answer /ping within {SERVE_STARTUP_SECONDS} s (it {state}): "
+                f"sigpipe serve did not answer /ping within {SERVE_STARTUP_SECONDS} s (it {state}): "
                 f"{server_log.read_text()[-2000:]}"
             )
         yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=60)
+    with socket.socket() as probe:  # SIGTERM to `sigpipe serve` stopped MLflow's server process too
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, server_log.read_text()[-2000:]
+
+
+CLIENT_SCRIPT = """
+import sys
+from flows.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as stop:
+    code = stop.code or 0
+loaded = [name for name in ("tensorflow", "keras", "mlflow") if name in sys.modules]
+print("loaded:", ",".join(loaded), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_cli_predict_through_the_model_server(trained: ProjectPaths, served: str, tmp_path: Path) -> None:
+    """`sigpipe predict --server` answers as the model does, without loading TensorFlow, Keras or MLflow."""
+    images = generated_images(trained)[:2]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    arguments = ["predict", "--json", "--server", served, str(images[0]), str(broken), str(images[1])]
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT_SCRIPT, *arguments],
+        cwd=trained.root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_SECONDS,
+    )
+    assert result.returncode == 1, result.stderr  # the broken file fails; the others are answered
+    loaded = [line for line in result.stderr.splitlines() if line.startswith("loaded:")]
+    assert loaded == ["loaded: "], result.stderr  # none of TensorFlow, Keras, MLflow
+    rows = {row["input"]: row for row in map(json.loads, result.stdout.splitlines())}
+    assert set(rows) == {str(images[0]), str(broken), str(images[1])}
+    assert rows[str(broken)]["error"] != "" and rows[str(broken)]["writer"] == ""
+    for image in images:
+        writer, class_id, confidence = expected_answer(trained, image)
+        row = rows[str(image)]
+        assert (row["writer"], row["class_id"], row["error"]) == (writer, class_id, ""), row
+        assert row["confidence"] == pytest.approx(confidence, abs=1e-4)
+        assert row["top_k"][0][1] == pytest.approx(confidence, abs=1e-4)
+    # The table of the in-process model is the one the server's answers print.
+    table = run_cli(["predict", "--server", served, str(images[0])], trained.root)
+    assert table.returncode == 0 and table.stdout.startswith(f"{images[0]}\t{rows[str(images[0])]['writer']}\t")
+
+
+def test_cli_predict_names_a_model_server_that_does_not_answer(trained: ProjectPaths) -> None:
+    image = generated_images(trained)[0]
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = run_cli(["predict", "--server", dead, str(image)], trained.root)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: the model server {dead} does not answer (ConnectionError): start it (sigpipe serve, or make up), "
+        "or leave out --server (and unset SIGPIPE_SCORER_URL) to load the model in this process"
+    ]
+    both = run_cli(["predict", "--server", dead, "--model", f"models:/{MODEL_NAME}/1", str(image)], trained.root)
+    assert both.returncode == 1 and "--model and --server exclude each other" in both.stderr
 
 
 def invoke(url: str, columns: list[str], rows: list[list[object]]) -> requests.Response:
