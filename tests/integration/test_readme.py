@@ -91,6 +91,15 @@ def link_environment(venv: Path) -> None:
     (venv / INSTALLED_MARKER).touch()
 
 
+def add_checkout_files(root: Path) -> None:
+    """What a clone holds besides the pipeline's files, as `make venv` leaves it: the checkout files
+    (older than `.venv`, so `make` never reinstalls anything) and `.venv` linked to this environment."""
+    for name in CHECKOUT_FILES:
+        shutil.copy2(PROJECT_ROOT / name, root / name)
+        os.utime(root / name, (0, 0))
+    link_environment(root / ".venv")
+
+
 @pytest.fixture(scope="module")
 def readme_template(
     trained: ProjectPaths, tmp_path_factory: pytest.TempPathFactory, readme_environment: dict[str, str]
@@ -100,10 +109,7 @@ def readme_template(
 
     root = tmp_path_factory.mktemp("readme") / "signature-pipeline"
     shutil.copytree(trained.root, root, symlinks=True)
-    for name in CHECKOUT_FILES:
-        shutil.copy2(PROJECT_ROOT / name, root / name)
-        os.utime(root / name, (0, 0))  # older than the venv, so `make` never reinstalls it
-    link_environment(root / ".venv")
+    add_checkout_files(root)
     check_params(root / "params.yaml")  # the first stage's marker, which the trained fixture does not write
     git(["init", "-q"], root)
     (root / ".git" / "info" / "exclude").write_text(".venv\n")

@@ -158,13 +158,10 @@ def project_clone(root: Path, environment: dict[str, str]) -> Path:
     """A git clone of the project as `make venv` leaves it: the pipeline files, the checkout files
     (older than `.venv`, so make installs nothing) and `.venv` linked to this environment."""
     from tests.conftest import make_workspace
-    from tests.integration.test_readme import CHECKOUT_FILES, link_environment
+    from tests.integration.test_readme import add_checkout_files
 
     make_workspace(root)
-    for name in CHECKOUT_FILES:
-        shutil.copy2(PROJECT_ROOT / name, root / name)
-        os.utime(root / name, (0, 0))
-    link_environment(root / ".venv")
+    add_checkout_files(root)
     edit_params(root / "params.yaml", TINY_TEAM_PIPELINE)
     for command in (
         ["git", "init", "-q"],
