@@ -30,7 +30,7 @@ from tasks.errors import (
 )
 from tasks.lifeline import die_with_parent, start_guarded_prefect_server
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
-from tasks.tracking import tracking_server_loss_explained
+from tasks.tracking_server import tracking_server_loss_explained
 
 if TYPE_CHECKING:
     from prefect import Flow

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import tracking
+from tasks import tracking_server
 from tasks.errors import ConfigError
-from tasks.tracking import check_tracking_server
+from tasks.tracking_server import check_tracking_server
 from tests.integration.test_pipeline_flows import free_port
 from tests.support.http_server import LocalHTTPServer
 
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracking, "HEALTH_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(tracking_server, "HEALTH_RETRY_SECONDS", 0.0)
 
 
 def test_a_server_that_answers_its_health_check_passes() -> None:
@@ -47,8 +47,9 @@ def test_a_store_that_is_not_a_server_is_not_checked() -> None:
 def test_every_stage_checks_the_server_before_it_logs(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """`ensure_experiment`, which train, evaluate, calibrate and register call before any run starts."""
     from tasks.paths import ProjectPaths
+    from tasks.tracking import ensure_experiment
 
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(ConfigError, match="does not answer"):
-        tracking.ensure_experiment(ProjectPaths.from_root(tmp_path), "signature-pipeline")
+        ensure_experiment(ProjectPaths.from_root(tmp_path), "signature-pipeline")
