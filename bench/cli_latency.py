@@ -36,6 +36,8 @@ IMAGE_SIZE = (240, 120)  # the demo's synthetic scans
 MISSING_FILE = "missing.png"
 COMMAND_TIMEOUT_SECONDS = 300
 SERVER_STARTUP_SECONDS = 180
+PING_TIMEOUT_SECONDS = 2
+PING_PAUSE_SECONDS = 1
 CLIENT_MODULE = Path("tasks") / "remote_scoring.py"  # a checkout whose predict has --server
 
 
@@ -124,14 +126,15 @@ def start_model_server(workspace: Path) -> tuple[subprocess.Popen, str]:
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVER_STARTUP_SECONDS
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and server.poll() is None:
         try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+            if requests.get(f"{url}/ping", timeout=PING_TIMEOUT_SECONDS).status_code == 200:
                 return server, url
         except requests.ConnectionError:
-            time.sleep(1)
+            pass
+        time.sleep(PING_PAUSE_SECONDS)
     server.terminate()
-    raise SystemExit(f"sigpipe serve did not answer within {SERVER_STARTUP_SECONDS} s")
+    raise SystemExit(f"sigpipe serve did not answer within {SERVER_STARTUP_SECONDS} s (exit code {server.poll()})")
 
 
 def summary(seconds: list[float]) -> dict[str, float | list[float]]:

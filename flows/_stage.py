@@ -163,7 +163,7 @@ def run_stage(stage: Flow[..., Any], params_file: str) -> None:
 
     Under DVC the stage stops when DVC dies, and Prefect's temporary API server (if any) is
     started up front with a watcher, so that neither outlives the run (`tasks.lifeline`). A tracking
-    server lost mid-stage is one of those user errors (`tasks.tracking.tracking_server_loss_explained`).
+    server lost mid-stage is one of those user errors (`tasks.tracking_server.tracking_server_loss_explained`).
     """
     quiet_environment()
     die_with_parent()

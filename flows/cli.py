@@ -8,6 +8,7 @@ Unless `--verbose` is given, the libraries' own warnings and logs are kept off t
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -42,6 +43,8 @@ def main(
 ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
 DEFAULT_SERVE_PORT = 5001  # `sigpipe serve` and `make up`'s model server (MLflow's UI has 5000)
 LOOPBACK = "127.0.0.1"
+SCORER_URL_VARIABLE = "SIGPIPE_SCORER_URL"  # what `predict --server` reads when the option is left out
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")  # they stop `sigpipe serve` and its server
 
 ParamsOption = Annotated[
     Path,
@@ -196,9 +199,9 @@ ServerOption = Annotated[
     str | None,
     typer.Option(
         "--server",
-        envvar="SIGPIPE_SCORER_URL",
+        envvar=SCORER_URL_VARIABLE,
         help="URL of a running model server (sigpipe serve; make up starts one on "
-        f"http://127.0.0.1:{DEFAULT_SERVE_PORT}): answers in a fraction of a second, no model loaded here.",
+        f"http://{LOOPBACK}:{DEFAULT_SERVE_PORT}): answers in about a second, no model loaded here.",
     ),
 ]
 
@@ -210,15 +213,12 @@ def answers_of(items: list[Item], model: str | None, server: str | None, params:
     from tasks.errors import ScorerError
     from tasks.remote_scoring import served_answers
 
-    if model is not None:
-        typer.echo(
-            "error: --model and --server exclude each other: the server answers with the model it serves", err=True
-        )
-        raise typer.Exit(code=1)
     try:
         return served_answers(server, items)
     except ScorerError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(
+            f"error: {error}; or leave out --server (and unset {SCORER_URL_VARIABLE}) to load the model here", err=True
+        )
         raise typer.Exit(code=1) from error
 
 
@@ -236,6 +236,11 @@ def predict(
     by the model loaded in this process or, with --server, by a running model server."""
     from tasks.inference import Answer, input_problem, items_from
 
+    if model is not None and server is not None:
+        typer.echo(
+            "error: --model and --server exclude each other: the server answers with the model it serves", err=True
+        )
+        raise typer.Exit(code=1)
     items = items_from([str(image) for image in images])
     problems = [input_problem(item) for item in items]
     unusable = [Answer.failed(item.name, problem) for item, problem in zip(items, problems, strict=True) if problem]
@@ -349,21 +354,28 @@ def champion_problem(model_uri: str) -> str:
 def serve(
     model: ModelOption = None,
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = DEFAULT_SERVE_PORT,
-    host: Annotated[
-        str, typer.Option("--host", help="Address to bind (a LAN address only behind a firewall).")
-    ] = LOOPBACK,
+    host: Annotated[str, typer.Option("--host", help="Address to bind (a LAN one only behind a firewall).")] = LOOPBACK,
     params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
 ) -> None:
     """Serve the champion (or --model) over HTTP with `mlflow models serve`, for `sigpipe predict --server`
-    and any HTTP client (POST /invocations with base64 images). Stops on Ctrl-C or SIGTERM."""
+    and any HTTP client (POST /invocations with base64 images). Stops on Ctrl-C, SIGTERM or SIGHUP."""
     import os
     import signal
     import subprocess
     import sys
 
+    from tasks.errors import ConfigError
+    from tasks.lifeline import guard_children, stop_process_group
     from tasks.tracking import tracking_uri
+    from tasks.tracking_server import check_tracking_server
 
     model_uri = resolve_model_uri(model, params)
+    uri = tracking_uri(ProjectPaths.from_root(params.resolve().parent))
+    try:
+        check_tracking_server(uri)  # a dead server is named at once, not after MLflow's minutes of retries
+    except ConfigError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
     if problem := champion_problem(model_uri):
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(code=1)
@@ -373,19 +385,30 @@ def serve(
     bin_folder = str(Path(sys.executable).parent)
     environment = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri(ProjectPaths.from_root(params.resolve().parent)),
+        "MLFLOW_TRACKING_URI": uri,
         "PATH": f"{bin_folder}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     typer.echo(f"serving {model_uri} on http://{host}:{port} (sigpipe predict --server http://{host}:{port} IMAGE)")
-    # Its own process group, stopped whole with this command: MLflow runs the server as a child process.
-    server = subprocess.Popen(command, env=environment, start_new_session=True)
+    stop_asked: list[int] = []
+    servers: list[subprocess.Popen[bytes]] = []
 
     def stop(signum: int, frame: object) -> None:
-        os.killpg(server.pid, signal.SIGTERM)
+        stop_asked.append(signum)
+        for server in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    raise typer.Exit(code=server.wait())
+    for name in STOP_SIGNALS:  # before the server starts: a stop asked meanwhile is not lost
+        signal.signal(getattr(signal, name), stop)
+    # Its own process group, stopped whole with this command (MLflow runs uvicorn as a child); a
+    # watcher stops it too if this command is killed outright.
+    servers.append(subprocess.Popen(command, env=environment, start_new_session=True))
+    guard_children([servers[0].pid])
+    if stop_asked:
+        stop(stop_asked[0], None)
+    code = servers[0].wait()
+    stop_process_group(servers[0].pid)  # what the server left (uvicorn): the port is free when this returns
+    raise typer.Exit(code=0 if stop_asked else code)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from urllib.parse import quote
 import typer
 
 from tasks.errors import ConfigError
-from tasks.lifeline import is_alive
+from tasks.lifeline import is_alive, stop_process_group
 
 DEFAULT_TEAM_DIR = ".team"
 DEFAULT_HOST = "127.0.0.1"
@@ -132,6 +131,7 @@ class TeamSettings:
         return f"{driver}://{credentials}@{self.host}:{self.postgres_port}/{database}"
 
     def password(self) -> str:
+        """The role's generated password (the team folder's file, mode 0600)."""
         return self.password_file.read_text().strip()
 
 
@@ -398,8 +398,17 @@ def deploy_and_start_worker(settings: TeamSettings) -> bool:
     if not (settings.root / DEPLOYMENT_FILE).is_file():
         return False
     environment = clients_environment(settings)
-    create_pool = [tool("prefect"), "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"]
-    run(create_pool, environment, what="prefect work-pool create", cwd=settings.root)
+    # Created once: a pool the team has since configured (a concurrency limit) is kept as it is.
+    inspected = subprocess.run(
+        [tool("prefect"), "work-pool", "inspect", WORK_POOL],
+        env=environment,
+        cwd=settings.root,
+        capture_output=True,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+    )
+    if inspected.returncode != 0:
+        create_pool = [tool("prefect"), "work-pool", "create", WORK_POOL, "--type", "process"]
+        run(create_pool, environment, what="prefect work-pool create", cwd=settings.root)
     deployed = run(
         [tool("prefect"), "--no-prompt", "deploy", "--all"],
         {**environment, "SIGPIPE_ROOT": str(settings.root)},
@@ -432,12 +441,7 @@ def stop_server(settings: TeamSettings, name: str) -> bool:
     pid_file(settings, name).unlink(missing_ok=True)
     if pid is None:
         return False
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while is_alive(pid) and time.monotonic() < deadline:
-        time.sleep(POLL_SECONDS / 4)
-    if is_alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+    stop_process_group(pid, STOP_GRACE_SECONDS)
     return True
 
 

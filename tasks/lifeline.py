@@ -35,6 +35,7 @@ PARENT_DEATH_GRACE_SECONDS = 10.0  # time to end runs and stop servers before SI
 EXIT_ON_SIGTERM = 128 + signal.SIGTERM  # the shell's code for "ended by SIGTERM"
 CHILD_STOP_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL after this
 POLL_SECONDS = 0.5  # only where pidfds are unavailable (not Linux)
+GROUP_POLL_SECONDS = 0.1  # while a process group stops
 PROC_DIR = Path("/proc")
 WATCHER_FILE = Path(__file__).resolve()
 
@@ -199,6 +200,36 @@ def stop_processes(pids: Sequence[int], grace_seconds: float = CHILD_STOP_GRACE_
             break
     for handle in (handles or {}).values():
         os.close(handle)
+
+
+def group_alive(leader: int) -> bool:
+    """Whether any process of the group `leader` started (`start_new_session`) is still running."""
+    try:
+        os.killpg(leader, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process_group(leader: int, grace_seconds: float = CHILD_STOP_GRACE_SECONDS) -> bool:
+    """SIGTERM the whole process group of `leader` (a server and the workers it forked), SIGKILL what
+    is left after `grace_seconds`; returns once the group is gone, False when it was gone already.
+    The leader must not be an unreaped child of this process (a zombie stays in its group)."""
+    try:
+        os.killpg(leader, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace_seconds
+    while group_alive(leader) and time.monotonic() < deadline:
+        time.sleep(GROUP_POLL_SECONDS)
+    if group_alive(leader):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader, signal.SIGKILL)
+        while group_alive(leader):
+            time.sleep(GROUP_POLL_SECONDS)
+    return True
 
 
 def watch(owner: int, children: Sequence[int]) -> None:

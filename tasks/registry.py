@@ -51,6 +51,7 @@ TAG_PARAM_PREFIX = "param."
 # registering process is gone was cut short (a server lost, a kill) and is removed by the next run.
 TAG_REGISTRATION = "sigpipe.registration"
 PENDING = "pending"
+RESOURCE_DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"  # MLflow's error code for a missing version or tag
 ARTIFACT_PARAMS = "params"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 CODE_FOLDER = Path(__file__).parent
@@ -152,26 +153,48 @@ def pending_tags() -> dict[str, str]:
     return {TAG_REGISTRATION: PENDING, **process_tags()}
 
 
+def gone_already(error: Exception) -> bool:
+    """Whether an MLflow error says the version or tag it was about no longer exists (another
+    register run removed it first)."""
+    return getattr(error, "error_code", "") == RESOURCE_DOES_NOT_EXIST
+
+
 def mark_registered(client: Any, model_name: str, version: str) -> None:
     """A version's registration is complete (its alias is set): drop its pending tag."""
-    client.delete_model_version_tag(model_name, version, TAG_REGISTRATION)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_model_version_tag(model_name, version, TAG_REGISTRATION)
+    except MlflowException as error:
+        if not gone_already(error):
+            raise
 
 
 def remove_abandoned_versions(client: Any, model_name: str) -> list[str]:
-    """Finish the registrations a gone process left pending (on this host): a version without an
-    alias is deleted (it never became champion or challenger), one holding an alias only loses its
-    pending tag (it was complete; only the tag's removal was cut). Returns the versions deleted."""
+    """Finish the registrations that were cut short: a pending version that holds an alias (of any
+    host) was complete and only loses its pending tag; one without an alias whose registering
+    process (on this host) is gone is deleted. A version another live process, or another host, is
+    registering right now is left alone. Returns the versions deleted."""
+    from mlflow.exceptions import MlflowException
+
     from tasks.tracking import owner_is_gone
 
     deleted = []
     for version in client.search_model_versions(f"name = '{model_name}'"):
-        if version.tags.get(TAG_REGISTRATION) != PENDING or not owner_is_gone(version.tags):
+        if version.tags.get(TAG_REGISTRATION) != PENDING:
             continue
         # Search results leave a version's aliases out: they are read from the version itself.
         if client.get_model_version(model_name, version.version).aliases:
             mark_registered(client, model_name, version.version)
             continue
-        client.delete_model_version(model_name, version.version)
+        if not owner_is_gone(version.tags):
+            continue
+        try:
+            client.delete_model_version(model_name, version.version)
+        except MlflowException as error:
+            if not gone_already(error):
+                raise
+            continue
         deleted.append(str(version.version))
         print(f"{model_name} version {version.version} was left half-registered by a process that is gone: deleted")
     return deleted
@@ -182,21 +205,25 @@ def version_removed_on_failure(client: Any, model_name: str, version: str) -> It
     """Around the steps that complete a new model version (alias, description): if one fails, delete
     the version, so that no half-registered version (without its alias) is left in the registry.
 
-    If the deletion fails too (the server is gone), the first error is the one raised; the version
-    keeps its pending tag, so the next register run deletes it (`remove_abandoned_versions`).
+    When the tracking server is what failed, or the deletion fails too, the first error is the one
+    raised (no second round of MLflow's minutes of retries); the version keeps its pending tag, so
+    the next register run on this host deletes it (`remove_abandoned_versions`).
     """
     from mlflow.exceptions import MlflowException
+
+    from tasks.tracking_server import lost_server_reason
 
     try:
         yield
     except BaseException as error:
+        later = f"{model_name} version {version} is left pending: the next register run on this host deletes it"
+        if isinstance(error, Exception) and lost_server_reason(error) is not None:
+            error.add_note(later)
+            raise
         try:
             client.delete_model_version(model_name, version)
         except MlflowException as cleanup_error:
-            error.add_note(
-                f"{model_name} version {version} could not be deleted ({cleanup_error}): "
-                "the next register run deletes it"
-            )
+            error.add_note(f"{model_name} version {version} could not be deleted ({cleanup_error}): {later}")
         raise
 
 

@@ -20,7 +20,6 @@ from tasks.errors import ScorerError
 from tasks.inference import IMAGE_COLUMN, Answer, InputItem
 
 INVOCATIONS_PATH = "/invocations"  # MLflow's scoring endpoint
-SCORER_URL_VARIABLE = "SIGPIPE_SCORER_URL"
 REQUEST_TIMEOUT_SECONDS = 300  # a large batch of images on a busy CPU server
 ERROR_MESSAGE_CHARACTERS = 300  # of a server's error body, in the one-line error
 
@@ -77,15 +76,20 @@ def served_answers(url: str, items: Sequence[InputItem]) -> list[Answer]:
         response = requests.post(endpoint, json=payload, timeout=REQUEST_TIMEOUT_SECONDS)
     except requests.RequestException as error:
         raise ScorerError(
-            f"the model server {url} does not answer ({type(error).__name__}): start it (sigpipe serve, or make up), "
-            f"or leave out --server (and unset {SCORER_URL_VARIABLE}) to load the model in this process"
+            f"the model server {url} does not answer ({type(error).__name__}): start it (sigpipe serve, or make up)"
         ) from None
     if response.status_code != 200:
         raise ScorerError(
             f"the model server {url} refused the request (HTTP {response.status_code}: "
             f"{server_message(response.text)}); is it serving this project's packaged model (sigpipe serve)?"
         )
-    rows = response.json().get("predictions", [])
+    try:
+        rows = response.json()["predictions"]
+    except (ValueError, KeyError, TypeError):
+        raise ScorerError(
+            f"the model server {url} answered without predictions ({server_message(response.text)}): "
+            "is it a model server (sigpipe serve)?"
+        ) from None
     if len(rows) != len(items):
         raise ScorerError(f"the model server {url} answered {len(rows)} rows for {len(items)} images")
     return [answer_from_row(row, item.name) for row, item in zip(rows, items, strict=True)]

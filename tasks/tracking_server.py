@@ -82,8 +82,9 @@ def tracking_server_loss_explained(stage: str) -> Iterator[None]:
     """Around a stage: an http(s) tracking server that stops answering mid-stage (after MLflow's own
     retries) becomes one TrackingServerLostError line saying what was left and what to do, instead
     of MLflow's stack trace. What is left is safe: the stage's run stays RUNNING until the next
-    train or register run marks it KILLED (`end_abandoned_runs`), and a model version whose
-    registration was cut is removed by the next register run (`tasks.registry.remove_abandoned_versions`).
+    train or register run on this host marks it KILLED (`end_abandoned_runs`), and a model version
+    whose registration was cut before its alias is deleted by the next register run on this host
+    (`tasks.registry.remove_abandoned_versions`).
     """
     uri = os.environ.get(TRACKING_URI_VARIABLE, "")
     try:
@@ -96,6 +97,6 @@ def tracking_server_loss_explained(stage: str) -> Iterator[None]:
         raise TrackingServerLostError(
             f"the MLflow tracking server {uri} stopped answering during the {stage} stage ({reason} after "
             f"{retries} retries, {RETRIES_VARIABLE}): the stage stopped, and DVC records nothing for it. "
-            "Its MLflow run is marked KILLED, and a model version it had begun to register is removed, by the "
-            "next train or register run. Start the server again (make team-up) and rerun: dvc repro"
+            "The next train or register run on this machine marks its MLflow run KILLED and deletes a model "
+            "version it left without an alias. Start the server again (make team-up) and rerun: dvc repro"
         ) from error

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 
@@ -31,6 +32,7 @@ from tasks.tracking import (
     TAG_HOST,
     TAG_PID,
     end_abandoned_runs,
+    log_missing_epochs,
     model_artifacts_removed_on_failure,
     process_tags,
 )
@@ -185,12 +187,14 @@ def test_versions_left_pending_by_gone_processes_are_deleted_or_completed(store:
             "cut after its alias": gone,
             "live process": {TAG_REGISTRATION: PENDING, TAG_PID: str(alive.pid), TAG_HOST: here},
             "other host": {**gone, TAG_HOST: "elsewhere"},
+            "other host, with its alias": {**gone, TAG_HOST: "elsewhere"},
             "this process": pending_tags(),
         }
         versions = {
             name: mlflow.register_model(info.model_uri, "pending-model", tags=tag).version for name, tag in tags.items()
         }
         client.set_registered_model_alias("pending-model", "champion", versions["cut after its alias"])
+        client.set_registered_model_alias("pending-model", "challenger", versions["other host, with its alias"])
         deleted = remove_abandoned_versions(client, "pending-model")
     finally:
         alive.kill()
@@ -200,6 +204,10 @@ def test_versions_left_pending_by_gone_processes_are_deleted_or_completed(store:
     assert sorted(left) == sorted(str(number) for name, number in versions.items() if name != "cut before its alias")
     champion = client.get_model_version("pending-model", versions["cut after its alias"])
     assert champion.aliases == ["champion"] and TAG_REGISTRATION not in champion.tags
+    # A version holding an alias was complete, whichever host registered it: its tag goes, so it can
+    # never be taken for half-registered once its alias moves on.
+    challenger = client.get_model_version("pending-model", versions["other host, with its alias"])
+    assert challenger.aliases == ["challenger"] and TAG_REGISTRATION not in challenger.tags
     still_pending = {
         name
         for name, number in versions.items()
@@ -210,23 +218,43 @@ def test_versions_left_pending_by_gone_processes_are_deleted_or_completed(store:
     assert TAG_REGISTRATION not in client.get_model_version("pending-model", versions["this process"]).tags
 
 
-def test_a_version_that_cannot_be_deleted_keeps_the_first_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The server is gone: deleting the cut version fails too, and the error raised is still the one
-    that cut the registration, with a note that the next register run deletes the version."""
-    with socket.socket() as probe:  # a port nothing listens on: a real, unreachable tracking server
+@pytest.fixture
+def unreachable_client(monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    """A client of a tracking server that is gone (a port nothing listens on), without MLflow's retries."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
+    return MlflowClient(tracking_uri=f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
+
+
+def test_a_version_that_cannot_be_deleted_keeps_the_first_error(unreachable_client: MlflowClient) -> None:
+    """Deleting the cut version fails too: the error raised is still the one that cut the
+    registration, with a note that the next register run deletes the version."""
     with (
         pytest.raises(RuntimeError, match="alias step failed") as raised,
-        version_removed_on_failure(client, "lost-model", "3"),
+        version_removed_on_failure(unreachable_client, "lost-model", "3"),
     ):
         raise RuntimeError("alias step failed")
     assert any(
-        "lost-model version 3 could not be deleted" in note and "next register run deletes it" in note
+        "lost-model version 3 could not be deleted" in note and "next register run on this host deletes it" in note
         for note in raised.value.__notes__
     )
+
+
+def test_a_lost_server_is_not_asked_to_delete_the_cut_version(unreachable_client: MlflowClient) -> None:
+    """The alias step failed because the server is gone: no deletion is tried (it would wait out MLflow's
+    retries a second time); the version stays pending for the next register run."""
+    with pytest.raises(MlflowException) as lost:
+        unreachable_client.get_registered_model("lost-model")
+    with (
+        pytest.raises(MlflowException) as raised,
+        version_removed_on_failure(unreachable_client, "lost-model", "3"),
+    ):
+        raise lost.value
+    assert raised.value.__notes__ == [
+        "lost-model version 3 is left pending: the next register run on this host deletes it"
+    ]
 
 
 def test_a_model_logged_to_another_store_earlier_does_not_break_the_next_logging(tmp_path: Path) -> None:
@@ -242,3 +270,23 @@ def test_a_model_logged_to_another_store_earlier_does_not_break_the_next_logging
             assert MlflowClient().get_logged_model(info.model_id).name == "model"
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def test_a_resumed_run_logs_the_epochs_its_cut_predecessor_did_not(store: tuple[str, Path]) -> None:
+    """The checkpoint holds epochs 0-4; the cut run logged 0, 1 and 3 (its server died while logging 2,
+    and 4 was never sent): the resumed run logs 2 and 4, and logs nothing twice."""
+    experiment_id, _ = store
+    client = MlflowClient()
+    run = client.create_run(experiment_id)
+    for step in (0, 1, 3):
+        client.log_metric(run.info.run_id, "loss", 1.0 / (step + 1), step=step)
+        client.log_metric(run.info.run_id, "accuracy", 0.5, step=step)
+    history = {"loss": [1.0, 0.5, 0.33, 0.25, 0.2], "accuracy": [0.5, 0.5, 0.6, 0.5, 0.7]}
+    assert log_missing_epochs(run.info.run_id, history) == [2, 4]
+    for name, values in history.items():
+        logged = dict(
+            sorted((metric.step, metric.value) for metric in client.get_metric_history(run.info.run_id, name))
+        )
+        assert sorted(logged) == [0, 1, 2, 3, 4], name  # each epoch once
+        assert (logged[2], logged[4]) == pytest.approx((values[2], values[4])), name
+    assert log_missing_epochs(run.info.run_id, history) == []  # a second resume logs nothing again
