@@ -360,8 +360,8 @@ def test_cli_predict_names_a_model_server_that_does_not_answer(trained: ProjectP
     result = run_cli(["predict", "--server", dead, str(image)], trained.root)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"error: the model server {dead} does not answer (ConnectionError): start it (sigpipe serve, or make up), "
-        "or leave out --server (and unset SIGPIPE_SCORER_URL) to load the model in this process"
+        f"error: the model server {dead} does not answer (ConnectionError): start it (sigpipe serve, or make up); "
+        "or leave out --server (and unset SIGPIPE_SCORER_URL) to load the model here"
     ]
     both = run_cli(["predict", "--server", dead, "--model", f"models:/{MODEL_NAME}/1", str(image)], trained.root)
     assert both.returncode == 1 and "--model and --server exclude each other" in both.stderr
