@@ -105,10 +105,10 @@ down: ## Stop what `make up` started (TERM, then KILL after 10 s).
 	  fi; \
 	done
 
-team-up: venv ## Start PostgreSQL-backed Prefect and MLflow servers and the shared DVC remote (flows/team.py).
+team-up: venv ## Start PostgreSQL-backed Prefect and MLflow servers, the shared DVC remote and the deployment's worker (flows/team.py).
 	python -m flows.team up
 
-team-down: ## Stop what `make team-up` started; the databases are kept for the next team-up.
+team-down: ## Stop what `make team-up` started (the worker first); the databases are kept for the next team-up.
 	python -m flows.team down
 
 screenshots: venv ## After make up and a deployment run: the Prefect run and MLflow runs table as PNGs in docs/images (needs chromium).
