@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 LAUNCHED_BY_DVC_VARIABLE = "DVC_STAGE"  # set by DVC for every stage command it runs
@@ -66,15 +66,20 @@ def watched_ancestors() -> list[int]:
     return chain
 
 
-def is_alive(pid: int) -> bool:
-    """Whether a process `pid` exists (a process of another user counts)."""
+def reaches(send: Callable[[int, int], None], target: int) -> bool:
+    """Whether signal 0 sent with `send` (os.kill, os.killpg) finds `target` (another user's counts)."""
     try:
-        os.kill(pid, 0)
+        send(target, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def is_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (a process of another user counts)."""
+    return reaches(os.kill, pid)
 
 
 def open_pidfds(pids: Sequence[int]) -> dict[int, int] | None:
@@ -204,13 +209,7 @@ def stop_processes(pids: Sequence[int], grace_seconds: float = CHILD_STOP_GRACE_
 
 def group_alive(leader: int) -> bool:
     """Whether any process of the group `leader` started (`start_new_session`) is still running."""
-    try:
-        os.killpg(leader, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return reaches(os.killpg, leader)
 
 
 def stop_process_group(leader: int, grace_seconds: float = CHILD_STOP_GRACE_SECONDS) -> bool:

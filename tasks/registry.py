@@ -217,7 +217,7 @@ def version_removed_on_failure(client: Any, model_name: str, version: str) -> It
         yield
     except BaseException as error:
         later = f"{model_name} version {version} is left pending: the next register run on this host deletes it"
-        if isinstance(error, Exception) and lost_server_reason(error) is not None:
+        if lost_server_reason(error) is not None:
             error.add_note(later)
             raise
         try:
