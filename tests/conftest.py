@@ -73,6 +73,16 @@ def make_workspace(root: Path) -> Path:
     return root
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the modules that hold end-to-end (`slow`) tests first, each module's tests in their order.
+
+    pytest-xdist hands tests (or a whole `xdist_group`) to workers in collection order: the minutes-long
+    end-to-end chains then start at once, and the many short tests fill the workers around them,
+    instead of one long chain starting last and running alone while the other workers wait."""
+    has_slow = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in has_slow)  # stable: the order within a module is kept
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     """A copy of the project's pipeline files (code, params, dvc.yaml) in a fresh folder."""

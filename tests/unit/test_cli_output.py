@@ -122,12 +122,14 @@ def test_the_other_images_are_still_answered(workspace: ProjectPaths) -> None:
     assert result.stdout.startswith("signature.png\t00")
 
 
-@pytest.mark.parametrize("claimed", ["1", "01", "001", " 2"])
-def test_verify_accepts_the_datasets_own_writer_names(workspace: ProjectPaths, claimed: str) -> None:
-    """UTSig's folder `Genuine/1` is the model's writer `001`."""
-    result = sigpipe(workspace, "verify", "signature.png", "--writer", claimed)
-    expected = f"writer 00{claimed.strip()[-1]}"
-    assert result.returncode == 0 and expected in result.stdout, result.stderr[-2000:]
+def test_verify_accepts_the_datasets_own_writer_names(workspace: ProjectPaths) -> None:
+    """UTSig's folder `Genuine/1` is the model's writer `001`: the command answers for `1`, and the other
+    spellings map as `1` does through `match_writer`, the one place `verify` turns a claim into an id
+    (a process per spelling would load the model four times to show the same call)."""
+    result = sigpipe(workspace, "verify", "signature.png", "--writer", "1")
+    assert result.returncode == 0 and "writer 001" in result.stdout, result.stderr[-2000:]
+    for claimed in ("1", "01", "001", " 2"):
+        assert match_writer(claimed, CALIBRATION["classes"]) == f"00{claimed.strip()[-1]}", claimed
 
 
 def test_an_unknown_writer_is_named_with_the_models_ids(workspace: ProjectPaths) -> None:
