@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml")
 WORKSPACE_FOLDERS = ("flows", "tasks")
 CEDAR_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "cedar"
 HARNESS_STARTUP_SECONDS = 120
+TRAINED_MARKER = "built.json"  # written once the shared trained workspace is complete: its artifact folders
 # The `trained` workspace: 3 writers, 75 px, registered under the project's default model name (what
 # the README's commands load).
 TRAINED_MODEL_NAME = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["register"]["model_name"]
@@ -137,11 +139,9 @@ def workspace_tracking_store() -> None:
     forget_exported_tracking_uri()
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> ProjectPaths:
-    """A workspace on which download, prepare, train, evaluate, calibrate and register have run, once
-    per session (per xdist worker: modules that use it share the xdist group `trained`). Tests that
-    change it say so and restore what they change; tests that run commands on it work on a copy."""
+def build_trained_workspace(workspace: Path) -> None:
+    """Run download, prepare, train, evaluate, calibrate and register in this process on a new copy of the
+    pipeline files at `workspace`, with TRAINED_PARAMS."""
     from flows.calibrate import calibrate_flow
     from flows.download import download_flow
     from flows.evaluate import evaluate_flow
@@ -149,12 +149,70 @@ def trained(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> P
     from flows.register import register_flow
     from flows.train import train_flow
 
-    workspace = make_workspace(tmp_path_factory.mktemp("pipeline") / "workspace")
+    make_workspace(workspace)
     edit_params(workspace / "params.yaml", TRAINED_PARAMS)
     params_file = str(workspace / "params.yaml")
     forget_exported_tracking_uri()  # set up before any test's autouse fixture: the stages run in this process
     for stage in (download_flow, prepare_flow, train_flow, evaluate_flow, calibrate_flow, register_flow):
         stage(params_file)
+
+
+@pytest.fixture(scope="session")
+def trained_original(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str, worker_id: str) -> Path:
+    """The trained workspace, built once per test run: under pytest-xdist the first worker that needs it
+    builds it in the run's shared temporary folder while the others wait on a lock, then all use it
+    (the xdist how-to's pattern for session fixtures that must run once). Nobody changes it: tests get
+    copies (`trained`)."""
+    if worker_id == "master":  # no xdist: this process is the whole run
+        workspace = tmp_path_factory.mktemp("pipeline") / "workspace"
+        build_trained_workspace(workspace)
+        return workspace
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "trained"
+    workspace = shared / "workspace"
+    finished = shared / TRAINED_MARKER
+    with FileLock(str(shared) + ".lock"):
+        if not finished.exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a build that failed part way on another worker
+            build_trained_workspace(workspace)
+            finished.write_text(json.dumps(artifact_folders(workspace)))
+    return workspace
+
+
+def artifact_folders(workspace: Path) -> list[str]:
+    """The MLflow run and model folders of the workspace's store, relative to the workspace."""
+    artifacts = ProjectPaths.from_root(workspace).mlruns_dir / "artifacts"
+    folders = [*artifacts.iterdir(), *(artifacts / "models").iterdir()]
+    return sorted(folder.relative_to(workspace).as_posix() for folder in folders if folder.is_dir())
+
+
+def later_artifacts(original: Path) -> Callable[[str, list[str]], set[str]]:
+    """A copytree `ignore` that leaves out the artifact folders of runs logged after `original` was built:
+    copies log to the original's store folders (their MLflow store names them), possibly while another
+    worker copies it."""
+    built = set(json.loads((original.parent / TRAINED_MARKER).read_text()))
+    store = ProjectPaths.from_root(original).mlruns_dir / "artifacts"
+
+    def ignored(folder: str, names: list[str]) -> set[str]:
+        if Path(folder) not in (store, store / "models"):
+            return set()
+        relative = Path(folder).relative_to(original)
+        return {name for name in names if (relative / name).as_posix() not in built and name != "models"}
+
+    return ignored
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, trained_original: Path) -> ProjectPaths:
+    """A workspace on which download, prepare, train, evaluate, calibrate and register have run: this
+    worker's copy of `trained_original` (modules that use it share the xdist group `trained`, so most
+    tests see one copy). Tests that change it say so and restore what they change; tests that run
+    commands on it work on a copy. The copy's MLflow store names the original's artifact folders,
+    which only ever gain new runs."""
+    workspace = tmp_path_factory.mktemp("trained") / "workspace"
+    ignore = later_artifacts(trained_original) if (trained_original.parent / TRAINED_MARKER).exists() else None
+    shutil.copytree(trained_original, workspace, symlinks=True, ignore=ignore)
     return ProjectPaths.from_root(workspace)
 
 
