@@ -62,7 +62,9 @@ demo: venv ## Run the whole pipeline offline on the generated dataset through th
 	@echo "MLflow UI:      $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --workers 1"
 
 # Tests run on every core (pytest-xdist; TEST_WORKERS=0 runs them in one process). Modules that share
-# an expensive session fixture carry the same xdist_group mark, so it is built once, on one worker.
+# an expensive session fixture carry the same xdist_group mark, so it is built once, on one worker
+# (pytest stays below 9.2 for that: pyproject.toml). More workers than cores measured slower here: each
+# builds its own fixtures and Prefect API, and the end-to-end tests are CPU-bound (bench/README.md).
 test: venv ## Run every test, the slow end-to-end ones included, on every core.
 	pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
