@@ -115,6 +115,9 @@ def subprocess_environment(prefect_api_url: str) -> dict[str, str]:
     environment["PREFECT_API_URL"] = prefect_api_url
     environment["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     environment["DO_NOT_TRACK"] = "true"
+    # An `mlflow server` a test starts runs without MLflow 3's GenAI job runner (eight processes), as the
+    # Makefile and team.py start theirs.
+    environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     # mlflow.set_tracking_uri in this process exports MLFLOW_TRACKING_URI (some earlier test's store);
     # a stage run in a workspace uses that workspace's own store, as it does for a user.
     environment.pop("MLFLOW_TRACKING_URI", None)
@@ -165,19 +168,24 @@ def trained_original(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: 
     copies (`trained`)."""
     if worker_id == "master":  # no xdist: this process is the whole run
         workspace = tmp_path_factory.mktemp("pipeline") / "workspace"
-        build_trained_workspace(workspace)
+        build_and_mark(workspace)
         return workspace
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp().parent / "trained"
     workspace = shared / "workspace"
-    finished = shared / TRAINED_MARKER
     with FileLock(str(shared) + ".lock"):
-        if not finished.exists():
+        if not (shared / TRAINED_MARKER).exists():
             shutil.rmtree(shared, ignore_errors=True)  # a build that failed part way on another worker
-            build_trained_workspace(workspace)
-            finished.write_text(json.dumps(artifact_folders(workspace)))
+            build_and_mark(workspace)
     return workspace
+
+
+def build_and_mark(workspace: Path) -> None:
+    """Build the trained workspace, then record beside it that it is complete and which artifact
+    folders it holds (`later_artifacts` leaves the others out of copies)."""
+    build_trained_workspace(workspace)
+    (workspace.parent / TRAINED_MARKER).write_text(json.dumps(artifact_folders(workspace)))
 
 
 def artifact_folders(workspace: Path) -> list[str]:
@@ -198,7 +206,7 @@ def later_artifacts(original: Path) -> Callable[[str, list[str]], set[str]]:
         if Path(folder) not in (store, store / "models"):
             return set()
         relative = Path(folder).relative_to(original)
-        return {name for name in names if (relative / name).as_posix() not in built and name != "models"}
+        return {name for name in names if (relative / name).as_posix() not in built}  # `models` is listed too
 
     return ignored
 
@@ -211,8 +219,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, trained_original: Path) ->
     commands on it work on a copy. The copy's MLflow store names the original's artifact folders,
     which only ever gain new runs."""
     workspace = tmp_path_factory.mktemp("trained") / "workspace"
-    ignore = later_artifacts(trained_original) if (trained_original.parent / TRAINED_MARKER).exists() else None
-    shutil.copytree(trained_original, workspace, symlinks=True, ignore=ignore)
+    shutil.copytree(trained_original, workspace, symlinks=True, ignore=later_artifacts(trained_original))
     return ProjectPaths.from_root(workspace)
 
 

@@ -41,9 +41,6 @@ TRAINING = {
     "tracking": {"experiment": EXPERIMENT},
 }
 # The failing leg: MLflow's client gives up after one quick retry instead of about 4 minutes of them.
-# The GenAI job runner MLflow's server starts by default (eight processes) has nothing to do here; team.py
-# and the Makefile turn it off for the servers they start.
-NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 IMPATIENT_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
@@ -77,7 +74,7 @@ class TrackingServer:
                 "--workers",
                 "1",
             ],
-            env={**self.environment, **NO_JOB_RUNNER},
+            env=self.environment,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
