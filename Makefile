@@ -65,11 +65,13 @@ demo: venv ## Run the whole pipeline offline on the generated dataset through th
 # an expensive session fixture carry the same xdist_group mark, so it is built once, on one worker
 # (pytest stays below 9.2 for that: pyproject.toml). More workers than cores measured slower here: each
 # builds its own fixtures and Prefect API, and the end-to-end tests are CPU-bound (bench/README.md).
+# --no-loadscope-reorder: xdist hands the tests out in the order tests/conftest.py gives them (the
+# trained workspace's builder first, a unit that does not need it second, so no worker waits on it).
 test: venv ## Run every test, the slow end-to-end ones included, on every core.
-	pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: venv ## Run the tests without the slow end-to-end ones, on every core.
-	pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+	pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
 
 lint: venv ## Check style with ruff.
 	ruff check flows tasks tests bench

@@ -76,13 +76,48 @@ def make_workspace(root: Path) -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the modules that hold end-to-end (`slow`) tests first, each module's tests in their order.
+    """Order the tests as pytest-xdist should hand them out (`make test` passes `--no-loadscope-reorder`,
+    so xdist keeps this order): the units (an `xdist_group`, or one test) that hold end-to-end (`slow`)
+    tests first, larger groups before smaller ones as xdist's own reorder does, then the others, those
+    of modules with end-to-end tests first, each unit's tests in their order; but first of all the first
+    unit that builds the shared trained workspace, and right after it the first slow unit that does not
+    need that workspace.
 
-    pytest-xdist hands tests (or a whole `xdist_group`) to workers in collection order: the minutes-long
-    end-to-end chains then start at once, and the many short tests fill the workers around them,
-    instead of one long chain starting last and running alone while the other workers wait."""
+    Each worker takes the next unit (an `xdist_group`, or one test) when it runs low: the minutes-long
+    end-to-end chains start at once, the many short tests fill the workers around them, and while one
+    worker builds the trained workspace the other works instead of waiting on its lock."""
     has_slow = {item.module for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module not in has_slow)  # stable: the order within a module is kept
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(scheduling_unit(item), []).append(item)
+    # As xdist's own reorder would: the largest groups first (they run longest), within slow and then the rest.
+    order = sorted(units, key=lambda unit: (not is_slow(units[unit]), -len(units[unit])))
+    builder = next((unit for unit in order if needs_trained(units[unit])), None)
+    if builder is not None:
+        order.remove(builder)
+        order.insert(0, builder)
+        other = next((unit for unit in order if not needs_trained(units[unit]) and is_slow(units[unit])), None)
+        if other is not None:
+            order.remove(other)
+            order.insert(1, other)
+    items[:] = [item for unit in order for item in units[unit]]
+
+
+def scheduling_unit(item: pytest.Item) -> str:
+    """What pytest-xdist's `loadgroup` hands to one worker at once: the item's `xdist_group`, else the item."""
+    group = item.get_closest_marker("xdist_group")
+    return f"group:{group.args[0]}" if group is not None and group.args else item.nodeid
+
+
+def needs_trained(unit: list[pytest.Item]) -> bool:
+    """Whether a test of the unit uses the shared trained workspace (directly or through other fixtures)."""
+    return any("trained_original" in getattr(item, "fixturenames", ()) for item in unit)
+
+
+def is_slow(unit: list[pytest.Item]) -> bool:
+    """Whether a test of the unit is an end-to-end (`slow`) one."""
+    return any(item.get_closest_marker("slow") for item in unit)
 
 
 @pytest.fixture
