@@ -167,3 +167,16 @@ def test_ridge_classifier_logits_are_the_verifiers_scores(base: keras.Model) -> 
     np.testing.assert_allclose(outputs.logits, verifier.scores(outputs.embeddings), rtol=1e-4, atol=1e-4)
     probabilities = classifier.predict(pixels, verbose=0)
     np.testing.assert_array_equal(np.argmax(probabilities, axis=1), np.argmax(outputs.logits, axis=1))
+
+
+def test_the_logged_signature_is_the_one_a_prediction_would_give(base: keras.Model) -> None:
+    """The train stage reads the classifier's MLflow signature from its shapes instead of predicting an
+    example (which would trace InceptionV3 once more): both give the same signature."""
+    from mlflow.models import infer_signature
+
+    from flows.train import classifier_signature
+
+    classifier = build_classifier(base, SIZE, HeadSpec(5, 0, 0.0))
+    example = np.full((2, SIZE, SIZE, 3), 255.0, dtype=np.float32)
+    assert classifier_signature(classifier) == infer_signature(example, classifier.predict(example, verbose=0))
+    assert classifier_signature(classifier).outputs.inputs[0].shape == (-1, 5)
