@@ -36,6 +36,8 @@ MLFLOW_PORT ?= 5000
 SCORER_PORT ?= 5001
 PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)/api
 WORK_POOL := signature-pool
+# How often make up's worker asks for scheduled runs: a deployment run starts within 2 s, not Prefect's 10.
+PREFECT_WORKER_QUERY_SECONDS ?= 2
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -91,7 +93,8 @@ up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deploymen
 # Prefect's own next steps ("start a worker") would contradict this target, which starts one: they go to the log.
 	PREFECT_API_URL=$(PREFECT_URL) SIGPIPE_ROOT=$(CURDIR) prefect --no-prompt deploy --all > $(RUN_DIR)/deploy.log 2>&1 \
 	  || { cat $(RUN_DIR)/deploy.log; exit 1; }
-	PREFECT_API_URL=$(PREFECT_URL) prefect worker start --pool $(WORK_POOL) > $(RUN_DIR)/worker.log 2>&1 & echo $$! > $(RUN_DIR)/worker.pid
+	PREFECT_API_URL=$(PREFECT_URL) PREFECT_WORKER_QUERY_SECONDS=$(PREFECT_WORKER_QUERY_SECONDS) prefect worker start --pool $(WORK_POOL) \
+	  > $(RUN_DIR)/worker.log 2>&1 & echo $$! > $(RUN_DIR)/worker.pid
 	mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 	  > $(RUN_DIR)/mlflow.log 2>&1 & echo $$! > $(RUN_DIR)/mlflow.pid
@@ -107,7 +110,7 @@ down: ## Stop what `make up` started (TERM, then KILL after 10 s).
 	@for name in scorer worker mlflow prefect-server; do \
 	  if [ -f $(RUN_DIR)/$$name.pid ]; then \
 	    pid=$$(cat $(RUN_DIR)/$$name.pid); kill $$pid 2>/dev/null; \
-	    for attempt in $$(seq 1 10); do kill -0 $$pid 2>/dev/null || break; sleep 1; done; \
+	    for attempt in $$(seq 1 50); do kill -0 $$pid 2>/dev/null || break; sleep 0.2; done; \
 	    kill -9 $$pid 2>/dev/null; rm -f $(RUN_DIR)/$$name.pid; echo "stopped $$name"; \
 	  fi; \
 	done

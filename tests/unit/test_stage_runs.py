@@ -105,3 +105,15 @@ def test_make_keeps_prefect_state_in_the_workspace_unless_prefect_home_is_set(tm
     environment["PREFECT_HOME"] = str(tmp_path / "chosen")
     shown = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == str(tmp_path / "chosen")
+
+
+def test_make_ups_worker_asks_for_runs_every_two_seconds_unless_set(tmp_path: Path) -> None:
+    """`make up`'s worker picks a deployment run up within 2 s (Prefect's default is 10); a user's value wins."""
+    command = ["make", "-n", "--no-print-directory", "up"]
+    environment = fresh_shell_environment(tmp_path)
+    for given, expected in ((None, "2"), ("7", "7")):
+        if given is not None:
+            environment["PREFECT_WORKER_QUERY_SECONDS"] = given
+        shown = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, check=True)
+        (worker,) = [line for line in shown.stdout.splitlines() if "prefect worker start" in line]
+        assert f"PREFECT_WORKER_QUERY_SECONDS={expected}" in worker, shown.stdout

@@ -52,3 +52,9 @@ def test_missing_postgresql_programs_name_the_package(monkeypatch: pytest.Monkey
 
 def test_down_with_nothing_started_stops_nothing(tmp_path: Path) -> None:
     assert team.team_down(TeamSettings.from_environment(tmp_path, {})) == []
+
+
+def test_the_worker_asks_for_runs_every_two_seconds_unless_the_user_said_otherwise() -> None:
+    """A deployment run then starts within 2 s, not within Prefect's default 10."""
+    assert team.worker_environment({"PATH": "/bin"}) == {"PATH": "/bin", "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    assert team.worker_environment({"PREFECT_WORKER_QUERY_SECONDS": "30"})["PREFECT_WORKER_QUERY_SECONDS"] == "30"
