@@ -67,6 +67,17 @@ def paths(prepared_root: Path, tmp_path: Path) -> ProjectPaths:
     return ProjectPaths.from_root(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def default_training(prepared_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ProjectPaths, TrainResult]:
+    """One training with the module's defaults (cached mode, MLP head) in its own workspace, shared by the
+    tests that only read what it produced (its result, its embedding cache): each would otherwise embed
+    every image again for the same result. A test that trains again there works on a copy."""
+    root = tmp_path_factory.mktemp("default-training")
+    shutil.copytree(prepared_root / "data" / "prepared", root / "data" / "prepared")
+    paths = ProjectPaths.from_root(root)
+    return paths, train(paths)
+
+
 def train(
     paths: ProjectPaths,
     train_params: TrainParams = TRAIN,
@@ -99,11 +110,13 @@ def test_the_ridge_head_is_the_verifier_and_identifies_the_test_writers(paths: P
     assert float(np.mean(np.argmax(outputs.logits, axis=1) == test.labels)) > CHANCE + 0.3
 
 
-def test_the_cache_holds_the_clean_view_first_and_the_head_trains_on_every_view(paths: ProjectPaths) -> None:
+def test_the_cache_holds_the_clean_view_first_and_the_head_trains_on_every_view(
+    default_training: tuple[ProjectPaths, TrainResult],
+) -> None:
     from tasks.features import read_feature_cache
     from tasks.model import build_embedder
 
-    result = train(paths)
+    paths, result = default_training
     cache_file = next(paths.features_dir.glob("*.npz"))
     cache = read_feature_cache(paths.features_dir, cache_file.stem)
     assert cache.train_views.shape[0] == 1 + TRAIN.augmented_views
@@ -115,14 +128,19 @@ def test_the_cache_holds_the_clean_view_first_and_the_head_trains_on_every_view(
     assert result.train_images_per_second > 0
 
 
-def test_cached_mode_learns_reuses_its_cache_and_invalidates_it(paths: ProjectPaths) -> None:
-    first = train(paths)
+def test_cached_mode_learns_reuses_its_cache_and_invalidates_it(
+    default_training: tuple[ProjectPaths, TrainResult], tmp_path: Path
+) -> None:
+    trained_paths, first = default_training
     history = first.state.history
     assert history["loss"][-1] < history["loss"][0]
     assert max(history["val_accuracy"]) > CHANCE + 0.2
     assert not first.features_reused and first.embed_images_per_second > 0
-    assert len(list(paths.features_dir.glob("*.npz"))) == 1
+    assert len(list(trained_paths.features_dir.glob("*.npz"))) == 1
 
+    # Trained again on a copy of that workspace (its prepared data and embedding cache).
+    shutil.copytree(trained_paths.root / "data", tmp_path / "data")
+    paths = ProjectPaths.from_root(tmp_path)
     second = train(paths)
     assert second.features_reused
     assert second.state.history == history  # reproducible on CPU, to the last digit
@@ -132,10 +150,12 @@ def test_cached_mode_learns_reuses_its_cache_and_invalidates_it(paths: ProjectPa
     assert len(list(paths.features_dir.glob("*.npz"))) == 1  # stale keys are removed
 
 
-def test_the_full_classifier_equals_the_head_trained_on_the_cache(paths: ProjectPaths) -> None:
+def test_the_full_classifier_equals_the_head_trained_on_the_cache(
+    default_training: tuple[ProjectPaths, TrainResult],
+) -> None:
     """The classifier that is saved (base + head) gives the validation accuracy the head reached on
     the cached embeddings at its best epoch, and well above chance on test images."""
-    result = train(paths)
+    paths, result = default_training
     data = load_training_data(read_manifest(paths.manifest_file), paths.root)
     validation = result.classifier.predict(plain_batches(data.val, None, 16), verbose=0)
     best = result.state.history["val_accuracy"][result.state.best_epoch]
