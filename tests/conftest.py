@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,7 +19,6 @@ WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml")
 WORKSPACE_FOLDERS = ("flows", "tasks")
 CEDAR_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "cedar"
 HARNESS_STARTUP_SECONDS = 120
-SHARED_PREFECT_API_VARIABLE = "SIGPIPE_TESTS_PREFECT_API_URL"  # the API the xdist controller started
 TRAINED_MARKER = "built.json"  # written once the shared trained workspace is complete: its artifact folders
 # The `trained` workspace: 3 writers, 75 px, registered under the project's default model name (what
 # the README's commands load).
@@ -136,36 +134,12 @@ def edit_params(params_file: Path, changes: dict[str, dict[str, object]]) -> Non
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Under pytest-xdist, start in the controller the one temporary Prefect API every worker uses.
-
-    This runs before xdist starts the workers (its own `pytest_sessionstart` is `trylast`), which inherit
-    the API's URL through SHARED_PREFECT_API_VARIABLE. One API instead of one per worker: an idle Prefect
-    server keeps about 4% of a core busy with its loop services, over the whole run. Without xdist (or
-    with `-n 0`) the session's only process starts its own in `prefect_api_url`."""
-    if not session.config.pluginmanager.has_plugin("dsession"):
-        return
+@pytest.fixture(scope="session")
+def prefect_api_url() -> Iterator[str]:
+    """One temporary Prefect API for the whole session; yields its URL for subprocesses too."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    harness = contextlib.ExitStack()
-    harness.enter_context(prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_SECONDS))
-    session.config.add_cleanup(harness.close)
-    os.environ[SHARED_PREFECT_API_VARIABLE] = str(PREFECT_API_URL.value())
-
-
-@pytest.fixture(scope="session")
-def prefect_api_url() -> Iterator[str]:
-    """The session's temporary Prefect API, as the current Prefect setting; yields its URL for subprocesses
-    too. Under pytest-xdist, the one the controller started for all workers (`pytest_sessionstart`)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    shared = os.environ.get(SHARED_PREFECT_API_VARIABLE)
-    if shared:
-        with temporary_settings(updates={PREFECT_API_URL: shared}):
-            yield shared
-        return
     with prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_SECONDS):
         yield str(PREFECT_API_URL.value())
 

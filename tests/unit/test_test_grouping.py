@@ -2,11 +2,9 @@
 that share an expensive session fixture (the `trained` workspace, the pipeline run) carry one
 `xdist_group` mark so that the fixture is built once, on one worker. pytest 9.2 with pytest-xdist 3.8
 stopped honouring the mark without a word (pytest-xdist issue 1386); this test would have said so.
-Also here: the order the tests are handed out in, and the one Prefect API all workers share."""
+Also here: the order the tests are handed out in."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -94,18 +92,3 @@ def test_the_trained_workspace_builder_goes_first_and_a_unit_without_it_second()
         "team.py::test_one",
         "fast.py::test_a",
     ]
-
-
-def test_every_worker_uses_the_one_prefect_api_the_controller_started(prefect_api_url: str, worker_id: str) -> None:
-    """Under pytest-xdist the controller starts one temporary Prefect API before the workers and every
-    worker's `prefect_api_url` is that one (an API per worker cost its idle loop services on each);
-    without xdist the session's process starts its own."""
-    import httpx
-
-    from tests.conftest import SHARED_PREFECT_API_VARIABLE
-
-    if worker_id == "master":
-        assert SHARED_PREFECT_API_VARIABLE not in os.environ
-    else:
-        assert prefect_api_url == os.environ[SHARED_PREFECT_API_VARIABLE]
-    assert httpx.get(f"{prefect_api_url}/health", timeout=10).json() is True
