@@ -94,13 +94,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # As xdist's own reorder would: the largest groups first (they run longest), within slow and then the rest.
     order = sorted(units, key=lambda unit: (not is_slow(units[unit]), -len(units[unit])))
     builder = next((unit for unit in order if needs_trained(units[unit])), None)
-    if builder is not None:
-        order.remove(builder)
-        order.insert(0, builder)
-        other = next((unit for unit in order if not needs_trained(units[unit]) and is_slow(units[unit])), None)
-        if other is not None:
-            order.remove(other)
-            order.insert(1, other)
+    other = next((unit for unit in order if is_slow(units[unit]) and not needs_trained(units[unit])), None)
+    first = [unit for unit in (builder, other) if unit is not None]
+    order = first + [unit for unit in order if unit not in first]
     items[:] = [item for unit in order for item in units[unit]]
 
 
