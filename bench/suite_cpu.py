@@ -8,8 +8,10 @@ machine: its CPU time, parent and name. Two helpers on PYTHONPATH name the Pytho
 `sitecustomize` records each one's argv and the test that started it (pytest's
 PYTEST_CURRENT_TEST, which subprocesses inherit) when it exits, and a pytest plugin (loaded by
 PYTEST_PLUGINS, on every xdist worker too) records each test's CPU inside the pytest workers. A
-process is charged to the first test named on its way up its parent chain; one whose chain ends
-at init (a server sent to the background, a process whose parent died) is listed by its name.
+process is charged to the first test named on its way up its parent chain, else to the test its
+nearest pytest ancestor was running when it started (a child that is not Python, a server killed
+before it could say); one whose chain ends at init (a server sent to the background, a process
+whose parent died) is listed by its name.
 `/proc/stat`, read before and after, gives how busy the cores were over the whole run.
 
 Usage (as root; other processes on the machine are counted too, so run it on a quiet machine):
@@ -39,6 +41,7 @@ ACCT_RECORD = struct.Struct("<BBHIIIIIIf8H16s")  # struct acct_v3 of linux/acct.
 ACCT_VERSION = 3
 ROWS_SHOWN = 25
 ANCESTRY_LIMIT = 32
+TIME_SLACK_SECONDS = 1.0
 CENSUS_FILE = "census.jsonl"
 PHASES_FILE = "phases.jsonl"
 
@@ -54,17 +57,18 @@ atexit.register(_suite_cpu_record)
 """
 
 PLUGIN = """
-import json, os, resource
+import json, os, resource, time
 import pytest
 def _cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    start = _cpu()
+    start, started = _cpu(), time.time()
     yield
+    line = {"test": item.nodeid, "cpu": _cpu() - start, "pid": os.getpid(), "start": started, "end": time.time()}
     with open(os.path.join(%r, %r), "a") as handle:
-        handle.write(json.dumps({"test": item.nodeid, "cpu": _cpu() - start}) + "\\n")
+        handle.write(json.dumps(line) + "\\n")
 """
 
 
@@ -87,6 +91,7 @@ def read_accounting(path: Path) -> list[dict[str, object]]:
                 "pid": fields[6],
                 "ppid": fields[7],
                 "cpu": (expand_comp(fields[10]) + expand_comp(fields[11])) / ticks,
+                "start": fields[8],  # seconds since the epoch
                 "name": fields[18].split(b"\0")[0].decode(errors="replace"),
             }
         )
@@ -126,6 +131,33 @@ def command_of(argv: list[str]) -> str:
     return " ".join(word for word in words if word != "-m")[:40]
 
 
+def running_test(phases: list[dict[str, object]], pid: int, second: float) -> str:
+    """The test pytest process `pid` was running at `second` ("" if none): a process it started then
+    belongs to that test (accounting gives start times in whole seconds, hence the slack)."""
+    for phase in phases:
+        if phase["pid"] == pid and phase["start"] - TIME_SLACK_SECONDS <= second <= phase["end"] + TIME_SLACK_SECONDS:
+            return str(phase["test"])
+    return ""
+
+
+def test_of(record: dict[str, object], by_pid, named, phases) -> str:
+    """The test a process belongs to: the first one named up its parent chain (subprocesses inherit
+    PYTEST_CURRENT_TEST), else the one its nearest pytest ancestor was running when it started
+    (a child that is not Python, a server killed before it could say); "" when the chain ends at
+    init without either (a server sent to the background)."""
+    pid = record["pid"]
+    for _ in range(ANCESTRY_LIMIT):
+        ancestor = named.get(pid)
+        if ancestor and ancestor["test"]:
+            return str(ancestor["test"])
+        if ancestor and ancestor["pytest"] and pid != record["pid"]:
+            return running_test(phases, pid, record["start"])
+        if pid not in by_pid:
+            return ""
+        pid = by_pid[pid]["ppid"]
+    return ""
+
+
 def attribute(records, census, phases):  # -> dict of tables
     """Charge every accounted process to a test module, a kind of process and, for the rest, a name."""
     by_pid = {record["pid"]: record for record in records}
@@ -144,16 +176,7 @@ def attribute(records, census, phases):  # -> dict of tables
         kind = command_of(entry["argv"]) if entry else record["name"]
         by_command[kind][0] += 1
         by_command[kind][1] += record["cpu"]
-        test, pid = "", record["pid"]
-        for _ in range(ANCESTRY_LIMIT):
-            ancestor = named.get(pid)
-            if ancestor and ancestor["test"]:
-                test = ancestor["test"]
-                break
-            if pid not in by_pid:
-                break
-            pid = by_pid[pid]["ppid"]
-        if test:
+        if test := test_of(record, by_pid, named, phases):
             by_module[module_of(test)]["subprocesses"] += record["cpu"]
         else:
             detached[kind][0] += 1
