@@ -39,17 +39,21 @@ DEFAULT_COMMAND = ("make", "test")
 DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "suite_cpu.json"
 ACCT_RECORD = struct.Struct("<BBHIIIIIIf8H16s")  # struct acct_v3 of linux/acct.h: 64 bytes
 ACCT_VERSION = 3
+ACCT_TICKS_PER_SECOND = 100  # AHZ: acct v3 counts times in 1/100 s, whatever the kernel's HZ
 ROWS_SHOWN = 25
 ANCESTRY_LIMIT = 32
-TIME_SLACK_SECONDS = 1.0
+TIME_SLACK_SECONDS = 1.0  # accounting start times are whole seconds
+CENSUS_MATCH_SECONDS = 2.0  # a census line and an accounting record of one process start this close
 CENSUS_FILE = "census.jsonl"
 PHASES_FILE = "phases.jsonl"
 
 SITECUSTOMIZE = """
-import atexit, json, os, resource, sys
+import atexit, json, os, resource, sys, time
+_suite_cpu_start, _suite_cpu_inherited = time.time(), os.environ.get("PYTEST_CURRENT_TEST", "")
 def _suite_cpu_record():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     line = {"pid": os.getpid(), "argv": sys.argv[:4], "test": os.environ.get("PYTEST_CURRENT_TEST", ""),
+            "inherited_test": _suite_cpu_inherited, "start": _suite_cpu_start,
             "pytest": "_pytest.main" in sys.modules, "cpu": usage.ru_utime + usage.ru_stime}
     with open(os.path.join(%r, %r), "a") as handle:
         handle.write(json.dumps(line) + "\\n")
@@ -78,8 +82,7 @@ def expand_comp(value: int) -> int:
 
 
 def read_accounting(path: Path) -> list[dict[str, object]]:
-    """Every record of a v3 process accounting file: pid, parent, name and CPU seconds."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """Every record of a v3 process accounting file: pid, parent, name, CPU seconds and when it ran."""
     data = path.read_bytes()
     records = []
     for offset in range(0, len(data) - ACCT_RECORD.size + 1, ACCT_RECORD.size):
@@ -90,8 +93,9 @@ def read_accounting(path: Path) -> list[dict[str, object]]:
             {
                 "pid": fields[6],
                 "ppid": fields[7],
-                "cpu": (expand_comp(fields[10]) + expand_comp(fields[11])) / ticks,
+                "cpu": (expand_comp(fields[10]) + expand_comp(fields[11])) / ACCT_TICKS_PER_SECOND,
                 "start": fields[8],  # seconds since the epoch
+                "end": fields[8] + fields[9] / ACCT_TICKS_PER_SECOND,
                 "name": fields[18].split(b"\0")[0].decode(errors="replace"),
             }
         )
@@ -133,50 +137,93 @@ def command_of(argv: list[str]) -> str:
 
 def running_test(phases: list[dict[str, object]], pid: int, second: float) -> str:
     """The test pytest process `pid` was running at `second` ("" if none): a process it started then
-    belongs to that test (accounting gives start times in whole seconds, hence the slack)."""
+    belongs to that test. Accounting gives start times in whole seconds: a phase that holds `second`
+    wins, else the nearest one within the slack."""
+    nearest, distance = "", TIME_SLACK_SECONDS
     for phase in phases:
-        if phase["pid"] == pid and phase["start"] - TIME_SLACK_SECONDS <= second <= phase["end"] + TIME_SLACK_SECONDS:
+        if phase["pid"] != pid:
+            continue
+        gap = max(phase["start"] - second, second - phase["end"], 0.0)
+        if gap == 0.0:
             return str(phase["test"])
-    return ""
+        if gap <= distance:
+            nearest, distance = str(phase["test"]), gap
+    return nearest
 
 
-def test_of(record: dict[str, object], by_pid, named, phases) -> str:
+class Processes:
+    """The accounted processes and the census lines, found by pid and time: pids are reused during
+    a run (threads use them up too), so a pid names a process only together with when it ran."""
+
+    def __init__(self, records: list[dict[str, object]], census: list[dict[str, object]]) -> None:
+        self.records: dict[int, list[dict[str, object]]] = collections.defaultdict(list)
+        self.census: dict[int, list[dict[str, object]]] = collections.defaultdict(list)
+        for record in records:
+            self.records[record["pid"]].append(record)
+        for entry in census:
+            self.census[entry["pid"]].append(entry)
+
+    def alive(self, pid: int, second: float) -> dict[str, object] | None:
+        """The process `pid` that was running at `second` (the latest started, if several)."""
+        running = [
+            record
+            for record in self.records.get(pid, [])
+            if record["start"] - TIME_SLACK_SECONDS <= second <= record["end"] + TIME_SLACK_SECONDS
+        ]
+        return max(running, key=lambda record: record["start"]) if running else None
+
+    def named(self, record: dict[str, object]) -> dict[str, object] | None:
+        """The census line of the accounted process `record`, if it is a Python process that wrote one."""
+        entries = [
+            entry
+            for entry in self.census.get(record["pid"], [])
+            if abs(entry["start"] - record["start"]) <= CENSUS_MATCH_SECONDS
+        ]
+        return min(entries, key=lambda entry: abs(entry["start"] - record["start"])) if entries else None
+
+
+def test_of(record: dict[str, object], processes: Processes, phases: list[dict[str, object]]) -> str:
     """The test a process belongs to: the first one named up its parent chain (subprocesses inherit
     PYTEST_CURRENT_TEST), else the one its nearest pytest ancestor was running when it started
     (a child that is not Python, a server killed before it could say); "" when the chain ends at
     init without either (a server sent to the background)."""
-    pid = record["pid"]
+    current = record
     for _ in range(ANCESTRY_LIMIT):
-        ancestor = named.get(pid)
-        if ancestor and ancestor["test"]:
-            return str(ancestor["test"])
-        if ancestor and ancestor["pytest"] and pid != record["pid"]:
-            return running_test(phases, pid, record["start"])
-        if pid not in by_pid:
+        entry = processes.named(current)
+        if entry and (entry["test"] or entry["inherited_test"]):
+            return str(entry["test"] or entry["inherited_test"])
+        if entry and entry["pytest"] and current is not record:
+            return running_test(phases, current["pid"], record["start"])
+        parent = processes.alive(current["ppid"], current["start"])
+        if parent is None:
             return ""
-        pid = by_pid[pid]["ppid"]
+        current = parent
     return ""
 
 
 def attribute(records, census, phases):  # -> dict of tables
-    """Charge every accounted process to a test module, a kind of process and, for the rest, a name."""
-    by_pid = {record["pid"]: record for record in records}
-    named = {entry["pid"]: entry for entry in census}
+    """Charge every accounted process to a test module, a kind of process and, for the rest, a name.
+    The pytest processes of the run itself are counted apart (their tests' CPU is in `phases`); a
+    pytest that a test runs (a nested session) is that test's subprocess, and its phases are not
+    the run's tests."""
+    processes = Processes(records, census)
     by_module = collections.defaultdict(lambda: {"in_pytest": 0.0, "subprocesses": 0.0})
     by_command = collections.defaultdict(lambda: [0, 0.0])
     detached = collections.defaultdict(lambda: [0, 0.0])
     pytest_processes = 0.0
+    nested = {entry["pid"] for entry in census if entry["pytest"] and entry["inherited_test"]}
     for phase in phases:
-        by_module[module_of(phase["test"])]["in_pytest"] += phase["cpu"]
+        if phase["pid"] not in nested:
+            by_module[module_of(phase["test"])]["in_pytest"] += phase["cpu"]
     for record in records:
-        entry = named.get(record["pid"])
-        if entry and entry["pytest"]:
+        entry = processes.named(record)
+        if entry and entry["pytest"] and not entry["inherited_test"]:
             pytest_processes += record["cpu"]
             continue
         kind = command_of(entry["argv"]) if entry else record["name"]
         by_command[kind][0] += 1
         by_command[kind][1] += record["cpu"]
-        if test := test_of(record, by_pid, named, phases):
+        if test := test_of(record, processes, phases):
             by_module[module_of(test)]["subprocesses"] += record["cpu"]
         else:
             detached[kind][0] += 1
