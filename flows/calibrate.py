@@ -12,19 +12,33 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import CalibrateParams, TrackingParams, parse_group, read_params_file
+from tasks.config import CalibrateParams, EvaluateParams, PrepareParams, TrackingParams, parse_group, read_params_file
 from tasks.files import json_ready, write_json, write_metrics
 from tasks.paths import ProjectPaths
 
-# What `dvc metrics show` lists from metrics/calibrate.json: the test FRR and skilled-forgery FAR at
-# the calibrated threshold; every other number is in metrics/calibrate_details.json.
-HEADLINE_METRICS = ("frr", "far_skilled")
+# What `dvc metrics show` lists from metrics/calibrate.json: the calibrated operating point on test
+# first (FRR, skilled and random FAR, never-enrolled writers answered as enrolled ones), then the
+# answers' confidence calibration and the skilled FAR's mean and 95% interval over writer partitions;
+# every other number is in metrics/calibrate_details.json.
+HEADLINE_METRICS = (
+    "frr",
+    "far_skilled",
+    "far_random",
+    "unenrolled_accepted",
+    "expected_calibration_error",
+    "partitions_frr_mean",
+    "partitions_far_skilled_mean",
+    "partitions_far_skilled_ci95_high",
+)
 
 
 @dataclass(frozen=True)
 class CalibrateConfig:
     calibrate: CalibrateParams
     tracking: TrackingParams
+    partitions: int  # evaluate.partitions: writer partitions the operating point is repeated on
+    partition_seed: int  # evaluate.partition_seed
+    calibration_fraction: float  # prepare.calibration_fraction: the calibration side's share of each partition
 
 
 def calibrate_run_name(params: CalibrateParams, digest: str | None) -> str:
@@ -35,31 +49,51 @@ def calibrate_run_name(params: CalibrateParams, digest: str | None) -> str:
     return run_name("calibrate", objective, data_label(digest) if digest else "")
 
 
+def operating_point_text(report: dict[str, object], partitions: int) -> str:
+    """The calibrated operating point on test, with each figure's mean and 95% interval over partitions."""
+
+    def figure(name: str) -> str:
+        low, high = report[f"partitions_{name}_ci95_low"], report[f"partitions_{name}_ci95_high"]
+        mean = report[f"partitions_{name}_mean"]
+        return f"{report[name]:.3f} (over {partitions} partitions {mean:.3f}, {low:.3f}-{high:.3f})"
+
+    unenrolled = report["unenrolled_accepted"]
+    return (
+        f"threshold {report['threshold']:.3f}: test FRR {figure('frr')}, FAR skilled {figure('far_skilled')}, "
+        f"FAR random {figure('far_random')}; never-enrolled signers answered as enrolled: "
+        f"{'n/a (no unenrolled writer)' if unenrolled is None else f'{unenrolled:.3f}'}; "
+        f"confidence ECE {report['expected_calibration_error']:.3f}"
+    )
+
+
 @task(name="fit-temperature-and-threshold", cache_policy=NO_CACHE)
 def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, object]:
     """Fit on val genuine and the calibration split, report on test, write and log everything."""
     import mlflow
 
     from tasks.calibrate import calibration_report, fit_calibration
-    from tasks.metrics import reliability_bins
+    from tasks.partitions import flat_intervals
     from tasks.plots import reliability_image
-    from tasks.scores import load_scores, softmax
+    from tasks.scores import load_scores
     from tasks.tracking import ensure_experiment, loggable_metrics, parent_run_id, process_tags, recorded_data_version
 
     table = load_scores(paths.scores_file)
     classes = json.loads(paths.labels_file.read_text())["classes"]
     calibration = fit_calibration(table, config.calibrate.objective, config.calibrate.target_far)
-    report = calibration_report(table, calibration, config.calibrate.reference_threshold)
+    report = calibration_report(
+        table,
+        calibration,
+        config.calibrate.reference_threshold,
+        config.partitions,
+        config.calibration_fraction,
+        config.partition_seed,
+    )
+    report.update(flat_intervals(report["partitions"]))
     report = json_ready(report)
     write_metrics(paths.calibrate_metrics_file, paths.calibrate_details_file, report, HEADLINE_METRICS)
     write_json(paths.calibration_file, {**asdict(calibration), "unknown_class_id": len(classes), "classes": classes})
-    genuine = table.select("test", "genuine")
-    reliability_image(
-        reliability_bins(softmax(genuine.logits), genuine.claimed),
-        reliability_bins(softmax(genuine.logits, calibration.temperature), genuine.claimed),
-        calibration.temperature,
-        paths.reliability_file,
-    )
+    confidence = report["confidence"]
+    reliability_image(confidence["reliability"], confidence["expected_calibration_error"], paths.reliability_file)
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
     with mlflow.start_run(
         experiment_id=experiment_id,
@@ -73,10 +107,7 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
         mlflow.log_dict(report, "calibrate.json")
         mlflow.log_artifact(str(paths.reliability_file), artifact_path="plots")
         mlflow.log_artifact(str(paths.calibration_file))
-    print(
-        f"temperature {calibration.temperature:.3f}, threshold {calibration.threshold:.3f}: test FRR {report['frr']}, "
-        f"FAR skilled {report['far_skilled']}, FAR random {report['far_random']}"
-    )
+    print(operating_point_text(report, config.partitions))
     return report
 
 
@@ -85,9 +116,13 @@ def calibrate_flow(params_file: str) -> dict[str, object]:
     """Read the `calibrate` and `tracking` parameters and calibrate the classifier's scores."""
     paths = workspace_paths(params_file)
     params = read_params_file(paths.params_file)
+    evaluate = parse_group(params, "evaluate", EvaluateParams, params_file)
     config = CalibrateConfig(
         calibrate=parse_group(params, "calibrate", CalibrateParams, params_file),
         tracking=parse_group(params, "tracking", TrackingParams, params_file),
+        partitions=evaluate.partitions,
+        partition_seed=evaluate.partition_seed,
+        calibration_fraction=parse_group(params, "prepare", PrepareParams, params_file).calibration_fraction,
     )
     return calibrate_task(paths, config)
 

@@ -12,21 +12,35 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import EvaluateParams, TrackingParams, parse_group, read_params_file
+from tasks.config import EvaluateParams, PrepareParams, TrackingParams, parse_group, read_params_file
 from tasks.files import json_ready, write_csv, write_metrics
 from tasks.paths import ProjectPaths
 
 PER_WRITER_COLUMNS = ("writer", "precision", "recall", "f1", "support")
 # What `dvc metrics show` lists from metrics/evaluate.json (test identification, the skilled-forgery
-# EER); every other number (the selection_* ones registration compares too) is in
-# metrics/evaluate_details.json.
-HEADLINE_METRICS = ("accuracy", "f1_weighted", "eer_skilled")
+# EERs with a global and with per-writer thresholds, both a posteriori, and the global one's mean over
+# writer partitions); every other number (the selection_* ones registration compares too) is in
+# metrics/evaluate_details.json. The calibrated operating point is calibrate.json's.
+HEADLINE_METRICS = (
+    "accuracy",
+    "f1_weighted",
+    "eer_skilled_a_posteriori",
+    "eer_skilled_per_writer_a_posteriori",
+    "partitions_eer_skilled_a_posteriori_mean",
+)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     evaluate: EvaluateParams
     tracking: TrackingParams
+    calibration_fraction: float  # prepare's: the share of writers on the calibration side of each partition
+
+
+def interval_text(metrics: dict[str, object], figure: str) -> str:
+    """ "mean 0.110 (95% interval 0.095-0.125)" for a figure's partition summary in `metrics`."""
+    low, high = metrics[f"partitions_{figure}_ci95_low"], metrics[f"partitions_{figure}_ci95_high"]
+    return f"mean {metrics[f'partitions_{figure}_mean']:.3f} (95% interval {low:.3f}-{high:.3f})"
 
 
 @task(name="score-and-measure", cache_policy=NO_CACHE)
@@ -56,7 +70,14 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     rows = read_manifest(paths.manifest_file)
     table = score_manifest(classifier, verifier, rows, paths.root, classes, config.evaluate.batch_size)
     save_scores(table, paths.scores_file)
-    metrics, per_writer, matrix = evaluation_report(table, classes, config.evaluate.top_k)
+    metrics, per_writer, matrix = evaluation_report(
+        table,
+        classes,
+        config.evaluate.top_k,
+        config.evaluate.partitions,
+        config.calibration_fraction,
+        config.evaluate.partition_seed,
+    )
     write_metrics(paths.evaluate_metrics_file, paths.evaluate_details_file, metrics, HEADLINE_METRICS)
     write_csv(paths.per_writer_file, PER_WRITER_COLUMNS, per_writer)
     scores = verification_scores(table, "test")
@@ -81,8 +102,10 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     print(
         f"test: accuracy {metrics['accuracy']:.3f}, weighted F1 {metrics['f1_weighted']:.3f}, "
         f"top-{config.evaluate.top_k} {metrics[f'top{config.evaluate.top_k}_accuracy']:.3f}; "
-        f"skilled-forgery EER (a posteriori) {metrics['eer_skilled']} "
-        f"(softmax-probability baseline {metrics['softmax_eer_skilled']})"
+        f"skilled-forgery EER (a posteriori) {metrics['eer_skilled_a_posteriori']:.3f}, over "
+        f"{config.evaluate.partitions} writer partitions {interval_text(metrics, 'eer_skilled_a_posteriori')}; "
+        f"per-writer thresholds {metrics['eer_skilled_per_writer_a_posteriori']:.3f} "
+        f"(softmax-probability baseline {metrics['softmax_eer_skilled_a_posteriori']:.3f})"
     )
     return metrics
 
@@ -95,6 +118,7 @@ def evaluate_flow(params_file: str) -> dict[str, object]:
     config = EvaluateConfig(
         evaluate=parse_group(params, "evaluate", EvaluateParams, params_file),
         tracking=parse_group(params, "tracking", TrackingParams, params_file),
+        calibration_fraction=parse_group(params, "prepare", PrepareParams, params_file).calibration_fraction,
     )
     return evaluate_task(paths, config)
 

@@ -32,10 +32,19 @@ VERSION_TAG_METRICS = (
     "f1_weighted",
     "f1_macro",
     "top5_accuracy",
-    "eer_skilled",
+    "eer_skilled_a_posteriori",
+    "eer_skilled_per_writer_a_posteriori",
     "auc_skilled",
 )
-CALIBRATION_TAG_METRICS = ("temperature", "threshold", "frr", "far_skilled", "far_random")
+CALIBRATION_TAG_METRICS = (
+    "threshold",
+    "frr",
+    "far_skilled",
+    "far_random",
+    "unenrolled_accepted",
+    "expected_calibration_error",
+    "partitions_far_skilled_mean",
+)
 
 
 @dataclass(frozen=True)
@@ -142,9 +151,9 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
                 version.version,
                 description=(
                     f"{decision.alias}: {decision.reason}. {config.register.metric} = {decision.new_value} "
-                    f"(test accuracy {evaluation.get('accuracy')}, skilled EER {evaluation.get('eer_skilled')}); "
-                    f"calibrated threshold {calibration.get('threshold')}, "
-                    f"temperature {calibration.get('temperature')}."
+                    f"(test accuracy {evaluation.get('accuracy')}, skilled EER a posteriori "
+                    f"{evaluation.get('eer_skilled_a_posteriori')}); calibrated threshold "
+                    f"{calibration.get('threshold')} (test FRR {calibration.get('frr')}, skilled FAR {calibration.get('far_skilled')})."
                 ),
             )
             client.set_registered_model_alias(name, decision.alias, version.version)

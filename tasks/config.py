@@ -111,6 +111,7 @@ class PrepareParams(StrictModel):
     train_per_writer: int = Field(ge=2)
     val_fraction: float = Field(gt=0, lt=1)
     calibration_fraction: float = Field(gt=0, le=1)
+    unenrolled_writers: float = Field(ge=0, lt=1)
     seed: int
     working_max_side: int = Field(ge=64)
     blur_radius: float = Field(ge=0)
@@ -310,6 +311,8 @@ class EvaluateParams(StrictModel):
 
     batch_size: int = Field(ge=1)
     top_k: int = Field(ge=1)
+    partitions: int = Field(ge=2)
+    partition_seed: int
 
 
 class CalibrateParams(StrictModel):

@@ -33,19 +33,23 @@ from tasks.metrics import (
     per_class_report,
 )
 from tasks.model import LogitScorer, ScorerOutputs
+from tasks.partitions import A_POSTERIORI_FIGURES, a_posteriori_report, flat_intervals, per_writer_eer
 from tasks.scores import (
     IMPOSTOR_KINDS,
     NO_CLASS,
     SOFTMAX,
+    UNENROLLED_SPLIT,
     VERIFIER,
     ScoreTable,
+    claimed_scores,
     selection_claims,
     softmax,
     verification_scores,
 )
 from tasks.verifier import WriterVerifier
 
-SCORED_SPLITS = ("val", "test", "calibration")
+SCORED_SPLITS = ("val", "test", "calibration", UNENROLLED_SPLIT)
+A_POSTERIORI = "_a_posteriori"  # the suffix of every figure whose threshold is chosen on the test scores
 SELECTION_PREFIX = "selection_"
 VERIFICATION_KINDS = (*IMPOSTOR_KINDS, "random")
 
@@ -107,6 +111,7 @@ def verification_report(table: ScoreTable, source: str = VERIFIER) -> dict[str, 
     for kind in VERIFICATION_KINDS:
         rates = equal_error_rate(scores["genuine"], scores[kind])
         report[kind] = {
+            "threshold_source": "test scores (a posteriori)",
             "claims": len(scores[kind]),
             "eer": rates.eer,
             "eer_threshold": rates.threshold,
@@ -138,8 +143,24 @@ def selection_metrics(table: ScoreTable) -> dict[str, float]:
     }
 
 
+def skilled_per_writer_eer(table: ScoreTable) -> float:
+    """The per-writer-threshold skilled EER on test (a posteriori): the mean of each writer's own EER."""
+    genuine, skilled = table.select("test", "genuine"), table.select("test", "skilled")
+    return per_writer_eer(
+        claimed_scores(genuine.verification.astype(np.float64), genuine.claimed),
+        genuine.claimed,
+        claimed_scores(skilled.verification.astype(np.float64), skilled.claimed),
+        skilled.claimed,
+    )
+
+
 def evaluation_report(
-    table: ScoreTable, classes: Sequence[str], top_k: int
+    table: ScoreTable,
+    classes: Sequence[str],
+    top_k: int,
+    partitions: int = 0,
+    calibration_fraction: float = 0.5,
+    partition_seed: int = 0,
 ) -> tuple[dict[str, object], list, np.ndarray]:
     """Metrics for `metrics/evaluate_details.json` (the headline ones also go to `metrics/evaluate.json`),
     the per-writer rows, and the confusion matrix (counts)."""
@@ -152,15 +173,26 @@ def evaluation_report(
     baseline = verification_report(table, SOFTMAX)
     metrics: dict[str, object] = {
         **identification,
+        f"eer_skilled{A_POSTERIORI}": verification["skilled"]["eer"],
+        f"eer_skilled_per_writer{A_POSTERIORI}": skilled_per_writer_eer(table),
         "test_genuine_images": len(genuine),
         "writers": len(classes),
-        "verification_a_posteriori": verification,
-        "softmax_verification_a_posteriori": baseline,
-        **selection_metrics(table),
+        "unenrolled_images": int(np.sum(table.splits == UNENROLLED_SPLIT)),
     }
     for kind in VERIFICATION_KINDS:
-        metrics[f"eer_{kind}"] = verification[kind]["eer"]
+        metrics[f"eer_{kind}{A_POSTERIORI}"] = verification[kind]["eer"]
         metrics[f"auc_{kind}"] = verification[kind]["auc"]
-        metrics[f"softmax_eer_{kind}"] = baseline[kind]["eer"]
+        metrics[f"softmax_eer_{kind}{A_POSTERIORI}"] = baseline[kind]["eer"]
+    if partitions:
+        writer_partitions = a_posteriori_report(table, calibration_fraction, partitions, partition_seed)
+        metrics["partitions"] = writer_partitions
+        metrics.update(flat_intervals(writer_partitions, A_POSTERIORI_FIGURES))
+    metrics.update(
+        {
+            "verification_a_posteriori": verification,
+            "softmax_verification_a_posteriori": baseline,
+            **selection_metrics(table),
+        }
+    )
     matrix = confusion_counts(genuine.claimed, np.argmax(probabilities, axis=1), len(classes))
     return metrics, per_class_report(probabilities, genuine.claimed, tuple(classes)), matrix

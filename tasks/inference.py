@@ -5,7 +5,10 @@ stage's preprocessing settings (applied with the same code, `tasks.images`), the
 (temperature, threshold) and the writer-id mapping. An answer is the classifier's top writer when
 the verifier accepts the claim that this writer signed (its score reaches the calibrated
 threshold), else `unknown` with class id = number of writers (the reference's convention); the
-confidence is the top writer's calibrated probability. Verifying a claim ("did W sign this?")
+confidence is the calibrated probability that the top writer signed (Platt scaling of the
+verifier's score, `tasks.calibrate.fit_confidence`), and each top-k writer is listed with the same
+probability of its own claim. A calibration written before the confidence was calibrated (no
+`confidence_slope`) falls back to the temperature-scaled softmax it had then. Verifying a claim ("did W sign this?")
 compares the verifier's score for W with the same threshold; an input row may carry such a claim
 (`claimed_writer`, as a bank's cheque names its account holder), answered in the same pass. One
 unreadable image gets an error in its own row; the others are still answered.
@@ -31,7 +34,7 @@ from tasks.datasets.base import normalise_writer_id
 from tasks.errors import ModelInputError
 from tasks.images import ImageReadError, NoInkError, PreprocessSettings, preprocess_file
 from tasks.model_files import read_calibration, read_model_file, read_preprocess
-from tasks.scores import softmax
+from tasks.scores import claim_probability, softmax
 from tasks.verifier import WriterVerifier, load_verifier
 
 UNKNOWN_WRITER = "unknown"
@@ -66,6 +69,8 @@ PATHS_REFUSED = (
     f"as `mlflow models serve` does): send the file's bytes base64-encoded in the '{IMAGE_COLUMN}' column"
 )
 BASE64_CHARACTERS_PER_BYTE = 4 / 3  # base64 writes 4 characters for every 3 bytes
+CONFIDENCE_SLOPE = "confidence_slope"  # calibration keys of the Platt scaling of claim scores
+CONFIDENCE_INTERCEPT = "confidence_intercept"
 # An unknown writer's error lists every id the model knows up to this many, else the closest ones.
 MAX_LISTED_WRITERS = 20
 CLOSEST_WRITERS = 5
@@ -311,6 +316,8 @@ class SignatureClassifier:
         self.verifier = verifier
         self.classes: list[str] = list(calibration["classes"])
         self.temperature = float(calibration["temperature"])
+        self.confidence_slope = calibration.get(CONFIDENCE_SLOPE)
+        self.confidence_intercept = calibration.get(CONFIDENCE_INTERCEPT, 0.0)
         self.threshold = float(calibration["threshold"])
         self.unknown_class_id = int(calibration["unknown_class_id"])
         self.settings = settings
@@ -371,19 +378,27 @@ class SignatureClassifier:
             for item, (image, error) in chunk
         ]
 
+    def confidences(self, probabilities: np.ndarray, claims: np.ndarray) -> np.ndarray:
+        """The calibrated probability of each writer's claim for one image (the softmax probabilities
+        for a calibration without the Platt parameters)."""
+        if self.confidence_slope is None:
+            return probabilities
+        return claim_probability(claims, float(self.confidence_slope), float(self.confidence_intercept))
+
     def answer(self, item: InputItem, probabilities: np.ndarray, claims: np.ndarray) -> Answer:
         """The answer for one image: the top writer if the verifier accepts that it signed, else
         unknown; and the verdict on the writer the input claims, if it claims one."""
         ranked = np.argsort(-probabilities, kind="stable")[: self.top_k]
         best = int(ranked[0])
         accepted = bool(claims[best] >= self.threshold)
+        confidence = self.confidences(probabilities, claims)
         answer = Answer(
             input=item.name,
             writer=self.classes[best] if accepted else UNKNOWN_WRITER,
             class_id=best if accepted else self.unknown_class_id,
-            confidence=float(probabilities[best]),
+            confidence=float(confidence[best]),
             verification_score=float(claims[best]),
-            top_k=[(self.classes[position], float(probabilities[position])) for position in ranked],
+            top_k=[(self.classes[position], float(confidence[position])) for position in ranked],
         )
         return self.with_claim(answer, item.claim, claims) if item.claim else answer
 

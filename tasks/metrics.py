@@ -105,12 +105,17 @@ def threshold_for_far(impostor: np.ndarray, target_far: float) -> float:
     return float(np.nextafter(ordered[allowed], np.inf))
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
-    """ECE of the top-1 confidence, in equal-width bins (Guo et al., 2017)."""
-    confidence = probabilities.max(axis=1)
-    correct = (np.argmax(probabilities, axis=1) == labels).astype(np.float64)
+def confidence_bins(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """The equal-width bin of [0, 1] each confidence falls in (the right edge inclusive)."""
     edges = np.linspace(0.0, 1.0, bins + 1)
-    bin_index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    return np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+
+
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """ECE of answers given with `confidence`, `correct` saying which were right: the
+    count-weighted mean gap between accuracy and mean confidence in equal-width bins (Guo et al., 2017)."""
+    correct = np.asarray(correct, dtype=np.float64)
+    bin_index = confidence_bins(confidence, bins)
     error = 0.0
     for index in range(bins):
         members = bin_index == index
@@ -119,14 +124,13 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     return float(error)
 
 
-def reliability_bins(
-    probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS
+def reliability_table(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
 ) -> dict[str, list[float]]:
-    """Per-bin mean confidence, accuracy and count, for a reliability diagram."""
-    confidence = probabilities.max(axis=1)
-    correct = (np.argmax(probabilities, axis=1) == labels).astype(np.float64)
+    """Per-bin mean confidence, accuracy and count of answers, for a reliability diagram."""
+    correct = np.asarray(correct, dtype=np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    bin_index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    bin_index = confidence_bins(confidence, bins)
     table: dict[str, list[float]] = {"confidence": [], "accuracy": [], "count": [], "centre": []}
     for index in range(bins):
         members = bin_index == index
@@ -135,3 +139,15 @@ def reliability_bins(
         table["confidence"].append(float(confidence[members].mean()) if members.any() else float("nan"))
         table["accuracy"].append(float(correct[members].mean()) if members.any() else float("nan"))
     return table
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """ECE of the top-1 probability of a class-probability matrix (Guo et al., 2017)."""
+    return calibration_error(probabilities.max(axis=1), np.argmax(probabilities, axis=1) == labels, bins)
+
+
+def reliability_bins(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS
+) -> dict[str, list[float]]:
+    """`reliability_table` of the top-1 probability of a class-probability matrix."""
+    return reliability_table(probabilities.max(axis=1), np.argmax(probabilities, axis=1) == labels, bins)

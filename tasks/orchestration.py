@@ -237,6 +237,11 @@ def report_markdown(
             return "n/a"
         return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
 
+    def interval(report: dict[str, Any], figure: str) -> str:
+        low, high = report.get(f"partitions_{figure}_ci95_low"), report.get(f"partitions_{figure}_ci95_high")
+        mean = report.get(f"partitions_{figure}_mean")
+        return f"{number(mean, True)} (95% interval {number(low, True)}-{number(high, True)})"
+
     lines = ["# signature-pipeline run", "", "| stage | ran | seconds |", "|---|---|---|"]
     lines += [f"| {item.stage} | {'yes' if item.ran else 'up to date'} | {item.seconds:.1f} |" for item in outcomes]
     lines += [
@@ -245,13 +250,17 @@ def report_markdown(
         "",
         f"- identification accuracy {number(evaluate.get('accuracy'))}, "
         f"weighted F1 {number(evaluate.get('f1_weighted'))}",
-        f"- skilled-forgery EER (a posteriori) {number(evaluate.get('eer_skilled'), True)}, "
-        f"AUC {number(evaluate.get('auc_skilled'))} (softmax-probability baseline: "
-        f"{number(evaluate.get('softmax_eer_skilled'), True)})",
         f"- at the calibrated threshold {number(calibrate.get('threshold'))} (fitted on validation genuine and "
         f"calibration writers' forgeries, never on test): test FRR {number(calibrate.get('frr'), True)}, "
         f"FAR skilled {number(calibrate.get('far_skilled'), True)}, "
-        f"FAR random {number(calibrate.get('far_random'), True)}",
+        f"FAR random {number(calibrate.get('far_random'), True)}; over writer partitions: FRR "
+        f"{interval(calibrate, 'frr')}, FAR skilled {interval(calibrate, 'far_skilled')}",
+        f"- never-enrolled signers answered as an enrolled writer: {number(calibrate.get('unenrolled_accepted'), True)}"
+        f"; confidence calibration error (ECE) {number(calibrate.get('expected_calibration_error'))}",
+        f"- skilled-forgery EER (a posteriori) {number(evaluate.get('eer_skilled_a_posteriori'), True)}, "
+        f"per-writer thresholds {number(evaluate.get('eer_skilled_per_writer_a_posteriori'), True)}, "
+        f"AUC {number(evaluate.get('auc_skilled'))} (softmax-probability baseline: "
+        f"{number(evaluate.get('softmax_eer_skilled_a_posteriori'), True)})",
         "",
         "## Registry",
         "",

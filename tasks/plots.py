@@ -122,18 +122,24 @@ def score_distributions_image(scores: dict[str, np.ndarray], path: Path) -> None
     save(figure, path)
 
 
-def reliability_image(
-    before: dict[str, list[float]], after: dict[str, list[float]], temperature: float, path: Path
-) -> None:
-    """Reliability diagram of the top-1 confidence, before and after temperature scaling."""
+def reliability_image(table: dict[str, list[float]], error: float, path: Path) -> None:
+    """Reliability diagram of the answers' confidence on test genuine: accuracy against confidence per
+    bin, with the diagonal of perfect calibration and each bin's count."""
     plt = pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
-    for axis, table, title in ((axes[0], before, "before (T = 1)"), (axes[1], after, f"after (T = {temperature:.2f})")):
-        centres = np.array(table["centre"])
-        accuracy = np.nan_to_num(np.array(table["accuracy"]))
-        axis.bar(centres, accuracy, width=1.0 / len(centres), edgecolor="black", alpha=0.7, label="accuracy")
-        axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
-        axis.set(xlabel="top-1 confidence", title=f"Reliability, test genuine, {title}", xlim=(0, 1), ylim=(0, 1))
-        axis.legend()
-    axes[0].set_ylabel("accuracy")
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    centres = np.array(table["centre"])
+    accuracy = np.nan_to_num(np.array(table["accuracy"]))
+    axis.bar(centres, accuracy, width=1.0 / len(centres), edgecolor="black", alpha=0.7, label="accuracy")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+    for centre, height, count in zip(centres, accuracy, table["count"], strict=True):
+        if count:
+            axis.annotate(f"{int(count)}", (centre, height), ha="center", va="bottom", fontsize=7)
+    axis.set(
+        xlabel="confidence printed with the answer",
+        ylabel="share of answers right",
+        title=f"Reliability, test genuine (ECE {error:.3f})",
+        xlim=(0, 1),
+        ylim=(0, 1.05),
+    )
+    axis.legend(loc="upper left")
     save(figure, path)

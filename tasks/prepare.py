@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -27,7 +27,15 @@ from tasks.images import (
 )
 from tasks.manifest import MANIFEST_COLUMNS
 from tasks.paths import ProjectPaths
-from tasks.split import SPLITS, UNKNOWN_WRITER_SPLIT, SplitRules, assign_splits, short_writers, writers_without_training
+from tasks.scores import UNENROLLED_SPLIT
+from tasks.split import (
+    SPLITS,
+    UNKNOWN_WRITER_SPLIT,
+    SplitRules,
+    assign_splits,
+    short_writers,
+    writers_without_training,
+)
 
 PREPARED_SUFFIX = ".png"
 PROCESS_CHUNK_SIZE = 8
@@ -87,6 +95,7 @@ def rules_from_params(params: PrepareParams) -> SplitRules:
         val_fraction=params.val_fraction,
         calibration_fraction=params.calibration_fraction,
         seed=params.seed,
+        unenrolled_writers=params.unenrolled_writers,
     )
 
 
@@ -160,6 +169,7 @@ def data_report(
     short: dict[str, int],
     rules: SplitRules,
     untrained: dict[str, int],
+    unenrolled: Sequence[str] = (),
 ) -> str:
     """The human-readable data report (markdown): counts, notes, short writers, writers without a
     usable genuine signature (whose forgeries are set aside), skipped files."""
@@ -182,6 +192,15 @@ def data_report(
         lines += [f"- {writer}: {count}" for writer, count in short.items()]
     else:
         lines.append("None.")
+    lines += ["", "## Writers never enrolled (open set)", ""]
+    if unenrolled:
+        lines.append(
+            f"prepare.unenrolled_writers sets these {len(unenrolled)} writers aside: their genuine signatures are in "
+            "`unenrolled` (nothing is fitted on them; evaluation measures how often they are answered as an enrolled "
+            "writer), their forgeries in `unused`: " + ", ".join(unenrolled)
+        )
+    else:
+        lines.append("None (prepare.unenrolled_writers is 0, or below one writer's share).")
     lines += ["", "## Writers without a usable genuine signature", ""]
     if untrained:
         lines.append(
@@ -228,7 +247,8 @@ def prepare_dataset(
     )
     short = short_writers((item.record for item in usable), rules)
     untrained = writers_without_training([item.record for item in usable], splits)
-    report = data_report(layout, summary, skipped, listing.notes, short, rules, untrained)
+    unenrolled = sorted({row["writer"] for row in rows if row["split"] == UNENROLLED_SPLIT})
+    report = data_report(layout, summary, skipped, listing.notes, short, rules, untrained, unenrolled)
     paths.data_report_file.write_text(report, encoding="utf-8")
     return summary, listing, skipped
 

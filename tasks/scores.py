@@ -21,6 +21,7 @@ NO_CLASS = -1
 IMPOSTOR_KINDS = ("skilled", "simple", "opposite")
 VERIFIER = "verifier"
 SOFTMAX = "softmax"
+UNENROLLED_SPLIT = "unenrolled"  # never-enrolled writers' genuine signatures (`tasks.split`): the open set
 CALIBRATION_IMPOSTOR_KIND = "skilled"  # the field's verification protocol: skilled forgeries
 
 
@@ -81,6 +82,13 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     scaled -= scaled.max(axis=1, keepdims=True)
     exponentials = np.exp(scaled)
     return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def claim_probability(scores: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """The calibrated probability of a claim from the verifier's score of it (Platt scaling):
+    1 / (1 + exp(-(slope * score + intercept))), computed without overflow."""
+    logit = slope * np.asarray(scores, dtype=np.float64) + intercept
+    return np.exp(-np.logaddexp(0.0, -logit))
 
 
 def claimed_scores(scores: np.ndarray, claimed: np.ndarray) -> np.ndarray:

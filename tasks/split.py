@@ -11,6 +11,13 @@ adding or removing one writer never changes another writer's split (except when 
 would land on one side: then the writer drawn closest to the other side moves there, so both
 sides are non-empty). The forgeries of a writer with no genuine signature in `train` (the model
 does not know it) are `unused`, and the data report lists that writer.
+
+Open set: a share `unenrolled_writers` of the writers is never enrolled (the floor of share x
+writers, the writers with the lowest seeded draws): all their genuine signatures go to
+`unenrolled` and their forgeries to `unused`, so nothing is fitted on them, and the evaluation
+measures how often their signatures are answered as some enrolled writer instead of "unknown".
+Which writers are drawn depends on how many writers there are (the one exception to the rule
+above); the floor keeps a small demo dataset fully enrolled.
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ from itertools import groupby
 import numpy as np
 
 from tasks.datasets.base import SIGNATURE_KINDS, SignatureRecord
+from tasks.scores import UNENROLLED_SPLIT
 
-SPLITS = ("train", "val", "test", "calibration", "unused")
+SPLITS = ("train", "val", "test", "calibration", UNENROLLED_SPLIT, "unused")
 NATURAL_CHUNK = re.compile(r"(\d+)")
 GENUINE = "genuine"
 CALIBRATION_DRAW = "calibration-writer"  # the "kind" in the writer's seed of its calibration draw
+UNENROLLED_DRAW = "unenrolled-writer"  # the "kind" in the writer's seed of its enrolment draw
 UNKNOWN_WRITER_SPLIT = "unused"  # where the forgeries of a writer the model never trains on go
 
 
@@ -43,6 +52,7 @@ class SplitRules:
     val_fraction: float
     calibration_fraction: float
     seed: int
+    unenrolled_writers: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -95,8 +105,8 @@ def split_genuine(records: list[SignatureRecord], rules: SplitRules) -> dict[str
 
 
 def writer_draw(seed: int, writer: str) -> float:
-    """A number in [0, 1) that depends only on the split seed and the writer's name."""
-    return float(np.random.default_rng(writer_seed(seed, writer, CALIBRATION_DRAW)).random())
+    """A number in [0, 1) that depends only on the split seed and the writer's name (the calibration draw)."""
+    return writer_draw_of(seed, writer, CALIBRATION_DRAW)
 
 
 def calibration_writers(writers: Iterable[str], rules: SplitRules) -> set[str]:
@@ -115,6 +125,20 @@ def calibration_writers(writers: Iterable[str], rules: SplitRules) -> set[str]:
         elif chosen == set(draws):
             chosen = chosen - {max(draws, key=draws.__getitem__)}
     return chosen
+
+
+def unenrolled_writers(writers: Iterable[str], rules: SplitRules) -> set[str]:
+    """The writers never enrolled: floor(unenrolled_writers x writers) of them, those with the lowest
+    seeded draws, and never so many that fewer than two writers stay enrolled."""
+    ordered = sorted(set(writers))
+    count = min(math.floor(rules.unenrolled_writers * len(ordered) + 1e-9), max(len(ordered) - 2, 0))
+    draws = sorted(ordered, key=lambda writer: (writer_draw_of(rules.seed, writer, UNENROLLED_DRAW), writer))
+    return set(draws[:count])
+
+
+def writer_draw_of(seed: int, writer: str, kind: str) -> float:
+    """A number in [0, 1) that depends only on the split seed, the writer's name and the draw's kind."""
+    return float(np.random.default_rng(writer_seed(seed, writer, kind)).random())
 
 
 def trained_writers(records: Iterable[SignatureRecord], assignment: dict[str, str]) -> set[str]:
@@ -136,8 +160,11 @@ def assign_splits(records: Iterable[SignatureRecord], rules: SplitRules) -> dict
         for (writer, index), group in groupby(sorted(listing, key=key), key=key)
     ]
     assignment: dict[str, str] = {}
-    for _writer, kind, members in groups:
-        if kind == GENUINE:
+    outside = unenrolled_writers((record.writer for record in listing if record.kind == GENUINE), rules)
+    for writer, kind, members in groups:
+        if kind == GENUINE and writer in outside:
+            assignment.update({record.path: UNENROLLED_SPLIT for record in members})
+        elif kind == GENUINE:
             assignment.update(split_genuine(members, rules))
     known = trained_writers(listing, assignment)
     calibration = calibration_writers(
@@ -152,10 +179,16 @@ def assign_splits(records: Iterable[SignatureRecord], rules: SplitRules) -> dict
 
 def writers_without_training(records: Iterable[SignatureRecord], assignment: dict[str, str]) -> dict[str, int]:
     """Writers whose forgeries were set aside because none of their genuine signatures is in
-    `train`, with how many samples each had set aside (for the data report)."""
+    `train` (not the unenrolled ones, set aside on purpose), with how many samples each had set
+    aside (for the data report)."""
     listing = list(records)
     known = trained_writers(listing, assignment)
-    counts = Counter(record.writer for record in listing if record.kind != GENUINE and record.writer not in known)
+    unenrolled = {record.writer for record in listing if assignment.get(record.path) == UNENROLLED_SPLIT}
+    counts = Counter(
+        record.writer
+        for record in listing
+        if record.kind != GENUINE and record.writer not in known and record.writer not in unenrolled
+    )
     return dict(sorted(counts.items()))
 
 

@@ -1,0 +1,215 @@
+"""Verification figures with error bars: means and 95% intervals over random writer partitions.
+
+Writers differ more than images do, so one calibration/test division of the writers gives figures
+whose spread is of the size of the differences one wants to see. Here the writers whose forgeries
+were scored (both the `calibration` and the `test` split's) are divided again and again at random
+(`evaluate.partitions` times, seeded) into calibration writers and test writers, in the proportion
+`prepare.calibration_fraction`. For each division, on scores only (nothing is embedded or refitted:
+the verifier never trains on a forgery, so any writer's forgeries may serve as calibration or test):
+
+- the threshold is fitted as `calibrate` fits the registered one: validation genuine claims of
+  every enrolled writer against the calibration writers' skilled forgeries;
+- at that threshold, on the test writers: FRR (their test genuine claims), skilled FAR (their
+  skilled forgeries), random FAR (their test genuine images claimed as any other enrolled writer),
+  and the share of never-enrolled writers' genuine signatures answered as an enrolled writer;
+- a posteriori, on the test writers: the skilled-forgery EER with one global threshold and the
+  mean of the per-writer EERs (each writer's own threshold), as sigver reports both.
+
+Each figure is then summarised by its mean over the divisions and a 95% Student-t interval of that
+mean. The divisions reuse the same images, so the interval says how much the figure moves with the
+choice of writers, not what a new sample of images would do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import t as student_t
+
+from tasks.metrics import equal_error_rate, false_rates, threshold_for_far
+from tasks.scores import (
+    CALIBRATION_IMPOSTOR_KIND,
+    NO_CLASS,
+    UNENROLLED_SPLIT,
+    ScoreTable,
+    claimed_scores,
+    random_forgery_scores,
+)
+
+FORGERY_SPLITS = ("calibration", "test")
+INTERVAL_LEVEL = 0.95
+HALF = 0.5
+# The per-partition figures, in the order the reports list them: the calibrated operating point first.
+OPERATING_POINT_FIGURES = ("frr", "far_skilled", "far_random", "unenrolled_accepted")
+A_POSTERIORI_FIGURES = ("eer_skilled_a_posteriori", "eer_skilled_per_writer_a_posteriori")
+PARTITION_FIGURES = ("threshold", *OPERATING_POINT_FIGURES, *A_POSTERIORI_FIGURES)
+
+ThresholdRule = Callable[[np.ndarray, np.ndarray], float]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A figure's mean over partitions, the 95% interval of that mean, and the values it came from."""
+
+    mean: float
+    low: float
+    high: float
+    values: tuple[float, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"mean": self.mean, "ci95": [self.low, self.high], "values": list(self.values)}
+
+
+def mean_interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> Interval:
+    """Mean and Student-t interval of the mean of `values` (NaNs left out; NaN when none remain,
+    and the mean as both ends when only one does)."""
+    finite = np.array([value for value in values if not math.isnan(value)], dtype=np.float64)
+    if not len(finite):
+        return Interval(math.nan, math.nan, math.nan, tuple(float(value) for value in values))
+    mean = float(finite.mean())
+    if len(finite) < 2:
+        return Interval(mean, mean, mean, tuple(float(value) for value in values))
+    half_width = float(student_t.ppf(0.5 + level / 2, len(finite) - 1) * finite.std(ddof=1) / math.sqrt(len(finite)))
+    return Interval(mean, mean - half_width, mean + half_width, tuple(float(value) for value in values))
+
+
+def forgery_writers(table: ScoreTable) -> np.ndarray:
+    """The enrolled writers (class indices) with at least one scored forgery, sorted."""
+    rows = np.isin(table.splits, FORGERY_SPLITS) & (table.kinds != "genuine") & (table.claimed != NO_CLASS)
+    return np.unique(table.claimed[rows])
+
+
+def writer_partitions(writers: np.ndarray, calibration_fraction: float, count: int, seed: int) -> list[np.ndarray]:
+    """`count` seeded random sets of calibration writers, each `calibration_fraction` of `writers`
+    (rounded, and at least one writer on each side when there are two or more)."""
+    size = math.floor(calibration_fraction * len(writers) + HALF)  # halves up, as the split rounds
+    if len(writers) >= 2:
+        size = min(max(size, 1), len(writers) - 1)
+    generator = np.random.default_rng(seed)
+    return [np.sort(generator.permutation(writers)[:size]) for _ in range(count)]
+
+
+def rows_of(table: ScoreTable, mask: np.ndarray) -> ScoreTable:
+    """The rows of `table` where `mask` holds."""
+    return ScoreTable(*(getattr(table, name)[mask] for name in ScoreTable.__dataclass_fields__))
+
+
+def forgeries_of(table: ScoreTable, writers: np.ndarray, kind: str) -> ScoreTable:
+    """Forgeries of one kind imitating `writers`, from both forgery splits."""
+    return rows_of(
+        table, np.isin(table.splits, FORGERY_SPLITS) & (table.kinds == kind) & np.isin(table.claimed, writers)
+    )
+
+
+def calibration_forgeries(table: ScoreTable, writers: np.ndarray) -> ScoreTable:
+    """The impostors a threshold is fitted on: the writers' skilled forgeries, or all their forgeries
+    when the dataset has no skilled ones (as `tasks.scores.calibration_impostors`)."""
+    skilled = forgeries_of(table, writers, CALIBRATION_IMPOSTOR_KIND)
+    if len(skilled):
+        return skilled
+    mask = np.isin(table.splits, FORGERY_SPLITS) & (table.kinds != "genuine") & np.isin(table.claimed, writers)
+    return rows_of(table, mask)
+
+
+def fitted_threshold(
+    table: ScoreTable, calibration: np.ndarray, objective: str, target_far: float
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """The threshold `calibrate` would fit with `calibration` as calibration writers, and the
+    (genuine, impostor) claim scores it was fitted on."""
+    validation = table.select("val", "genuine")
+    genuine = claimed_scores(validation.verification, validation.claimed)
+    impostors = calibration_forgeries(table, calibration)
+    impostor = claimed_scores(impostors.verification, impostors.claimed)
+    if objective == "target_far":
+        return threshold_for_far(impostor, target_far), genuine, impostor
+    return equal_error_rate(genuine, impostor).threshold, genuine, impostor
+
+
+def unenrolled_accepted(table: ScoreTable, threshold: float) -> float:
+    """Share of never-enrolled writers' genuine signatures answered as an enrolled writer: the
+    verifier accepts the claim that the identification's top writer signed (NaN when there are none)."""
+    rows = (table.splits == UNENROLLED_SPLIT) & (table.kinds == "genuine")
+    if not rows.any():
+        return math.nan
+    top = np.argmax(table.logits[rows], axis=1)
+    return float(np.mean(claimed_scores(table.verification[rows].astype(np.float64), top) >= threshold))
+
+
+def per_writer_eer(
+    genuine: np.ndarray, genuine_writers: np.ndarray, impostor: np.ndarray, impostor_writers: np.ndarray
+) -> float:
+    """Mean over writers of each writer's own EER (its genuine claims against its impostor claims):
+    the per-writer-threshold EER. Writers without both sides are left out (NaN when none has both)."""
+    rates = [
+        equal_error_rate(genuine[genuine_writers == writer], impostor[impostor_writers == writer]).eer
+        for writer in np.unique(genuine_writers)
+        if (impostor_writers == writer).any()
+    ]
+    return float(np.mean(rates)) if rates else math.nan
+
+
+def partition_figures(
+    table: ScoreTable, calibration: np.ndarray, objective: str, target_far: float
+) -> dict[str, float]:
+    """Every figure of `PARTITION_FIGURES` for one division: calibration writers `calibration`, the
+    other writers with forgeries as test writers."""
+    threshold, _genuine, _impostor = fitted_threshold(table, calibration, objective, target_far)
+    test_writers = np.setdiff1d(forgery_writers(table), calibration)
+    genuine_rows = rows_of(
+        table, (table.splits == "test") & (table.kinds == "genuine") & np.isin(table.claimed, test_writers)
+    )
+    genuine_scores = genuine_rows.verification.astype(np.float64)
+    genuine = claimed_scores(genuine_scores, genuine_rows.claimed)
+    skilled_rows = forgeries_of(table, test_writers, CALIBRATION_IMPOSTOR_KIND)
+    skilled = claimed_scores(skilled_rows.verification.astype(np.float64), skilled_rows.claimed)
+    frr, far_skilled = false_rates(genuine, skilled, threshold)
+    _frr, far_random = false_rates(genuine, random_forgery_scores(genuine_scores, genuine_rows.claimed), threshold)
+    return {
+        "threshold": threshold,
+        "frr": frr,
+        "far_skilled": far_skilled,
+        "far_random": far_random,
+        "unenrolled_accepted": unenrolled_accepted(table, threshold),
+        "eer_skilled_a_posteriori": equal_error_rate(genuine, skilled).eer,
+        "eer_skilled_per_writer_a_posteriori": per_writer_eer(
+            genuine, genuine_rows.claimed, skilled, skilled_rows.claimed
+        ),
+    }
+
+
+def partition_report(
+    table: ScoreTable, calibration_fraction: float, count: int, seed: int, objective: str, target_far: float
+) -> dict[str, object]:
+    """Mean and 95% interval of every partition figure over `count` seeded writer partitions."""
+    writers = forgery_writers(table)
+    divisions = writer_partitions(writers, calibration_fraction, count, seed)
+    figures = [partition_figures(table, calibration, objective, target_far) for calibration in divisions]
+    return {
+        "partitions": count,
+        "seed": seed,
+        "calibration_writers": len(divisions[0]) if divisions else 0,
+        "test_writers": len(writers) - (len(divisions[0]) if divisions else 0),
+        "interval": f"{INTERVAL_LEVEL:.0%} Student-t interval of the mean over partitions",
+        **{name: mean_interval([figure[name] for figure in figures]).as_dict() for name in PARTITION_FIGURES},
+    }
+
+
+def flat_intervals(report: dict[str, object], figures: Sequence[str] = PARTITION_FIGURES) -> dict[str, float]:
+    """`partitions_<figure>_mean`, `_ci95_low` and `_ci95_high` of a `partition_report`, as top-level
+    numbers (MLflow logs top-level numbers only; the values stay in the nested report)."""
+    flat: dict[str, float] = {}
+    for name in figures:
+        summary = report[name]
+        flat[f"partitions_{name}_mean"] = summary["mean"]
+        flat[f"partitions_{name}_ci95_low"], flat[f"partitions_{name}_ci95_high"] = summary["ci95"]
+    return flat
+
+
+def a_posteriori_report(table: ScoreTable, calibration_fraction: float, count: int, seed: int) -> dict[str, object]:
+    """The a-posteriori EERs (global and per-writer thresholds) over writer partitions: what `evaluate`
+    reports; they need no fitted threshold."""
+    full = partition_report(table, calibration_fraction, count, seed, "eer", 0.0)
+    return {key: value for key, value in full.items() if key not in ("threshold", *OPERATING_POINT_FIGURES)}
