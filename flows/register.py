@@ -153,7 +153,8 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
                     f"{decision.alias}: {decision.reason}. {config.register.metric} = {decision.new_value} "
                     f"(test accuracy {evaluation.get('accuracy')}, skilled EER a posteriori "
                     f"{evaluation.get('eer_skilled_a_posteriori')}); calibrated threshold "
-                    f"{calibration.get('threshold')} (test FRR {calibration.get('frr')}, skilled FAR {calibration.get('far_skilled')})."
+                    f"{calibration.get('threshold')} (test FRR {calibration.get('frr')}, "
+                    f"skilled FAR {calibration.get('far_skilled')})."
                 ),
             )
             client.set_registered_model_alias(name, decision.alias, version.version)

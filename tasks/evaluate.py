@@ -111,7 +111,6 @@ def verification_report(table: ScoreTable, source: str = VERIFIER) -> dict[str, 
     for kind in VERIFICATION_KINDS:
         rates = equal_error_rate(scores["genuine"], scores[kind])
         report[kind] = {
-            "threshold_source": "test scores (a posteriori)",
             "claims": len(scores[kind]),
             "eer": rates.eer,
             "eer_threshold": rates.threshold,

@@ -115,6 +115,8 @@ def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = C
     """ECE of answers given with `confidence`, `correct` saying which were right: the
     count-weighted mean gap between accuracy and mean confidence in equal-width bins (Guo et al., 2017)."""
     correct = np.asarray(correct, dtype=np.float64)
+    if not len(correct):
+        return float("nan")
     bin_index = confidence_bins(confidence, bins)
     error = 0.0
     for index in range(bins):

@@ -163,16 +163,16 @@ def test_evaluation_report_identification_confusion_and_per_writer_by_hand() -> 
 def test_evaluation_report_flat_verification_keys_by_hand() -> None:
     metrics, _, _ = evaluation_report(TABLE, CLASSES, top_k=2)
     # Verifier EER / AUC per kind (worked out in test_verifier_report_per_kind_by_hand).
-    assert (metrics["eer_skilled"], metrics["auc_skilled"]) == pytest.approx((3 / 8, 13 / 16))
-    assert (metrics["eer_opposite"], metrics["auc_opposite"]) == pytest.approx((0.5, 0.5))
-    assert (metrics["eer_random"], metrics["auc_random"]) == pytest.approx((1 / 16, 31 / 32))
-    assert math.isnan(metrics["eer_simple"]) and math.isnan(metrics["auc_simple"])
+    assert (metrics["eer_skilled_a_posteriori"], metrics["auc_skilled"]) == pytest.approx((3 / 8, 13 / 16))
+    assert (metrics["eer_opposite_a_posteriori"], metrics["auc_opposite"]) == pytest.approx((0.5, 0.5))
+    assert (metrics["eer_random_a_posteriori"], metrics["auc_random"]) == pytest.approx((1 / 16, 31 / 32))
+    assert math.isnan(metrics["eer_simple_a_posteriori"]) and math.isnan(metrics["auc_simple"])
     # Softmax baseline: skilled 1/8, random 1/4 (test_softmax_baseline_report_by_hand); opposite rows
     # are the skilled ones' twins (1/3 each), so 1/8 too; simple: none.
-    assert metrics["softmax_eer_skilled"] == pytest.approx(1 / 8)
-    assert metrics["softmax_eer_random"] == pytest.approx(1 / 4)
-    assert metrics["softmax_eer_opposite"] == pytest.approx(1 / 8)
-    assert math.isnan(metrics["softmax_eer_simple"])
+    assert metrics["softmax_eer_skilled_a_posteriori"] == pytest.approx(1 / 8)
+    assert metrics["softmax_eer_random_a_posteriori"] == pytest.approx(1 / 4)
+    assert metrics["softmax_eer_opposite_a_posteriori"] == pytest.approx(1 / 8)
+    assert math.isnan(metrics["softmax_eer_simple_a_posteriori"])
     assert metrics["verification_a_posteriori"]["skilled"]["eer_threshold"] == pytest.approx(0.7)
     assert metrics["softmax_verification_a_posteriori"]["score"] == SOFTMAX
     # Promotion numbers travel with the report (worked out in test_selection_metrics_by_hand).
@@ -223,7 +223,7 @@ def test_selection_ignores_test_rows() -> None:
     verification[is_test] = 1.0 - verification[is_test]
     scrambled = dataclasses.replace(TABLE, logits=logits, verification=verification)
     assert selection_metrics(scrambled) == selection_metrics(TABLE)
-    assert evaluation_report(scrambled, CLASSES, 2)[0]["eer_skilled"] != pytest.approx(3 / 8)
+    assert evaluation_report(scrambled, CLASSES, 2)[0]["eer_skilled_a_posteriori"] != pytest.approx(3 / 8)
 
 
 def test_selection_without_validation_images_is_nan() -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tasks.metrics import (
+    calibration_error,
     confusion_counts,
     equal_error_rate,
     expected_calibration_error,
@@ -13,6 +14,7 @@ from tasks.metrics import (
     identification_metrics,
     per_class_report,
     reliability_bins,
+    reliability_table,
     threshold_for_far,
     top_k_accuracy,
 )
@@ -188,3 +190,32 @@ def test_threshold_for_far_is_the_lowest_when_target_times_count_is_whole() -> N
     impostor = np.arange(100) / 100.0  # 0.00 .. 0.99
     # target 0.29 of 100 allows 29 accepts: 0.71 .. 0.99, i.e. accept strictly above 0.70.
     assert threshold_for_far(impostor, 0.29) == np.nextafter(0.70, np.inf)
+
+
+def test_calibration_error_and_reliability_table_by_hand_with_edges() -> None:
+    # 4 bins with the right edge inclusive: 0.25 and 0.0 in bin 0, 0.6 in bin 2, 1.0 in bin 3.
+    confidence = np.array([0.25, 0.0, 1.0, 0.6])
+    correct = np.array([True, False, True, False])
+    # Bin 0: 2/4 * |1/2 - 0.125| = 0.1875; bin 2: 1/4 * |0 - 0.6| = 0.15; bin 3: 1/4 * |1 - 1| = 0.
+    assert calibration_error(confidence, correct, bins=4) == pytest.approx(0.3375)
+    assert calibration_error(confidence, correct.astype(int).tolist(), bins=4) == pytest.approx(0.3375)
+    table = reliability_table(confidence, correct, bins=4)
+    assert table["centre"] == pytest.approx([0.125, 0.375, 0.625, 0.875])
+    assert table["count"] == [2.0, 0.0, 1.0, 1.0]
+    assert table["confidence"] == pytest.approx([0.125, np.nan, 0.6, 1.0], nan_ok=True)
+    assert table["accuracy"] == pytest.approx([0.5, np.nan, 0.0, 1.0], nan_ok=True)
+    # One bin: the gap between overall accuracy (1/2) and mean confidence (0.4625).
+    assert calibration_error(confidence, correct, bins=1) == pytest.approx(0.0375)
+
+
+def test_expected_calibration_error_is_the_calibration_error_of_the_top_probability() -> None:
+    generator = np.random.default_rng(5)
+    probabilities = generator.dirichlet(np.ones(4), size=40)
+    labels = generator.integers(0, 4, size=40)
+    top, right = probabilities.max(axis=1), np.argmax(probabilities, axis=1) == labels
+    for bins in (1, 4, 15):
+        assert expected_calibration_error(probabilities, labels, bins) == calibration_error(top, right, bins)
+        by_matrix, by_answers = reliability_bins(probabilities, labels, bins), reliability_table(top, right, bins)
+        assert set(by_matrix) == set(by_answers)
+        for key, values in by_answers.items():
+            assert by_matrix[key] == pytest.approx(values, nan_ok=True)

@@ -181,13 +181,23 @@ def test_a_failing_dvc_stage_is_named_with_its_output(tmp_path: Path) -> None:
 def test_report_lists_stages_metrics_and_the_decision() -> None:
     outcomes = [StageOutcome("download", False, 0.5), StageOutcome("train", True, 12.0)]
     metrics = {
-        "evaluate": {"accuracy": 0.9, "f1_weighted": 0.88, "eer_skilled": 0.2, "auc_skilled": None},
-        "calibrate": {"temperature": 1.5, "threshold": 0.6, "frr": 0.1, "far_skilled": 0.05},
+        "evaluate": {"accuracy": 0.9, "f1_weighted": 0.88, "eer_skilled_a_posteriori": 0.2, "auc_skilled": None},
+        "calibrate": {
+            "threshold": 0.6,
+            "frr": 0.1,
+            "far_skilled": 0.05,
+            "partitions_far_skilled_mean": 0.07,
+            "partitions_far_skilled_ci95_low": 0.04,
+            "partitions_far_skilled_ci95_high": 0.1,
+            "unenrolled_accepted": 0.02,
+        },
         "register": {"model_name": "m", "version": "2", "alias": "champion", "reason": "no champion yet"},
     }
     text = report_markdown(outcomes, metrics, "http://127.0.0.1:5000/#/experiments/1/runs/abc")
     assert "| download | up to date | 0.5 |" in text and "| train | yes | 12.0 |" in text
-    assert "accuracy 0.900" in text and "EER (a posteriori) 20.0%, AUC n/a" in text
+    assert "accuracy 0.900" in text and "EER (a posteriori) 20.0%, per-writer thresholds n/a, AUC n/a" in text
+    assert "FAR skilled 5.0%" in text and "FAR skilled 7.0% (95% interval 4.0%-10.0%)" in text
+    assert "answered as an enrolled writer: 2.0%" in text
     assert "m version 2: **champion** (no champion yet)" in text
     assert "runs/abc" in text
     assert "sigpipe" not in text  # no example without a manifest

@@ -8,7 +8,19 @@ from collections import Counter
 import pytest
 
 from tasks.datasets.base import SignatureRecord
-from tasks.split import SplitRules, assign_splits, calibration_writers, genuine_quota, short_writers, writer_draw
+from tasks.prepare import PrepareSummary, data_report
+from tasks.split import (
+    UNENROLLED_SPLIT,
+    UNKNOWN_WRITER_SPLIT,
+    SplitRules,
+    assign_splits,
+    calibration_writers,
+    genuine_quota,
+    short_writers,
+    unenrolled_writers,
+    writer_draw,
+    writers_without_training,
+)
 
 RULES = SplitRules(test_per_writer=5, train_per_writer=22, val_fraction=0.2, calibration_fraction=0.5, seed=3)
 
@@ -115,3 +127,77 @@ def test_short_writers_use_what_they_have(available: int, expected: tuple[int, i
 def test_short_writers_are_reported() -> None:
     listing = [*records(writers=2), SignatureRecord("009", "genuine", "1", "g/9/1.tif")]
     assert short_writers(listing, RULES) == {"009": 1}
+
+
+# Open set: writers never enrolled (prepare.unenrolled_writers).
+
+
+def with_share(share: float, seed: int = RULES.seed) -> SplitRules:
+    return SplitRules(**{**RULES.__dict__, "unenrolled_writers": share, "seed": seed})
+
+
+def outside_writers(assignment: dict[str, str], listing: list[SignatureRecord]) -> set[str]:
+    return {record.writer for record in listing if assignment[record.path] == UNENROLLED_SPLIT}
+
+
+@pytest.mark.parametrize(("writers", "share", "expected"), [(6, 0.0, 0), (8, 0.1, 0), (55, 0.1, 5), (10, 0.3, 3)])
+def test_unenrolled_writers_are_the_floor_of_the_share(writers: int, share: float, expected: int) -> None:
+    listing = records(writers=writers, genuine=8, skilled=2, opposite=1)
+    assignment = assign_splits(listing, with_share(share))
+    outside = outside_writers(assignment, listing)
+    assert len(outside) == expected
+    assert outside == unenrolled_writers((record.writer for record in listing), with_share(share))
+    if not expected:
+        assert UNENROLLED_SPLIT not in assignment.values()
+
+
+@pytest.mark.parametrize(("writers", "share", "expected"), [(2, 0.5, 0), (3, 0.9, 1), (4, 0.99, 2), (1, 0.99, 0)])
+def test_at_least_two_writers_stay_enrolled(writers: int, share: float, expected: int) -> None:
+    names = [f"{number:03d}" for number in range(writers)]
+    assert len(unenrolled_writers(names, with_share(share))) == expected
+
+
+def test_unenrolled_writers_give_everything_away_and_nothing_to_fitting_or_test() -> None:
+    listing = records(writers=55, genuine=8, skilled=2, opposite=1)
+    assignment = assign_splits(listing, with_share(0.1))
+    outside = outside_writers(assignment, listing)
+    assert len(outside) == 5
+    for record in listing:
+        split = assignment[record.path]
+        if record.writer in outside:
+            assert split == (UNENROLLED_SPLIT if record.kind == "genuine" else UNKNOWN_WRITER_SPLIT)
+        else:
+            assert split not in (UNENROLLED_SPLIT, UNKNOWN_WRITER_SPLIT)
+    forgery_sides = {assignment[r.path] for r in listing if r.kind != "genuine" and r.writer not in outside}
+    assert forgery_sides == {"calibration", "test"}
+    # Set aside on purpose, so not reported as writers the model failed to learn; a real one still is.
+    assert writers_without_training(listing, assignment) == {}
+    orphan = [SignatureRecord("999", "skilled", "1", "skilled/999/1.tif")]
+    with_orphan = assign_splits([*listing, *orphan], with_share(0.1))
+    assert outside_writers(with_orphan, listing) == outside
+    assert writers_without_training([*listing, *orphan], with_orphan) == {"999": 1}
+
+
+def test_unenrolled_writers_are_deterministic_for_a_seed() -> None:
+    listing = records(writers=55, genuine=8, skilled=2, opposite=1)
+    first = assign_splits(listing, with_share(0.1))
+    reordered = listing[::-1]
+    assert assign_splits(reordered, with_share(0.1)) == first
+    names = [record.writer for record in listing]
+    assert unenrolled_writers(names, with_share(0.1)) == unenrolled_writers(reversed(names), with_share(0.1))
+    assert unenrolled_writers(names, with_share(0.1, seed=4)) != outside_writers(first, listing)
+    # The enrolled writers' genuine split is unchanged by drawing others out.
+    closed = assign_splits(listing, with_share(0.0))
+    outside = outside_writers(first, listing)
+    assert all(first[r.path] == closed[r.path] for r in listing if r.kind == "genuine" and r.writer not in outside)
+
+
+def test_data_report_lists_the_writers_never_enrolled() -> None:
+    summary = PrepareSummary(manifest_rows=10, writers=5, skipped=0, counts={"train": {"genuine": 10}})
+    report = data_report("cedar", summary, [], [], {}, RULES, {}, unenrolled=["007", "012"])
+    section = report.split("## Writers never enrolled (open set)\n", 1)[1].split("\n## ", 1)[0]
+    assert "these 2 writers" in section
+    assert section.strip().endswith("007, 012")
+    assert "`unenrolled`" in section and "`unused`" in section
+    empty = data_report("cedar", summary, [], [], {}, RULES, {})
+    assert empty.split("## Writers never enrolled (open set)\n", 1)[1].split("\n## ", 1)[0].strip().startswith("None")
