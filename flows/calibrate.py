@@ -81,10 +81,10 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
         config.partition_seed,
     )
     report.update(flat_intervals(report["partitions"]))
+    confidence = report["confidence"]  # before json_ready turns its empty bins' NaN into None
     report = json_ready(report)
     write_metrics(paths.calibrate_metrics_file, paths.calibrate_details_file, report, HEADLINE_METRICS)
     write_json(paths.calibration_file, {**asdict(calibration), "unknown_class_id": len(classes), "classes": classes})
-    confidence = report["confidence"]
     reliability_image(confidence["reliability"], confidence["expected_calibration_error"], paths.reliability_file)
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
     with mlflow.start_run(

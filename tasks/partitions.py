@@ -42,6 +42,7 @@ from tasks.scores import (
 FORGERY_SPLITS = ("calibration", "test")
 INTERVAL_LEVEL = 0.95
 HALF = 0.5
+RATE_BOUNDS = (0.0, 1.0)
 # The per-partition figures, in the order the reports list them: the calibrated operating point first.
 OPERATING_POINT_FIGURES = ("frr", "far_skilled", "far_random", "unenrolled_accepted")
 A_POSTERIORI_FIGURES = ("eer_skilled_a_posteriori", "eer_skilled_per_writer_a_posteriori")
@@ -63,9 +64,12 @@ class Interval:
         return {"mean": self.mean, "ci95": [self.low, self.high], "values": list(self.values)}
 
 
-def mean_interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> Interval:
+def mean_interval(
+    values: Sequence[float], level: float = INTERVAL_LEVEL, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> Interval:
     """Mean and Student-t interval of the mean of `values` (NaNs left out; NaN when none remain,
-    and the mean as both ends when only one does)."""
+    and the mean as both ends when only one does), its ends clipped to `bounds` (a rate's interval
+    stays within [0, 1] when few partitions make it wide)."""
     finite = np.array([value for value in values if not math.isnan(value)], dtype=np.float64)
     if not len(finite):
         return Interval(math.nan, math.nan, math.nan, tuple(float(value) for value in values))
@@ -73,7 +77,8 @@ def mean_interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> Int
     if len(finite) < 2:
         return Interval(mean, mean, mean, tuple(float(value) for value in values))
     half_width = float(student_t.ppf(0.5 + level / 2, len(finite) - 1) * finite.std(ddof=1) / math.sqrt(len(finite)))
-    return Interval(mean, mean - half_width, mean + half_width, tuple(float(value) for value in values))
+    low, high = max(mean - half_width, bounds[0]), min(mean + half_width, bounds[1])
+    return Interval(mean, low, high, tuple(float(value) for value in values))
 
 
 def forgery_writers(table: ScoreTable) -> np.ndarray:
@@ -180,6 +185,11 @@ def partition_figures(
     }
 
 
+def bounds_of(figure: str) -> tuple[float, float]:
+    """The range a partition figure's interval is clipped to: [0, 1] for rates, none for the threshold."""
+    return (-math.inf, math.inf) if figure == "threshold" else RATE_BOUNDS
+
+
 def partition_report(
     table: ScoreTable, calibration_fraction: float, count: int, seed: int, objective: str, target_far: float
 ) -> dict[str, object]:
@@ -193,7 +203,10 @@ def partition_report(
         "calibration_writers": len(divisions[0]) if divisions else 0,
         "test_writers": len(writers) - (len(divisions[0]) if divisions else 0),
         "interval": f"{INTERVAL_LEVEL:.0%} Student-t interval of the mean over partitions",
-        **{name: mean_interval([figure[name] for figure in figures]).as_dict() for name in PARTITION_FIGURES},
+        **{
+            name: mean_interval([figure[name] for figure in figures], bounds=bounds_of(name)).as_dict()
+            for name in PARTITION_FIGURES
+        },
     }
 
 
