@@ -46,6 +46,7 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
 
     from tasks.evaluate import evaluation_report, score_manifest
     from tasks.manifest import read_manifest
+    from tasks.model import float32_copy
     from tasks.plots import confusion_matrix_image, roc_det_image, score_distributions_image
     from tasks.scores import save_scores, verification_scores
     from tasks.tracking import (
@@ -60,7 +61,9 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     from tasks.verifier import load_verifier
 
     classes = json.loads(paths.labels_file.read_text())["classes"]
-    classifier = keras.models.load_model(paths.classifier_file)
+    # Scored in float32 like the registered model (`float32_copy`), whatever policy training ran in:
+    # the threshold and confidence fitted on these scores are then the served model's.
+    classifier = float32_copy(keras.models.load_model(paths.classifier_file))
     verifier = load_verifier(paths.verifier_file)
     rows = read_manifest(paths.manifest_file)
     table = score_manifest(classifier, verifier, rows, paths.root, classes, config.evaluate.batch_size)

@@ -227,7 +227,14 @@ def float32_copy(model: keras.Model) -> keras.Model:
     float32_config = float32_policies(config)
     if float32_config == config:
         return model
-    copy = model.__class__.from_config(float32_config)
+    # Layers whose config names no policy (inputs, nested models' own) take the global one: float32
+    # while the copy is built, even when a mixed-precision training set it.
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(FLOAT32)
+    try:
+        copy = model.__class__.from_config(float32_config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     copy.set_weights(model.get_weights())
     return copy
 

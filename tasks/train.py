@@ -67,6 +67,7 @@ from tasks.model import (
     build_ridge_classifier,
     copy_head_weights,
     embedding_statistics,
+    float32_copy,
 )
 from tasks.model import weights_digest as model_weights_digest
 from tasks.paths import ProjectPaths
@@ -190,6 +191,17 @@ def record_closed_form_fit(
     state.completed_epochs, state.best_epoch = 1, 0
 
 
+def feature_embedder(base: keras.Model, image_size: int) -> keras.Model:
+    """The embedder of the cached embeddings, in float32 whatever the training's dtype policy.
+
+    The verifier, the threshold and the confidence are fitted on these embeddings (and on the
+    evaluate stage's, also float32), and the registered model serves in float32 (`float32_copy`):
+    one precision, so the served scores are the calibrated ones. Mixed precision still speeds up
+    what trains (the online mode's steps and a Keras head).
+    """
+    return float32_copy(build_embedder(base, image_size))
+
+
 def train_classifier(
     paths: ProjectPaths,
     data: TrainingData,
@@ -222,7 +234,7 @@ def train_classifier(
     resumed_from = state.completed_epochs
     paths.features_dir.mkdir(parents=True, exist_ok=True)
     base = build_base(data.image_size, model_params.weights, paths.root, train.seed)
-    embedder = build_embedder(base, data.image_size)
+    embedder = feature_embedder(base, data.image_size)
     digest = model_weights_digest(base)
     key = features_key(
         data,

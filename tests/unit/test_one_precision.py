@@ -1,0 +1,61 @@
+"""One precision (issue 24): whatever policy training runs in, the embeddings the verifier, threshold
+and confidence are fitted on are float32, as the registered model serves them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tasks.model import build_base, build_embedder, float32_copy
+from tasks.train import feature_embedder
+
+SIZE = 75  # InceptionV3's smallest input: a cheap base
+MIXED = "mixed_bfloat16"  # the CPU's mixed policy (float16 on GPUs): both are reduced precision
+
+
+def policies(model: keras.Model) -> set[str]:
+    """The dtype policy names of every layer, nested models included."""
+    names = set()
+    for layer in model.layers:
+        names.add(layer.dtype_policy.name)
+        if isinstance(layer, keras.Model):
+            names |= policies(layer)
+    return names
+
+
+@pytest.fixture()
+def mixed_base(tmp_path: Path):
+    """A frozen base (weights none) and its plain embedder, built under the mixed policy."""
+    keras.mixed_precision.set_global_policy(MIXED)
+    try:
+        base = build_base(SIZE, "none", tmp_path, seed=3)
+        yield base, build_embedder(base, SIZE)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.slow
+def test_features_are_embedded_in_float32_under_mixed_precision(mixed_base) -> None:
+    base, mixed = mixed_base
+    assert MIXED in policies(mixed)  # the policy did apply to what trains
+    embedder = feature_embedder(base, SIZE)
+    assert policies(embedder) == {"float32"}
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
+    features = np.asarray(embedder(pixels, training=False))
+    served = np.asarray(float32_copy(mixed)(pixels, training=False))  # what registration serves
+    reduced = np.asarray(mixed(pixels, training=False), dtype=np.float32)
+    np.testing.assert_array_equal(features, served)
+    assert not np.array_equal(features, reduced)  # the precision matters: a mixed embedding differs
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_mixed_classifier_in_float32(mixed_base, tmp_path: Path) -> None:
+    _base, mixed = mixed_base
+    path = tmp_path / "classifier.keras"
+    mixed.save(path)
+    loaded = keras.models.load_model(path)
+    assert MIXED in policies(loaded)  # saved with its training policy
+    assert policies(float32_copy(loaded)) == {"float32"}  # what flows/evaluate.py scores with
