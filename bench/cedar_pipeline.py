@@ -70,36 +70,30 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def interval(calibrate: dict, figure: str) -> str:
+    """A partition figure as "mean (low-high)" in percent."""
+    summary = calibrate["partitions"][figure]
+    return f"{percent(summary['mean'])} ({percent(summary['ci95'][0])}-{percent(summary['ci95'][1])})"
+
+
 def print_tables(evaluate: dict, calibrate: dict, timings: dict[str, float]) -> None:
-    """Markdown tables for bench/README.md."""
+    """Markdown tables for bench/README.md: identification, a-posteriori EERs, the calibrated operating
+    point on the prepare split and over the writer partitions (bench/quality.py compares models)."""
     print("| identification (test genuine) | value |\n|---|---|")
     for key in ("accuracy", "f1_weighted", "f1_macro", "top5_accuracy"):
         print(f"| {key} | {evaluate[key]:.3f} |")
     print("\n| verification, a posteriori | EER | AUC |\n|---|---|---|")
     for kind in ("skilled", "random"):
         auc = evaluate[f"auc_{kind}"]
-        print(f"| {kind} | {percent(evaluate[f'eer_{kind}'])} | {'n/a' if auc is None else f'{auc:.3f}'} |")
-    reference = calibrate["reference_fixed_threshold"]
-    print("\n| on test | calibrated (T, threshold fitted on val + calibration) | reference fixed 0.40, T = 1 |")
+        print(
+            f"| {kind} | {percent(evaluate[f'eer_{kind}_a_posteriori'])} | {'n/a' if auc is None else f'{auc:.3f}'} |"
+        )
+    print(f"| skilled, per-writer thresholds | {percent(evaluate['eer_skilled_per_writer_a_posteriori'])} | |")
+    print("\n| at the calibrated threshold, test | prepare's split | mean over partitions (95% interval) |")
     print("|---|---|---|")
-    print(f"| temperature / threshold | {calibrate['temperature']:.3f} / {calibrate['threshold']:.3f} | 1 / 0.40 |")
-    print(f"| FRR (genuine answered unknown) | {percent(calibrate['frr'])} | {percent(reference['open_set']['frr'])} |")
-    print(
-        f"| accuracy among accepted | {percent(calibrate['accuracy_accepted'])} | "
-        f"{percent(reference['open_set']['accuracy_accepted'])} |"
-    )
-    print(
-        f"| FAR skilled (forgeries not rejected) | {percent(calibrate['far_skilled'])} | "
-        f"{percent(reference['open_set']['far_skilled'])} |"
-    )
-    print(
-        f"| FAR random (claimed-writer score) | {percent(calibrate['far_random'])} | "
-        f"{percent(reference['verification']['far_random'])} |"
-    )
-    print(
-        f"| ECE, test genuine | {calibrate['expected_calibration_error_after']:.3f} | "
-        f"{calibrate['expected_calibration_error_before']:.3f} |"
-    )
+    for figure in ("frr", "far_skilled", "far_random", "unenrolled_accepted"):
+        print(f"| {figure} | {percent(calibrate[figure])} | {interval(calibrate, figure)} |")
+    print(f"| confidence ECE, test genuine | {calibrate['expected_calibration_error']:.3f} | |")
     print("\nStage seconds: " + ", ".join(f"{name} {seconds}" for name, seconds in timings.items()))
 
 

@@ -13,6 +13,7 @@ from tests.conftest import edit_params
 
 CEDAR_WRITERS = 55
 CEDAR_IMAGES = 2640
+CEDAR_UNENROLLED = 5
 REPRO_TIMEOUT_SECONDS = 900
 
 
@@ -39,8 +40,13 @@ def test_dvc_repro_prepare_on_cedar(workspace: Path, cedar_dir: Path, subprocess
     assert len({row["writer"] for row in rows}) == CEDAR_WRITERS
     assert len({row["path"] for row in rows}) == CEDAR_IMAGES  # no image in two splits
     genuine = Counter((row["writer"], row["split"]) for row in rows if row["kind"] == "genuine")
-    for writer in {row["writer"] for row in rows}:
+    unenrolled = {row["writer"] for row in rows if row["split"] == "unenrolled"}
+    assert len(unenrolled) == CEDAR_UNENROLLED  # prepare.unenrolled_writers 0.1 of 55, rounded down
+    for writer in {row["writer"] for row in rows} - unenrolled:
         assert genuine[(writer, "test")] == 5
         assert genuine[(writer, "train")] + genuine[(writer, "val")] == 19
+    for writer in unenrolled:  # nothing of theirs is fitted on or calibrated with
+        assert genuine[(writer, "unenrolled")] == 24
+        assert {row["split"] for row in rows if row["writer"] == writer and row["kind"] != "genuine"} == {"unused"}
     assert {row["split"] for row in rows if row["kind"] == "skilled"} == {"calibration", "test"}
     assert sorted(path.name for path in (cedar_dir / "full_org").iterdir()) == before

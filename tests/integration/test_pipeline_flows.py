@@ -23,7 +23,7 @@ from flows.evaluate import HEADLINE_METRICS as EVALUATE_HEADLINE
 from tasks.inference import ACCEPT_PATHS, OUTPUT_COLUMNS, PATHS_REFUSED, UNKNOWN_WRITER
 from tasks.manifest import read_manifest
 from tasks.paths import ProjectPaths
-from tasks.scores import load_scores, softmax
+from tasks.scores import claim_probability, load_scores
 from tests.conftest import TRAINED_MODEL_NAME as MODEL_NAME
 
 # With pytest-xdist, every module that uses the session's `trained` workspace runs on one worker.
@@ -73,10 +73,23 @@ def test_evaluate_and_calibrate_outputs_and_nested_runs(trained: ProjectPaths) -
 
     written = json.loads(trained.evaluate_details_file.read_text())
     assert json.loads(trained.evaluate_metrics_file.read_text()) == {key: written[key] for key in EVALUATE_HEADLINE}
-    for key in ("accuracy", "f1_weighted", "f1_macro", "top5_accuracy", "eer_skilled", "auc_skilled"):
+    for key in (
+        "accuracy",
+        "f1_weighted",
+        "f1_macro",
+        "top5_accuracy",
+        "eer_skilled_a_posteriori",
+        "eer_skilled_per_writer_a_posteriori",
+        "auc_skilled",
+    ):
         assert key in written, key
     assert 0.0 <= written["accuracy"] <= 1.0 and written["test_genuine_images"] == 15
-    assert written["eer_simple"] is None  # no simple forgeries in this dataset: null, not a made-up number
+    # Every verification figure over the writer partitions: mean, 95% interval around it, one value each.
+    for figure in ("eer_skilled_a_posteriori", "eer_skilled_per_writer_a_posteriori"):
+        summary = written["partitions"][figure]
+        assert len(summary["values"]) == written["partitions"]["partitions"]
+        assert summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]
+    assert written["eer_simple_a_posteriori"] is None  # no simple forgeries in this dataset: null, not a made-up number
     assert written["verification_a_posteriori"]["threshold_source"] == "test scores (a posteriori)"
     assert len(read_manifest(trained.per_writer_file)) == 3
     for plot in (trained.confusion_matrix_file, trained.roc_det_file, trained.score_distributions_file):
@@ -90,10 +103,16 @@ def test_evaluate_and_calibrate_outputs_and_nested_runs(trained: ProjectPaths) -
         "far_skilled",
         "far_opposite",
         "far_random",
-        "expected_calibration_error_before",
-        "expected_calibration_error_after",
+        "unenrolled_accepted",
+        "expected_calibration_error",
+        "softmax_expected_calibration_error",
     ):
         assert key in report, key
+    assert list(report)[:2] == ["frr", "far_skilled"]  # the calibrated operating point comes first
+    for figure in ("frr", "far_skilled", "far_random", "eer_skilled_a_posteriori"):
+        summary = report["partitions"][figure]
+        assert summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1] and len(summary["values"]) >= 2
+        assert report[f"partitions_{figure}_mean"] == summary["mean"]
     calibration = json.loads(trained.calibration_file.read_text())
     assert calibration["unknown_class_id"] == 3 and calibration["threshold"] == report["threshold"]
     assert trained.reliability_file.stat().st_size > 0
@@ -158,11 +177,13 @@ def stored_claims(paths: ProjectPaths, image: Path) -> tuple[np.ndarray, np.ndar
 def expected_answer(paths: ProjectPaths, image: Path) -> tuple[str, int, float]:
     """(writer, class_id, confidence) the stored scores and the calibration file decide for an image:
     the classifier's top writer when its verifier score reaches the threshold, else unknown; the
-    confidence is the top writer's softmax probability at the calibrated temperature."""
+    confidence is the Platt-calibrated probability of the top writer's claim."""
     calibration = json.loads(paths.calibration_file.read_text())
     logits, verification = stored_claims(paths, image)
     top = int(np.argmax(logits))
-    confidence = float(softmax(logits[np.newaxis], calibration["temperature"])[0, top])
+    confidence = float(
+        claim_probability(verification[top], calibration["confidence_slope"], calibration["confidence_intercept"])
+    )
     if verification[top] >= calibration["threshold"]:
         return calibration["classes"][top], top, confidence
     return UNKNOWN_WRITER, calibration["unknown_class_id"], confidence
