@@ -152,7 +152,9 @@ class ModelParams(StrictModel):
     exactly, no epochs; its logits are the verifier's scores); `head: linear` is softmax
     regression on the (standardised) embedding trained with Adam; `head: mlp` puts a
     Dense(`dense_units`, relu) layer before it (the reference recipe). `verifier_regularization`
-    is the L2 penalty of each writer's ridge classifier (`tasks.verifier`).
+    is the L2 penalty of each writer's ridge classifier (`tasks.verifier`); `verifier_whitening`
+    (0: off) whitens the embeddings by the within-writer covariance first, its value the ridge
+    added to that covariance relative to its mean eigenvalue.
     """
 
     weights: str
@@ -161,6 +163,7 @@ class ModelParams(StrictModel):
     dropout: float = Field(ge=0, lt=1)
     standardize_features: bool
     verifier_regularization: float = Field(gt=0)
+    verifier_whitening: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _check_weights(self) -> ModelParams:

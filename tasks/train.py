@@ -256,7 +256,10 @@ def train_classifier(
         write_feature_cache(paths.features_dir, key, cache)
         embed_seconds, embedded = cache.embed_seconds, cache.images_embedded
     verifier = fit_writer_verifier(
-        *flat_views(cache.train_views, data.train.labels), class_count, model_params.verifier_regularization
+        *flat_views(cache.train_views, data.train.labels),
+        class_count,
+        model_params.verifier_regularization,
+        model_params.verifier_whitening,
     )
     reference_embeddings = cache.train_views
     statistics = embedding_statistics(reference_embeddings) if model_params.standardize_features else (None, None)

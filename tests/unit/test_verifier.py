@@ -82,3 +82,48 @@ def test_file_round_trip_and_a_broken_file_names_itself(tmp_path: Path) -> None:
     broken.write_bytes((tmp_path / "verifier.npz").read_bytes()[:100])
     with pytest.raises(VerifierError, match="broken.npz.*dvc repro train"):
         load_verifier(broken)
+
+
+def test_whitening_equals_scikit_learn_on_explicitly_whitened_embeddings() -> None:
+    embeddings, labels = writers_data(seed=2)
+    strength = 0.3
+    verifier = fit_writer_verifier(embeddings, labels, 3, regularization=0.05, whitening=strength)
+    mean, scale = standardisation(embeddings)
+    standardised = (embeddings - mean) / scale
+    # The pooled within-writer covariance, by hand, and its inverse square root with the relative ridge.
+    centred = np.concatenate([standardised[labels == w] - standardised[labels == w].mean(0) for w in range(3)])
+    covariance = centred.T @ centred / len(labels)
+    values, vectors = np.linalg.eigh(covariance)
+    transform = vectors @ np.diag(1 / np.sqrt(values + strength * values.mean())) @ vectors.T
+    whitened = standardised @ transform
+    for writer in range(3):
+        targets = np.where(labels == writer, 1, -1)
+        weights = np.where(labels == writer, 0.5 / np.sum(labels == writer), 0.5 / np.sum(labels != writer))
+        reference = RidgeClassifier(alpha=0.05).fit(whitened, targets, sample_weight=weights)
+        # The stored kernel applies to standardised embeddings: the whitening is folded into it.
+        np.testing.assert_allclose(verifier.scores(embeddings)[:, writer], reference.decision_function(whitened))
+    plain = fit_writer_verifier(embeddings, labels, 3, regularization=0.05)
+    assert not np.allclose(plain.scores(embeddings), verifier.scores(embeddings))  # it does change the verifier
+
+
+def test_whitening_keeps_a_strongly_penalised_verifier_separating_new_signatures() -> None:
+    """Feature 0 varies widely within each writer and feature 1 barely: a strong L2 penalty spreads
+    the weight over both, which lets feature 0's within-writer noise in; whitening by the within-writer
+    covariance lets the penalty fall on that noise instead, so held-out signatures separate better."""
+    rng = np.random.default_rng(4)
+
+    def two_writers(per_writer: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(2), per_writer)
+        noisy, steady = rng.normal(0, 5, len(labels)), rng.normal(0, 0.2, len(labels))
+        return np.stack([noisy + labels, steady + labels], axis=1), labels
+
+    def separation(verifier, embeddings: np.ndarray, labels: np.ndarray) -> float:
+        scores = verifier.scores(embeddings)[:, 1]
+        own, others = scores[labels == 1], scores[labels == 0]
+        return (own.mean() - others.mean()) / np.sqrt((own.var() + others.var()) / 2)
+
+    embeddings, labels = two_writers(50)
+    held_out, held_out_labels = two_writers(500)
+    plain = fit_writer_verifier(embeddings, labels, 2, regularization=100.0)
+    whitened = fit_writer_verifier(embeddings, labels, 2, regularization=100.0, whitening=0.01)
+    assert separation(whitened, held_out, held_out_labels) > separation(plain, held_out, held_out_labels) + 0.1
