@@ -1,25 +1,46 @@
-"""How the defaults of the head, the verifier and the augmentation were chosen: by validation and
-calibration data only, with the test numbers reported beside them, never used to choose.
+"""How the defaults of the head, the verifier's penalty and the augmentation are chosen: by a rule
+written in code (`choose`), on validation and calibration-writer figures averaged over writer
+partitions, never on test.
 
-For each augmentation variant the frozen base embeds the clean training images and 4 augmented
-views (the cached mode's data), then each head is fitted on them:
-- `ridge`: the writer-dependent verifier used as the head, for several L2 penalties;
+Candidates, all on one embedding file (bench/embeddings.py; the pipeline's split with
+params.yaml's `prepare` rules, unenrolled writers included): augmentation none / signature /
+mild / reference (the clean training images plus `train.augmented_views` views of each) x head:
+- `ridge`: the writer-dependent verifier used as the head, L2 penalty 0.003 to 0.3, without and with
+  within-writer whitening (`model.verifier_whitening` 0.01 and 0.1) (no TensorFlow);
 - `linear` and `mlp` (Dense(1024), the reference's head): Keras, Adam 1e-3, batch 16, early
-  stopping on validation loss (patience 10, at most 100 epochs), best epoch kept.
-Selection columns: validation accuracy (identification) and the skilled-forgery EER of the
-verifier's scores on validation genuine claims against the *calibration* writers' skilled
-forgeries (verification). Test columns are for the record.
+  stopping on validation loss (patience 10, at most 100 epochs), best epoch kept; claim score the
+  softmax probability (`--no-keras` leaves them out).
 
-Usage: python bench/head_selection.py --dataset cedar --size 150
+Selection columns (`SelectionFigures`, all the rule sees):
+- the calibration-writer skilled EER: for each of `evaluate.partitions` seeded writer partitions
+  (the same as the quality bench's), the EER of the validation genuine claims of every enrolled
+  writer against the skilled forgeries of that partition's calibration writers, then its mean
+  over partitions. It is computed on a table without any test genuine image or unenrolled writer
+  (`selection_rows`), and the partition's test writers' forgeries are never read;
+- validation accuracy (identification of the validation genuine images).
+The rule: the lowest mean calibration-writer EER; candidates within `TIE_TOLERANCE` (0.002) of
+it are tied, and the tie goes to the higher validation accuracy, then to the simpler model: no
+whitening before whitening, then the larger ridge penalty (a Keras head has none and comes after
+any ridge head), then the earlier candidate in the order above (less augmentation first).
+
+Test columns (test accuracy; over the same partitions, the test writers' a-posteriori skilled EER,
+global and per writer, FRR and skilled FAR at the calibrated threshold) are recorded beside them
+and never passed to the rule.
+
+Usage:
+  python bench/embeddings.py --dataset cedar --size 150 --output /tmp/emb_cedar_150.npz
+  python bench/head_selection.py --embeddings /tmp/emb_cedar_150.npz [--write-readme]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,210 +48,264 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from bench.cedar_pipeline import scratch_workspace  # noqa: E402
-from bench.quality import DEFAULT_CEDAR, dataset_changes  # noqa: E402
+from bench.peers import (  # noqa: E402
+    DEFAULT_PARTITION_SEED,
+    DEFAULT_PARTITIONS,
+    GENUINE,
+    EmbeddedSplit,
+    keras_head_scorer,
+    load_embedded,
+    machine,
+    read_params,
+    ridge_scorer,
+    score_table,
+    split_rules,
+    training_set,
+    validation_set,
+)
+from bench.tables import RESULTS_DIR, selection_block, write_readme_blocks  # noqa: E402
+from tasks.metrics import equal_error_rate  # noqa: E402
+from tasks.partitions import (  # noqa: E402
+    calibration_forgeries,
+    forgery_writers,
+    mean_interval,
+    partition_report,
+    rows_of,
+    writer_partitions,
+)
+from tasks.scores import NO_CLASS, ScoreTable, claimed_scores  # noqa: E402
+from tasks.split import UNENROLLED_SPLIT  # noqa: E402
 
-VIEWS = 4
-SEED = 42
-AUGMENTATIONS: dict[str, dict[str, object] | None] = {
-    "none (clean only)": None,
-    "signature (default: 2 deg, 2%)": {"preset": "signature"},
-    "mild (5 deg, 3-5%)": {
-        "preset": "signature",
-        "rotation_degrees": 5.0,
-        "zoom": 0.05,
-        "width_shift": 0.03,
-        "height_shift": 0.03,
-    },
-    "reference (20 deg, flips)": {"preset": "reference"},
-}
-RIDGE_PENALTIES = (0.003, 0.01, 0.03, 0.1)
-KERAS_HEADS = {"linear": 0, "mlp": 1024}
-KERAS_EPOCHS, KERAS_PATIENCE, KERAS_BATCH, KERAS_RATE, DROPOUT = 100, 10, 16, 1e-3, 0.1
+AUGMENTATIONS = ("none", "signature", "mild", "reference")
+RIDGE = "ridge"
+RIDGE_PENALTIES = (0.003, 0.01, 0.03, 0.1, 0.3)
+WHITENINGS = (0.0, 0.01, 0.1)  # model.verifier_whitening of the ridge candidates (0: off)
+KERAS_HEADS = {"linear": 0, "mlp": 1024}  # head name -> Dense(relu) units before the softmax (0: none)
+TIE_TOLERANCE = 0.002  # calibration-writer EERs this close to the lowest are tied
+RULE = (
+    "lowest mean over partitions of the calibration-writer skilled EER (validation genuine claims against "
+    f"the partition's calibration writers' skilled forgeries); within {TIE_TOLERANCE} of it, the higher "
+    "validation accuracy, then the simpler model (no whitening first, then the larger ridge penalty; Keras heads "
+    "after ridge), then less augmentation"
+)
 
 
-def prepared_workspace(scratch: Path, changes: dict[str, dict[str, object]]) -> Path:
-    """Download and prepare the dataset in `scratch` with the project's stage flows."""
-    from flows.download import download_flow
-    from flows.prepare import prepare_flow
+@dataclass(frozen=True)
+class SelectionFigures:
+    """What the rule may read of a candidate: its name and its selection columns, nothing of test."""
 
-    params_file = str(scratch_workspace(scratch, changes))
-    download_flow(params_file)
-    prepare_flow(params_file)
-    return scratch
+    augmentation: str
+    head: str
+    penalty: float | None
+    whitening: float
+    calibration_eer: float
+    val_accuracy: float
 
 
-def embeddings_of_every_image(root: Path, size: int, weights: str) -> dict[str, object]:
-    """Embeddings of every prepared image (clean), and of augmented train views per variant."""
-    import tensorflow as tf
+def choose(candidates: Sequence[SelectionFigures], tolerance: float = TIE_TOLERANCE) -> SelectionFigures:
+    """The selection rule: the lowest mean calibration-writer EER, ties (within `tolerance`) to the
+    higher validation accuracy, then the simpler model (the weaker whitening, then the larger penalty;
+    a Keras head, with no penalty, after every ridge head), then list order."""
+    finite = [candidate for candidate in candidates if not math.isnan(candidate.calibration_eer)]
+    if not finite:
+        raise ValueError("no candidate has a calibration-writer EER to choose by")
+    lowest = min(candidate.calibration_eer for candidate in finite)
+    tied = [(position, c) for position, c in enumerate(finite) if c.calibration_eer <= lowest + tolerance]
+    return min(
+        tied,
+        key=lambda entry: (
+            -entry[1].val_accuracy,
+            entry[1].whitening,
+            math.inf if entry[1].penalty is None else -entry[1].penalty,
+            entry[0],
+        ),
+    )[1]
 
-    from tasks.config import AugmentParams
-    from tasks.features import CACHED_VIEW_EPOCH_OFFSET, embed
-    from tasks.fused import folded_inference_function
-    from tasks.input_pipeline import augmented_images, prefetched, read_grey_image
-    from tasks.manifest import read_manifest
-    from tasks.model import build_base, build_embedder
 
-    rows = read_manifest(root / "data" / "prepared" / "manifest.csv")
-    images = np.stack([read_grey_image(root / row["prepared_path"]) for row in rows])
-    embedder = build_embedder(build_base(size, weights, root, SEED), size)
-    step = folded_inference_function(embedder)
-    pixels = tf.data.Dataset.from_tensor_slices(images).map(
-        lambda image: tf.image.grayscale_to_rgb(tf.cast(image, tf.float32))
+def selection_columns(row: dict[str, object]) -> SelectionFigures:
+    """A results row reduced to what the rule may read (its `test` columns are dropped here)."""
+    selection = row["selection"]
+    return SelectionFigures(
+        augmentation=str(row["augmentation"]),
+        head=str(row["head"]),
+        penalty=None if row["penalty"] is None else float(row["penalty"]),
+        whitening=float(row.get("whitening") or 0.0),
+        calibration_eer=float(selection["calibration_eer"]["mean"]),
+        val_accuracy=float(selection["val_accuracy"]),
     )
-    clean = embed(step, prefetched(pixels.batch(32)), len(images), "clean", False)
-    train_rows = np.array(
-        [index for index, row in enumerate(rows) if row["kind"] == "genuine" and row["split"] == "train"]
-    )
-    order = tf.range(len(train_rows), dtype=tf.int64)
-    views = {}
-    for name, augment in AUGMENTATIONS.items():
-        if augment is None:
-            continue
-        params = AugmentParams.model_validate(augment)
-        views[name] = np.stack(
-            [
-                embed(
-                    step,
-                    prefetched(
-                        augmented_images(
-                            tf.constant(images[train_rows]),
-                            params,
-                            SEED,
-                            tf.constant(CACHED_VIEW_EPOCH_OFFSET + view, tf.int64),
-                            order,
-                        ).batch(32)
-                    ),
-                    len(train_rows),
-                    name,
-                    False,
-                )
-                for view in range(VIEWS)
-            ]
-        )
-    return {"rows": rows, "clean": clean, "train_rows": train_rows, "views": views}
 
 
-def keras_head(samples, labels, validation, validation_labels, classes: int, units: int):
-    """A Keras head like the pipeline's trained heads, early-stopped on validation loss; returns it and its epochs."""
-    import keras
-
-    from tasks.model import HeadSpec, build_head, embedding_statistics
-
-    keras.utils.set_random_seed(SEED)
-    spec = HeadSpec(classes, units, DROPOUT, SEED, *embedding_statistics(samples))
-    head = build_head(spec)
-    head.compile(keras.optimizers.Adam(KERAS_RATE), "sparse_categorical_crossentropy")
-    stopper = keras.callbacks.EarlyStopping(patience=KERAS_PATIENCE, restore_best_weights=True)
-    history = head.fit(
-        samples,
-        labels,
-        validation_data=(validation, validation_labels),
-        epochs=KERAS_EPOCHS,
-        batch_size=KERAS_BATCH,
-        callbacks=[stopper],
-        verbose=0,
-    )
-    return head, len(history.history["loss"])
+def chosen_row(rows: Sequence[dict[str, object]]) -> dict[str, object]:
+    """The results row the rule picks, judged on its selection columns only."""
+    choice = choose([selection_columns(row) for row in rows])
+    return next(row for row in rows if selection_columns(row) == choice)
 
 
-def measure(scores: np.ndarray, identification: np.ndarray, labels: np.ndarray, masks: dict[str, np.ndarray]) -> dict:
-    """Selection (validation, calibration) and test numbers of one head."""
-    from tasks.metrics import equal_error_rate
-    from tasks.scores import claimed_scores, random_forgery_scores
+def selection_rows(table: ScoreTable) -> ScoreTable:
+    """The rows selection may read: everything but the test genuine images and the unenrolled writers."""
+    return rows_of(table, ~(((table.splits == "test") & (table.kinds == GENUINE)) | (table.splits == UNENROLLED_SPLIT)))
 
-    def claims(mask: np.ndarray) -> np.ndarray:
-        return claimed_scores(scores[mask], labels[mask])
 
-    test_genuine = masks["test"]
+def calibration_writer_eers(table: ScoreTable, divisions: Sequence[np.ndarray]) -> list[float]:
+    """Per division, the EER of validation genuine claims against its calibration writers' skilled forgeries."""
+    rows = selection_rows(table)
+    validation = rows.select("val", GENUINE)
+    genuine = claimed_scores(validation.verification, validation.claimed)
+    eers = []
+    for calibration in divisions:
+        impostors = calibration_forgeries(rows, calibration)
+        eers.append(equal_error_rate(genuine, claimed_scores(impostors.verification, impostors.claimed)).eer)
+    return eers
+
+
+def identification_accuracy(table: ScoreTable, split: str) -> float:
+    """Share of one split's enrolled genuine images whose top-scoring writer is their own."""
+    rows = table.select(split, GENUINE)
+    return float(np.mean(np.argmax(rows.logits, axis=1) == rows.claimed)) if len(rows) else math.nan
+
+
+def candidate_figures(
+    table: ScoreTable, calibration_fraction: float, partitions: int, seed: int, objective: str, target_far: float
+) -> dict[str, dict[str, object]]:
+    """A candidate's selection columns and, apart, its test columns (for the record)."""
+    divisions = writer_partitions(forgery_writers(table), calibration_fraction, partitions, seed)
+    report = partition_report(table, calibration_fraction, partitions, seed, objective, target_far)
     return {
-        "val_accuracy": float(np.mean(np.argmax(identification[masks["val"]], axis=1) == labels[masks["val"]])),
-        "calibration_skilled_eer": equal_error_rate(claims(masks["val"]), claims(masks["calibration_skilled"])).eer,
-        "test_accuracy": float(np.mean(np.argmax(identification[test_genuine], axis=1) == labels[test_genuine])),
-        "test_skilled_eer": equal_error_rate(claims(test_genuine), claims(masks["test_skilled"])).eer,
-        "test_random_eer": equal_error_rate(
-            claims(test_genuine), random_forgery_scores(scores[test_genuine], labels[test_genuine])
-        ).eer,
+        "selection": {
+            "calibration_eer": mean_interval(calibration_writer_eers(table, divisions)).as_dict(),
+            "val_accuracy": identification_accuracy(table, "val"),
+        },
+        "test": {
+            "accuracy": identification_accuracy(table, "test"),
+            **{
+                name: report[name]
+                for name in ("eer_skilled_a_posteriori", "eer_skilled_per_writer_a_posteriori", "frr", "far_skilled")
+            },
+        },
+    }
+
+
+def candidates(data: EmbeddedSplit, views: int, keras_heads: bool) -> list[tuple[str, str, float | None, float]]:
+    """(augmentation, head, penalty, whitening) of every candidate, in the rule's final tie-break order."""
+    listed: list[tuple[str, str, float | None, float]] = []
+    for augmentation in AUGMENTATIONS:
+        if augmentation != "none" and augmentation not in data.views:
+            continue
+        listed.extend(
+            (augmentation, RIDGE, penalty, whitening) for whitening in WHITENINGS for penalty in RIDGE_PENALTIES
+        )
+        if keras_heads:
+            listed.extend((augmentation, head, None, 0.0) for head in KERAS_HEADS)
+    return listed
+
+
+def evaluate_candidate(
+    data: EmbeddedSplit,
+    augmentation: str,
+    head: str,
+    penalty: float | None,
+    whitening: float,
+    views: int,
+    settings: dict[str, object],
+) -> dict[str, object]:
+    """Fit one candidate on the training rows and measure it."""
+    started = time.perf_counter()
+    samples, labels = training_set(data, augmentation, views)
+    epochs = None
+    if head == RIDGE:
+        scorer = ridge_scorer(samples, labels, data.class_count, float(penalty), whitening)
+    else:
+        scorer, epochs = keras_head_scorer(samples, labels, validation_set(data), data.class_count, KERAS_HEADS[head])
+    figures = candidate_figures(
+        score_table(data, scorer),
+        settings["calibration_fraction"],
+        settings["partitions"],
+        settings["partition_seed"],
+        settings["objective"],
+        settings["target_far"],
+    )
+    return {
+        "augmentation": augmentation,
+        "head": head,
+        "penalty": penalty,
+        "whitening": whitening,
+        "epochs": epochs,
+        **figures,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def defaults_of(params: dict[str, dict[str, object]]) -> dict[str, object]:
+    """params.yaml's current head, penalty and augmentation preset."""
+    return {
+        "head": params["model"]["head"],
+        "penalty": float(params["model"]["verifier_regularization"]),
+        "whitening": float(params["model"].get("verifier_whitening", 0.0)),
+        "augmentation": params["augment"]["preset"],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=("cedar", "demo"), default="cedar")
-    parser.add_argument("--cedar", type=Path, default=DEFAULT_CEDAR)
-    parser.add_argument("--size", type=int, default=150)
-    parser.add_argument("--weights", default="none")
+    parser.add_argument("--embeddings", type=Path, required=True, help="a file written by bench/embeddings.py")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--no-keras", action="store_true", help="ridge candidates only (no TensorFlow)")
+    parser.add_argument("--write-readme", action="store_true", help="rewrite the generated README blocks")
     arguments = parser.parse_args()
-    output = PROJECT_ROOT / "bench" / "results" / f"head_selection_{arguments.dataset}_{arguments.size}.json"
 
-    from flows._stage import quiet_environment
-
-    quiet_environment()
-    from tasks.verifier import fit_writer_verifier
-
-    with tempfile.TemporaryDirectory() as scratch:
-        root = prepared_workspace(
-            Path(scratch), dataset_changes(arguments.dataset, arguments.cedar, arguments.size, arguments.weights)
-        )
-        data = embeddings_of_every_image(root, arguments.size, arguments.weights)
-    rows, clean = data["rows"], data["clean"]
-    writers = sorted({row["writer"] for row in rows if row["kind"] == "genuine" and row["split"] == "train"})
-    index = {writer: position for position, writer in enumerate(writers)}
-    labels = np.array([index.get(row["writer"], -1) for row in rows])
-    kinds, splits = np.array([row["kind"] for row in rows]), np.array([row["split"] for row in rows])
-    known = labels >= 0
-    masks = {
-        "val": known & (kinds == "genuine") & (splits == "val"),
-        "test": known & (kinds == "genuine") & (splits == "test"),
-        "calibration_skilled": known & (kinds == "skilled") & (splits == "calibration"),
-        "test_skilled": known & (kinds == "skilled") & (splits == "test"),
+    started = time.perf_counter()
+    params = read_params()
+    evaluate = params.get("evaluate", {})
+    settings = {
+        "prepare": params["prepare"],
+        "views": int(params["train"]["augmented_views"]),
+        "calibration_fraction": float(params["prepare"]["calibration_fraction"]),
+        "partitions": int(evaluate.get("partitions", DEFAULT_PARTITIONS)),
+        "partition_seed": int(evaluate.get("partition_seed", DEFAULT_PARTITION_SEED)),
+        "objective": params["calibrate"]["objective"],
+        "target_far": float(params["calibrate"]["target_far"]),
     }
-    train_rows = data["train_rows"]
-    results = []
-    for augmentation in AUGMENTATIONS:
-        views = [clean[train_rows]] + (list(data["views"][augmentation]) if augmentation in data["views"] else [])
-        samples, sample_labels = np.concatenate(views), np.tile(labels[train_rows], len(views))
-        for penalty in RIDGE_PENALTIES:
-            started = time.perf_counter()
-            verifier = fit_writer_verifier(samples, sample_labels, len(writers), penalty)
-            scores = verifier.scores(clean)
-            row = {"augmentation": augmentation, "head": f"ridge, penalty {penalty}", "epochs": "-"}
-            row.update(measure(scores, scores, labels, masks), seconds=round(time.perf_counter() - started, 1))
-            results.append(row)
-            print(json.dumps(row), flush=True)
-        for name, units in KERAS_HEADS.items():
-            started = time.perf_counter()
-            head, epochs = keras_head(
-                samples, sample_labels, clean[masks["val"]], labels[masks["val"]], len(writers), units
-            )
-            probabilities = head.predict(clean, verbose=0, batch_size=512)
-            row = {"augmentation": augmentation, "head": f"{name} (Keras)", "epochs": epochs}
-            # Verification columns: the softmax probability of the claimed writer, this head's own score.
-            row.update(
-                measure(probabilities, probabilities, labels, masks), seconds=round(time.perf_counter() - started, 1)
-            )
-            results.append(row)
-            print(json.dumps(row), flush=True)
+    data = load_embedded(arguments.embeddings, split_rules(params["prepare"]))
+    rows = []
+    for augmentation, head, penalty, whitening in candidates(data, settings["views"], not arguments.no_keras):
+        row = evaluate_candidate(data, augmentation, head, penalty, whitening, settings["views"], settings)
+        rows.append(row)
+        shown = ("augmentation", "head", "penalty", "whitening", "selection", "seconds")
+        print(json.dumps({key: row[key] for key in shown}), flush=True)
+    choice = chosen_row(rows)
+    defaults = defaults_of(params)
+    picked = {
+        "head": choice["head"],
+        "penalty": choice["penalty"],
+        "whitening": choice["whitening"],
+        "augmentation": choice["augmentation"],
+    }
+    results = {
+        "dataset": data.meta["dataset"],
+        "size": data.meta["size"],
+        "weights": data.meta["weights"],
+        "embeddings": {"file": arguments.embeddings.name, "meta": data.meta},
+        "settings": settings,
+        "enrolled_writers": data.class_count,
+        "unenrolled_writers": len(set(data.writers[data.claimed == NO_CLASS])),
+        "rule": RULE,
+        "tie_tolerance": TIE_TOLERANCE,
+        "keras_heads": not arguments.no_keras,
+        "candidates": rows,
+        "choice": {**picked, "selection": asdict(selection_columns(choice))},
+        "params_defaults": defaults,
+        "choice_differs_from_params": picked != defaults,
+        "machine": machine(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    output = arguments.output or RESULTS_DIR / f"head_selection_{results['dataset']}_{results['size']}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
-    columns = (
-        "augmentation",
-        "head",
-        "epochs",
-        "val accuracy",
-        "calibration skilled EER",
-        "test accuracy",
-        "test skilled EER",
-        "test random EER",
-    )
-    print("| " + " | ".join(columns) + " |")
-    print("|---|---|---|---|---|---|---|---|")
-    for row in results:
-        print(
-            f"| {row['augmentation']} | {row['head']} | {row['epochs']} | {row['val_accuracy']:.3f} | "
-            f"{row['calibration_skilled_eer']:.3f} | {row['test_accuracy']:.3f} | {row['test_skilled_eer']:.3f} | "
-            f"{row['test_random_eer']:.4f} |"
-        )
+    print(selection_block(results))
+    if picked != defaults:
+        print(f"\nthe rule picks {picked}, params.yaml has {defaults}")
+    if arguments.write_readme:
+        write_readme_blocks()
 
 
 if __name__ == "__main__":

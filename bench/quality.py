@@ -1,30 +1,49 @@
-"""Recognition quality: the pipeline's defaults against a simple peer on the same embeddings and split.
+"""Recognition quality with error bars: the pipeline's defaults, two peers and the reference recipe,
+on the same embeddings, the same rows and the same writer partitions.
 
-Runs the stage flows (download -> prepare -> train -> evaluate -> calibrate) with the project's
-default parameters in a scratch workspace (only the dataset, the image size and the base's weights
-are set), then, in the same process, the logistic-regression peer of issue 11 on the *same* cached
-embeddings and split: the frozen base's global-average-pooled embeddings of the clean prepared
-images, scikit-learn `StandardScaler` + `LogisticRegression(max_iter=2000)` fitted on the train and
-validation genuine images; the score of the claim "W signed this" is the predicted probability of W.
+Reads an embedding file (bench/embeddings.py: the train stage's own base, seed and augmentation),
+redoes the pipeline's split with params.yaml's `prepare` rules (unenrolled writers included) and
+fits, on the enrolled writers' training images only:
+- **pipeline**: params.yaml's defaults: the ridge head and writer-dependent verifier
+  (`model.verifier_regularization`, `model.verifier_whitening`) on the clean images and `train.augmented_views` views of
+  `augment.preset`;
+- **logistic-regression peer** (issue 11): StandardScaler + LogisticRegression(max_iter=2000) on the
+  same clean images and views; claim score: its probability of the claimed writer;
+- **writer-dependent SVM peer** (sigver's protocol): per writer, a linear SVC with balanced classes on
+  its clean training references against the other writers' (no forgery, no augmentation); claim
+  score: its decision value; identification: the highest;
+- **reference recipe** as its own model: a Dense(1024, relu) + Dropout(0.1) + softmax head, Adam
+  1e-3, batch 16, early stopping on validation loss (patience 10, best epoch kept) on the clean
+  images and the `reference` preset's views (standardised input, as the pipeline's heads);
+  its claim score is its softmax probability, evaluated at its own calibrated threshold and at the
+  reference's fixed `calibrate.reference_threshold` (0.40).
 
-Every number is on the test split; the pipeline's calibrated threshold was fitted on validation
-genuine images and on the skilled forgeries of the calibration writers, which are not the test
-writers. EERs marked a posteriori pick their threshold on the test scores themselves.
+For every model: accuracy and weighted F1 of the test genuine images of enrolled writers (one
+split), and over `evaluate.partitions` seeded writer-disjoint calibration/test partitions
+(`tasks.partitions`, on scores only) the mean and 95% interval of FRR, skilled FAR, random FAR and
+unenrolled writers' signatures answered as an enrolled writer at the model's threshold (fitted as
+`calibrate` fits it: validation genuine claims against the partition's calibration writers' skilled
+forgeries, `calibrate.objective`), the a-posteriori skilled EER with one global threshold and the
+mean per-writer EER; and the ECE on test of Platt scaling of the model's claim score fitted on
+validation claims (`tasks.calibrate`, the pipeline's printed confidence).
+
+Also measured for the pipeline: whether the threshold should see unenrolled writers as impostors.
+Per partition the unenrolled writers are halved (seeded); the threshold is fitted without, then
+with, the first half's genuine images (claimed as their top writer) added to the impostors, and
+both are judged on the same test writers and the *other* half.
 
 Usage:
-  python bench/quality.py --dataset cedar --size 150
-  python bench/quality.py --dataset cedar --size 299
-  python bench/quality.py --dataset demo
+  python bench/embeddings.py --dataset cedar --size 150 --output /tmp/emb_cedar_150.npz
+  python bench/quality.py --embeddings /tmp/emb_cedar_150.npz [--write-readme]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,187 +51,303 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from bench.cedar_pipeline import scratch_workspace  # noqa: E402
+from bench.peers import (  # noqa: E402
+    DEFAULT_PARTITION_SEED,
+    DEFAULT_PARTITIONS,
+    GENUINE,
+    NO_AUGMENTATION,
+    EmbeddedSplit,
+    Scorer,
+    keras_head_scorer,
+    load_embedded,
+    logistic_regression_scorer,
+    machine,
+    read_params,
+    ridge_scorer,
+    score_table,
+    scored_rows,
+    split_rules,
+    training_set,
+    validation_set,
+    writer_svm_scorer,
+)
+from bench.tables import RESULTS_DIR, quality_block, write_readme_blocks  # noqa: E402
+from tasks.calibrate import confidence_calibration, fit_confidence, fit_threshold  # noqa: E402
+from tasks.metrics import false_rates  # noqa: E402
+from tasks.partitions import (  # noqa: E402
+    OPERATING_POINT_FIGURES,
+    fitted_threshold,
+    forgeries_of,
+    forgery_writers,
+    mean_interval,
+    partition_report,
+    rows_of,
+    unenrolled_accepted,
+    writer_partitions,
+)
+from tasks.scores import CALIBRATION_IMPOSTOR_KIND, ScoreTable, claimed_scores, random_forgery_scores  # noqa: E402
+from tasks.split import UNENROLLED_SPLIT, round_half_up  # noqa: E402
 
-DEFAULT_CEDAR = PROJECT_ROOT.parent / "shared" / "datasets" / "cedar"
-PEER_MAX_ITERATIONS = 2000
-
-
-def dataset_changes(dataset: str, cedar: Path, size: int, weights: str) -> dict[str, dict[str, object]]:
-    """The only parameters the benchmark sets: where the data is, the image size, the base's weights."""
-    changes: dict[str, dict[str, object]] = {
-        "prepare": {"image_size": size},
-        "model": {"weights": weights},
-        "tracking": {"log_model": False},
-    }
-    if dataset == "cedar":
-        changes["data"] = {"source": "local", "layout": "cedar", "path": str(cedar.resolve())}
-    return changes
-
-
-def run_stages(params_file: str) -> dict[str, float]:
-    """Run the five stage flows in order; returns the seconds each took."""
-    from flows.calibrate import calibrate_flow
-    from flows.download import download_flow
-    from flows.evaluate import evaluate_flow
-    from flows.prepare import prepare_flow
-    from flows.train import train_flow
-
-    timings = {}
-    for name, stage in (
-        ("download", download_flow),
-        ("prepare", prepare_flow),
-        ("train", train_flow),
-        ("evaluate", evaluate_flow),
-        ("calibrate", calibrate_flow),
-    ):
-        started = time.perf_counter()
-        stage(params_file)
-        timings[name] = round(time.perf_counter() - started, 1)
-    return timings
-
-
-def cached_train_embeddings(features_dir: Path) -> np.ndarray:
-    """The clean training images' embeddings (view 0) from the train stage's feature cache."""
-    caches = sorted(features_dir.glob("*.npz"))
-    if len(caches) != 1:
-        raise RuntimeError(f"expected one feature cache in {features_dir}, found {len(caches)}")
-    with np.load(caches[0]) as arrays:
-        return arrays["train_views"][0]
-
-
-def peer_metrics(root: Path) -> dict[str, float]:
-    """The logistic-regression peer on the pipeline's own embeddings and split, measured like the pipeline."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
-    from sklearn.preprocessing import StandardScaler
-
-    from tasks.input_pipeline import load_training_data
-    from tasks.manifest import read_manifest
-    from tasks.metrics import equal_error_rate
-    from tasks.paths import ProjectPaths
-    from tasks.scores import claimed_scores, load_scores, random_forgery_scores
-
-    paths = ProjectPaths.from_root(root)
-    data = load_training_data(read_manifest(paths.manifest_file), paths.root)
-    table = load_scores(paths.scores_file)
-    validation = table.select("val", "genuine")
-    features = np.concatenate([cached_train_embeddings(paths.features_dir), validation.embeddings])
-    labels = np.concatenate([data.train.labels, validation.claimed])
-    scaler = StandardScaler().fit(features)
-    peer = LogisticRegression(max_iter=PEER_MAX_ITERATIONS).fit(scaler.transform(features), labels)
-
-    def probabilities(rows) -> np.ndarray:
-        return peer.predict_proba(scaler.transform(rows.embeddings))
-
-    genuine = table.select("test", "genuine")
-    genuine_probabilities = probabilities(genuine)
-    predictions = np.argmax(genuine_probabilities, axis=1)
-    genuine_claims = claimed_scores(genuine_probabilities, genuine.claimed)
-    skilled = table.select("test", "skilled")
-    metrics = {
-        "accuracy": float(np.mean(predictions == genuine.claimed)),
-        "f1_weighted": float(f1_score(genuine.claimed, predictions, average="weighted", zero_division=0)),
-        "eer_random": equal_error_rate(
-            genuine_claims, random_forgery_scores(genuine_probabilities, genuine.claimed)
-        ).eer,
-        "eer_skilled": float("nan"),
-    }
-    if len(skilled):
-        metrics["eer_skilled"] = equal_error_rate(
-            genuine_claims, claimed_scores(probabilities(skilled), skilled.claimed)
-        ).eer
-    return metrics
+REFERENCE_AUGMENTATION = "reference"
+REFERENCE_UNITS = 1024
+RIDGE = "ridge"
+KERAS_HEAD_UNITS = {"linear": 0}  # model.head -> Dense(relu) units; mlp reads model.dense_units
+UNENROLLED_CALIBRATION_SHARE = 0.5  # share of the unenrolled writers lent to the threshold as impostors
+MODEL_LABELS = {
+    "pipeline": "pipeline defaults",
+    "logistic_regression": "logistic-regression peer",
+    "writer_svm": "writer-dependent SVM peer",
+    "reference": "reference recipe",
+}
 
 
-def pipeline_metrics(root: Path) -> dict[str, object]:
-    """The pipeline's own numbers from its metrics files."""
-    evaluate = json.loads((root / "metrics" / "evaluate_details.json").read_text())
-    calibrate = json.loads((root / "metrics" / "calibrate_details.json").read_text())
-    train = json.loads((root / "metrics" / "train.json").read_text())
-    prepare = json.loads((root / "metrics" / "prepare.json").read_text())
+def bench_settings(params: dict[str, dict[str, object]]) -> dict[str, object]:
+    """The parameters this bench reads from params.yaml, flat."""
+    evaluate = params.get("evaluate", {})
+    augment = dict(params["augment"])
+    preset = augment.pop("preset")
+    if augment:
+        raise ValueError(f"augment overrides {sorted(augment)} have no views in an embedding file: embed them first")
     return {
-        "accuracy": evaluate["accuracy"],
-        "f1_weighted": evaluate["f1_weighted"],
-        "eer_skilled": evaluate["eer_skilled"],
-        "eer_random": evaluate["eer_random"],
-        "softmax_eer_skilled": evaluate["softmax_eer_skilled"],
-        "threshold": calibrate["threshold"],
-        "objective": calibrate["objective"],
-        "threshold_fitted_on": calibrate["threshold_fitted_on"],
-        "frr": calibrate["frr"],
-        "far_skilled": calibrate["far_skilled"],
-        "far_random": calibrate["far_random"],
-        "open_set": calibrate["open_set"],
-        "epochs_run": train["epochs_run"],
-        "best_epoch": train["best_epoch"],
-        "prepare": prepare,
+        "prepare": params["prepare"],
+        "head": params["model"]["head"],
+        "dense_units": int(params["model"]["dense_units"]),
+        "penalty": float(params["model"]["verifier_regularization"]),
+        "whitening": float(params["model"].get("verifier_whitening", 0.0)),
+        "augmentation": preset,
+        "views": int(params["train"]["augmented_views"]),
+        "calibration_fraction": float(params["prepare"]["calibration_fraction"]),
+        "partitions": int(evaluate.get("partitions", DEFAULT_PARTITIONS)),
+        "partition_seed": int(evaluate.get("partition_seed", DEFAULT_PARTITION_SEED)),
+        "objective": params["calibrate"]["objective"],
+        "target_far": float(params["calibrate"]["target_far"]),
+        "reference_threshold": float(params["calibrate"]["reference_threshold"]),
     }
 
 
-def number(value: object, digits: int = 3) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+def pipeline_scorer(data: EmbeddedSplit, settings: dict[str, object]) -> Scorer:
+    """The pipeline's classifier and verifier: the ridge verifier's scores verify claims and, with the
+    default ridge head, also rank writers; a trained head (`linear`, `mlp`) ranks them instead."""
+    samples, labels = training_set(data, settings["augmentation"], settings["views"])
+    verifier = ridge_scorer(samples, labels, data.class_count, settings["penalty"], settings["whitening"])
+    if settings["head"] == RIDGE:
+        return verifier
+    units = KERAS_HEAD_UNITS.get(settings["head"], settings["dense_units"])
+    head, _epochs = keras_head_scorer(samples, labels, validation_set(data), data.class_count, units)
+
+    def scores(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return head(embeddings)[0], verifier(embeddings)[1]
+
+    return scores
 
 
-def table_rows(label: str, ours: dict, peer: dict) -> str:
-    """Two markdown rows (pipeline, peer) for bench/README.md."""
-    return "\n".join(
-        [
-            f"| {label} | pipeline defaults | {number(ours['accuracy'])} | {number(ours['f1_weighted'])} | "
-            f"{number(ours['eer_skilled'])} | {number(ours['eer_random'], 4)} | {number(ours['frr'])} | "
-            f"{number(ours['far_skilled'])} | {number(ours['far_random'], 4)} |",
-            f"| {label} | logistic-regression peer | {number(peer['accuracy'])} | {number(peer['f1_weighted'])} | "
-            f"{number(peer['eer_skilled'])} | {number(peer['eer_random'], 4)} | - | - | - |",
-        ]
+def identification(table: ScoreTable) -> dict[str, float]:
+    """Accuracy and weighted F1 of the enrolled writers' test genuine images (top-scoring writer)."""
+    from sklearn.metrics import f1_score
+
+    rows = table.select("test", GENUINE)
+    predictions = np.argmax(rows.logits, axis=1)
+    return {
+        "accuracy": float(np.mean(predictions == rows.claimed)),
+        "f1_weighted": float(f1_score(rows.claimed, predictions, average="weighted", zero_division=0)),
+        "images": len(rows),
+    }
+
+
+def platt_calibration_error(table: ScoreTable) -> float:
+    """Test ECE of the answers' confidence when Platt scaling of the claim score is fitted on validation."""
+    validation = table.select("val", GENUINE)
+    slope, intercept = fit_confidence(validation.verification, validation.claimed)
+    return float(confidence_calibration(table, slope, intercept)["expected_calibration_error"])
+
+
+def model_report(table: ScoreTable, settings: dict[str, object]) -> dict[str, object]:
+    """Identification, the partition figures at the model's calibrated threshold, and the Platt ECE."""
+    return {
+        "identification": identification(table),
+        "partitions": partition_report(
+            table,
+            settings["calibration_fraction"],
+            settings["partitions"],
+            settings["partition_seed"],
+            settings["objective"],
+            settings["target_far"],
+        ),
+        "expected_calibration_error": platt_calibration_error(table),
+    }
+
+
+def figures_at_threshold(table: ScoreTable, calibration: np.ndarray, threshold: float) -> dict[str, float]:
+    """FRR, skilled FAR and random FAR of the writers with forgeries outside `calibration`, and the
+    unenrolled writers' acceptance, at a given threshold (as `tasks.partitions.partition_figures`)."""
+    test_writers = np.setdiff1d(forgery_writers(table), calibration)
+    genuine_rows = rows_of(
+        table, (table.splits == "test") & (table.kinds == GENUINE) & np.isin(table.claimed, test_writers)
     )
+    genuine_scores = genuine_rows.verification.astype(np.float64)
+    genuine = claimed_scores(genuine_scores, genuine_rows.claimed)
+    skilled_rows = forgeries_of(table, test_writers, CALIBRATION_IMPOSTOR_KIND)
+    skilled = claimed_scores(skilled_rows.verification.astype(np.float64), skilled_rows.claimed)
+    frr, far_skilled = false_rates(genuine, skilled, threshold)
+    _frr, far_random = false_rates(genuine, random_forgery_scores(genuine_scores, genuine_rows.claimed), threshold)
+    return {
+        "frr": frr,
+        "far_skilled": far_skilled,
+        "far_random": far_random,
+        "unenrolled_accepted": unenrolled_accepted(table, threshold),
+    }
+
+
+def summarised(figures: Sequence[dict[str, float]]) -> dict[str, object]:
+    """Mean and 95% interval of each figure over partitions."""
+    return {name: mean_interval([figure[name] for figure in figures]).as_dict() for name in figures[0]}
+
+
+def fixed_threshold_report(table: ScoreTable, threshold: float, settings: dict[str, object]) -> dict[str, object]:
+    """The operating-point figures at a fixed threshold (the reference's 0.40) over the same partitions."""
+    divisions = writer_partitions(
+        forgery_writers(table), settings["calibration_fraction"], settings["partitions"], settings["partition_seed"]
+    )
+    return {"threshold": threshold, **summarised([figures_at_threshold(table, c, threshold) for c in divisions])}
+
+
+def unenrolled_top_claims(table: ScoreTable) -> np.ndarray:
+    """Each unenrolled row's claim score for the writer it is identified as (its top writer)."""
+    rows = table.splits == UNENROLLED_SPLIT
+    top = np.argmax(table.logits[rows], axis=1)
+    return claimed_scores(table.verification[rows].astype(np.float64), top)
+
+
+def unenrolled_impostor_report(
+    table: ScoreTable, row_writers: np.ndarray, settings: dict[str, object]
+) -> dict[str, object]:
+    """Threshold fitted without and with half the unenrolled writers' genuine images as extra impostors,
+    both judged on the partition's test writers and the other half of the unenrolled writers."""
+    unenrolled = np.unique(row_writers[table.splits == UNENROLLED_SPLIT])
+    if len(unenrolled) < 2:
+        return {"skipped": f"{len(unenrolled)} unenrolled writer(s): nothing to halve"}
+    lent = round_half_up(UNENROLLED_CALIBRATION_SHARE * len(unenrolled))
+    divisions = writer_partitions(
+        forgery_writers(table), settings["calibration_fraction"], settings["partitions"], settings["partition_seed"]
+    )
+    without, with_impostors, added = [], [], []
+    for index, calibration in enumerate(divisions):
+        generator = np.random.default_rng([settings["partition_seed"], index])
+        lent_writers = generator.permutation(unenrolled)[:lent]
+        lent_rows = (table.splits == UNENROLLED_SPLIT) & np.isin(row_writers, lent_writers)
+        threshold, genuine, impostor = fitted_threshold(
+            table, calibration, settings["objective"], settings["target_far"]
+        )
+        extra = unenrolled_top_claims(rows_of(table, lent_rows))
+        widened = fit_threshold(
+            genuine, np.concatenate([impostor, extra]), settings["objective"], settings["target_far"]
+        )
+        judged = rows_of(table, ~lent_rows)
+        without.append({"threshold": threshold, **figures_at_threshold(judged, calibration, threshold)})
+        with_impostors.append({"threshold": widened, **figures_at_threshold(judged, calibration, widened)})
+        added.append(len(extra))
+    return {
+        "unenrolled_writers": len(unenrolled),
+        "lent_writers": lent,
+        "extra_impostor_claims": added,
+        "without": summarised(without),
+        "with_unenrolled_impostors": summarised(with_impostors),
+        "difference": summarised(
+            [
+                {name: after[name] - before[name] for name in ("threshold", *OPERATING_POINT_FIGURES)}
+                for before, after in zip(without, with_impostors, strict=True)
+            ]
+        ),
+    }
+
+
+ModelFit = Callable[[], tuple[Scorer, dict[str, object]]]
+
+
+def measured(
+    name: str, trained_on: str, fit: ModelFit, data: EmbeddedSplit, settings: dict[str, object]
+) -> tuple[dict[str, object], ScoreTable]:
+    """Fit one model (timed), score the table rows and report it."""
+    started = time.perf_counter()
+    scorer, extra = fit()
+    table = score_table(data, scorer)
+    report = {"label": MODEL_LABELS[name], "trained_on": trained_on, **extra, **model_report(table, settings)}
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"{name}: {report['seconds']} s", flush=True)
+    return report, table
+
+
+def run_models(data: EmbeddedSplit, settings: dict[str, object]) -> tuple[dict[str, object], dict[str, ScoreTable]]:
+    """Every model's report, and its score table."""
+    views, augmentation = settings["views"], settings["augmentation"]
+    samples, labels = training_set(data, augmentation, views)
+    references, reference_labels = training_set(data, NO_AUGMENTATION, 0)
+    reference_samples, reference_sample_labels = training_set(data, REFERENCE_AUGMENTATION, views)
+    described_views = f"clean training genuine images + {views} `{augmentation}` views each"
+
+    def reference_model() -> tuple[Scorer, dict[str, object]]:
+        scorer, epochs = keras_head_scorer(
+            reference_samples, reference_sample_labels, validation_set(data), data.class_count, REFERENCE_UNITS
+        )
+        return scorer, {"epochs": epochs}
+
+    fits = {
+        "pipeline": (
+            f"{described_views}; ridge penalty {settings['penalty']}, whitening {settings['whitening']}, "
+            f"head {settings['head']}",
+            lambda: (pipeline_scorer(data, settings), {}),
+        ),
+        "logistic_regression": (described_views, lambda: (logistic_regression_scorer(samples, labels), {})),
+        "writer_svm": (
+            "clean training genuine images only (sigver: references, no augmentation, no forgery)",
+            lambda: (writer_svm_scorer(references, reference_labels, data.class_count), {}),
+        ),
+        "reference": (
+            f"clean training genuine images + {views} `{REFERENCE_AUGMENTATION}` views each; early stopping on "
+            "validation genuine",
+            reference_model,
+        ),
+    }
+    reports, tables = {}, {}
+    for name, (trained_on, fit) in fits.items():
+        reports[name], tables[name] = measured(name, trained_on, fit, data, settings)
+    reports["reference"]["fixed_threshold"] = fixed_threshold_report(
+        tables["reference"], settings["reference_threshold"], settings
+    )
+    return reports, tables
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=("cedar", "demo"), default="cedar")
-    parser.add_argument("--cedar", type=Path, default=DEFAULT_CEDAR)
-    parser.add_argument("--size", type=int, default=150)
-    parser.add_argument("--weights", default="none")
+    parser.add_argument("--embeddings", type=Path, required=True, help="a file written by bench/embeddings.py")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--write-readme", action="store_true", help="rewrite the generated README blocks")
     arguments = parser.parse_args()
-    output = (
-        arguments.output or PROJECT_ROOT / "bench" / "results" / f"quality_{arguments.dataset}_{arguments.size}.json"
-    )
 
-    from flows._stage import quiet_environment
-
-    quiet_environment()
-    changes = dataset_changes(arguments.dataset, arguments.cedar, arguments.size, arguments.weights)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        params_file = scratch_workspace(Path(scratch), changes)
-        timings = run_stages(str(params_file))
-        ours = pipeline_metrics(Path(scratch))
-        peer = peer_metrics(Path(scratch))
-    label = f"{arguments.dataset} {arguments.size} px"
-    summary = {
-        "dataset": arguments.dataset,
-        "size": arguments.size,
-        "weights": arguments.weights,
-        "settings": changes,
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}",
-        "stage_seconds": timings,
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "pipeline": ours,
-        "peer": peer,
+    settings = bench_settings(read_params())
+    data = load_embedded(arguments.embeddings, split_rules(settings["prepare"]))
+    reports, tables = run_models(data, settings)
+    unenrolled = unenrolled_impostor_report(tables["pipeline"], data.writers[scored_rows(data)], settings)
+    results = {
+        "dataset": data.meta["dataset"],
+        "size": data.meta["size"],
+        "weights": data.meta["weights"],
+        "embeddings": {"file": arguments.embeddings.name, "meta": data.meta},
+        "settings": settings,
+        "enrolled_writers": data.class_count,
+        "unenrolled_writers": len(np.unique(data.writers[data.splits == UNENROLLED_SPLIT])),
+        "models": reports,
+        "unenrolled_impostors": unenrolled,
+        "machine": machine(),
+        "seconds": round(time.perf_counter() - started, 1),
     }
+    output = arguments.output or RESULTS_DIR / f"quality_{results['dataset']}_{results['size']}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    print(
-        "| data | model | accuracy | weighted F1 | skilled EER (a posteriori) | random EER | FRR at calibrated "
-        "threshold | skilled FAR | random FAR |\n|---|---|---|---|---|---|---|---|---|"
-    )
-    print(table_rows(label, ours, peer))
-    print(
-        f"\nsoftmax-probability score of the same classifier: skilled EER {number(ours['softmax_eer_skilled'])}; "
-        f"open set at the threshold: {ours['open_set']}; epochs {ours['epochs_run']} (best {ours['best_epoch']}); "
-        f"stage seconds {timings}"
-    )
+    output.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(quality_block(json.loads(output.read_text())))
+    if arguments.write_readme:
+        write_readme_blocks()
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ def test_a_block_is_replaced_between_its_markers_only() -> None:
         replace_block(text, "other", "x")
 
 
-def figures(augmentation: str, head: str, penalty: float | None, eer: float, accuracy: float) -> SelectionFigures:
-    return SelectionFigures(augmentation, head, penalty, eer, accuracy)
+def figures(
+    augmentation: str, head: str, penalty: float | None, eer: float, accuracy: float, whitening: float = 0.0
+) -> SelectionFigures:
+    return SelectionFigures(augmentation, head, penalty, whitening, eer, accuracy)
 
 
 def test_the_rule_takes_the_lowest_calibration_writer_eer() -> None:
@@ -65,18 +67,20 @@ def test_the_rule_takes_the_lowest_calibration_writer_eer() -> None:
     assert choose(options) == options[1]
 
 
-def test_ties_go_to_validation_accuracy_then_the_smaller_penalty_then_list_order() -> None:
+def test_ties_go_to_validation_accuracy_then_the_simpler_model_then_list_order() -> None:
     options = [
-        figures("none", "ridge", 0.1, 0.0915, 0.99),
+        figures("none", "ridge", 0.01, 0.0915, 0.99),
         figures("signature", "ridge", 0.03, 0.0900, 0.98),  # the lowest EER
-        figures("signature", "ridge", 0.01, 0.0919, 0.99),  # tied (within 0.002), same accuracy, smaller penalty
+        figures("signature", "ridge", 0.1, 0.0919, 0.99),  # tied (within 0.002), same accuracy, larger penalty
         figures("signature", "mlp", None, 0.0910, 0.99),  # a Keras head comes after any penalty
-        figures("mild", "ridge", 0.01, 0.0925, 1.0),  # not tied: 0.0025 above the lowest
+        figures("mild", "ridge", 0.3, 0.0925, 1.0),  # not tied: 0.0025 above the lowest
+        figures("signature", "ridge", 0.3, 0.0905, 0.99, whitening=0.01),  # tied, but whitening comes after none
     ]
     assert choose(options) == options[2]
     assert choose(options[:2] + options[3:]) == options[0]
     assert choose([options[3], options[3]]) is options[3]
     assert choose(options, tolerance=0.0) == options[1]
+    assert choose([options[1], options[5]]) == options[5]  # higher validation accuracy beats the simpler model
 
 
 def test_the_rule_refuses_an_empty_choice() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tasks.calibrate import answer_confidence, confidence_calibration, fit_confidence
+from tasks.calibrate import PLATT_INVERSE_PENALTY, answer_confidence, confidence_calibration, fit_confidence
 from tasks.errors import CalibrationError
 from tasks.scores import ScoreTable, claim_probability
 
@@ -58,7 +58,7 @@ def test_fit_confidence_matches_a_logistic_regression_on_every_claim() -> None:
     slope, intercept = fit_confidence(scores, claimed)
     features = [[scores[image, writer]] for image in range(3) for writer in range(3)]
     truth = [claimed[image] == writer for image in range(3) for writer in range(3)]
-    reference = LogisticRegression().fit(np.array(features), np.array(truth))
+    reference = LogisticRegression(C=PLATT_INVERSE_PENALTY).fit(np.array(features), np.array(truth))
     assert slope == pytest.approx(reference.coef_[0, 0])
     assert intercept == pytest.approx(reference.intercept_[0])
     assert slope > 0
@@ -123,3 +123,18 @@ def test_confidence_calibration_is_zero_for_answers_right_as_often_as_promised()
     rows = [("test", "genuine", 0, 0, LOG3)] * 3 + [("test", "genuine", 1, 0, LOG3)]
     result = confidence_calibration(table_of(rows), 1.0, 0.0)
     assert result["expected_calibration_error"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_platt_fit_is_not_held_off_its_optimum_by_its_penalty() -> None:
+    """On overlapping claims (an optimum exists) the slope is the unpenalised fit's: the penalty only
+    keeps a perfectly separated validation set finite, it does not shrink real fits (issue 24)."""
+    rng = np.random.default_rng(5)
+    writers, images = 6, 60
+    claimed = rng.integers(0, writers, images)
+    scores = rng.normal(-0.8, 0.3, (images, writers))
+    scores[np.arange(images), claimed] = rng.normal(0.6, 0.4, images)  # true claims score higher, with overlap
+    slope, intercept = fit_confidence(scores, claimed)
+    truth = (np.arange(writers)[np.newaxis, :] == claimed[:, np.newaxis]).ravel()
+    unpenalised = LogisticRegression(penalty=None).fit(scores.reshape(-1, 1), truth)
+    assert slope == pytest.approx(unpenalised.coef_[0, 0], rel=1e-2)
+    assert intercept == pytest.approx(unpenalised.intercept_[0], rel=1e-2)
