@@ -73,19 +73,18 @@ from bench.peers import (  # noqa: E402
 )
 from bench.tables import RESULTS_DIR, quality_block, write_readme_blocks  # noqa: E402
 from tasks.calibrate import confidence_calibration, fit_confidence, fit_threshold  # noqa: E402
-from tasks.metrics import false_rates  # noqa: E402
 from tasks.partitions import (  # noqa: E402
     OPERATING_POINT_FIGURES,
+    bounds_of,
     fitted_threshold,
-    forgeries_of,
     forgery_writers,
     mean_interval,
+    operating_point,
     partition_report,
     rows_of,
-    unenrolled_accepted,
     writer_partitions,
 )
-from tasks.scores import CALIBRATION_IMPOSTOR_KIND, ScoreTable, claimed_scores, random_forgery_scores  # noqa: E402
+from tasks.scores import ScoreTable, claimed_scores  # noqa: E402
 from tasks.split import UNENROLLED_SPLIT, round_half_up  # noqa: E402
 
 REFERENCE_AUGMENTATION = "reference"
@@ -179,28 +178,17 @@ def model_report(table: ScoreTable, settings: dict[str, object]) -> dict[str, ob
 
 def figures_at_threshold(table: ScoreTable, calibration: np.ndarray, threshold: float) -> dict[str, float]:
     """FRR, skilled FAR and random FAR of the writers with forgeries outside `calibration`, and the
-    unenrolled writers' acceptance, at a given threshold (as `tasks.partitions.partition_figures`)."""
-    test_writers = np.setdiff1d(forgery_writers(table), calibration)
-    genuine_rows = rows_of(
-        table, (table.splits == "test") & (table.kinds == GENUINE) & np.isin(table.claimed, test_writers)
-    )
-    genuine_scores = genuine_rows.verification.astype(np.float64)
-    genuine = claimed_scores(genuine_scores, genuine_rows.claimed)
-    skilled_rows = forgeries_of(table, test_writers, CALIBRATION_IMPOSTOR_KIND)
-    skilled = claimed_scores(skilled_rows.verification.astype(np.float64), skilled_rows.claimed)
-    frr, far_skilled = false_rates(genuine, skilled, threshold)
-    _frr, far_random = false_rates(genuine, random_forgery_scores(genuine_scores, genuine_rows.claimed), threshold)
-    return {
-        "frr": frr,
-        "far_skilled": far_skilled,
-        "far_random": far_random,
-        "unenrolled_accepted": unenrolled_accepted(table, threshold),
-    }
+    unenrolled writers' acceptance, at a given threshold (`tasks.partitions.operating_point`)."""
+    figures = operating_point(table, calibration, threshold)
+    return {name: figures[name] for name in OPERATING_POINT_FIGURES}
 
 
 def summarised(figures: Sequence[dict[str, float]]) -> dict[str, object]:
     """Mean and 95% interval of each figure over partitions."""
-    return {name: mean_interval([figure[name] for figure in figures]).as_dict() for name in figures[0]}
+    return {
+        name: mean_interval([figure[name] for figure in figures], bounds=bounds_of(name)).as_dict()
+        for name in figures[0]
+    }
 
 
 def fixed_threshold_report(table: ScoreTable, threshold: float, settings: dict[str, object]) -> dict[str, object]:

@@ -156,12 +156,10 @@ def per_writer_eer(
     return float(np.mean(rates)) if rates else math.nan
 
 
-def partition_figures(
-    table: ScoreTable, calibration: np.ndarray, objective: str, target_far: float
-) -> dict[str, float]:
-    """Every figure of `PARTITION_FIGURES` for one division: calibration writers `calibration`, the
-    other writers with forgeries as test writers."""
-    threshold, _genuine, _impostor = fitted_threshold(table, calibration, objective, target_far)
+def operating_point(table: ScoreTable, calibration: np.ndarray, threshold: float) -> dict[str, float]:
+    """At `threshold`, on the writers with forgeries outside `calibration` (the test writers): FRR,
+    skilled FAR, random FAR, the never-enrolled writers' acceptance, and the a-posteriori skilled
+    EERs (global and per-writer thresholds)."""
     test_writers = np.setdiff1d(forgery_writers(table), calibration)
     genuine_rows = rows_of(
         table, (table.splits == "test") & (table.kinds == "genuine") & np.isin(table.claimed, test_writers)
@@ -173,7 +171,6 @@ def partition_figures(
     frr, far_skilled = false_rates(genuine, skilled, threshold)
     _frr, far_random = false_rates(genuine, random_forgery_scores(genuine_scores, genuine_rows.claimed), threshold)
     return {
-        "threshold": threshold,
         "frr": frr,
         "far_skilled": far_skilled,
         "far_random": far_random,
@@ -183,6 +180,15 @@ def partition_figures(
             genuine, genuine_rows.claimed, skilled, skilled_rows.claimed
         ),
     }
+
+
+def partition_figures(
+    table: ScoreTable, calibration: np.ndarray, objective: str, target_far: float
+) -> dict[str, float]:
+    """Every figure of `PARTITION_FIGURES` for one division: calibration writers `calibration`, the
+    other writers with forgeries as test writers."""
+    threshold, _genuine, _impostor = fitted_threshold(table, calibration, objective, target_far)
+    return {"threshold": threshold, **operating_point(table, calibration, threshold)}
 
 
 def bounds_of(figure: str) -> tuple[float, float]:

@@ -11,19 +11,10 @@ import pytest
 
 from tasks.model import build_base, build_embedder, float32_copy
 from tasks.train import feature_embedder
+from tests.unit.test_serving_precision import policies  # evaluate's float32_copy is tested there
 
 SIZE = 75  # InceptionV3's smallest input: a cheap base
 MIXED = "mixed_bfloat16"  # the CPU's mixed policy (float16 on GPUs): both are reduced precision
-
-
-def policies(model: keras.Model) -> set[str]:
-    """The dtype policy names of every layer, nested models included."""
-    names = set()
-    for layer in model.layers:
-        names.add(layer.dtype_policy.name)
-        if isinstance(layer, keras.Model):
-            names |= policies(layer)
-    return names
 
 
 @pytest.fixture()
@@ -49,13 +40,3 @@ def test_features_are_embedded_in_float32_under_mixed_precision(mixed_base) -> N
     reduced = np.asarray(mixed(pixels, training=False), dtype=np.float32)
     np.testing.assert_array_equal(features, served)
     assert not np.array_equal(features, reduced)  # the precision matters: a mixed embedding differs
-
-
-@pytest.mark.slow
-def test_evaluate_scores_a_mixed_classifier_in_float32(mixed_base, tmp_path: Path) -> None:
-    _base, mixed = mixed_base
-    path = tmp_path / "classifier.keras"
-    mixed.save(path)
-    loaded = keras.models.load_model(path)
-    assert MIXED in policies(loaded)  # saved with its training policy
-    assert policies(float32_copy(loaded)) == {"float32"}  # what flows/evaluate.py scores with
