@@ -37,6 +37,7 @@ from urllib.parse import quote
 import typer
 
 from tasks.errors import ConfigError
+from tasks.files import write_private_file
 from tasks.lifeline import is_alive, stop_process_group
 
 DEFAULT_TEAM_DIR = ".team"
@@ -49,7 +50,6 @@ DATABASES = ("prefect", "mlflow")
 POSTGRES_USER = "postgres"  # the system user Debian's package creates; PostgreSQL will not run as root
 POSTGRES_VERSION_FILE = "PG_VERSION"
 PASSWORD_BYTES = 24
-PRIVATE_FILE_MODE = 0o600
 STARTUP_SECONDS = 120
 POLL_SECONDS = 1.0
 STOP_GRACE_SECONDS = 15
@@ -204,14 +204,13 @@ def create_cluster(settings: TeamSettings) -> None:
     settings.team_dir.mkdir(parents=True, exist_ok=True)
     check_reachable_by_postgres(settings.team_dir)
     if not settings.password_file.exists():
-        settings.password_file.write_text(secrets.token_urlsafe(PASSWORD_BYTES) + "\n")
-        settings.password_file.chmod(PRIVATE_FILE_MODE)
+        write_private_file(settings.password_file, secrets.token_urlsafe(PASSWORD_BYTES) + "\n")
     settings.postgres_dir.mkdir(mode=0o700, exist_ok=True)
     give_to_postgres(settings.postgres_dir)
     # initdb reads the password from a file the postgres user can read: a private copy, removed after.
     password_copy = settings.postgres_dir.parent / ".initdb-password"
-    shutil.copy(settings.password_file, password_copy)
-    password_copy.chmod(PRIVATE_FILE_MODE)
+    password_copy.unlink(missing_ok=True)
+    write_private_file(password_copy, settings.password_file.read_text())
     give_to_postgres(password_copy)
     try:
         run(

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from tasks.archives import ArchiveLimits, NotAnArchiveError, UnsafeArchiveError, is_archive, safe_extract
 from tasks.config import DataParams, DownloadParams, SyntheticParams
 from tasks.errors import DownloadError
-from tasks.files import sha256_file
+from tasks.files import redacted_url, sha256_file, without_secrets
 from tasks.paths import ProjectPaths
 from tasks.synthetic import write_synthetic_dataset
 
@@ -111,7 +111,7 @@ def fetch_once(session: requests.Session, url: str, partial: Path, policy: Retry
             return  # The partial file is already complete; the checksum decides.
         if response.status_code in PERMANENT_HTTP_STATUSES:
             raise DownloadError(
-                f"{url}: the server answered HTTP {response.status_code} {response.reason}. {MANUAL_HINT}"
+                f"{redacted_url(url)}: the server answered HTTP {response.status_code} {response.reason}. {MANUAL_HINT}"
             )
         if response.status_code >= 500 or response.status_code == 429:
             raise TransientDownloadError(f"HTTP {response.status_code} {response.reason}")
@@ -162,7 +162,8 @@ def download_url(
         retrying(fetch_once, session, url, partial, policy, show_progress)
     except TRANSIENT_ERRORS as error:
         raise DownloadError(
-            f"{url}: download failed after {policy.retries + 1} attempts ({type(error).__name__}: {error}). "
+            f"{redacted_url(url)}: download failed after {policy.retries + 1} attempts "
+            f"({type(error).__name__}: {without_secrets(str(error), url)}). "
             f"Check the address and your connection; the partial file {partial} is kept and the "
             f"next run resumes it. {MANUAL_HINT}"
         ) from error
@@ -171,7 +172,7 @@ def download_url(
         corrupt = destination.with_name(destination.name + CORRUPT_SUFFIX)
         partial.replace(corrupt)
         raise DownloadError(
-            f"{url}: checksum mismatch: expected sha256 {expected}, got {actual}. The bytes were kept "
+            f"{redacted_url(url)}: checksum mismatch: expected sha256 {expected}, got {actual}. The bytes were kept "
             f"in {corrupt}. If the archive is the right one, update data.sha256; otherwise rerun to "
             f"download it again. {MANUAL_HINT}"
         )
@@ -364,7 +365,7 @@ def fill_incoming(
             show_progress,
         )
         safe_extract(archive, incoming, limits)
-        return data.url, []
+        return redacted_url(data.url), []
     if data.source == "local":
         assert data.path
         skipped = materialise(resolve_local_path(data.path, paths.root), incoming, data.sha256, limits)

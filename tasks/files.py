@@ -1,4 +1,5 @@
-"""Small file helpers shared by every stage: hashing, and JSON / CSV written the same way each time."""
+"""Small file helpers shared by every stage: hashing, JSON / CSV written the same way each time, secret
+files private from their creation, and URLs safe to log."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import csv
 import hashlib
 import json
 import math
+import os
 import shutil
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 HASH_BLOCK_BYTES = 1 << 20
 # The date every entry of a rewritten zip carries (the earliest a zip can hold), in place of the
@@ -18,6 +21,9 @@ HASH_BLOCK_BYTES = 1 << 20
 # entries are undated already.)
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 PARTIAL_PREFIX = "partial-"  # a file being rewritten, renamed over the original when complete
+PRIVATE_FILE_MODE = 0o600  # secrets: readable and writable by their owner only
+REDACTED = "***"  # what replaces a URL's credentials and query in logs
+REDACTED_SCHEMES = ("http", "https")
 
 
 def sha256_file(path: Path) -> str:
@@ -84,3 +90,35 @@ def undate_zip(path: Path, rewrite: Mapping[str, Callable[[bytes], bytes]] | Non
             with source.open(entry) as reader, target.open(dated, "w", force_zip64=True) as writer:
                 shutil.copyfileobj(reader, writer, HASH_BLOCK_BYTES)
     temporary.replace(path)
+
+
+def redacted_url(value: str) -> str:
+    """`value` with the credentials and query of an http(s) URL replaced by `***`, so it can be logged
+    (an archive URL may carry a user and password or a signed token); any other text unchanged."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in REDACTED_SCHEMES or not parts.netloc:
+        return value
+    host = parts.hostname or ""
+    netloc = (f"{REDACTED}@" if "@" in parts.netloc else "") + (f"[{host}]" if ":" in host else host)
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, REDACTED if parts.query else "", ""))
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Create `path` holding `text`, readable by its owner only from the moment it exists (created
+    with mode 0600, never written at the umask's mode and narrowed afterwards). An existing file is an
+    error: a secret is never overwritten."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def without_secrets(text: str, url: str) -> str:
+    """`text` (an HTTP library's error message, say) with the query and the password of `url` replaced
+    by `***` wherever they appear in it."""
+    parts = urlsplit(url)
+    for secret in (parts.query, parts.password, parts.username):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tasks.errors import ArtifactStoreError
-from tasks.files import sha256_file
+from tasks.files import redacted_url, sha256_file
 from tasks.lifeline import is_alive
 from tasks.paths import ProjectPaths
 from tasks.tracking_server import TRACKING_URI_VARIABLE, check_tracking_server
@@ -97,12 +97,13 @@ def recorded_data_version(train_run_file: Path) -> str | None:
 
 
 def flatten_params(groups: Mapping[str, BaseModel | Mapping[str, object]]) -> dict[str, str]:
-    """`{"train": TrainParams(...)}` to `{"train.epochs": "10", ...}`, as MLflow params."""
+    """`{"train": TrainParams(...)}` to `{"train.epochs": "10", ...}`, as MLflow params; a URL's
+    credentials and query (a token) are logged as `***` (`redacted_url`)."""
     flat: dict[str, str] = {}
     for group, values in groups.items():
         items = values.model_dump() if isinstance(values, BaseModel) else dict(values)
         for key, value in items.items():
-            flat[f"{group}.{key}"] = str(value)
+            flat[f"{group}.{key}"] = redacted_url(str(value))
     return flat
 
 

@@ -889,3 +889,38 @@ def test_fetch_local_folder_extracts_archives_by_their_name(paths: ProjectPaths,
 
     assert files_of(paths.raw_dir) == {"a/x.txt": b"x", "b/y.txt": b"y"}
     assert snapshot(source) == before
+
+
+# --- secrets in URLs (issue 27: URLs logged without credentials or query tokens) ------------------------------
+
+
+def test_a_refused_download_names_the_url_without_its_credentials_or_token(tmp_path: Path) -> None:
+    url = f"http://reader:hunter2@127.0.0.1:{closed_port()}/data.bin?token=s3cr3t-t0ken"
+
+    with pytest.raises(DownloadError) as raised:
+        download_url(url, tmp_path / "data.bin", sha(PAYLOAD), policy(retries=0), show_progress=False)
+
+    message = str(raised.value)
+    assert "127.0.0.1" in message and "/data.bin" in message  # still says where
+    assert "hunter2" not in message and "s3cr3t-t0ken" not in message and "reader" not in message
+
+
+def test_a_failed_url_download_names_the_url_without_its_token(server: LocalHTTPServer, tmp_path: Path) -> None:
+    server.fail("/data.bin", times=10, status=500)
+    with pytest.raises(DownloadError) as raised:
+        download_url(
+            server.url("/data.bin") + "?X-Amz-Signature=abcdef123",
+            tmp_path / "d.bin",
+            sha(PAYLOAD),
+            policy(retries=0),
+            show_progress=False,
+        )
+    assert "abcdef123" not in str(raised.value) and "?***" in str(raised.value)
+
+
+def test_the_download_summary_of_a_url_source_hides_its_token(paths: ProjectPaths) -> None:
+    with LocalHTTPServer({"/ds.zip": zip_bytes(DATASET)}) as server:
+        url = server.url("/ds.zip") + "?token=s3cr3t"
+        data = DataParams(source="url", layout="utsig", url=url, sha256=sha(zip_bytes(DATASET)))
+        summary = fetch_dataset(data, FAST_DOWNLOAD, SYNTHETIC, paths, show_progress=False)
+    assert "s3cr3t" not in summary.source and summary.source.endswith("/ds.zip?***")
