@@ -183,10 +183,13 @@ def figures_at_threshold(table: ScoreTable, calibration: np.ndarray, threshold: 
     return {name: figures[name] for name in OPERATING_POINT_FIGURES}
 
 
-def summarised(figures: Sequence[dict[str, float]]) -> dict[str, object]:
-    """Mean and 95% interval of each figure over partitions."""
+def summarised(figures: Sequence[dict[str, float]], rates: bool = True) -> dict[str, object]:
+    """Mean and 95% interval of each figure over partitions; a rate's interval is clipped to [0, 1]
+    as the stages clip it (`rates` False for differences of rates, which may be negative)."""
     return {
-        name: mean_interval([figure[name] for figure in figures], bounds=bounds_of(name)).as_dict()
+        name: mean_interval(
+            [figure[name] for figure in figures], bounds=bounds_of(name) if rates else bounds_of("threshold")
+        ).as_dict()
         for name in figures[0]
     }
 
@@ -244,7 +247,8 @@ def unenrolled_impostor_report(
             [
                 {name: after[name] - before[name] for name in ("threshold", *OPERATING_POINT_FIGURES)}
                 for before, after in zip(without, with_impostors, strict=True)
-            ]
+            ],
+            rates=False,
         ),
     }
 
