@@ -80,6 +80,8 @@ from tasks.partitions import (  # noqa: E402
     forgery_writers,
     mean_interval,
     operating_point,
+    overlap_ratio,
+    partition_figures,
     partition_report,
     rows_of,
     writer_partitions,
@@ -160,10 +162,20 @@ def platt_calibration_error(table: ScoreTable) -> float:
     return float(confidence_calibration(table, slope, intercept)["expected_calibration_error"])
 
 
+def prepare_split_figures(table: ScoreTable, settings: dict[str, object]) -> dict[str, float]:
+    """The figures on the `prepare` split itself: threshold fitted on its calibration writers, measured
+    on its test writers, whose forgeries neither the threshold nor the head selection ever read."""
+    calibration_side = table.splits == "calibration"
+    calibration = np.unique(table.claimed[calibration_side & (table.kinds != GENUINE)])
+    return partition_figures(table, calibration, settings["objective"], settings["target_far"])
+
+
 def model_report(table: ScoreTable, settings: dict[str, object]) -> dict[str, object]:
-    """Identification, the partition figures at the model's calibrated threshold, and the Platt ECE."""
+    """Identification, the partition figures at the model's calibrated threshold, the same figures on
+    the `prepare` split (the writers no selection saw), and the Platt ECE."""
     return {
         "identification": identification(table),
+        "prepare_split": prepare_split_figures(table, settings),
         "partitions": partition_report(
             table,
             settings["calibration_fraction"],
@@ -183,23 +195,37 @@ def figures_at_threshold(table: ScoreTable, calibration: np.ndarray, threshold: 
     return {name: figures[name] for name in OPERATING_POINT_FIGURES}
 
 
-def summarised(figures: Sequence[dict[str, float]], rates: bool = True) -> dict[str, object]:
-    """Mean and 95% interval of each figure over partitions; a rate's interval is clipped to [0, 1]
-    as the stages clip it (`rates` False for differences of rates, which may be negative)."""
+def summarised(figures: Sequence[dict[str, float]], ratio: float, rates: bool = True) -> dict[str, object]:
+    """Mean and 95% interval of each figure over partitions (Nadeau-Bengio corrected with `ratio`, test
+    over calibration writers, as the stages' intervals); a rate's interval is clipped to [0, 1] as the
+    stages clip it (`rates` False for differences of rates, which may be negative)."""
     return {
         name: mean_interval(
-            [figure[name] for figure in figures], bounds=bounds_of(name) if rates else bounds_of("threshold")
+            [figure[name] for figure in figures],
+            bounds=bounds_of(name) if rates else bounds_of("threshold"),
+            test_to_calibration=ratio,
         ).as_dict()
         for name in figures[0]
     }
 
 
+def divisions_and_ratio(table: ScoreTable, settings: dict[str, object]) -> tuple[list[np.ndarray], float]:
+    """The stages' writer partitions of `table` and their test-over-calibration writer ratio."""
+    writers = forgery_writers(table)
+    divisions = writer_partitions(
+        writers, settings["calibration_fraction"], settings["partitions"], settings["partition_seed"]
+    )
+    chosen = len(divisions[0]) if divisions else 0
+    return divisions, overlap_ratio(chosen, len(writers) - chosen)
+
+
 def fixed_threshold_report(table: ScoreTable, threshold: float, settings: dict[str, object]) -> dict[str, object]:
     """The operating-point figures at a fixed threshold (the reference's 0.40) over the same partitions."""
-    divisions = writer_partitions(
-        forgery_writers(table), settings["calibration_fraction"], settings["partitions"], settings["partition_seed"]
-    )
-    return {"threshold": threshold, **summarised([figures_at_threshold(table, c, threshold) for c in divisions])}
+    divisions, ratio = divisions_and_ratio(table, settings)
+    return {
+        "threshold": threshold,
+        **summarised([figures_at_threshold(table, c, threshold) for c in divisions], ratio),
+    }
 
 
 def unenrolled_top_claims(table: ScoreTable) -> np.ndarray:
@@ -218,9 +244,7 @@ def unenrolled_impostor_report(
     if len(unenrolled) < 2:
         return {"skipped": f"{len(unenrolled)} unenrolled writer(s): nothing to halve"}
     lent = round_half_up(UNENROLLED_CALIBRATION_SHARE * len(unenrolled))
-    divisions = writer_partitions(
-        forgery_writers(table), settings["calibration_fraction"], settings["partitions"], settings["partition_seed"]
-    )
+    divisions, ratio = divisions_and_ratio(table, settings)
     without, with_impostors, added = [], [], []
     for index, calibration in enumerate(divisions):
         generator = np.random.default_rng([settings["partition_seed"], index])
@@ -241,13 +265,14 @@ def unenrolled_impostor_report(
         "unenrolled_writers": len(unenrolled),
         "lent_writers": lent,
         "extra_impostor_claims": added,
-        "without": summarised(without),
-        "with_unenrolled_impostors": summarised(with_impostors),
+        "without": summarised(without, ratio),
+        "with_unenrolled_impostors": summarised(with_impostors, ratio),
         "difference": summarised(
             [
                 {name: after[name] - before[name] for name in ("threshold", *OPERATING_POINT_FIGURES)}
                 for before, after in zip(without, with_impostors, strict=True)
             ],
+            ratio,
             rates=False,
         ),
     }

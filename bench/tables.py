@@ -168,6 +168,32 @@ def yes(met: bool) -> str:
     return "yes" if met else "**no**"
 
 
+FIGURE_LABELS = {
+    "frr": "FRR",
+    "far_skilled": "skilled FAR",
+    "far_random": "random FAR",
+    "unenrolled_accepted": "unenrolled accepted",
+    "eer_skilled_a_posteriori": "skilled EER (a posteriori)",
+}
+
+
+def prepare_split_line(results: dict[str, object]) -> str:
+    """The pipeline's figures on the `prepare` split alone: its test writers' forgeries were read by no
+    threshold and no selection (the partitions reuse the calibration writers the selection read)."""
+    figures = results["models"]["pipeline"].get("prepare_split")
+    if figures is None:
+        return "(no prepare-split figures in this results file)"
+    shown = ", ".join(
+        f"{FIGURE_LABELS[name]} {number(figures[name])}"
+        for name in ("frr", "far_skilled", "far_random", "unenrolled_accepted", "eer_skilled_a_posteriori")
+    )
+    return (
+        "The head selection read the skilled forgeries of the `prepare` split's calibration writers, who are test "
+        "writers in some partitions above. On the `prepare` split alone (threshold fitted on its calibration "
+        f"writers, measured on its test writers, whose forgeries nothing fitted or selected on), the pipeline: {shown}."
+    )
+
+
 def quality_block(results: dict[str, object]) -> str:
     """The quality bench's tables and their captions, from a `bench/quality.py` results file."""
     settings = results["settings"]
@@ -179,8 +205,9 @@ def quality_block(results: dict[str, object]) -> str:
         f"(`bench/quality.py`, `bench/results/{QUALITY_RESULTS.name}`): {results['enrolled_writers']} enrolled "
         f"writers, {results['unenrolled_writers']} never enrolled. Means over {report['partitions']} "
         f"writer-disjoint calibration/test partitions (seed {report['seed']}; {report['calibration_writers']} "
-        f"calibration and {report['test_writers']} test writers each) with the 95% Student-t interval of the "
-        "mean in brackets (rates clipped to [0, 1]). Each model's threshold is fitted like `calibrate`'s: "
+        f"calibration and {report['test_writers']} test writers each) with the 95% interval of the mean in "
+        "brackets (Student-t, Nadeau-Bengio corrected for the partitions' overlap; rates clipped to [0, 1]). "
+        "Each model's threshold is fitted like `calibrate`'s: "
         f"validation genuine claims against the partition's calibration writers' skilled forgeries "
         f"(`calibrate.objective: {settings['objective']}`). Accuracy and weighted F1: the "
         f"{pipeline['identification']['images']} test genuine images of enrolled writers (one split). ECE: test, "
@@ -202,6 +229,8 @@ def quality_block(results: dict[str, object]) -> str:
             ),
             quality_rows(results),
         ),
+        "",
+        prepare_split_line(results),
         "",
         "Trained on (enrolled writers' training images only; never validation, test or forgeries):",
         *(f"- {results['models'][name]['label']}: {results['models'][name]['trained_on']}" for name in MODEL_ORDER),

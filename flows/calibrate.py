@@ -1,4 +1,5 @@
-"""Stage `calibrate`: temperature scaling and the "unknown" threshold, fitted on calibration data.
+"""Stage `calibrate`: the answers' confidence (fitted on validation claims) and the "unknown" threshold
+(fitted on validation genuine claims and the calibration writers' forgeries), reported on test.
 
 Run it with `python -m flows.calibrate` (what `dvc repro calibrate` does) or `sigpipe calibrate`.
 """
@@ -41,20 +42,24 @@ def calibrate_run_name(params: CalibrateParams, digest: str | None) -> str:
     return run_name("calibrate", objective, data_label(digest) if digest else "")
 
 
+def shown(value: object) -> str:
+    """A figure for the printout: three decimals, or n/a for a figure the data cannot give (null)."""
+    return "n/a" if not isinstance(value, int | float) else f"{value:.3f}"
+
+
 def operating_point_text(report: dict[str, object], partitions: int) -> str:
-    """The calibrated operating point on test, with each figure's mean and 95% interval over partitions."""
+    """The calibrated operating point on test, with each figure's mean and 95% interval over partitions;
+    a figure the dataset cannot give (no skilled forgeries, no unenrolled writer) reads n/a."""
 
     def figure(name: str) -> str:
-        low, high = report[f"partitions_{name}_ci95_low"], report[f"partitions_{name}_ci95_high"]
-        mean = report[f"partitions_{name}_mean"]
-        return f"{report[name]:.3f} (over {partitions} partitions {mean:.3f}, {low:.3f}-{high:.3f})"
+        low, high = report.get(f"partitions_{name}_ci95_low"), report.get(f"partitions_{name}_ci95_high")
+        mean = report.get(f"partitions_{name}_mean")
+        return f"{shown(report.get(name))} (over {partitions} partitions {shown(mean)}, {shown(low)}-{shown(high)})"
 
-    unenrolled = report["unenrolled_accepted"]
     return (
-        f"threshold {report['threshold']:.3f}: test FRR {figure('frr')}, FAR skilled {figure('far_skilled')}, "
+        f"threshold {shown(report.get('threshold'))}: test FRR {figure('frr')}, FAR skilled {figure('far_skilled')}, "
         f"FAR random {figure('far_random')}; never-enrolled signers answered as enrolled: "
-        f"{'n/a (no unenrolled writer)' if unenrolled is None else f'{unenrolled:.3f}'}; "
-        f"confidence ECE {report['expected_calibration_error']:.3f}"
+        f"{shown(report.get('unenrolled_accepted'))}; confidence ECE {shown(report.get('expected_calibration_error'))}"
     )
 
 

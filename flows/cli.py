@@ -90,7 +90,7 @@ def evaluate(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
 
 @app.command()
 def calibrate(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
-    """Fit the temperature and the "unknown" threshold on calibration data; report them on test."""
+    """Fit the confidence and the "unknown" threshold on validation and calibration data; report on test."""
     from flows._stage import run_stage
     from flows.calibrate import calibrate_flow
 

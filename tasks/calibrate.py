@@ -1,4 +1,4 @@
-"""The confidence, the verification threshold, fitted on calibration data, judged on test.
+"""The confidence and the verification threshold, fitted on validation and calibration data, judged on test.
 
 - Confidence: the probability printed with an answer is the chance that the answered writer signed
   the image, from the verifier's score of that claim by Platt scaling (a logistic regression on the

@@ -319,7 +319,7 @@ class EvaluateParams(StrictModel):
 
 
 class CalibrateParams(StrictModel):
-    """How the temperature and the "unknown" threshold are fitted."""
+    """How the "unknown" threshold is fitted, and the reference's fixed threshold reported beside it."""
 
     objective: Literal["target_far", "eer"]
     target_far: float = Field(gt=0, lt=1)

@@ -98,10 +98,10 @@ def redacted_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme.lower() not in REDACTED_SCHEMES or not parts.netloc:
         return value
-    host = parts.hostname or ""
-    netloc = (f"{REDACTED}@" if "@" in parts.netloc else "") + (f"[{host}]" if ":" in host else host)
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    # The host and port as written (a malformed port is kept, not parsed); the credentials dropped.
+    netloc = parts.netloc.rpartition("@")[2]
+    if "@" in parts.netloc:
+        netloc = f"{REDACTED}@{netloc}"
     return urlunsplit((parts.scheme, netloc, parts.path, REDACTED if parts.query else "", ""))
 
 
@@ -116,9 +116,10 @@ def write_private_file(path: Path, text: str) -> None:
 
 def without_secrets(text: str, url: str) -> str:
     """`text` (an HTTP library's error message, say) with the query and the password of `url` replaced
-    by `***` wherever they appear in it."""
+    by `***` wherever they appear in it (not the user name: short and not secret, replacing it would
+    garble the message)."""
     parts = urlsplit(url)
-    for secret in (parts.query, parts.password, parts.username):
+    for secret in (parts.query, parts.password):
         if secret:
             text = text.replace(secret, REDACTED)
     return text

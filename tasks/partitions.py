@@ -15,9 +15,13 @@ the verifier never trains on a forgery, so any writer's forgeries may serve as c
 - a posteriori, on the test writers: the skilled-forgery EER with one global threshold and the
   mean of the per-writer EERs (each writer's own threshold), as sigver reports both.
 
-Each figure is then summarised by its mean over the divisions and a 95% Student-t interval of that
-mean. The divisions reuse the same images, so the interval says how much the figure moves with the
-choice of writers, not what a new sample of images would do.
+Each figure is then summarised by its mean over the divisions and a 95% interval of that mean. The
+divisions overlap (they redraw the same writers), so the plain Student-t interval, which shrinks as
+1/sqrt(K) as partitions are added, would be far too narrow: the interval uses Nadeau and Bengio's
+correction for repeated random splits (Machine Learning 52, 2003), variance (1/K + n_test/n_calibration)
+times the partitions' sample variance, which stays wide however many partitions are drawn. It is about
+how much the figure moves with the choice of writers among these; a new sample of writers may move it
+more.
 """
 
 from __future__ import annotations
@@ -65,18 +69,26 @@ class Interval:
 
 
 def mean_interval(
-    values: Sequence[float], level: float = INTERVAL_LEVEL, bounds: tuple[float, float] = (-math.inf, math.inf)
+    values: Sequence[float],
+    level: float = INTERVAL_LEVEL,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+    test_to_calibration: float = 0.0,
 ) -> Interval:
-    """Mean and Student-t interval of the mean of `values` (NaNs left out; NaN when none remain,
-    and the mean as both ends when only one does), its ends clipped to `bounds` (a rate's interval
-    stays within [0, 1] when few partitions make it wide)."""
+    """Mean and Student-t interval of the mean of `values` (NaNs left out; NaN when none remain, and
+    NaN ends when only one does), its ends clipped to `bounds` (a rate's interval stays within [0, 1]).
+
+    `test_to_calibration` > 0 (n_test / n_calibration writers) applies Nadeau and Bengio's correction
+    for overlapping random splits: the variance of the mean is (1/K + test_to_calibration) times the
+    sample variance instead of 1/K times it. 0 is the plain interval of independent values.
+    """
     finite = np.array([value for value in values if not math.isnan(value)], dtype=np.float64)
     if not len(finite):
         return Interval(math.nan, math.nan, math.nan, tuple(float(value) for value in values))
     mean = float(finite.mean())
     if len(finite) < 2:
-        return Interval(mean, mean, mean, tuple(float(value) for value in values))
-    half_width = float(student_t.ppf(0.5 + level / 2, len(finite) - 1) * finite.std(ddof=1) / math.sqrt(len(finite)))
+        return Interval(mean, math.nan, math.nan, tuple(float(value) for value in values))
+    spread = math.sqrt(1.0 / len(finite) + test_to_calibration) * finite.std(ddof=1)
+    half_width = float(student_t.ppf(0.5 + level / 2, len(finite) - 1) * spread)
     low, high = max(mean - half_width, bounds[0]), min(mean + half_width, bounds[1])
     return Interval(mean, low, high, tuple(float(value) for value in values))
 
@@ -196,6 +208,11 @@ def bounds_of(figure: str) -> tuple[float, float]:
     return (-math.inf, math.inf) if figure == "threshold" else RATE_BOUNDS
 
 
+def overlap_ratio(calibration_writers: int, test_writers: int) -> float:
+    """n_test / n_calibration of a partition, for `mean_interval`'s overlap correction (0 when undefined)."""
+    return test_writers / calibration_writers if calibration_writers else 0.0
+
+
 def partition_report(
     table: ScoreTable, calibration_fraction: float, count: int, seed: int, objective: str, target_far: float
 ) -> dict[str, object]:
@@ -203,14 +220,21 @@ def partition_report(
     writers = forgery_writers(table)
     divisions = writer_partitions(writers, calibration_fraction, count, seed)
     figures = [partition_figures(table, calibration, objective, target_far) for calibration in divisions]
+    calibration_count = len(divisions[0]) if divisions else 0
+    ratio = overlap_ratio(calibration_count, len(writers) - calibration_count)
     return {
         "partitions": count,
         "seed": seed,
         "calibration_writers": len(divisions[0]) if divisions else 0,
         "test_writers": len(writers) - (len(divisions[0]) if divisions else 0),
-        "interval": f"{INTERVAL_LEVEL:.0%} Student-t interval of the mean over partitions",
+        "interval": (
+            f"{INTERVAL_LEVEL:.0%} Student-t interval of the mean over partitions, Nadeau-Bengio corrected for "
+            "their overlap (variance factor 1/K + test writers / calibration writers)"
+        ),
         **{
-            name: mean_interval([figure[name] for figure in figures], bounds=bounds_of(name)).as_dict()
+            name: mean_interval(
+                [figure[name] for figure in figures], bounds=bounds_of(name), test_to_calibration=ratio
+            ).as_dict()
             for name in PARTITION_FIGURES
         },
     }

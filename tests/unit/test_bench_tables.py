@@ -8,22 +8,24 @@ results files; the selection rule must read selection columns only. No TensorFlo
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import yaml
 
 from bench.head_selection import (
     SelectionFigures,
-    calibration_writer_eers,
+    candidate_figures,
     choose,
     chosen_row,
     selection_rows,
 )
 from bench.quality import figures_at_threshold
-from bench.tables import expected_blocks, read_block, replace_block
+from bench.tables import SELECTION_RESULTS, expected_blocks, read_block, replace_block
 from tasks.partitions import fitted_threshold, forgery_writers, partition_figures, writer_partitions
 from tasks.scores import NO_CLASS, ScoreTable
 from tests.conftest import PROJECT_ROOT
@@ -138,15 +140,34 @@ def synthetic_table(seed: int = 0) -> ScoreTable:
     return ScoreTable(scores, scores, np.zeros((len(claimed), 1)), claimed, kinds, splits, paths)
 
 
-def test_the_selection_eer_never_reads_test_genuine_or_unenrolled_rows() -> None:
+def test_the_selection_never_reads_the_test_split_or_unenrolled_rows() -> None:
     table = synthetic_table()
-    divisions = writer_partitions(forgery_writers(table), 0.5, 3, 0)
-    before = calibration_writer_eers(table, divisions)
+    figures = candidate_figures(table, 0.5, 3, 0, "eer", 0.05)["selection"]
     changed = np.array(table.verification)
-    hidden = ((table.splits == "test") & (table.kinds == "genuine")) | (table.splits == "unenrolled")
+    # Everything of the test split (genuine images and the test writers' forgeries) and the unenrolled rows.
+    hidden = (table.splits == "test") | (table.splits == "unenrolled")
     changed[hidden] = np.random.default_rng(1).normal(size=(int(hidden.sum()), WRITERS)) * 10
-    assert calibration_writer_eers(replace(table, logits=changed, verification=changed), divisions) == before
-    assert not (selection_rows(table).splits == "unenrolled").any()
+    altered = replace(table, logits=changed, verification=changed)
+    assert candidate_figures(altered, 0.5, 3, 0, "eer", 0.05)["selection"] == figures
+    assert not np.isin(selection_rows(table).splits, ["test", "unenrolled"]).any()
+    # ...while the test columns, which the rule never reads, do move.
+    assert (
+        candidate_figures(altered, 0.5, 3, 0, "eer", 0.05)["test"]
+        != candidate_figures(table, 0.5, 3, 0, "eer", 0.05)["test"]
+    )
+
+
+def test_the_committed_defaults_are_the_rules_choice() -> None:
+    """Issue 24: "if the rule picks other defaults, change them": params.yaml holds what the committed
+    selection results chose."""
+    results = json.loads(SELECTION_RESULTS.read_text())
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    choice = results["choice"]
+    assert params["model"]["head"] == choice["head"]
+    assert params["augment"]["preset"] == choice["augmentation"]
+    if choice["head"] == "ridge":
+        assert params["model"]["verifier_regularization"] == choice["penalty"]
+        assert params["model"]["verifier_whitening"] == choice["whitening"]
 
 
 def test_figures_at_a_threshold_are_the_partition_figures_at_the_fitted_one() -> None:

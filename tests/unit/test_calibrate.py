@@ -285,3 +285,25 @@ def test_verification_results_on_calibrated_softmax_by_hand() -> None:
         },
         nan_ok=True,
     )
+
+
+def test_the_stage_printout_reads_n_a_for_figures_the_data_cannot_give() -> None:
+    """A dataset without skilled forgeries or unenrolled writers gives null figures (JSON has no NaN):
+    the calibrate stage's printout says n/a instead of failing after its files are written."""
+    from flows.calibrate import operating_point_text
+
+    report = {
+        "threshold": 0.5,
+        "frr": 0.1,
+        "far_skilled": None,
+        "far_random": 0.0,
+        "unenrolled_accepted": None,
+        "expected_calibration_error": 0.02,
+        **{f"partitions_frr_{key}": 0.1 for key in ("mean", "ci95_low", "ci95_high")},
+        **{f"partitions_far_random_{key}": 0.0 for key in ("mean", "ci95_low", "ci95_high")},
+        **{f"partitions_far_skilled_{key}": None for key in ("mean", "ci95_low", "ci95_high")},
+    }
+    text = operating_point_text(report, 5)
+    assert "FAR skilled n/a (over 5 partitions n/a, n/a-n/a)" in text
+    assert "test FRR 0.100 (over 5 partitions 0.100, 0.100-0.100)" in text
+    assert "answered as enrolled: n/a" in text and "ECE 0.020" in text

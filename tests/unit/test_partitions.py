@@ -117,11 +117,29 @@ def test_mean_interval_level_and_degenerate_cases() -> None:
     narrower = mean_interval([1.0, 2.0, 3.0, 4.0], level=0.5)
     assert narrower.high - narrower.mean == pytest.approx(student_t.ppf(0.75, 3) * math.sqrt(5 / 3) / 2)
     one = mean_interval([0.25, math.nan])
-    assert (one.mean, one.low, one.high) == (0.25, 0.25, 0.25)
+    assert one.mean == 0.25 and math.isnan(one.low) and math.isnan(one.high)  # one value: no interval
     for empty in (mean_interval([]), mean_interval([math.nan, math.nan])):
         assert math.isnan(empty.mean) and math.isnan(empty.low) and math.isnan(empty.high)
     same = mean_interval([0.1, 0.1, 0.1])
     assert (same.low, same.high) == pytest.approx((0.1, 0.1))
+
+
+def test_the_overlap_correction_widens_the_interval_and_does_not_shrink_with_more_partitions() -> None:
+    values = [1.0, 2.0, 3.0, 4.0]
+    plain, corrected = mean_interval(values), mean_interval(values, test_to_calibration=1.0)
+    # Nadeau-Bengio: the variance of the mean is (1/K + n_test/n_calibration) s^2, not s^2 / K.
+    half = student_t.ppf(0.975, 3) * math.sqrt(1 / 4 + 1.0) * math.sqrt(5 / 3)
+    assert corrected.high - corrected.mean == pytest.approx(half)
+    assert corrected.high - corrected.mean > 2 * (plain.high - plain.mean)
+    # Over 16 partitions with the same spread, the plain interval shrinks as 1/sqrt(16); the corrected one
+    # keeps the n_test/n_calibration term: sqrt(1/16 + 1) against sqrt(1/16), over 4 times wider.
+    many = values * 4
+    spread = float(np.std(many, ddof=1))
+    t_many = student_t.ppf(0.975, 15)
+    assert mean_interval(many).high - 2.5 == pytest.approx(t_many * spread / 4)
+    assert mean_interval(many, test_to_calibration=1.0).high - 2.5 == pytest.approx(
+        t_many * spread * math.sqrt(1 / 16 + 1)
+    )
 
 
 # writer_partitions

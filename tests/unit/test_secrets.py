@@ -24,6 +24,7 @@ from tasks.tracking import flatten_params
         ("https://example.org/UTSig.zip", "https://example.org/UTSig.zip"),
         ("local/path?with=question", "local/path?with=question"),  # not a URL: unchanged
         ("none", "none"),
+        ("https://u:p@host:notaport/x.zip", "https://***@host:notaport/x.zip"),  # malformed port: no crash
     ],
 )
 def test_urls_are_logged_without_credentials_or_query(url: str, logged: str) -> None:
@@ -33,7 +34,7 @@ def test_urls_are_logged_without_credentials_or_query(url: str, logged: str) -> 
 def test_an_error_message_loses_the_urls_secrets() -> None:
     url = "https://reader:hunter2@example.org/x.zip?token=t0k"
     text = "Max retries exceeded with url: /x.zip?token=t0k (reader:hunter2)"
-    assert without_secrets(text, url) == "Max retries exceeded with url: /x.zip?*** (***:***)"
+    assert without_secrets(text, url) == "Max retries exceeded with url: /x.zip?*** (reader:***)"
 
 
 def test_mlflow_params_carry_no_url_secret() -> None:
