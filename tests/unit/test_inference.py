@@ -81,6 +81,28 @@ def test_answers_carry_writer_confidence_verification_score_and_top_k(signature_
     assert answer.top_k[1][1] == pytest.approx(expected[0], rel=1e-4)
 
 
+def test_a_calibration_with_platt_parameters_prints_the_calibrated_claim_probability(signature_file: Path) -> None:
+    """Issue 24: the confidence is the Platt probability of the top writer's claim score, and each top-k
+    writer carries its own claim's probability, in identification order (above: an older calibration
+    without the Platt keys keeps its softmax confidence)."""
+    calibration = {
+        "classes": ["a", "b", "c"],
+        "temperature": 1.0,
+        "threshold": 0.0,
+        "unknown_class_id": 3,
+        "confidence_slope": 4.0,
+        "confidence_intercept": -1.0,
+    }
+    platt = SignatureClassifier(tiny_classifier(), tiny_verifier(), calibration, SETTINGS, top_k=2)
+    answer = platt.answers(items_from([str(signature_file)]))[0]
+    grey = mean_grey(signature_file)
+    claims = {"a": grey / 255, "b": 2 * grey / 255}  # the verifier's scores (tiny_verifier)
+    probability = {writer: 1 / (1 + np.exp(-(4.0 * score - 1.0))) for writer, score in claims.items()}
+    assert answer.writer == "b" and answer.confidence == pytest.approx(probability["b"], rel=1e-5)
+    assert [writer for writer, _ in answer.top_k] == ["b", "a"]  # ranked by identification, as before
+    assert [value for _, value in answer.top_k] == pytest.approx([probability["b"], probability["a"]], rel=1e-5)
+
+
 def test_the_answer_is_unknown_exactly_when_the_verifier_rejects_the_top_writer(signature_file: Path) -> None:
     score = 2 * mean_grey(signature_file) / 255
     accepted = model(threshold=score * 0.999).answers(items_from([str(signature_file)]))[0]
