@@ -5,7 +5,7 @@ partitions, never on test.
 Candidates, all on one embedding file (bench/embeddings.py; the pipeline's split with
 params.yaml's `prepare` rules, unenrolled writers included): augmentation none / signature /
 mild / reference (the clean training images plus `train.augmented_views` views of each) x head:
-- `ridge`: the writer-dependent verifier used as the head, L2 penalty 0.003 to 0.3, without and with
+- `ridge`: the writer-dependent verifier used as the head, L2 penalty 0.0003 to 0.3, without and with
   within-writer whitening (`model.verifier_whitening` 0.01 and 0.1) (no TensorFlow);
 - `linear` and `mlp` (Dense(1024), the reference's head): Keras, Adam 1e-3, batch 16, early
   stopping on validation loss (patience 10, at most 100 epochs), best epoch kept; claim score the
@@ -80,7 +80,7 @@ from tasks.split import UNENROLLED_SPLIT  # noqa: E402
 
 AUGMENTATIONS = ("none", "signature", "mild", "reference")
 RIDGE = "ridge"
-RIDGE_PENALTIES = (0.003, 0.01, 0.03, 0.1, 0.3)
+RIDGE_PENALTIES = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 WHITENINGS = (0.0, 0.01, 0.1)  # model.verifier_whitening of the ridge candidates (0: off)
 KERAS_HEADS = {"linear": 0, "mlp": 1024}  # head name -> Dense(relu) units before the softmax (0: none)
 TIE_TOLERANCE = 0.002  # calibration-writer EERs this close to the lowest are tied
