@@ -72,7 +72,6 @@ from tasks.partitions import (  # noqa: E402
     mean_interval,
     overlap_ratio,
     partition_report,
-    rows_of,
     writer_partitions,
 )
 from tasks.scores import NO_CLASS, ScoreTable, claimed_scores  # noqa: E402
@@ -147,7 +146,7 @@ def selection_rows(table: ScoreTable) -> ScoreTable:
     """The rows selection may read: nothing of the test split (neither its genuine images nor the test
     writers' forgeries) and nothing of the unenrolled writers; so the rule sees the calibration split's
     writers only, which the quality bench's prepare-split figures never test on."""
-    return rows_of(table, ~((table.splits == "test") | (table.splits == UNENROLLED_SPLIT)))
+    return table.rows(~((table.splits == "test") | (table.splits == UNENROLLED_SPLIT)))
 
 
 def calibration_writer_eers(table: ScoreTable, divisions: Sequence[np.ndarray]) -> list[float]:

@@ -83,7 +83,6 @@ from tasks.partitions import (  # noqa: E402
     overlap_ratio,
     partition_figures,
     partition_report,
-    rows_of,
     writer_partitions,
 )
 from tasks.scores import ScoreTable, claimed_scores  # noqa: E402
@@ -253,11 +252,11 @@ def unenrolled_impostor_report(
         threshold, genuine, impostor = fitted_threshold(
             table, calibration, settings["objective"], settings["target_far"]
         )
-        extra = unenrolled_top_claims(rows_of(table, lent_rows))
+        extra = unenrolled_top_claims(table.rows(lent_rows))
         widened = fit_threshold(
             genuine, np.concatenate([impostor, extra]), settings["objective"], settings["target_far"]
         )
-        judged = rows_of(table, ~lent_rows)
+        judged = table.rows(~lent_rows)
         without.append({"threshold": threshold, **figures_at_threshold(judged, calibration, threshold)})
         with_impostors.append({"threshold": widened, **figures_at_threshold(judged, calibration, widened)})
         added.append(len(extra))

@@ -51,9 +51,10 @@ def operating_point_text(report: dict[str, object], partitions: int) -> str:
     """The calibrated operating point on test, with each figure's mean and 95% interval over partitions;
     a figure the dataset cannot give (no skilled forgeries, no unenrolled writer) reads n/a."""
 
+    from tasks.partitions import interval_of
+
     def figure(name: str) -> str:
-        low, high = report.get(f"partitions_{name}_ci95_low"), report.get(f"partitions_{name}_ci95_high")
-        mean = report.get(f"partitions_{name}_mean")
+        mean, low, high = interval_of(report, name)
         return f"{shown(report.get(name))} (over {partitions} partitions {shown(mean)}, {shown(low)}-{shown(high)})"
 
     return (
@@ -69,7 +70,6 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
     import mlflow
 
     from tasks.calibrate import calibration_report, fit_calibration
-    from tasks.partitions import flat_intervals
     from tasks.plots import reliability_image
     from tasks.scores import load_scores
     from tasks.tracking import ensure_experiment, loggable_metrics, parent_run_id, process_tags, recorded_data_version
@@ -85,7 +85,6 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
         config.calibration_fraction,
         config.partition_seed,
     )
-    report.update(flat_intervals(report["partitions"]))
     confidence = report["confidence"]  # before json_ready turns its empty bins' NaN into None
     report = json_ready(report)
     write_metrics(paths.calibrate_metrics_file, paths.calibrate_details_file, report, HEADLINE_METRICS)

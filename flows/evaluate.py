@@ -34,8 +34,10 @@ class EvaluateConfig:
 
 def interval_text(metrics: dict[str, object], figure: str) -> str:
     """ "mean 0.110 (95% interval 0.095-0.125)" for a figure's partition summary in `metrics`."""
-    low, high = metrics[f"partitions_{figure}_ci95_low"], metrics[f"partitions_{figure}_ci95_high"]
-    return f"mean {metrics[f'partitions_{figure}_mean']:.3f} (95% interval {low:.3f}-{high:.3f})"
+    from tasks.partitions import interval_of
+
+    mean, low, high = interval_of(metrics, figure)
+    return f"mean {mean:.3f} (95% interval {low:.3f}-{high:.3f})"
 
 
 @task(name="score-and-measure", cache_policy=NO_CACHE)

@@ -42,7 +42,7 @@ from tasks.metrics import (
     reliability_table,
     threshold_for_far,
 )
-from tasks.partitions import partition_report, unenrolled_accepted
+from tasks.partitions import flat_intervals, partition_report, unenrolled_accepted
 from tasks.scores import (
     IMPOSTOR_KINDS,
     SOFTMAX,
@@ -276,6 +276,7 @@ def calibration_report(
         report["partitions"] = partition_report(
             table, calibration_fraction, partitions, partition_seed, calibration.objective, calibration.target_far
         )
+        report.update(flat_intervals(report["partitions"]))
     report.update(
         {
             "accuracy_accepted": open_set["accuracy_accepted"],

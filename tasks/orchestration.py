@@ -237,9 +237,10 @@ def report_markdown(
             return "n/a"
         return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
 
+    from tasks.partitions import interval_of
+
     def interval(report: dict[str, Any], figure: str) -> str:
-        low, high = report.get(f"partitions_{figure}_ci95_low"), report.get(f"partitions_{figure}_ci95_high")
-        mean = report.get(f"partitions_{figure}_mean")
+        mean, low, high = interval_of(report, figure)
         return f"{number(mean, True)} (95% interval {number(low, True)}-{number(high, True)})"
 
     lines = ["# signature-pipeline run", "", "| stage | ran | seconds |", "|---|---|---|"]

@@ -27,7 +27,7 @@ more.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +47,8 @@ FORGERY_SPLITS = ("calibration", "test")
 INTERVAL_LEVEL = 0.95
 HALF = 0.5
 RATE_BOUNDS = (0.0, 1.0)
+FLAT_PREFIX = "partitions_"  # flat keys of a figure's summary: partitions_<figure>_mean, _ci95_low, _ci95_high
+FLAT_SUFFIXES = ("_mean", "_ci95_low", "_ci95_high")
 # The per-partition figures, in the order the reports list them: the calibrated operating point first.
 OPERATING_POINT_FIGURES = ("frr", "far_skilled", "far_random", "unenrolled_accepted")
 A_POSTERIORI_FIGURES = ("eer_skilled_a_posteriori", "eer_skilled_per_writer_a_posteriori")
@@ -109,16 +111,9 @@ def writer_partitions(writers: np.ndarray, calibration_fraction: float, count: i
     return [np.sort(generator.permutation(writers)[:size]) for _ in range(count)]
 
 
-def rows_of(table: ScoreTable, mask: np.ndarray) -> ScoreTable:
-    """The rows of `table` where `mask` holds."""
-    return ScoreTable(*(getattr(table, name)[mask] for name in ScoreTable.__dataclass_fields__))
-
-
 def forgeries_of(table: ScoreTable, writers: np.ndarray, kind: str) -> ScoreTable:
     """Forgeries of one kind imitating `writers`, from both forgery splits."""
-    return rows_of(
-        table, np.isin(table.splits, FORGERY_SPLITS) & (table.kinds == kind) & np.isin(table.claimed, writers)
-    )
+    return table.rows(np.isin(table.splits, FORGERY_SPLITS) & (table.kinds == kind) & np.isin(table.claimed, writers))
 
 
 def calibration_forgeries(table: ScoreTable, writers: np.ndarray) -> ScoreTable:
@@ -128,7 +123,7 @@ def calibration_forgeries(table: ScoreTable, writers: np.ndarray) -> ScoreTable:
     if len(skilled):
         return skilled
     mask = np.isin(table.splits, FORGERY_SPLITS) & (table.kinds != "genuine") & np.isin(table.claimed, writers)
-    return rows_of(table, mask)
+    return table.rows(mask)
 
 
 def fitted_threshold(
@@ -173,8 +168,8 @@ def operating_point(table: ScoreTable, calibration: np.ndarray, threshold: float
     skilled FAR, random FAR, the never-enrolled writers' acceptance, and the a-posteriori skilled
     EERs (global and per-writer thresholds)."""
     test_writers = np.setdiff1d(forgery_writers(table), calibration)
-    genuine_rows = rows_of(
-        table, (table.splits == "test") & (table.kinds == "genuine") & np.isin(table.claimed, test_writers)
+    genuine_rows = table.rows(
+        (table.splits == "test") & (table.kinds == "genuine") & np.isin(table.claimed, test_writers)
     )
     genuine_scores = genuine_rows.verification.astype(np.float64)
     genuine = claimed_scores(genuine_scores, genuine_rows.claimed)
@@ -240,14 +235,21 @@ def partition_report(
     }
 
 
+def interval_of(metrics: Mapping[str, object], figure: str) -> tuple[object, object, object]:
+    """(mean, low, high) of a figure from the flat keys `flat_intervals` wrote into `metrics`
+    (None where a key is missing), for reports that print them."""
+    prefix = f"{FLAT_PREFIX}{figure}"
+    return tuple(metrics.get(f"{prefix}{suffix}") for suffix in FLAT_SUFFIXES)
+
+
 def flat_intervals(report: dict[str, object], figures: Sequence[str] = PARTITION_FIGURES) -> dict[str, float]:
     """`partitions_<figure>_mean`, `_ci95_low` and `_ci95_high` of a `partition_report`, as top-level
     numbers (MLflow logs top-level numbers only; the values stay in the nested report)."""
     flat: dict[str, float] = {}
     for name in figures:
         summary = report[name]
-        flat[f"partitions_{name}_mean"] = summary["mean"]
-        flat[f"partitions_{name}_ci95_low"], flat[f"partitions_{name}_ci95_high"] = summary["ci95"]
+        for suffix, value in zip(FLAT_SUFFIXES, (summary["mean"], *summary["ci95"]), strict=True):
+            flat[f"{FLAT_PREFIX}{name}{suffix}"] = value
     return flat
 
 

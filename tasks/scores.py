@@ -40,12 +40,16 @@ class ScoreTable:
     splits: np.ndarray
     paths: np.ndarray
 
+    def rows(self, mask: np.ndarray) -> ScoreTable:
+        """The rows where `mask` holds, every array filtered alike."""
+        return ScoreTable(*(getattr(self, name)[mask] for name in TABLE_ARRAYS))
+
     def select(self, split: str, kind: str | None = None) -> ScoreTable:
         """The rows of one split (and kind) whose writer is a class of the classifier."""
         mask = (self.splits == split) & (self.claimed != NO_CLASS)
         if kind is not None:
             mask &= self.kinds == kind
-        return ScoreTable(*(getattr(self, name)[mask] for name in TABLE_ARRAYS))
+        return self.rows(mask)
 
     def claim_scores(self, source: str, temperature: float = 1.0) -> np.ndarray:
         """(rows, classes) scores of the claim "class c signed row i": the verifier's or the softmax's."""
@@ -128,7 +132,7 @@ def calibration_impostors(table: ScoreTable) -> ScoreTable:
     skilled = unknown.kinds == CALIBRATION_IMPOSTOR_KIND
     if not skilled.any():
         return unknown
-    return ScoreTable(*(getattr(unknown, name)[skilled] for name in TABLE_ARRAYS))
+    return unknown.rows(skilled)
 
 
 def selection_claims(table: ScoreTable, source: str = VERIFIER) -> tuple[np.ndarray, np.ndarray]:
