@@ -50,14 +50,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.peers import (  # noqa: E402
-    DEFAULT_PARTITION_SEED,
-    DEFAULT_PARTITIONS,
     GENUINE,
     EmbeddedSplit,
     keras_head_scorer,
     load_embedded,
     machine,
+    partition_settings,
     read_params,
+    results_header,
     ridge_scorer,
     score_table,
     split_rules,
@@ -74,7 +74,7 @@ from tasks.partitions import (  # noqa: E402
     partition_report,
     writer_partitions,
 )
-from tasks.scores import NO_CLASS, ScoreTable, claimed_scores  # noqa: E402
+from tasks.scores import ScoreTable, claimed_scores  # noqa: E402
 from tasks.split import UNENROLLED_SPLIT  # noqa: E402
 
 AUGMENTATIONS = ("none", "signature", "mild", "reference")
@@ -263,16 +263,7 @@ def main() -> None:
 
     started = time.perf_counter()
     params = read_params()
-    evaluate = params.get("evaluate", {})
-    settings = {
-        "prepare": params["prepare"],
-        "views": int(params["train"]["augmented_views"]),
-        "calibration_fraction": float(params["prepare"]["calibration_fraction"]),
-        "partitions": int(evaluate.get("partitions", DEFAULT_PARTITIONS)),
-        "partition_seed": int(evaluate.get("partition_seed", DEFAULT_PARTITION_SEED)),
-        "objective": params["calibrate"]["objective"],
-        "target_far": float(params["calibrate"]["target_far"]),
-    }
+    settings = partition_settings(params)
     data = load_embedded(arguments.embeddings, split_rules(params["prepare"]))
     rows = []
     for augmentation, head, penalty, whitening in candidates(data, settings["views"], not arguments.no_keras):
@@ -289,13 +280,7 @@ def main() -> None:
         "augmentation": choice["augmentation"],
     }
     results = {
-        "dataset": data.meta["dataset"],
-        "size": data.meta["size"],
-        "weights": data.meta["weights"],
-        "embeddings": {"file": arguments.embeddings.name, "meta": data.meta},
-        "settings": settings,
-        "enrolled_writers": data.class_count,
-        "unenrolled_writers": len(set(data.writers[data.claimed == NO_CLASS])),
+        **results_header(data, arguments.embeddings, settings),
         "rule": RULE,
         "tie_tolerance": TIE_TOLERANCE,
         "keras_heads": not arguments.no_keras,

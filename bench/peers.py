@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from tasks.datasets.base import SignatureRecord
-from tasks.scores import NO_CLASS, ScoreTable
+from tasks.scores import NO_CLASS, UNENROLLED_SPLIT, ScoreTable
 from tasks.split import SplitRules, assign_splits, trained_writers
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +41,6 @@ PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 SCORED_SPLITS = ("val", "test", "calibration", "unenrolled")
 NO_AUGMENTATION = "none"
 GENUINE = "genuine"
-# evaluate.partitions / evaluate.partition_seed when params.yaml does not set them (issue 24: 5, seeded).
-DEFAULT_PARTITIONS = 5
-DEFAULT_PARTITION_SEED = 0
 PEER_MAX_ITERATIONS = 2000  # LogisticRegression(max_iter=2000), as issue 11's peer
 SVM_PENALTY = 1.0  # scikit-learn's default C, as sigver's writer-dependent SVMs
 KERAS_SEED = 42  # train.seed's default
@@ -87,6 +84,32 @@ class EmbeddedSplit:
 def read_params(path: Path = PARAMS_FILE) -> dict[str, dict[str, object]]:
     """params.yaml as plain dictionaries (the benches read a few keys of several stages)."""
     return yaml.safe_load(path.read_text())
+
+
+def partition_settings(params: dict[str, dict[str, object]]) -> dict[str, object]:
+    """What both benches read from params.yaml to split, partition and calibrate as the stages do, flat."""
+    return {
+        "prepare": params["prepare"],
+        "views": int(params["train"]["augmented_views"]),
+        "calibration_fraction": float(params["prepare"]["calibration_fraction"]),
+        "partitions": int(params["evaluate"]["partitions"]),
+        "partition_seed": int(params["evaluate"]["partition_seed"]),
+        "objective": params["calibrate"]["objective"],
+        "target_far": float(params["calibrate"]["target_far"]),
+    }
+
+
+def results_header(data: EmbeddedSplit, embeddings: Path, settings: dict[str, object]) -> dict[str, object]:
+    """The first keys of both benches' results files: the data, the embedding file, the settings, the writers."""
+    return {
+        "dataset": data.meta["dataset"],
+        "size": data.meta["size"],
+        "weights": data.meta["weights"],
+        "embeddings": {"file": embeddings.name, "meta": data.meta},
+        "settings": settings,
+        "enrolled_writers": data.class_count,
+        "unenrolled_writers": len(np.unique(data.writers[data.splits == UNENROLLED_SPLIT])),
+    }
 
 
 def split_rules(prepare: dict[str, object]) -> SplitRules:

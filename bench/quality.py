@@ -52,8 +52,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.peers import (  # noqa: E402
-    DEFAULT_PARTITION_SEED,
-    DEFAULT_PARTITIONS,
     GENUINE,
     NO_AUGMENTATION,
     EmbeddedSplit,
@@ -62,7 +60,9 @@ from bench.peers import (  # noqa: E402
     load_embedded,
     logistic_regression_scorer,
     machine,
+    partition_settings,
     read_params,
+    results_header,
     ridge_scorer,
     score_table,
     scored_rows,
@@ -103,24 +103,17 @@ MODEL_LABELS = {
 
 def bench_settings(params: dict[str, dict[str, object]]) -> dict[str, object]:
     """The parameters this bench reads from params.yaml, flat."""
-    evaluate = params.get("evaluate", {})
     augment = dict(params["augment"])
     preset = augment.pop("preset")
     if augment:
         raise ValueError(f"augment overrides {sorted(augment)} have no views in an embedding file: embed them first")
     return {
-        "prepare": params["prepare"],
+        **partition_settings(params),
         "head": params["model"]["head"],
         "dense_units": int(params["model"]["dense_units"]),
         "penalty": float(params["model"]["verifier_regularization"]),
         "whitening": float(params["model"].get("verifier_whitening", 0.0)),
         "augmentation": preset,
-        "views": int(params["train"]["augmented_views"]),
-        "calibration_fraction": float(params["prepare"]["calibration_fraction"]),
-        "partitions": int(evaluate.get("partitions", DEFAULT_PARTITIONS)),
-        "partition_seed": int(evaluate.get("partition_seed", DEFAULT_PARTITION_SEED)),
-        "objective": params["calibrate"]["objective"],
-        "target_far": float(params["calibrate"]["target_far"]),
         "reference_threshold": float(params["calibrate"]["reference_threshold"]),
     }
 
@@ -346,13 +339,7 @@ def main() -> None:
     reports, tables = run_models(data, settings)
     unenrolled = unenrolled_impostor_report(tables["pipeline"], data.writers[scored_rows(data)], settings)
     results = {
-        "dataset": data.meta["dataset"],
-        "size": data.meta["size"],
-        "weights": data.meta["weights"],
-        "embeddings": {"file": arguments.embeddings.name, "meta": data.meta},
-        "settings": settings,
-        "enrolled_writers": data.class_count,
-        "unenrolled_writers": len(np.unique(data.writers[data.splits == UNENROLLED_SPLIT])),
+        **results_header(data, arguments.embeddings, settings),
         "models": reports,
         "unenrolled_impostors": unenrolled,
         "machine": machine(),
