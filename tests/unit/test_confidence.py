@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from tasks.calibrate import PLATT_INVERSE_PENALTY, answer_confidence, confidence_calibration, fit_confidence
 from tasks.errors import CalibrationError
 from tasks.scores import ScoreTable, claim_probability
+from tests.support.score_tables import score_table
 
 LOG3 = math.log(3.0)
 
@@ -22,14 +23,8 @@ def table_of(rows: list[tuple[str, str, int, int, float]], classes: int = 3) -> 
     for index, (_split, _kind, _claimed, top, score) in enumerate(rows):
         logits[index, top] = 3.0
         verification[index, top] = score
-    return ScoreTable(
-        logits=logits,
-        verification=verification,
-        embeddings=np.zeros((len(rows), 2), dtype=np.float32),
-        claimed=np.array([row[2] for row in rows], dtype=np.int64),
-        kinds=np.array([row[1] for row in rows]),
-        splits=np.array([row[0] for row in rows]),
-        paths=np.array([f"image{index}.png" for index in range(len(rows))]),
+    return score_table(
+        logits, verification, [row[2] for row in rows], [row[1] for row in rows], [row[0] for row in rows]
     )
 
 

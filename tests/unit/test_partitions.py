@@ -22,6 +22,7 @@ from tasks.partitions import (
     writer_partitions,
 )
 from tasks.scores import NO_CLASS, ScoreTable
+from tests.support.score_tables import score_table
 
 CLASSES = 4
 
@@ -34,14 +35,8 @@ def table_of(rows: list[tuple[str, str, int, dict[int, float], int | None]]) -> 
         for writer, score in scores.items():
             verification[index, writer] = score
         logits[index, claimed if top is None else top] = 5.0
-    return ScoreTable(
-        logits=logits,
-        verification=verification,
-        embeddings=np.zeros((len(rows), 2), dtype=np.float32),
-        claimed=np.array([row[2] for row in rows], dtype=np.int64),
-        kinds=np.array([row[1] for row in rows]),
-        splits=np.array([row[0] for row in rows]),
-        paths=np.array([f"image{index}.png" for index in range(len(rows))]),
+    return score_table(
+        logits, verification, [row[2] for row in rows], [row[1] for row in rows], [row[0] for row in rows]
     )
 
 
