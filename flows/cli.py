@@ -8,7 +8,6 @@ Unless `--verbose` is given, the libraries' own warnings and logs are kept off t
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -42,9 +41,9 @@ def main(
 
 ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
 DEFAULT_SERVE_PORT = 5001  # `sigpipe serve` and `make up`'s model server (MLflow's UI has 5000)
+DEFAULT_MAX_ACTIVE = 2  # tasks.model_server.DEFAULT_MAX_ACTIVE, kept here so --help imports no server code
 LOOPBACK = "127.0.0.1"
 SCORER_URL_VARIABLE = "SIGPIPE_SCORER_URL"  # what `predict --server` reads when the option is left out
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")  # they stop `sigpipe serve` and its server
 
 ParamsOption = Annotated[
     Path,
@@ -149,22 +148,22 @@ def resolve_model_uri(model_uri: str | None, params_file: Path) -> str:
     return model_uri
 
 
-def load_signature_model(model_uri: str | None, params_file: Path):  # -> SignatureClassifier
-    """Load the packaged model (pointing MLflow at the workspace store), or exit with one line."""
-    import mlflow
+def load_verified(model_uri: str | None, params_file: Path):  # -> tasks.model_store.LoadedModel
+    """Load a registered model version as data, once its signature and files are checked
+    (`tasks.model_store`), pointing MLflow at the workspace store; or exit with one line."""
     from mlflow.exceptions import MlflowException
 
     from flows._stage import quiet_environment
     from flows.quiet import import_tensorflow
     from tasks.errors import ModelFileError
-    from tasks.inference import ACCEPT_PATHS
+    from tasks.model_store import load_verified_model, workspace_keys
 
     quiet_environment()
-    import_tensorflow()  # before MLflow loads the model, which imports it
+    import_tensorflow()  # before Keras reads the model, which imports it
     model_uri = resolve_model_uri(model_uri, params_file)
+    keys = workspace_keys(ProjectPaths.from_root(params_file.resolve().parent))
     try:
-        # Local use: the model may open the files named on the command line (the served model may not).
-        return mlflow.pyfunc.load_model(model_uri, model_config={ACCEPT_PATHS: True}).unwrap_python_model().model
+        return load_verified_model(model_uri, keys)
     except ModelFileError as error:
         typer.echo(f"error: {described_model(model_uri)}: {error}", err=True)
         raise typer.Exit(code=1) from error
@@ -176,6 +175,11 @@ def load_signature_model(model_uri: str | None, params_file: Path):  # -> Signat
             err=True,
         )
         raise typer.Exit(code=1) from error
+
+
+def load_signature_model(model_uri: str | None, params_file: Path):  # -> SignatureClassifier
+    """The model of `load_verified`."""
+    return load_verified(model_uri, params_file).model
 
 
 def echo_answers(answers: list[Answer], as_json: bool) -> None:
@@ -355,17 +359,17 @@ def serve(
     model: ModelOption = None,
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = DEFAULT_SERVE_PORT,
     host: Annotated[str, typer.Option("--host", help="Address to bind (a LAN one only behind a firewall).")] = LOOPBACK,
+    max_active: Annotated[
+        int,
+        typer.Option("--max-active", min=1, help="Requests answered at once; one more gets 503 (bounded memory)."),
+    ] = DEFAULT_MAX_ACTIVE,
     params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
 ) -> None:
-    """Serve the champion (or --model) over HTTP with `mlflow models serve`, for `sigpipe predict --server`
-    and any HTTP client (POST /invocations with base64 images). Stops on Ctrl-C, SIGTERM or SIGHUP."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
+    """Serve the champion (or --model) over HTTP, for `sigpipe predict --server` and any HTTP client
+    (POST /invocations with base64 images). Only a version the register stage signed is served, read as
+    data (no code of the artifact runs); requests are limited in size and number. Stops on Ctrl-C or SIGTERM."""
     from tasks.errors import ConfigError
-    from tasks.lifeline import guard_children, stop_process_group
+    from tasks.model_server import serve as serve_model
     from tasks.tracking import tracking_uri
     from tasks.tracking_server import check_tracking_server
 
@@ -379,36 +383,12 @@ def serve(
     if problem := champion_problem(model_uri):
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(code=1)
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
-    command += ["--host", host, "--port", str(port), "--workers", "1"]
-    # MLflow starts the server as `uvicorn` by name, from this environment's bin folder.
-    bin_folder = str(Path(sys.executable).parent)
-    environment = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "PATH": f"{bin_folder}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    typer.echo(f"serving {model_uri} on http://{host}:{port} (sigpipe predict --server http://{host}:{port} IMAGE)")
-    stop_asked: list[int] = []
-    servers: list[subprocess.Popen[bytes]] = []
-
-    def stop(signum: int, frame: object) -> None:
-        stop_asked.append(signum)
-        for server in servers:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGTERM)
-
-    for name in STOP_SIGNALS:  # before the server starts: a stop asked meanwhile is not lost
-        signal.signal(getattr(signal, name), stop)
-    # Its own process group, stopped whole with this command (MLflow runs uvicorn as a child); a
-    # watcher stops it too if this command is killed outright.
-    servers.append(subprocess.Popen(command, env=environment, start_new_session=True))
-    guard_children([servers[0].pid])
-    if stop_asked:
-        stop(stop_asked[0], None)
-    code = servers[0].wait()
-    stop_process_group(servers[0].pid)  # what the server left (uvicorn): the port is free when this returns
-    raise typer.Exit(code=0 if stop_asked else code)
+    loaded = load_verified(model_uri, params)
+    typer.echo(
+        f"serving {loaded.name} version {loaded.version} ({model_uri}) on http://{host}:{port} "
+        f"(sigpipe predict --server http://{host}:{port} IMAGE)"
+    )
+    serve_model(loaded, host, port, max_active)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     import mlflow
 
     from tasks.manifest import read_manifest
+    from tasks.model_store import sign_version, workspace_keys
     from tasks.prepare import settings_from_params
     from tasks.registry import (
         SELECTION_SPLITS,
@@ -83,6 +84,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         remove_abandoned_versions,
         version_removed_on_failure,
     )
+    from tasks.signing import ensure_signing_key
     from tasks.tracking import (
         data_label,
         data_version,
@@ -108,6 +110,8 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
             "rerun the evaluate stage (`dvc repro evaluate`) or pick one of its selection_* keys"
         )
     manifest = digest_of_rows(rows, SELECTION_SPLITS)
+    keys = workspace_keys(paths)
+    ensure_signing_key(keys)  # an unreadable key fails here, before anything is logged
     # A prepared (small, preprocessed) image: its bytes are stored in the model as the input example.
     example = next(
         paths.root / row["prepared_path"] for row in rows if row["split"] == "test" and row["kind"] == "genuine"
@@ -145,6 +149,8 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         version = mlflow.register_model(model_uri, name, tags={**tags, **pending_tags()})
         # The alias moves last: a failure before it deletes the new version and leaves the aliases as they were.
         with version_removed_on_failure(client, name, version.version):
+            # Signed before any alias names it: clients load only versions register signed (tasks/signing.py).
+            sign_version(client, name, str(version.version), keys)
             decision = decide(evaluation, manifest, champion, config.register.metric)
             client.update_model_version(
                 name,

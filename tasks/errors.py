@@ -72,6 +72,11 @@ class CorruptModelError(ModelFileError):
     """A packaged (registered) model's file is missing, damaged or differs from its recorded digest."""
 
 
+class UntrustedModelError(CorruptModelError):
+    """A registered model version is not signed by the register stage, its signature does not match, or
+    one of its files differs from the signed list: it is refused, never loaded."""
+
+
 class TrainingBusyError(RuntimeError):
     """Another training holds the checkpoint folder; the message names the holder."""
 

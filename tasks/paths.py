@@ -195,6 +195,19 @@ class ProjectPaths:
         return self.root / "plots"
 
     @property
+    def keys_dir(self) -> Path:
+        """The model signing key pair (`tasks.signing`): outside the registry, never committed."""
+        return self.root / ".sigpipe"
+
+    @property
+    def signing_key_file(self) -> Path:
+        return self.keys_dir / "model-signing.key"
+
+    @property
+    def verify_key_file(self) -> Path:
+        return self.keys_dir / "model-signing.pub"
+
+    @property
     def mlruns_dir(self) -> Path:
         return self.root / "mlruns"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from tasks.images import PreprocessSettings
 from tasks.paths import ProjectPaths
 from tasks.verifier import save_verifier
 from tests.conftest import PROJECT_ROOT, edit_params
@@ -22,12 +23,16 @@ PAPER, INK, STROKE_WIDTH = 250, 20, 4
 TOP_K = 2
 
 
-def registered_workspace(root: Path, model_name: str, calibration: Mapping[str, object]) -> ProjectPaths:
+def registered_workspace(
+    root: Path, model_name: str, calibration: Mapping[str, object], settings: PreprocessSettings = SETTINGS
+) -> ProjectPaths:
     """A workspace in `root`: the tiny classifier and verifier with `calibration`, packaged and
-    registered as `model_name`@champion (also the workspace's `register.model_name`, so it is the
-    CLI's default model), and a signature image `SIGNATURE_NAME`."""
+        registered as `model_name`@champion (also the workspace's `register.model_name`, so it is the
+        CLI's default model), and a signature image `SIGNATURE_NAME`. The version is signed as the register
+    stage signs it, with the workspace's key pair (created in `.sigpipe/`)."""
     import mlflow
 
+    from tasks.model_store import sign_version, workspace_keys
     from tasks.registry import log_packaged_model
 
     paths = ProjectPaths.from_root(root)
@@ -44,7 +49,9 @@ def registered_workspace(root: Path, model_name: str, calibration: Mapping[str, 
     mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
     experiment = mlflow.create_experiment(model_name, artifact_location=(paths.mlruns_dir / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        model_uri = log_packaged_model(paths, SETTINGS, TOP_K, paths.root / SIGNATURE_NAME)
+        model_uri = log_packaged_model(paths, settings, TOP_K, paths.root / SIGNATURE_NAME)
     version = mlflow.register_model(model_uri, model_name)
-    mlflow.tracking.MlflowClient().set_registered_model_alias(model_name, "champion", version.version)
+    client = mlflow.tracking.MlflowClient()
+    sign_version(client, model_name, str(version.version), workspace_keys(paths))
+    client.set_registered_model_alias(model_name, "champion", version.version)
     return paths

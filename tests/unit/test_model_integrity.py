@@ -1,5 +1,6 @@
 """A registered model whose files were damaged fails to load with one line naming the model and the
-file and saying how to repair it, through MLflow in Python and through the `sigpipe` CLI.
+file and saying how to repair it, through MLflow in Python (the packaged digests) and through the
+`sigpipe` CLI (the signed file list, tasks/model_store.py).
 
 One tiny model is packaged and registered (MLflow in a temporary folder); each test damages one
 file in the registry's artifact store the way a disk or a copy does, and restores it afterwards.
@@ -124,8 +125,9 @@ def test_the_cli_prints_one_line_and_exits_non_zero(store: ProjectPaths, damaged
     assert result.exit_code == 1 and not isinstance(result.exception, CorruptModelError | ModelFileError)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr
-    assert errors[0].startswith(f"error: {MODEL_URI} (version 1): model models:/m-")
-    assert str(damaged) in errors[0] and "re-register the model" in errors[0]
+    # The CLI checks the signed file list before reading any file (tasks/model_store.py).
+    assert errors[0].startswith(f"error: {MODEL_URI} (version 1): {MODEL_NAME} version 1: ")
+    assert f"artifacts/{damaged.name}" in errors[0] and "re-register it" in errors[0]
 
 
 @pytest.mark.slow
@@ -155,7 +157,8 @@ def test_the_cli_process_prints_no_traceback(store: ProjectPaths) -> None:
         path.write_bytes(original)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert f"{path}: damaged" in line and "(version 1)" in line
+    assert "file artifacts/classifier.keras differs from the one the register stage signed" in line
+    assert "(version 1)" in line
 
 
 def source_files(folder: Path) -> dict[str, Path]:

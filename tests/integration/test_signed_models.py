@@ -1,0 +1,167 @@
+"""Models are data: a client loads only a version the register stage signed, and runs none of its code.
+
+Issue 27's reproductions, on a real registry (a tiny model registered and signed as the register stage
+does it): anyone with write access to the registry can register a version whose `pyfunc_model.py`
+runs their code, change a signed version's calibration (recomputing its packaged digest), or move the
+champion alias by hand. `sigpipe predict`, `verify` and `serve` refuse each with one line naming the
+version and the file, and nothing of the artifact runs (a marker file its code would write stays absent).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tasks.files import sha256_file
+from tasks.model_files import DIGESTS_FILE_NAME
+from tasks.paths import ProjectPaths
+from tests.support.registered_model import SIGNATURE_NAME, registered_workspace
+
+MODEL_NAME = "signed-test"
+CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
+CALIBRATION = {"classes": ["a", "b", "c"], "temperature": 1.0, "threshold": 0.0, "unknown_class_id": 3}
+MARKER_NAME = "code-ran.marker"
+FORGED_THRESHOLD = -1e9  # accepts every claim
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> ProjectPaths:
+    """A workspace whose store holds version 1, signed, as champion."""
+    return registered_workspace(tmp_path_factory.mktemp("signed"), MODEL_NAME, CALIBRATION)
+
+
+@pytest.fixture
+def client(workspace: ProjectPaths, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """An MLflow client on the workspace's store; the champion alias is put back on version 1 afterwards."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(workspace.mlflow_tracking_uri)
+    client = MlflowClient()
+    yield client
+    client.set_registered_model_alias(MODEL_NAME, "champion", "1")
+
+
+def version_folder(workspace: ProjectPaths, version: str = "1") -> Path:
+    """A copy of a version's files, downloaded from the registry into a new folder of the workspace."""
+    import tempfile
+
+    from tasks.model_store import download_version
+
+    return download_version(MODEL_NAME, version, Path(tempfile.mkdtemp(dir=workspace.root)))
+
+
+def stored_artifact(workspace: ProjectPaths, name: str) -> Path:
+    """Version 1's own copy of artifact file `name` in the store (not a downloaded copy)."""
+    (found,) = (workspace.mlruns_dir / "artifacts").rglob(f"artifacts/{name}")
+    return found
+
+
+def register_folder(client: object, folder: Path, as_champion: bool = True, tags: dict[str, str] | None = None) -> str:
+    """Register `folder` as a new version, as an attacker with registry access can; returns its number."""
+    version = client.create_model_version(MODEL_NAME, str(folder), tags=tags or {})
+    if as_champion:
+        client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
+    return str(version.version)
+
+
+def poisoned_copy(workspace: ProjectPaths) -> tuple[Path, Path]:
+    """Version 1's files with one line appended to the model-from-code file that MLflow runs on load."""
+    folder = version_folder(workspace)
+    marker = workspace.root / MARKER_NAME
+    with (folder / "pyfunc_model.py").open("a", encoding="utf-8") as handle:
+        handle.write(f"\nopen({str(marker)!r}, 'w').write('ran')\n")
+    return folder, marker
+
+
+def run_cli(workspace: ProjectPaths, *arguments: str) -> tuple[int, list[str]]:
+    """A `sigpipe` command in this process; its exit code and its error lines."""
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, [*arguments, "-p", str(workspace.params_file)])
+    return result.exit_code, [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_the_signed_champion_loads_and_answers(workspace: ProjectPaths, client: object) -> None:
+    code, errors = run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME))
+    assert code == 0 and errors == []
+
+
+def test_a_poisoned_version_moved_to_champion_is_refused_and_runs_nothing(
+    workspace: ProjectPaths, client: object
+) -> None:
+    import mlflow
+
+    folder, marker = poisoned_copy(workspace)
+    version = register_folder(client, folder)
+    for command in (
+        ["predict", str(workspace.root / SIGNATURE_NAME)],
+        ["verify", "-w", "a", str(workspace.root / SIGNATURE_NAME)],
+        ["serve"],
+    ):
+        code, errors = run_cli(workspace, *command)
+        assert code == 1 and len(errors) == 1, (command, errors)
+        assert f"{MODEL_NAME} version {version} is not signed by the register stage" in errors[0]
+        assert not marker.exists()
+    # The poison is real: MLflow's own pyfunc loader runs the appended line (why clients do not use it).
+    mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")
+    assert marker.read_text() == "ran"
+    marker.unlink()
+
+
+def test_a_copy_of_the_signature_on_another_version_is_refused(workspace: ProjectPaths, client: object) -> None:
+    """Signed tags copied onto a new version holding version 1's exact files: the version number is signed."""
+    from tasks.signing import TAG_SIGNATURE, TAG_SIGNED_FILES, TAG_SIGNING_KEY
+
+    tags = client.get_model_version(MODEL_NAME, "1").tags
+    copied = {name: tags[name] for name in (TAG_SIGNATURE, TAG_SIGNED_FILES, TAG_SIGNING_KEY)}
+    version = register_folder(client, version_folder(workspace), tags=copied)
+    code, errors = run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME))
+    assert code == 1 and len(errors) == 1
+    assert f"{MODEL_NAME} version {version}: its signature does not match" in errors[0]
+
+
+def test_a_tampered_calibration_with_its_digest_recomputed_is_refused(workspace: ProjectPaths, client: object) -> None:
+    """Version 1's stored calibration changed to accept every claim, its packaged digest made to agree."""
+    calibration = stored_artifact(workspace, "calibration.json")
+    digests = stored_artifact(workspace, DIGESTS_FILE_NAME)
+    originals = {path: path.read_bytes() for path in (calibration, digests)}
+    try:
+        calibration.write_text(json.dumps({**CALIBRATION, "threshold": FORGED_THRESHOLD}))
+        recorded = json.loads(digests.read_text())
+        recorded["calibration"]["sha256"] = sha256_file(calibration)
+        digests.write_text(json.dumps(recorded))
+        code, errors = run_cli(workspace, "verify", "-w", "b", str(workspace.root / SIGNATURE_NAME))
+    finally:
+        for path, content in originals.items():
+            path.write_bytes(content)
+    assert code == 1 and len(errors) == 1
+    assert "file artifacts/calibration.json differs from the one the register stage signed" in errors[0]
+
+
+def test_a_version_signed_with_another_key_is_refused(
+    workspace: ProjectPaths, client: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.model_store import sign_version
+    from tasks.signing import KeyFiles
+
+    version = register_folder(client, version_folder(workspace))
+    sign_version(client, MODEL_NAME, version, KeyFiles(tmp_path / "other.key", tmp_path / "other.pub"))
+    code, errors = run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME))
+    assert code == 1 and "its signature does not match" in errors[0]
+    # A client that trusts that key (SIGPIPE_VERIFY_KEY) accepts it.
+    monkeypatch.setenv("SIGPIPE_VERIFY_KEY", str(tmp_path / "other.pub"))
+    assert run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME)) == (0, [])
+
+
+def test_a_run_uri_is_refused_because_only_registered_versions_are_signed(
+    workspace: ProjectPaths, client: object
+) -> None:
+    source = client.get_model_version(MODEL_NAME, "1").source
+    code, errors = run_cli(workspace, "predict", "--model", source, str(workspace.root / SIGNATURE_NAME))
+    assert code == 1 and "only registered versions can be loaded" in errors[0]
