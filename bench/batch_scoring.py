@@ -1,4 +1,4 @@
-"""Batch scoring throughput: `sigpipe score`'s Spark path against the single-process pyfunc, on the
+"""Batch scoring throughput: `sigpipe score`'s Spark path against the single-process model, on the
 same images and the same registered model, in one script.
 
 The model is the demo's size (InceptionV3 at `--size` px, 8 writers, `weights=None`: throughput does
@@ -7,8 +7,8 @@ not depend on the weight values), packaged and registered as the `register` stag
 sizes and real decoding work) or, where CEDAR is absent, generated scans.
 
 Measured, each end to end as a user pays it:
-- single process: `mlflow.pyfunc.load_model` then one `predict` over every path (the Python API);
-- Spark `local[N]` for each `--workers` N: session start, the UDF (each Python worker loads the
+- single process: the signed model loaded as the CLI loads it, then one pass over every path;
+- Spark `local[N]` for each `--workers` N: session start, `mapInPandas` (each Python worker reads the
   model once), scoring, the Parquet write (`tasks.batch_scoring.score_listing`, what `sigpipe score`
   runs); then the same job again on the warm session, where the workers already hold the model.
 Reported: wall seconds and images/s of each, and each Spark run's ratio to the single process.
@@ -32,6 +32,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.cli_latency import BENCH_MODEL, registered_workspace  # noqa: E402
+from tasks.model_store import workspace_keys  # noqa: E402
+from tasks.paths import ProjectPaths  # noqa: E402
+from tasks.signing import KeyFiles  # noqa: E402
 
 DEFAULT_CEDAR = PROJECT_ROOT.parent / "shared" / "datasets" / "cedar" / "full_org"
 GENERATED_SIZE = (480, 240)
@@ -58,19 +61,17 @@ def scan_images(count: int, cedar: Path, folder: Path) -> tuple[list[str], str]:
     return paths, "generated scans"
 
 
-def single_process(model_uri: str, paths: list[str]) -> dict[str, float]:
-    """Load the pyfunc and predict every path in this process; seconds of each and images/s."""
-    import mlflow
-    import pandas as pd
-
-    from tasks.inference import ACCEPT_PATHS
+def single_process(model_uri: str, keys: KeyFiles, paths: list[str]) -> dict[str, float]:
+    """Load the signed model as the CLI does and answer every path in this process; seconds of each and images/s."""
+    from tasks.inference import items_from
+    from tasks.model_store import load_verified_model
 
     started = time.perf_counter()
-    model = mlflow.pyfunc.load_model(model_uri, model_config={ACCEPT_PATHS: True})
+    model = load_verified_model(model_uri, keys).model
     loaded = time.perf_counter()
-    answers = model.predict(pd.DataFrame({"path": paths}))
+    answers = model.answers(items_from(paths))
     finished = time.perf_counter()
-    assert (answers["error"] == "").all(), answers["error"].unique()
+    assert all(not answer.error for answer in answers), {answer.error for answer in answers}
     return {
         "load_s": round(loaded - started, 2),
         "score_s": round(finished - loaded, 2),
@@ -79,7 +80,7 @@ def single_process(model_uri: str, paths: list[str]) -> dict[str, float]:
     }
 
 
-def spark_runs(model_uri: str, paths: list[str], workers: int, scratch: Path) -> dict[str, float]:
+def spark_runs(model_uri: str, keys: KeyFiles, paths: list[str], workers: int, scratch: Path) -> dict[str, float]:
     """`score_listing` on a fresh `local[workers]` session (cold: session, model loads, scoring,
     Parquet), then again on the same session (warm); seconds and images/s of each."""
     import pandas as pd
@@ -90,10 +91,10 @@ def spark_runs(model_uri: str, paths: list[str], workers: int, scratch: Path) ->
     started = time.perf_counter()
     spark = spark_session(f"local[{workers}]", "ERROR")
     try:
-        cold = score_listing(spark, model_uri, listing, scratch / f"cold_{workers}.parquet", workers, False)
+        cold = score_listing(spark, model_uri, keys, listing, scratch / f"cold_{workers}.parquet", workers, False)
         cold_s = time.perf_counter() - started
         warm_started = time.perf_counter()
-        warm = score_listing(spark, model_uri, listing, scratch / f"warm_{workers}.parquet", workers, False)
+        warm = score_listing(spark, model_uri, keys, listing, scratch / f"warm_{workers}.parquet", workers, False)
         warm_s = time.perf_counter() - warm_started
     finally:
         spark.stop()
@@ -122,10 +123,11 @@ def main() -> None:
         mlflow.set_tracking_uri(f"sqlite:///{scratch / 'mlruns' / 'mlflow.db'}")
         model_uri = f"models:/{BENCH_MODEL}@champion"
         paths, source = scan_images(arguments.images, arguments.cedar, scratch / "scans")
-        baseline = single_process(model_uri, paths)
+        keys = workspace_keys(ProjectPaths.from_root(scratch))
+        baseline = single_process(model_uri, keys, paths)
         spark = {}
         for workers in arguments.workers or [1, os.cpu_count() or 1]:
-            run = spark_runs(model_uri, paths, workers, scratch)
+            run = spark_runs(model_uri, keys, paths, workers, scratch)
             run["cold_ratio_to_single_process"] = round(run["cold_images_per_s"] / baseline["images_per_s"], 2)
             run["warm_ratio_to_single_process"] = round(run["warm_images_per_s"] / baseline["images_per_s"], 2)
             spark[f"local[{workers}]"] = run

@@ -52,6 +52,7 @@ def registered_workspace(root: Path, size: int) -> Path:
     from tasks.config import PrepareParams
     from tasks.files import write_json
     from tasks.model import HeadSpec, build_base, build_classifier
+    from tasks.model_store import sign_version, workspace_keys
     from tasks.paths import ProjectPaths
     from tasks.prepare import settings_from_params
     from tasks.registry import log_packaged_model
@@ -81,7 +82,9 @@ def registered_workspace(root: Path, size: int) -> Path:
             paths, settings_from_params(prepare), params["register"]["top_k"], root / "signature.png"
         )
     version = mlflow.register_model(uri, BENCH_MODEL)
-    mlflow.tracking.MlflowClient().set_registered_model_alias(BENCH_MODEL, "champion", version.version)
+    client = mlflow.tracking.MlflowClient()
+    sign_version(client, BENCH_MODEL, str(version.version), workspace_keys(paths))  # as the register stage does
+    client.set_registered_model_alias(BENCH_MODEL, "champion", version.version)
     return paths.params_file
 
 

@@ -310,7 +310,7 @@ def score(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
 ) -> None:
-    """Score many images on Apache Spark (MLflow's spark_udf): writer or unknown, confidence, the
+    """Score many images on Apache Spark with a signed model version: writer or unknown, confidence, the
     verdict on a claimed writer, error, as Parquet. An image that cannot be read gets its own error row."""
     import time
 
@@ -319,7 +319,8 @@ def score(
     from flows._stage import quiet_environment
     from flows.quiet import jvm_output_silenced, spark_log_level
     from tasks.batch_scoring import check_output, read_listing, score_listing, spark_session
-    from tasks.errors import ConfigError
+    from tasks.errors import ConfigError, ModelFileError
+    from tasks.model_store import workspace_keys
 
     quiet_environment()
     started = time.perf_counter()
@@ -334,7 +335,11 @@ def score(
         raise typer.Exit(code=1) from error
     typer.echo(f"scoring {len(listing)} images on Spark {master}; progress: {spark.sparkContext.uiWebUrl}")
     try:
-        summary = score_listing(spark, model_uri, listing, output, partitions, overwrite)
+        keys = workspace_keys(ProjectPaths.from_root(params.resolve().parent))
+        summary = score_listing(spark, model_uri, keys, listing, output, partitions, overwrite)
+    except ModelFileError as error:
+        typer.echo(f"error: {described_model(model_uri)}: {error}", err=True)
+        raise typer.Exit(code=1) from error
     except MlflowException as error:
         typer.echo(f"error: model {model_uri} cannot be loaded ({str(error).splitlines()[0]})", err=True)
         raise typer.Exit(code=1) from error

@@ -1,12 +1,13 @@
-"""Batch scoring on Apache Spark: a registered model applied to many images through MLflow's
-`mlflow.pyfunc.spark_udf`, written as one Parquet row per image.
+"""Batch scoring on Apache Spark: a signed registered model version applied to many images, written
+as one Parquet row per image.
 
 The listing (a folder of images, or a CSV or text file naming them) becomes a Spark DataFrame of
-paths and optional claimed writers. Each Python worker loads the packaged model once (MLflow's UDF
-caches it) and answers its partitions in batches; an image that cannot be read gets an error in its
-own row and never stops the others. In local mode (`local[N]`) N workers score in parallel on this
-machine; with a cluster's master URL the paths must be readable by every executor (a shared mount)
-and the output folder is written by the executors.
+paths and optional claimed writers. The driver checks the version's signature and files
+(`tasks.model_store`); Spark copies the verified folder to its executors, and each Python worker
+reads the model once, as data, and answers its partitions in batches (`mapInPandas`); an image
+that cannot be read gets an error in its own row and never stops the others. In local mode
+(`local[N]`) N workers score in parallel on this machine; with a cluster's master URL the paths
+must be readable by every executor (a shared mount) and the output folder is written by the executors.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks.datasets.base import is_image_file
 from tasks.errors import ConfigError, ListingError
-from tasks.inference import ACCEPT_PATHS, CLAIM_COLUMN, PATH_COLUMN
+from tasks.inference import CLAIM_COLUMN, PATH_COLUMN
+from tasks.signing import KeyFiles, folder_digests
 
 LISTING_COMMENT = "#"
 CSV_SUFFIX = ".csv"
@@ -31,6 +34,21 @@ PYTHON_VARIABLES = ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")
 PARTIAL_SUFFIX = ".partial"
 LOCAL_MASTER_PREFIX = "local"
 LOOPBACK = "127.0.0.1"
+# The answer rows' Spark types (tasks.inference.OUTPUT_COLUMNS, in order).
+ANSWER_SCHEMA = (
+    "input string, writer string, class_id long, confidence double, verification_score double, top_k string, "
+    "claimed_writer string, claim_score double, claim_accepted boolean, error string"
+)
+WORKER_MODELS: dict[str, Any] = {}  # folder -> model, in each Spark Python worker
+
+
+@dataclass(frozen=True)
+class SignedVersion:
+    """A verified version's name, number and signed file digests (what each executor checks again)."""
+
+    name: str
+    version: str
+    files: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -122,19 +140,45 @@ def spark_session(master: str, log_level: str) -> Any:  # -> pyspark.sql.SparkSe
     return session
 
 
-def scored_frame(spark: Any, model_uri: str, listing: Any, partitions: int) -> Any:
+def worker_model(folder: str) -> Any:  # -> SignatureClassifier
+    """The model in a verified version folder, read once per Spark Python worker (workers are reused)."""
+    if folder not in WORKER_MODELS:
+        from tasks.model_store import read_signature_model
+
+        WORKER_MODELS.clear()
+        WORKER_MODELS[folder] = read_signature_model(Path(folder))
+    return WORKER_MODELS[folder]
+
+
+def answer_batches(folder_name: str, signed: SignedVersion) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """The function `mapInPandas` runs on each partition: the version's folder, as Spark copied it to
+    this executor, checked again against the signed file list, then every batch of rows answered."""
+
+    def answer(batches: Iterator[Any]) -> Iterator[Any]:
+        from pyspark import SparkFiles
+
+        from tasks.inference import answers_frame, items_from
+        from tasks.signing import check_files
+
+        folder = SparkFiles.get(folder_name)
+        check_files(signed.name, signed.version, Path(folder), signed.files)
+        model = worker_model(folder)
+        for batch in batches:
+            yield answers_frame(model.answers(items_from(batch, accept_paths=True)))
+
+    return answer
+
+
+def scored_frame(spark: Any, signed: SignedVersion, folder: Path, listing: Any, partitions: int) -> Any:
     """The listing as a Spark DataFrame with one answer row per image (the model's output columns).
 
-    The model is loaded with paths accepted (the listing names files; the served model never
-    opens paths) and its UDF's result type comes from the registered signature.
+    The version's verified folder goes to every executor with Spark's own file distribution
+    (`addFile`); each Python worker reads the model from it as data (no code of the artifact runs,
+    unlike MLflow's `spark_udf`, which imports the artifact's model-from-code file).
     """
-    import mlflow
-    from pyspark.sql.functions import struct
-
-    predict = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager="local", model_config={ACCEPT_PATHS: True})
+    spark.sparkContext.addFile(str(folder), recursive=True)
     frame = spark.createDataFrame(listing).repartition(partitions)
-    answers = frame.withColumn(ANSWER_COLUMN, predict(struct(PATH_COLUMN, CLAIM_COLUMN)))
-    return answers.select(f"{ANSWER_COLUMN}.*")
+    return frame.mapInPandas(answer_batches(folder.name, signed), ANSWER_SCHEMA)
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -164,11 +208,23 @@ def write_rows(frame: Any, output: Path, overwrite: bool) -> None:
 
 
 def score_listing(
-    spark: Any, model_uri: str, listing: Any, output: Path, partitions: int | None, overwrite: bool
+    spark: Any,
+    model_uri: str,
+    keys: KeyFiles,
+    listing: Any,
+    output: Path,
+    partitions: int | None,
+    overwrite: bool,
 ) -> ScoringSummary:
-    """Score every image of `listing` (`read_listing`) with `model_uri` on `spark`; one Parquet row
-    per image at `output`. `partitions` defaults to Spark's default parallelism (its cores)."""
-    frame = scored_frame(spark, model_uri, listing, partitions or spark.sparkContext.defaultParallelism)
-    write_rows(frame, output, overwrite)
+    """Score every image of `listing` (`read_listing`) with the signed version `model_uri` names, on
+    `spark`; one Parquet row per image at `output`. `partitions` defaults to Spark's default
+    parallelism (its cores). An unsigned or altered version raises UntrustedModelError before Spark
+    scores anything."""
+    from tasks.model_store import verified_version
+
+    with verified_version(model_uri, keys) as (name, version, folder):
+        signed = SignedVersion(name, version, folder_digests(folder))
+        frame = scored_frame(spark, signed, folder, listing, partitions or spark.sparkContext.defaultParallelism)
+        write_rows(frame, output, overwrite)
     errors = spark.read.parquet(str(output)).where("error != ''").count()
     return ScoringSummary(images=len(listing), errors=errors, output=output)

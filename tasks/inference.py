@@ -65,8 +65,8 @@ SCORING_BATCH_SIZE = 32
 # names; the local CLI and the Python API load the model with it on.
 ACCEPT_PATHS = "accept_paths"
 PATHS_REFUSED = (
-    f"file paths are not accepted by this model (loaded without model_config {{'{ACCEPT_PATHS}': True}}, "
-    f"as `mlflow models serve` does): send the file's bytes base64-encoded in the '{IMAGE_COLUMN}' column"
+    "file paths are not accepted by the model server (it never opens a file a client names): "
+    f"send the file's bytes base64-encoded in the '{IMAGE_COLUMN}' column"
 )
 BASE64_CHARACTERS_PER_BYTE = 4 / 3  # base64 writes 4 characters for every 3 bytes
 CONFIDENCE_SLOPE = "confidence_slope"  # calibration keys of the Platt scaling of claim scores

@@ -46,7 +46,9 @@ JSON_CONTENT_TYPE = "application/json"
 FRAMING_BYTES = 1 << 16  # JSON syntax, column names and claimed writers around the base64 text
 FALLBACK_MAX_IMAGE_BYTES = 32 << 20  # a model packaged without a byte limit: register.max_image_bytes' default
 DEFAULT_MAX_ACTIVE = 2  # requests read and answered at once (the model itself answers one at a time)
-CONNECTIONS_PER_ACTIVE = 8  # open connections uvicorn keeps per active request before answering 503
+# Open connections (each one idle or being shed costs little: no body is read) uvicorn keeps per active
+# request before it answers 503 itself, in plain text: a bound on connection floods, not the usual shedding.
+CONNECTIONS_PER_ACTIVE = 32
 BODY_MEMORY_FACTOR = 4  # body bytes, the JSON text, the decoded images and their arrays, at most
 RETRY_AFTER_SECONDS = "1"
 MODEL_VERSION_HEADER = "X-Model-Version"
@@ -174,9 +176,12 @@ class ModelService:
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
-    """One-line JSON error in MLflow's shape."""
+    """One-line JSON error in MLflow's shape. The connection is closed after it: the body may be unread
+    (a refused or shed request), and uvicorn would otherwise read and discard it to its end, holding
+    the connection (and a place under `max_connections`) meanwhile."""
     from starlette.responses import JSONResponse
 
+    headers = {**(headers or {}), "Connection": "close"}
     return JSONResponse({"error_code": code, "message": message}, status_code=status, headers=headers)
 
 

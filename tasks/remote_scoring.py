@@ -1,5 +1,5 @@
-"""Answers from a running model server (`mlflow models serve` of the packaged model, which
-`sigpipe serve` and `make up` start) instead of a model loaded in this process.
+"""Answers from a running model server (`sigpipe serve`, tasks/model_server.py, which `make up`
+starts too) instead of a model loaded in this process.
 
 Loading the model is what makes a one-shot `sigpipe predict` slow (TensorFlow, Keras, MLflow and
 InceptionV3 take seconds to import and build; bench/README.md); a resident server pays that once.
@@ -19,7 +19,7 @@ from pathlib import Path
 from tasks.errors import ScorerError
 from tasks.inference import IMAGE_COLUMN, Answer, InputItem
 
-INVOCATIONS_PATH = "/invocations"  # MLflow's scoring endpoint
+INVOCATIONS_PATH = "/invocations"  # the scoring endpoint (MLflow's protocol)
 REQUEST_TIMEOUT_SECONDS = 300  # a large batch of images on a busy CPU server
 ERROR_MESSAGE_CHARACTERS = 300  # of a server's error body, in the one-line error
 

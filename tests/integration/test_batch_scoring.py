@@ -1,5 +1,5 @@
-"""`sigpipe score`: the registered model on a local Apache Spark (MLflow's spark_udf), one Parquet
-row per image, checked against the same model loaded in this process."""
+"""`sigpipe score`: the signed registered model on a local Apache Spark, one Parquet row per image,
+checked against the same model loaded in this process."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tasks.inference import ACCEPT_PATHS
+from tasks.inference import answers_frame, items_from
 from tasks.manifest import read_manifest
+from tasks.model_store import load_verified_model, workspace_keys
 from tasks.paths import ProjectPaths
 from tests.conftest import TRAINED_MODEL_NAME as MODEL_NAME
 from tests.integration.test_pipeline_flows import run_cli
@@ -52,8 +53,10 @@ def test_spark_scores_every_image_as_the_model_does_in_process(trained: ProjectP
     assert len(scored) == len(listing) and not (tmp_path / "scores.parquet.partial").exists()
 
     mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion", model_config={ACCEPT_PATHS: True})
-    in_process = model.predict(listing.assign(path=[*images, str(corrupt), str(tmp_path / "missing.png")]))
+    model = load_verified_model(f"models:/{MODEL_NAME}@champion", workspace_keys(trained)).model
+    in_process = answers_frame(
+        model.answers(items_from(listing.assign(path=[*images, str(corrupt), str(tmp_path / "missing.png")])))
+    )
     for name, expected in zip(listing["path"], in_process.itertuples(), strict=True):
         row = scored.loc[str(tmp_path / name) if name == "corrupt.png" else name]
         assert row["writer"] == expected.writer and row["class_id"] == expected.class_id

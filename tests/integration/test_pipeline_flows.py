@@ -291,8 +291,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(trained: ProjectPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`sigpipe serve` of the champion on 127.0.0.1 (`mlflow models serve`, run in its own process
-    group); yields its URL. At the end it is stopped with SIGTERM, which must stop the whole server."""
+    """`sigpipe serve` of the champion on 127.0.0.1 (tasks/model_server.py); yields its URL. At the end
+    it is stopped with SIGTERM, which must free the port."""
     port = free_port()
     server_log = tmp_path_factory.mktemp("serve") / "serve.log"
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
@@ -323,7 +323,7 @@ def served(trained: ProjectPaths, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         server.terminate()
         server.wait(timeout=60)
-    with socket.socket() as probe:  # SIGTERM to `sigpipe serve` stopped MLflow's server process too
+    with socket.socket() as probe:  # SIGTERM to `sigpipe serve` stopped the server
         assert probe.connect_ex(("127.0.0.1", port)) != 0, server_log.read_text()[-2000:]
 
 
@@ -393,7 +393,7 @@ def invoke(url: str, columns: list[str], rows: list[list[object]]) -> requests.R
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_scores_a_file_over_http(trained: ProjectPaths, served: str) -> None:
+def test_the_model_server_scores_a_file_over_http(trained: ProjectPaths, served: str) -> None:
     image = generated_images(trained)[0]
     response = invoke(served, ["image"], [[base64.b64encode(image.read_bytes()).decode()]])
     assert response.status_code == 200, response.text
@@ -423,7 +423,7 @@ def test_bad_requests_get_a_clear_400_without_a_stack_trace(served: str) -> None
     assert wrong_column.status_code == 400, wrong_column.text
     body = wrong_column.json()
     assert body["error_code"] == "INVALID_PARAMETER_VALUE"
-    assert "the model reads an 'image' column (base64 of each image file's bytes)" in body["message"]
+    assert "the server reads 'image' (base64 of each image file's bytes)" in body["message"]
     assert "stack_trace" not in body and "Traceback" not in wrong_column.text
     not_json = requests.post(
         f"{served}/invocations",
