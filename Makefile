@@ -89,7 +89,7 @@ up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deploymen
 	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > $(RUN_DIR)/prefect-server.log 2>&1 & echo $$! > $(RUN_DIR)/prefect-server.pid
 	@for attempt in $$(seq 1 90); do curl -sf $(PREFECT_URL)/health > /dev/null && break; sleep 1; done; \
 	  curl -sf $(PREFECT_URL)/health > /dev/null || { echo "Prefect server did not start: see $(RUN_DIR)/prefect-server.log"; exit 1; }
-	PREFECT_API_URL=$(PREFECT_URL) prefect work-pool create $(WORK_POOL) --type process --overwrite > /dev/null
+	PREFECT_API_URL=$(PREFECT_URL) prefect work-pool create $(WORK_POOL) --type process --base-job-template flows/work_pool.json --overwrite > /dev/null
 # Prefect's own next steps ("start a worker") would contradict this target, which starts one: they go to the log.
 	PREFECT_API_URL=$(PREFECT_URL) SIGPIPE_ROOT=$(CURDIR) prefect --no-prompt deploy --all > $(RUN_DIR)/deploy.log 2>&1 \
 	  || { cat $(RUN_DIR)/deploy.log; exit 1; }

@@ -5,7 +5,10 @@ Each stage is a task that runs `dvc repro --single-item <stage>`, so DVC decides
 and records what ran: after this flow `dvc status` is clean, and after `dvc repro` this flow skips
 every stage. Deployment parameters (`overrides`, e.g. {"train.epochs": 5}) are written into
 params.yaml, as `dvc exp run --set-param` does, so every run stays reproducible from its files;
-they are validated with the whole file first, and a refused override leaves it untouched.
+they are validated with the whole file first, and a refused override, or a failed run, leaves it
+as it was. A run started from a deployment (a run request to the Prefect API) gets only what is
+safe: the workspace's own params.yaml, and no override that chooses what is read or fetched unless
+the worker's operator allows that source (`tasks.orchestration.SourcePolicy`).
 Runs in one workspace never overlap: a file lock (and the deployment's concurrency limit of 1);
 a run that has to wait says which run holds the lock and since when.
 """
@@ -20,7 +23,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run, task_run
+from prefect.runtime import deployment, flow_run, task_run
 
 from flows._stage import (
     PARENT_TASK_RUN_VARIABLE,
@@ -33,8 +36,11 @@ from tasks.config import check_params_file
 from tasks.manifest import read_manifest
 from tasks.orchestration import (
     PIPELINE_STAGES,
+    SourcePolicy,
     StageOutcome,
-    apply_overrides,
+    check_run_params_file,
+    check_source_overrides,
+    overrides_applied,
     push_outputs,
     read_json_if_present,
     report_markdown,
@@ -118,6 +124,18 @@ def training_run_link(paths: ProjectPaths, mlflow_ui_url: str) -> str | None:
     return run_ui_link(mlflow_ui_url, run["experiment_id"], run["run_id"])
 
 
+def checked_run_request(params_file: str, overrides: dict[str, Any] | None) -> str:
+    """The parameter file a run uses. A run started from a deployment (a run request to the Prefect
+    API) may name only its workspace's own params.yaml (the working directory the deployment's pull
+    step set, which a request cannot change) and may not choose a data source the operator has not
+    allowed; either is refused with one line before anything is written or run."""
+    if not deployment.id:
+        return params_file  # called from Python or `python -m flows.pipeline`: the caller's own choice
+    own = check_run_params_file(params_file, Path.cwd())
+    check_source_overrides(overrides or {}, own, SourcePolicy.from_environment(os.environ))
+    return str(own)
+
+
 @flow(name="signature-pipeline", log_prints=True)
 def pipeline_flow(
     params_file: str = PARAMS_FILE_NAME,
@@ -126,12 +144,13 @@ def pipeline_flow(
     mlflow_ui_url: str = DEFAULT_MLFLOW_UI,
 ) -> list[dict[str, object]]:
     """Bring every stage up to date, in order, then publish a report and a timing table."""
-    paths = workspace_paths(str(Path(params_file).resolve()))
-    with workspace_lock(paths.pipeline_lock_file, lock_timeout_seconds, label=f"flow run '{flow_run.name}'"):
-        # Every parameter is validated before any stage runs (DVC would remove outputs first);
-        # overrides are validated with the whole file before it is written.
-        if overrides:
-            print("parameters set: " + ", ".join(apply_overrides(paths.params_file, overrides)))
+    paths = workspace_paths(str(Path(checked_run_request(params_file, overrides)).resolve()))
+    lock = workspace_lock(paths.pipeline_lock_file, lock_timeout_seconds, label=f"flow run '{flow_run.name}'")
+    # Every parameter is validated before any stage runs (DVC would remove outputs first); overrides
+    # are validated with the whole file before it is written, and written back if the run fails.
+    with lock, overrides_applied(paths.params_file, overrides or {}) as applied:
+        if applied:
+            print("parameters set: " + ", ".join(applied))
         check_params_file(paths.params_file)
         environment = stage_environment()
         outcomes = []

@@ -409,7 +409,16 @@ def deploy_and_start_worker(settings: TeamSettings) -> bool:
         timeout=COMMAND_TIMEOUT_SECONDS,
     )
     if inspected.returncode != 0:
-        create_pool = [tool("prefect"), "work-pool", "create", WORK_POOL, "--type", "process"]
+        create_pool = [
+            tool("prefect"),
+            "work-pool",
+            "create",
+            WORK_POOL,
+            "--type",
+            "process",
+            "--base-job-template",  # a run request changes no command, folder or environment (README)
+            "flows/work_pool.json",
+        ]
         run(create_pool, environment, what="prefect work-pool create", cwd=settings.root)
     deployed = run(
         [tool("prefect"), "--no-prompt", "deploy", "--all"],

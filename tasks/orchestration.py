@@ -1,5 +1,6 @@
-"""Plain helpers of the pipeline flow: parameter overrides, the workspace lock, DVC stage runs,
-and the end-of-run report. DVC's lock file stays the one record of what is up to date."""
+"""Plain helpers of the pipeline flow: parameter overrides, what a deployment run may ask for, the
+workspace lock, DVC stage runs, and the end-of-run report. DVC's lock file stays the one record of
+what is up to date."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from tasks.config import PARAM_GROUPS, check_params
+from tasks.config import PARAM_GROUPS, check_params, read_params_file, weights_file
 from tasks.errors import ConfigError, PipelineBusyError, StageFailedError
 from tasks.lifeline import guard_children
 from tasks.locks import exclusive_lock
+from tasks.paths import PARAMS_FILE_NAME
 
 # check_params first: it validates every parameter before DVC removes any stage's outputs.
 PIPELINE_STAGES = ("check_params", "download", "prepare", "train", "evaluate", "calibrate", "register")
@@ -30,6 +33,14 @@ YAML_NULL_TAG, YAML_NULL = "tag:yaml.org,2002:null", "null"  # how overrides wri
 STAGE_LOG_LINE = re.compile(r"\| (?:Flow|Task) run (?:'[^']*'|\"[^\"]*\") - (?P<message>.*)$")
 ENGINE_MESSAGE_PREFIXES = ("Beginning ", "Finished in state ", "View at ")  # Prefect's own, not the stage's
 STAGE_SUMMARY_MESSAGES = 5  # the stage's last messages repeated in the pipeline run's log
+# What a deployment run's overrides may point the pipeline at is the operator's choice, read from the
+# worker's environment: a run request can set neither (the work pool's template takes no `env`), and
+# overrides only ever write params.yaml. Empty (the default): no data source can be chosen by a run.
+ALLOWED_LOCAL_ROOTS_VARIABLE = "SIGPIPE_ALLOWED_LOCAL_ROOTS"  # absolute folders, separated by os.pathsep
+ALLOWED_URL_HOSTS_VARIABLE = "SIGPIPE_ALLOWED_URL_HOSTS"  # host names, separated by commas
+DATA_GROUP = "data"  # every key of it chooses what download reads or fetches, or how
+WEIGHTS_KEY = "model.weights"  # a path names a file that train reads
+SERVICE_HOSTS = {"gdrive": "drive.google.com", "kaggle": "www.kaggle.com"}  # the host each service source fetches from
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,110 @@ def stage_messages(output: str, limit: int = STAGE_SUMMARY_MESSAGES) -> tuple[st
         if match and not match["message"].startswith(ENGINE_MESSAGE_PREFIXES):
             messages.append(match["message"])
     return tuple(messages[-limit:]) if limit > 0 else ()
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """Where a deployment run's overrides may point the pipeline: folders and URL hosts the operator allows."""
+
+    local_roots: tuple[Path, ...] = ()
+    url_hosts: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_environment(cls, environment: Mapping[str, str]) -> SourcePolicy:
+        """The operator's settings: `ALLOWED_LOCAL_ROOTS_VARIABLE` and `ALLOWED_URL_HOSTS_VARIABLE`."""
+        roots = [item for item in environment.get(ALLOWED_LOCAL_ROOTS_VARIABLE, "").split(os.pathsep) if item.strip()]
+        relative = [item for item in roots if not Path(item).expanduser().is_absolute()]
+        if relative:
+            raise ConfigError(f"{ALLOWED_LOCAL_ROOTS_VARIABLE}: {relative[0]!r} is not an absolute folder")
+        hosts = environment.get(ALLOWED_URL_HOSTS_VARIABLE, "").split(",")
+        return cls(
+            tuple(Path(item).expanduser().resolve() for item in roots),
+            frozenset(host.strip().lower() for host in hosts if host.strip()),
+        )
+
+    def allows_path(self, path: Path) -> bool:
+        """True when `path`, symbolic links resolved, lies in an allowed local root."""
+        resolved = path.resolve()
+        return any(resolved.is_relative_to(root) for root in self.local_roots)
+
+
+def check_run_params_file(requested: str, root: Path) -> Path:
+    """The workspace's own parameter file (`root`/params.yaml), when `requested` names it (a relative
+    name is taken from `root`); any other file is refused with one line, before anything is read."""
+    own = (root / PARAMS_FILE_NAME).resolve()
+    if (root / Path(requested).expanduser()).resolve() != own:
+        raise ConfigError(
+            f"params_file {requested!r} refused: a deployment run uses its workspace's own {own}; "
+            "change parameters with `overrides`"
+        )
+    return own
+
+
+def check_source_overrides(overrides: Mapping[str, Any], params_file: Path, policy: SourcePolicy) -> None:
+    """Refuse, with one line naming the key and the operator's setting, overrides of a deployment run
+    that choose what the pipeline reads or fetches (any `data.*` key, a `model.weights` path) unless
+    the resulting source is one the operator allows (`SourcePolicy`). Nothing is written here."""
+    root = params_file.resolve().parent
+    touched = [key for key in overrides if key.partition(".")[0] == DATA_GROUP]
+    if touched:
+        data = dict(read_params_file(params_file).get(DATA_GROUP) or {})
+        data.update({key.partition(".")[2]: overrides[key] for key in touched})
+        problem = data_source_problem(data, root, policy)
+        if problem:
+            raise ConfigError(f"override {', '.join(touched)} refused: {problem}")
+    weights = overrides.get(WEIGHTS_KEY)
+    if isinstance(weights, str):
+        path = weights_file(weights, root)
+        if path is not None and not policy.allows_path(path):
+            raise ConfigError(f"override {WEIGHTS_KEY} refused: {local_root_problem(path)}")
+
+
+def data_source_problem(data: Mapping[str, Any], root: Path, policy: SourcePolicy) -> str | None:
+    """Why the `data` group a run's overrides would leave is not allowed (None: allowed). The generated
+    dataset reads nothing; a folder or archive must lie in an allowed root; an address's host, and the
+    host of Google Drive or Kaggle, must be an allowed host."""
+    source = data.get("source")
+    if source == "synthetic":
+        return None
+    if source == "local":
+        path = Path(str(data.get("path") or "")).expanduser()
+        return None if policy.allows_path(root / path) else f"data.path: {local_root_problem(root / path)}"
+    if source in ("url", *SERVICE_HOSTS):
+        key = "data.url" if source == "url" else "data.source"
+        host = urlsplit(str(data.get("url") or "")).hostname if source == "url" else SERVICE_HOSTS[source]
+        return None if host and host.lower() in policy.url_hosts else f"{key}: {url_host_problem(source, host)}"
+    return f"data.source {source!r} is not a source a run may choose"
+
+
+def local_root_problem(path: Path) -> str:
+    """One line: `path` lies in no allowed local root, and how the operator allows one."""
+    return (
+        f"{path.resolve()} is not in a folder the operator allows; to allow one, start the worker with "
+        f"{ALLOWED_LOCAL_ROOTS_VARIABLE}=/absolute/folder (several separated by '{os.pathsep}')"
+    )
+
+
+def url_host_problem(source: str, host: str | None) -> str:
+    """One line: the host a `source` would fetch from is not allowed, and how the operator allows it."""
+    return (
+        f"{source} source host {host or '(none)'} is not one the operator allows; to allow it, start the worker "
+        f"with {ALLOWED_URL_HOSTS_VARIABLE}={host or 'host.example'} (several separated by commas)"
+    )
+
+
+@contextmanager
+def overrides_applied(params_file: Path, overrides: Mapping[str, Any]) -> Iterator[list[str]]:
+    """`apply_overrides` for the length of a run: yields what was set, and when the run fails (or is
+    interrupted) writes params.yaml back byte for byte as it was, so a failed run changes no parameter."""
+    original = params_file.read_bytes()
+    applied = apply_overrides(params_file, overrides) if overrides else []
+    try:
+        yield applied
+    except BaseException:
+        if applied:
+            replace_atomically(params_file, original)
+        raise
 
 
 def apply_overrides(params_file: Path, overrides: Mapping[str, Any]) -> list[str]:
@@ -115,16 +230,16 @@ def safe_yaml(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def replace_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path` (keeping its mode),
-    so readers see the old file or the new one, never a partial write."""
+def replace_atomically(path: Path, content: str | bytes) -> None:
+    """Write `content` (text as UTF-8, or bytes as they are) to a temporary file beside `path`, then
+    rename it over `path` (keeping its mode), so readers see the old file or the new one, never a partial write."""
     handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below; the name must outlive it for the rename
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
     )
     temporary = Path(handle.name)
     try:
         with handle:
-            handle.write(text)
+            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
             handle.flush()
             os.fsync(handle.fileno())
         temporary.chmod(path.stat().st_mode & 0o7777)
