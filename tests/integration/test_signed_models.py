@@ -1,8 +1,9 @@
 """Models are data: a client loads only a version the register stage signed, and runs none of its code.
 
-Issue 27's reproductions, on a real registry (a tiny model registered and signed as the register stage
-does it): anyone with write access to the registry can register a version whose `pyfunc_model.py`
-runs their code, change a signed version's calibration (recomputing its packaged digest), or move the
+Issue 27's reproductions, on a real registry, written to directly and over HTTP through a real
+`mlflow server` on 127.0.0.1 (a tiny model registered and signed as the register stage does it):
+anyone with write access to the registry can register a version whose `pyfunc_model.py` runs their
+code, change a signed version's calibration (recomputing its packaged digest), or move the
 champion alias by hand. `sigpipe predict`, `verify` and `serve` refuse each with one line naming the
 version and the file, and nothing of the artifact runs (a marker file its code would write stays absent).
 """
@@ -10,6 +11,7 @@ version and the file, and nothing of the artifact runs (a marker file its code w
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from typer.testing import CliRunner
 from tasks.files import sha256_file
 from tasks.model_files import DIGESTS_FILE_NAME
 from tasks.paths import ProjectPaths
+from tests.integration.test_tracking_server_faults import TrackingServer
 from tests.support.registered_model import SIGNATURE_NAME, registered_workspace
 
 MODEL_NAME = "signed-test"
@@ -34,14 +37,32 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> ProjectPaths:
     return registered_workspace(tmp_path_factory.mktemp("signed"), MODEL_NAME, CALIBRATION)
 
 
-@pytest.fixture
-def client(workspace: ProjectPaths, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    """An MLflow client on the workspace's store; the champion alias is put back on version 1 afterwards."""
+@pytest.fixture(scope="module")
+def tracking_server(workspace: ProjectPaths) -> Iterator[TrackingServer]:
+    """A real `mlflow server` on 127.0.0.1 over the workspace's store: the registry an attacker reaches."""
+    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    server = TrackingServer(workspace.mlruns_dir, {**environment, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(params=["store", "server"])
+def client(
+    request: pytest.FixtureRequest, workspace: ProjectPaths, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[object]:
+    """An MLflow client on the workspace's SQLite store, or over HTTP on a tracking server of it (the
+    CLI then uses the server too, through MLFLOW_TRACKING_URI); champion is put back on version 1 after."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mlflow.set_tracking_uri(workspace.mlflow_tracking_uri)
+    if request.param == "server":
+        uri = request.getfixturevalue("tracking_server").url
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    else:
+        uri = workspace.mlflow_tracking_uri
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     yield client
     client.set_registered_model_alias(MODEL_NAME, "champion", "1")
@@ -56,15 +77,24 @@ def version_folder(workspace: ProjectPaths, version: str = "1") -> Path:
     return download_version(MODEL_NAME, version, Path(tempfile.mkdtemp(dir=workspace.root)))
 
 
-def stored_artifact(workspace: ProjectPaths, name: str) -> Path:
-    """Version 1's own copy of artifact file `name` in the store (not a downloaded copy)."""
-    (found,) = (workspace.mlruns_dir / "artifacts").rglob(f"artifacts/{name}")
-    return found
+def stored_artifact(client: object, name: str) -> Path:
+    """Version 1's own copy of artifact file `name` in the store (not a downloaded copy): its logged
+    model's folder, which the workspace's store keeps on this disk."""
+    from urllib.parse import urlparse
+
+    logged_model = client.get_logged_model(client.get_model_version(MODEL_NAME, "1").source.removeprefix("models:/"))
+    return Path(urlparse(logged_model.artifact_location).path) / "artifacts" / name
 
 
 def register_folder(client: object, folder: Path, as_champion: bool = True, tags: dict[str, str] | None = None) -> str:
-    """Register `folder` as a new version, as an attacker with registry access can; returns its number."""
-    version = client.create_model_version(MODEL_NAME, str(folder), tags=tags or {})
+    """Upload `folder` as a run's artifacts and register it as a new version, as anyone with registry
+    access can (the same API calls over HTTP as on the store); returns its number."""
+    experiment = client.get_experiment_by_name(MODEL_NAME).experiment_id
+    run = client.create_run(experiment)
+    client.log_artifacts(run.info.run_id, str(folder), "model")
+    client.set_terminated(run.info.run_id)
+    source = f"{run.info.artifact_uri}/model"
+    version = client.create_model_version(MODEL_NAME, source, run_id=run.info.run_id, tags=tags or {})
     if as_champion:
         client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
     return str(version.version)
@@ -128,8 +158,8 @@ def test_a_copy_of_the_signature_on_another_version_is_refused(workspace: Projec
 
 def test_a_tampered_calibration_with_its_digest_recomputed_is_refused(workspace: ProjectPaths, client: object) -> None:
     """Version 1's stored calibration changed to accept every claim, its packaged digest made to agree."""
-    calibration = stored_artifact(workspace, "calibration.json")
-    digests = stored_artifact(workspace, DIGESTS_FILE_NAME)
+    calibration = stored_artifact(client, "calibration.json")
+    digests = stored_artifact(client, DIGESTS_FILE_NAME)
     originals = {path: path.read_bytes() for path in (calibration, digests)}
     try:
         calibration.write_text(json.dumps({**CALIBRATION, "threshold": FORGED_THRESHOLD}))
