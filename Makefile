@@ -28,7 +28,7 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast lint format status clean up down team-up team-down screenshots
+.PHONY: help venv demo test test-fast lint format status clean up down team-up team-down screenshots local-credentials
 
 RUN_DIR := .run
 PREFECT_PORT ?= 4200
@@ -38,6 +38,16 @@ PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)/api
 WORK_POOL := signature-pool
 # How often make up's worker asks for scheduled runs: a deployment run starts within 2 s, not Prefect's 10.
 PREFECT_WORKER_QUERY_SECONDS ?= 2
+# make up's credentials (README, Security): generated into .run/credentials.env the first time (mode 0600 from
+# creation; `source` it for a client). Every command of make up gets them through its environment, read
+# from that file here; none is on a command line.
+LOCAL_CREDENTIALS := $(RUN_DIR)/credentials.env
+local_credential = $(shell sed -n 's/^export $(1)=//p' $(LOCAL_CREDENTIALS) 2>/dev/null)
+up: export PREFECT_SERVER_API_AUTH_STRING = $(call local_credential,PREFECT_SERVER_API_AUTH_STRING)
+up: export PREFECT_API_AUTH_STRING = $(call local_credential,PREFECT_API_AUTH_STRING)
+up: export MLFLOW_AUTH_CONFIG_PATH = $(call local_credential,MLFLOW_AUTH_CONFIG_PATH)
+up: export MLFLOW_FLASK_SERVER_SECRET_KEY = $(call local_credential,MLFLOW_FLASK_SERVER_SECRET_KEY)
+up: export MLFLOW_AUTH_ADMIN_PASSWORD = $(call local_credential,MLFLOW_AUTH_ADMIN_PASSWORD)
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -83,7 +93,10 @@ format: venv ## Format the code with ruff.
 	ruff format flows tasks tests bench
 	ruff check --fix flows tasks tests bench
 
-up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deployment, the MLflow UI and the champion's model server.
+local-credentials: venv
+	@python -m flows.team local-credentials $(RUN_DIR) > /dev/null
+
+up: venv local-credentials ## Start, on 127.0.0.1, the Prefect server, a worker with the deployment, the MLflow UI and the champion's model server (all requiring .run/credentials.env).
 	@mkdir -p $(RUN_DIR)
 	@if [ -f $(RUN_DIR)/prefect-server.pid ] && kill -0 $$(cat $(RUN_DIR)/prefect-server.pid) 2>/dev/null; then echo "already up (make down first)"; exit 1; fi
 	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > $(RUN_DIR)/prefect-server.log 2>&1 & echo $$! > $(RUN_DIR)/prefect-server.pid
@@ -95,7 +108,7 @@ up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deploymen
 	  || { cat $(RUN_DIR)/deploy.log; exit 1; }
 	PREFECT_API_URL=$(PREFECT_URL) PREFECT_WORKER_QUERY_SECONDS=$(PREFECT_WORKER_QUERY_SECONDS) prefect worker start --pool $(WORK_POOL) \
 	  > $(RUN_DIR)/worker.log 2>&1 & echo $$! > $(RUN_DIR)/worker.pid
-	mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+	mlflow server --app-name basic-auth --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 	  > $(RUN_DIR)/mlflow.log 2>&1 & echo $$! > $(RUN_DIR)/mlflow.pid
 # The champion, resident, for `sigpipe predict --server` (it exits at once, saying so in its log, when there is none yet).
@@ -103,6 +116,7 @@ up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deploymen
 	@echo "Started:    Prefect server (runs kept in $(PREFECT_HOME)), a worker on pool '$(WORK_POOL)' for deployment"
 	@echo "            'signature-pipeline/local', MLflow server; no other terminal is needed. make down stops them."
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)   MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)   logs: $(RUN_DIR)/"
+	@echo "Log in:     source $(LOCAL_CREDENTIALS)   (Prefect UI: the value of PREFECT_API_AUTH_STRING; MLflow UI: admin, MLFLOW_TRACKING_PASSWORD)"
 	@echo "Run:        PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run 'signature-pipeline/local' --watch"
 	@echo "Predict:    $(BIN)/sigpipe predict --server http://127.0.0.1:$(SCORER_PORT) IMAGE   (the champion as make up found it; log $(RUN_DIR)/scorer.log)"
 

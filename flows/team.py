@@ -19,12 +19,22 @@ run again.
 Settings come from the environment (defaults in TeamSettings): SIGPIPE_TEAM_DIR (databases,
 logs, pid files), SIGPIPE_TEAM_SHARED (artifacts and DVC remote; a shared mount in real use),
 SIGPIPE_TEAM_HOST, SIGPIPE_POSTGRES_PORT, PREFECT_PORT, MLFLOW_PORT.
+
+Credentials: the first `up` generates them into the team folder (credentials.json, mode 0600 from
+creation) and every later `up` reuses them. The Prefect server requires HTTP basic auth
+(PREFECT_SERVER_API_AUTH_STRING); the MLflow server runs MLflow's basic-auth app (its users,
+permissions and an admin in the PostgreSQL database `mlflow_auth`) with the team's account
+`sigpipe`, which the worker, its stage processes and the team's clients use. Secrets reach the
+servers and the worker through their environment or a private file, never a command line;
+`python -m flows.team env` prints the `export` lines a team member's shell evaluates.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,6 +42,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import quote
 
 import typer
@@ -46,7 +57,39 @@ DEFAULT_POSTGRES_PORT = 5433
 DEFAULT_PREFECT_PORT = 4200
 DEFAULT_MLFLOW_PORT = 5000
 ROLE = "sigpipe"
-DATABASES = ("prefect", "mlflow")
+AUTH_DATABASE = "mlflow_auth"  # MLflow's basic-auth app: users, passwords (hashed) and permissions
+DATABASES = ("prefect", "mlflow", AUTH_DATABASE)
+CREDENTIALS_FILE = "credentials.json"
+MLFLOW_AUTH_CONFIG_FILE = "mlflow-auth.ini"
+# The one account of the team's pipeline and members, on both servers (Prefect's basic auth has one).
+TEAM_USER = "sigpipe"
+MLFLOW_ADMIN = "admin"  # manages MLflow's users and permissions; no client needs it
+MLFLOW_AUTH_APP = "basic-auth"
+AUTHORIZATION_FUNCTION = "mlflow.server.auth:authenticate_request_basic_auth"
+# What an MLflow account may do with an experiment or model no one granted it: nothing. The team's
+# account owns (MANAGE) what it creates, and the admin grants more to any account it adds (a
+# read-only one for a dashboard sees nothing until granted, instead of every run and model file).
+MLFLOW_DEFAULT_PERMISSION = "NO_PERMISSIONS"
+# What the team's account gets, once when it is created, on what was there before (a team folder
+# from before credentials): it keeps writing to its experiments and models.
+MEMBER_PERMISSION = "MANAGE"
+ALREADY_EXISTS = "RESOURCE_ALREADY_EXISTS"
+# MLflow's REST paths the admin uses (the auth app's user and permission APIs are version 3).
+CREATE_USER_PATH = "/api/2.0/mlflow/users/create"
+GRANT_PATH = "/api/3.0/mlflow/users/permissions/grant"
+SEARCHES = {  # resource type of a grant: (search path, key of its items, field naming one item)
+    "experiment": ("/api/2.0/mlflow/experiments/search", "experiments", "experiment_id"),
+    "registered_model": ("/api/2.0/mlflow/registered-models/search", "registered_models", "name"),
+}
+SEARCH_PAGE_SIZE = 1000
+REQUEST_TIMEOUT_SECONDS = 30
+ERROR_CHARACTERS = 200  # of a refused request's answer, in the error naming it
+ENV_HINT = 'eval "$(python -m flows.team env)"'
+# `make up` (one user, 127.0.0.1): its credentials, as `export` lines its recipe and the user's shell
+# read, and MLflow's auth configuration (users in a SQLite file beside them; the user is MLflow's admin).
+DEFAULT_RUN_DIR = ".run"
+LOCAL_CREDENTIALS_FILE = "credentials.env"
+LOCAL_AUTH_DATABASE_FILE = "mlflow-auth.db"
 POSTGRES_USER = "postgres"  # the system user Debian's package creates; PostgreSQL will not run as root
 POSTGRES_VERSION_FILE = "PG_VERSION"
 PASSWORD_BYTES = 24
@@ -110,6 +153,16 @@ class TeamSettings:
         return self.team_dir / "postgres.password"
 
     @property
+    def credentials_file(self) -> Path:
+        """The servers' and clients' generated credentials (mode 0600)."""
+        return self.team_dir / CREDENTIALS_FILE
+
+    @property
+    def mlflow_auth_config(self) -> Path:
+        """MLflow's basic-auth configuration (admin and auth database; mode 0600), rewritten at each up."""
+        return self.team_dir / MLFLOW_AUTH_CONFIG_FILE
+
+    @property
     def artifacts_dir(self) -> Path:
         return self.shared_dir / "mlflow-artifacts"
 
@@ -136,6 +189,108 @@ class TeamSettings:
     def password(self) -> str:
         """The role's generated password (the team folder's file, mode 0600)."""
         return self.password_file.read_text().strip()
+
+
+@dataclass(frozen=True)
+class TeamCredentials:
+    """The generated secrets of the team's servers: the team account's passwords on Prefect and on
+    MLflow, MLflow's admin password and the key MLflow's auth app signs its forms with."""
+
+    prefect_password: str
+    mlflow_password: str
+    mlflow_admin_password: str
+    flask_secret_key: str
+
+    @classmethod
+    def generate(cls) -> TeamCredentials:
+        """Fresh random secrets (URL-safe: no `:` to end Prefect's user name early, nothing to quote)."""
+        return cls(*(secrets.token_urlsafe(PASSWORD_BYTES) for _ in range(4)))
+
+    @classmethod
+    def load(cls, path: Path) -> TeamCredentials:
+        """The credentials written by `ensure_credentials`."""
+        return cls(**json.loads(path.read_text()))
+
+    @property
+    def prefect_auth_string(self) -> str:
+        """Prefect's basic-auth `user:password`, as its server and clients are given it."""
+        return f"{TEAM_USER}:{self.prefect_password}"
+
+    def client_variables(self) -> dict[str, str]:
+        """The environment variables with which Prefect's and MLflow's clients authenticate."""
+        return {
+            "PREFECT_API_AUTH_STRING": self.prefect_auth_string,
+            "MLFLOW_TRACKING_USERNAME": TEAM_USER,
+            "MLFLOW_TRACKING_PASSWORD": self.mlflow_password,
+        }
+
+
+def ensure_credentials(settings: TeamSettings) -> TeamCredentials:
+    """The team's credentials: generated into the team folder the first time (mode 0600 from
+    creation), read from there afterwards."""
+    if not settings.credentials_file.exists():
+        settings.team_dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(TeamCredentials.generate().__dict__, indent=2) + "\n"
+        write_private_file(settings.credentials_file, text)
+    return TeamCredentials.load(settings.credentials_file)
+
+
+def write_mlflow_auth_config(settings: TeamSettings, credentials: TeamCredentials) -> None:
+    """MLflow's basic-auth configuration (MLFLOW_AUTH_CONFIG_PATH), written anew at each up (the
+    database's port may have changed), private from creation: it holds the admin's and the
+    database's passwords. `%` is doubled: MLflow reads the file with configparser's interpolation."""
+    values = {
+        "default_permission": MLFLOW_DEFAULT_PERMISSION,
+        "database_uri": settings.database_url(AUTH_DATABASE),
+        "admin_username": MLFLOW_ADMIN,
+        "admin_password": credentials.mlflow_admin_password,
+        "authorization_function": AUTHORIZATION_FUNCTION,
+    }
+    write_ini(settings.mlflow_auth_config, values)
+
+
+def local_variables(run_dir: Path, credentials: TeamCredentials) -> dict[str, str]:
+    """What `make up`'s servers, worker and clients need: the Prefect auth string (server and
+    clients), MLflow's auth app settings (its admin is the user, the only account) and the account
+    MLflow's clients log in with."""
+    return {
+        "PREFECT_SERVER_API_AUTH_STRING": credentials.prefect_auth_string,
+        "PREFECT_API_AUTH_STRING": credentials.prefect_auth_string,
+        "MLFLOW_AUTH_CONFIG_PATH": str(run_dir / MLFLOW_AUTH_CONFIG_FILE),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": credentials.flask_secret_key,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": credentials.mlflow_admin_password,
+        "MLFLOW_TRACKING_USERNAME": MLFLOW_ADMIN,
+        "MLFLOW_TRACKING_PASSWORD": credentials.mlflow_admin_password,
+    }
+
+
+def ensure_local_credentials(run_dir: Path) -> Path:
+    """`make up`'s credentials file (`export` lines, mode 0600 from creation), generated the first
+    time, and MLflow's auth configuration beside it (no secret in it: the admin's password comes
+    from the environment, MLFLOW_AUTH_ADMIN_PASSWORD). The credentials file's path."""
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    credentials_file = run_dir / LOCAL_CREDENTIALS_FILE
+    if not credentials_file.exists():
+        variables = local_variables(run_dir, TeamCredentials.generate())
+        lines = [f"export {name}={shlex.quote(value)}" for name, value in variables.items()]
+        write_private_file(credentials_file, "# make up's credentials: keep private\n" + "\n".join(lines) + "\n")
+    values = {
+        "default_permission": MLFLOW_DEFAULT_PERMISSION,
+        "database_uri": f"sqlite:///{run_dir / LOCAL_AUTH_DATABASE_FILE}",
+        "admin_username": MLFLOW_ADMIN,
+        "authorization_function": AUTHORIZATION_FUNCTION,
+    }
+    write_ini(run_dir / MLFLOW_AUTH_CONFIG_FILE, values)
+    return credentials_file
+
+
+def write_ini(path: Path, values: Mapping[str, str]) -> None:
+    """MLflow's auth configuration file: section [mlflow], written anew, private from creation.
+    `%` is doubled: MLflow reads the file with configparser's interpolation."""
+    lines = ["[mlflow]", *(f"{key} = {value.replace('%', '%%')}" for key, value in values.items())]
+    path.unlink(missing_ok=True)
+    write_private_file(path, "\n".join(lines) + "\n")
 
 
 def postgres_bin_dir() -> Path:
@@ -353,26 +508,33 @@ def wait_until_healthy(url: str, name: str, log: Path) -> None:
     raise ConfigError(f"the {name} server did not answer {url} within {STARTUP_SECONDS} s: see {log}")
 
 
-def start_servers(settings: TeamSettings) -> None:
-    """The Prefect server and the MLflow tracking server on the team's databases."""
+def start_servers(settings: TeamSettings, credentials: TeamCredentials) -> None:
+    """The Prefect server and the MLflow tracking server on the team's databases, each requiring
+    the team's credentials (secrets in their environment and MLflow's private auth file)."""
     prefect_environment = {
         **os.environ,
         "PREFECT_API_DATABASE_CONNECTION_URL": settings.database_url("prefect", "postgresql+asyncpg"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_AUTH_STRING": credentials.prefect_auth_string,
     }
     prefect_command = [tool("prefect"), "server", "start"]
     prefect_command += ["--host", settings.host, "--port", str(settings.prefect_port)]
     start_server(settings, "prefect", prefect_command, prefect_environment)
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    write_mlflow_auth_config(settings, credentials)
     # The store's URL (with its password) goes through the environment, not the command line `ps` shows.
     mlflow_environment = {
         **os.environ,
         "MLFLOW_BACKEND_STORE_URI": settings.database_url("mlflow"),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_AUTH_CONFIG_PATH": str(settings.mlflow_auth_config),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": credentials.flask_secret_key,
     }
     mlflow_command = [
         tool("mlflow"),
         "server",
+        "--app-name",
+        MLFLOW_AUTH_APP,
         "--artifacts-destination",
         str(settings.artifacts_dir),
         "--serve-artifacts",
@@ -388,18 +550,74 @@ def start_servers(settings: TeamSettings) -> None:
     wait_until_healthy(f"{settings.mlflow_url}/health", "MLflow", settings.run_dir / "mlflow.log")
 
 
-def clients_environment(settings: TeamSettings) -> dict[str, str]:
-    """This environment pointed at the team's servers, as a user's shell after the README's `export`."""
-    return {**os.environ, "PREFECT_API_URL": settings.prefect_api_url, "MLFLOW_TRACKING_URI": settings.mlflow_url}
+def mlflow_admin_request(
+    settings: TeamSettings, credentials: TeamCredentials, method: str, path: str, **kwargs: object
+) -> dict:
+    """One request to MLflow's REST API as its admin; the JSON answer. Any error but "already
+    exists" raises ConfigError (the answer's message, never the credentials)."""
+    import requests
+
+    response = requests.request(
+        method,
+        settings.mlflow_url + path,
+        auth=(MLFLOW_ADMIN, credentials.mlflow_admin_password),
+        timeout=REQUEST_TIMEOUT_SECONDS,
+        **kwargs,
+    )
+    answer = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.ok or answer.get("error_code") == ALREADY_EXISTS:
+        return answer
+    raise ConfigError(
+        f"MLflow's {path} as its admin failed (HTTP {response.status_code}: {response.text[:ERROR_CHARACTERS]}); "
+        "a server started before credentials existed answers 404 there: make team-down, then make team-up"
+    )
 
 
-def deploy_and_start_worker(settings: TeamSettings) -> bool:
+def search_all(settings: TeamSettings, credentials: TeamCredentials, path: str, key: str) -> list[dict]:
+    """Every item of one of MLflow's paged searches (experiments, registered models), as the admin."""
+    items: list[dict] = []
+    page_token = ""
+    while True:
+        query = {"max_results": SEARCH_PAGE_SIZE, "page_token": page_token}
+        answer = mlflow_admin_request(settings, credentials, "GET", path, params=query)
+        items += answer.get(key, [])
+        page_token = answer.get("next_page_token", "")
+        if not page_token:
+            return items
+
+
+def ensure_team_account(settings: TeamSettings, credentials: TeamCredentials) -> None:
+    """The team's MLflow account (not an admin). When it is created, it gets MANAGE on the
+    experiments and models already there (a team folder from before credentials), so the pipeline
+    keeps writing to them; later ones it owns by creating them."""
+    account = {"username": TEAM_USER, "password": credentials.mlflow_password}
+    if "user" not in mlflow_admin_request(settings, credentials, "POST", CREATE_USER_PATH, json=account):
+        return
+    for resource_type, (path, key, field) in SEARCHES.items():
+        for item in search_all(settings, credentials, path, key):
+            grant = {"resource_type": resource_type, "resource_id": item[field], "permission": MEMBER_PERMISSION}
+            mlflow_admin_request(settings, credentials, "POST", GRANT_PATH, json={"username": TEAM_USER, **grant})
+
+
+def clients_environment(settings: TeamSettings, credentials: TeamCredentials) -> dict[str, str]:
+    """This environment pointed at the team's servers with the team's credentials, as a user's shell
+    after `eval "$(python -m flows.team env)"`."""
+    return {**os.environ, **client_exports(settings, credentials)}
+
+
+def client_exports(settings: TeamSettings, credentials: TeamCredentials) -> dict[str, str]:
+    """The variables a client of the team's servers needs: their URLs and the team's credentials."""
+    urls = {"PREFECT_API_URL": settings.prefect_api_url, "MLFLOW_TRACKING_URI": settings.mlflow_url}
+    return {**urls, **credentials.client_variables()}
+
+
+def deploy_and_start_worker(settings: TeamSettings, credentials: TeamCredentials) -> bool:
     """In a clone of the project: the work pool, the deployments of prefect.yaml (`prefect deploy --all`,
     log in the run folder: its "start a worker" hint is done here) and a process worker that runs them
     with the team's servers. False where the repository has no prefect.yaml."""
     if not (settings.root / DEPLOYMENT_FILE).is_file():
         return False
-    environment = clients_environment(settings)
+    environment = clients_environment(settings, credentials)
     # Created once: a pool the team has since configured (a concurrency limit) is kept as it is.
     inspected = subprocess.run(
         [tool("prefect"), "work-pool", "inspect", WORK_POOL],
@@ -469,9 +687,11 @@ def team_up(settings: TeamSettings) -> None:
     start_postgres(settings)
     create_databases(settings)
     migrate(settings)
-    start_servers(settings)
+    credentials = ensure_credentials(settings)
+    start_servers(settings, credentials)
+    ensure_team_account(settings, credentials)
     add_dvc_remote(settings)
-    deploy_and_start_worker(settings)
+    deploy_and_start_worker(settings, credentials)
 
 
 def team_down(settings: TeamSettings) -> list[str]:
@@ -503,8 +723,29 @@ def up() -> None:
         typer.echo(
             f"Worker:     pool '{WORK_POOL}', deployment '{DEPLOYMENT}' (more: prefect worker start --pool {WORK_POOL})"
         )
-    exports = f"PREFECT_API_URL={settings.prefect_api_url} MLFLOW_TRACKING_URI={settings.mlflow_url}"
-    typer.echo(f"Use them:   export {exports}")
+    typer.echo(f"Use them:   {ENV_HINT}   (their URLs and the credentials in {settings.credentials_file}, mode 0600)")
+
+
+@app.command()
+def env() -> None:
+    """Print the `export` lines of the servers' URLs and the team's credentials, for
+    `eval "$(python -m flows.team env)"` (nothing else is printed: the output holds passwords)."""
+    settings = settings_here()
+    if not settings.credentials_file.is_file():
+        typer.echo(f"error: {settings.credentials_file} does not exist yet: run make team-up first", err=True)
+        raise typer.Exit(code=1)
+    exports = client_exports(settings, TeamCredentials.load(settings.credentials_file))
+    for name, value in exports.items():
+        typer.echo(f"export {name}={shlex.quote(value)}")
+
+
+@app.command("local-credentials")
+def local_credentials(
+    run_dir: Annotated[Path, typer.Argument(help="make up's folder of pid files and logs")] = Path(DEFAULT_RUN_DIR),
+) -> None:
+    """`make up`'s credentials: generated into RUN_DIR/credentials.env the first time (mode 0600),
+    with MLflow's auth configuration beside them; prints nothing secret (`source` that file)."""
+    typer.echo(f"credentials: {ensure_local_credentials(run_dir)}")
 
 
 @app.command()

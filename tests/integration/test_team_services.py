@@ -62,12 +62,21 @@ def team_environment(tmp_path: Path, team_dir: Path) -> dict[str, str]:
     return environment
 
 
+def team_exports(workspace: Path, environment: dict[str, str]) -> dict[str, str]:
+    """What `eval "$(python -m flows.team env)"` sets: the servers' URLs and the team's credentials."""
+    import shlex
+
+    printed = team("env", workspace, environment)
+    assert printed.returncode == 0, printed.stderr
+    return dict(shlex.split(line)[1].split("=", 1) for line in printed.stdout.splitlines())
+
+
 def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
-    tmp_path: Path, team_dir: Path, team_environment: dict[str, str]
+    tmp_path: Path, team_dir: Path, team_environment: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     workspace = tmp_path / "workspace"
     workspace.mkdir()
@@ -77,9 +86,16 @@ def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
     try:
         up = team("up", workspace, team_environment)
         assert up.returncode == 0, up.stdout + up.stderr
-        assert f"export PREFECT_API_URL={prefect_url} MLFLOW_TRACKING_URI={mlflow_url}" in up.stdout
+        assert 'eval "$(python -m flows.team env)"' in up.stdout
         password_file = team_dir / "postgres.password"
         assert password_file.stat().st_mode & 0o077 == 0  # readable by its owner only
+        # The clients below authenticate as a member's shell does after `eval "$(python -m flows.team env)"`.
+        exports = team_exports(workspace, team_environment)
+        assert exports["PREFECT_API_URL"] == prefect_url and exports["MLFLOW_TRACKING_URI"] == mlflow_url
+        for name, value in exports.items():
+            monkeypatch.setenv(name, value)
+        credentials = (team_dir / "credentials.json").read_text()
+        prefect_settings = {PREFECT_API_URL: prefect_url, PREFECT_API_AUTH_STRING: exports["PREFECT_API_AUTH_STRING"]}
 
         # MLflow: a run, a metric, an artifact uploaded through the server, a registered model.
         client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
@@ -90,7 +106,7 @@ def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
         stored = list((tmp_path / "shared" / "mlflow-artifacts").rglob("kept.txt"))
         assert len(stored) == 1 and stored[0].read_text() == "kept"  # in the shared folder, sent by the server
         # Prefect: a flow record in its PostgreSQL database.
-        with temporary_settings({PREFECT_API_URL: prefect_url}), get_client(sync_client=True) as prefect:
+        with temporary_settings(prefect_settings), get_client(sync_client=True) as prefect:
             flow_id = prefect.create_flow_from_name(FLOW)
         # DVC: data pushed to the shared remote.
         (workspace / "data.txt").write_text("versioned\n")
@@ -105,7 +121,7 @@ def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
         start_postgres(settings)
         client.log_metric(run.info.run_id, "accuracy", 0.9, step=1)
         assert [metric.value for metric in client.get_metric_history(run.info.run_id, "accuracy")] == [0.875, 0.9]
-        with temporary_settings({PREFECT_API_URL: prefect_url}), get_client(sync_client=True) as prefect:
+        with temporary_settings(prefect_settings), get_client(sync_client=True) as prefect:
             assert prefect.read_flow_by_name(FLOW).id == flow_id
 
         down = team("down", workspace, team_environment)
@@ -115,12 +131,13 @@ def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
 
         again = team("up", workspace, team_environment)
         assert again.returncode == 0, again.stdout + again.stderr
+        assert (team_dir / "credentials.json").read_text() == credentials  # reused, not generated again
         client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
         assert client.get_run(run.info.run_id).data.metrics == {"accuracy": 0.9}  # the latest step
         assert client.get_registered_model(MODEL).name == MODEL
         downloaded = client.download_artifacts(run.info.run_id, "notes/kept.txt", str(tmp_path / "download"))
         assert Path(downloaded).read_text() == "kept"
-        with temporary_settings({PREFECT_API_URL: prefect_url}), get_client(sync_client=True) as prefect:
+        with temporary_settings(prefect_settings), get_client(sync_client=True) as prefect:
             assert prefect.read_flow_by_name(FLOW).id == flow_id
         (workspace / "data.txt").unlink()
         subprocess.run(["dvc", "pull", "-q"], cwd=workspace, env=team_environment, check=True, capture_output=True)
