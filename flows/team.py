@@ -27,6 +27,10 @@ permissions and an admin in the PostgreSQL database `mlflow_auth`) with the team
 `sigpipe`, which the worker, its stage processes and the team's clients use. Secrets reach the
 servers and the worker through their environment or a private file, never a command line;
 `python -m flows.team env` prints the `export` lines a team member's shell evaluates.
+
+Model signing: the first `up` creates the team's key pair (tasks/signing.py): the private key in the
+team folder, given to the worker alone (SIGPIPE_SIGNING_KEY: its register stages sign with it), the
+public key in the shared folder, which `env` names in SIGPIPE_VERIFY_KEY for every client.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import typer
 from tasks.errors import ConfigError
 from tasks.files import write_private_file
 from tasks.lifeline import is_alive, stop_process_group
+from tasks.signing import SIGNING_KEY_VARIABLE, VERIFY_KEY_VARIABLE, KeyFiles, ensure_signing_key
 
 DEFAULT_TEAM_DIR = ".team"
 DEFAULT_HOST = "127.0.0.1"
@@ -60,6 +65,8 @@ ROLE = "sigpipe"
 AUTH_DATABASE = "mlflow_auth"  # MLflow's basic-auth app: users, passwords (hashed) and permissions
 DATABASES = ("prefect", "mlflow", AUTH_DATABASE)
 CREDENTIALS_FILE = "credentials.json"
+SIGNING_KEY_FILE = "model-signing.key"  # in the team folder, mode 0600 (tasks/signing.py)
+VERIFY_KEY_FILE = "model-signing.pub"  # in the shared folder: what every client checks versions with
 MLFLOW_AUTH_CONFIG_FILE = "mlflow-auth.ini"
 # The one account of the team's pipeline and members, on both servers (Prefect's basic auth has one).
 TEAM_USER = "sigpipe"
@@ -161,6 +168,12 @@ class TeamSettings:
     def mlflow_auth_config(self) -> Path:
         """MLflow's basic-auth configuration (admin and auth database; mode 0600), rewritten at each up."""
         return self.team_dir / MLFLOW_AUTH_CONFIG_FILE
+
+    @property
+    def signing_key_files(self) -> KeyFiles:
+        """The team's model signing key pair: the private key in the team folder (the worker's
+        register stage signs with it), the public key in the shared folder (every client trusts it)."""
+        return KeyFiles(private=self.team_dir / SIGNING_KEY_FILE, public=self.shared_dir / VERIFY_KEY_FILE)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -606,9 +619,11 @@ def clients_environment(settings: TeamSettings, credentials: TeamCredentials) ->
 
 
 def client_exports(settings: TeamSettings, credentials: TeamCredentials) -> dict[str, str]:
-    """The variables a client of the team's servers needs: their URLs and the team's credentials."""
+    """The variables a client of the team's servers needs: their URLs, the team's credentials and the
+    public key that model versions must be signed with (tasks/signing.py)."""
     urls = {"PREFECT_API_URL": settings.prefect_api_url, "MLFLOW_TRACKING_URI": settings.mlflow_url}
-    return {**urls, **credentials.client_variables()}
+    trusted = {VERIFY_KEY_VARIABLE: str(settings.signing_key_files.public)}
+    return {**urls, **credentials.client_variables(), **trusted}
 
 
 def deploy_and_start_worker(settings: TeamSettings, credentials: TeamCredentials) -> bool:
@@ -645,8 +660,10 @@ def deploy_and_start_worker(settings: TeamSettings, credentials: TeamCredentials
         cwd=settings.root,
     )
     (settings.run_dir / "deploy.log").write_text(deployed)
+    # The worker's register stages sign with the team's key (the only process given the private half).
+    signing = {**environment, SIGNING_KEY_VARIABLE: str(settings.signing_key_files.private)}
     start_server(
-        settings, "worker", [tool("prefect"), "worker", "start", "--pool", WORK_POOL], worker_environment(environment)
+        settings, "worker", [tool("prefect"), "worker", "start", "--pool", WORK_POOL], worker_environment(signing)
     )
     return True
 
@@ -688,6 +705,8 @@ def team_up(settings: TeamSettings) -> None:
     create_databases(settings)
     migrate(settings)
     credentials = ensure_credentials(settings)
+    settings.shared_dir.mkdir(parents=True, exist_ok=True)
+    ensure_signing_key(settings.signing_key_files)  # before any client needs the public half
     start_servers(settings, credentials)
     ensure_team_account(settings, credentials)
     add_dvc_remote(settings)

@@ -174,7 +174,12 @@ def test_mlflow_refuses_reads_and_registry_writes_without_the_team_credentials(s
 
 
 def test_credential_files_are_private(secured_team: SecuredTeam) -> None:
-    for path in (secured_team.settings.credentials_file, secured_team.settings.mlflow_auth_config):
+    private = (
+        secured_team.settings.credentials_file,
+        secured_team.settings.mlflow_auth_config,
+        secured_team.settings.signing_key_files.private,  # the team's model-signing key
+    )
+    for path in private:
         assert path.stat().st_mode & 0o777 == 0o600, path
 
 

@@ -245,6 +245,9 @@ def test_a_second_clone_pulls_the_data_and_predicts_with_the_servers_champion(
         for pulled_file in ("models/classifier.keras", "data/prepared/manifest.csv", "plots/roc_det.png"):
             assert (second / pulled_file).is_file(), pulled_file
         assert not (second / "mlruns" / "mlflow.db").exists()
+        # The worker's register signed with the team's key (SIGPIPE_SIGNING_KEY), not a key of its
+        # workspace; the second clone trusted the team's public key from `flows.team env`.
+        assert settings.signing_key_files.public.is_file() and not (first / ".sigpipe").exists()
         answer = next(line for line in sequence.stdout.splitlines() if "1.tif" in line and "Genuine" in line)
         assert any(writer in answer.split() for writer in ("001", "002", "003", "unknown")), answer
     finally:

@@ -38,6 +38,8 @@ def test_clients_get_the_urls_and_the_team_account(tmp_path: Path) -> None:
         "PREFECT_API_AUTH_STRING": "sigpipe:p",
         "MLFLOW_TRACKING_USERNAME": "sigpipe",
         "MLFLOW_TRACKING_PASSWORD": "m",
+        # Clients trust the team's model-signing key, published in the shared folder.
+        "SIGPIPE_VERIFY_KEY": str(tmp_path / ".team" / "shared" / "model-signing.pub"),
     }
 
 
