@@ -4,7 +4,6 @@ reaches the ports gets 401. Real servers, started by the Makefile in a clone of 
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import requests
 
 from tests.integration.test_pipeline_flows import free_port
 from tests.integration.test_team_services import project_clone
+from tests.support.environments import running_command_lines, services_clone_environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team")]
 
@@ -63,18 +63,12 @@ def made_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
     """`make up` in a clone of the project on free ports; `make down` at the end. The clone and make's
     variables (the ports)."""
     root = tmp_path_factory.mktemp("make-up")
-    environment = {name: value for name, value in os.environ.items() if not name.startswith(("PREFECT_", "MLFLOW_"))}
-    environment.update(
+    environment = services_clone_environment(
+        "make-up-test",
+        root / "prefect-home",
         PREFECT_PORT=str(free_port()),
         MLFLOW_PORT=str(free_port()),
         SCORER_PORT=str(free_port()),
-        PREFECT_HOME=str(root / "prefect-home"),
-        DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME="make-up-test",
-        GIT_AUTHOR_EMAIL="make-up-test@localhost",
-        GIT_COMMITTER_NAME="make-up-test",
-        GIT_COMMITTER_EMAIL="make-up-test@localhost",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     clone = project_clone(root / "clone", environment)
     # The workspace's MLflow store, as `make demo` leaves it: created here, not by make up's MLflow server
@@ -135,12 +129,7 @@ def test_make_up_credentials_are_private_and_on_no_command_line_or_log(made_up: 
     assert (clone / CREDENTIALS).stat().st_mode & 0o777 == PRIVATE_MODE
     secrets = [value for name, value in sourced(clone / CREDENTIALS).items() if "PASSWORD" in name or "KEY" in name]
     secrets.append(sourced(clone / CREDENTIALS)["PREFECT_API_AUTH_STRING"].split(":", 1)[1])
-    command_lines = []
-    for path in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            command_lines.append(path.read_bytes().decode(errors="replace"))
-        except OSError:  # a process that ended meanwhile
-            continue
+    command_lines = running_command_lines()
     logs = [path.read_text(errors="replace") for path in (clone / ".run").glob("*.log")]
     assert len(logs) >= 4  # prefect-server, deploy, worker, mlflow (and the scorer's)
     for secret in secrets:

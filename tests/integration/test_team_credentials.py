@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import requests
 from flows.team import TeamCredentials, TeamSettings
 from tests.integration.test_pipeline_flows import free_port
 from tests.integration.test_team_services import project_clone, team
+from tests.support.environments import running_command_lines, services_clone_environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team")]
 
@@ -68,20 +68,14 @@ def secured_team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredTe
     folder where PostgreSQL's user can enter it; `down` at the end."""
     folder = Path(tempfile.mkdtemp(prefix="sigpipe-team-credentials-"))
     folder.chmod(0o755)
-    environment = {name: value for name, value in os.environ.items() if not name.startswith(("PREFECT_", "MLFLOW_"))}
-    environment.update(
+    environment = services_clone_environment(
+        "team-test",
+        folder / "prefect-home",
         SIGPIPE_TEAM_DIR=str(folder / "team"),
         SIGPIPE_TEAM_SHARED=str(folder / "shared"),
         SIGPIPE_POSTGRES_PORT=str(free_port()),
         PREFECT_PORT=str(free_port()),
         MLFLOW_PORT=str(free_port()),
-        PREFECT_HOME=str(folder / "prefect-home"),
-        DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME="team-test",
-        GIT_AUTHOR_EMAIL="team-test@localhost",
-        GIT_COMMITTER_NAME="team-test",
-        GIT_COMMITTER_EMAIL="team-test@localhost",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     clone = project_clone(tmp_path_factory.mktemp("credentials") / "clone", environment)
     settings = TeamSettings.from_environment(clone, environment)
@@ -185,12 +179,7 @@ def test_credential_files_are_private(secured_team: SecuredTeam) -> None:
 
 def test_no_secret_on_a_command_line_or_in_a_log(secured_team: SecuredTeam) -> None:
     """Checked last, after the servers, the worker and the clients above have run."""
-    command_lines = []
-    for path in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            command_lines.append(path.read_bytes().decode(errors="replace"))
-        except OSError:  # a process that ended meanwhile
-            continue
+    command_lines = running_command_lines()
     logs = {path: path.read_text(errors="replace") for path in secured_team.settings.run_dir.glob("*.log")}
     assert {"prefect.log", "mlflow.log", "worker.log", "deploy.log"} <= {path.name for path in logs}
     for secret in secured_team.secrets():
