@@ -111,6 +111,9 @@ up: venv local-credentials ## Start, on 127.0.0.1, the Prefect server, a worker 
 	mlflow server --app-name basic-auth --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 	  > $(RUN_DIR)/mlflow.log 2>&1 & echo $$! > $(RUN_DIR)/mlflow.pid
+# The model server starts once MLflow's has created the store: two processes creating a new SQLite schema at once fail.
+	@for attempt in $$(seq 1 90); do curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health > /dev/null && break; sleep 1; done; \
+	  curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health > /dev/null || { echo "MLflow server did not start: see $(RUN_DIR)/mlflow.log"; exit 1; }
 # The champion, resident, for `sigpipe predict --server` (it exits at once, saying so in its log, when there is none yet).
 	sigpipe serve --port $(SCORER_PORT) > $(RUN_DIR)/scorer.log 2>&1 & echo $$! > $(RUN_DIR)/scorer.pid
 	@echo "Started:    Prefect server (runs kept in $(PREFECT_HOME)), a worker on pool '$(WORK_POOL)' for deployment"

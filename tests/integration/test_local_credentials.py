@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,6 @@ REQUEST_SECONDS = 30
 UNAUTHORIZED = 401
 PRIVATE_MODE = 0o600
 CREDENTIALS = Path(".run") / "credentials.env"
-STORE = "sqlite:///mlruns/mlflow.db"  # the workspace's MLflow store, relative to it
 
 
 def make(target: str, clone: Path, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -71,17 +69,7 @@ def made_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
         SCORER_PORT=str(free_port()),
     )
     clone = project_clone(root / "clone", environment)
-    # The workspace's MLflow store, as `make demo` leaves it: created here, not by make up's MLflow server
-    # and its model server at once (both would create the SQLite schema, and one fails).
-    (clone / "mlruns").mkdir()
-    subprocess.run(
-        [sys.executable, "-c", f"import mlflow; mlflow.MlflowClient('{STORE}').search_experiments()"],
-        cwd=clone,
-        env=environment,
-        check=True,
-        capture_output=True,
-        timeout=MAKE_TIMEOUT_SECONDS,
-    )
+    # No MLflow store yet, as in a fresh clone: make up's MLflow server creates it before its model server starts.
     try:
         up = make("up", clone, environment)
         assert up.returncode == 0, up.stdout + up.stderr
