@@ -28,7 +28,7 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast lint format status clean up down team-up team-down screenshots local-credentials
+.PHONY: help venv demo test test-fast lint typecheck format status clean up down team-up team-down screenshots local-credentials
 
 RUN_DIR := .run
 PREFECT_PORT ?= 4200
@@ -88,6 +88,9 @@ test-fast: venv ## Run the tests without the slow end-to-end ones, on every core
 lint: venv ## Check style with ruff.
 	ruff check flows tasks tests bench
 	ruff format --check flows tasks tests bench
+
+typecheck: venv ## Check types with mypy (flows/ and tasks/, configured in pyproject.toml).
+	mypy
 
 format: venv ## Format the code with ruff.
 	ruff format flows tasks tests bench

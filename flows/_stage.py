@@ -131,7 +131,7 @@ def call_stage(stage: Flow[..., Any], params_file: str) -> object:
         raise ConfigError(
             f"{PARENT_TASK_RUN_VARIABLE}={parent!r} is not a Prefect task run id: unset it (the pipeline flow sets it)"
         ) from None
-    parameters = {STAGE_PARAMETER: params_file}
+    parameters: dict[str, Any] = {STAGE_PARAMETER: params_file}
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run(
             stage,

@@ -7,7 +7,9 @@ Run it with `python -m flows.calibrate` (what `dvc repro calibrate` does) or `si
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -85,7 +87,8 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
         config.calibration_fraction,
         config.partition_seed,
     )
-    confidence = report["confidence"]  # before json_ready turns its empty bins' NaN into None
+    # before json_ready turns its empty bins' NaN into None
+    confidence = cast(Mapping[str, Any], report["confidence"])
     report = json_ready(report)
     write_metrics(paths.calibrate_metrics_file, paths.calibrate_details_file, report, HEADLINE_METRICS)
     write_json(paths.calibration_file, {**asdict(calibration), "unknown_class_id": len(classes), "classes": classes})

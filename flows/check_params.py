@@ -19,7 +19,7 @@ from tasks.files import write_json
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
 
 # The marker's content is fixed: DVC hashes it, and a changed hash would rerun every later stage.
-CHECK_MARKER = {"params_valid": True}
+CHECK_MARKER: dict[str, object] = {"params_valid": True}
 
 
 def check_params(params_file: Path) -> dict[str, object]:

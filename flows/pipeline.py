@@ -56,7 +56,7 @@ TIMINGS_KEY = "signature-pipeline-timings"
 DOWNLOAD_RETRIES = 3
 DOWNLOAD_RETRY_DELAYS_SECONDS = [10, 30, 90]
 PUSH_RETRIES = 2
-PUSH_RETRY_DELAYS_SECONDS = [10, 60]
+PUSH_RETRY_DELAYS_SECONDS: list[float] = [10, 60]
 DEFAULT_LOCK_TIMEOUT_SECONDS = 600.0
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 # A worker hands its flow run to the process it starts in this variable; the stages are not that run.

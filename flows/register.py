@@ -9,6 +9,7 @@ otherwise it becomes `challenger`. Run it with `python -m flows.register`
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 from prefect import flow, task
@@ -57,9 +58,9 @@ class RegisterConfig:
 PARAM_TAG_GROUPS = ("data", "prepare", "model", "augment", "train", "calibrate")
 
 
-def trained_with(params: dict[str, object]) -> dict[str, object]:
+def trained_with(params: Mapping[str, object]) -> dict[str, Mapping[str, object]]:
     """The parameter groups that produced the model, for the version's tags."""
-    return {group: params[group] for group in PARAM_TAG_GROUPS if isinstance(params.get(group), dict)}
+    return {group: values for group in PARAM_TAG_GROUPS if isinstance(values := params.get(group), dict)}
 
 
 @task(name="package-and-register", cache_policy=NO_CACHE)

@@ -575,7 +575,9 @@ def mlflow_admin_request(
         settings.mlflow_url + path,
         auth=(MLFLOW_ADMIN, credentials.mlflow_admin_password),
         timeout=REQUEST_TIMEOUT_SECONDS,
-        **kwargs,
+        # requests types each keyword (a TypedDict), which object-valued **kwargs cannot match; they are
+        # the callers' params= or json=, forwarded as given.
+        **kwargs,  # type: ignore[arg-type]
     )
     answer = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
     if response.ok or answer.get("error_code") == ALREADY_EXISTS:

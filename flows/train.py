@@ -7,7 +7,7 @@ was killed resumes from its last completed epoch, in the same MLflow run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -212,9 +212,10 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
                 **circumstances,
             },
         )
+    best = cast(dict[str, float], metrics["best"])  # train_metrics: each metric's value at the best epoch
     print(
         f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}: "
-        f"val_accuracy {metrics['best'].get('val_accuracy', float('nan')):.3f}; MLflow run {run.info.run_id}"
+        f"val_accuracy {best.get('val_accuracy', float('nan')):.3f}; MLflow run {run.info.run_id}"
     )
     return metrics
 

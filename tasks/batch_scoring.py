@@ -99,6 +99,7 @@ def read_listing(source: Path) -> Any:  # -> pandas.DataFrame
     """
     import pandas as pd
 
+    claims: list[str]
     if source.is_dir():
         paths, claims = folder_listing(source), []
     elif source.is_file():

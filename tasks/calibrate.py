@@ -273,10 +273,11 @@ def calibration_report(
         },
     }
     if partitions:
-        report["partitions"] = partition_report(
+        partition_summary = partition_report(
             table, calibration_fraction, partitions, partition_seed, calibration.objective, calibration.target_far
         )
-        report.update(flat_intervals(report["partitions"]))
+        report["partitions"] = partition_summary
+        report.update(flat_intervals(partition_summary))
     report.update(
         {
             "accuracy_accepted": open_set["accuracy_accepted"],

@@ -89,7 +89,8 @@ def save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     """Write named arrays to an .npz, atomically (a temporary name, then a rename)."""
     temporary = path.with_name(f"partial-{path.name}")
     with temporary.open("wb") as handle:
-        np.savez(handle, **arrays)
+        # numpy's stub lets **kwargs reach savez's allow_pickle: bool; these keys are arr_0, arr_1, ...
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
         handle.flush()
         os.fsync(handle.fileno())  # on disk before the rename, so a power cut cannot leave a truncated file
     temporary.replace(path)

@@ -245,7 +245,7 @@ class TrainParams(StrictModel):
     distribute: Literal["auto", "none", "mirrored"]
 
 
-GroupModel = TypeVar("GroupModel", bound=StrictModel)
+GroupModel = TypeVar("GroupModel", bound=BaseModel)
 
 
 def read_params_file(params_file: Path) -> dict[str, Any]:

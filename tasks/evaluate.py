@@ -16,8 +16,9 @@ forgeries, which neither training's fit nor the test report touch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import keras
 import numpy as np
@@ -116,7 +117,7 @@ def verification_report(table: ScoreTable, source: str = VERIFIER) -> dict[str, 
             "eer_threshold": rates.threshold,
             "auc": rates.auc,
         }
-    skilled_threshold = report["skilled"]["eer_threshold"]
+    skilled_threshold = kind_figure(report, "skilled", "eer_threshold")
     if not math.isnan(skilled_threshold):
         at_threshold: dict[str, float] = {"threshold": skilled_threshold}
         for kind in VERIFICATION_KINDS:
@@ -125,6 +126,11 @@ def verification_report(table: ScoreTable, source: str = VERIFIER) -> dict[str, 
             )
         report["at_skilled_eer_threshold"] = at_threshold
     return report
+
+
+def kind_figure(report: Mapping[str, object], kind: str, figure: str) -> float:
+    """One figure (`eer`, `auc`, ...) of an impostor kind in a `verification_report`."""
+    return cast(Mapping[str, float], report[kind])[figure]
 
 
 def selection_metrics(table: ScoreTable) -> dict[str, float]:
@@ -172,16 +178,16 @@ def evaluation_report(
     baseline = verification_report(table, SOFTMAX)
     metrics: dict[str, object] = {
         **identification,
-        f"eer_skilled{A_POSTERIORI}": verification["skilled"]["eer"],
+        f"eer_skilled{A_POSTERIORI}": kind_figure(verification, "skilled", "eer"),
         f"eer_skilled_per_writer{A_POSTERIORI}": skilled_per_writer_eer(table),
         "test_genuine_images": len(genuine),
         "writers": len(classes),
         "unenrolled_images": int(np.sum(table.splits == UNENROLLED_SPLIT)),
     }
     for kind in VERIFICATION_KINDS:
-        metrics[f"eer_{kind}{A_POSTERIORI}"] = verification[kind]["eer"]
-        metrics[f"auc_{kind}"] = verification[kind]["auc"]
-        metrics[f"softmax_eer_{kind}{A_POSTERIORI}"] = baseline[kind]["eer"]
+        metrics[f"eer_{kind}{A_POSTERIORI}"] = kind_figure(verification, kind, "eer")
+        metrics[f"auc_{kind}"] = kind_figure(verification, kind, "auc")
+        metrics[f"softmax_eer_{kind}{A_POSTERIORI}"] = kind_figure(baseline, kind, "eer")
     if partitions:
         writer_partitions = a_posteriori_report(table, calibration_fraction, partitions, partition_seed)
         metrics["partitions"] = writer_partitions

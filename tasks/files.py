@@ -12,6 +12,7 @@ import shutil
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any, overload
 from urllib.parse import urlsplit, urlunsplit
 
 HASH_BLOCK_BYTES = 1 << 20
@@ -35,6 +36,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+@overload
+def json_ready(content: dict[str, Any]) -> dict[str, object]: ...
+@overload
+def json_ready(content: object) -> object: ...
 def json_ready(content: object) -> object:
     """`content` with NaN and infinities replaced by None (JSON has no such numbers)."""
     if isinstance(content, float) and not math.isfinite(content):

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -294,7 +294,8 @@ def preprocess_item(item: InputItem, settings: PreprocessSettings) -> tuple[np.n
     if problem := input_problem(item):
         return None, problem
     try:
-        return preprocess_file(item.source, settings, name=item.name).image, ""
+        # an item without a source always carries an error (`input_problem` returned it above)
+        return preprocess_file(cast(Path | bytes, item.source), settings, name=item.name).image, ""
     except (ImageReadError, NoInkError) as error:
         return None, str(error)
 

@@ -314,11 +314,11 @@ class LogitScorer:
             input_signature=[grey],
         )
 
-    def __call__(self, pixels: object, batch_size: int = 32) -> np.ndarray:
+    def __call__(self, pixels: np.ndarray | Iterable[Any], batch_size: int = 32) -> np.ndarray:
         """Logits of float RGB pixels in [0, 255] (an array, or a tf.data dataset of image batches)."""
         return self.outputs(pixels, batch_size).logits
 
-    def outputs(self, pixels: object, batch_size: int = 32) -> ScorerOutputs:
+    def outputs(self, pixels: np.ndarray | Iterable[Any], batch_size: int = 32) -> ScorerOutputs:
         """Logits and embeddings of float RGB pixels in [0, 255] (an array, or a dataset of batches).
 
         Both run the same folded graph, so the logits calibration is fitted on (evaluate's, from a

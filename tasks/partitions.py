@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict, cast
 
 import numpy as np
 from scipy.stats import t as student_t
@@ -57,6 +58,14 @@ PARTITION_FIGURES = ("threshold", *OPERATING_POINT_FIGURES, *A_POSTERIORI_FIGURE
 ThresholdRule = Callable[[np.ndarray, np.ndarray], float]
 
 
+class IntervalSummary(TypedDict):
+    """An `Interval` as the reports hold it (JSON: the interval's ends as a list)."""
+
+    mean: float
+    ci95: list[float]
+    values: list[float]
+
+
 @dataclass(frozen=True)
 class Interval:
     """A figure's mean over partitions, the 95% interval of that mean, and the values it came from."""
@@ -66,7 +75,7 @@ class Interval:
     high: float
     values: tuple[float, ...]
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> IntervalSummary:
         return {"mean": self.mean, "ci95": [self.low, self.high], "values": list(self.values)}
 
 
@@ -239,7 +248,8 @@ def interval_of(metrics: Mapping[str, object], figure: str) -> tuple[object, obj
     """(mean, low, high) of a figure from the flat keys `flat_intervals` wrote into `metrics`
     (None where a key is missing), for reports that print them."""
     prefix = f"{FLAT_PREFIX}{figure}"
-    return tuple(metrics.get(f"{prefix}{suffix}") for suffix in FLAT_SUFFIXES)
+    mean, low, high = (metrics.get(f"{prefix}{suffix}") for suffix in FLAT_SUFFIXES)
+    return mean, low, high
 
 
 def flat_intervals(report: dict[str, object], figures: Sequence[str] = PARTITION_FIGURES) -> dict[str, float]:
@@ -247,7 +257,7 @@ def flat_intervals(report: dict[str, object], figures: Sequence[str] = PARTITION
     numbers (MLflow logs top-level numbers only; the values stay in the nested report)."""
     flat: dict[str, float] = {}
     for name in figures:
-        summary = report[name]
+        summary = cast(IntervalSummary, report[name])  # `Interval.as_dict`, as partition_report stores it
         for suffix, value in zip(FLAT_SUFFIXES, (summary["mean"], *summary["ci95"]), strict=True):
             flat[f"{FLAT_PREFIX}{name}{suffix}"] = value
     return flat

@@ -60,8 +60,9 @@ def confusion_matrix_image(matrix: np.ndarray, classes: Sequence[str], path: Pat
     image = axis.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     step = max(1, len(classes) // MAX_TICK_LABELS)
     ticks = np.arange(0, len(classes), step)
-    axis.set_xticks(ticks, [classes[index] for index in ticks], rotation=90, fontsize=7)
-    axis.set_yticks(ticks, [classes[index] for index in ticks], fontsize=7)
+    labels = [classes[int(index)] for index in ticks]
+    axis.set_xticks(ticks, labels, rotation=90, fontsize=7)
+    axis.set_yticks(ticks, labels, fontsize=7)
     axis.set_xlabel("predicted writer")
     axis.set_ylabel("true writer")
     axis.set_title(f"Confusion matrix, test genuine ({int(matrix.sum())} images), row-normalised")

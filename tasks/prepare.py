@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import cast
 
 from tqdm import tqdm
 
@@ -247,7 +248,7 @@ def prepare_dataset(
     )
     short = short_writers((item.record for item in usable), rules)
     untrained = writers_without_training([item.record for item in usable], splits)
-    unenrolled = sorted({row["writer"] for row in rows if row["split"] == UNENROLLED_SPLIT})
+    unenrolled = sorted({cast(str, row["writer"]) for row in rows if row["split"] == UNENROLLED_SPLIT})
     report = data_report(layout, summary, skipped, listing.notes, short, rules, untrained, unenrolled)
     paths.data_report_file.write_text(report, encoding="utf-8")
     return summary, listing, skipped
@@ -255,7 +256,7 @@ def prepare_dataset(
 
 def prepare_metrics(summary: PrepareSummary) -> dict[str, object]:
     """The content of `metrics/prepare.json`."""
-    totals = Counter()
+    totals: Counter[str] = Counter()
     for kinds in summary.counts.values():
         totals.update(kinds)
     return {

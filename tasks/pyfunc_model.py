@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
-from mlflow.pyfunc import PythonModelContext
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from tasks.errors import ModelInputError
 from tasks.inference import (
@@ -34,7 +34,7 @@ LOGGER = logging.getLogger(__name__)
 UNEXPECTED_ERROR_MESSAGE = "the model failed on this request (an internal error); the server's log has the details"
 
 
-class SignaturePyfunc(mlflow.pyfunc.PythonModel):
+class SignaturePyfunc(PythonModel):
     """`predict` takes base64 images (and image paths when loaded with model_config
     {"accept_paths": True}) and returns one answer row per image."""
 

@@ -23,6 +23,8 @@ INVOCATIONS_PATH = "/invocations"  # the scoring endpoint (MLflow's protocol)
 REQUEST_TIMEOUT_SECONDS = 300  # a large batch of images on a busy CPU server
 ERROR_MESSAGE_CHARACTERS = 300  # of a server's error body, in the one-line error
 
+JsonCell = str | int | float | bool | None  # one cell of a served model's JSON answer row
+
 
 def encoded_image(item: InputItem) -> str:
     """The base64 text of an input's encoded image (a file is read here, by the client)."""
@@ -32,15 +34,16 @@ def encoded_image(item: InputItem) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def number(value: object) -> float:
+def number(value: JsonCell) -> float:
     """A float from a JSON cell (null for rows without numbers)."""
     return float("nan") if value is None else float(value)
 
 
-def answer_from_row(row: Mapping[str, object], name: str) -> Answer:
+def answer_from_row(row: Mapping[str, JsonCell], name: str) -> Answer:
     """The Answer of one row of the served model's output, shown under the input's own `name`."""
     top_k = json.loads(str(row.get("top_k") or "[]"))
     class_id = row.get("class_id")
+    claim_accepted = row.get("claim_accepted")
     return Answer(
         input=name,
         writer=str(row.get("writer") or ""),
@@ -51,7 +54,7 @@ def answer_from_row(row: Mapping[str, object], name: str) -> Answer:
         error=str(row.get("error") or ""),
         claimed_writer=str(row.get("claimed_writer") or ""),
         claim_score=number(row.get("claim_score")),
-        claim_accepted=row.get("claim_accepted") if isinstance(row.get("claim_accepted"), bool) else None,
+        claim_accepted=claim_accepted if isinstance(claim_accepted, bool) else None,
     )
 
 
@@ -70,7 +73,9 @@ def served_answers(url: str, items: Sequence[InputItem]) -> list[Answer]:
     not answer or refuses the request."""
     import requests
 
-    payload = {"dataframe_split": {"columns": [IMAGE_COLUMN], "data": [[encoded_image(item)] for item in items]}}
+    payload: dict[str, dict[str, list[str] | list[list[str]]]] = {
+        "dataframe_split": {"columns": [IMAGE_COLUMN], "data": [[encoded_image(item)] for item in items]}
+    }
     endpoint = url.rstrip("/") + INVOCATIONS_PATH
     try:
         response = requests.post(endpoint, json=payload, timeout=REQUEST_TIMEOUT_SECONDS)
