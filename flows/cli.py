@@ -41,7 +41,9 @@ def main(
 
 ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
 DEFAULT_SERVE_PORT = 5001  # `sigpipe serve` and `make up`'s model server (MLflow's UI has 5000)
-DEFAULT_MAX_ACTIVE = 2  # tasks.model_server.DEFAULT_MAX_ACTIVE, kept here so --help imports no server code
+# tasks.model_server's defaults, kept here so that --help imports no server code (a test checks they agree).
+DEFAULT_MAX_ACTIVE = 2
+DEFAULT_BODY_SECONDS = 60.0
 LOOPBACK = "127.0.0.1"
 SCORER_URL_VARIABLE = "SIGPIPE_SCORER_URL"  # what `predict --server` reads when the option is left out
 
@@ -368,6 +370,10 @@ def serve(
         int,
         typer.Option("--max-active", min=1, help="Requests answered at once; one more gets 503 (bounded memory)."),
     ] = DEFAULT_MAX_ACTIVE,
+    body_seconds: Annotated[
+        float,
+        typer.Option("--body-seconds", min=0.1, help="Time a request's body may take to arrive; later: 408."),
+    ] = DEFAULT_BODY_SECONDS,
     params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
 ) -> None:
     """Serve the champion (or --model) over HTTP, for `sigpipe predict --server` and any HTTP client
@@ -393,7 +399,7 @@ def serve(
         f"serving {loaded.name} version {loaded.version} ({model_uri}) on http://{host}:{port} "
         f"(sigpipe predict --server http://{host}:{port} IMAGE)"
     )
-    serve_model(loaded, host, port, max_active)
+    serve_model(loaded, host, port, max_active, body_seconds)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ files checked, nothing of the artifact executed) and protects itself:
 - concurrency: at most `max_active` requests are read and answered at once; one more gets 503 at
   once (with Retry-After) instead of queueing its body in memory, and uvicorn refuses connections beyond
   `max_connections` with 503 as well. So the server's memory stays within about
-  max_active x (body limit x `BODY_MEMORY_FACTOR`) above its idle size (bench/README.md measures it);
+  max_active x (body limit x `BODY_MEMORY_FACTOR`) above its idle size (tests/integration/
+  test_model_server.py checks it under 30 concurrent requests); a body that does not arrive within
+  `body_seconds` gets 408, so slow clients cannot hold the active places forever;
 - errors: every 4xx/5xx is one line of JSON (`{"error_code", "message"}`, MLflow's shape, so existing
   clients read it), without a traceback or a path; the trace of a 500 goes to the server's log.
 
@@ -46,6 +48,7 @@ JSON_CONTENT_TYPE = "application/json"
 FRAMING_BYTES = 1 << 16  # JSON syntax, column names and claimed writers around the base64 text
 FALLBACK_MAX_IMAGE_BYTES = 32 << 20  # a model packaged without a byte limit: register.max_image_bytes' default
 DEFAULT_MAX_ACTIVE = 2  # requests read and answered at once (the model itself answers one at a time)
+DEFAULT_BODY_SECONDS = 60.0  # a body at the limit (about 43 MiB) over a 1 MB/s link, with room to spare
 # Open connections (each one idle or being shed costs little: no body is read) uvicorn keeps per active
 # request before it answers 503 itself, in plain text: a bound on connection floods, not the usual shedding.
 CONNECTIONS_PER_ACTIVE = 32
@@ -61,13 +64,20 @@ class ServerLimits:
     max_body_bytes: int
     max_active: int
     max_connections: int
+    body_seconds: float  # how long a request's body may take to arrive
 
     @classmethod
-    def from_settings(cls, settings: PreprocessSettings, max_active: int = DEFAULT_MAX_ACTIVE) -> ServerLimits:
+    def from_settings(
+        cls,
+        settings: PreprocessSettings,
+        max_active: int = DEFAULT_MAX_ACTIVE,
+        body_seconds: float = DEFAULT_BODY_SECONDS,
+    ) -> ServerLimits:
         """Limits derived from the model's per-image byte limit (one image at the limit, base64, fits)."""
         image_bytes = settings.max_image_bytes or FALLBACK_MAX_IMAGE_BYTES
         body = math.ceil(image_bytes * BASE64_CHARACTERS_PER_BYTE) + FRAMING_BYTES
-        return cls(max_body_bytes=body, max_active=max_active, max_connections=max_active * CONNECTIONS_PER_ACTIVE)
+        connections = max_active * CONNECTIONS_PER_ACTIVE
+        return cls(max_body_bytes=body, max_active=max_active, max_connections=connections, body_seconds=body_seconds)
 
 
 class RequestError(Exception):
@@ -115,6 +125,15 @@ async def read_body(request: Any, limit: int) -> bytes:
             raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def body_in_time(request: Any, limits: ServerLimits) -> bytes:
+    """`read_body` within `limits.body_seconds`, else 408: a client that sends slowly frees its place."""
+    try:
+        return await asyncio.wait_for(read_body(request, limits.max_body_bytes), limits.body_seconds)
+    except TimeoutError:
+        message = f"the request body did not arrive within {limits.body_seconds:g} s: send it at once"
+        raise RequestError(408, "REQUEST_TIMEOUT", message) from None
 
 
 def table_of(content: object) -> tuple[list[str], list[list[object]]]:
@@ -204,7 +223,7 @@ def create_app(service: ModelService, limits: ServerLimits) -> Any:  # -> starle
             try:
                 if not request.headers.get("content-type", "").startswith(JSON_CONTENT_TYPE):
                     raise RequestError(415, "INVALID_PARAMETER_VALUE", f"send the request as {JSON_CONTENT_TYPE}")
-                body = await read_body(request, limits.max_body_bytes)
+                body = await body_in_time(request, limits)
                 answer = await run_in_threadpool(service.predictions, body)
             except RequestError as refused:
                 return error_response(refused.status, refused.code, refused.message)
@@ -226,11 +245,17 @@ def create_app(service: ModelService, limits: ServerLimits) -> Any:  # -> starle
     return Starlette(routes=routes)
 
 
-def serve(loaded: LoadedModel, host: str, port: int, max_active: int = DEFAULT_MAX_ACTIVE) -> None:
+def serve(
+    loaded: LoadedModel,
+    host: str,
+    port: int,
+    max_active: int = DEFAULT_MAX_ACTIVE,
+    body_seconds: float = DEFAULT_BODY_SECONDS,
+) -> None:
     """Serve `loaded` on host:port until SIGINT or SIGTERM (uvicorn's own handling: a graceful stop)."""
     import uvicorn
 
-    limits = ServerLimits.from_settings(loaded.model.settings, max_active)
+    limits = ServerLimits.from_settings(loaded.model.settings, max_active, body_seconds)
     application = create_app(ModelService(loaded), limits)
     uvicorn.run(
         application,

@@ -42,6 +42,7 @@ CONCURRENT_REQUESTS = 30
 STARTUP_SECONDS = 120
 REQUEST_SECONDS = 120
 MEBIBYTE = 1 << 20
+BODY_SECONDS = 3.0  # the served test model's body timeout (the default, 60 s, would make a slow test)
 # What the server may add to its peak resident memory while under attack: the bound the module states
 # (max_active bodies, each held about BODY_MEMORY_FACTOR times), plus allocator and thread slack.
 SLACK_BYTES = 64 * MEBIBYTE
@@ -65,7 +66,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int,
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     with log.open("w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--port", str(port), "-p", str(workspace.params_file)],
+            [
+                *[sys.executable, "-m", "flows.cli", "serve", "--port", str(port)],
+                *["--body-seconds", str(BODY_SECONDS), "-p", str(workspace.params_file)],
+            ],
             cwd=workspace.root,
             env=environment,
             stdout=output,
@@ -148,6 +152,30 @@ def test_a_256_mib_body_is_refused_before_it_is_read(server: tuple[str, int, Pro
     assert " 413 " in status_line, reply[:500]
     assert "above this server's limit" in rest
     assert memory_bytes(pid, "VmRSS") - before < 16 * MEBIBYTE
+
+
+def test_a_client_that_sends_its_body_slowly_loses_its_place(server: tuple[str, int, ProjectPaths]) -> None:
+    """Slow clients holding every active place (slowloris) are answered 408 after the body timeout, and
+    the server answers others again."""
+    url, _, workspace = server
+    port = int(url.rsplit(":", 1)[1])
+    head = (
+        f"POST {INVOCATIONS_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n{"
+    )
+    stalled = [socket.create_connection(("127.0.0.1", port), timeout=REQUEST_SECONDS) for _ in range(LIMITS.max_active)]
+    try:
+        for connection in stalled:
+            connection.sendall(head.encode())  # and nothing more
+        time.sleep(BODY_SECONDS / 3)
+        assert invoke(url, ["image"], [["aGVsbG8="]]).status_code == 503  # every place is held
+        replies = [received_until_closed(connection).decode(errors="replace") for connection in stalled]
+    finally:
+        for connection in stalled:
+            connection.close()
+    assert all(" 408 " in reply.partition("\r\n")[0] and "did not arrive within" in reply for reply in replies)
+    image = base64.b64encode((workspace.root / SIGNATURE_NAME).read_bytes()).decode()
+    assert invoke(url, ["image"], [[image]]).status_code == 200
 
 
 def test_a_stream_past_the_limit_is_cut_off(server: tuple[str, int, ProjectPaths]) -> None:

@@ -115,8 +115,9 @@ def test_links_inside_a_version_are_refused(model_folder: Path, tmp_path: Path) 
         folder_digests(model_folder)
 
 
-def test_the_cli_default_for_max_active_is_the_servers() -> None:
-    from flows.cli import DEFAULT_MAX_ACTIVE
-    from tasks.model_server import DEFAULT_MAX_ACTIVE as SERVER_DEFAULT
+def test_the_cli_defaults_of_the_server_limits_are_the_servers() -> None:
+    from flows import cli
+    from tasks import model_server
 
-    assert DEFAULT_MAX_ACTIVE == SERVER_DEFAULT
+    assert cli.DEFAULT_MAX_ACTIVE == model_server.DEFAULT_MAX_ACTIVE
+    assert cli.DEFAULT_BODY_SECONDS == model_server.DEFAULT_BODY_SECONDS
