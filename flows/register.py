@@ -79,7 +79,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         current_champion,
         decide,
         digest_of_rows,
-        log_packaged_model,
+        log_packaged_model_with_digests,
         mark_registered,
         pending_tags,
         remove_abandoned_versions,
@@ -134,7 +134,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
             max_pixels=config.register.max_image_pixels,
             max_image_bytes=config.register.max_image_bytes,
         )
-        model_uri = log_packaged_model(paths, settings, config.register.top_k, example)
+        model_uri, logged = log_packaged_model_with_digests(paths, settings, config.register.top_k, example)
         tags = {
             TAG_SELECTION_MANIFEST: manifest,
             TAG_TEST_MANIFEST: digest_of_rows(rows, ("test",)),
@@ -151,7 +151,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         # The alias moves last: a failure before it deletes the new version and leaves the aliases as they were.
         with version_removed_on_failure(client, name, version.version):
             # Signed before any alias names it: clients load only versions register signed (tasks/signing.py).
-            sign_version(client, name, str(version.version), keys)
+            sign_version(client, name, str(version.version), keys, logged)
             decision = decide(evaluation, manifest, champion, config.register.metric)
             client.update_model_version(
                 name,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -132,10 +132,20 @@ def load_verified_model(model_uri: str, keys: KeyFiles) -> LoadedModel:
         return LoadedModel(read_signature_model(folder), name, version)
 
 
-def sign_version(client: Any, name: str, version: str, keys: KeyFiles) -> None:
-    """Sign registered `version` of `name` as clients will download it (register's last step before the alias)."""
+def sign_version(client: Any, name: str, version: str, keys: KeyFiles, logged: Mapping[str, str] | None = None) -> None:
+    """Sign registered `version` of `name` as clients will download it (register's last step before the alias).
+
+    `logged` (artifact file name -> SHA-256, as `register` logged them): the downloaded artifact files must
+    be those, else nothing is signed (someone with write access to the artifact store changed them
+    between logging and signing)."""
     private_key = ensure_signing_key(keys)
     with tempfile.TemporaryDirectory(prefix="sigpipe-sign-") as scratch:
         files = folder_digests(download_version(name, version, Path(scratch)))
+    for file_name, digest in (logged or {}).items():
+        if files.get(f"{ARTIFACTS_FOLDER}/{file_name}") != digest:
+            raise UntrustedModelError(
+                f"{name} version {version}: artifact {file_name} in the registry differs from the one this run "
+                "logged, so it is not signed; check who can write to the artifact store, then register again"
+            )
     for tag, value in signature_tags(private_key, name, version, files).items():
         client.set_model_version_tag(name, version, tag, value)

@@ -23,6 +23,7 @@ from typing import Any
 
 from tasks.config import SELECTION_METRIC_PREFIX
 from tasks.errors import ModelFileError
+from tasks.files import sha256_file
 from tasks.images import PreprocessSettings
 from tasks.inference import (
     ACCEPT_PATHS,
@@ -267,7 +268,16 @@ def write_serving_classifier(classifier_file: Path, folder: Path) -> tuple[Path,
 
 
 def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k: int, example_image: Path) -> str:
-    """Log the pyfunc (model from code, with the `tasks` package) to the active run; returns its URI.
+    """`log_packaged_model_with_digests`, for callers that only need the logged model's URI."""
+    return log_packaged_model_with_digests(paths, settings, top_k, example_image)[0]
+
+
+def log_packaged_model_with_digests(
+    paths: ProjectPaths, settings: PreprocessSettings, top_k: int, example_image: Path
+) -> tuple[str, dict[str, str]]:
+    """Log the pyfunc (model from code, with the `tasks` package) to the active run; returns its URI and
+    the SHA-256 of each artifact file as it was logged (file name -> digest), so that `register` signs
+    only those files (`tasks.model_store.sign_version`).
 
     The model is logged with model_config {"accept_paths": False}, so what `mlflow models serve`
     loads reads only image bytes; its input example is `example_image` base64-encoded.
@@ -309,6 +319,7 @@ def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k:
         }
         # Digests of every artifact, packaged with them and checked whenever the model loads.
         files[ARTIFACT_DIGESTS] = write_digests(files, Path(scratch))
+        logged = {path.name: sha256_file(path) for path in files.values()}
         with model_artifacts_removed_on_failure("packaged model"):
             info = mlflow.pyfunc.log_model(
                 name="signature_model",
@@ -320,4 +331,4 @@ def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k:
                 input_example=pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(example_image.read_bytes()).decode()]}),
                 model_config={ACCEPT_PATHS: False},
             )
-    return info.model_uri
+    return info.model_uri, logged

@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,22 +38,34 @@ SIGNING_KEY_VARIABLE = "SIGPIPE_SIGNING_KEY"  # path of the private key file (re
 VERIFY_KEY_VARIABLE = "SIGPIPE_VERIFY_KEY"  # path of the public key file (clients)
 PAYLOAD_FORMAT = 1
 FINGERPRINT_CHARACTERS = 16
+WRITABLE_BY_OTHERS = 0o022  # group- or world-writable mode bits
+PUBLIC_FILE_MODE = 0o644
+SAFE_TEXT = re.compile(r"[\w./@:+-]+")  # printed as it is; anything else is quoted
 RESIGN = "re-register it with the register stage (`dvc repro --force register`), or use a version it signed"
 
 
 @dataclass(frozen=True)
 class KeyFiles:
-    """Where the private (signing) and public (verifying) keys are read from."""
+    """Where the private (signing) and public (verifying) keys are read from. `public_named`: the public
+    key file was chosen (SIGPIPE_VERIFY_KEY), so only it is trusted, never a private key beside it."""
 
     private: Path
     public: Path
+    public_named: bool = False
 
 
 def key_files(default_private: Path, default_public: Path, environment: Mapping[str, str] = os.environ) -> KeyFiles:
     """The key files: the workspace's defaults unless SIGPIPE_SIGNING_KEY / SIGPIPE_VERIFY_KEY name others."""
     private = Path(environment[SIGNING_KEY_VARIABLE]) if environment.get(SIGNING_KEY_VARIABLE) else default_private
-    public = Path(environment[VERIFY_KEY_VARIABLE]) if environment.get(VERIFY_KEY_VARIABLE) else default_public
-    return KeyFiles(private=private, public=public)
+    named = bool(environment.get(VERIFY_KEY_VARIABLE))
+    public = Path(environment[VERIFY_KEY_VARIABLE]) if named else default_public
+    return KeyFiles(private=private, public=public, public_named=named)
+
+
+def shown(text: str) -> str:
+    """`text` as it can be printed on one line: as it is when plain, else quoted with its escapes
+    (a file name or tag from the registry may hold newlines or terminal codes)."""
+    return text if SAFE_TEXT.fullmatch(text) else repr(text)
 
 
 def ensure_signing_key(keys: KeyFiles) -> Any:  # -> Ed25519PrivateKey
@@ -71,7 +84,18 @@ def ensure_signing_key(keys: KeyFiles) -> Any:  # -> Ed25519PrivateKey
     key = read_private_key(keys.private)
     if not keys.public.exists():
         keys.public.parent.mkdir(parents=True, exist_ok=True)
-        keys.public.write_bytes(public_pem(key.public_key()))
+        # Readable by all, writable by its owner only whatever the umask (a 002 umask would leave it group-writable,
+        # which clients refuse).
+        descriptor = os.open(keys.public, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PUBLIC_FILE_MODE)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(public_pem(key.public_key()))
+        keys.public.chmod(PUBLIC_FILE_MODE)
+    elif keys.public.read_bytes() != public_pem(key.public_key()):
+        # Clients trust the public file: one that is not this key's half would make them trust someone else.
+        raise ModelFileError(
+            f"{keys.public}: not the public half of the signing key {keys.private}; remove it (the next "
+            "register writes the right one) or restore the matching private key"
+        )
     return key
 
 
@@ -103,6 +127,11 @@ def read_verify_key(keys: KeyFiles) -> Any:  # -> Ed25519PublicKey
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     if keys.public.exists():
+        if keys.public.stat().st_mode & WRITABLE_BY_OTHERS:
+            raise UntrustedModelError(
+                f"{keys.public}: writable by other users, so anyone could replace the key clients trust; "
+                f"make it writable by its owner only (chmod go-w {keys.public})"
+            )
         try:
             key = serialization.load_pem_public_key(keys.public.read_bytes())
         except ValueError as error:
@@ -110,7 +139,7 @@ def read_verify_key(keys: KeyFiles) -> Any:  # -> Ed25519PublicKey
         if not isinstance(key, Ed25519PublicKey):
             raise UntrustedModelError(f"{keys.public}: not an Ed25519 public key")
         return key
-    if keys.private.exists():
+    if keys.private.exists() and not keys.public_named:
         return read_private_key(keys.private).public_key()
     raise UntrustedModelError(
         f"no key to check model signatures: {keys.public} does not exist. The register stage creates it; on a "
@@ -129,7 +158,9 @@ def folder_digests(folder: Path) -> dict[str, str]:
     digests = {}
     for path in sorted(folder.rglob("*")):
         if path.is_symlink():
-            raise UntrustedModelError(f"{path}: a link inside a model version; a signed model holds plain files")
+            raise UntrustedModelError(
+                f"{shown(str(path))}: a link inside a model version; a signed model holds plain files"
+            )
         if path.is_file():
             digests[path.relative_to(folder).as_posix()] = sha256_file(path)
     return digests
@@ -165,8 +196,8 @@ def signed_files(model_name: str, version: str, tags: Mapping[str, str], public_
         if not isinstance(files, dict):
             raise ValueError("the signed file list is not an object")
         public_key.verify(signature, payload(model_name, version, files))
-    except (InvalidSignature, ValueError) as error:
-        signer = tags.get(TAG_SIGNING_KEY, "an unknown key")
+    except (InvalidSignature, ValueError, RecursionError) as error:  # RecursionError: absurdly nested JSON
+        signer = shown(tags.get(TAG_SIGNING_KEY, "an unknown key"))
         raise UntrustedModelError(
             f"{label}: its signature does not match (signed by {signer}; this client trusts "
             f"{fingerprint(public_key)}), so it is refused; {RESIGN}"
@@ -181,8 +212,10 @@ def check_files(model_name: str, version: str, folder: Path, expected: Mapping[s
     found = folder_digests(folder)
     for name in sorted(set(found) | set(expected)):
         if name not in expected:
-            raise UntrustedModelError(f"{label}: file {name} was not signed by the register stage; {RESIGN}")
+            raise UntrustedModelError(f"{label}: file {shown(name)} was not signed by the register stage; {RESIGN}")
         if name not in found:
-            raise UntrustedModelError(f"{label}: signed file {name} is missing; {RESIGN}")
+            raise UntrustedModelError(f"{label}: signed file {shown(name)} is missing; {RESIGN}")
         if found[name] != expected[name]:
-            raise UntrustedModelError(f"{label}: file {name} differs from the one the register stage signed; {RESIGN}")
+            raise UntrustedModelError(
+                f"{label}: file {shown(name)} differs from the one the register stage signed; {RESIGN}"
+            )

@@ -195,3 +195,28 @@ def test_a_run_uri_is_refused_because_only_registered_versions_are_signed(
     source = client.get_model_version(MODEL_NAME, "1").source
     code, errors = run_cli(workspace, "predict", "--model", source, str(workspace.root / SIGNATURE_NAME))
     assert code == 1 and "only registered versions can be loaded" in errors[0]
+
+
+def test_even_a_signed_version_runs_none_of_its_code(workspace: ProjectPaths, client: object) -> None:
+    """A poisoned copy that the register key did sign (as if the key were misused): clients still only
+    read its files as data, so it answers and the appended line never runs."""
+    from tasks.model_store import sign_version, workspace_keys
+
+    folder, marker = poisoned_copy(workspace)
+    version = register_folder(client, folder)
+    sign_version(client, MODEL_NAME, version, workspace_keys(workspace))
+    code, errors = run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME))
+    assert (code, errors) == (0, []) and not marker.exists()
+
+
+def test_register_signs_only_the_artifacts_it_logged(workspace: ProjectPaths, client: object) -> None:
+    """Artifacts changed in the store between logging and signing: nothing is signed."""
+    from tasks.errors import UntrustedModelError
+    from tasks.model_store import sign_version, workspace_keys
+    from tasks.signing import TAG_SIGNATURE
+
+    version = register_folder(client, version_folder(workspace), as_champion=False)
+    logged = {"calibration.json": "0" * 64}  # what this run logged differs from what the registry holds
+    with pytest.raises(UntrustedModelError, match="differs from the one this run logged, so it is not signed"):
+        sign_version(client, MODEL_NAME, version, workspace_keys(workspace), logged)
+    assert TAG_SIGNATURE not in client.get_model_version(MODEL_NAME, version).tags

@@ -33,7 +33,7 @@ def registered_workspace(
     import mlflow
 
     from tasks.model_store import sign_version, workspace_keys
-    from tasks.registry import log_packaged_model
+    from tasks.registry import log_packaged_model_with_digests
 
     paths = ProjectPaths.from_root(root)
     paths.classifier_file.parent.mkdir(parents=True, exist_ok=True)
@@ -49,9 +49,9 @@ def registered_workspace(
     mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
     experiment = mlflow.create_experiment(model_name, artifact_location=(paths.mlruns_dir / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        model_uri = log_packaged_model(paths, settings, TOP_K, paths.root / SIGNATURE_NAME)
+        model_uri, logged = log_packaged_model_with_digests(paths, settings, TOP_K, paths.root / SIGNATURE_NAME)
     version = mlflow.register_model(model_uri, model_name)
     client = mlflow.tracking.MlflowClient()
-    sign_version(client, model_name, str(version.version), workspace_keys(paths))
+    sign_version(client, model_name, str(version.version), workspace_keys(paths), logged)
     client.set_registered_model_alias(model_name, "champion", version.version)
     return paths

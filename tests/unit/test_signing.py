@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import UntrustedModelError
+from tasks.errors import ModelFileError, UntrustedModelError
 from tasks.signing import (
     SIGNING_KEY_VARIABLE,
     TAG_SIGNATURE,
@@ -104,7 +104,7 @@ def test_the_public_half_of_the_private_key_verifies_when_no_public_file_exists(
 def test_environment_variables_name_the_key_files(tmp_path: Path) -> None:
     default = KeyFiles(tmp_path / "a.key", tmp_path / "a.pub")
     chosen = key_files(default.private, default.public, {SIGNING_KEY_VARIABLE: "/team/k", VERIFY_KEY_VARIABLE: "/p"})
-    assert chosen == KeyFiles(Path("/team/k"), Path("/p"))
+    assert chosen == KeyFiles(Path("/team/k"), Path("/p"), public_named=True)
     assert key_files(default.private, default.public, {}) == default
 
 
@@ -121,3 +121,40 @@ def test_the_cli_defaults_of_the_server_limits_are_the_servers() -> None:
 
     assert cli.DEFAULT_MAX_ACTIVE == model_server.DEFAULT_MAX_ACTIVE
     assert cli.DEFAULT_BODY_SECONDS == model_server.DEFAULT_BODY_SECONDS
+
+
+def test_a_named_public_key_that_is_missing_is_an_error_not_a_fallback(keys: KeyFiles) -> None:
+    """SIGPIPE_VERIFY_KEY pointing nowhere must not silently trust a private key lying beside it."""
+    ensure_signing_key(keys)
+    keys.public.unlink()
+    with pytest.raises(UntrustedModelError, match="does not exist"):
+        read_verify_key(KeyFiles(keys.private, keys.public, public_named=True))
+
+
+def test_a_public_key_file_others_can_write_is_refused(keys: KeyFiles) -> None:
+    ensure_signing_key(keys)
+    keys.public.chmod(0o666)
+    with pytest.raises(UntrustedModelError, match="writable by other users"):
+        read_verify_key(keys)
+
+
+def test_a_public_key_file_that_is_not_the_private_keys_half_is_refused(keys: KeyFiles, tmp_path: Path) -> None:
+    """Someone who replaced the public file (the key clients trust) is caught at the next register."""
+    ensure_signing_key(keys)
+    other = KeyFiles(tmp_path / "other.key", tmp_path / "other.pub")
+    ensure_signing_key(other)
+    keys.public.write_bytes(other.public.read_bytes())
+    with pytest.raises(ModelFileError, match="not the public half of the signing key"):
+        ensure_signing_key(keys)
+
+
+def test_names_from_the_registry_are_printed_on_one_line(keys: KeyFiles, model_folder: Path) -> None:
+    tags = signature_tags(ensure_signing_key(keys), NAME, VERSION, folder_digests(model_folder))
+    (model_folder / "evil\nline\x1b[2J").write_text("x")
+    with pytest.raises(UntrustedModelError) as raised:
+        check_files(NAME, VERSION, model_folder, signed_files(NAME, VERSION, tags, read_verify_key(keys)))
+    assert "\n" not in str(raised.value) and "\x1b" not in str(raised.value)
+    nested = {**tags, TAG_SIGNED_FILES: "[" * 100_000 + "]" * 100_000, "sigpipe.signing_key": "x\ny"}
+    with pytest.raises(UntrustedModelError) as refused:
+        signed_files(NAME, VERSION, nested, read_verify_key(keys))
+    assert "\n" not in str(refused.value)
