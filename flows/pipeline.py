@@ -7,8 +7,10 @@ every stage. Deployment parameters (`overrides`, e.g. {"train.epochs": 5}) are w
 params.yaml, as `dvc exp run --set-param` does, so every run stays reproducible from its files;
 they are validated with the whole file first, and a refused override, or a failed run, leaves it
 as it was. A run started from a deployment (a run request to the Prefect API) gets only what is
-safe: the workspace's own params.yaml, and no override that chooses what is read or fetched unless
-the worker's operator allows that source (`tasks.orchestration.SourcePolicy`).
+safe: the workspace's own params.yaml, overrides of the keys in `tasks.orchestration.RUN_REQUEST_KEYS`
+only (how much work, which training variant), and none that chooses what is read or fetched unless
+the worker's operator allows that source (`tasks.orchestration.SourcePolicy`), judged on the
+parameters the run writes, inside the workspace lock.
 Runs in one workspace never overlap: a file lock (and the deployment's concurrency limit of 1);
 a run that has to wait says which run holds the lock and since when.
 """
@@ -38,8 +40,8 @@ from tasks.orchestration import (
     PIPELINE_STAGES,
     SourcePolicy,
     StageOutcome,
+    check_run_overrides,
     check_run_params_file,
-    check_source_overrides,
     overrides_applied,
     push_outputs,
     read_json_if_present,
@@ -124,16 +126,21 @@ def training_run_link(paths: ProjectPaths, mlflow_ui_url: str) -> str | None:
     return run_ui_link(mlflow_ui_url, run["experiment_id"], run["run_id"])
 
 
-def checked_run_request(params_file: str, overrides: dict[str, Any] | None) -> str:
-    """The parameter file a run uses. A run started from a deployment (a run request to the Prefect
-    API) may name only its workspace's own params.yaml (the working directory the deployment's pull
-    step set, which a request cannot change) and may not choose a data source the operator has not
-    allowed; either is refused with one line before anything is written or run."""
+def checked_run_request(params_file: str, overrides: dict[str, Any] | None) -> tuple[str, SourcePolicy | None]:
+    """The parameter file a run uses, and the operator's policy its overrides must pass (None: a local
+    run, not restricted). A run started from a deployment (a run request to the Prefect API) may name
+    only its workspace's own params.yaml (the working directory the deployment's pull step set, which a
+    request cannot change), may set only the keys of `RUN_REQUEST_KEYS`, and may not choose a data
+    source the operator has not allowed; each is refused with one line before anything is written or
+    run. This check, on params.yaml as it is now, refuses early; the overrides are judged again inside
+    the workspace lock, on the document the run writes (`overrides_applied` with the policy), since
+    another run may change params.yaml in between."""
     if not deployment.id:
-        return params_file  # called from Python or `python -m flows.pipeline`: the caller's own choice
+        return params_file, None  # called from Python or `python -m flows.pipeline`: the caller's own choice
     own = check_run_params_file(params_file, Path.cwd())
-    check_source_overrides(overrides or {}, own, SourcePolicy.from_environment(os.environ))
-    return str(own)
+    policy = SourcePolicy.from_environment(os.environ)
+    check_run_overrides(overrides or {}, own, policy)
+    return str(own), policy
 
 
 @flow(name="signature-pipeline", log_prints=True)
@@ -144,11 +151,13 @@ def pipeline_flow(
     mlflow_ui_url: str = DEFAULT_MLFLOW_UI,
 ) -> list[dict[str, object]]:
     """Bring every stage up to date, in order, then publish a report and a timing table."""
-    paths = workspace_paths(str(Path(checked_run_request(params_file, overrides)).resolve()))
+    checked_file, policy = checked_run_request(params_file, overrides)
+    paths = workspace_paths(str(Path(checked_file).resolve()))
     lock = workspace_lock(paths.pipeline_lock_file, lock_timeout_seconds, label=f"flow run '{flow_run.name}'")
     # Every parameter is validated before any stage runs (DVC would remove outputs first); overrides
-    # are validated with the whole file before it is written, and written back if the run fails.
-    with lock, overrides_applied(paths.params_file, overrides or {}) as applied:
+    # are validated with the whole file before it is written (a deployment run's against the operator's
+    # policy too, on that file as it is inside the lock), and written back if the run fails.
+    with lock, overrides_applied(paths.params_file, overrides or {}, policy) as applied:
         if applied:
             print("parameters set: " + ", ".join(applied))
         check_params_file(paths.params_file)

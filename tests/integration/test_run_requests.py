@@ -3,8 +3,9 @@
 The work pool is created by the Makefile's own `prefect work-pool create` line and the deployment by
 `prefect deploy --all` from the project's prefect.yaml, as `make up` does. A request that replaces
 the command, the working folder or the environment is refused by the server; a run that names
-another params_file, or points the data at a folder or address the operator has not allowed, fails
-with one line before any stage runs; and no refused or failed run changes params.yaml.
+another params_file, overrides a key outside the allow-list (tasks.orchestration.RUN_REQUEST_KEYS), or
+points the data at a folder or address the operator has not allowed, fails with one line before any
+stage runs; and no refused or failed run changes params.yaml.
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
         worker.wait()
 
 
-def test_runs_naming_another_params_file_or_a_data_source_are_refused_before_any_stage(
+def test_runs_naming_another_params_file_an_operator_key_or_a_data_source_are_refused_before_any_stage(
     deployed: Deployed, tmp_path: Path, address_server: tuple[str, list[str]]
 ) -> None:
     from prefect.client.orchestration import get_client
@@ -229,6 +230,8 @@ def test_runs_naming_another_params_file_or_a_data_source_are_refused_before_any
         "params_file": {"params_file": str(attacker_workspace(tmp_path / "attacker", marker, deployed.environment))},
         "data.path": {"overrides": {"data.source": "local", "data.path": str(secret), "data.layout": "folder"}},
         "data.url": {"overrides": {"data.source": "url", "data.url": f"{address}/data.zip", "data.sha256": "0" * 64}},
+        # the model server's body limit: the operator's, in params.yaml; refused even beside an allowed key
+        "register.max_image_bytes": {"overrides": {"train.epochs": 1, "register.max_image_bytes": 2**40}},
     }
     params_before = (deployed.workspace / "params.yaml").read_bytes()
     worker = subprocess.Popen(
