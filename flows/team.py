@@ -92,6 +92,8 @@ SEARCH_PAGE_SIZE = 1000
 REQUEST_TIMEOUT_SECONDS = 30
 ERROR_CHARACTERS = 200  # of a refused request's answer, in the error naming it
 ENV_HINT = 'eval "$(python -m flows.team env)"'
+OPERATOR_ENV_HINT = 'eval "$(python -m flows.team env --operator)"'
+PREFECT_AUTH_VARIABLE = "PREFECT_API_AUTH_STRING"
 # `make up` (one user, 127.0.0.1): its credentials, as `export` lines its recipe and the user's shell
 # read, and MLflow's auth configuration (users in a SQLite file beside them; the user is MLflow's admin).
 DEFAULT_RUN_DIR = ".run"
@@ -232,7 +234,7 @@ class TeamCredentials:
     def client_variables(self) -> dict[str, str]:
         """The environment variables with which Prefect's and MLflow's clients authenticate."""
         return {
-            "PREFECT_API_AUTH_STRING": self.prefect_auth_string,
+            PREFECT_AUTH_VARIABLE: self.prefect_auth_string,
             "MLFLOW_TRACKING_USERNAME": TEAM_USER,
             "MLFLOW_TRACKING_PASSWORD": self.mlflow_password,
         }
@@ -617,15 +619,21 @@ def ensure_team_account(settings: TeamSettings, credentials: TeamCredentials) ->
 def clients_environment(settings: TeamSettings, credentials: TeamCredentials) -> dict[str, str]:
     """This environment pointed at the team's servers with the team's credentials, as a user's shell
     after `eval "$(python -m flows.team env)"`."""
-    return {**os.environ, **client_exports(settings, credentials)}
+    return {**os.environ, **client_exports(settings, credentials, operator=True)}
 
 
-def client_exports(settings: TeamSettings, credentials: TeamCredentials) -> dict[str, str]:
-    """The variables a client of the team's servers needs: their URLs, the team's credentials and the
-    public key that model versions must be signed with (tasks/signing.py)."""
+def client_exports(settings: TeamSettings, credentials: TeamCredentials, operator: bool = False) -> dict[str, str]:
+    """The variables a client of the team's servers needs: their URLs, the team's MLflow account and the
+    public key that model versions must be signed with (tasks/signing.py); for an `operator`, also the
+    Prefect credential. Prefect's server auth has one account, and whoever holds it can change a
+    deployment or the work pool and so run code on the worker, which holds the signing key: it is an
+    operator's credential, not a team member's."""
     urls = {"PREFECT_API_URL": settings.prefect_api_url, "MLFLOW_TRACKING_URI": settings.mlflow_url}
     trusted = {VERIFY_KEY_VARIABLE: str(settings.signing_key_files.public)}
-    return {**urls, **credentials.client_variables(), **trusted}
+    variables = credentials.client_variables()
+    if not operator:
+        variables.pop(PREFECT_AUTH_VARIABLE)
+    return {**urls, **variables, **trusted}
 
 
 def deploy_and_start_worker(settings: TeamSettings, credentials: TeamCredentials) -> bool:
@@ -745,17 +753,25 @@ def up() -> None:
             f"Worker:     pool '{WORK_POOL}', deployment '{DEPLOYMENT}' (more: prefect worker start --pool {WORK_POOL})"
         )
     typer.echo(f"Use them:   {ENV_HINT}   (their URLs and the credentials in {settings.credentials_file}, mode 0600)")
+    typer.echo(f"Operators:  {OPERATOR_ENV_HINT}   (also Prefect's credential: deployment runs, the worker)")
 
 
 @app.command()
-def env() -> None:
+def env(
+    operator: Annotated[
+        bool,
+        typer.Option(
+            "--operator", help="Also the Prefect credential (deployment runs; code execution on the worker)."
+        ),
+    ] = False,
+) -> None:
     """Print the `export` lines of the servers' URLs and the team's credentials, for
     `eval "$(python -m flows.team env)"` (nothing else is printed: the output holds passwords)."""
     settings = settings_here()
     if not settings.credentials_file.is_file():
         typer.echo(f"error: {settings.credentials_file} does not exist yet: run make team-up first", err=True)
         raise typer.Exit(code=1)
-    exports = client_exports(settings, TeamCredentials.load(settings.credentials_file))
+    exports = client_exports(settings, TeamCredentials.load(settings.credentials_file), operator)
     for name, value in exports.items():
         typer.echo(f"export {name}={shlex.quote(value)}")
 

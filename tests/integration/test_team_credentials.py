@@ -83,7 +83,7 @@ def secured_team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredTe
         up = team("up", clone, environment)
         assert up.returncode == 0, up.stdout + up.stderr
         assert 'eval "$(python -m flows.team env)"' in up.stdout
-        printed = team("env", clone, environment)
+        printed = team("env", clone, environment, "--operator")
         assert printed.returncode == 0, printed.stderr
         yield SecuredTeam(settings, TeamCredentials.load(settings.credentials_file), exported(printed.stdout))
     finally:

@@ -27,9 +27,9 @@ MODEL = "team-services-model"
 FLOW = "team-services-flow"
 
 
-def team(command: str, workspace: Path, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def team(command: str, workspace: Path, environment: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.team", command],
+        [sys.executable, "-m", "flows.team", command, *options],
         cwd=workspace,
         env=environment,
         capture_output=True,
@@ -63,10 +63,11 @@ def team_environment(tmp_path: Path, team_dir: Path) -> dict[str, str]:
 
 
 def team_exports(workspace: Path, environment: dict[str, str]) -> dict[str, str]:
-    """What `eval "$(python -m flows.team env)"` sets: the servers' URLs and the team's credentials."""
+    """What `eval "$(python -m flows.team env --operator)"` sets: the servers' URLs and the team's
+    credentials, Prefect's included (these tests run deployments, as an operator)."""
     import shlex
 
-    printed = team("env", workspace, environment)
+    printed = team("env", workspace, environment, "--operator")
     assert printed.returncode == 0, printed.stderr
     return dict(shlex.split(line)[1].split("=", 1) for line in printed.stdout.splitlines())
 

@@ -32,10 +32,16 @@ def test_credentials_are_generated_once_private_from_creation_and_reused(tmp_pat
 def test_clients_get_the_urls_and_the_team_account(tmp_path: Path) -> None:
     settings = settings_in(tmp_path)
     credentials = TeamCredentials("p", "m", "a", "k")
-    assert team.client_exports(settings, credentials) == {
+    # A team member gets no Prefect credential: it changes deployments, so it runs code on the worker.
+    member = team.client_exports(settings, credentials)
+    assert "PREFECT_API_AUTH_STRING" not in member
+    assert team.client_exports(settings, credentials, operator=True) == {
+        **member,
+        "PREFECT_API_AUTH_STRING": "sigpipe:p",
+    }
+    assert member == {
         "PREFECT_API_URL": "http://127.0.0.1:4200/api",
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
-        "PREFECT_API_AUTH_STRING": "sigpipe:p",
         "MLFLOW_TRACKING_USERNAME": "sigpipe",
         "MLFLOW_TRACKING_PASSWORD": "m",
         # Clients trust the team's model-signing key, published in the shared folder.
@@ -70,7 +76,10 @@ def test_env_prints_export_lines_for_eval(tmp_path: Path, monkeypatch: pytest.Mo
     assert printed.exit_code == 0
     exports = dict(shlex.split(line)[1].split("=", 1) for line in printed.output.splitlines())
     assert exports["MLFLOW_TRACKING_PASSWORD"] == credentials.mlflow_password
-    assert exports["PREFECT_API_AUTH_STRING"] == credentials.prefect_auth_string
+    assert "PREFECT_API_AUTH_STRING" not in exports
+    operator = runner.invoke(team.app, ["env", "--operator"])
+    operator_exports = dict(shlex.split(line)[1].split("=", 1) for line in operator.output.splitlines())
+    assert operator_exports["PREFECT_API_AUTH_STRING"] == credentials.prefect_auth_string
 
 
 def test_make_ups_credentials_file_is_private_sourceable_and_reused(tmp_path: Path) -> None:
