@@ -9,10 +9,14 @@ files checked, nothing of the artifact executed) and protects itself:
   413 before any byte of the body is read, a larger stream as soon as it passes the limit;
 - concurrency: at most `max_active` requests are read and answered at once; one more gets 503 at
   once (with Retry-After) instead of queueing its body in memory, and uvicorn refuses connections beyond
-  `max_connections` with 503 as well. So the server's memory stays within about
-  max_active x (body limit x `BODY_MEMORY_FACTOR`) above its idle size (tests/integration/
-  test_model_server.py checks it under 30 concurrent requests); a body that does not arrive within
-  `body_seconds` gets 408, so slow clients cannot hold the active places forever;
+  `max_connections` with 503 as well. A request holds at most `MAX_ROWS` images (413 beyond: a body
+  of many tiny rows costs far more memory as parsed rows than as bytes). So the server's memory stays
+  within about max_active x (body limit x `BODY_MEMORY_FACTOR` + decoding threads x
+  register.max_image_pixels x `DECODED_BYTES_PER_PIXEL`) above its idle size
+  (`ServerLimits.memory_bound`; tests/integration/test_model_server.py checks it under 30 concurrent
+  requests); a body that does not arrive within `body_seconds` gets 408, so slow clients cannot
+  hold the active places forever (a reverse proxy that buffers bodies and times out slow headers
+  is still wanted in front of a server others reach);
 - errors: every 4xx/5xx is one line of JSON (`{"error_code", "message"}`, MLflow's shape, so existing
   clients read it), without a traceback or a path; the trace of a 500 goes to the server's log.
 
@@ -29,6 +33,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +57,10 @@ DEFAULT_BODY_SECONDS = 60.0  # a body at the limit (about 43 MiB) over a 1 MB/s 
 # Open connections (each one idle or being shed costs little: no body is read) uvicorn keeps per active
 # request before it answers 503 itself, in plain text: a bound on connection floods, not the usual shedding.
 CONNECTIONS_PER_ACTIVE = 32
-BODY_MEMORY_FACTOR = 4  # body bytes, the JSON text, the decoded images and their arrays, at most
+BODY_MEMORY_FACTOR = 4  # body bytes, the JSON text, the decoded base64 and the rows, at most
+MAX_ROWS = 64  # images per request; more is a 413 (the model answers in batches of 32 anyway)
+DECODED_BYTES_PER_PIXEL = 4  # an image being decoded and converted (RGBA at most), per pixel
+FALLBACK_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, for a model without register.max_image_pixels
 RETRY_AFTER_SECONDS = "1"
 MODEL_VERSION_HEADER = "X-Model-Version"
 
@@ -65,6 +73,7 @@ class ServerLimits:
     max_active: int
     max_connections: int
     body_seconds: float  # how long a request's body may take to arrive
+    memory_bound: int  # bytes the server may grow by under load, above its idle size (the stated bound)
 
     @classmethod
     def from_settings(
@@ -77,7 +86,14 @@ class ServerLimits:
         image_bytes = settings.max_image_bytes or FALLBACK_MAX_IMAGE_BYTES
         body = math.ceil(image_bytes * BASE64_CHARACTERS_PER_BYTE) + FRAMING_BYTES
         connections = max_active * CONNECTIONS_PER_ACTIVE
-        return cls(max_body_bytes=body, max_active=max_active, max_connections=connections, body_seconds=body_seconds)
+        decoding = (os.cpu_count() or 1) * (settings.max_pixels or FALLBACK_MAX_PIXELS) * DECODED_BYTES_PER_PIXEL
+        return cls(
+            max_body_bytes=body,
+            max_active=max_active,
+            max_connections=connections,
+            body_seconds=body_seconds,
+            memory_bound=max_active * (body * BODY_MEMORY_FACTOR + decoding),
+        )
 
 
 class RequestError(Exception):
@@ -165,6 +181,10 @@ def request_frame(body: bytes) -> Any:  # -> pandas.DataFrame
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise bad_request(f"the body is not JSON ({type(error).__name__} at byte {getattr(error, 'pos', 0)})") from None
     columns, rows = table_of(content)
+    if len(rows) > MAX_ROWS:
+        raise RequestError(
+            413, "REQUEST_LIMIT_EXCEEDED", f"{len(rows)} images in one request; this server takes {MAX_ROWS} at most"
+        )
     unknown = [column for column in columns if column not in KNOWN_COLUMNS]
     if unknown or (IMAGE_COLUMN not in columns and PATH_COLUMN not in columns):
         raise bad_request(

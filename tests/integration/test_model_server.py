@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.model_server import BODY_MEMORY_FACTOR, FRAMING_BYTES, INVOCATIONS_PATH, ServerLimits
+from tasks.model_server import FRAMING_BYTES, INVOCATIONS_PATH, MAX_ROWS, ServerLimits
 from tasks.paths import ProjectPaths
 from tests.support.registered_model import SIGNATURE_NAME, registered_workspace
 from tests.unit.test_inference import SETTINGS
@@ -35,7 +35,8 @@ pytestmark = pytest.mark.slow
 MODEL_NAME = "served-test"
 CALIBRATION = {"classes": ["a", "b", "c"], "temperature": 1.0, "threshold": 0.0, "unknown_class_id": 3}
 MAX_IMAGE_BYTES = 1 << 20
-SERVED_SETTINGS = replace(SETTINGS, max_image_bytes=MAX_IMAGE_BYTES)
+MAX_PIXELS = 1_000_000
+SERVED_SETTINGS = replace(SETTINGS, max_image_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS)
 LIMITS = ServerLimits.from_settings(SERVED_SETTINGS)
 HUGE_BODY_BYTES = 256 << 20
 CONCURRENT_REQUESTS = 30
@@ -44,9 +45,9 @@ REQUEST_SECONDS = 120
 MEBIBYTE = 1 << 20
 BODY_SECONDS = 3.0  # the served test model's body timeout (the default, 60 s, would make a slow test)
 # What the server may add to its peak resident memory while under attack: the bound the module states
-# (max_active bodies, each held about BODY_MEMORY_FACTOR times), plus allocator and thread slack.
+# (ServerLimits.memory_bound), plus allocator and thread slack.
 SLACK_BYTES = 64 * MEBIBYTE
-MEMORY_BOUND_BYTES = LIMITS.max_active * LIMITS.max_body_bytes * BODY_MEMORY_FACTOR + SLACK_BYTES
+MEMORY_BOUND_BYTES = LIMITS.memory_bound + SLACK_BYTES
 # Below the body limit: base64 of (limit - framing) * 3/4 random bytes, a "large" request the server reads.
 LARGE_IMAGE_BYTES = (LIMITS.max_body_bytes - FRAMING_BYTES) * 3 // 4
 
@@ -206,7 +207,8 @@ def test_thirty_concurrent_large_requests_are_answered_or_shed_within_the_memory
 ) -> None:
     url, pid, _ = server
     image = base64.b64encode(os.urandom(LARGE_IMAGE_BYTES)).decode()
-    peak_before = memory_bytes(pid, "VmHWM")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the present size
+    before = memory_bytes(pid, "VmRSS")
     with ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS) as pool:
         responses = list(pool.map(lambda _: invoke(url, ["image"], [[image]]), range(CONCURRENT_REQUESTS)))
     statuses = sorted(response.status_code for response in responses)
@@ -217,7 +219,7 @@ def test_thirty_concurrent_large_requests_are_answered_or_shed_within_the_memory
         else:
             (row,) = response.json()["predictions"]
             assert row["error"]  # random bytes are no image: answered as an error row, not a failure
-    growth = memory_bytes(pid, "VmHWM") - max(peak_before, memory_bytes(pid, "VmRSS"))
+    growth = memory_bytes(pid, "VmHWM") - before
     assert growth <= MEMORY_BOUND_BYTES, f"peak grew {growth / MEBIBYTE:.0f} MiB"
 
 
@@ -235,6 +237,14 @@ def test_bad_requests_get_one_line_400s_naming_the_columns(server: tuple[str, in
     assert "one value per column" in assert_one_line_error(ragged, 400)
     shapeless = requests.post(url + INVOCATIONS_PATH, json={"inputs": [1, 2]}, timeout=30)
     assert "dataframe_split" in assert_one_line_error(shapeless, 400)
+
+
+def test_a_request_of_many_tiny_rows_is_refused(server: tuple[str, int, ProjectPaths]) -> None:
+    """Rows cost far more memory parsed than as bytes: more than MAX_ROWS images is a 413."""
+    url, _, _ = server
+    message = assert_one_line_error(invoke(url, ["image"], [["aGVsbG8="]] * (MAX_ROWS + 1)), 413)
+    assert f"this server takes {MAX_ROWS} at most" in message
+    assert invoke(url, ["image"], [["aGVsbG8="]] * MAX_ROWS).status_code == 200
 
 
 def test_paths_are_refused_per_row_without_looking_at_the_file(server: tuple[str, int, ProjectPaths]) -> None:
