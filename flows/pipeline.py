@@ -51,6 +51,7 @@ from tasks.orchestration import (
     workspace_lock,
 )
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
+from tasks.signing import SIGNING_KEY_VARIABLE
 from tasks.tracking import run_ui_link
 
 REPORT_KEY = "signature-pipeline-report"
@@ -63,6 +64,15 @@ DEFAULT_LOCK_TIMEOUT_SECONDS = 600.0
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 # A worker hands its flow run to the process it starts in this variable; the stages are not that run.
 WORKER_FLOW_RUN_VARIABLE = "PREFECT__FLOW_RUN_ID"
+SIGNING_STAGE = "register"  # the one stage given SIGPIPE_SIGNING_KEY (tasks/signing.py)
+
+
+def stage_variables(stage: str, environment: dict[str, str]) -> dict[str, str]:
+    """`environment` for `stage`: only register is told where the model signing key is, so the stages
+    that read downloads and images (untrusted input) never see it."""
+    if stage == SIGNING_STAGE:
+        return dict(environment)
+    return {name: value for name, value in environment.items() if name != SIGNING_KEY_VARIABLE}
 
 
 @task(cache_policy=NO_CACHE)
@@ -72,7 +82,11 @@ def run_stage(stage: str, root: Path, environment: dict[str, str]) -> StageOutco
     The stage's flow run becomes a subflow run of this task run (`flows._stage.call_stage`), so
     the Prefect UI shows it nested under the pipeline run; its last messages are repeated here.
     """
-    nested = {**environment, PARENT_TASK_RUN_VARIABLE: str(task_run.id), PIPELINE_RUN_VARIABLE: str(flow_run.name)}
+    nested = {
+        **stage_variables(stage, environment),
+        PARENT_TASK_RUN_VARIABLE: str(task_run.id),
+        PIPELINE_RUN_VARIABLE: str(flow_run.name),
+    }
     outcome = run_dvc_stage(stage, root, nested)
     print(
         "\n".join(

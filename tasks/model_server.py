@@ -36,6 +36,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from tasks.errors import ModelInputError
@@ -107,12 +108,14 @@ class RequestError(Exception):
 
 
 def bad_request(message: str) -> RequestError:
-    return RequestError(400, "INVALID_PARAMETER_VALUE", message)
+    """A 400 in MLflow's shape: the request itself is wrong, and `message` says how."""
+    return RequestError(HTTPStatus.BAD_REQUEST, "INVALID_PARAMETER_VALUE", message)
 
 
 def too_large(limit: int) -> RequestError:
+    """A 413 for a body above `limit` bytes, saying what one request may carry."""
     return RequestError(
-        413,
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
         "REQUEST_LIMIT_EXCEEDED",
         f"the request body is above this server's limit of {limit} bytes (one image at the model's "
         "register.max_image_bytes, base64-encoded): send fewer or smaller images per request",
@@ -149,7 +152,7 @@ async def body_in_time(request: Any, limits: ServerLimits) -> bytes:
         return await asyncio.wait_for(read_body(request, limits.max_body_bytes), limits.body_seconds)
     except TimeoutError:
         message = f"the request body did not arrive within {limits.body_seconds:g} s: send it at once"
-        raise RequestError(408, "REQUEST_TIMEOUT", message) from None
+        raise RequestError(HTTPStatus.REQUEST_TIMEOUT, "REQUEST_TIMEOUT", message) from None
 
 
 def table_of(content: object) -> tuple[list[str], list[list[object]]]:
@@ -182,9 +185,8 @@ def request_frame(body: bytes) -> Any:  # -> pandas.DataFrame
         raise bad_request(f"the body is not JSON ({type(error).__name__} at byte {getattr(error, 'pos', 0)})") from None
     columns, rows = table_of(content)
     if len(rows) > MAX_ROWS:
-        raise RequestError(
-            413, "REQUEST_LIMIT_EXCEEDED", f"{len(rows)} images in one request; this server takes {MAX_ROWS} at most"
-        )
+        too_many = f"{len(rows)} images in one request; this server takes {MAX_ROWS} at most"
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "REQUEST_LIMIT_EXCEEDED", too_many)
     unknown = [column for column in columns if column not in KNOWN_COLUMNS]
     if unknown or (IMAGE_COLUMN not in columns and PATH_COLUMN not in columns):
         raise bad_request(
@@ -228,7 +230,7 @@ def create_app(service: ModelService, limits: ServerLimits) -> Any:  # -> starle
     """The ASGI application: /invocations with the limits, /ping, /health and /version."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, PlainTextResponse
     from starlette.routing import Route
 
@@ -236,27 +238,34 @@ def create_app(service: ModelService, limits: ServerLimits) -> Any:  # -> starle
     version_header = {MODEL_VERSION_HEADER: f"{service.loaded.name}/{service.loaded.version}"}
 
     async def invocations(request: Request) -> Any:
+        """POST /invocations: shed when busy, else read the body within the limits and answer it."""
         if active.locked():
             busy = f"the server is busy ({limits.max_active} requests in progress): retry shortly"
-            return error_response(503, "TEMPORARILY_UNAVAILABLE", busy, {"Retry-After": RETRY_AFTER_SECONDS})
+            unavailable = HTTPStatus.SERVICE_UNAVAILABLE
+            return error_response(unavailable, "TEMPORARILY_UNAVAILABLE", busy, {"Retry-After": RETRY_AFTER_SECONDS})
         async with active:
             try:
                 if not request.headers.get("content-type", "").startswith(JSON_CONTENT_TYPE):
-                    raise RequestError(415, "INVALID_PARAMETER_VALUE", f"send the request as {JSON_CONTENT_TYPE}")
+                    wrong_type = f"send the request as {JSON_CONTENT_TYPE}"
+                    raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "INVALID_PARAMETER_VALUE", wrong_type)
                 body = await body_in_time(request, limits)
                 answer = await run_in_threadpool(service.predictions, body)
             except RequestError as refused:
                 return error_response(refused.status, refused.code, refused.message)
+            except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing to log
+                return error_response(HTTPStatus.BAD_REQUEST, "INVALID_PARAMETER_VALUE", "the client disconnected")
             except Exception:
                 LOGGER.exception("predict failed")
                 internal = "the model failed on this request (an internal error); the server's log has the details"
-                return error_response(500, "INTERNAL_ERROR", internal)
+                return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", internal)
         return JSONResponse(answer, headers=version_header)
 
     async def health(request: Request) -> Any:
+        """GET /ping and /health: the model is loaded (the server starts only once it is)."""
         return PlainTextResponse("OK\n", headers=version_header)
 
     async def version(request: Request) -> Any:
+        """GET /version: the registered model name and version this server answers with."""
         return JSONResponse({"model": service.loaded.name, "version": service.loaded.version})
 
     routes = [Route(INVOCATIONS_PATH, invocations, methods=["POST"])]

@@ -158,3 +158,13 @@ def test_names_from_the_registry_are_printed_on_one_line(keys: KeyFiles, model_f
     with pytest.raises(UntrustedModelError) as refused:
         signed_files(NAME, VERSION, nested, read_verify_key(keys))
     assert "\n" not in str(refused.value)
+
+
+def test_only_the_register_stage_is_told_where_the_signing_key_is() -> None:
+    """The pipeline's stages that read downloads and images (untrusted input) never get the key's path."""
+    from flows.pipeline import stage_variables
+
+    environment = {SIGNING_KEY_VARIABLE: "/team/model-signing.key", "PATH": "/bin"}
+    assert stage_variables("register", environment) == environment
+    for stage in ("download", "prepare", "train", "evaluate", "calibrate"):
+        assert stage_variables(stage, environment) == {"PATH": "/bin"}
