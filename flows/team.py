@@ -760,9 +760,7 @@ def up() -> None:
 def env(
     operator: Annotated[
         bool,
-        typer.Option(
-            "--operator", help="Also the Prefect credential (deployment runs; code execution on the worker)."
-        ),
+        typer.Option("--operator", help="Also the Prefect credential (deployment runs; code execution on the worker)."),
     ] = False,
 ) -> None:
     """Print the `export` lines of the servers' URLs and the team's credentials, for
