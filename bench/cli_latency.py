@@ -52,7 +52,7 @@ def registered_workspace(root: Path, size: int) -> Path:
     from tasks.config import PrepareParams
     from tasks.files import write_json
     from tasks.model import HeadSpec, build_base, build_classifier
-    from tasks.model_store import sign_version, workspace_keys
+    from tasks.model_store import record_alias, sign_version, workspace_keys
     from tasks.paths import ProjectPaths
     from tasks.prepare import settings_from_params
     from tasks.registry import log_packaged_model
@@ -85,6 +85,7 @@ def registered_workspace(root: Path, size: int) -> Path:
     client = mlflow.tracking.MlflowClient()
     sign_version(client, BENCH_MODEL, str(version.version), workspace_keys(paths))  # as the register stage does
     client.set_registered_model_alias(BENCH_MODEL, "champion", version.version)
+    record_alias(client, BENCH_MODEL, "champion", str(version.version), workspace_keys(paths))
     return paths.params_file
 
 

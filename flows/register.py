@@ -69,7 +69,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     import mlflow
 
     from tasks.manifest import read_manifest
-    from tasks.model_store import sign_version, workspace_keys
+    from tasks.model_store import record_alias, sign_version, workspace_keys
     from tasks.prepare import settings_from_params
     from tasks.registry import (
         SELECTION_SPLITS,
@@ -165,6 +165,8 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
                 ),
             )
             client.set_registered_model_alias(name, decision.alias, version.version)
+            # Clients trust an alias only as register set it (a move by hand skips the "only if better" rule).
+            record_alias(client, name, decision.alias, str(version.version), keys)
         mark_registered(client, name, version.version)
         result = {
             "model_name": name,

@@ -32,12 +32,14 @@ from tasks.model_files import DIGESTS_FILE_NAME, FILE_KEY, read_json_object, rea
 from tasks.paths import ProjectPaths
 from tasks.signing import (
     KeyFiles,
+    alias_tags,
     check_files,
     ensure_signing_key,
     folder_digests,
     key_files,
     read_verify_key,
     signature_tags,
+    signed_aliases,
     signed_files,
 )
 
@@ -110,15 +112,69 @@ def read_signature_model(folder: Path) -> SignatureClassifier:
     )
 
 
+def newest_signed_version(client: Any, name: str, public_key: Any) -> str | None:
+    """The highest version number of `name` whose signature checks (only register creates those)."""
+    numbers = []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        try:
+            signed_files(name, str(version.version), version.tags, public_key)
+        except UntrustedModelError:
+            continue
+        numbers.append(int(version.version))
+    return str(max(numbers)) if numbers else None
+
+
+def check_alias(client: Any, name: str, alias: str, version: str, public_key: Any) -> None:
+    """`alias` names `version` as the register stage last set it: its signed alias statement says so and
+    is the newest (no later signed version). An alias moved by hand (to any version, signed or not, which
+    skips register's "only if better" rule) or a replayed older statement raises UntrustedModelError."""
+    label = f"{name}@{alias}"
+    statement = signed_aliases(name, client.get_registered_model(name).tags, public_key)
+    if statement is None:
+        raise UntrustedModelError(
+            f"{label}: no alias statement signed by the register stage, so the alias is not trusted; "
+            "register again (`dvc repro --force register`) or load an explicit version (models:/<name>/<n>)"
+        )
+    aliases, as_of = statement
+    if aliases.get(alias) != version:
+        set_by_register = aliases.get(alias, "no version")
+        raise UntrustedModelError(
+            f"{label} points at version {version}, but the register stage set it on {set_by_register}: "
+            "moved by hand, so refused; point it back, or load an explicit version (models:/<name>/<n>)"
+        )
+    newest = newest_signed_version(client, name, public_key)
+    if newest is not None and int(newest) > int(as_of):
+        raise UntrustedModelError(
+            f"{label}: the alias statement dates from version {as_of}, but version {newest} was signed later: "
+            "an old statement put back, so refused; register again to write a current one"
+        )
+
+
+def record_alias(client: Any, name: str, alias: str, version: str, keys: KeyFiles) -> None:
+    """After register sets `alias` on `version`: sign the statement of every alias register has set
+    (the previous statement's, if it checks, updated with this one), as of `version`."""
+    private_key = ensure_signing_key(keys)
+    try:
+        previous = signed_aliases(name, client.get_registered_model(name).tags, private_key.public_key())
+    except UntrustedModelError:
+        previous = None  # a damaged statement is replaced: the aliases it named are trusted no longer
+    aliases = {**(previous[0] if previous else {}), alias: str(version)}
+    for tag, value in alias_tags(private_key, name, aliases, str(version)).items():
+        client.set_registered_model_tag(name, tag, value)
+
+
 @contextmanager
 def verified_version(model_uri: str, keys: KeyFiles) -> Iterator[tuple[str, str, Path]]:
     """(name, version, folder) of `model_uri` downloaded into a temporary folder, its signature and
-    every file checked; the folder is removed afterwards."""
+    every file checked (and, for an alias, that register set it there); the folder is removed afterwards."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     name, version = version_of(client, model_uri)
-    expected = signed_files(name, version, client.get_model_version(name, version).tags, read_verify_key(keys))
+    public_key = read_verify_key(keys)
+    expected = signed_files(name, version, client.get_model_version(name, version).tags, public_key)
+    if match := ALIAS_URI.fullmatch(model_uri):
+        check_alias(client, name, match["alias"], version, public_key)
     with tempfile.TemporaryDirectory(prefix="sigpipe-model-") as scratch:
         folder = download_version(name, version, Path(scratch))
         check_files(name, version, folder, expected)

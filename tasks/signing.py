@@ -34,6 +34,10 @@ from tasks.files import sha256_file, write_private_file
 TAG_SIGNATURE = "sigpipe.signature"  # base64 Ed25519 signature of the payload below
 TAG_SIGNED_FILES = "sigpipe.signed_files"  # JSON: relative path -> SHA-256 of every file of the version
 TAG_SIGNING_KEY = "sigpipe.signing_key"  # fingerprint of the public key that signed it
+# On the registered model: which version each alias names as register set it, and the newest version
+# register had signed then (so an old statement replayed after later versions is refused), signed.
+TAG_ALIASES = "sigpipe.aliases"
+TAG_ALIASES_SIGNATURE = "sigpipe.aliases_signature"
 SIGNING_KEY_VARIABLE = "SIGPIPE_SIGNING_KEY"  # path of the private key file (register)
 VERIFY_KEY_VARIABLE = "SIGPIPE_VERIFY_KEY"  # path of the public key file (clients)
 PAYLOAD_FORMAT = 1
@@ -219,3 +223,41 @@ def check_files(model_name: str, version: str, folder: Path, expected: Mapping[s
             raise UntrustedModelError(
                 f"{label}: file {shown(name)} differs from the one the register stage signed; {RESIGN}"
             )
+
+
+def alias_payload(model_name: str, aliases: Mapping[str, str], as_of: str) -> bytes:
+    """The bytes of an alias statement: which version each alias names, as of the newest signed version."""
+    content = {"format": PAYLOAD_FORMAT, "model": model_name, "aliases": dict(aliases), "as_of": str(as_of)}
+    return json.dumps(content, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def alias_tags(private_key: Any, model_name: str, aliases: Mapping[str, str], as_of: str) -> dict[str, str]:
+    """The registered-model tags of a signed alias statement (register writes them after moving an alias)."""
+    statement = {"aliases": dict(aliases), "as_of": str(as_of)}
+    signature = private_key.sign(alias_payload(model_name, aliases, as_of))
+    return {
+        TAG_ALIASES: json.dumps(statement, sort_keys=True, separators=(",", ":")),
+        TAG_ALIASES_SIGNATURE: base64.b64encode(signature).decode("ascii"),
+    }
+
+
+def signed_aliases(model_name: str, tags: Mapping[str, str], public_key: Any) -> tuple[dict[str, str], str] | None:
+    """(alias -> version, as_of) of the model's alias statement once its signature is checked; None when
+    there is none; UntrustedModelError when its signature does not match."""
+    from cryptography.exceptions import InvalidSignature
+
+    if TAG_ALIASES not in tags or TAG_ALIASES_SIGNATURE not in tags:
+        return None
+    try:
+        statement = json.loads(tags[TAG_ALIASES])
+        aliases = {str(alias): str(version) for alias, version in dict(statement["aliases"]).items()}
+        as_of = str(statement["as_of"])
+        public_key.verify(
+            base64.b64decode(tags[TAG_ALIASES_SIGNATURE], validate=True), alias_payload(model_name, aliases, as_of)
+        )
+    except (InvalidSignature, ValueError, TypeError, KeyError, RecursionError) as error:
+        raise UntrustedModelError(
+            f"{model_name}: its alias statement's signature does not match, so no alias of it is trusted; "
+            "a register run writes a new one (or load an explicit version, models:/<name>/<n>)"
+        ) from error
+    return aliases, as_of

@@ -184,9 +184,11 @@ def test_a_version_signed_with_another_key_is_refused(
     sign_version(client, MODEL_NAME, version, KeyFiles(tmp_path / "other.key", tmp_path / "other.pub"))
     code, errors = run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME))
     assert code == 1 and "its signature does not match" in errors[0]
-    # A client that trusts that key (SIGPIPE_VERIFY_KEY) accepts it.
+    # A client that trusts that key (SIGPIPE_VERIFY_KEY) accepts the version, named explicitly (the
+    # champion alias was moved by hand: register's statement, signed with the other key, does not name it).
     monkeypatch.setenv("SIGPIPE_VERIFY_KEY", str(tmp_path / "other.pub"))
-    assert run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME)) == (0, [])
+    explicit = ["--model", f"models:/{MODEL_NAME}/{version}", str(workspace.root / SIGNATURE_NAME)]
+    assert run_cli(workspace, "predict", *explicit) == (0, [])
 
 
 def test_a_run_uri_is_refused_because_only_registered_versions_are_signed(
@@ -203,10 +205,52 @@ def test_even_a_signed_version_runs_none_of_its_code(workspace: ProjectPaths, cl
     from tasks.model_store import sign_version, workspace_keys
 
     folder, marker = poisoned_copy(workspace)
-    version = register_folder(client, folder)
+    version = register_folder(client, folder, as_champion=False)
     sign_version(client, MODEL_NAME, version, workspace_keys(workspace))
-    code, errors = run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME))
+    try:
+        model = ["--model", f"models:/{MODEL_NAME}/{version}"]
+        code, errors = run_cli(workspace, "predict", *model, str(workspace.root / SIGNATURE_NAME))
+    finally:
+        client.delete_model_version(MODEL_NAME, version)
     assert (code, errors) == (0, []) and not marker.exists()
+
+
+def test_champion_moved_by_hand_to_a_signed_version_is_refused(workspace: ProjectPaths, client: object) -> None:
+    """A signed version register left as challenger, made champion by hand (skipping "only if better")."""
+    from tasks.model_store import record_alias, sign_version, workspace_keys
+
+    version = register_folder(client, version_folder(workspace), as_champion=False)
+    sign_version(client, MODEL_NAME, version, workspace_keys(workspace))
+    record_alias(client, MODEL_NAME, "challenger", version, workspace_keys(workspace))  # as register does
+    try:
+        assert run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME)) == (0, [])  # champion: v1
+        client.set_registered_model_alias(MODEL_NAME, "champion", version)  # by hand
+        code, errors = run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME))
+        assert code == 1 and len(errors) == 1
+        assert f"{MODEL_NAME}@champion points at version {version}, but the register stage set it on 1" in errors[0]
+        explicit = ["--model", f"models:/{MODEL_NAME}/{version}", str(workspace.root / SIGNATURE_NAME)]
+        assert run_cli(workspace, "predict", *explicit) == (0, [])  # the version itself is trusted
+    finally:
+        client.delete_model_version(MODEL_NAME, version)
+
+
+def test_an_old_alias_statement_put_back_is_refused(workspace: ProjectPaths, client: object) -> None:
+    """Replay: the statement from when version 1 was newest, restored after register signed a later one."""
+    from tasks.model_store import record_alias, sign_version, workspace_keys
+    from tasks.signing import TAG_ALIASES, TAG_ALIASES_SIGNATURE
+
+    old = {tag: client.get_registered_model(MODEL_NAME).tags[tag] for tag in (TAG_ALIASES, TAG_ALIASES_SIGNATURE)}
+    version = register_folder(client, version_folder(workspace), as_champion=False)
+    sign_version(client, MODEL_NAME, version, workspace_keys(workspace))
+    record_alias(client, MODEL_NAME, "challenger", version, workspace_keys(workspace))
+    try:
+        assert run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME)) == (0, [])
+        for tag, value in old.items():
+            client.set_registered_model_tag(MODEL_NAME, tag, value)
+        code, errors = run_cli(workspace, "predict", str(workspace.root / SIGNATURE_NAME))
+        assert code == 1 and f"but version {version} was signed later: an old statement put back" in errors[0]
+    finally:
+        client.delete_model_version(MODEL_NAME, version)
 
 
 def test_register_signs_only_the_artifacts_it_logged(workspace: ProjectPaths, client: object) -> None:

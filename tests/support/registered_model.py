@@ -32,7 +32,7 @@ def registered_workspace(
     stage signs it, with the workspace's key pair (created in `.sigpipe/`)."""
     import mlflow
 
-    from tasks.model_store import sign_version, workspace_keys
+    from tasks.model_store import record_alias, sign_version, workspace_keys
     from tasks.registry import log_packaged_model_with_digests
 
     paths = ProjectPaths.from_root(root)
@@ -54,4 +54,5 @@ def registered_workspace(
     client = mlflow.tracking.MlflowClient()
     sign_version(client, model_name, str(version.version), workspace_keys(paths), logged)
     client.set_registered_model_alias(model_name, "champion", version.version)
+    record_alias(client, model_name, "champion", str(version.version), workspace_keys(paths))
     return paths
