@@ -23,7 +23,8 @@ from typing import Any
 from tasks.datasets.base import is_image_file
 from tasks.errors import ConfigError, ListingError
 from tasks.inference import CLAIM_COLUMN, PATH_COLUMN
-from tasks.signing import KeyFiles, folder_digests
+from tasks.model_store import VerifiedVersion, read_signature_model, verified_version
+from tasks.signing import KeyFiles
 
 LISTING_COMMENT = "#"
 CSV_SUFFIX = ".csv"
@@ -40,15 +41,6 @@ ANSWER_SCHEMA = (
     "claimed_writer string, claim_score double, claim_accepted boolean, error string"
 )
 WORKER_MODELS: dict[str, Any] = {}  # folder -> model, in each Spark Python worker
-
-
-@dataclass(frozen=True)
-class SignedVersion:
-    """A verified version's name, number and signed file digests (what each executor checks again)."""
-
-    name: str
-    version: str
-    files: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -144,14 +136,12 @@ def spark_session(master: str, log_level: str) -> Any:  # -> pyspark.sql.SparkSe
 def worker_model(folder: str) -> Any:  # -> SignatureClassifier
     """The model in a verified version folder, read once per Spark Python worker (workers are reused)."""
     if folder not in WORKER_MODELS:
-        from tasks.model_store import read_signature_model
-
         WORKER_MODELS.clear()
         WORKER_MODELS[folder] = read_signature_model(Path(folder))
     return WORKER_MODELS[folder]
 
 
-def answer_batches(folder_name: str, signed: SignedVersion) -> Callable[[Iterator[Any]], Iterator[Any]]:
+def answer_batches(signed: VerifiedVersion) -> Callable[[Iterator[Any]], Iterator[Any]]:
     """The function `mapInPandas` runs on each partition: the version's folder, as Spark copied it to
     this executor, checked again against the signed file list, then every batch of rows answered."""
 
@@ -161,7 +151,7 @@ def answer_batches(folder_name: str, signed: SignedVersion) -> Callable[[Iterato
         from tasks.inference import answers_frame, items_from
         from tasks.signing import check_files
 
-        folder = SparkFiles.get(folder_name)
+        folder = SparkFiles.get(signed.folder.name)  # the driver's folder, as `addFile` copied it here
         check_files(signed.name, signed.version, Path(folder), signed.files)
         model = worker_model(folder)
         for batch in batches:
@@ -170,16 +160,16 @@ def answer_batches(folder_name: str, signed: SignedVersion) -> Callable[[Iterato
     return answer
 
 
-def scored_frame(spark: Any, signed: SignedVersion, folder: Path, listing: Any, partitions: int) -> Any:
+def scored_frame(spark: Any, signed: VerifiedVersion, listing: Any, partitions: int) -> Any:
     """The listing as a Spark DataFrame with one answer row per image (the model's output columns).
 
     The version's verified folder goes to every executor with Spark's own file distribution
     (`addFile`); each Python worker reads the model from it as data (no code of the artifact runs,
     unlike MLflow's `spark_udf`, which imports the artifact's model-from-code file).
     """
-    spark.sparkContext.addFile(str(folder), recursive=True)
+    spark.sparkContext.addFile(str(signed.folder), recursive=True)
     frame = spark.createDataFrame(listing).repartition(partitions)
-    return frame.mapInPandas(answer_batches(folder.name, signed), ANSWER_SCHEMA)
+    return frame.mapInPandas(answer_batches(signed), ANSWER_SCHEMA)
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -221,11 +211,8 @@ def score_listing(
     `spark`; one Parquet row per image at `output`. `partitions` defaults to Spark's default
     parallelism (its cores). An unsigned or altered version raises UntrustedModelError before Spark
     scores anything."""
-    from tasks.model_store import verified_version
-
-    with verified_version(model_uri, keys) as (name, version, folder):
-        signed = SignedVersion(name, version, folder_digests(folder))
-        frame = scored_frame(spark, signed, folder, listing, partitions or spark.sparkContext.defaultParallelism)
+    with verified_version(model_uri, keys) as signed:
+        frame = scored_frame(spark, signed, listing, partitions or spark.sparkContext.defaultParallelism)
         write_rows(frame, output, overwrite)
     errors = spark.read.parquet(str(output)).where("error != ''").count()
     return ScoringSummary(images=len(listing), errors=errors, output=output)

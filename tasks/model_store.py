@@ -163,10 +163,21 @@ def record_alias(client: Any, name: str, alias: str, version: str, keys: KeyFile
         client.set_registered_model_tag(name, tag, value)
 
 
+@dataclass(frozen=True)
+class VerifiedVersion:
+    """A registered version whose signature and files were checked: where its files are, and the
+    signed digests they matched (what a copy of the folder elsewhere is checked against again)."""
+
+    name: str
+    version: str
+    folder: Path
+    files: dict[str, str]
+
+
 @contextmanager
-def verified_version(model_uri: str, keys: KeyFiles) -> Iterator[tuple[str, str, Path]]:
-    """(name, version, folder) of `model_uri` downloaded into a temporary folder, its signature and
-    every file checked (and, for an alias, that register set it there); the folder is removed afterwards."""
+def verified_version(model_uri: str, keys: KeyFiles) -> Iterator[VerifiedVersion]:
+    """`model_uri` downloaded into a temporary folder, its signature and every file checked (and, for an
+    alias, that register set it there); the folder is removed afterwards."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -178,14 +189,14 @@ def verified_version(model_uri: str, keys: KeyFiles) -> Iterator[tuple[str, str,
     with tempfile.TemporaryDirectory(prefix="sigpipe-model-") as scratch:
         folder = download_version(name, version, Path(scratch))
         check_files(name, version, folder, expected)
-        yield name, version, folder
+        yield VerifiedVersion(name, version, folder, expected)
 
 
 def load_verified_model(model_uri: str, keys: KeyFiles) -> LoadedModel:
     """The model version `model_uri` names, once its signature and files are checked (UntrustedModelError
     otherwise, one line naming the version and the file)."""
-    with verified_version(model_uri, keys) as (name, version, folder):
-        return LoadedModel(read_signature_model(folder), name, version)
+    with verified_version(model_uri, keys) as verified:
+        return LoadedModel(read_signature_model(verified.folder), verified.name, verified.version)
 
 
 def sign_version(client: Any, name: str, version: str, keys: KeyFiles, logged: Mapping[str, str] | None = None) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.test_pipeline_flows import free_port
 from tests.integration.test_team_services import project_clone
 from tests.support.environments import running_command_lines, services_clone_environment
+from tests.support.model_server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team")]
 

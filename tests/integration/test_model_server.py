@@ -12,10 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +24,7 @@ import requests
 
 from tasks.model_server import FRAMING_BYTES, INVOCATIONS_PATH, MAX_ROWS, ServerLimits
 from tasks.paths import ProjectPaths
+from tests.support.model_server import served_model
 from tests.support.registered_model import SIGNATURE_NAME, registered_workspace
 from tests.unit.test_inference import SETTINGS
 
@@ -52,47 +50,13 @@ MEMORY_BOUND_BYTES = LIMITS.memory_bound + SLACK_BYTES
 LARGE_IMAGE_BYTES = (LIMITS.max_body_bytes - FRAMING_BYTES) * 3 // 4
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, ProjectPaths]]:
     """`sigpipe serve` of the signed tiny model; yields its URL, its process id and the workspace."""
     workspace = registered_workspace(tmp_path_factory.mktemp("served"), MODEL_NAME, CALIBRATION, SERVED_SETTINGS)
-    port = free_port()
-    log = workspace.root / "serve.log"
-    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [
-                *[sys.executable, "-m", "flows.cli", "serve", "--port", str(port)],
-                *["--body-seconds", str(BODY_SECONDS), "-p", str(workspace.params_file)],
-            ],
-            cwd=workspace.root,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"sigpipe serve did not start: {log.read_text()[-2000:]}")
-    yield url, process.pid, workspace
-    process.terminate()
-    # uvicorn stops gracefully, then exits by the signal it caught (its documented behaviour).
-    assert process.wait(timeout=60) in (0, -signal.SIGTERM), log.read_text()[-2000:]
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", port)) != 0
+    arguments = ["--body-seconds", str(BODY_SECONDS), "-p", str(workspace.params_file)]
+    with served_model(workspace.root, workspace.root / "serve.log", STARTUP_SECONDS, arguments) as (url, process):
+        yield url, process.pid, workspace
 
 
 def memory_bytes(pid: int, field: str) -> int:

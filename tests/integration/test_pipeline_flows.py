@@ -6,10 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tasks.manifest import read_manifest
 from tasks.paths import ProjectPaths
 from tasks.scores import claim_probability, load_scores
 from tests.conftest import TRAINED_MODEL_NAME as MODEL_NAME
+from tests.support.model_server import free_port, served_model
 
 # With pytest-xdist, every module that uses the session's `trained` workspace runs on one worker.
 pytestmark = pytest.mark.xdist_group("trained")
@@ -283,48 +282,13 @@ def test_cli_predict_and_verify(trained: ProjectPaths) -> None:
     assert len(no_model.stderr.strip().splitlines()) == 1
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(trained: ProjectPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`sigpipe serve` of the champion on 127.0.0.1 (tasks/model_server.py); yields its URL. At the end
     it is stopped with SIGTERM, which must free the port."""
-    port = free_port()
     server_log = tmp_path_factory.mktemp("serve") / "serve.log"
-    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    with server_log.open("w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)],
-            cwd=trained.root,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + SERVE_STARTUP_SECONDS
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
-        else:
-            state = "exited" if server.poll() is not None else "is still starting"
-            pytest.fail(
-                f"sigpipe serve did not answer /ping within {SERVE_STARTUP_SECONDS} s (it {state}): "
-                f"{server_log.read_text()[-2000:]}"
-            )
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-    with socket.socket() as probe:  # SIGTERM to `sigpipe serve` stopped the server
-        assert probe.connect_ex(("127.0.0.1", port)) != 0, server_log.read_text()[-2000:]
+    with served_model(trained.root, server_log, SERVE_STARTUP_SECONDS) as (url, _):
+        yield url
 
 
 CLIENT_SCRIPT = """

@@ -27,7 +27,7 @@ import pytest
 
 from tasks.errors import StageFailedError
 from tests.conftest import PROJECT_ROOT, edit_params, make_workspace, subprocess_environment
-from tests.integration.test_pipeline_flows import free_port
+from tests.support.model_server import free_port
 
 pytestmark = pytest.mark.xdist_group("run-requests")  # one pool and deployment, built once
 

@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from flows.team import TeamCredentials, TeamSettings
-from tests.integration.test_pipeline_flows import free_port
 from tests.integration.test_team_services import project_clone, team
 from tests.support.environments import running_command_lines, services_clone_environment
+from tests.support.model_server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team")]
 

@@ -17,7 +17,7 @@ import requests
 
 from flows.team import TeamSettings, start_postgres, stop_postgres
 from tests.conftest import PROJECT_ROOT, edit_params
-from tests.integration.test_pipeline_flows import free_port
+from tests.support.model_server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team")]
 

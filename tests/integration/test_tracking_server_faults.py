@@ -23,8 +23,8 @@ import requests
 from flows.download import download_flow
 from flows.prepare import prepare_flow
 from tests.conftest import edit_params
-from tests.integration.test_pipeline_flows import free_port
 from tests.integration.test_stages import TINY_DATASET
+from tests.support.model_server import free_port
 
 pytestmark = pytest.mark.slow
 

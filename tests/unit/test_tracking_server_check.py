@@ -7,8 +7,8 @@ import pytest
 from tasks import tracking_server
 from tasks.errors import ConfigError, TrackingServerLostError
 from tasks.tracking_server import check_tracking_server, lost_server_reason, tracking_server_loss_explained
-from tests.integration.test_pipeline_flows import free_port
 from tests.support.http_server import LocalHTTPServer
+from tests.support.model_server import free_port
 
 
 @pytest.fixture(autouse=True)
