@@ -14,6 +14,7 @@ from tasks.errors import (
     CalibrationError,
     ConfigError,
     DownloadError,
+    EmbeddingsError,
     EvaluationError,
     LayoutError,
     ModelFileError,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 USER_ERRORS = (
     ConfigError,
     DownloadError,
+    EmbeddingsError,
     LayoutError,
     UnsafeArchiveError,
     ArchiveLimitError,

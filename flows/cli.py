@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from tasks.inference import InputItem as Item
 
 app = typer.Typer(
-    help="Signature pipeline: download, prepare, train, evaluate, calibrate, register; predict and verify.",
+    help="Signature pipeline: download, prepare, embed, train, evaluate, calibrate, register; predict and verify.",
     no_args_is_help=True,
 )
 
@@ -34,7 +34,7 @@ def main(
         typer.Option("--verbose", "-v", help="Also show the libraries' warnings and logs (TensorFlow, MLflow, Keras)."),
     ] = False,
 ) -> None:
-    """Signature pipeline: download, prepare, train, evaluate, calibrate, register; predict and verify."""
+    """Signature pipeline: download, prepare, embed, train, evaluate, calibrate, register; predict and verify."""
     if not verbose:
         quiet_libraries()
 
@@ -72,8 +72,17 @@ def prepare(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
 
 
 @app.command()
+def embed(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
+    """Run every prepared image through the frozen base once, into data/embeddings/."""
+    from flows._stage import run_stage
+    from flows.embed import embed_flow
+
+    run_stage(embed_flow, str(params.resolve()))
+
+
+@app.command()
 def train(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
-    """Train the classifier on data/prepared/ (resumes an interrupted run), logged to MLflow."""
+    """Fit the verifier and the head on data/embeddings/ (a Keras head resumes an interrupted run), logged to MLflow."""
     from flows._stage import run_stage
     from flows.train import train_flow
 

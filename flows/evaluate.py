@@ -42,13 +42,13 @@ def interval_text(metrics: dict[str, object], figure: str) -> str:
 
 @task(name="score-and-measure", cache_policy=NO_CACHE)
 def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, object]:
-    """Score val, test and calibration images once; write metrics, per-writer CSV and plots; log them."""
-    import keras
+    """Score the val, test and calibration embeddings; write metrics, per-writer CSV and plots; log them."""
     import mlflow
 
-    from tasks.evaluate import evaluation_report, score_manifest
+    from tasks.embedding_files import prepared_image_size
+    from tasks.evaluate import evaluation_report, score_embeddings
+    from tasks.head import load_head
     from tasks.manifest import read_manifest
-    from tasks.model import float32_copy
     from tasks.plots import confusion_matrix_image, roc_det_image, score_distributions_image
     from tasks.scores import save_scores, verification_scores
     from tasks.tracking import (
@@ -63,12 +63,13 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     from tasks.verifier import load_verifier
 
     classes = json.loads(paths.labels_file.read_text())["classes"]
-    # Scored in float32 like the registered model (`float32_copy`), whatever policy training ran in:
-    # the threshold and confidence fitted on these scores are then the served model's.
-    classifier = float32_copy(keras.models.load_model(paths.classifier_file))
-    verifier = load_verifier(paths.verifier_file)
+    # The embed stage's float32 embeddings, scored with NumPy: `register` checks that the model it
+    # packages (float32 whatever the training's policy) gives these scores, so the threshold and
+    # confidence fitted on them are the served model's.
     rows = read_manifest(paths.manifest_file)
-    table = score_manifest(classifier, verifier, rows, paths.root, classes, config.evaluate.batch_size)
+    table = score_embeddings(
+        load_head(paths.head_file), load_verifier(paths.verifier_file), rows, paths.embeddings_dir, classes
+    )
     save_scores(table, paths.scores_file)
     metrics, per_writer, matrix = evaluation_report(
         table,
@@ -86,7 +87,7 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     score_distributions_image(scores, paths.score_distributions_file)
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
     digest = data_version(paths.manifest_file)
-    image_size = classifier.input_shape[1]
+    image_size = prepared_image_size(rows, paths.root)
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=run_name("evaluate", f"{image_size} px", data_label(digest)),

@@ -6,7 +6,9 @@ was killed resumes from its last completed epoch, in the same MLflow run.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from prefect import flow, task
@@ -17,7 +19,7 @@ from tasks.config import AugmentParams, ModelParams, TrackingParams, TrainParams
 from tasks.files import json_ready, write_json
 from tasks.paths import ProjectPaths
 
-MODEL_ARTIFACT_NAME = "model"
+CLOSED_FORM_DEVICE = "cpu"  # the ridge head is solved with NumPy
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,16 @@ def train_metrics(result: Any) -> dict[str, object]:
     }
 
 
-def run_circumstances(result: Any) -> dict[str, object]:
-    """How this training ran (device, resume, feature reuse, wall times): recorded in
+def run_circumstances(result: Any, embed_run: dict[str, object]) -> dict[str, object]:
+    """How this training ran (device, resume, wall times, and the embed stage's): recorded in
     `models/train_run.json` and MLflow, not in `metrics/train.json`, whose hash DVC records in
     dvc.lock and which must come out the same when the same inputs are trained again."""
     return {
+        **embed_run,
         "device": result.device,
         "resumed_from_epoch": result.resumed_from_epoch,
-        "features_reused": result.features_reused,
         "train_seconds": round(result.train_seconds, 3),
         "train_images_per_second": round(result.train_images_per_second, 3),
-        "embed_seconds": round(result.embed_seconds, 3),
-        "embed_images_per_second": round(result.embed_images_per_second, 3),
     }
 
 
@@ -67,37 +67,6 @@ def train_run_name(config: TrainConfig, image_size: int, digest: str) -> str:
 
     how = "closed form" if config.model.head == "ridge" else config.train.mode
     return run_name("train", f"{config.model.head} head", how, f"{image_size} px", data_label(digest))
-
-
-def classifier_signature(classifier: Any) -> Any:
-    """The classifier's MLflow signature, read from its shapes and output dtype: a batch of RGB images
-    (float32 pixels, 0-255) in, one score per writer out. The same signature `infer_signature` gives for
-    a prediction, without that prediction, which would trace the whole InceptionV3 graph once more
-    (about 2 s of every train stage)."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    batch_input, batch_output = (-1, *classifier.input_shape[1:]), (-1, *classifier.output_shape[1:])
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), batch_input)]),
-        outputs=Schema([TensorSpec(np.dtype(classifier.output.dtype), batch_output)]),
-    )
-
-
-def log_classifier(classifier: Any) -> str:
-    """Log the classifier to the active MLflow run with an explicit signature; returns its model URI."""
-    import mlflow
-
-    from tasks.tracking import model_artifacts_removed_on_failure, model_requirements
-
-    with model_artifacts_removed_on_failure("classifier model"):
-        return mlflow.tensorflow.log_model(
-            classifier,
-            name=MODEL_ARTIFACT_NAME,
-            signature=classifier_signature(classifier),
-            pip_requirements=model_requirements(),
-        ).model_uri
 
 
 @task(name="train-classifier", cache_policy=NO_CACHE)
@@ -110,26 +79,24 @@ def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
 
 
 def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
-    """Load the prepared data, train (resuming if a checkpoint matches), write and log the outputs."""
+    """Read the embeddings, fit the verifier and the head (resuming a Keras head if a checkpoint
+    matches), write and log the outputs."""
     import mlflow
 
-    from tasks.checkpoints import read_resumable_state
-    from tasks.device import apply_policy, choose_policy, visible_gpu_count
-    from tasks.input_pipeline import load_training_data
+    from tasks.checkpoint_state import read_resumable_state
+    from tasks.head import save_head
     from tasks.manifest import read_manifest
-    from tasks.model import save_model_file
     from tasks.plots import learning_curve
     from tasks.tracking import (
         data_version,
         end_abandoned_runs,
         ensure_experiment,
-        epoch_logger,
         flatten_params,
         log_missing_epochs,
         loggable_metrics,
         process_tags,
     )
-    from tasks.train import train_classifier, training_fingerprint
+    from tasks.train import RIDGE_HEAD, load_embedded_training, training_fingerprint
     from tasks.verifier import save_verifier
 
     digest = data_version(paths.manifest_file)
@@ -137,16 +104,18 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
     pending = read_resumable_state(paths.train_checkpoint_dir, fingerprint)
     if pending is not None:
         print(f"resuming from epoch {pending.completed_epochs} of MLflow run {pending.run_id}")
-    data = load_training_data(read_manifest(paths.manifest_file), paths.root)
-    policy = choose_policy(visible_gpu_count(), config.train.mixed_precision, config.train.distribute)
-    strategy = apply_policy(policy)
+    data = load_embedded_training(paths, read_manifest(paths.manifest_file))
+    ridge = config.model.head == RIDGE_HEAD
+    policy, strategy = keras_policy(config.train) if not ridge else (None, None)
+    device = policy.device if policy is not None else CLOSED_FORM_DEVICE
     print(
-        f"{len(data.classes)} writers, {len(data.train)} train / {len(data.val)} val images "
-        f"at {data.image_size} px; mode {config.train.mode}; {policy}"
+        f"{len(data.classes)} writers, {len(data.train_rows)} train ({data.train_views.shape[0]} views) / "
+        f"{len(data.val_rows)} val images at {data.image_size} px; head {config.model.head}"
+        + (f", mode {config.train.mode}; {policy}" if policy is not None else "")
     )
-    if config.model.head == "ridge":
+    if ridge:
         print(
-            "model.head is ridge: the head is solved in closed form from the cached views, so train.mode, "
+            "model.head is ridge: the head is solved in closed form from the stored views, so train.mode, "
             "epochs, learning_rate, batch_size and patience do not apply (they do for head: linear or mlp)"
         )
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
@@ -169,48 +138,31 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
                 {
                     "stage": "train",
                     "mode": config.train.mode,
-                    "device": policy.device,
-                    "strategy": policy.strategy,
-                    "mixed_precision": str(policy.mixed_precision),
+                    "device": device,
+                    "strategy": policy.strategy if policy is not None else "none",
+                    "mixed_precision": str(policy.mixed_precision) if policy is not None else "False",
                     "data_version": digest,
                 }
             )
-        with strategy.scope():
-            result = train_classifier(
-                paths,
-                data,
-                config.model,
-                config.train,
-                config.augment,
-                fingerprint,
-                policy.device,
-                run_id=run.info.run_id,
-                callbacks=[epoch_logger()],
-            )
-        if config.model.head == "ridge":  # solved in closed form: its one "epoch" was not logged by a callback
+        result = fit_head(paths, config, data, fingerprint, device, run.info.run_id, strategy)
+        if ridge:  # solved in closed form: its one "epoch" was not logged by a callback
             mlflow.log_metrics({name: values[0] for name, values in result.state.history.items()}, step=0)
         paths.models_dir.mkdir(parents=True, exist_ok=True)
-        save_model_file(result.classifier, paths.classifier_file)  # byte-reproducible: DVC hashes it
+        save_head(result.head, paths.head_file)  # byte-reproducible: DVC hashes it
         save_verifier(result.verifier, paths.verifier_file)
         write_json(paths.labels_file, {"classes": list(result.classes), "unknown_class_id": len(result.classes)})
         learning_curve(result.state.history, result.state.best_epoch, paths.learning_curve_file)
-        metrics, circumstances = train_metrics(result), run_circumstances(result)
+        embed_run = read_json_file(paths.embed_run_file)
+        metrics, circumstances = train_metrics(result), run_circumstances(result, embed_run)
         write_json(paths.train_metrics_file, metrics)
         mlflow.log_metrics(loggable_metrics({**metrics, **circumstances}))
         mlflow.log_dict(json_ready(metrics), "train.json")
         mlflow.log_artifact(str(paths.learning_curve_file), artifact_path="plots")
-        mlflow.log_artifact(str(paths.labels_file))
-        mlflow.log_artifact(str(paths.verifier_file))
-        model_uri = log_classifier(result.classifier) if config.tracking.log_model else None
+        for produced in (paths.labels_file, paths.verifier_file, paths.head_file):
+            mlflow.log_artifact(str(produced))
         write_json(
             paths.train_run_file,
-            {
-                "run_id": run.info.run_id,
-                "experiment_id": experiment_id,
-                "model_uri": model_uri,
-                "data_version": digest,
-                **circumstances,
-            },
+            {"run_id": run.info.run_id, "experiment_id": experiment_id, "data_version": digest, **circumstances},
         )
     best = cast(dict[str, float], metrics["best"])  # train_metrics: each metric's value at the best epoch
     print(
@@ -218,6 +170,47 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
         f"val_accuracy {best.get('val_accuracy', float('nan')):.3f}; MLflow run {run.info.run_id}"
     )
     return metrics
+
+
+def read_json_file(path: Path) -> dict[str, object]:
+    """A JSON object from `path`, or {} when the file is absent or unreadable (run circumstances only)."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def keras_policy(train: TrainParams) -> tuple[Any, Any]:
+    """The device policy and distribution strategy of a Keras head (TensorFlow imported here only)."""
+    from tasks.device import apply_policy, choose_policy, visible_gpu_count
+
+    policy = choose_policy(visible_gpu_count(), train.mixed_precision, train.distribute)
+    return policy, apply_policy(policy)
+
+
+def fit_head(
+    paths: ProjectPaths, config: TrainConfig, data: Any, fingerprint: str, device: str, run_id: str, strategy: Any
+) -> Any:
+    """`tasks.train.train_classifier`; a Keras head inside its strategy's scope, its epochs logged to MLflow."""
+    from tasks.train import train_classifier
+
+    if strategy is None:  # the closed-form ridge head: NumPy only
+        return train_classifier(paths, data, config.model, config.train, config.augment, fingerprint, device, run_id)
+    from tasks.tracking import epoch_logger
+
+    with strategy.scope():
+        return train_classifier(
+            paths,
+            data,
+            config.model,
+            config.train,
+            config.augment,
+            fingerprint,
+            device,
+            run_id=run_id,
+            callbacks=[epoch_logger()],
+        )
 
 
 @flow(name="train", flow_run_name=current_stage_run_name, log_prints=True)

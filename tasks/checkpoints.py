@@ -14,51 +14,26 @@ one atomically renamed file, written by a background thread while the next epoch
 from __future__ import annotations
 
 import json
-import math
 import os
-import zipfile
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
 import numpy as np
 
-STATE_ENTRY = "state"
-ARRAY_PREFIX = "arr_"
-SEED_STATE_NAME = "seed_generator_state"
-CHECKPOINT_SUFFIX = ".npz"
-LAST_STATE_FILE = f"last{CHECKPOINT_SUFFIX}"
-BEST_PREFIX = "best-"
-# What reading a missing, empty, truncated or foreign .npz raises.
-UNREADABLE_NPZ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError)
-
-
-@dataclass
-class TrainState:
-    """Progress of a training run, saved after every epoch so a killed run can resume."""
-
-    fingerprint: str
-    run_id: str | None = None
-    completed_epochs: int = 0
-    best_epoch: int = -1
-    best_val_loss: float = math.inf
-    epochs_without_improvement: int = 0
-    stopped_early: bool = False
-    history: dict[str, list[float]] = field(default_factory=dict)
-
-
-def read_resumable_state(checkpoint_dir: Path, fingerprint: str) -> TrainState | None:
-    """The saved state of an unfinished run with this fingerprint (None when there is none, or
-    its checkpoint is unreadable). The state lives in the same file as the variables it
-    describes, so the two can never disagree after a kill."""
-    try:
-        with np.load(checkpoint_dir / LAST_STATE_FILE) as arrays:
-            state = TrainState(**json.loads(str(arrays[STATE_ENTRY])))
-    except (*UNREADABLE_NPZ_ERRORS, TypeError):
-        return None
-    return state if state.fingerprint == fingerprint else None
+from tasks.checkpoint_state import (  # noqa: F401 (re-exported: what a checkpoint file holds)
+    ARRAY_PREFIX,
+    BEST_PREFIX,
+    CHECKPOINT_SUFFIX,
+    LAST_STATE_FILE,
+    SEED_STATE_NAME,
+    STATE_ENTRY,
+    UNREADABLE_NPZ_ERRORS,
+    TrainState,
+    read_resumable_state,
+)
 
 
 def seed_state_variables(model: keras.Model) -> list[keras.Variable]:

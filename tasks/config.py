@@ -306,13 +306,11 @@ class TrackingParams(StrictModel):
     """Where runs are logged: the MLflow experiment (the store comes from paths or MLFLOW_TRACKING_URI)."""
 
     experiment: str = Field(min_length=1)
-    log_model: bool
 
 
 class EvaluateParams(StrictModel):
-    """How the held-out images are scored and summarised."""
+    """How the held-out images' scores are summarised."""
 
-    batch_size: int = Field(ge=1)
     top_k: int = Field(ge=1)
     partitions: int = Field(ge=2)
     partition_seed: int

@@ -52,6 +52,10 @@ class VerifierError(ValueError):
     """The writer-dependent verifier cannot be fitted or read (too few writers, a missing or foreign file)."""
 
 
+class EmbeddingsError(ValueError):
+    """The embed stage's files are missing, unreadable, or older than the manifest they should embed."""
+
+
 class PipelineBusyError(RuntimeError):
     """Another pipeline run holds the workspace (DVC cannot run twice in one workspace)."""
 

@@ -20,12 +20,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
-import keras
 import numpy as np
-import tensorflow as tf
 
+from tasks.embedding_files import load_split_embeddings
 from tasks.errors import EvaluationError
-from tasks.input_pipeline import prefetched, to_model_input
+from tasks.head import HeadWeights
 from tasks.metrics import (
     confusion_counts,
     equal_error_rate,
@@ -33,7 +32,6 @@ from tasks.metrics import (
     identification_metrics,
     per_class_report,
 )
-from tasks.model import LogitScorer, ScorerOutputs
 from tasks.partitions import A_POSTERIORI_FIGURES, a_posteriori_report, flat_intervals, per_writer_eer
 from tasks.scores import (
     IMPOSTOR_KINDS,
@@ -55,41 +53,34 @@ SELECTION_PREFIX = "selection_"
 VERIFICATION_KINDS = (*IMPOSTOR_KINDS, "random")
 
 
-def read_model_input(path: tf.Tensor) -> tf.Tensor:
-    """A preprocessed grey PNG as the classifier's float RGB input in [0, 255]."""
-    return to_model_input(tf.io.decode_png(tf.io.read_file(path), channels=1))
-
-
-def outputs_of(classifier: keras.Model, image_paths: Sequence[str], batch_size: int) -> ScorerOutputs:
-    """Pre-softmax outputs and base embeddings of the classifier for image files, streamed in batches."""
-    dataset = tf.data.Dataset.from_tensor_slices(list(image_paths)).map(
-        read_model_input, num_parallel_calls=tf.data.AUTOTUNE
-    )
-    return LogitScorer(classifier).outputs(prefetched(dataset.batch(batch_size)))
-
-
-def score_manifest(
-    classifier: keras.Model,
+def score_embeddings(
+    head: HeadWeights,
     verifier: WriterVerifier,
     rows: Sequence[dict[str, str]],
-    root: Path,
+    embeddings_dir: Path,
     classes: Sequence[str],
-    batch_size: int,
 ) -> ScoreTable:
-    """Logits, verifier scores and embeddings of every val, test and calibration image, with its
-    split, kind and claimed writer."""
-    if verifier.writer_count != len(classes):
+    """Logits, verifier scores and embeddings of every val, test, calibration and unenrolled image,
+    with its split, kind and claimed writer, from the embed stage's files (no image is read again)."""
+    if verifier.writer_count != len(classes) or head.class_count != len(classes):
         raise EvaluationError(
-            f"the verifier knows {verifier.writer_count} writers, the classifier {len(classes)}: they come from "
-            "different trainings. Rerun the train stage (`dvc repro train`)."
+            f"the verifier knows {verifier.writer_count} writers, the head {head.class_count}, the labels "
+            f"{len(classes)}: they come from different trainings. Rerun the train stage (`dvc repro train`)."
         )
     index = {writer: position for position, writer in enumerate(classes)}
     chosen = [row for row in rows if row["split"] in SCORED_SPLITS]
-    outputs = outputs_of(classifier, [str(root / row["prepared_path"]) for row in chosen], batch_size)
+    embeddings = np.zeros((0, verifier.mean.shape[0]), dtype=np.float32)
+    parts = {split: [row for row in chosen if row["split"] == split] for split in SCORED_SPLITS}
+    by_path: dict[str, np.ndarray] = {}
+    for split, wanted in parts.items():
+        embedded = load_split_embeddings(embeddings_dir, split, wanted)
+        by_path.update(zip(embedded.paths, embedded.clean, strict=True))
+    if chosen:
+        embeddings = np.stack([by_path[row["path"]] for row in chosen]).astype(np.float32)
     return ScoreTable(
-        logits=outputs.logits.reshape(len(chosen), len(classes)).astype(np.float32),
-        verification=verifier.scores(outputs.embeddings).reshape(len(chosen), len(classes)),
-        embeddings=outputs.embeddings,
+        logits=head.logits(embeddings).reshape(len(chosen), len(classes)),
+        verification=verifier.scores(embeddings).reshape(len(chosen), len(classes)),
+        embeddings=embeddings,
         claimed=np.array([index.get(row["writer"], NO_CLASS) for row in chosen], dtype=np.int64),
         kinds=np.array([row["kind"] for row in chosen]),
         splits=np.array([row["split"] for row in chosen]),

@@ -23,7 +23,7 @@ from tasks.config import INCEPTION_MIN_SIZE, weights_file
 from tasks.errors import WeightsError
 from tasks.files import ZIP_EPOCH, undate_zip
 from tasks.fused import folded_inference_function
-from tasks.verifier import WriterVerifier
+from tasks.head import HeadWeights, head_weights
 
 FEATURE_DIM = 2048
 PIXEL_SCALE = 127.5
@@ -164,28 +164,38 @@ def build_classifier(base: keras.Model, image_size: int, spec: HeadSpec) -> kera
     return keras.Model(embedder.input, add_head(embedder.output, spec), name="signature_classifier")
 
 
-def build_ridge_classifier(
-    base: keras.Model, image_size: int, verifier: WriterVerifier, dropout: float, seed: int
+def classifier_with_head(
+    base: keras.Model, image_size: int, head: HeadWeights, dropout: float, seed: int
 ) -> keras.Model:
-    """The classifier whose head is the verifier's writer-dependent linear models (`model.head: ridge`).
-
-    Its Normalization layer standardises with the verifier's statistics and its output layer holds
-    the verifier's kernel and bias, so its logits are the verifier's scores and its softmax ranks
-    the writers by them: identification and verification read the same linear models.
-    """
+    """The full classifier whose head holds `head`'s arrays (`tasks.head`, what the train stage wrote):
+    what `register` packages. Its logits are `head.logits` of the base's embeddings."""
     spec = HeadSpec(
-        verifier.writer_count,
-        0,
+        head.class_count,
+        head.hidden_units,
         dropout,
         seed,
-        verifier.mean.astype(np.float32),
-        np.square(verifier.scale).astype(np.float32),
+        head.mean if head.standardises else None,
+        head.variance if head.standardises else None,
     )
     classifier = build_classifier(base, image_size, spec)
-    classifier.get_layer(HEAD_OUTPUT).set_weights(
-        [verifier.kernel.astype(np.float32), verifier.bias.astype(np.float32)]
-    )
+    if head.hidden_units:
+        classifier.get_layer(HEAD_DENSE).set_weights([head.hidden_kernel, head.hidden_bias])
+    classifier.get_layer(HEAD_OUTPUT).set_weights([head.output_kernel, head.output_bias])
     return classifier
+
+
+def head_weights_of(model: keras.Model) -> HeadWeights:
+    """The head arrays of a Keras head or classifier (`add_head`'s layers), for `tasks.head`."""
+    names = {layer.name for layer in model.layers}
+    mean = variance = hidden_kernel = hidden_bias = None
+    if HEAD_STANDARDISE in names:
+        normalisation = model.get_layer(HEAD_STANDARDISE)
+        mean = np.asarray(normalisation.mean).reshape(-1)
+        variance = np.asarray(normalisation.variance).reshape(-1)
+    if HEAD_DENSE in names:
+        hidden_kernel, hidden_bias = model.get_layer(HEAD_DENSE).get_weights()
+    output_kernel, output_bias = model.get_layer(HEAD_OUTPUT).get_weights()
+    return head_weights(output_kernel, output_bias, mean, variance, hidden_kernel, hidden_bias)
 
 
 def build_head(spec: HeadSpec) -> keras.Model:

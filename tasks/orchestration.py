@@ -26,7 +26,7 @@ from tasks.locks import exclusive_lock
 from tasks.paths import PARAMS_FILE_NAME
 
 # check_params first: it validates every parameter before DVC removes any stage's outputs.
-PIPELINE_STAGES = ("check_params", "download", "prepare", "train", "evaluate", "calibrate", "register")
+PIPELINE_STAGES = ("check_params", "download", "prepare", "embed", "train", "evaluate", "calibrate", "register")
 RAN_MARKER = "Running stage '{stage}'"
 OUTPUT_TAIL_CHARACTERS = 3000
 YAML_NULL_TAG, YAML_NULL = "tag:yaml.org,2002:null", "null"  # how overrides write None back into params.yaml
@@ -62,7 +62,6 @@ RUN_REQUEST_KEYS = (
     "model.dense_units",
     "model.dropout",
     "prepare.image_size",
-    "evaluate.batch_size",
     "evaluate.partitions",
     "evaluate.partition_seed",
 )

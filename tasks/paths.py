@@ -63,9 +63,25 @@ class ProjectPaths:
         return self.prepared_dir / "data_report.md"
 
     @property
-    def features_dir(self) -> Path:
-        """Cached embeddings of the frozen base (train stage, cached mode), one file set per key."""
-        return self.data_dir / "features"
+    def embeddings_dir(self) -> Path:
+        """The frozen base's embeddings of every prepared image, one .npz per split (embed stage)."""
+        return self.data_dir / "embeddings"
+
+    @property
+    def embed_metrics_file(self) -> Path:
+        """What the embed stage embedded (images, views, base weights digest): a DVC metric."""
+        return self.metrics_dir / "embed.json"
+
+    @property
+    def embed_run_file(self) -> Path:
+        """How the last embedding ran (wall time, images per second): not a DVC output, it differs per run."""
+        return self.data_dir / "embed_run.json"
+
+    @property
+    def head_file(self) -> Path:
+        """The identification head's arrays (standardisation, optional hidden layer, output layer): the
+        train stage's output, applied with NumPy by evaluate and folded into the Keras model by register."""
+        return self.models_dir / "head.npz"
 
     @property
     def train_checkpoint_dir(self) -> Path:

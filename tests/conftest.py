@@ -174,10 +174,11 @@ def workspace_tracking_store() -> None:
 
 
 def build_trained_workspace(workspace: Path) -> None:
-    """Run download, prepare, train, evaluate, calibrate and register in this process on a new copy of the
+    """Run download, prepare, embed, train, evaluate, calibrate and register in this process on a new copy of the
     pipeline files at `workspace`, with TRAINED_PARAMS."""
     from flows.calibrate import calibrate_flow
     from flows.download import download_flow
+    from flows.embed import embed_flow
     from flows.evaluate import evaluate_flow
     from flows.prepare import prepare_flow
     from flows.register import register_flow
@@ -187,7 +188,7 @@ def build_trained_workspace(workspace: Path) -> None:
     edit_params(workspace / "params.yaml", TRAINED_PARAMS)
     params_file = str(workspace / "params.yaml")
     forget_exported_tracking_uri()  # set up before any test's autouse fixture: the stages run in this process
-    for stage in (download_flow, prepare_flow, train_flow, evaluate_flow, calibrate_flow, register_flow):
+    for stage in (download_flow, prepare_flow, embed_flow, train_flow, evaluate_flow, calibrate_flow, register_flow):
         stage(params_file)
 
 

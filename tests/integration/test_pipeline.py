@@ -46,7 +46,7 @@ TINY_PIPELINE = {
     # stronger reproducibility check, and train.mode reaches it.
     "model": {"head": "mlp", "dense_units": 32},
     "train": {"epochs": 3, "augmented_views": 1},
-    "evaluate": {"batch_size": 16, "top_k": 2},
+    "evaluate": {"top_k": 2},
     "calibrate": {"target_far": 0.2},  # 9 calibration unknowns can resolve a FAR of 0.2, not 0.05
     "tracking": {"log_model": False},  # logging the model is covered by the train flow test
     "register": {"model_name": "pipeline-test"},

@@ -158,7 +158,7 @@ TINY_TEAM_PIPELINE = {
     "synthetic": {"writers": 3, "genuine_per_writer": 9, "skilled_per_writer": 2, "width": 120, "height": 80},
     "prepare": {"image_size": 75, "workers": 1},
     "train": {"epochs": 2, "augmented_views": 1},
-    "evaluate": {"batch_size": 16, "top_k": 2},
+    "evaluate": {"top_k": 2},
     "calibrate": {"target_far": 0.2},
 }
 

@@ -91,7 +91,7 @@ def test_jit_compile_is_honoured_only_without_deterministic_kernels() -> None:
     import keras
     from tensorflow.python.framework import config as tensorflow_config
 
-    from tasks.train import seed_everything
+    from tasks.train_keras import seed_everything
 
     def compiled_with_xla() -> bool:
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])

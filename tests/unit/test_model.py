@@ -150,8 +150,10 @@ def test_logit_scorer_matches_the_classifier_in_any_batching(base: keras.Model) 
 
 
 def test_ridge_classifier_logits_are_the_verifiers_scores(base: keras.Model) -> None:
-    """The ridge head holds the verifier: its logits equal the verifier's scores of the base's embeddings."""
-    from tasks.model import build_ridge_classifier
+    """The ridge head holds the verifier: the packaged classifier's logits equal the verifier's scores of
+    the base's embeddings, and the head's NumPy logits (what evaluate computes) equal both."""
+    from tasks.head import head_from_verifier
+    from tasks.model import classifier_with_head
     from tasks.verifier import WriterVerifier
 
     rng = np.random.default_rng(4)
@@ -161,22 +163,41 @@ def test_ridge_classifier_logits_are_the_verifiers_scores(base: keras.Model) -> 
         kernel=rng.normal(0, 0.1, (FEATURE_DIM, 4)),
         bias=rng.normal(0, 1, 4),
     )
-    classifier = build_ridge_classifier(base, SIZE, verifier, dropout=0.1, seed=0)
+    head = head_from_verifier(verifier)
+    classifier = classifier_with_head(base, SIZE, head, dropout=0.1, seed=0)
     pixels = rng.uniform(0, 255, (3, SIZE, SIZE, 3)).astype(np.float32)
     outputs = LogitScorer(classifier).outputs(pixels)
     np.testing.assert_allclose(outputs.logits, verifier.scores(outputs.embeddings), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(head.logits(outputs.embeddings), outputs.logits, rtol=1e-4, atol=1e-4)
     probabilities = classifier.predict(pixels, verbose=0)
     np.testing.assert_array_equal(np.argmax(probabilities, axis=1), np.argmax(outputs.logits, axis=1))
 
 
-def test_the_logged_signature_is_the_one_a_prediction_would_give(base: keras.Model) -> None:
-    """The train stage reads the classifier's MLflow signature from its shapes instead of predicting an
-    example (which would trace InceptionV3 once more): both give the same signature."""
-    from mlflow.models import infer_signature
+def test_a_trained_head_round_trips_through_its_arrays(base: keras.Model) -> None:
+    """A Keras head (standardisation, hidden layer, output) read as arrays and folded back into a
+    classifier gives the same logits, in Keras and in NumPy: what train writes, evaluate applies and
+    register packages."""
+    from tasks.model import classifier_with_head, head_weights_of
 
-    from flows.train import classifier_signature
-
-    classifier = build_classifier(base, SIZE, HeadSpec(5, 0, 0.0))
-    example = np.full((2, SIZE, SIZE, 3), 255.0, dtype=np.float32)
-    assert classifier_signature(classifier) == infer_signature(example, classifier.predict(example, verbose=0))
-    assert classifier_signature(classifier).outputs.inputs[0].shape == (-1, 5)
+    rng = np.random.default_rng(5)
+    spec = HeadSpec(
+        3,
+        7,
+        0.2,
+        1,
+        rng.normal(0, 1, FEATURE_DIM).astype(np.float32),
+        rng.uniform(0.5, 2, FEATURE_DIM).astype(np.float32),
+    )
+    trained = build_classifier(base, SIZE, spec)
+    head = head_weights_of(trained)
+    assert head.hidden_units == 7 and head.class_count == 3 and head.standardises
+    rebuilt = classifier_with_head(base, SIZE, head, dropout=0.2, seed=1)
+    pixels = rng.uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
+    original, again = LogitScorer(trained).outputs(pixels), LogitScorer(rebuilt).outputs(pixels)
+    np.testing.assert_allclose(again.logits, original.logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(head.logits(original.embeddings), original.logits, rtol=1e-4, atol=1e-4)
+    linear = head_weights_of(build_classifier(base, SIZE, HeadSpec(3, 0, 0.0)))
+    assert linear.hidden_units == 0 and not linear.standardises
+    np.testing.assert_allclose(
+        linear.logits(original.embeddings), original.embeddings @ linear.output_kernel + linear.output_bias, rtol=1e-5
+    )

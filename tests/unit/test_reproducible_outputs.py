@@ -14,8 +14,9 @@ import keras
 import numpy as np
 import yaml
 
-from tasks.features import FeatureCache, read_feature_cache, write_feature_cache
+from tasks.embedding_files import EmbeddedRows, load_embedded_rows, save_embedded_rows
 from tasks.files import ZIP_EPOCH, undate_zip
+from tasks.head import head_weights, load_head, save_head
 from tasks.model import numbered_shared_objects, save_model_file
 from tasks.orchestration import apply_overrides
 from tasks.scores import ScoreTable, load_scores, save_scores
@@ -42,7 +43,7 @@ def small_model() -> keras.Model:
 
 
 def write_every_kind(folder: Path) -> dict[str, Path]:
-    """Write the classifier, the verifier, the scores and the feature cache into `folder`, and the
+    """Write the classifier, the verifier, the head, the scores and the embeddings into `folder`, and the
     same model with Keras' own `save` (`stock.keras`)."""
     folder.mkdir()
     arrays = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
@@ -59,16 +60,19 @@ def write_every_kind(folder: Path) -> dict[str, Path]:
         paths=np.array(["a.png", "b.png"]),
     )
     save_scores(table, folder / "scores.npz")
-    write_feature_cache(folder / "features", "key", FeatureCache(arrays.astype(np.float32), arrays[0], 1.5, 6))
+    save_embedded_rows(
+        EmbeddedRows(arrays.astype(np.float32), ("a.png", "b.png", "c.png"), ("1", "2", "3")), folder / "train.npz"
+    )
+    save_head(head_weights(arrays[0], arrays[0, 0], arrays[1, 0], arrays[1, 1]), folder / "head.npz")
     model.save(folder / STOCK)
     return {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def test_model_verifier_scores_and_features_are_the_same_bytes_when_written_again(tmp_path: Path) -> None:
+def test_model_head_verifier_scores_and_embeddings_are_the_same_bytes_when_written_again(tmp_path: Path) -> None:
     first = write_every_kind(tmp_path / "first")
     time.sleep(CLOCK_TICK_SECONDS)
     second = write_every_kind(tmp_path / "second")
-    reproducible = ["classifier.keras", "features/key.json", "features/key.npz", "scores.npz", "verifier.npz"]
+    reproducible = ["classifier.keras", "head.npz", "scores.npz", "train.npz", "verifier.npz"]
     assert sorted(first) == sorted(second) == sorted([*reproducible, STOCK])  # no temporary file left
     for name in reproducible:
         assert first[name].read_bytes() == second[name].read_bytes(), name
@@ -86,8 +90,9 @@ def test_model_verifier_scores_and_features_are_the_same_bytes_when_written_agai
     np.testing.assert_array_equal(reloaded.predict(probe, verbose=0), small_model().predict(probe, verbose=0))
     assert load_verifier(first["verifier.npz"]).kernel.shape == (3, 4)
     assert load_scores(first["scores.npz"]).paths.tolist() == ["a.png", "b.png"]
-    cache = read_feature_cache(tmp_path / "first" / "features", "key")
-    assert cache is not None and cache.images_embedded == 6 and cache.embed_seconds == 0.0  # no wall time stored
+    embedded = load_embedded_rows(first["train.npz"])
+    assert embedded.views.shape == (2, 3, 4) and embedded.paths == ("a.png", "b.png", "c.png")
+    assert load_head(first["head.npz"]).class_count == 4
 
 
 def project_params_copy(tmp_path: Path) -> Path:

@@ -138,7 +138,6 @@ OPERATOR_KEYS = {
     "register.max_image_pixels": 2**40,
     "register.model_name": "attacker-model",
     "tracking.experiment": "attacker-experiment",
-    "tracking.log_model": False,
     "download.max_extracted_bytes": 2**50,
     "prepare.test_per_writer": 1,
     "synthetic.writers": 2,
