@@ -24,7 +24,7 @@ import tensorflow as tf
 import yaml
 
 from tasks.config import AugmentParams, PrepareParams
-from tasks.features import CACHED_VIEW_EPOCH_OFFSET, embed
+from tasks.embed import CACHED_VIEW_EPOCH_OFFSET, embed
 from tasks.fused import folded_inference_function, inference_function
 from tasks.input_pipeline import augmented_images, load_training_data, prefetched
 from tasks.manifest import read_manifest

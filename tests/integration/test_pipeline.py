@@ -221,14 +221,14 @@ def test_dvc_repro_is_incremental(pipeline_run: PipelineRun, tmp_path: Path, sub
     assert "Running stage" not in second.stdout
     assert manifest.read_bytes() == manifest_bytes
 
-    # Train and what follows it again from nothing (no MLflow store, no cached embeddings): every output
+    # Embed and what follows it again from nothing (no MLflow store, no embeddings): every output
     # DVC records is the same to the byte, so dvc.lock is too, and a fresh clone's run leaves a committed
     # lock unchanged. (Download and prepare are rebuilt to the byte at the end of this test.)
     lock = (workspace / "dvc.lock").read_text()
     shutil.rmtree(workspace / "mlruns")
-    shutil.rmtree(workspace / "data" / "features")
-    forced = run(["dvc", "repro", "--force", "--downstream", "train"], workspace, subprocess_env)
-    for stage in ("train", "evaluate", "calibrate", "register"):
+    shutil.rmtree(workspace / "data" / "embeddings")
+    forced = run(["dvc", "repro", "--force", "--downstream", "embed"], workspace, subprocess_env)
+    for stage in ("embed", "train", "evaluate", "calibrate", "register"):
         assert f"Running stage '{stage}'" in forced.stdout
     assert "Running stage 'prepare'" not in forced.stdout
     assert (workspace / "dvc.lock").read_text() == lock
@@ -236,7 +236,7 @@ def test_dvc_repro_is_incremental(pipeline_run: PipelineRun, tmp_path: Path, sub
     edit_params(workspace / "params.yaml", {"calibrate": {"target_far": 0.25}})
     only_calibrate = run(["dvc", "repro"], workspace, subprocess_env)
     assert "Running stage 'calibrate'" in only_calibrate.stdout
-    for stage in ("download", "prepare", "train", "evaluate"):
+    for stage in ("download", "prepare", "embed", "train", "evaluate"):
         assert f"Running stage '{stage}'" not in only_calibrate.stdout
     assert "Running stage 'register'" in only_calibrate.stdout  # downstream of a stage whose outputs changed
     assert json.loads((workspace / "metrics" / "calibrate_details.json").read_text())["target_far"] == 0.25
@@ -247,7 +247,7 @@ def test_dvc_repro_is_incremental(pipeline_run: PipelineRun, tmp_path: Path, sub
     params = (workspace / "params.yaml").read_text()
     edit_params(workspace / "params.yaml", {"train": {"mode": "online"}})
     reached = changed_stages(workspace, subprocess_env)
-    assert "train" in reached and not reached & {"download", "prepare", "evaluate", "calibrate"}
+    assert "train" in reached and not reached & {"download", "prepare", "embed", "evaluate", "calibrate"}
     (workspace / "params.yaml").write_text(params)
     edit_params(workspace / "params.yaml", {"prepare": {"image_size": 80}})
     reached = changed_stages(workspace, subprocess_env)

@@ -1,5 +1,5 @@
-"""Training on a generated dataset: both modes learn, the cache is reused and invalidated, an
-interrupted run resumes to the same result, and the train flow logs a loadable MLflow run."""
+"""Training on a generated dataset's embeddings: the ridge head without TensorFlow, both Keras modes learn,
+the packaged classifier equals the trained head, and an interrupted run resumes to the same result."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import yaml
 
 from tasks.checkpoints import best_file_name, read_resumable_state
 from tasks.config import AugmentParams, ModelParams, TrainParams
-from tasks.input_pipeline import SplitImages, load_split_images, load_training_data, plain_batches
+from tasks.input_pipeline import load_training_data, plain_batches
 from tasks.manifest import read_manifest
 from tasks.paths import ProjectPaths
 from tasks.prepare import prepare_dataset
 from tasks.synthetic import write_synthetic_dataset
-from tasks.train import TrainResult, train_classifier, training_fingerprint
+from tasks.train import TrainResult, load_embedded_training, train_classifier, training_fingerprint
 from tests.conftest import PROJECT_ROOT, prepare_params, synthetic_params
 
 WRITERS = 4
+IMAGE_SIZE = 75
 CHANCE = 1 / WRITERS
 MODEL = ModelParams(
     weights="none", head="mlp", dense_units=64, dropout=0.1, standardize_features=True, verifier_regularization=0.01
@@ -42,9 +43,23 @@ TRAIN = TrainParams(
 )
 
 
+def embed_workspace(paths: ProjectPaths, augment: AugmentParams = AUGMENT, views: int = TRAIN.augmented_views) -> None:
+    """What the embed stage does: every split's images through the base (seeded as training reinitialises
+    it), the training images also in `views` augmented copies, one file per split."""
+    from tasks.embed import embed_manifest, feature_embedder
+    from tasks.embedding_files import embedding_file, save_embedded_rows
+    from tasks.model import build_base
+
+    base = build_base(IMAGE_SIZE, MODEL.weights, paths.root, TRAIN.seed)
+    rows = read_manifest(paths.manifest_file)
+    run = embed_manifest(feature_embedder(base, IMAGE_SIZE), rows, paths.root, augment, views, TRAIN.seed, 16, False)
+    for split, embedded in run.splits.items():
+        save_embedded_rows(embedded, embedding_file(paths.embeddings_dir, split))
+
+
 @pytest.fixture(scope="module")
 def prepared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A prepared generated dataset at 75 px: 4 writers, 7 train / 3 val / 5 test genuine each."""
+    """A prepared and embedded generated dataset at 75 px: 4 writers, 7 train / 3 val / 5 test genuine each."""
     paths = ProjectPaths.from_root(tmp_path_factory.mktemp("prepared"))
     params = synthetic_params(
         writers=WRITERS,
@@ -56,24 +71,24 @@ def prepared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         height=96,
     )
     write_synthetic_dataset(params, paths.raw_dir)
-    prepare_dataset(paths, "utsig", prepare_params(image_size=75, val_fraction=0.3), show_progress=False)
+    prepare_dataset(paths, "utsig", prepare_params(image_size=IMAGE_SIZE, val_fraction=0.3), show_progress=False)
+    embed_workspace(paths)
     return paths.root
 
 
 @pytest.fixture
 def paths(prepared_root: Path, tmp_path: Path) -> ProjectPaths:
-    """A fresh workspace holding a copy of the prepared data (so each test has its own caches)."""
-    shutil.copytree(prepared_root / "data" / "prepared", tmp_path / "data" / "prepared")
+    """A fresh workspace holding a copy of the prepared data and its embeddings."""
+    shutil.copytree(prepared_root / "data", tmp_path / "data")
     return ProjectPaths.from_root(tmp_path)
 
 
 @pytest.fixture(scope="module")
 def default_training(prepared_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ProjectPaths, TrainResult]:
     """One training with the module's defaults (cached mode, MLP head) in its own workspace, shared by the
-    tests that only read what it produced (its result, its embedding cache): each would otherwise embed
-    every image again for the same result. A test that trains again there works on a copy."""
+    tests that only read what it produced."""
     root = tmp_path_factory.mktemp("default-training")
-    shutil.copytree(prepared_root / "data" / "prepared", root / "data" / "prepared")
+    shutil.copytree(prepared_root / "data", root / "data")
     paths = ProjectPaths.from_root(root)
     return paths, train(paths)
 
@@ -85,85 +100,86 @@ def train(
     callbacks: tuple = (),
     model: ModelParams = MODEL,
 ) -> TrainResult:
-    data = load_training_data(read_manifest(paths.manifest_file), paths.root)
+    data = load_embedded_training(paths, read_manifest(paths.manifest_file))
     fingerprint = training_fingerprint(model, train_params, augment, "data")
     return train_classifier(
         paths, data, model, train_params, augment, fingerprint, "cpu", callbacks=callbacks, show_progress=False
     )
 
 
-def held_out_images(paths: ProjectPaths, result: TrainResult) -> SplitImages:
-    """The test genuine images, which training never loads, for checking what it produced."""
-    return load_split_images(read_manifest(paths.manifest_file), paths.root, result.classes, "test")
+def held_out(paths: ProjectPaths, result: TrainResult) -> tuple[np.ndarray, np.ndarray]:
+    """The test genuine images' embeddings and labels, which training never reads, for checking what it produced."""
+    from tasks.embedding_files import load_split_embeddings
+
+    index = {writer: position for position, writer in enumerate(result.classes)}
+    rows = [row for row in read_manifest(paths.manifest_file) if row["split"] == "test" and row["kind"] == "genuine"]
+    embedded = load_split_embeddings(paths.embeddings_dir, "test", rows)
+    return embedded.clean, np.array([index[row["writer"]] for row in rows])
+
+
+def packaged(result: TrainResult, paths: ProjectPaths) -> keras.Model:
+    """The classifier register would package: the module's base and the trained head's arrays."""
+    from tasks.model import build_base, classifier_with_head
+
+    base = build_base(IMAGE_SIZE, MODEL.weights, paths.root, TRAIN.seed)
+    return classifier_with_head(base, IMAGE_SIZE, result.head, MODEL.dropout, TRAIN.seed)
 
 
 def test_the_ridge_head_is_the_verifier_and_identifies_the_test_writers(paths: ProjectPaths) -> None:
-    """The default head: no epochs, the classifier's logits are the verifier's scores, and it beats chance
-    by far on held-out images; the verifier ranks each test image's own writer above the others."""
-    from tasks.model import LogitScorer
-
+    """The default head: no epochs, its logits are the verifier's scores, and it beats chance by far on
+    held-out images; fitted without TensorFlow."""
     result = train(paths, model=MODEL.model_copy(update={"head": "ridge"}))
-    test = held_out_images(paths, result)
-    outputs = LogitScorer(result.classifier).outputs(plain_batches(test, None, 16))
-    np.testing.assert_allclose(outputs.logits, result.verifier.scores(outputs.embeddings), rtol=1e-4, atol=1e-4)
+    embeddings, labels = held_out(paths, result)
+    logits = result.head.logits(embeddings)
+    np.testing.assert_allclose(logits, result.verifier.scores(embeddings), rtol=1e-4, atol=1e-4)
     assert result.state.completed_epochs == 1 and result.state.history["val_accuracy"][0] > CHANCE + 0.3
-    assert float(np.mean(np.argmax(outputs.logits, axis=1) == test.labels)) > CHANCE + 0.3
+    assert float(np.mean(np.argmax(logits, axis=1) == labels)) > CHANCE + 0.3
 
 
-def test_the_cache_holds_the_clean_view_first_and_the_head_trains_on_every_view(
+def test_the_embeddings_hold_the_clean_view_first_and_the_head_trains_on_every_view(
     default_training: tuple[ProjectPaths, TrainResult],
 ) -> None:
-    from tasks.features import read_feature_cache
-    from tasks.model import build_embedder
+    from tasks.embed import feature_embedder
+    from tasks.model import build_base
 
     paths, result = default_training
-    cache_file = next(paths.features_dir.glob("*.npz"))
-    cache = read_feature_cache(paths.features_dir, cache_file.stem)
-    assert cache.train_views.shape[0] == 1 + TRAIN.augmented_views
-    data = load_training_data(read_manifest(paths.manifest_file), paths.root)
-    embedder = build_embedder(result.classifier.get_layer("inception_v3"), data.image_size)
-    clean = embedder.predict(plain_batches(data.train, None, 16), verbose=0)
-    np.testing.assert_allclose(cache.train_views[0], clean, rtol=1e-3, atol=1e-4)
-    assert not np.allclose(cache.train_views[1], clean, rtol=1e-3, atol=1e-4)
+    data = load_embedded_training(paths, read_manifest(paths.manifest_file))
+    assert data.train_views.shape[0] == 1 + TRAIN.augmented_views
+    images = load_training_data(read_manifest(paths.manifest_file), paths.root)
+    embedder = feature_embedder(build_base(IMAGE_SIZE, MODEL.weights, paths.root, TRAIN.seed), IMAGE_SIZE)
+    clean = embedder.predict(plain_batches(images.train, None, 16), verbose=0)
+    np.testing.assert_allclose(data.train_views[0], clean, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(data.train_views[1], clean, rtol=1e-3, atol=1e-4)
     assert result.train_images_per_second > 0
 
 
-def test_cached_mode_learns_reuses_its_cache_and_invalidates_it(
+def test_cached_mode_learns_and_is_reproducible(
     default_training: tuple[ProjectPaths, TrainResult], tmp_path: Path
 ) -> None:
     trained_paths, first = default_training
     history = first.state.history
     assert history["loss"][-1] < history["loss"][0]
     assert max(history["val_accuracy"]) > CHANCE + 0.2
-    assert not first.features_reused and first.embed_images_per_second > 0
-    assert len(list(trained_paths.features_dir.glob("*.npz"))) == 1
-
-    # Trained again on a copy of that workspace (its prepared data and embedding cache).
     shutil.copytree(trained_paths.root / "data", tmp_path / "data")
-    paths = ProjectPaths.from_root(tmp_path)
-    second = train(paths)
-    assert second.features_reused
+    second = train(ProjectPaths.from_root(tmp_path))
     assert second.state.history == history  # reproducible on CPU, to the last digit
-
-    rotated = train(paths, augment=AUGMENT.model_copy(update={"rotation_degrees": 10.0}))
-    assert not rotated.features_reused
-    assert len(list(paths.features_dir.glob("*.npz"))) == 1  # stale keys are removed
+    np.testing.assert_array_equal(second.head.output_kernel, first.head.output_kernel)
 
 
-def test_the_full_classifier_equals_the_head_trained_on_the_cache(
+def test_the_packaged_classifier_equals_the_head_trained_on_the_embeddings(
     default_training: tuple[ProjectPaths, TrainResult],
 ) -> None:
-    """The classifier that is saved (base + head) gives the validation accuracy the head reached on
-    the cached embeddings at its best epoch, and well above chance on test images."""
+    """The classifier register packages (base + the head's arrays) gives the validation accuracy the head
+    reached on the embeddings at its best epoch, and well above chance on test images."""
     paths, result = default_training
-    data = load_training_data(read_manifest(paths.manifest_file), paths.root)
-    validation = result.classifier.predict(plain_batches(data.val, None, 16), verbose=0)
+    images = load_training_data(read_manifest(paths.manifest_file), paths.root)
+    classifier = packaged(result, paths)
+    validation = classifier.predict(plain_batches(images.val, None, 16), verbose=0)
     best = result.state.history["val_accuracy"][result.state.best_epoch]
-    assert float(np.mean(np.argmax(validation, axis=1) == data.val.labels)) == pytest.approx(best)
+    assert float(np.mean(np.argmax(validation, axis=1) == images.val.labels)) == pytest.approx(best)
     assert np.allclose(validation.sum(axis=1), 1.0, atol=1e-5)
-    test = held_out_images(paths, result)
-    probabilities = result.classifier.predict(plain_batches(test, None, 16), verbose=0)
-    assert float(np.mean(np.argmax(probabilities, axis=1) == test.labels)) > CHANCE + 0.2
+    embeddings, labels = held_out(paths, result)
+    assert float(np.mean(np.argmax(result.head.logits(embeddings), axis=1) == labels)) > CHANCE + 0.2
 
 
 def test_online_mode_learns(paths: ProjectPaths) -> None:
@@ -172,12 +188,11 @@ def test_online_mode_learns(paths: ProjectPaths) -> None:
     assert len(history["loss"]) == 5
     assert history["loss"][-1] < history["loss"][0]
     assert max(history["val_accuracy"]) > CHANCE
-    assert result.classifier.output_shape == (None, WRITERS)
-    assert not result.classifier.compiled  # what gets saved carries no optimizer state
+    assert result.head.class_count == WRITERS and result.head.hidden_units == MODEL.dense_units
 
 
 def test_cached_mode_learns_under_bfloat16_mixed_precision(paths: ProjectPaths) -> None:
-    """`train.mixed_precision: on` on a CPU: bfloat16 embeddings and head, float32 probabilities."""
+    """`train.mixed_precision: on` on a CPU: the head trains in bfloat16; its arrays are float32."""
     from tasks.device import apply_policy, choose_policy
 
     params = TRAIN.model_copy(update={"mixed_precision": "on"})
@@ -187,11 +202,11 @@ def test_cached_mode_learns_under_bfloat16_mixed_precision(paths: ProjectPaths) 
     finally:
         keras.mixed_precision.set_global_policy("float32")
     history = result.state.history
-    assert result.classifier.get_layer("head_dense").compute_dtype == "bfloat16"
     assert history["loss"][-1] < history["loss"][0]
     assert max(history["val_accuracy"]) > CHANCE + 0.2
-    probabilities = result.classifier.predict(plain_batches(held_out_images(paths, result), None, 16), verbose=0)
-    assert probabilities.dtype == np.float32
+    assert result.head.hidden_kernel.dtype == np.float32
+    embeddings, _labels = held_out(paths, result)
+    assert result.head.logits(embeddings).dtype == np.float32
 
 
 class Crash(keras.callbacks.Callback):

@@ -166,5 +166,5 @@ def test_only_the_register_stage_is_told_where_the_signing_key_is() -> None:
 
     environment = {SIGNING_KEY_VARIABLE: "/team/model-signing.key", "PATH": "/bin"}
     assert stage_variables("register", environment) == environment
-    for stage in ("download", "prepare", "train", "evaluate", "calibrate"):
+    for stage in ("download", "prepare", "embed", "train", "evaluate", "calibrate"):
         assert stage_variables(stage, environment) == {"PATH": "/bin"}
