@@ -74,6 +74,7 @@ PIPELINE_RUN_VARIABLE = "SIGPIPE_PIPELINE_RUN_NAME"
 STAGE_RUN_DETAILS = {
     "download": "{data[source]} data, {data[layout]} layout",
     "prepare": "{prepare[image_size]} px",
+    "embed": "{prepare[image_size]} px, {train[augmented_views]} augmented views",
     "train": "{model[head]} head, {train[mode]}, {prepare[image_size]} px, up to {train[epochs]} epochs",
     "evaluate": "{prepare[image_size]} px, test split",
     "calibrate": "{calibrate[objective]} threshold",
