@@ -29,7 +29,7 @@ from tasks.errors import (
     VerifierError,
     WeightsError,
 )
-from tasks.lifeline import die_with_parent, start_guarded_prefect_server
+from tasks.lifeline import die_with_parent
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
 from tasks.tracking_server import tracking_server_loss_explained
 
@@ -65,11 +65,6 @@ QUIET_ENVIRONMENT = {
     "TF_ENABLE_ONEDNN_OPTS": "1",
 }
 
-# The pipeline flow tells each stage process which of its task runs the stage's flow run belongs
-# under (Prefect links a subflow run to its parent flow run through a task run of the parent),
-# and the pipeline run's name, which the stage's run name repeats.
-PARENT_TASK_RUN_VARIABLE = "SIGPIPE_PARENT_TASK_RUN_ID"
-PIPELINE_RUN_VARIABLE = "SIGPIPE_PIPELINE_RUN_NAME"
 # What a stage's flow run is named after: the parameters that say what ran (format_map of params.yaml).
 STAGE_RUN_DETAILS = {
     "download": "{data[source]} data, {data[layout]} layout",
@@ -104,45 +99,27 @@ def stage_run_name(stage: str, params_file: str, pipeline_run: str | None = None
 
 
 def current_stage_run_name() -> str:
-    """`flow_run_name` of every stage flow: `stage_run_name` of the flow run being started."""
+    """`flow_run_name` of every stage flow run on its own: `stage_run_name` of the flow run being started
+    (the pipeline flow names the stage runs it calls itself, with its own run's name)."""
     from prefect.runtime import flow_run
 
-    return stage_run_name(
-        flow_run.flow_name, flow_run.parameters[STAGE_PARAMETER], os.environ.get(PIPELINE_RUN_VARIABLE)
-    )
+    return stage_run_name(flow_run.flow_name, flow_run.parameters[STAGE_PARAMETER])
+
+
+def prefect_api_configured() -> bool:
+    """Whether a Prefect API is configured (PREFECT_API_URL, a profile): someone can watch the runs."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
 
 
 def call_stage(stage: Flow[..., Any], params_file: str) -> object:
-    """Run a stage flow on `params_file`; under the pipeline flow, as a subflow run of its stage task.
-
-    When `PARENT_TASK_RUN_VARIABLE` names a task run (the pipeline flow sets it for the `dvc repro`
-    it starts), the flow run is created here with that task run as its parent, as Prefect's engine
-    does for a subflow called in-process, and run through the same engine (`run_flow`). It is
-    created only when the stage actually runs, so a stage DVC skips leaves no flow run behind.
-    """
-    parent = os.environ.get(PARENT_TASK_RUN_VARIABLE)
-    if not parent:
+    """Run a stage on `params_file`: as a Prefect flow run when an API is configured (the runs show in
+    its UI), else as the plain function (`Flow.fn`). Without an API, Prefect would start a temporary
+    server for this one process (seconds per stage under `dvc repro`) that nobody can watch."""
+    if prefect_api_configured():
         return stage(params_file)
-    from uuid import UUID
-
-    from prefect import get_client
-    from prefect.flow_engine import run_flow
-
-    try:
-        parent_task_run_id = UUID(parent)
-    except ValueError:
-        raise ConfigError(
-            f"{PARENT_TASK_RUN_VARIABLE}={parent!r} is not a Prefect task run id: unset it (the pipeline flow sets it)"
-        ) from None
-    parameters: dict[str, Any] = {STAGE_PARAMETER: params_file}
-    with get_client(sync_client=True) as client:
-        flow_run = client.create_flow_run(
-            stage,
-            name=stage_run_name(stage.name, params_file, os.environ.get(PIPELINE_RUN_VARIABLE)),
-            parameters=stage.serialize_parameters(parameters),
-            parent_task_run_id=parent_task_run_id,
-        )
-    return run_flow(stage, flow_run=flow_run, parameters=parameters)
+    return stage.fn(params_file)
 
 
 def workspace_paths(params_file: str) -> ProjectPaths:
@@ -164,16 +141,31 @@ def quiet_environment() -> None:
 def run_stage(stage: Flow[..., Any], params_file: str) -> None:
     """Run a stage flow on `params_file`; on a user error print one line and exit with code 1.
 
-    Under DVC the stage stops when DVC dies, and Prefect's temporary API server (if any) is
-    started up front with a watcher, so that neither outlives the run (`tasks.lifeline`). A tracking
-    server lost mid-stage is one of those user errors (`tasks.tracking_server.tracking_server_loss_explained`).
+    Under DVC the stage stops when DVC dies (`tasks.lifeline`). A tracking server lost mid-stage is
+    one of those user errors (`tasks.tracking_server.tracking_server_loss_explained`).
     """
+    quiet_environment()
+    die_with_parent()
+    try:
+        with tracking_server_loss_explained(stage.name):
+            call_stage(stage, params_file)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run_flow_reporting_errors(pipeline: Flow[..., Any], params_file: str) -> None:
+    """Run a flow that needs Prefect (the pipeline: subflows, artifacts) on `params_file`; on a user
+    error print one line and exit with code 1. Without a configured API, Prefect's temporary server is
+    started up front with a watcher, so that a `kill -9` of this process does not leave it listening."""
+    from tasks.lifeline import start_guarded_prefect_server
+
     quiet_environment()
     die_with_parent()
     start_guarded_prefect_server()
     try:
-        with tracking_server_loss_explained(stage.name):
-            call_stage(stage, params_file)
+        with tracking_server_loss_explained(pipeline.name):
+            pipeline(params_file)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import CalibrateParams, EvaluateParams, PrepareParams, TrackingParams, parse_group, read_params_file
@@ -66,7 +65,6 @@ def operating_point_text(report: dict[str, object], partitions: int) -> str:
     )
 
 
-@task(name="fit-temperature-and-threshold", cache_policy=NO_CACHE)
 def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, object]:
     """Fit on val genuine and the calibration split, report on test, write and log everything."""
     import mlflow

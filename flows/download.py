@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import DataParams, DownloadParams, SyntheticParams, parse_group, read_params_file
@@ -19,7 +18,6 @@ from tasks.paths import ProjectPaths
 SKIPPED_SHOWN = 10  # skipped entries printed; all of them are in metrics/download.json
 
 
-@task(name="fetch-dataset", cache_policy=NO_CACHE)
 def fetch_dataset_task(
     data: DataParams, download: DownloadParams, synthetic: SyntheticParams, paths: ProjectPaths
 ) -> DownloadSummary:

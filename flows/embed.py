@@ -12,8 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import AugmentParams, ModelParams, TrainParams, parse_group, read_params_file
@@ -32,7 +31,6 @@ class EmbedConfig:
     batch_size: int
 
 
-@task(name="embed-images", cache_policy=NO_CACHE)
 def embed_task(paths: ProjectPaths, config: EmbedConfig) -> dict[str, object]:
     """Embed every split's images (training views included) and write one file per split."""
     import shutil

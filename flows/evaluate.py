@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import EvaluateParams, PrepareParams, TrackingParams, parse_group, read_params_file
@@ -40,7 +39,6 @@ def interval_text(metrics: dict[str, object], figure: str) -> str:
     return f"mean {mean:.3f} (95% interval {low:.3f}-{high:.3f})"
 
 
-@task(name="score-and-measure", cache_policy=NO_CACHE)
 def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, object]:
     """Score the val, test and calibration embeddings; write metrics, per-writer CSV and plots; log them."""
     import mlflow

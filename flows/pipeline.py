@@ -1,9 +1,11 @@
-"""The whole pipeline as one Prefect flow: download -> prepare -> train -> evaluate -> calibrate -> register,
-then `dvc push` of the outputs when the repository has a default DVC remote (a team's).
+"""The whole pipeline as one Prefect flow: download -> prepare -> embed -> train -> evaluate -> calibrate
+-> register, then `dvc push` of the outputs when the repository has a default DVC remote (a team's).
 
-Each stage is a task that runs `dvc repro --single-item <stage>`, so DVC decides what is up to date
-and records what ran: after this flow `dvc status` is clean, and after `dvc repro` this flow skips
-every stage. Deployment parameters (`overrides`, e.g. {"train.epochs": 5}) are written into
+One process, one Prefect API: each stage whose inputs changed since DVC last recorded it (`dvc
+status` of that stage) runs as a subflow of this run (a flow called inside a flow, so the UI nests
+it under the pipeline run), then DVC records it (`dvc commit`): after this flow `dvc status` is
+clean, and after `dvc repro` this flow skips every stage. Libraries are imported once for the whole
+run instead of once per stage process. Deployment parameters (`overrides`, e.g. {"train.epochs": 5}) are written into
 params.yaml, as `dvc exp run --set-param` does, so every run stays reproducible from its files;
 they are validated with the whole file first, and a refused override, or a failed run, leaves it
 as it was. A run started from a deployment (a run request to the Prefect API) gets only what is
@@ -18,20 +20,22 @@ a run that has to wait says which run holds the lock and since when.
 from __future__ import annotations
 
 import os
-import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import deployment, flow_run, task_run
+from prefect.runtime import deployment, flow_run
 
 from flows._stage import (
-    PARENT_TASK_RUN_VARIABLE,
-    PIPELINE_RUN_VARIABLE,
+    default_params_file,
     quiet_environment,
-    run_entry_point,
+    run_flow_reporting_errors,
+    stage_run_name,
     workspace_paths,
 )
 from tasks.config import check_params_file
@@ -42,11 +46,12 @@ from tasks.orchestration import (
     StageOutcome,
     check_run_overrides,
     check_run_params_file,
+    commit_stage,
     overrides_applied,
     push_outputs,
     read_json_if_present,
     report_markdown,
-    run_dvc_stage,
+    stage_is_stale,
     try_example,
     workspace_lock,
 )
@@ -57,44 +62,55 @@ from tasks.tracking import run_ui_link
 REPORT_KEY = "signature-pipeline-report"
 TIMINGS_KEY = "signature-pipeline-timings"
 DOWNLOAD_RETRIES = 3
-DOWNLOAD_RETRY_DELAYS_SECONDS = [10, 30, 90]
+DOWNLOAD_RETRY_DELAY_SECONDS = 30  # a flow's retries wait a fixed delay (the download's own retries back off)
 PUSH_RETRIES = 2
 PUSH_RETRY_DELAYS_SECONDS: list[float] = [10, 60]
 DEFAULT_LOCK_TIMEOUT_SECONDS = 600.0
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
-# A worker hands its flow run to the process it starts in this variable; the stages are not that run.
-WORKER_FLOW_RUN_VARIABLE = "PREFECT__FLOW_RUN_ID"
+CHECK_STAGE = "check_params"  # plain Python, not a flow: it only reads params.yaml
 SIGNING_STAGE = "register"  # the one stage given SIGPIPE_SIGNING_KEY (tasks/signing.py)
 
 
-def stage_variables(stage: str, environment: dict[str, str]) -> dict[str, str]:
-    """`environment` for `stage`: only register is told where the model signing key is, so the stages
-    that read downloads and images (untrusted input) never see it."""
-    if stage == SIGNING_STAGE:
-        return dict(environment)
-    return {name: value for name, value in environment.items() if name != SIGNING_KEY_VARIABLE}
+def stage_flow(stage: str) -> Any:
+    """The flow (or, for check_params, the plain function) that runs `stage`."""
+    from importlib import import_module
+
+    module = import_module(f"flows.{stage}")
+    return module.check_params if stage == CHECK_STAGE else getattr(module, f"{stage}_flow")
 
 
-@task(cache_policy=NO_CACHE)
-def run_stage(stage: str, root: Path, environment: dict[str, str]) -> StageOutcome:
-    """Run one DVC stage (skipped by DVC when up to date); a failure names the stage.
+@contextmanager
+def signing_key_for(stage: str, signing_key: str | None) -> Iterator[None]:
+    """Tell only `register` where the model signing key is (SIGPIPE_SIGNING_KEY), for the duration of
+    its run: the stages that read downloads and images (untrusted input) never see the variable."""
+    if stage != SIGNING_STAGE or signing_key is None:
+        yield
+        return
+    os.environ[SIGNING_KEY_VARIABLE] = signing_key
+    try:
+        yield
+    finally:
+        os.environ.pop(SIGNING_KEY_VARIABLE, None)
 
-    The stage's flow run becomes a subflow run of this task run (`flows._stage.call_stage`), so
-    the Prefect UI shows it nested under the pipeline run; its last messages are repeated here.
-    """
-    nested = {
-        **stage_variables(stage, environment),
-        PARENT_TASK_RUN_VARIABLE: str(task_run.id),
-        PIPELINE_RUN_VARIABLE: str(flow_run.name),
-    }
-    outcome = run_dvc_stage(stage, root, nested)
-    print(
-        "\n".join(
-            [f"{stage}: {'ran' if outcome.ran else 'up to date'} in {outcome.seconds:.1f} s"]
-            + [f"  {message}" for message in outcome.messages]
-        )
-    )
-    return outcome
+
+def bring_up_to_date(stage: str, paths: ProjectPaths, signing_key: str | None) -> StageOutcome:
+    """Run `stage` if DVC finds its inputs changed (then record it in dvc.lock); say what happened."""
+    started = time.perf_counter()
+    if not stage_is_stale(paths.root, stage):
+        print(f"{stage}: up to date")
+        return StageOutcome(stage, False, time.perf_counter() - started)
+    with signing_key_for(stage, signing_key):
+        if stage == CHECK_STAGE:
+            stage_flow(stage)(paths.params_file)  # plain Python: a fraction of a second, no flow run
+        else:
+            options: dict[str, Any] = {"flow_run_name": stage_run_name(stage, str(paths.params_file), flow_run.name)}
+            if stage == "download":
+                options.update(retries=DOWNLOAD_RETRIES, retry_delay_seconds=DOWNLOAD_RETRY_DELAY_SECONDS)
+            stage_flow(stage).with_options(**options)(str(paths.params_file))
+    commit_stage(paths.root, stage)
+    seconds = time.perf_counter() - started
+    print(f"{stage}: ran in {seconds:.1f} s")
+    return StageOutcome(stage, True, seconds)
 
 
 @task(name="dvc-push", cache_policy=NO_CACHE, retries=PUSH_RETRIES, retry_delay_seconds=PUSH_RETRY_DELAYS_SECONDS)
@@ -104,32 +120,6 @@ def push_task(root: Path, environment: dict[str, str]) -> str | None:
     pushed = push_outputs(root, environment)
     print(f"dvc push: {pushed}" if pushed else "dvc push: no default DVC remote, nothing shared")
     return pushed
-
-
-def prefect_api_url() -> str | None:
-    """The API this flow run reports to, so stage subprocesses use it instead of starting their own."""
-    from prefect.settings import get_current_settings
-
-    configured = get_current_settings().api.url
-    if configured:
-        return str(configured)
-    from prefect.server.api.server import SubprocessASGIServer
-
-    # With no API configured, Prefect runs this flow against its temporary local server.
-    ephemeral = SubprocessASGIServer()
-    return ephemeral.api_url if ephemeral.running else None
-
-
-def stage_environment() -> dict[str, str]:
-    """The environment of stage commands: this interpreter's bin folder first, this run's API."""
-    quiet_environment()
-    environment = dict(os.environ)
-    environment.pop(WORKER_FLOW_RUN_VARIABLE, None)
-    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
-    url = prefect_api_url()
-    if url:
-        environment["PREFECT_API_URL"] = url
-    return environment
 
 
 def training_run_link(paths: ProjectPaths, mlflow_ui_url: str) -> str | None:
@@ -175,14 +165,10 @@ def pipeline_flow(
         if applied:
             print("parameters set: " + ", ".join(applied))
         check_params_file(paths.params_file)
-        environment = stage_environment()
-        outcomes = []
-        for stage in PIPELINE_STAGES:
-            options: dict[str, Any] = {"name": stage, "task_run_name": stage}
-            if stage == "download":
-                options.update(retries=DOWNLOAD_RETRIES, retry_delay_seconds=DOWNLOAD_RETRY_DELAYS_SECONDS)
-            outcomes.append(run_stage.with_options(**options)(stage, paths.root, environment))
-        push_task(paths.root, environment)
+        quiet_environment()
+        signing_key = os.environ.pop(SIGNING_KEY_VARIABLE, None)  # register's alone (`signing_key_for`)
+        outcomes = [bring_up_to_date(stage, paths, signing_key) for stage in PIPELINE_STAGES]
+        push_task(paths.root, dict(os.environ))
     metrics = {
         "evaluate": read_json_if_present(paths.evaluate_details_file),
         "calibrate": read_json_if_present(paths.calibrate_details_file),
@@ -203,7 +189,7 @@ def pipeline_flow(
 
 def main() -> None:
     """Entry point of `python -m flows.pipeline` (what `make demo` runs)."""
-    run_entry_point(pipeline_flow)
+    run_flow_reporting_errors(pipeline_flow, default_params_file())
 
 
 if __name__ == "__main__":

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import shutil
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import PrepareParams, parse_group, parse_layout, read_params_file
@@ -17,7 +16,6 @@ from tasks.paths import ProjectPaths
 from tasks.prepare import PrepareSummary, prepare_dataset, prepare_metrics
 
 
-@task(name="preprocess-and-split", cache_policy=NO_CACHE)
 def prepare_task(paths: ProjectPaths, layout: str, params: PrepareParams) -> PrepareSummary:
     """Preprocess every image once, split per writer, write manifest and data report."""
     summary, _listing, skipped = prepare_dataset(paths, layout, params)

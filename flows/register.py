@@ -12,8 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import (
@@ -100,7 +99,6 @@ def trained_with(params: Mapping[str, object]) -> dict[str, Mapping[str, object]
     return {group: values for group in PARAM_TAG_GROUPS if isinstance(values := params.get(group), dict)}
 
 
-@task(name="package-and-register", cache_policy=NO_CACHE)
 def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, object]:
     """Log the pyfunc, register a version, tag it with its numbers, and move the right alias."""
     import mlflow

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import AugmentParams, ModelParams, TrackingParams, TrainParams, parse_group, read_params_file
@@ -69,7 +68,6 @@ def train_run_name(config: TrainConfig, image_size: int, digest: str) -> str:
     return run_name("train", f"{config.model.head} head", how, f"{image_size} px", data_label(digest))
 
 
-@task(name="train-classifier", cache_policy=NO_CACHE)
 def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
     """Train while holding the checkpoint folder: a second training fails rather than train beside this one."""
     from tasks.checkpoint_lock import checkpoint_folder_lock

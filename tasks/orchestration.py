@@ -7,10 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,19 +19,13 @@ from urllib.parse import urlsplit
 from tasks.config import PARAM_GROUPS, check_params, read_params_file, weights_file
 from tasks.errors import ConfigError, PipelineBusyError, StageFailedError
 from tasks.files import redacted_url
-from tasks.lifeline import guard_children
 from tasks.locks import exclusive_lock
 from tasks.paths import PARAMS_FILE_NAME
 
 # check_params first: it validates every parameter before DVC removes any stage's outputs.
 PIPELINE_STAGES = ("check_params", "download", "prepare", "embed", "train", "evaluate", "calibrate", "register")
-RAN_MARKER = "Running stage '{stage}'"
 OUTPUT_TAIL_CHARACTERS = 3000
 YAML_NULL_TAG, YAML_NULL = "tag:yaml.org,2002:null", "null"  # how overrides write None back into params.yaml
-# A message the stage's flow logged, in Prefect's console format "12:00:00.123 | INFO    | Flow run 'x' - <message>".
-STAGE_LOG_LINE = re.compile(r"\| (?:Flow|Task) run (?:'[^']*'|\"[^\"]*\") - (?P<message>.*)$")
-ENGINE_MESSAGE_PREFIXES = ("Beginning ", "Finished in state ", "View at ")  # Prefect's own, not the stage's
-STAGE_SUMMARY_MESSAGES = 5  # the stage's last messages repeated in the pipeline run's log
 # What a deployment run's overrides may point the pipeline at is the operator's choice, read from the
 # worker's environment: a run request can set neither (the work pool's template takes no `env`), and
 # overrides only ever write params.yaml. Empty (the default): no data source can be chosen by a run.
@@ -76,17 +68,6 @@ class StageOutcome:
     ran: bool
     seconds: float
     messages: tuple[str, ...] = field(default=(), compare=False)  # the stage's last log messages
-
-
-def stage_messages(output: str, limit: int = STAGE_SUMMARY_MESSAGES) -> tuple[str, ...]:
-    """The last `limit` messages a stage's Prefect flow logged (its prints: counts, epochs, the
-    registry decision), found in the stage's console output; Prefect's own engine lines are left out."""
-    messages = []
-    for line in output.splitlines():
-        match = STAGE_LOG_LINE.search(line)
-        if match and not match["message"].startswith(ENGINE_MESSAGE_PREFIXES):
-            messages.append(match["message"])
-    return tuple(messages[-limit:]) if limit > 0 else ()
 
 
 @dataclass(frozen=True)
@@ -381,29 +362,22 @@ def workspace_lock(
         yield
 
 
-def run_dvc_stage(stage: str, root: Path, environment: Mapping[str, str]) -> StageOutcome:
-    """`dvc repro --single-item <stage>`: DVC reruns the stage only if its inputs changed."""
-    started = time.perf_counter()
-    with subprocess.Popen(
-        ["dvc", "repro", "--single-item", stage],
-        cwd=root,
-        env=dict(environment),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        # If this process dies (kill -9 of the pipeline or its worker), the watcher ends dvc, and
-        # the stage, which watches dvc (`tasks.lifeline`), follows: nothing trains on unobserved.
-        guard_children([process.pid])
-        stdout, stderr = process.communicate()
-    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-    seconds = time.perf_counter() - started
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise StageFailedError(
-            f"stage '{stage}' failed (exit {result.returncode}):\n{output[-OUTPUT_TAIL_CHARACTERS:]}"
-        )
-    return StageOutcome(stage, RAN_MARKER.format(stage=stage) in output, seconds, stage_messages(output))
+def stage_is_stale(root: Path, stage: str) -> bool:
+    """Whether DVC would rerun `stage` alone (`dvc status <stage>`): its deps, params, command or
+    outputs differ from what dvc.lock records, or it never ran."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return bool(repo.status(targets=[stage], with_deps=False))
+
+
+def commit_stage(root: Path, stage: str) -> None:
+    """Record `stage` as it just ran in dvc.lock (`dvc commit --force <stage>`), its outputs in DVC's
+    cache, as `dvc repro` does after running a stage's command."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        repo.commit(stage, force=True)
 
 
 def default_dvc_remote(root: Path, environment: Mapping[str, str]) -> str | None:

@@ -160,11 +160,17 @@ def test_names_from_the_registry_are_printed_on_one_line(keys: KeyFiles, model_f
     assert "\n" not in str(refused.value)
 
 
-def test_only_the_register_stage_is_told_where_the_signing_key_is() -> None:
-    """The pipeline's stages that read downloads and images (untrusted input) never get the key's path."""
-    from flows.pipeline import stage_variables
+def test_only_the_register_stage_is_told_where_the_signing_key_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's stages that read downloads and images (untrusted input) never see the key's path:
+    the pipeline takes it out of its environment and sets it only while register runs."""
+    import os
 
-    environment = {SIGNING_KEY_VARIABLE: "/team/model-signing.key", "PATH": "/bin"}
-    assert stage_variables("register", environment) == environment
+    from flows.pipeline import signing_key_for
+
+    monkeypatch.delenv(SIGNING_KEY_VARIABLE, raising=False)
     for stage in ("download", "prepare", "embed", "train", "evaluate", "calibrate"):
-        assert stage_variables(stage, environment) == {"PATH": "/bin"}
+        with signing_key_for(stage, "/team/model-signing.key"):
+            assert SIGNING_KEY_VARIABLE not in os.environ
+    with signing_key_for("register", "/team/model-signing.key"):
+        assert os.environ[SIGNING_KEY_VARIABLE] == "/team/model-signing.key"
+    assert SIGNING_KEY_VARIABLE not in os.environ
