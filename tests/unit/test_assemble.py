@@ -1,0 +1,79 @@
+"""Registration builds the packaged classifier from the base and the trained head's arrays, and refuses
+to package one that does not score as the light stages did (another base, a head out of step with the
+embeddings), naming the image and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.assemble import SCORE_TOLERANCE, assemble_classifier, check_scores
+from tasks.errors import ModelFileError
+from tasks.head import head_from_verifier
+from tasks.model import FEATURE_DIM, LogitScorer, build_base, weights_digest
+from tasks.scores import ScoreTable
+from tasks.verifier import WriterVerifier
+
+SIZE = 75
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def verifier() -> WriterVerifier:
+    rng = np.random.default_rng(1)
+    return WriterVerifier(
+        mean=rng.normal(0, 0.01, FEATURE_DIM),
+        scale=rng.uniform(0.5, 2.0, FEATURE_DIM),
+        kernel=rng.normal(0, 0.1, (FEATURE_DIM, 3)),
+        bias=rng.normal(0, 1, 3),
+    )
+
+
+def validation_images(root: Path, count: int) -> list[dict[str, str]]:
+    """`count` prepared grey images on disk and their manifest rows."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for index in range(count):
+        name = f"prepared/{index}.png"
+        (root / "prepared").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(root / name)
+        rows.append({"path": f"raw/{index}.tif", "prepared_path": name, "split": "val"})
+    return rows
+
+
+def score_table(classifier, verifier: WriterVerifier, rows: list[dict[str, str]], root: Path) -> ScoreTable:
+    """The table the evaluate stage would hold for `rows`: the head's logits and the verifier's scores."""
+    grey = np.stack([np.asarray(Image.open(root / row["prepared_path"])) for row in rows])
+    outputs = LogitScorer(classifier).of_grey(grey)
+    return ScoreTable(
+        logits=outputs.logits.astype(np.float32),
+        verification=verifier.scores(outputs.embeddings),
+        embeddings=outputs.embeddings,
+        claimed=np.zeros(len(rows), dtype=np.int64),
+        kinds=np.array(["genuine"] * len(rows)),
+        splits=np.array([row["split"] for row in rows]),
+        paths=np.array([row["path"] for row in rows]),
+    )
+
+
+def test_the_packaged_model_is_checked_against_the_light_stages_scores(
+    verifier: WriterVerifier, tmp_path: Path
+) -> None:
+    digest = weights_digest(build_base(SIZE, "none", tmp_path, SEED))
+    classifier = assemble_classifier(tmp_path, SIZE, "none", SEED, head_from_verifier(verifier), 0.1, digest)
+    rows = validation_images(tmp_path, 3)
+    table = score_table(classifier, verifier, rows, tmp_path)
+    assert check_scores(classifier, verifier, table, rows, tmp_path) <= SCORE_TOLERANCE
+    # A head (or embeddings) out of step with what evaluate scored: refused, naming the image.
+    table.logits[1, 2] += 10 * SCORE_TOLERANCE
+    with pytest.raises(ModelFileError, match=r"scores raw/1\.tif .* away from the evaluate stage's scores.*dvc repro"):
+        check_scores(classifier, verifier, table, rows, tmp_path)
+
+
+def test_a_base_other_than_the_one_that_embedded_is_refused(verifier: WriterVerifier, tmp_path: Path) -> None:
+    other = weights_digest(build_base(SIZE, "none", tmp_path, SEED + 1))  # another seed: another random base
+    with pytest.raises(ModelFileError, match=r"not the one that computed the embeddings"):
+        assemble_classifier(tmp_path, SIZE, "none", SEED, head_from_verifier(verifier), 0.1, other)
