@@ -22,8 +22,9 @@ from tasks.orchestration import (
     StageFailedError,
     StageOutcome,
     apply_overrides,
+    commit_stage,
     report_markdown,
-    run_dvc_stage,
+    stage_is_stale,
     try_example,
     workspace_lock,
 )
@@ -164,18 +165,30 @@ def test_a_waiting_run_says_whom_it_waits_for_then_runs(tmp_path: Path) -> None:
     assert len(said) == 1 and f"pid {holder.pid}" in said[0] and "holder-run" in said[0]
 
 
-def test_a_failing_dvc_stage_is_named_with_its_output(tmp_path: Path) -> None:
+def test_dvc_decides_what_is_stale_and_records_what_ran(tmp_path: Path) -> None:
+    """The pipeline flow asks DVC whether a stage is out of date, runs it itself, then has DVC record it
+    (`dvc commit`): afterwards `dvc status` is clean and the stage is no longer stale."""
     (tmp_path / "dvc.yaml").write_text(
-        "stages:\n"
-        "  fine:\n    cmd: python -c \"open('fine.txt', 'w').write('ok')\"\n    outs: [fine.txt]\n"
-        "  broken:\n    cmd: python -c \"import sys; sys.exit('broken on purpose')\"\n    deps: [fine.txt]\n"
+        "stages:\n  fine:\n    cmd: python -c \"open('fine.txt', 'w').write('ok')\"\n    outs: [fine.txt]\n"
     )
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, env=environment, check=True)
-    assert run_dvc_stage("fine", tmp_path, environment).ran
-    assert not run_dvc_stage("fine", tmp_path, environment).ran
-    with pytest.raises(StageFailedError, match=r"stage 'broken' failed \(exit \d+\):\n(.|\n)*broken on purpose"):
-        run_dvc_stage("broken", tmp_path, environment)
+    assert stage_is_stale(tmp_path, "fine")  # never ran
+    (tmp_path / "fine.txt").write_text("ok")  # what the stage's command does
+    commit_stage(tmp_path, "fine")
+    assert not stage_is_stale(tmp_path, "fine")
+    assert "fine.txt" in (tmp_path / "dvc.lock").read_text()
+    status = subprocess.run(["dvc", "status"], cwd=tmp_path, env=environment, capture_output=True, text=True)
+    assert "up to date" in status.stdout
+    (tmp_path / "fine.txt").write_text("changed")
+    assert stage_is_stale(tmp_path, "fine")
+
+
+def test_dvc_errors_name_the_stage(tmp_path: Path) -> None:
+    with pytest.raises(StageFailedError, match=r"stage 'train': DVC cannot tell whether it is up to date"):
+        stage_is_stale(tmp_path, "train")  # no DVC repository here
+    with pytest.raises(StageFailedError, match=r"stage 'train' ran, but DVC could not record it"):
+        commit_stage(tmp_path, "train")
 
 
 def test_report_lists_stages_metrics_and_the_decision() -> None:
