@@ -50,7 +50,6 @@ def dataset_changes(dataset: str, cedar: Path, size: int, weights: str) -> dict[
     changes: dict[str, dict[str, object]] = {
         "prepare": {"image_size": size, "unenrolled_writers": 0.0},
         "model": {"weights": weights},
-        "tracking": {"log_model": False},
     }
     if dataset == "cedar":
         changes["data"] = {"source": "local", "layout": "cedar", "path": str(cedar.resolve())}

@@ -48,7 +48,6 @@ TINY_PIPELINE = {
     "train": {"epochs": 3, "augmented_views": 1},
     "evaluate": {"top_k": 2},
     "calibrate": {"target_far": 0.2},  # 9 calibration unknowns can resolve a FAR of 0.2, not 0.05
-    "tracking": {"log_model": False},  # logging the model is covered by the train flow test
     "register": {"model_name": "pipeline-test"},
 }
 FIRST_RUN_OVERRIDES = {"train.epochs": 2}

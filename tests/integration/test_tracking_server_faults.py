@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from flows.download import download_flow
+from flows.embed import embed_flow
 from flows.prepare import prepare_flow
 from tests.conftest import edit_params
 from tests.integration.test_stages import TINY_DATASET
@@ -150,6 +151,7 @@ def test_the_tracking_server_lost_mid_training(
     edit_params(params_file, TRAINING)
     download_flow(str(params_file))
     prepare_flow(str(params_file))
+    embed_flow(str(params_file))
     environment = {**subprocess_env, "MLFLOW_TRACKING_URI": server.url}
 
     # 1. The server dies and stays away: the stage stops with one line saying what to do.
