@@ -4,6 +4,7 @@ what is up to date."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -25,7 +26,6 @@ from tasks.paths import PARAMS_FILE_NAME
 # check_params first: it validates every parameter before DVC removes any stage's outputs.
 PIPELINE_STAGES = ("check_params", "download", "prepare", "embed", "train", "evaluate", "calibrate", "register")
 OUTPUT_TAIL_CHARACTERS = 3000
-DVC_FILE_NAME = "dvc.yaml"
 YAML_NULL_TAG, YAML_NULL = "tag:yaml.org,2002:null", "null"  # how overrides write None back into params.yaml
 # What a deployment run's overrides may point the pipeline at is the operator's choice, read from the
 # worker's environment: a run request can set neither (the work pool's template takes no `env`), and
@@ -363,12 +363,6 @@ def workspace_lock(
         yield
 
 
-def stage_target(root: Path, stage: str) -> str:
-    """DVC's address of `stage` of the workspace at `root` (`<root>/dvc.yaml:<stage>`), which does not
-    depend on the working directory."""
-    return f"{root / DVC_FILE_NAME}:{stage}"
-
-
 def stage_is_stale(root: Path, stage: str) -> bool:
     """Whether DVC would rerun `stage` alone (`dvc status <stage>`): its deps, params, command or
     outputs differ from what dvc.lock records, or it never ran. DVC's errors (no repository, a broken
@@ -377,8 +371,9 @@ def stage_is_stale(root: Path, stage: str) -> bool:
     from dvc.repo import Repo
 
     try:
-        with Repo(str(root)) as repo:
-            return bool(repo.status(targets=[stage_target(root, stage)], with_deps=False))
+        # DVC resolves stage names and paths from the working directory, as its CLI run in `root` does.
+        with contextlib.chdir(root), Repo(str(root)) as repo:
+            return bool(repo.status(targets=[stage], with_deps=False))
     except DvcException as error:
         raise StageFailedError(
             f"stage '{stage}': DVC cannot tell whether it is up to date in {root}: {error}"
@@ -392,8 +387,8 @@ def commit_stage(root: Path, stage: str) -> None:
     from dvc.repo import Repo
 
     try:
-        with Repo(str(root)) as repo:
-            repo.commit(stage_target(root, stage), force=True)
+        with contextlib.chdir(root), Repo(str(root)) as repo:
+            repo.commit(stage, force=True)
     except DvcException as error:
         raise StageFailedError(f"stage '{stage}' ran, but DVC could not record it in dvc.lock: {error}") from error
 

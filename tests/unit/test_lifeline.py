@@ -213,37 +213,3 @@ def test_a_stage_dies_when_dvc_repro_is_killed(tmp_path: Path, killer: list[int]
     dvc.wait()
     assert wait_until_gone(stage_pid, DEATH_SECONDS), "the stage outlived `dvc repro`"
     assert (tmp_path / "out" / "cleaned-up").is_file()
-
-
-PIPELINE_LIKE = textwrap.dedent(  # runs one stage through the pipeline flow's own helper, as the flow does
-    f"""
-    import os, sys
-    from pathlib import Path
-    sys.path.insert(0, {str(PROJECT_ROOT)!r})
-    from tasks.orchestration import run_dvc_stage
-    run_dvc_stage("train", Path(sys.argv[1]), os.environ)
-    """
-)
-
-
-def test_killing_the_pipeline_ends_the_dvc_it_started_and_the_stage(tmp_path: Path, killer: list[int]) -> None:
-    """`kill -9` of the pipeline flow's process (or its worker) must not leave `dvc repro` and the stage training."""
-    (tmp_path / "stage.py").write_text(STAGE_LIKE)
-    (tmp_path / "pipeline.py").write_text(PIPELINE_LIKE)
-    (tmp_path / "dvc.yaml").write_text(f"stages:\n  train:\n    cmd: {shlex.quote(sys.executable)} stage.py out\n")
-    (tmp_path / "out").mkdir()
-    environment = {
-        **os.environ,
-        "SHELL": SHELL,
-        "DVC_NO_ANALYTICS": "1",
-        "PATH": f"{Path(DVC).parent}:{os.environ['PATH']}",
-    }
-    subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=tmp_path, env=environment, check=True)
-    pipeline = subprocess.Popen([sys.executable, "pipeline.py", str(tmp_path)], cwd=tmp_path, env=environment)
-    killer.append(pipeline.pid)
-    stage_pid = int(wait_for_file(tmp_path / "out" / "pid"))
-    killer.append(stage_pid)
-    pipeline.send_signal(signal.SIGKILL)
-    pipeline.wait()
-    assert wait_until_gone(stage_pid, DEATH_SECONDS + GRACE_SECONDS), "the stage outlived the pipeline that started it"
-    assert (tmp_path / "out" / "cleaned-up").is_file()

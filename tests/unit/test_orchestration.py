@@ -165,12 +165,16 @@ def test_a_waiting_run_says_whom_it_waits_for_then_runs(tmp_path: Path) -> None:
     assert len(said) == 1 and f"pid {holder.pid}" in said[0] and "holder-run" in said[0]
 
 
-def test_dvc_decides_what_is_stale_and_records_what_ran(tmp_path: Path) -> None:
+def test_dvc_decides_what_is_stale_and_records_what_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The pipeline flow asks DVC whether a stage is out of date, runs it itself, then has DVC record it
-    (`dvc commit`): afterwards `dvc status` is clean and the stage is no longer stale."""
+    (`dvc commit`): afterwards `dvc status` is clean and the stage is no longer stale. From any working
+    directory, another DVC repository's included (the project's own, as in the test suite)."""
+    monkeypatch.chdir(PROJECT_ROOT)
     (tmp_path / "dvc.yaml").write_text(
-        "stages:\n  fine:\n    cmd: python -c \"open('fine.txt', 'w').write('ok')\"\n    outs: [fine.txt]\n"
+        "stages:\n  fine:\n    cmd: python -c \"open('fine.txt', 'w').write('ok')\"\n"
+        "    deps: [input.txt]\n    outs: [fine.txt]\n"
     )
+    (tmp_path / "input.txt").write_text("in")  # a dependency: DVC resolves it from the working directory
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, env=environment, check=True)
     assert stage_is_stale(tmp_path, "fine")  # never ran
