@@ -1,11 +1,12 @@
-"""Every command and snippet of the README, executed as written in a workspace like the one a user has
-after `make demo`: the session's trained workspace (generated data, a registered champion), a git
-and DVC repository whose `dvc.lock` records the outputs, and `.venv` with this environment.
+"""Every command and snippet of the README and of the topic files in docs/, executed as written in a
+workspace like the one a user has after `make demo`: the session's trained workspace (generated data,
+a registered champion), a git and DVC repository whose `dvc.lock` records the outputs, and `.venv`
+with this environment.
 
-Each block is one test (id: its heading and place under it), run in its own copy of that workspace,
-so blocks may run alone or on different xdist workers. Tags in the README (see
-tests/support/readme.py) mark blocks that start servers (or take long), or name the test
-that runs exactly those commands instead. Nothing in a block is substituted: the README uses real
+Each block is one test (id: its file outside README.md, its heading and place under it), run in its
+own copy of that workspace, so blocks may run alone or on different xdist workers. Tags above the
+blocks (see tests/support/readme.py) mark blocks that start servers (or take long), or name the test
+that runs exactly those commands instead. Nothing in a block is substituted: the blocks use real
 paths of the demo data."""
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ import requests
 
 from tasks.paths import ProjectPaths
 from tests.conftest import PROJECT_ROOT, subprocess_environment
-from tests.support.readme import Block, missing_references, read_blocks
+from tests.support.readme import Block, missing_references, project_blocks
 
-README = PROJECT_ROOT / "README.md"
-BLOCKS = read_blocks(README)
+BLOCKS = project_blocks(PROJECT_ROOT)  # README.md's, then docs/*.md's
 # What a clone holds besides the pipeline files the trained workspace already has.
 CHECKOUT_FILES = ("Makefile", "pyproject.toml", "constraints.txt", "prefect.yaml", ".gitignore", ".dvcignore")
 INSTALLED_MARKER = ".installed"  # the Makefile's record of a finished install
@@ -56,7 +56,7 @@ def executed_blocks(*, covered: bool) -> list[object]:
         # Every block runs real commands end to end (stage processes, servers): slow, as `make
         # test-fast` leaves them out; `make test` and CI run them all.
         marks = [pytest.mark.slow]
-        if block_ports(block):  # the README's fixed ports: blocks that use them run one after another
+        if block_ports(block):  # the documents' fixed ports: blocks that use them run one after another
             marks.append(pytest.mark.xdist_group("readme-ports"))
         params.append(pytest.param(block, id=block.id, marks=marks))
     return params
@@ -202,11 +202,11 @@ def test_readme_block_runs(
 ) -> None:
     busy = sorted(port for port in block_ports(block) if port_in_use(port))
     if busy:
-        pytest.skip(f"README.md:{block.line} starts a server on port {busy}, which something here already uses")
+        pytest.skip(f"{block.where} starts a server on port {busy}, which something here already uses")
     log = tmp_path / "block.log"
     status = run_block(block, readme_workspace, readme_environment, log)
     assert status is None or status in block.tags.exit_codes, (
-        f"README.md:{block.line} ({block.language}) exited {status}:\n{block.code}\n--- output ---\n"
+        f"{block.where} ({block.language}) exited {status}:\n{block.code}\n--- output ---\n"
         f"{log.read_text(errors='replace')[-4000:]}"
     )
 
@@ -214,4 +214,4 @@ def test_readme_block_runs(
 @pytest.mark.parametrize("block", executed_blocks(covered=True))
 def test_readme_block_is_run_by_the_test_it_names(block: Block) -> None:
     missing = missing_references(block.tags.covered_by, PROJECT_ROOT)
-    assert not missing, f"README.md:{block.line}: `covered-by` names what does not exist: {', '.join(missing)}"
+    assert not missing, f"{block.where}: `covered-by` names what does not exist: {', '.join(missing)}"

@@ -149,9 +149,10 @@ def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
     assert "nothing was running" in team("down", workspace, team_environment).stdout
 
 
-# The README's team block is run as written, in a clone of the project's pipeline files on a tiny
+# The team block of docs/team.md is run as written, in a clone of the project's pipeline files on a tiny
 # dataset: a deployment run by make team-up's worker against the team's servers, then a second clone
 # that pulls and predicts, then make team-down.
+TEAM_DOCUMENT = "docs/team.md"
 TEAM_HEADING = "Team services: PostgreSQL-backed Prefect and MLflow, a shared DVC remote"
 SEQUENCE_TIMEOUT_SECONDS = 1500
 TINY_TEAM_PIPELINE = {
@@ -164,10 +165,12 @@ TINY_TEAM_PIPELINE = {
 
 
 def team_block() -> str:
-    """The bash block of the README's team section, as a reader copies it."""
+    """The bash block of the team section of docs/team.md, as a reader copies it."""
     from tests.support.readme import read_blocks
 
-    blocks = [block for block in read_blocks(PROJECT_ROOT / "README.md") if block.heading == TEAM_HEADING]
+    blocks = [
+        block for block in read_blocks(PROJECT_ROOT / TEAM_DOCUMENT, TEAM_DOCUMENT) if block.heading == TEAM_HEADING
+    ]
     assert len(blocks) == 1 and blocks[0].language == "bash", [block.line for block in blocks]
     return blocks[0].script()
 

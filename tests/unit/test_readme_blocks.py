@@ -1,5 +1,6 @@
-"""Reading the README's code blocks and their `readme-test` tags (tests/support/readme.py): a block
-without a tag is executed; a tag that cannot apply is an error naming its line, never ignored."""
+"""Reading the code blocks of the README and of docs/*.md and their `readme-test` tags
+(tests/support/readme.py): a block without a tag is executed; a tag that cannot apply is an error
+naming its file and line, never ignored."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT_ROOT
-from tests.support.readme import ReadmeTagError, missing_references, read_blocks
+from tests.support.readme import ReadmeTagError, documents, missing_references, project_blocks, read_blocks
 
 FENCE = "```"
 
@@ -94,6 +95,33 @@ def test_covered_by_names_must_exist() -> None:
     ]
 
 
+def test_a_docs_file_names_its_blocks_and_errors_by_its_path(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "serving.md").write_text("# Serving\n## Registry and inference\n'''bash\nls\n'''\n".replace("'''", FENCE))
+    (docs / "broken.md").write_text("<!-- readme-test: fast -->\n'''bash\nls\n'''\n".replace("'''", FENCE))
+    write(tmp_path, "# Title\n'''bash\nls\n'''\n")
+    assert documents(tmp_path) == [tmp_path / "README.md", docs / "broken.md", docs / "serving.md"]
+    (block,) = read_blocks(docs / "serving.md", "docs/serving.md")
+    assert block.id == "docs-serving-registry-and-inference-1" and block.where == "docs/serving.md:3"
+    (title,) = read_blocks(tmp_path / "README.md")
+    assert title.id == "title-1" and title.where == "README.md:2"  # README ids carry no file name
+    with pytest.raises(ReadmeTagError, match=re.escape("docs/broken.md:1: unknown readme-test item 'fast'")):
+        project_blocks(tmp_path)
+
+
 def test_the_project_readme_tags_are_valid() -> None:
     blocks = read_blocks(PROJECT_ROOT / "README.md")
     assert any(block.executed and not block.tags.covered_by and not block.tags.slow for block in blocks)
+
+
+def test_every_docs_file_is_read_and_its_tags_are_valid() -> None:
+    """The topic files in docs/ hold command blocks moved out of the README: they are read (tags and
+    all) like the README's, so tests/integration/test_readme.py runs or checks each of them."""
+    paths = documents(PROJECT_ROOT)
+    assert paths[0] == PROJECT_ROOT / "README.md"
+    assert set(paths[1:]) == set((PROJECT_ROOT / "docs").glob("*.md")) != set()
+    blocks = project_blocks(PROJECT_ROOT)
+    assert any(block.executed for block in blocks if block.source.startswith("docs/"))
+    executed = [block.id for block in blocks if block.executed]
+    assert len(set(executed)) == len(executed), executed  # one test id per block
