@@ -38,9 +38,9 @@ PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)/api
 WORK_POOL := signature-pool
 # How often make up's worker asks for scheduled runs: a deployment run starts within 2 s, not Prefect's 10.
 PREFECT_WORKER_QUERY_SECONDS ?= 2
-# make up's credentials (README, Security): generated into .run/credentials.env the first time (mode 0600 from
-# creation; `source` it for a client). Every command of make up gets them through its environment, read
-# from that file here; none is on a command line.
+# make up's credentials (docs/team.md, Security: credentials): generated into .run/credentials.env the
+# first time (mode 0600 from creation; `source` it for a client). Every command of make up gets them
+# through its environment, read from that file here; none is on a command line.
 LOCAL_CREDENTIALS := $(RUN_DIR)/credentials.env
 local_credential = $(shell sed -n 's/^export $(1)=//p' $(LOCAL_CREDENTIALS) 2>/dev/null)
 up: export PREFECT_SERVER_API_AUTH_STRING = $(call local_credential,PREFECT_SERVER_API_AUTH_STRING)
