@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml")
+WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml", "constraints.txt")
 STAGES = ("download", "prepare", "embed", "train", "evaluate", "calibrate")
 
 

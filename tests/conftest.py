@@ -15,7 +15,7 @@ from tasks.config import PrepareParams, SyntheticParams
 from tasks.paths import ProjectPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml")
+WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml", "constraints.txt")
 WORKSPACE_FOLDERS = ("flows", "tasks")
 CEDAR_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "cedar"
 HARNESS_STARTUP_SECONDS = 120
