@@ -32,8 +32,14 @@ def assemble_classifier(
 ):  # -> keras.Model
     """The float32 classifier of `head` on the base built from `weights` (and `seed` for `weights: none`),
     refused when that base is not the one whose digest the embed stage recorded."""
+    import keras
+
     from tasks.model import build_base, classifier_with_head, float32_copy, weights_digest
 
+    # Keras names unnamed layers from per-process counters: models built earlier in this process (the
+    # pipeline flow runs embed here first) would change the names in the saved file, and its hash in
+    # dvc.lock. A cleared session builds the same file as a fresh process (`dvc repro register`).
+    keras.backend.clear_session()
     base = build_base(image_size, weights, root, seed)
     if weights_digest(base) != base_digest:
         raise ModelFileError(

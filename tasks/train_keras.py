@@ -142,6 +142,8 @@ def train_keras_head(
     """Train the head in `train.mode`, resuming an unfinished run with the same fingerprint; the
     checkpoint folder is removed once the run has finished."""
     del show_progress  # Keras prints its own per-epoch lines (verbose=2)
+    # The same layer names and generators as in a fresh process (the pipeline flow runs embed first).
+    keras.backend.clear_session()
     seed_everything(train.seed, deterministic_ops=not train.jit_compile)
     if train.jit_compile:
         warnings.warn(
