@@ -148,5 +148,5 @@ status: venv ## Show what DVC would rerun.
 	dvc status
 
 clean: ## Remove stage outputs (data, models, metrics, plots); keeps downloads, mlruns and .venv.
-	rm -rf data/raw data/raw.incoming data/prepared data/features data/checkpoints
-	rm -f metrics/*.json models/*.keras models/*.json plots/*.png
+	rm -rf data/raw data/raw.incoming data/prepared data/embeddings data/scores data/checkpoints
+	rm -f data/embed_run.json metrics/*.json models/*.keras models/*.json models/*.npz plots/*.png

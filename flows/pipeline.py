@@ -32,6 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
 from flows._stage import (
+    USER_ERRORS,
     default_params_file,
     quiet_environment,
     run_flow_reporting_errors,
@@ -47,6 +48,7 @@ from tasks.orchestration import (
     check_run_overrides,
     check_run_params_file,
     commit_stage,
+    dvc_repository,
     overrides_applied,
     push_outputs,
     read_json_if_present,
@@ -94,23 +96,39 @@ def signing_key_for(stage: str, signing_key: str | None) -> Iterator[None]:
 
 
 def bring_up_to_date(stage: str, paths: ProjectPaths, signing_key: str | None) -> StageOutcome:
-    """Run `stage` if DVC finds its inputs changed (then record it in dvc.lock); say what happened."""
+    """Run `stage` if DVC finds its inputs changed, then record it in dvc.lock; say what happened.
+
+    DVC's repository lock is held from the check to the record, as `dvc repro` holds it while a stage
+    runs: a `dvc repro` started meanwhile in this workspace fails at once instead of running the same
+    stage beside this one. A stage's error names the stage; dvc.lock then does not record it.
+    """
     started = time.perf_counter()
-    if not stage_is_stale(paths.root, stage):
-        print(f"{stage}: up to date")
-        return StageOutcome(stage, False, time.perf_counter() - started)
-    with signing_key_for(stage, signing_key):
-        if stage == CHECK_STAGE:
-            stage_flow(stage)(paths.params_file)  # plain Python: a fraction of a second, no flow run
-        else:
-            options: dict[str, Any] = {"flow_run_name": stage_run_name(stage, str(paths.params_file), flow_run.name)}
-            if stage == "download":
-                options.update(retries=DOWNLOAD_RETRIES, retry_delay_seconds=DOWNLOAD_RETRY_DELAY_SECONDS)
-            stage_flow(stage).with_options(**options)(str(paths.params_file))
-    commit_stage(paths.root, stage)
+    with dvc_repository(paths.root) as repository:
+        if not stage_is_stale(repository, stage):
+            print(f"{stage}: up to date")
+            return StageOutcome(stage, False, time.perf_counter() - started)
+        try:
+            with signing_key_for(stage, signing_key):
+                run_stage_here(stage, paths)
+        except USER_ERRORS as error:
+            raise type(error)(f"stage '{stage}': {error}") from error
+        commit_stage(repository, stage)
     seconds = time.perf_counter() - started
     print(f"{stage}: ran in {seconds:.1f} s")
     return StageOutcome(stage, True, seconds)
+
+
+def run_stage_here(stage: str, paths: ProjectPaths) -> None:
+    """Run `stage` in this process: check_params as plain Python, every other stage as a subflow of
+    this run, named after what it runs and this run (download retried as a whole, on top of its own
+    retries with backoff)."""
+    if stage == CHECK_STAGE:
+        stage_flow(stage)(paths.params_file)  # a fraction of a second, no flow run
+        return
+    options: dict[str, Any] = {"flow_run_name": stage_run_name(stage, str(paths.params_file), flow_run.name)}
+    if stage == "download":
+        options.update(retries=DOWNLOAD_RETRIES, retry_delay_seconds=DOWNLOAD_RETRY_DELAY_SECONDS)
+    stage_flow(stage).with_options(**options)(str(paths.params_file))
 
 
 @task(name="dvc-push", cache_policy=NO_CACHE, retries=PUSH_RETRIES, retry_delay_seconds=PUSH_RETRY_DELAYS_SECONDS)
@@ -158,7 +176,7 @@ def pipeline_flow(
     checked_file, policy = checked_run_request(params_file, overrides)
     paths = workspace_paths(str(Path(checked_file).resolve()))
     lock = workspace_lock(paths.pipeline_lock_file, lock_timeout_seconds, label=f"flow run '{flow_run.name}'")
-    # Every parameter is validated before any stage runs (DVC would remove outputs first); overrides
+    # Every parameter is validated before any stage runs (a stage rewrites its outputs); overrides
     # are validated with the whole file before it is written (a deployment run's against the operator's
     # policy too, on that file as it is inside the lock), and written back if the run fails.
     with lock, overrides_applied(paths.params_file, overrides or {}, policy) as applied:
@@ -167,7 +185,11 @@ def pipeline_flow(
         check_params_file(paths.params_file)
         quiet_environment()
         signing_key = os.environ.pop(SIGNING_KEY_VARIABLE, None)  # register's alone (`signing_key_for`)
-        outcomes = [bring_up_to_date(stage, paths, signing_key) for stage in PIPELINE_STAGES]
+        try:
+            outcomes = [bring_up_to_date(stage, paths, signing_key) for stage in PIPELINE_STAGES]
+        finally:  # this process's environment as it was, for whatever runs in it next
+            if signing_key is not None:
+                os.environ[SIGNING_KEY_VARIABLE] = signing_key
         push_task(paths.root, dict(os.environ))
     metrics = {
         "evaluate": read_json_if_present(paths.evaluate_details_file),

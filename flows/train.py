@@ -1,7 +1,8 @@
-"""Stage `train`: train the frozen-InceptionV3 classifier on `data/prepared/`, tracked in MLflow.
+"""Stage `train`: fit the verifier and the head on the embed stage's `data/embeddings/`, tracked in MLflow.
 
-Run it with `python -m flows.train` (what `dvc repro train` does) or `sigpipe train`. A run that
-was killed resumes from its last completed epoch, in the same MLflow run.
+Run it with `python -m flows.train` (what `dvc repro train` does) or `sigpipe train`. The default ridge
+head is solved in closed form with NumPy (no TensorFlow); a Keras head (`linear`, `mlp`) that was
+killed resumes from its last completed epoch, in the same MLflow run.
 """
 
 from __future__ import annotations

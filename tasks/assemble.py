@@ -24,7 +24,10 @@ CHECKED_IMAGES = 8  # validation images the packaged model scores again at regis
 # Largest difference allowed between the packaged model's scores and the light stages' (logits and
 # verifier scores are of order 1; the two differ only by float32 summation order, about 1e-5).
 SCORE_TOLERANCE = 1e-3
-REEMBED_HINT = "Rerun the pipeline from the embed stage (`dvc repro`)."
+REEMBED_HINT = (
+    "Embed again with the base model.weights gives now (`dvc repro --force embed`: DVC does not see a "
+    "weights file replaced under the same name), then `dvc repro`."
+)
 
 
 def assemble_classifier(

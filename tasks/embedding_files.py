@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import EmbeddingsError
+from tasks.files import save_npz
 
 EMBEDDED_SPLITS = ("train", "val", "calibration", "unenrolled", "test")
 EMBEDDING_ARRAYS = ("views", "paths", "hashes")
@@ -55,16 +56,12 @@ class EmbeddedRows:
 def save_embedded_rows(rows: EmbeddedRows, path: Path) -> None:
     """Write a split's embeddings to an uncompressed .npz (no pickled objects; NumPy 2.4 entries are
     undated, so equal arrays give equal bytes), atomically: a temporary name, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"partial-{path.name}")
-    with temporary.open("wb") as handle:
-        np.savez(
-            handle,
-            views=np.asarray(rows.views, dtype=np.float32),
-            paths=np.array(rows.paths, dtype=str),
-            hashes=np.array(rows.hashes, dtype=str),
-        )
-    temporary.replace(path)
+    arrays = {
+        "views": np.asarray(rows.views, dtype=np.float32),
+        "paths": np.array(rows.paths, dtype=str),
+        "hashes": np.array(rows.hashes, dtype=str),
+    }
+    save_npz(arrays, path)
 
 
 def load_embedded_rows(path: Path) -> EmbeddedRows:
@@ -128,6 +125,11 @@ def prepared_image_size(manifest_rows: Sequence[dict[str, str]], root: Path) -> 
         raise EmbeddingsError("the manifest lists no prepared image. Rerun prepare (`dvc repro prepare`).")
     with Image.open(root / manifest_rows[0]["prepared_path"]) as first:
         return int(first.size[0])
+
+
+def flat_views(views: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(views, n, features) embeddings and n labels as (views * n, features) samples and their labels."""
+    return views.reshape(-1, views.shape[-1]), np.tile(labels, views.shape[0])
 
 
 def embedding_file(folder: Path, split: str) -> Path:

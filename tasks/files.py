@@ -51,6 +51,18 @@ def json_ready(content: object) -> object:
     return content
 
 
+def save_npz(arrays: Mapping[str, Any], path: Path) -> None:
+    """Write named arrays to an uncompressed .npz, atomically (a temporary name, then a rename). No
+    pickled objects; NumPy 2.4's entries are undated, so equal arrays give equal bytes (DVC hashes them)."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
+    with temporary.open("wb") as handle:
+        np.savez(handle, **arrays)
+    temporary.replace(path)
+
+
 def write_json(path: Path, content: object) -> None:
     """Write JSON with sorted keys and a final newline, so equal content gives equal bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import TrainingDataError
+from tasks.files import save_npz
 from tasks.verifier import WriterVerifier
 
 KERAS_EPSILON = 1e-7  # keras.config.epsilon(): the floor of a Normalization layer's standard deviation
@@ -85,11 +86,7 @@ def head_from_verifier(verifier: WriterVerifier) -> HeadWeights:
 
 def save_head(head: HeadWeights, path: Path) -> None:
     """Write the head's arrays to an uncompressed .npz, atomically (equal arrays give equal bytes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"partial-{path.name}")
-    with temporary.open("wb") as handle:
-        np.savez(handle, **{name: getattr(head, name) for name in HEAD_ARRAYS})
-    temporary.replace(path)
+    save_npz({name: getattr(head, name) for name in HEAD_ARRAYS}, path)
 
 
 def load_head(path: Path) -> HeadWeights:

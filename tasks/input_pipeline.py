@@ -18,7 +18,8 @@ from PIL import Image
 
 from tasks.augment import augment_image, element_seed
 from tasks.config import AugmentParams
-from tasks.errors import TrainingDataError
+from tasks.embedding_files import flat_views
+from tasks.manifest import training_rows
 
 GENUINE = "genuine"
 PREFETCH_BATCHES = 2
@@ -64,25 +65,12 @@ def split_images(rows: Sequence[dict[str, str]], root: Path, classes: tuple[str,
 
 
 def load_training_data(manifest_rows: Sequence[dict[str, str]], root: Path) -> TrainingData:
-    """The genuine train and val images of the manifest; classes are the writers with training images.
+    """The genuine train and val images of the manifest (the online mode's input); classes are the
+    writers with training images, as for the embeddings (`tasks.train.training_rows`, its checks too).
 
-    Test images are not loaded: training, early stopping and the feature cache never see them.
+    Test images are not loaded: the online mode's training and early stopping never see them.
     """
-    genuine = [row for row in manifest_rows if row["kind"] == GENUINE]
-    classes = tuple(sorted({row["writer"] for row in genuine if row["split"] == "train"}))
-    if len(classes) < 2:
-        raise TrainingDataError(
-            f"the manifest has {len(classes)} writer(s) with training images; at least 2 are needed"
-        )
-    by_split = {
-        split: [row for row in genuine if row["split"] == split and row["writer"] in classes]
-        for split in ("train", "val")
-    }
-    if not by_split["val"]:
-        raise TrainingDataError(
-            "no validation images: early stopping needs them. Set prepare.val_fraction above 0 "
-            "(and enough genuine signatures per writer), then rerun prepare."
-        )
+    classes, by_split = training_rows(manifest_rows)
     data = {split: split_images(rows, root, classes) for split, rows in by_split.items()}
     return TrainingData(classes, data["train"], data["val"], int(data["train"].images.shape[1]))
 
@@ -165,11 +153,6 @@ def online_batches(
         return tf.data.Dataset.zip((pixels, targets)).batch(batch_size)
 
     return prefetched(tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch))
-
-
-def flat_views(views: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(views, n, features) embeddings and n labels as (views * n, features) samples and their labels."""
-    return views.reshape(-1, views.shape[-1]), np.tile(labels, views.shape[0])
 
 
 def cached_batches(

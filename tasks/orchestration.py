@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +23,7 @@ from tasks.files import redacted_url
 from tasks.locks import exclusive_lock
 from tasks.paths import PARAMS_FILE_NAME
 
-# check_params first: it validates every parameter before DVC removes any stage's outputs.
+# check_params first: it validates every parameter before any stage rewrites its outputs.
 PIPELINE_STAGES = ("check_params", "download", "prepare", "embed", "train", "evaluate", "calibrate", "register")
 OUTPUT_TAIL_CHARACTERS = 3000
 YAML_NULL_TAG, YAML_NULL = "tag:yaml.org,2002:null", "null"  # how overrides write None back into params.yaml
@@ -68,7 +68,6 @@ class StageOutcome:
     stage: str
     ran: bool
     seconds: float
-    messages: tuple[str, ...] = field(default=(), compare=False)  # the stage's last log messages
 
 
 @dataclass(frozen=True)
@@ -363,32 +362,39 @@ def workspace_lock(
         yield
 
 
-def stage_is_stale(root: Path, stage: str) -> bool:
-    """Whether DVC would rerun `stage` alone (`dvc status <stage>`): its deps, params, command or
-    outputs differ from what dvc.lock records, or it never ran. DVC's errors (no repository, a broken
-    dvc.yaml) become one StageFailedError naming the stage."""
+@contextmanager
+def dvc_repository(root: Path) -> Iterator[Any]:
+    """The DVC repository at `root`, its lock held (as `dvc repro` holds it while a stage runs), with
+    `root` as the working directory (DVC resolves stage names and dependencies from it). DVC's errors
+    (no repository, a lock held by another DVC command) become one StageFailedError."""
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
+    from dvc.repo import Repo, lock_repo
 
     try:
-        # DVC resolves stage names and paths from the working directory, as its CLI run in `root` does.
-        with contextlib.chdir(root), Repo(str(root)) as repo:
-            return bool(repo.status(targets=[stage], with_deps=False))
+        with contextlib.chdir(root), Repo(str(root)) as repository, lock_repo(repository):
+            yield repository
     except DvcException as error:
-        raise StageFailedError(
-            f"stage '{stage}': DVC cannot tell whether it is up to date in {root}: {error}"
-        ) from error
+        raise StageFailedError(f"DVC cannot work in {root}: {error}") from error
 
 
-def commit_stage(root: Path, stage: str) -> None:
+def stage_is_stale(repository: Any, stage: str) -> bool:
+    """Whether DVC would rerun `stage` alone (`dvc status <stage>`): its deps, params, command or
+    outputs differ from what dvc.lock records, or it never ran."""
+    from dvc.exceptions import DvcException
+
+    try:
+        return bool(repository.status(targets=[stage], with_deps=False))
+    except DvcException as error:
+        raise StageFailedError(f"stage '{stage}': DVC cannot tell whether it is up to date: {error}") from error
+
+
+def commit_stage(repository: Any, stage: str) -> None:
     """Record `stage` as it just ran in dvc.lock (`dvc commit --force <stage>`), its outputs in DVC's
     cache, as `dvc repro` does after running a stage's command."""
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
 
     try:
-        with contextlib.chdir(root), Repo(str(root)) as repo:
-            repo.commit(stage, force=True)
+        repository.commit(stage, force=True)
     except DvcException as error:
         raise StageFailedError(f"stage '{stage}' ran, but DVC could not record it in dvc.lock: {error}") from error
 

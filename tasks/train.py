@@ -25,11 +25,10 @@ import numpy as np
 
 from tasks.checkpoint_state import TrainState
 from tasks.config import AugmentParams, ModelParams, TrainParams
-from tasks.embedding_files import load_split_embeddings, prepared_image_size
-from tasks.errors import TrainingDataError
+from tasks.embedding_files import flat_views, load_split_embeddings, prepared_image_size
 from tasks.head import HeadWeights, head_from_verifier
+from tasks.manifest import training_rows
 from tasks.paths import ProjectPaths
-from tasks.split import GENUINE
 from tasks.verifier import WriterVerifier, fit_writer_verifier
 
 RIDGE_HEAD = "ridge"
@@ -65,26 +64,6 @@ class TrainResult:
     device: str
 
 
-def training_rows(manifest_rows: Sequence[dict[str, str]]) -> tuple[tuple[str, ...], dict[str, list[dict[str, str]]]]:
-    """The writers with training images (the classes) and the genuine train and val rows of those writers."""
-    genuine = [row for row in manifest_rows if row["kind"] == GENUINE]
-    classes = tuple(sorted({row["writer"] for row in genuine if row["split"] == "train"}))
-    if len(classes) < 2:
-        raise TrainingDataError(
-            f"the manifest has {len(classes)} writer(s) with training images; at least 2 are needed"
-        )
-    by_split = {
-        split: [row for row in genuine if row["split"] == split and row["writer"] in classes]
-        for split in ("train", "val")
-    }
-    if not by_split["val"]:
-        raise TrainingDataError(
-            "no validation images: early stopping needs them. Set prepare.val_fraction above 0 "
-            "(and enough genuine signatures per writer), then rerun prepare."
-        )
-    return classes, by_split
-
-
 def load_embedded_training(paths: ProjectPaths, manifest_rows: Sequence[dict[str, str]]) -> EmbeddedTraining:
     """The training and validation embeddings of the manifest's writers, checked against the manifest."""
     classes, by_split = training_rows(manifest_rows)
@@ -102,11 +81,6 @@ def load_embedded_training(paths: ProjectPaths, manifest_rows: Sequence[dict[str
         train_rows=tuple(by_split["train"]),
         val_rows=tuple(by_split["val"]),
     )
-
-
-def flat_views(views: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(views, n, features) embeddings and n labels as (views * n, features) samples and their labels."""
-    return views.reshape(-1, views.shape[-1]), np.tile(labels, views.shape[0])
 
 
 def training_fingerprint(model: ModelParams, train: TrainParams, augment: AugmentParams, data_digest: str) -> str:

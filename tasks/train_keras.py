@@ -142,8 +142,11 @@ def train_keras_head(
     """Train the head in `train.mode`, resuming an unfinished run with the same fingerprint; the
     checkpoint folder is removed once the run has finished."""
     del show_progress  # Keras prints its own per-epoch lines (verbose=2)
-    # The same layer names and generators as in a fresh process (the pipeline flow runs embed first).
+    # The same layer names and generators as in a fresh process (the pipeline flow runs embed first);
+    # clearing the session also resets the dtype policy, which the train stage set: kept.
+    policy = keras.mixed_precision.global_policy()
     keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy(policy)
     seed_everything(train.seed, deterministic_ops=not train.jit_compile)
     if train.jit_compile:
         warnings.warn(

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.linalg
 
 from tasks.errors import VerifierError
+from tasks.files import save_npz
 
 MINIMUM_SCALE = 1e-6  # a feature constant over the training embeddings is left unscaled
 VERIFIER_ARRAYS = ("mean", "scale", "kernel", "bias")
@@ -127,11 +128,7 @@ def fit_writer_verifier(
 
 def save_verifier(verifier: WriterVerifier, path: Path) -> None:
     """Write the verifier's four arrays to an uncompressed .npz (no pickled objects)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"partial-{path.name}")
-    with temporary.open("wb") as handle:
-        np.savez(handle, **{name: getattr(verifier, name) for name in VERIFIER_ARRAYS})
-    temporary.replace(path)
+    save_npz({name: getattr(verifier, name) for name in VERIFIER_ARRAYS}, path)
 
 
 def load_verifier(path: Path) -> WriterVerifier:

@@ -195,12 +195,24 @@ def test_cached_mode_learns_under_bfloat16_mixed_precision(paths: ProjectPaths) 
     """`train.mixed_precision: on` on a CPU: the head trains in bfloat16; its arrays are float32."""
     from tasks.device import apply_policy, choose_policy
 
+    class HeadPrecision(keras.callbacks.Callback):
+        """Records the compute dtype of the hidden layer of the head being trained."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.seen.append(self.model.get_layer("head_dense").compute_dtype)
+
     params = TRAIN.model_copy(update={"mixed_precision": "on"})
     try:
         apply_policy(choose_policy(0, params.mixed_precision, params.distribute))
-        result = train(paths, params)
+        precision = HeadPrecision()
+        result = train(paths, params, callbacks=(precision,))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    assert precision.seen == ["bfloat16"]  # the policy survives the cleared session
     history = result.state.history
     assert history["loss"][-1] < history["loss"][0]
     assert max(history["val_accuracy"]) > CHANCE + 0.2

@@ -23,6 +23,7 @@ from tasks.orchestration import (
     StageOutcome,
     apply_overrides,
     commit_stage,
+    dvc_repository,
     report_markdown,
     stage_is_stale,
     try_example,
@@ -165,34 +166,57 @@ def test_a_waiting_run_says_whom_it_waits_for_then_runs(tmp_path: Path) -> None:
     assert len(said) == 1 and f"pid {holder.pid}" in said[0] and "holder-run" in said[0]
 
 
+def fine_stage_repository(root: Path) -> dict[str, str]:
+    """A DVC repository at `root` with one stage `fine` (a dependency, an output); returns the environment."""
+    (root / "dvc.yaml").write_text(
+        "stages:\n  fine:\n    cmd: python -c \"open('fine.txt', 'w').write('ok')\"\n"
+        "    deps: [input.txt]\n    outs: [fine.txt]\n"
+    )
+    (root / "input.txt").write_text("in")  # a dependency: DVC resolves it from the working directory
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, env=environment, check=True)
+    return environment
+
+
 def test_dvc_decides_what_is_stale_and_records_what_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The pipeline flow asks DVC whether a stage is out of date, runs it itself, then has DVC record it
     (`dvc commit`): afterwards `dvc status` is clean and the stage is no longer stale. From any working
     directory, another DVC repository's included (the project's own, as in the test suite)."""
     monkeypatch.chdir(PROJECT_ROOT)
-    (tmp_path / "dvc.yaml").write_text(
-        "stages:\n  fine:\n    cmd: python -c \"open('fine.txt', 'w').write('ok')\"\n"
-        "    deps: [input.txt]\n    outs: [fine.txt]\n"
-    )
-    (tmp_path / "input.txt").write_text("in")  # a dependency: DVC resolves it from the working directory
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, env=environment, check=True)
-    assert stage_is_stale(tmp_path, "fine")  # never ran
-    (tmp_path / "fine.txt").write_text("ok")  # what the stage's command does
-    commit_stage(tmp_path, "fine")
-    assert not stage_is_stale(tmp_path, "fine")
+    environment = fine_stage_repository(tmp_path)
+    with dvc_repository(tmp_path) as repository:
+        assert stage_is_stale(repository, "fine")  # never ran
+        (tmp_path / "fine.txt").write_text("ok")  # what the stage's command does
+        commit_stage(repository, "fine")
+        assert not stage_is_stale(repository, "fine")
+    assert Path.cwd() == PROJECT_ROOT
     assert "fine.txt" in (tmp_path / "dvc.lock").read_text()
     status = subprocess.run(["dvc", "status"], cwd=tmp_path, env=environment, capture_output=True, text=True)
     assert "up to date" in status.stdout
     (tmp_path / "fine.txt").write_text("changed")
-    assert stage_is_stale(tmp_path, "fine")
+    with dvc_repository(tmp_path) as repository:
+        assert stage_is_stale(repository, "fine")
 
 
-def test_dvc_errors_name_the_stage(tmp_path: Path) -> None:
-    with pytest.raises(StageFailedError, match=r"stage 'train': DVC cannot tell whether it is up to date"):
-        stage_is_stale(tmp_path, "train")  # no DVC repository here
-    with pytest.raises(StageFailedError, match=r"stage 'train' ran, but DVC could not record it"):
-        commit_stage(tmp_path, "train")
+def test_a_dvc_repro_started_while_a_stage_runs_is_refused(tmp_path: Path) -> None:
+    """DVC's lock is held from the check to the record, as `dvc repro` holds it: a concurrent `dvc repro`
+    in the workspace stops at once instead of running the same stage beside the pipeline's."""
+    environment = fine_stage_repository(tmp_path)
+    with dvc_repository(tmp_path):
+        concurrent = subprocess.run(["dvc", "repro"], cwd=tmp_path, env=environment, capture_output=True, text=True)
+    assert concurrent.returncode != 0 and "lock" in (concurrent.stdout + concurrent.stderr).lower()
+    assert not (tmp_path / "fine.txt").exists()
+
+
+def test_dvc_errors_name_the_stage_or_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(StageFailedError, match=r"DVC cannot work in .*"), dvc_repository(tmp_path):
+        pass  # no DVC repository here
+    fine_stage_repository(tmp_path)
+    with dvc_repository(tmp_path) as repository:
+        with pytest.raises(StageFailedError, match=r"stage 'missing': DVC cannot tell whether it is up to date"):
+            stage_is_stale(repository, "missing")
+        with pytest.raises(StageFailedError, match=r"stage 'fine' ran, but DVC could not record it"):
+            commit_stage(repository, "fine")  # its output was never written
 
 
 def test_report_lists_stages_metrics_and_the_decision() -> None:

@@ -173,4 +173,20 @@ def test_only_the_register_stage_is_told_where_the_signing_key_is(monkeypatch: p
             assert SIGNING_KEY_VARIABLE not in os.environ
     with signing_key_for("register", "/team/model-signing.key"):
         assert os.environ[SIGNING_KEY_VARIABLE] == "/team/model-signing.key"
-    assert SIGNING_KEY_VARIABLE not in os.environ
+    assert SIGNING_KEY_VARIABLE not in os.environ  # the pipeline puts it back once every stage has run
+
+
+def test_the_pipeline_gives_its_process_the_signing_key_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a run (failed here, in its first stage: no DVC repository), the process's environment names
+    the key again, so a later registration in the same process signs with it."""
+    import os
+
+    from flows.pipeline import pipeline_flow
+    from tasks.errors import StageFailedError
+    from tests.conftest import make_workspace
+
+    workspace = make_workspace(tmp_path / "workspace")
+    monkeypatch.setenv(SIGNING_KEY_VARIABLE, "/team/model-signing.key")
+    with pytest.raises(StageFailedError):
+        pipeline_flow.fn(str(workspace / "params.yaml"))
+    assert os.environ[SIGNING_KEY_VARIABLE] == "/team/model-signing.key"
