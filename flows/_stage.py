@@ -154,23 +154,6 @@ def run_stage(stage: Flow[..., Any], params_file: str) -> None:
         sys.exit(1)
 
 
-def run_flow_reporting_errors(pipeline: Flow[..., Any], params_file: str) -> None:
-    """Run a flow that needs Prefect (the pipeline: subflows, artifacts) on `params_file`; on a user
-    error print one line and exit with code 1. Without a configured API, Prefect's temporary server is
-    started up front with a watcher, so that a `kill -9` of this process does not leave it listening."""
-    from tasks.lifeline import start_guarded_prefect_server
-
-    quiet_environment()
-    die_with_parent()
-    start_guarded_prefect_server()
-    try:
-        with tracking_server_loss_explained(pipeline.name):
-            pipeline(params_file)
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-
-
 def run_entry_point(stage: Flow[..., Any]) -> None:
     """Run a stage flow on `params.yaml` of the working directory (how `dvc repro` calls it)."""
     run_stage(stage, default_params_file())

@@ -2,8 +2,9 @@
 
 - `die_with_parent`: a stage that DVC launched stops when DVC dies. Killing only `dvc repro`
   would otherwise leave the stage training on, and a rerun would train beside it.
-- `guard_children`: a small watcher process ends given child processes (Prefect's temporary API
-  server) once their owner has exited, even by `kill -9`, which no code in the owner survives.
+- `guard_children`: a small watcher process ends given child processes (the pipeline's temporary
+  Prefect server, `tasks.prefect_api`) once their owner has exited, even by `kill -9`, which no
+  code in the owner survives.
 
 Why a watchdog thread and not `prctl(PR_SET_PDEATHSIG)`: the kernel's parent-death signal fires
 when the *thread* that forked the child exits (a parent that launches stages from a worker
@@ -242,31 +243,6 @@ def watch(owner: int, children: Sequence[int]) -> None:
         owner_alive = owner not in gone
     if children:
         stop_processes(children)
-
-
-def start_guarded_prefect_server() -> int | None:
-    """Start Prefect's temporary API server now, with a watcher that ends it if this process dies.
-
-    Prefect starts the same server (`SubprocessASGIServer`, one per process) on a flow's first API
-    call when no `PREFECT_API_URL` is set, and stops it only from `atexit`: a `kill -9` of the
-    stage would leave it listening. Starting it here reuses Prefect's own server (the flow then
-    finds it running) and gives it a watcher. Returns the server's pid, or None when an API is
-    configured or the temporary server is turned off (`PREFECT_SERVER_ALLOW_EPHEMERAL_MODE`).
-    """
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
-        return None
-    # Imported only when needed: the server's modules take seconds to import (a stage process that
-    # talks to a running server never loads them).
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    if server.server_process is None:
-        return None
-    guard_children([server.server_process.pid])
-    return server.server_process.pid
 
 
 if __name__ == "__main__":

@@ -151,9 +151,10 @@ def test_prefects_temporary_server_dies_with_a_killed_stage(tmp_path: Path, kill
         import sys, time
         from pathlib import Path
         sys.path.insert(0, {str(PROJECT_ROOT)!r})
-        from tasks.lifeline import start_guarded_prefect_server
-        Path(sys.argv[1]).write_text(str(start_guarded_prefect_server()))
-        time.sleep(300)
+        from tasks.prefect_api import prefect_api_for_this_run
+        with prefect_api_for_this_run() as server:
+            Path(sys.argv[1]).write_text(str(server.pid))
+            time.sleep(300)
         """
     )
     environment = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
