@@ -105,7 +105,7 @@ def bring_up_to_date(stage: str, paths: ProjectPaths, signing_key: str | None) -
     stage beside this one. A stage's error names the stage; dvc.lock then does not record it.
     """
     started = time.perf_counter()
-    with dvc_repository(paths.root) as repository:
+    with dvc_repository(paths.root, stage) as repository:
         if not stage_is_stale(repository, stage):
             print(f"{stage}: up to date")
             return StageOutcome(stage, False, time.perf_counter() - started)

@@ -363,10 +363,10 @@ def workspace_lock(
 
 
 @contextmanager
-def dvc_repository(root: Path) -> Iterator[Any]:
+def dvc_repository(root: Path, stage: str) -> Iterator[Any]:
     """The DVC repository at `root`, its lock held (as `dvc repro` holds it while a stage runs), with
     `root` as the working directory (DVC resolves stage names and dependencies from it). DVC's errors
-    (no repository, a lock held by another DVC command) become one StageFailedError."""
+    (no repository, a lock held by another DVC command) become one StageFailedError naming `stage`."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo, lock_repo
 
@@ -374,7 +374,7 @@ def dvc_repository(root: Path) -> Iterator[Any]:
         with contextlib.chdir(root), Repo(str(root)) as repository, lock_repo(repository):
             yield repository
     except DvcException as error:
-        raise StageFailedError(f"DVC cannot work in {root}: {error}") from error
+        raise StageFailedError(f"stage '{stage}': DVC cannot work in {root}: {error}") from error
 
 
 def stage_is_stale(repository: Any, stage: str) -> bool:

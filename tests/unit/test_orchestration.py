@@ -184,7 +184,7 @@ def test_dvc_decides_what_is_stale_and_records_what_ran(tmp_path: Path, monkeypa
     directory, another DVC repository's included (the project's own, as in the test suite)."""
     monkeypatch.chdir(PROJECT_ROOT)
     environment = fine_stage_repository(tmp_path)
-    with dvc_repository(tmp_path) as repository:
+    with dvc_repository(tmp_path, "fine") as repository:
         assert stage_is_stale(repository, "fine")  # never ran
         (tmp_path / "fine.txt").write_text("ok")  # what the stage's command does
         commit_stage(repository, "fine")
@@ -194,7 +194,7 @@ def test_dvc_decides_what_is_stale_and_records_what_ran(tmp_path: Path, monkeypa
     status = subprocess.run(["dvc", "status"], cwd=tmp_path, env=environment, capture_output=True, text=True)
     assert "up to date" in status.stdout
     (tmp_path / "fine.txt").write_text("changed")
-    with dvc_repository(tmp_path) as repository:
+    with dvc_repository(tmp_path, "fine") as repository:
         assert stage_is_stale(repository, "fine")
 
 
@@ -202,17 +202,20 @@ def test_a_dvc_repro_started_while_a_stage_runs_is_refused(tmp_path: Path) -> No
     """DVC's lock is held from the check to the record, as `dvc repro` holds it: a concurrent `dvc repro`
     in the workspace stops at once instead of running the same stage beside the pipeline's."""
     environment = fine_stage_repository(tmp_path)
-    with dvc_repository(tmp_path):
+    with dvc_repository(tmp_path, "fine"):
         concurrent = subprocess.run(["dvc", "repro"], cwd=tmp_path, env=environment, capture_output=True, text=True)
     assert concurrent.returncode != 0 and "lock" in (concurrent.stdout + concurrent.stderr).lower()
     assert not (tmp_path / "fine.txt").exists()
 
 
 def test_dvc_errors_name_the_stage_or_the_folder(tmp_path: Path) -> None:
-    with pytest.raises(StageFailedError, match=r"DVC cannot work in .*"), dvc_repository(tmp_path):
+    with (
+        pytest.raises(StageFailedError, match=r"stage 'fine': DVC cannot work in .*"),
+        dvc_repository(tmp_path, "fine"),
+    ):
         pass  # no DVC repository here
     fine_stage_repository(tmp_path)
-    with dvc_repository(tmp_path) as repository:
+    with dvc_repository(tmp_path, "fine") as repository:
         with pytest.raises(StageFailedError, match=r"stage 'missing': DVC cannot tell whether it is up to date"):
             stage_is_stale(repository, "missing")
         with pytest.raises(StageFailedError, match=r"stage 'fine' ran, but DVC could not record it"):
