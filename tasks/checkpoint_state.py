@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from tasks.files import UNREADABLE_NPZ_ERRORS
 
 STATE_ENTRY = "state"
 ARRAY_PREFIX = "arr_"
@@ -17,8 +18,6 @@ SEED_STATE_NAME = "seed_generator_state"
 CHECKPOINT_SUFFIX = ".npz"
 LAST_STATE_FILE = f"last{CHECKPOINT_SUFFIX}"
 BEST_PREFIX = "best-"
-# What reading a missing, empty, truncated or foreign .npz raises.
-UNREADABLE_NPZ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError)
 
 
 @dataclass

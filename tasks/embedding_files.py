@@ -14,7 +14,6 @@ they differ: embeddings of other images are never used silently.
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import EmbeddingsError
-from tasks.files import save_npz
+from tasks.files import UNREADABLE_NPZ_ERRORS, save_npz
 
 EMBEDDED_SPLITS = ("train", "val", "calibration", "unenrolled", "test")
 EMBEDDING_ARRAYS = ("views", "paths", "hashes")
@@ -80,7 +79,7 @@ def load_embedded_rows(path: Path) -> EmbeddedRows:
             )
     except FileNotFoundError as error:
         raise EmbeddingsError(f"{path} does not exist. {RERUN_HINT}") from error
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except UNREADABLE_NPZ_ERRORS as error:
         raise EmbeddingsError(f"{path} cannot be read ({error}). {RERUN_HINT}") from error
     if views.ndim != 3 or views.shape[1] != len(paths) or len(hashes) != len(paths):
         raise EmbeddingsError(f"{path} holds {views.shape} embeddings for {len(paths)} rows. {RERUN_HINT}")

@@ -21,6 +21,8 @@ HASH_BLOCK_BYTES = 1 << 20
 # differ, and DVC, which records every output's hash in dvc.lock, sees a change. (NumPy 2.4's .npz
 # entries are undated already.)
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+# What reading a missing, empty, truncated or foreign .npz raises (np.load, then an array by name).
+UNREADABLE_NPZ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError)
 PARTIAL_PREFIX = "partial-"  # a file being rewritten, renamed over the original when complete
 PRIVATE_FILE_MODE = 0o600  # secrets: readable and writable by their owner only
 REDACTED = "***"  # what replaces a URL's credentials and query in logs

@@ -11,14 +11,13 @@ Standardisation follows Keras' Normalization layer: (x - mean) / max(sqrt(varian
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tasks.errors import TrainingDataError
-from tasks.files import save_npz
+from tasks.files import UNREADABLE_NPZ_ERRORS, save_npz
 from tasks.verifier import WriterVerifier
 
 KERAS_EPSILON = 1e-7  # keras.config.epsilon(): the floor of a Normalization layer's standard deviation
@@ -94,7 +93,7 @@ def load_head(path: Path) -> HeadWeights:
     try:
         with np.load(path, allow_pickle=False) as arrays:
             return HeadWeights(*(np.asarray(arrays[name], dtype=np.float32) for name in HEAD_ARRAYS))
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except UNREADABLE_NPZ_ERRORS as error:
         raise TrainingDataError(
             f"{path} is not a head written by the train stage ({error}). Rerun it: `dvc repro train`."
         ) from error

@@ -23,7 +23,6 @@ is folded into the kernel, so the stored verifier and everything that scores wit
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 import scipy.linalg
 
 from tasks.errors import VerifierError
-from tasks.files import save_npz
+from tasks.files import UNREADABLE_NPZ_ERRORS, save_npz
 
 MINIMUM_SCALE = 1e-6  # a feature constant over the training embeddings is left unscaled
 VERIFIER_ARRAYS = ("mean", "scale", "kernel", "bias")
@@ -136,7 +135,7 @@ def load_verifier(path: Path) -> WriterVerifier:
     try:
         with np.load(path, allow_pickle=False) as arrays:
             return WriterVerifier(*(np.asarray(arrays[name], dtype=np.float64) for name in VERIFIER_ARRAYS))
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    except UNREADABLE_NPZ_ERRORS as error:
         raise VerifierError(
             f"{path}: not a readable verifier ({error}). Rerun the train stage (`dvc repro train`)."
         ) from error
