@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,20 +139,24 @@ def quiet_environment() -> None:
         os.environ.setdefault(name, value)
 
 
-def run_stage(stage: Flow[..., Any], params_file: str) -> None:
-    """Run a stage flow on `params_file`; on a user error print one line and exit with code 1.
-
-    Under DVC the stage stops when DVC dies (`tasks.lifeline`). A tracking server lost mid-stage is
-    one of those user errors (`tasks.tracking_server.tracking_server_loss_explained`).
-    """
+def run_reporting_errors(name: str, run: Callable[[], object]) -> None:
+    """What every entry point does around its work `run` (a stage's, or the pipeline's): quiet library
+    telemetry, stop when DVC dies (`tasks.lifeline`), and on a user error print one line and exit with
+    code 1. A tracking server lost mid-run is one of those user errors
+    (`tasks.tracking_server.tracking_server_loss_explained`)."""
     quiet_environment()
     die_with_parent()
     try:
-        with tracking_server_loss_explained(stage.name):
-            call_stage(stage, params_file)
+        with tracking_server_loss_explained(name):
+            run()
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def run_stage(stage: Flow[..., Any], params_file: str) -> None:
+    """Run a stage flow on `params_file` (`call_stage`), reporting user errors in one line."""
+    run_reporting_errors(stage.name, lambda: call_stage(stage, params_file))
 
 
 def run_entry_point(stage: Flow[..., Any]) -> None:

@@ -20,7 +20,6 @@ a run that has to wait says which run holds the lock and since when.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,11 +35,11 @@ from flows._stage import (
     USER_ERRORS,
     default_params_file,
     quiet_environment,
+    run_reporting_errors,
     stage_run_name,
     workspace_paths,
 )
 from tasks.config import check_params_file
-from tasks.lifeline import die_with_parent
 from tasks.manifest import read_manifest
 from tasks.orchestration import (
     PIPELINE_STAGES,
@@ -61,7 +60,6 @@ from tasks.orchestration import (
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
 from tasks.signing import SIGNING_KEY_VARIABLE
 from tasks.tracking import run_ui_link
-from tasks.tracking_server import tracking_server_loss_explained
 
 REPORT_KEY = "signature-pipeline-report"
 TIMINGS_KEY = "signature-pipeline-timings"
@@ -211,26 +209,20 @@ def pipeline_flow(
     return rows
 
 
-def run_flow_reporting_errors(pipeline: Any, params_file: str) -> None:
-    """Run a flow that needs Prefect (the pipeline: subflows, artifacts) on `params_file`; on a user
-    error print one line and exit with code 1. Without a configured API, Prefect's temporary server is
-    started up front with a watcher, so that a `kill -9` of this process does not leave it listening
-    (`tasks.prefect_api`)."""
+def run_with_an_api(params_file: str) -> None:
+    """The pipeline flow on `params_file`, against the configured Prefect API or, when there is none,
+    its own guarded temporary server (`tasks.prefect_api`): a `kill -9` of this process does not leave
+    it listening."""
     from tasks.prefect_api import prefect_api_for_this_run
 
-    quiet_environment()
-    die_with_parent()
-    try:
-        with prefect_api_for_this_run(), tracking_server_loss_explained(pipeline.name):
-            pipeline(params_file)
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    with prefect_api_for_this_run():
+        pipeline_flow(params_file)
 
 
 def main() -> None:
     """Entry point of `python -m flows.pipeline` (what `make demo` runs)."""
-    run_flow_reporting_errors(pipeline_flow, default_params_file())
+    params_file = default_params_file()
+    run_reporting_errors(pipeline_flow.name, lambda: run_with_an_api(params_file))
 
 
 if __name__ == "__main__":
