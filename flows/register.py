@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from prefect import flow
 
@@ -65,9 +66,10 @@ class RegisterConfig:
     seed: int  # train.seed: what reinitialises the base for `model.weights: none`, as the embed stage did
 
 
-def write_classifier(paths: ProjectPaths, config: RegisterConfig, rows: list[dict[str, str]]) -> float:
+def write_classifier(paths: ProjectPaths, config: RegisterConfig, rows: list[dict[str, str]]) -> tuple[Any, float]:
     """Build the packaged classifier from the base and the trained head, check it against the evaluate
-    stage's scores, and write it to `models/classifier.keras`; returns the largest score difference."""
+    stage's scores, and write it to `models/classifier.keras`; returns it and the largest score
+    difference."""
     from tasks.assemble import assemble_classifier, check_scores
     from tasks.head import load_head
     from tasks.model import save_model_file
@@ -88,7 +90,7 @@ def write_classifier(paths: ProjectPaths, config: RegisterConfig, rows: list[dic
         classifier, load_verifier(paths.verifier_file), load_scores(paths.scores_file), rows, paths.root
     )
     save_model_file(classifier, paths.classifier_file)  # byte-reproducible: DVC hashes it
-    return difference
+    return classifier, difference
 
 
 PARAM_TAG_GROUPS = ("data", "prepare", "model", "augment", "train", "calibrate")
@@ -148,7 +150,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     manifest = digest_of_rows(rows, SELECTION_SPLITS)
     keys = workspace_keys(paths)
     ensure_signing_key(keys)  # an unreadable key fails here, before anything is logged
-    difference = write_classifier(paths, config, rows)
+    classifier, difference = write_classifier(paths, config, rows)
     print(
         f"the packaged classifier scores the checked validation images as evaluate did "
         f"(largest difference {difference:.1e})"
@@ -174,7 +176,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
             max_pixels=config.register.max_image_pixels,
             max_image_bytes=config.register.max_image_bytes,
         )
-        model_uri, logged = log_packaged_model_with_digests(paths, settings, config.register.top_k, example)
+        model_uri, logged = log_packaged_model_with_digests(paths, settings, config.register.top_k, example, classifier)
         tags = {
             TAG_SELECTION_MANIFEST: manifest,
             TAG_TEST_MANIFEST: digest_of_rows(rows, ("test",)),

@@ -273,11 +273,15 @@ def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k:
 
 
 def log_packaged_model_with_digests(
-    paths: ProjectPaths, settings: PreprocessSettings, top_k: int, example_image: Path
+    paths: ProjectPaths, settings: PreprocessSettings, top_k: int, example_image: Path, classifier: Any = None
 ) -> tuple[str, dict[str, str]]:
     """Log the pyfunc (model from code, with the `tasks` package) to the active run; returns its URI and
     the SHA-256 of each artifact file as it was logged (file name -> digest), so that `register` signs
     only those files (`tasks.model_store.sign_version`).
+
+    `classifier` is the float32 model `paths.classifier_file` holds, when the caller has it in memory
+    (register has just built and saved it: reading InceptionV3 back costs seconds); without it the file
+    is read (and a mixed-precision model packaged as a float32 copy).
 
     The model is logged with model_config {"accept_paths": False}, so what `mlflow models serve`
     loads reads only image bytes; its input example is `example_image` base64-encoded.
@@ -293,7 +297,10 @@ def log_packaged_model_with_digests(
     with tempfile.TemporaryDirectory() as scratch:
         preprocess = write_preprocess_artifact(settings, top_k, Path(scratch))
         try:
-            classifier_file, classifier = write_serving_classifier(paths.classifier_file, Path(scratch))
+            if classifier is None:
+                classifier_file, classifier = write_serving_classifier(paths.classifier_file, Path(scratch))
+            else:
+                classifier_file = paths.classifier_file
             model = SignatureClassifier.with_classifier(
                 classifier, paths.verifier_file, paths.calibration_file, preprocess
             )
