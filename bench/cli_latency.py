@@ -78,9 +78,7 @@ def registered_workspace(root: Path, size: int) -> Path:
     artifacts = (paths.mlruns_dir / "artifacts").as_uri()
     with mlflow.start_run(experiment_id=mlflow.create_experiment(BENCH_EXPERIMENT, artifact_location=artifacts)):
         prepare = PrepareParams.model_validate(params["prepare"])
-        uri = log_packaged_model(
-            paths, settings_from_params(prepare), params["register"]["top_k"], root / "signature.png"
-        )
+        uri = log_packaged_model(paths, settings_from_params(prepare), params["register"]["top_k"])
     version = mlflow.register_model(uri, BENCH_MODEL)
     client = mlflow.tracking.MlflowClient()
     sign_version(client, BENCH_MODEL, str(version.version), workspace_keys(paths))  # as the register stage does

@@ -105,7 +105,7 @@ def main() -> None:
         mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
         artifacts = (paths.root / "artifacts").as_uri()
         with mlflow.start_run(experiment_id=mlflow.create_experiment(BENCH_EXPERIMENT, artifact_location=artifacts)):
-            uri = log_packaged_model(paths, settings_from_params(params), 5, Path(files[0]))
+            uri = log_packaged_model(paths, settings_from_params(params), 5)
         started = time.perf_counter()
         model = mlflow.pyfunc.load_model(uri, model_config={"accept_paths": True})  # it reads files here
         load_seconds = time.perf_counter() - started

@@ -116,7 +116,7 @@ def package_model(root: Path, size: int, example: Path) -> str:
     mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
     artifacts = (paths.root / "artifacts").as_uri()
     with mlflow.start_run(experiment_id=mlflow.create_experiment(BENCH_EXPERIMENT, artifact_location=artifacts)):
-        return log_packaged_model(paths, settings, 2, example)
+        return log_packaged_model(paths, settings, 2)
 
 
 def free_port() -> int:

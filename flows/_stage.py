@@ -74,6 +74,7 @@ STAGE_RUN_DETAILS = {
     "train": "{model[head]} head, {train[mode]}, {prepare[image_size]} px, up to {train[epochs]} epochs",
     "evaluate": "{prepare[image_size]} px, test split",
     "calibrate": "{calibrate[objective]} threshold",
+    "package": "{prepare[image_size]} px, weights {model[weights]}",
     "register": "{register[model_name]}",
 }
 # The ridge head is solved in closed form: train.mode and the epochs do not apply to it.

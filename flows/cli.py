@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from tasks.inference import InputItem as Item
 
 app = typer.Typer(
-    help="Signature pipeline: download, prepare, embed, train, evaluate, calibrate, register; predict and verify.",
+    help="Signature pipeline: the pipeline stages (download ... register); predict and verify.",
     no_args_is_help=True,
 )
 
@@ -34,7 +34,7 @@ def main(
         typer.Option("--verbose", "-v", help="Also show the libraries' warnings and logs (TensorFlow, MLflow, Keras)."),
     ] = False,
 ) -> None:
-    """Signature pipeline: download, prepare, embed, train, evaluate, calibrate, register; predict and verify."""
+    """Signature pipeline: the pipeline stages (download ... register); predict and verify."""
     if not verbose:
         quiet_libraries()
 
@@ -108,8 +108,17 @@ def calibrate(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
 
 
 @app.command()
+def package(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
+    """Build the classifier users load (frozen base + trained head), check it against evaluate's scores."""
+    from flows._stage import run_stage
+    from flows.package import package_flow
+
+    run_stage(package_flow, str(params.resolve()))
+
+
+@app.command()
 def register(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
-    """Package the calibrated model and register it (champion only if it beats the current one)."""
+    """Log, sign and register the packaged model (champion only if it beats the current one)."""
     from flows._stage import run_stage
     from flows.register import register_flow
 

@@ -1,4 +1,5 @@
-"""Stage `register`: package the calibrated model as an MLflow pyfunc and register it.
+"""Stage `register`: log the classifier `package` built, with its verifier and calibration, as an MLflow
+pyfunc, sign it and register it. No model is built or run here (no TensorFlow is imported).
 
 The new version becomes `champion` only if it beats the current champion on `register.metric`,
 a selection metric measured on the same validation and calibration data (never on test);
@@ -11,18 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
 from tasks.config import (
     ConfigError,
-    ModelParams,
     PrepareParams,
     RegisterParams,
     TrackingParams,
-    TrainParams,
     parse_group,
     read_params_file,
 )
@@ -62,35 +60,6 @@ class RegisterConfig:
     register: RegisterParams
     prepare: PrepareParams
     tracking: TrackingParams
-    model: ModelParams
-    seed: int  # train.seed: what reinitialises the base for `model.weights: none`, as the embed stage did
-
-
-def write_classifier(paths: ProjectPaths, config: RegisterConfig, rows: list[dict[str, str]]) -> tuple[Any, float]:
-    """Build the packaged classifier from the base and the trained head, check it against the evaluate
-    stage's scores, and write it to `models/classifier.keras`; returns it and the largest score
-    difference."""
-    from tasks.assemble import assemble_classifier, check_scores
-    from tasks.head import load_head
-    from tasks.model import save_model_file
-    from tasks.scores import load_scores
-    from tasks.verifier import load_verifier
-
-    embedded = json.loads(paths.embed_metrics_file.read_text())
-    classifier = assemble_classifier(
-        paths.root,
-        int(embedded["image_size"]),
-        config.model.weights,
-        config.seed,
-        load_head(paths.head_file),
-        config.model.dropout,
-        str(embedded["base_weights_sha256"]),
-    )
-    difference = check_scores(
-        classifier, load_verifier(paths.verifier_file), load_scores(paths.scores_file), rows, paths.root
-    )
-    save_model_file(classifier, paths.classifier_file)  # byte-reproducible: DVC hashes it
-    return classifier, difference
 
 
 PARAM_TAG_GROUPS = ("data", "prepare", "model", "augment", "train", "calibrate")
@@ -150,15 +119,6 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     manifest = digest_of_rows(rows, SELECTION_SPLITS)
     keys = workspace_keys(paths)
     ensure_signing_key(keys)  # an unreadable key fails here, before anything is logged
-    classifier, difference = write_classifier(paths, config, rows)
-    print(
-        f"the packaged classifier scores the checked validation images as evaluate did "
-        f"(largest difference {difference:.1e})"
-    )
-    # A prepared (small, preprocessed) image: its bytes are stored in the model as the input example.
-    example = next(
-        paths.root / row["prepared_path"] for row in rows if row["split"] == "test" and row["kind"] == "genuine"
-    )
     name = config.register.model_name
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
     end_abandoned_runs(experiment_id)
@@ -176,7 +136,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
             max_pixels=config.register.max_image_pixels,
             max_image_bytes=config.register.max_image_bytes,
         )
-        model_uri, logged = log_packaged_model_with_digests(paths, settings, config.register.top_k, example, classifier)
+        model_uri, logged = log_packaged_model_with_digests(paths, settings, config.register.top_k)
         tags = {
             TAG_SELECTION_MANIFEST: manifest,
             TAG_TEST_MANIFEST: digest_of_rows(rows, ("test",)),
@@ -231,15 +191,13 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
 
 @flow(name="register", flow_run_name=current_stage_run_name, log_prints=True)
 def register_flow(params_file: str) -> dict[str, object]:
-    """Read the `register`, `prepare`, `tracking` and `model` parameters and `train.seed`; register the model."""
+    """Read the `register`, `prepare` and `tracking` parameters; register the classifier `package` wrote."""
     paths = workspace_paths(params_file)
     params = read_params_file(paths.params_file)
     config = RegisterConfig(
         register=parse_group(params, "register", RegisterParams, params_file),
         prepare=parse_group(params, "prepare", PrepareParams, params_file),
         tracking=parse_group(params, "tracking", TrackingParams, params_file),
-        model=parse_group(params, "model", ModelParams, params_file),
-        seed=parse_group(params, "train", TrainParams, params_file).seed,
     )
     return register_task(paths, config)
 

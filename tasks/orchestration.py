@@ -24,7 +24,17 @@ from tasks.locks import exclusive_lock
 from tasks.paths import PARAMS_FILE_NAME
 
 # check_params first: it validates every parameter before any stage rewrites its outputs.
-PIPELINE_STAGES = ("check_params", "download", "prepare", "embed", "train", "evaluate", "calibrate", "register")
+PIPELINE_STAGES = (
+    "check_params",
+    "download",
+    "prepare",
+    "embed",
+    "train",
+    "evaluate",
+    "calibrate",
+    "package",
+    "register",
+)
 OUTPUT_TAIL_CHARACTERS = 3000
 YAML_NULL_TAG, YAML_NULL = "tag:yaml.org,2002:null", "null"  # how overrides write None back into params.yaml
 # What a deployment run's overrides may point the pipeline at is the operator's choice, read from the

@@ -9,15 +9,14 @@ NaN metric never wins; the champion alias is never removed, only moved to a bett
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from tasks.inference import (
     ARTIFACT_VERIFIER,
     CLAIM_COLUMN,
     IMAGE_COLUMN,
+    OUTPUT_COLUMNS,
     PATH_COLUMN,
 )
 from tasks.model_files import ARTIFACT_DIGESTS, read_model_file, write_digests
@@ -54,8 +54,22 @@ TAG_REGISTRATION = "sigpipe.registration"
 PENDING = "pending"
 RESOURCE_DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"  # MLflow's error code for a missing version or tag
 ARTIFACT_PARAMS = "params"
+# The MLflow type of each answer column (what `infer_signature` gives for an answers frame; a test checks it).
+OUTPUT_COLUMN_TYPES = {
+    "input": "string",
+    "writer": "string",
+    "class_id": "long",
+    "confidence": "double",
+    "verification_score": "double",
+    "top_k": "string",
+    "claimed_writer": "string",
+    "claim_score": "double",
+    "claim_accepted": "boolean",
+    "error": "string",
+}
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
-CODE_FOLDER = Path(__file__).parent
+PYFUNC_MODULE = "tasks.pyfunc_model"
+PROJECT_FOLDER = Path(__file__).parents[1]  # the folder that holds the `tasks` package
 
 
 @dataclass(frozen=True)
@@ -250,78 +264,77 @@ def write_preprocess_artifact(settings: PreprocessSettings, top_k: int, folder: 
     return path
 
 
-def write_serving_classifier(classifier_file: Path, folder: Path) -> tuple[Path, Any]:
-    """The classifier file to package for serving and the model it holds: `classifier_file` itself
-    when it computes in float32, else a float32 copy written into `folder` (mixed precision is a
-    training-time choice). The loaded model is returned so that registration loads it only once."""
-    import keras
+def check_artifact_files(paths: ProjectPaths) -> None:
+    """Refuse, before anything is logged, a classifier file that is missing and a verifier or calibration
+    file that does not read (the classifier's contents were checked by the `package` stage)."""
+    from tasks.model_files import read_calibration
+    from tasks.verifier import load_verifier
 
-    from tasks.model import float32_copy
-
-    classifier = read_model_file(classifier_file, "a Keras model", partial(keras.models.load_model, compile=False))
-    serving = float32_copy(classifier)
-    if serving is classifier:
-        return classifier_file, classifier
-    path = folder / classifier_file.name
-    serving.save(path)
-    return path, serving
+    if not paths.classifier_file.is_file():
+        raise ModelFileError(f"{paths.classifier_file} is missing: run the package stage (`dvc repro package`)")
+    try:
+        read_model_file(paths.verifier_file, "the verifier", load_verifier)
+        read_model_file(paths.calibration_file, "the calibration", read_calibration)
+    except ModelFileError as error:
+        raise ModelFileError(f"{error}; rerun the stage that writes it (`dvc repro`)") from error
 
 
-def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k: int, example_image: Path) -> str:
+def serving_code(folder: Path) -> Path:
+    """A copy, under `folder`, of the project modules the packaged model's code file can run (its import
+    closure, `tasks.import_closure`), as the `tasks` package: the code a registered model carries,
+    without the training, orchestration and supervision code it never runs."""
+    from tasks.import_closure import import_closure
+
+    for source in sorted(import_closure(PROJECT_FOLDER, PYFUNC_MODULE)):
+        target = folder / source.relative_to(PROJECT_FOLDER)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return folder / PYFUNC_MODULE.split(".")[0]
+
+
+def model_signature():  # -> mlflow.models.ModelSignature
+    """The packaged model's signature: optional path, image and claim columns in; every answer's columns
+    out (`tasks.inference.OUTPUT_COLUMNS`, typed as MLflow infers them from an answers frame)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", column, required=False) for column in (PATH_COLUMN, IMAGE_COLUMN, CLAIM_COLUMN)])
+    outputs = Schema([ColSpec(OUTPUT_COLUMN_TYPES[column], column) for column in OUTPUT_COLUMNS])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k: int) -> str:
     """`log_packaged_model_with_digests`, for callers that only need the logged model's URI."""
-    return log_packaged_model_with_digests(paths, settings, top_k, example_image)[0]
+    return log_packaged_model_with_digests(paths, settings, top_k)[0]
 
 
 def log_packaged_model_with_digests(
-    paths: ProjectPaths, settings: PreprocessSettings, top_k: int, example_image: Path, classifier: Any = None
+    paths: ProjectPaths, settings: PreprocessSettings, top_k: int
 ) -> tuple[str, dict[str, str]]:
-    """Log the pyfunc (model from code, with the `tasks` package) to the active run; returns its URI and
-    the SHA-256 of each artifact file as it was logged (file name -> digest), so that `register` signs
-    only those files (`tasks.model_store.sign_version`).
+    """Log the pyfunc (model from code, with the serving part of the `tasks` package: `serving_code`) to
+    the active run; returns its URI and the SHA-256 of each artifact file as it was logged (file name ->
+    digest), so that `register` signs only those files (`tasks.model_store.sign_version`).
 
-    `classifier` is the float32 model `paths.classifier_file` holds, when the caller has it in memory
-    (register has just built and saved it: reading InceptionV3 back costs seconds); without it the file
-    is read (and a mixed-precision model packaged as a float32 copy).
+    Nothing is built or run here: `paths.classifier_file` is the float32 classifier the `package` stage
+    wrote and checked against the evaluate stage's scores, and the signature is `model_signature()`, the
+    columns every answer has. No input example is stored: MLflow checks one by loading the model from
+    its artifacts and predicting it, which would import TensorFlow and read InceptionV3 in every register
+    (about 6 s here) to repeat the package stage's check.
 
     The model is logged with model_config {"accept_paths": False}, so what `mlflow models serve`
-    loads reads only image bytes; its input example is `example_image` base64-encoded.
+    loads reads only image bytes.
     """
     import mlflow
-    import pandas as pd
-    from mlflow.models import ModelSignature, infer_signature
-    from mlflow.types.schema import ColSpec, Schema
 
-    from tasks.inference import SignatureClassifier, answers_frame, items_from
     from tasks.tracking import model_artifacts_removed_on_failure, model_requirements
 
+    check_artifact_files(paths)
     with tempfile.TemporaryDirectory() as scratch:
-        preprocess = write_preprocess_artifact(settings, top_k, Path(scratch))
-        try:
-            if classifier is None:
-                classifier_file, classifier = write_serving_classifier(paths.classifier_file, Path(scratch))
-            else:
-                classifier_file = paths.classifier_file
-            model = SignatureClassifier.with_classifier(
-                classifier, paths.verifier_file, paths.calibration_file, preprocess
-            )
-        except ModelFileError as error:
-            raise ModelFileError(f"{error}; rerun the stage that writes it (`dvc repro`)") from error
-        # The example claims a writer, so the claim columns get their types (string, double, boolean).
-        example = pd.DataFrame({PATH_COLUMN: [str(example_image)], CLAIM_COLUMN: [model.classes[0]]})
-        outputs = infer_signature(example, answers_frame(model.answers(items_from(example)))).outputs
-        inputs = Schema(
-            [
-                ColSpec("string", PATH_COLUMN, required=False),
-                ColSpec("string", IMAGE_COLUMN, required=False),
-                ColSpec("string", CLAIM_COLUMN, required=False),
-            ]
-        )
-        signature = ModelSignature(inputs=inputs, outputs=outputs)
         files = {
-            ARTIFACT_CLASSIFIER: classifier_file,
+            ARTIFACT_CLASSIFIER: paths.classifier_file,
             ARTIFACT_VERIFIER: paths.verifier_file,
             ARTIFACT_CALIBRATION: paths.calibration_file,
-            ARTIFACT_PREPROCESS: preprocess,
+            ARTIFACT_PREPROCESS: write_preprocess_artifact(settings, top_k, Path(scratch)),
             ARTIFACT_PARAMS: paths.params_file,
         }
         # Digests of every artifact, packaged with them and checked whenever the model loads.
@@ -332,10 +345,9 @@ def log_packaged_model_with_digests(
                 name="signature_model",
                 python_model=str(PYFUNC_FILE),
                 artifacts={name: str(path) for name, path in files.items()},
-                code_paths=[str(CODE_FOLDER)],
+                code_paths=[str(serving_code(Path(scratch) / "code"))],
                 pip_requirements=model_requirements(),
-                signature=signature,
-                input_example=pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(example_image.read_bytes()).decode()]}),
+                signature=model_signature(),
                 model_config={ACCEPT_PATHS: False},
             )
     return info.model_uri, logged

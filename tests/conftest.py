@@ -174,12 +174,13 @@ def workspace_tracking_store() -> None:
 
 
 def build_trained_workspace(workspace: Path) -> None:
-    """Run download, prepare, embed, train, evaluate, calibrate and register in this process on a new copy of the
-    pipeline files at `workspace`, with TRAINED_PARAMS."""
+    """Run every stage (download ... package, register) in this process on a new copy of the pipeline files
+    at `workspace`, with TRAINED_PARAMS."""
     from flows.calibrate import calibrate_flow
     from flows.download import download_flow
     from flows.embed import embed_flow
     from flows.evaluate import evaluate_flow
+    from flows.package import package_flow
     from flows.prepare import prepare_flow
     from flows.register import register_flow
     from flows.train import train_flow
@@ -188,7 +189,8 @@ def build_trained_workspace(workspace: Path) -> None:
     edit_params(workspace / "params.yaml", TRAINED_PARAMS)
     params_file = str(workspace / "params.yaml")
     forget_exported_tracking_uri()  # set up before any test's autouse fixture: the stages run in this process
-    for stage in (download_flow, prepare_flow, embed_flow, train_flow, evaluate_flow, calibrate_flow, register_flow):
+    stages = (download_flow, prepare_flow, embed_flow, train_flow, evaluate_flow, calibrate_flow, package_flow)
+    for stage in (*stages, register_flow):
         stage(params_file)
 
 

@@ -227,7 +227,7 @@ def test_dvc_repro_is_incremental(pipeline_run: PipelineRun, tmp_path: Path, sub
     shutil.rmtree(workspace / "mlruns")
     shutil.rmtree(workspace / "data" / "embeddings")
     forced = run(["dvc", "repro", "--force", "--downstream", "embed"], workspace, subprocess_env)
-    for stage in ("embed", "train", "evaluate", "calibrate", "register"):
+    for stage in ("embed", "train", "evaluate", "calibrate", "package", "register"):
         assert f"Running stage '{stage}'" in forced.stdout
     assert "Running stage 'prepare'" not in forced.stdout
     assert (workspace / "dvc.lock").read_text() == lock
@@ -235,8 +235,8 @@ def test_dvc_repro_is_incremental(pipeline_run: PipelineRun, tmp_path: Path, sub
     edit_params(workspace / "params.yaml", {"calibrate": {"target_far": 0.25}})
     only_calibrate = run(["dvc", "repro"], workspace, subprocess_env)
     assert "Running stage 'calibrate'" in only_calibrate.stdout
-    for stage in ("download", "prepare", "embed", "train", "evaluate"):
-        assert f"Running stage '{stage}'" not in only_calibrate.stdout
+    for stage in ("download", "prepare", "embed", "train", "evaluate", "package"):
+        assert f"Running stage '{stage}'" not in only_calibrate.stdout  # the classifier is not rebuilt
     assert "Running stage 'register'" in only_calibrate.stdout  # downstream of a stage whose outputs changed
     assert json.loads((workspace / "metrics" / "calibrate_details.json").read_text())["target_far"] == 0.25
 

@@ -1,4 +1,4 @@
-"""The stage flows in order on one generated workspace: train, evaluate, calibrate, register, and
+"""The stage flows in order on one generated workspace: train, evaluate, calibrate, package, register, and
 then what a user does with the result: load it from the registry, the CLI, and HTTP serving."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_train_outputs_and_mlflow_run(trained: ProjectPaths) -> None:
     metrics = json.loads(trained.train_metrics_file.read_text())
     assert trained.learning_curve_file.stat().st_size > 0
     assert json.loads(trained.labels_file.read_text()) == {"classes": ["001", "002", "003"], "unknown_class_id": 3}
-    assert keras.models.load_model(trained.classifier_file).output_shape == (None, 3)  # register packaged it
+    assert keras.models.load_model(trained.classifier_file).output_shape == (None, 3)  # package built it
     run_info = json.loads(trained.train_run_file.read_text())
     mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
     run = mlflow.get_run(run_info["run_id"])
@@ -161,6 +161,28 @@ def test_champion_moves_only_to_a_better_model(trained: ProjectPaths) -> None:
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == better["version"]
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == worse["version"]
     assert json.loads(trained.register_metrics_file.read_text())["version"] == better["version"]
+
+
+def test_register_builds_and_runs_no_model(trained: ProjectPaths, subprocess_env: dict[str, str]) -> None:
+    """Issue 25: register logs the classifier the package stage built and checked; its process imports
+    neither TensorFlow nor Keras (a calibration change then costs seconds, not an InceptionV3 build).
+    The stage's own entry point, in a fresh process, registers one more version (a challenger: the
+    same numbers as the champion above)."""
+    code = (
+        "import runpy, sys; runpy.run_module('flows.register', run_name='__main__'); "
+        "print('loaded:', sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=trained.root,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_SECONDS,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "loaded: []" in result.stdout
+    assert json.loads(trained.register_details_file.read_text())["alias"] == "challenger"
 
 
 def stored_claims(paths: ProjectPaths, image: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -49,7 +49,7 @@ def registered_workspace(
     mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
     experiment = mlflow.create_experiment(model_name, artifact_location=(paths.mlruns_dir / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        model_uri, logged = log_packaged_model_with_digests(paths, settings, TOP_K, paths.root / SIGNATURE_NAME)
+        model_uri, logged = log_packaged_model_with_digests(paths, settings, TOP_K)
     version = mlflow.register_model(model_uri, model_name)
     client = mlflow.tracking.MlflowClient()
     sign_version(client, model_name, str(version.version), workspace_keys(paths), logged)

@@ -130,6 +130,54 @@ def test_the_cli_prints_one_line_and_exits_non_zero(store: ProjectPaths, damaged
     assert f"artifacts/{damaged.name}" in errors[0] and "re-register it" in errors[0]
 
 
+def test_the_model_carries_only_the_code_it_serves_with(store: ProjectPaths) -> None:
+    """Issue 25: the packaged code is the import closure of the model's code file, not all of tasks/."""
+    (code,) = (store.mlruns_dir / "artifacts").rglob("code/tasks")
+    shipped = {path.relative_to(code).as_posix() for path in code.rglob("*.py")}
+    assert {"pyfunc_model.py", "inference.py", "model_files.py", "verifier.py", "__init__.py"} <= shipped
+    assert not shipped & {"train.py", "orchestration.py", "registry.py", "embed.py", "download.py", "lifeline.py"}
+
+
+@pytest.mark.slow
+def test_mlflow_serves_the_model_from_the_code_it_carries(store: ProjectPaths) -> None:
+    """A fresh process loads the version with MLflow's pyfunc loader and answers an image: every module
+    the shipped code imports was shipped (MLflow puts the model's code first on the import path)."""
+    script = (
+        "import base64, sys, mlflow, pandas as pd;"
+        f"model = mlflow.pyfunc.load_model({MODEL_URI!r});"
+        f"image = base64.b64encode(open({str(store.root / 'signature.png')!r}, 'rb').read()).decode();"
+        "answer = model.predict(pd.DataFrame({'image': [image]}));"
+        "print(sys.modules['tasks.inference'].__file__); print(answer['writer'][0], answer['error'][0] or 'ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=store.root,
+        env={**os.environ, "MLFLOW_TRACKING_URI": store.mlflow_tracking_uri},
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_SECONDS,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    module_file, answer = result.stdout.strip().splitlines()[-2:]
+    assert "/code/tasks/inference.py" in module_file and str(store.mlruns_dir) in module_file
+    assert answer.split()[-1] == "ok"
+
+
+def test_the_declared_signature_is_what_mlflow_infers_from_answers(store: ProjectPaths) -> None:
+    """register declares the output columns instead of running the model (no TensorFlow in register):
+    they are the types MLflow infers from a real answers frame."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from tasks.inference import answers_frame, items_from
+    from tasks.registry import model_signature
+
+    model = SignatureClassifier(tiny_classifier(), tiny_verifier(), CALIBRATION, SETTINGS, top_k=2)
+    example = pd.DataFrame({"path": [str(store.root / "signature.png")], "claimed_writer": ["a"]})
+    inferred = infer_signature(example, answers_frame(model.answers(items_from(example))))
+    assert inferred.outputs == model_signature().outputs
+
+
 @pytest.mark.slow
 def test_the_cli_process_prints_no_traceback(store: ProjectPaths) -> None:
     """The real `sigpipe` process on a truncated classifier: one error line on stderr, exit 1."""

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from tasks.model import float32_copy
-from tasks.registry import write_serving_classifier
 
 
 def nested_classifier() -> keras.Model:
@@ -62,21 +61,3 @@ def test_the_float32_copy_computes_in_float32_with_the_same_weights(mixed_model_
     reference = nested_classifier()
     reference.set_weights(mixed.get_weights())
     np.testing.assert_allclose(copy.predict(pixels, verbose=0), reference.predict(pixels, verbose=0), rtol=1e-6)
-
-
-def test_a_float32_model_is_served_as_it_is(tmp_path: Path) -> None:
-    path = tmp_path / "classifier.keras"
-    nested_classifier().save(path)
-    served, model = write_serving_classifier(path, tmp_path / "scratch")
-    assert served == path
-    assert policies(model) == {"float32"}
-
-
-def test_registration_packages_a_float32_copy(mixed_model_file: Path, tmp_path: Path) -> None:
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    served, model = write_serving_classifier(mixed_model_file, scratch)
-    assert served.parent == scratch
-    assert policies(model) == {"float32"}  # the copy in memory is what registration checks the example on
-    assert policies(keras.models.load_model(served, compile=False)) == {"float32"}
-    assert "mixed_float16" in policies(keras.models.load_model(mixed_model_file, compile=False))  # source untouched
