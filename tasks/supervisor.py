@@ -25,8 +25,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +134,9 @@ def start_process(
 
 def answers(url: str) -> bool:
     """Whether `url` answers 200 (a health check: no credentials needed)."""
+    import urllib.error  # here, not at the top: the watcher script never needs it
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=HEALTH_REQUEST_SECONDS) as response:
             return bool(response.status == 200)
