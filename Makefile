@@ -39,15 +39,9 @@ WORK_POOL := signature-pool
 # How often make up's worker asks for scheduled runs: a deployment run starts within 2 s, not Prefect's 10.
 PREFECT_WORKER_QUERY_SECONDS ?= 2
 # make up's credentials (docs/team.md, Security: credentials): generated into .run/credentials.env the
-# first time (mode 0600 from creation; `source` it for a client). Every command of make up gets them
-# through its environment, read from that file here; none is on a command line.
+# first time (mode 0600 from creation; `source` it for a client). tasks/local_services.py reads them from
+# that file and gives them to every service it starts through its environment; none is on a command line.
 LOCAL_CREDENTIALS := $(RUN_DIR)/credentials.env
-local_credential = $(shell sed -n 's/^export $(1)=//p' $(LOCAL_CREDENTIALS) 2>/dev/null)
-up: export PREFECT_SERVER_API_AUTH_STRING = $(call local_credential,PREFECT_SERVER_API_AUTH_STRING)
-up: export PREFECT_API_AUTH_STRING = $(call local_credential,PREFECT_API_AUTH_STRING)
-up: export MLFLOW_AUTH_CONFIG_PATH = $(call local_credential,MLFLOW_AUTH_CONFIG_PATH)
-up: export MLFLOW_FLASK_SERVER_SECRET_KEY = $(call local_credential,MLFLOW_FLASK_SERVER_SECRET_KEY)
-up: export MLFLOW_AUTH_ADMIN_PASSWORD = $(call local_credential,MLFLOW_AUTH_ADMIN_PASSWORD)
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -99,26 +93,11 @@ format: venv ## Format the code with ruff.
 local-credentials: venv
 	@python -m flows.team local-credentials $(RUN_DIR) > /dev/null
 
-up: venv local-credentials ## Start, on 127.0.0.1, the Prefect server, a worker with the deployment, the MLflow UI and the champion's model server (all requiring .run/credentials.env).
-	@mkdir -p $(RUN_DIR)
-	@if [ -f $(RUN_DIR)/prefect-server.pid ] && kill -0 $$(cat $(RUN_DIR)/prefect-server.pid) 2>/dev/null; then echo "already up (make down first)"; exit 1; fi
-	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > $(RUN_DIR)/prefect-server.log 2>&1 & echo $$! > $(RUN_DIR)/prefect-server.pid
-	@for attempt in $$(seq 1 90); do curl -sf $(PREFECT_URL)/health > /dev/null && break; sleep 1; done; \
-	  curl -sf $(PREFECT_URL)/health > /dev/null || { echo "Prefect server did not start: see $(RUN_DIR)/prefect-server.log"; exit 1; }
-	PREFECT_API_URL=$(PREFECT_URL) prefect work-pool create $(WORK_POOL) --type process --base-job-template flows/work_pool.json --overwrite > /dev/null
-# Prefect's own next steps ("start a worker") would contradict this target, which starts one: they go to the log.
-	PREFECT_API_URL=$(PREFECT_URL) SIGPIPE_ROOT=$(CURDIR) prefect --no-prompt deploy --all > $(RUN_DIR)/deploy.log 2>&1 \
-	  || { cat $(RUN_DIR)/deploy.log; exit 1; }
-	PREFECT_API_URL=$(PREFECT_URL) PREFECT_WORKER_QUERY_SECONDS=$(PREFECT_WORKER_QUERY_SECONDS) prefect worker start --pool $(WORK_POOL) \
-	  > $(RUN_DIR)/worker.log 2>&1 & echo $$! > $(RUN_DIR)/worker.pid
-	mlflow server --app-name basic-auth --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
-	  > $(RUN_DIR)/mlflow.log 2>&1 & echo $$! > $(RUN_DIR)/mlflow.pid
-# The model server starts once MLflow's has created the store: two processes creating a new SQLite schema at once fail.
-	@for attempt in $$(seq 1 90); do curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health > /dev/null && break; sleep 1; done; \
-	  curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health > /dev/null || { echo "MLflow server did not start: see $(RUN_DIR)/mlflow.log"; exit 1; }
-# The champion, resident, for `sigpipe predict --server` (it exits at once, saying so in its log, when there is none yet).
-	sigpipe serve --port $(SCORER_PORT) > $(RUN_DIR)/scorer.log 2>&1 & echo $$! > $(RUN_DIR)/scorer.pid
+# make up and make down are tasks/local_services.py, on the one supervisor of the project's processes
+# (tasks/supervisor.py: pid files and logs in .run/, health checks, TERM then KILL of each process group).
+up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deployment, the MLflow UI and the champion's model server (all requiring .run/credentials.env).
+	python -m tasks.local_services up --run-dir $(RUN_DIR) --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT) \
+	  --scorer-port $(SCORER_PORT) --worker-query-seconds $(PREFECT_WORKER_QUERY_SECONDS) --work-pool $(WORK_POOL)
 	@echo "Started:    Prefect server (runs kept in $(PREFECT_HOME)), a worker on pool '$(WORK_POOL)' for deployment"
 	@echo "            'signature-pipeline/local', MLflow server; no other terminal is needed. make down stops them."
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)   MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)   logs: $(RUN_DIR)/"
@@ -127,13 +106,7 @@ up: venv local-credentials ## Start, on 127.0.0.1, the Prefect server, a worker 
 	@echo "Predict:    $(BIN)/sigpipe predict --server http://127.0.0.1:$(SCORER_PORT) IMAGE   (the champion as make up found it; log $(RUN_DIR)/scorer.log)"
 
 down: ## Stop what `make up` started (TERM, then KILL after 10 s).
-	@for name in scorer worker mlflow prefect-server; do \
-	  if [ -f $(RUN_DIR)/$$name.pid ]; then \
-	    pid=$$(cat $(RUN_DIR)/$$name.pid); kill $$pid 2>/dev/null; \
-	    for attempt in $$(seq 1 50); do kill -0 $$pid 2>/dev/null || break; sleep 0.2; done; \
-	    kill -9 $$pid 2>/dev/null; rm -f $(RUN_DIR)/$$name.pid; echo "stopped $$name"; \
-	  fi; \
-	done
+	@python -m tasks.local_services down --run-dir $(RUN_DIR)
 
 team-up: venv ## Start PostgreSQL-backed Prefect and MLflow servers, the shared DVC remote and the deployment's worker (flows/team.py).
 	python -m flows.team up

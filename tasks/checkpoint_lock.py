@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.errors import TrainingBusyError
-from tasks.lifeline import CHILD_STOP_GRACE_SECONDS, PARENT_DEATH_GRACE_SECONDS
+from tasks.lifeline import PARENT_DEATH_GRACE_SECONDS
 from tasks.locks import exclusive_lock
+from tasks.supervisor import CHILD_STOP_GRACE_SECONDS
 
 LOCK_SUFFIX = ".lock"
 # A holder whose parent died stops within tasks.lifeline's grace, plus its Prefect server's stop;

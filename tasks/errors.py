@@ -89,6 +89,10 @@ class ScorerError(RuntimeError):
     """A model server (`sigpipe serve`) does not answer, or refuses a scoring request."""
 
 
+class ServiceError(RuntimeError):
+    """A background server (tasks/supervisor.py) exited or did not answer its health check in time."""
+
+
 class TrackingServerLostError(RuntimeError):
     """The MLflow tracking server stopped answering while a stage was logging to it (after MLflow's retries)."""
 

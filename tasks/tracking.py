@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from tasks.errors import ArtifactStoreError
 from tasks.files import redacted_url, sha256_file
-from tasks.lifeline import is_alive
 from tasks.paths import ProjectPaths
+from tasks.supervisor import is_alive
 from tasks.tracking_server import TRACKING_URI_VARIABLE, check_tracking_server
 
 # The process that owns a run, so that a run left RUNNING by a killed process can be ended later.

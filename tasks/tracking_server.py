@@ -32,23 +32,28 @@ def check_tracking_server(uri: str) -> None:
     """For a tracking server (http or https URI), that it answers its health check, asked a few
     times over a few seconds (a server restarting); a store that is a database or a folder is not
     checked. Raises ConfigError naming the server and what to do."""
-    import time
-
     import requests
+    from tenacity import RetryError, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
     if not uri.startswith(SERVER_SCHEMES):
         return
-    reason = ""
-    for attempt in range(HEALTH_ATTEMPTS):
+
+    def why_not_healthy() -> str:
+        """Empty when the server answers its health check, else why not."""
         try:
             response = requests.get(uri.rstrip("/") + HEALTH_PATH, timeout=HEALTH_TIMEOUT_SECONDS)
-            if response.ok:
-                return
-            reason = f"HTTP {response.status_code}"
         except requests.RequestException as error:
-            reason = type(error).__name__
-        if attempt + 1 < HEALTH_ATTEMPTS:
-            time.sleep(HEALTH_RETRY_SECONDS)
+            return type(error).__name__
+        return "" if response.ok else f"HTTP {response.status_code}"
+
+    polls = Retrying(
+        retry=retry_if_result(bool), stop=stop_after_attempt(HEALTH_ATTEMPTS), wait=wait_fixed(HEALTH_RETRY_SECONDS)
+    )
+    try:
+        polls(why_not_healthy)
+        return
+    except RetryError as error:
+        reason = error.last_attempt.result()
     raise ConfigError(
         f"the MLflow tracking server {uri} ({TRACKING_URI_VARIABLE}) does not answer ({reason}): start it "
         f"(make team-up, or make up), or unset {TRACKING_URI_VARIABLE} to log to this workspace's own store"

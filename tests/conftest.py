@@ -147,7 +147,7 @@ def subprocess_environment(prefect_api_url: str) -> dict[str, str]:
     environment["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     environment["DO_NOT_TRACK"] = "true"
     # An `mlflow server` a test starts runs without MLflow 3's GenAI job runner (eight processes), as the
-    # Makefile and team.py start theirs.
+    # Makefile (tasks/local_services.py) and make team-up (tasks/team_servers.py) start theirs.
     environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     # mlflow.set_tracking_uri in this process exports MLFLOW_TRACKING_URI (some earlier test's store);
     # a stage run in a workspace uses that workspace's own store, as it does for a user.

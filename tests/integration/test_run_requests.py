@@ -1,7 +1,8 @@
 """Run requests to a real Prefect server on 127.0.0.1 get only what is safe (issue 27, point 3).
 
-The work pool is created by the Makefile's own `prefect work-pool create` line and the deployment by
-`prefect deploy --all` from the project's prefect.yaml, as `make up` does. A request that replaces
+The work pool and the deployment are made by `tasks.team_servers.deploy_pipeline`, the function `make up`
+and `make team-up` use (`prefect work-pool create` with the pool's template, then `prefect deploy --all`
+from the project's prefect.yaml). A request that replaces
 the command, the working folder or the environment is refused by the server; a run that names
 another params_file, overrides a key outside the allow-list (tasks.orchestration.RUN_REQUEST_KEYS), or
 points the data at a folder or address the operator has not allowed, fails with one line before any
@@ -11,7 +12,6 @@ stage runs; and no refused or failed run changes params.yaml.
 from __future__ import annotations
 
 import http.server
-import shlex
 import shutil
 import subprocess
 import sys
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.xdist_group("run-requests")  # one pool and deployment,
 POOL = "signature-pool"
 DEPLOYMENT = "signature-pipeline/local"
 DEPLOYMENT_FILES = ("prefect.yaml",)  # the pool's template, flows/work_pool.json, comes with flows/
-MAKEFILE_POOL_LINE = "prefect work-pool create"
 COMMAND_TIMEOUT_SECONDS = 180
 RUN_TIMEOUT_SECONDS = 180
 POLL_SECONDS = 0.5
@@ -66,18 +65,12 @@ def run(command: list[str], cwd: Path, environment: dict[str, str]) -> str:
     return result.stdout
 
 
-def makefile_pool_command() -> list[str]:
-    """The Makefile's `prefect work-pool create` line (target `up`), as this interpreter runs it."""
-    line = next(line for line in (PROJECT_ROOT / "Makefile").read_text().splitlines() if MAKEFILE_POOL_LINE in line)
-    arguments = shlex.split(line.split(MAKEFILE_POOL_LINE, 1)[1].split(">", 1)[0])
-    arguments = [POOL if argument == "$(WORK_POOL)" else argument for argument in arguments]
-    return [sys.executable, "-m", *MAKEFILE_POOL_LINE.split(), *arguments]
-
-
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Deployed:
-    """A tiny DVC workspace with the project's prefect.yaml, its pool made by the Makefile's line and
-    its deployment by `prefect deploy --all` (SIGPIPE_ROOT set to it, as `make up` sets it)."""
+    """A tiny DVC workspace with the project's prefect.yaml, its pool and deployment made as `make up`
+    makes them (`deploy_pipeline`, which sets SIGPIPE_ROOT to the workspace)."""
+    from tasks.team_servers import deploy_pipeline
+
     workspace = make_workspace(tmp_path_factory.mktemp("run-requests") / "workspace")
     for name in DEPLOYMENT_FILES:
         shutil.copy2(PROJECT_ROOT / name, workspace / name)
@@ -86,9 +79,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> 
     for name in OPERATOR_VARIABLES:
         environment.pop(name, None)
     run(["dvc", "init", "--no-scm", "-q"], workspace, environment)
-    run(makefile_pool_command(), workspace, environment)
-    deploy = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
-    run(deploy, workspace, {**environment, "SIGPIPE_ROOT": str(workspace)})
+    deploy_pipeline(workspace, environment, workspace.parent / "deploy.log", keep_pool=False, pool=POOL)
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:

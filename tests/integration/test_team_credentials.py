@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from flows.team import TeamCredentials, TeamSettings
+from tasks.team_settings import TeamCredentials, TeamSettings
 from tests.integration.test_team_services import project_clone, team
 from tests.support.environments import running_command_lines, services_clone_environment
 from tests.support.model_server import free_port

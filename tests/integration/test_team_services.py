@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from flows.team import TeamSettings, start_postgres, stop_postgres
+from tasks.team_postgres import start_postgres, stop_postgres
+from tasks.team_settings import TeamSettings
 from tests.conftest import PROJECT_ROOT, edit_params
 from tests.support.model_server import free_port
 

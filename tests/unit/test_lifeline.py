@@ -124,7 +124,7 @@ OWNER = textwrap.dedent(
     import subprocess, sys, time
     from pathlib import Path
     sys.path.insert(0, {str(PROJECT_ROOT)!r})
-    from tasks.lifeline import guard_children
+    from tasks.supervisor import guard_children
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     guard_children([server.pid])
     Path(sys.argv[1]).write_text(str(server.pid))

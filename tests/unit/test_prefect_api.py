@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
-from tasks.prefect_api import free_port, prefect_api_for_this_run, wait_until_healthy
+from tasks.errors import ServiceError
+from tasks.prefect_api import SERVER_NAME, TIMEOUT_HINT, free_port, prefect_api_for_this_run
+from tasks.supervisor import start_process, wait_until_healthy
 
 
 def test_a_configured_api_is_used_and_nothing_is_started() -> None:
@@ -19,14 +20,17 @@ def test_a_configured_api_is_used_and_nothing_is_started() -> None:
 
 
 def test_a_server_that_exits_or_stays_silent_is_an_error_naming_the_fix() -> None:
-    exits = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    """The temporary server is waited for as prefect_api_for_this_run waits for it (tasks.supervisor)."""
+    url = f"http://127.0.0.1:{free_port()}/api/health"
+    exits = start_process([sys.executable, "-c", "raise SystemExit(3)"], new_session=False)
     exits.wait()
-    with pytest.raises(RuntimeError, match="exited with code 3 before answering"):
-        wait_until_healthy(f"http://127.0.0.1:{free_port()}/api", exits, timeout_seconds=5)
-    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    with pytest.raises(ServiceError, match="exited with code 3 before answering"):
+        wait_until_healthy(url, SERVER_NAME, 5, exits, hint=TIMEOUT_HINT)
+    silent = start_process([sys.executable, "-c", "import time; time.sleep(30)"], new_session=False)
     try:
-        with pytest.raises(RuntimeError, match=r"did not answer within 1 s: raise server\.ephemeral\.startup_timeout"):
-            wait_until_healthy(f"http://127.0.0.1:{free_port()}/api", silent, timeout_seconds=1)
+        silent_error = r"did not answer .* within 1 s: raise server\.ephemeral\.startup_timeout"
+        with pytest.raises(RuntimeError, match=silent_error):
+            wait_until_healthy(url, SERVER_NAME, 1, silent, hint=TIMEOUT_HINT)
     finally:
         silent.kill()
         silent.wait()

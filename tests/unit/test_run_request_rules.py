@@ -28,7 +28,7 @@ from tasks.orchestration import (
 )
 from tests.conftest import PROJECT_ROOT
 
-POOL_TEMPLATE_NAME = "flows/work_pool.json"  # as the Makefile and flows/team.py name it, from the project root
+POOL_TEMPLATE_NAME = "flows/work_pool.json"  # as tasks/team_servers.py names it, from the project root
 POOL_TEMPLATE = PROJECT_ROOT / POOL_TEMPLATE_NAME
 LOCKED_JOB_VARIABLES = ("command", "env", "working_dir")
 SHA256 = "0" * 64
@@ -324,9 +324,14 @@ def test_the_work_pool_template_takes_no_command_folder_or_environment() -> None
 
 
 def test_make_up_and_team_up_create_the_pool_with_that_template() -> None:
-    makefile_lines = [
-        line for line in (PROJECT_ROOT / "Makefile").read_text().splitlines() if "work-pool create" in line
-    ]
-    assert len(makefile_lines) == 1 and f"--base-job-template {POOL_TEMPLATE_NAME} " in makefile_lines[0]
-    team = (PROJECT_ROOT / "flows" / "team.py").read_text()
-    assert team.count('"--base-job-template",') == 1 and f'"{POOL_TEMPLATE_NAME}",' in team
+    """Both create it through tasks.team_servers.deploy_pipeline, the project's one `work-pool create`."""
+    from tasks import team_servers
+
+    assert team_servers.WORK_POOL_TEMPLATE == POOL_TEMPLATE_NAME
+    sources = [PROJECT_ROOT / "Makefile", *sorted((PROJECT_ROOT / "flows").glob("*.py"))]
+    sources += sorted((PROJECT_ROOT / "tasks").glob("*.py"))
+    creating = [path.name for path in sources if '"work-pool", "create"' in path.read_text()]
+    assert creating == ["team_servers.py"] and "work-pool create" not in (PROJECT_ROOT / "Makefile").read_text()
+    assert '"--base-job-template", WORK_POOL_TEMPLATE' in (PROJECT_ROOT / "tasks" / "team_servers.py").read_text()
+    for module in ("local_services.py", "team_servers.py"):  # make up's and make team-up's deployments
+        assert "deploy_pipeline(" in (PROJECT_ROOT / "tasks" / module).read_text()

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows import team
-from flows.team import TeamCredentials, TeamSettings
+from tasks import local_services, team_settings
+from tasks.team_settings import TeamCredentials, TeamSettings
 
 PRIVATE_MODE = 0o600
 
@@ -21,9 +22,9 @@ def settings_in(tmp_path: Path) -> TeamSettings:
 
 def test_credentials_are_generated_once_private_from_creation_and_reused(tmp_path: Path) -> None:
     settings = settings_in(tmp_path)
-    first = team.ensure_credentials(settings)
+    first = team_settings.ensure_credentials(settings)
     assert settings.credentials_file.stat().st_mode & 0o777 == PRIVATE_MODE
-    assert team.ensure_credentials(settings) == first  # read back, not generated again
+    assert team_settings.ensure_credentials(settings) == first  # read back, not generated again
     secrets = (first.prefect_password, first.mlflow_password, first.mlflow_admin_password, first.flask_secret_key)
     assert len(set(secrets)) == len(secrets) and all(len(secret) >= 12 for secret in secrets)
     assert first.prefect_auth_string == f"sigpipe:{first.prefect_password}"
@@ -33,9 +34,9 @@ def test_clients_get_the_urls_and_the_team_account(tmp_path: Path) -> None:
     settings = settings_in(tmp_path)
     credentials = TeamCredentials("p", "m", "a", "k")
     # A team member gets no Prefect credential: it changes deployments, so it runs code on the worker.
-    member = team.client_exports(settings, credentials)
+    member = team_settings.client_exports(settings, credentials)
     assert "PREFECT_API_AUTH_STRING" not in member
-    assert team.client_exports(settings, credentials, operator=True) == {
+    assert team_settings.client_exports(settings, credentials, operator=True) == {
         **member,
         "PREFECT_API_AUTH_STRING": "sigpipe:p",
     }
@@ -54,8 +55,8 @@ def test_mlflow_auth_config_is_private_and_read_back_as_written(tmp_path: Path) 
     settings.team_dir.mkdir()
     settings.password_file.write_text("db%pass\n")
     credentials = TeamCredentials("p", "m", "admin%secret", "k")
-    team.write_mlflow_auth_config(settings, credentials)
-    team.write_mlflow_auth_config(settings, credentials)  # rewritten at each up
+    team_settings.write_mlflow_auth_config(settings, credentials)
+    team_settings.write_mlflow_auth_config(settings, credentials)  # rewritten at each up
     assert settings.mlflow_auth_config.stat().st_mode & 0o777 == PRIVATE_MODE
     parser = configparser.ConfigParser()  # as MLflow reads it (interpolation on)
     parser.read(settings.mlflow_auth_config)
@@ -71,7 +72,7 @@ def test_env_prints_export_lines_for_eval(tmp_path: Path, monkeypatch: pytest.Mo
     runner = CliRunner()
     missing = runner.invoke(team.app, ["env"])
     assert missing.exit_code == 1 and "make team-up" in missing.output
-    credentials = team.ensure_credentials(TeamSettings.from_environment(tmp_path, {}))
+    credentials = team_settings.ensure_credentials(TeamSettings.from_environment(tmp_path, {}))
     printed = runner.invoke(team.app, ["env"])
     assert printed.exit_code == 0
     exports = dict(shlex.split(line)[1].split("=", 1) for line in printed.output.splitlines())
@@ -84,11 +85,11 @@ def test_env_prints_export_lines_for_eval(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_make_ups_credentials_file_is_private_sourceable_and_reused(tmp_path: Path) -> None:
     run_dir = tmp_path / ".run"
-    credentials_file = team.ensure_local_credentials(run_dir)
+    credentials_file = local_services.ensure_local_credentials(run_dir)
     assert credentials_file == run_dir / "credentials.env"
     assert credentials_file.stat().st_mode & 0o777 == PRIVATE_MODE
     written = credentials_file.read_text()
-    assert team.ensure_local_credentials(run_dir).read_text() == written  # reused, not generated again
+    assert local_services.ensure_local_credentials(run_dir).read_text() == written  # reused, not generated again
     exports = dict(shlex.split(line)[1].split("=", 1) for line in written.splitlines() if line.startswith("export "))
     assert exports["PREFECT_SERVER_API_AUTH_STRING"] == exports["PREFECT_API_AUTH_STRING"]
     assert exports["MLFLOW_TRACKING_PASSWORD"] == exports["MLFLOW_AUTH_ADMIN_PASSWORD"]

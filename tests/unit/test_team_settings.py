@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from flows import team
-from flows.team import TeamSettings
+from tasks import team_postgres, team_servers
 from tasks.errors import ConfigError
+from tasks.team_settings import TeamSettings
 
 
 def test_defaults_keep_everything_in_the_workspace_on_the_loopback(tmp_path: Path) -> None:
@@ -45,16 +45,17 @@ def test_database_urls_carry_the_generated_password_escaped(tmp_path: Path) -> N
 
 def test_missing_postgresql_programs_name_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(team, "DEBIAN_POSTGRES_BIN", tmp_path / "no-postgresql")
+    monkeypatch.setattr(team_postgres, "DEBIAN_POSTGRES_BIN", tmp_path / "no-postgresql")
     with pytest.raises(ConfigError, match="apt-get install postgresql"):
-        team.postgres_bin_dir()
+        team_postgres.postgres_bin_dir()
 
 
 def test_down_with_nothing_started_stops_nothing(tmp_path: Path) -> None:
-    assert team.team_down(TeamSettings.from_environment(tmp_path, {})) == []
+    assert team_servers.team_down(TeamSettings.from_environment(tmp_path, {})) == []
 
 
 def test_the_worker_asks_for_runs_every_two_seconds_unless_the_user_said_otherwise() -> None:
     """A deployment run then starts within 2 s, not within Prefect's default 10."""
-    assert team.worker_environment({"PATH": "/bin"}) == {"PATH": "/bin", "PREFECT_WORKER_QUERY_SECONDS": "2"}
-    assert team.worker_environment({"PREFECT_WORKER_QUERY_SECONDS": "30"})["PREFECT_WORKER_QUERY_SECONDS"] == "30"
+    assert team_servers.worker_environment({"PATH": "/bin"}) == {"PATH": "/bin", "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    chosen = team_servers.worker_environment({"PREFECT_WORKER_QUERY_SECONDS": "30"})
+    assert chosen["PREFECT_WORKER_QUERY_SECONDS"] == "30"

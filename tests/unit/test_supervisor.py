@@ -1,0 +1,162 @@
+"""The one supervisor (tasks/supervisor.py) against real processes: a tiny HTTP server started as a
+service answers its health check; a service that exits first or never answers is an error naming its
+log; stop escalates to KILL for a process group that ignores TERM; stale and reused pid files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import ServiceError
+from tasks.supervisor import Service, wait_until_healthy
+from tests.support.model_server import free_port
+
+START_SECONDS = 30.0
+GONE_SECONDS = 5.0
+GRACE_SECONDS = 0.5
+
+# Ignores SIGTERM, forks a child into its process group, then says so in its log and waits.
+STUBBORN = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    child = subprocess.Popen([sys.executable, "-c", deaf])
+    print("ready", child.pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_until_gone(pid: int, seconds: float = GONE_SECONDS) -> bool:
+    deadline = time.monotonic() + seconds
+    while running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def wait_for_line(log: Path, prefix: str) -> str:
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        lines = [line for line in log.read_text().splitlines() if line.startswith(prefix)] if log.exists() else []
+        if lines:
+            return lines[0]
+        assert time.monotonic() < deadline, f"{log} never said {prefix!r}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def killer() -> Iterator[list[int]]:
+    """Pids to SIGKILL at the end of the test whatever happened, so no test leaves processes behind."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_real_http_server_is_started_answers_and_is_stopped(tmp_path: Path, killer: list[int]) -> None:
+    port = free_port()
+    server = Service("web", tmp_path / "run")
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+    process = server.start(command, dict(os.environ))
+    assert process is not None
+    killer.append(process.pid)
+    server.wait_until_healthy(f"http://127.0.0.1:{port}/", "the web server", START_SECONDS, process)
+    assert server.pid_file.read_text() == f"{process.pid}\n" and server.running_pid() == process.pid
+    assert os.getpgid(process.pid) == process.pid  # its own session: its process group is stopped as one
+    assert server.start(command, dict(os.environ)) is None  # running already: nothing else is started
+    assert server.stop(GRACE_SECONDS) is True
+    assert wait_until_gone(process.pid) and not server.pid_file.exists()
+    assert server.stop(GRACE_SECONDS) is False and server.running_pid() is None
+    assert "GET / " in server.log_file.read_text()  # its output went to its log
+
+
+def test_a_service_that_exits_first_is_an_error_naming_its_log(tmp_path: Path) -> None:
+    crashing = Service("crashing", tmp_path)
+    process = crashing.start([sys.executable, "-c", "print('port in use'); raise SystemExit(3)"], dict(os.environ))
+    assert process is not None
+    url = f"http://127.0.0.1:{free_port()}/health"
+    expected = rf"the crashing server exited with code 3 before answering {url}: see {crashing.log_file}"
+    with pytest.raises(ServiceError, match=expected):
+        crashing.wait_until_healthy(url, "the crashing server", START_SECONDS, process)
+    assert "port in use" in crashing.log_file.read_text()
+    assert crashing.running_pid() is None and not crashing.pid_file.exists()  # the stale pid file is gone
+
+
+def test_a_service_that_never_answers_is_an_error_naming_its_log(tmp_path: Path, killer: list[int]) -> None:
+    silent = Service("silent", tmp_path)
+    process = silent.start([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ))
+    assert process is not None
+    killer.append(process.pid)
+    url = f"http://127.0.0.1:{free_port()}/health"
+    expected = rf"the silent server did not answer {url} within 1 s: see {silent.log_file}"
+    with pytest.raises(ServiceError, match=expected):
+        silent.wait_until_healthy(url, "the silent server", 1, process)
+    # Without a process to watch (a service found running), only the URL is polled; a hint follows the log.
+    with pytest.raises(ServiceError, match=r"within 1 s: see .*silent\.log; try again"):
+        wait_until_healthy(url, "the silent server", 1, log=silent.log_file, hint="try again")
+    assert silent.stop(GRACE_SECONDS)
+
+
+def test_stop_kills_a_process_group_that_ignores_term_after_the_grace_period(tmp_path: Path, killer: list[int]) -> None:
+    stubborn = Service("stubborn", tmp_path)
+    process = stubborn.start([sys.executable, "-c", STUBBORN], dict(os.environ))
+    assert process is not None
+    killer.append(process.pid)
+    child = int(wait_for_line(stubborn.log_file, "ready").split()[1])
+    killer.append(child)
+    started = time.monotonic()
+    assert stubborn.stop(GRACE_SECONDS)
+    assert time.monotonic() - started >= GRACE_SECONDS  # TERM first, and a grace period before KILL
+    assert wait_until_gone(process.pid) and wait_until_gone(child)  # the forked child too: the whole group
+
+
+def test_a_stale_pid_file_is_removed_and_the_service_starts_again(tmp_path: Path, killer: list[int]) -> None:
+    service = Service("restarted", tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    service.pid_file.write_text(f"{gone.pid}\n")  # left by a service that died (kill -9, a reboot)
+    assert service.running_pid() is None and not service.pid_file.exists()
+    service.pid_file.write_text("not a pid\n")
+    assert service.running_pid() is None
+    process = service.start([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ))
+    assert process is not None
+    killer.append(process.pid)
+    assert service.running_pid() == process.pid
+    assert service.stop(GRACE_SECONDS) and wait_until_gone(process.pid)
+
+
+def test_a_pid_file_naming_a_reused_pid_is_stale_and_its_process_is_left_alone(
+    tmp_path: Path, killer: list[int]
+) -> None:
+    """A pid the system gave to another process since: it does not lead its own session, as every
+    service started by the supervisor does, so it is neither reported running nor signalled."""
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # in this test's group
+    killer.append(stranger.pid)
+    service = Service("reused", tmp_path)
+    service.pid_file.write_text(f"{stranger.pid}\n")
+    assert service.running_pid() is None and not service.pid_file.exists()
+    service.pid_file.write_text(f"{stranger.pid}\n")
+    assert service.stop(GRACE_SECONDS) is False
+    time.sleep(0.2)
+    assert stranger.poll() is None  # still running: nothing was sent to it
