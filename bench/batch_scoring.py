@@ -63,7 +63,7 @@ def scan_images(count: int, cedar: Path, folder: Path) -> tuple[list[str], str]:
 
 def single_process(model_uri: str, keys: KeyFiles, paths: list[str]) -> dict[str, float]:
     """Load the signed model as the CLI does and answer every path in this process; seconds of each and images/s."""
-    from tasks.inference import items_from
+    from tasks.model_input import items_from
     from tasks.model_store import load_verified_model
 
     started = time.perf_counter()

@@ -49,10 +49,11 @@ def registered_workspace(root: Path, size: int) -> Path:
     import yaml
     from PIL import Image, ImageDraw
 
-    from tasks.config import PrepareParams
     from tasks.files import write_json
-    from tasks.model import HeadSpec, build_base, build_classifier
+    from tasks.keras_head import HeadSpec
+    from tasks.model import build_base, build_classifier
     from tasks.model_store import record_alias, sign_version, workspace_keys
+    from tasks.params_data import PrepareParams
     from tasks.paths import ProjectPaths
     from tasks.prepare import settings_from_params
     from tasks.registry import log_packaged_model

@@ -23,12 +23,13 @@ from pathlib import Path
 import tensorflow as tf
 import yaml
 
-from tasks.config import AugmentParams, PrepareParams
 from tasks.embed import CACHED_VIEW_EPOCH_OFFSET, embed
 from tasks.fused import folded_inference_function, inference_function
 from tasks.input_pipeline import augmented_images, load_training_data, prefetched
 from tasks.manifest import read_manifest
 from tasks.model import build_base, build_embedder
+from tasks.params_data import PrepareParams
+from tasks.params_model import AugmentParams
 from tasks.paths import ProjectPaths
 from tasks.prepare import prepare_dataset
 

@@ -72,12 +72,12 @@ def embed_workspace(root: Path, size: int, weights: str, views: int) -> dict[str
     images per variant of `AUGMENTATIONS`, as the train stage computes them."""
     import tensorflow as tf
 
-    from tasks.config import AugmentParams
     from tasks.embed import CACHED_VIEW_EPOCH_OFFSET, embed
     from tasks.fused import folded_inference_function
     from tasks.input_pipeline import augmented_images, prefetched, read_grey_image
     from tasks.manifest import read_manifest
     from tasks.model import build_base, build_embedder
+    from tasks.params_model import AugmentParams
 
     rows = read_manifest(root / "data" / "prepared" / "manifest.csv")
     images = np.stack([read_grey_image(root / row["prepared_path"]) for row in rows])

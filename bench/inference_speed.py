@@ -72,10 +72,11 @@ def main() -> None:
     import pandas as pd
     from PIL import Image
 
-    from tasks.config import PrepareParams
     from tasks.files import write_json
+    from tasks.keras_head import HeadSpec
     from tasks.manifest import read_manifest
-    from tasks.model import HeadSpec, build_base, build_classifier
+    from tasks.model import build_base, build_classifier
+    from tasks.params_data import PrepareParams
     from tasks.paths import ProjectPaths
     from tasks.prepare import prepare_dataset, settings_from_params
     from tasks.registry import log_packaged_model

@@ -263,12 +263,12 @@ def keras_head_scorer(
     class_count: int,
     dense_units: int,
 ) -> tuple[Scorer, int]:
-    """A Keras softmax head as the pipeline builds it (`tasks.model.build_head`: standardised input,
+    """A Keras softmax head as the pipeline builds it (`tasks.keras_head.build_head`: standardised input,
     Dense(`dense_units`, relu) when above 0, dropout, softmax), Adam, batch 16, early stopping on
     validation loss (patience 10, best epoch kept); returns it and the epochs it ran."""
     import keras
 
-    from tasks.model import HeadSpec, build_head, embedding_statistics
+    from tasks.keras_head import HeadSpec, build_head, embedding_statistics
 
     keras.utils.set_random_seed(KERAS_SEED)
     head = build_head(HeadSpec(class_count, dense_units, KERAS_DROPOUT, KERAS_SEED, *embedding_statistics(samples)))

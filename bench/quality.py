@@ -72,7 +72,8 @@ from bench.peers import (  # noqa: E402
     writer_svm_scorer,
 )
 from bench.tables import RESULTS_DIR, quality_block, write_readme_blocks  # noqa: E402
-from tasks.calibrate import confidence_calibration, fit_confidence, fit_threshold  # noqa: E402
+from tasks.calibrate import fit_confidence, fit_threshold  # noqa: E402
+from tasks.calibration_report import confidence_calibration  # noqa: E402
 from tasks.partitions import (  # noqa: E402
     OPERATING_POINT_FIGURES,
     bounds_of,

@@ -80,9 +80,10 @@ def package_model(root: Path, size: int, example: Path) -> str:
     import numpy as np
     import yaml
 
-    from tasks.config import PrepareParams
     from tasks.files import write_json
-    from tasks.model import HeadSpec, build_base, build_classifier
+    from tasks.keras_head import HeadSpec
+    from tasks.model import build_base, build_classifier
+    from tasks.params_data import PrepareParams
     from tasks.paths import ProjectPaths
     from tasks.prepare import settings_from_params
     from tasks.registry import log_packaged_model

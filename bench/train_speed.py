@@ -32,12 +32,13 @@ import tensorflow as tf
 from embed_throughput import raw_forward  # this folder is on sys.path when a bench script runs
 from sklearn.metrics import accuracy_score, f1_score
 
-from tasks.config import AugmentParams, ModelParams, PrepareParams, TrainParams
 from tasks.embed import embed_manifest, feature_embedder
 from tasks.embedding_files import embedding_file, load_split_embeddings, prepared_image_size, save_embedded_rows
 from tasks.fused import inference_function
 from tasks.manifest import read_manifest
 from tasks.model import build_base, build_embedder
+from tasks.params_data import PrepareParams
+from tasks.params_model import AugmentParams, ModelParams, TrainParams
 from tasks.paths import ProjectPaths
 from tasks.prepare import prepare_dataset
 from tasks.train import load_embedded_training, train_classifier, training_fingerprint

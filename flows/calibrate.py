@@ -14,8 +14,10 @@ from typing import Any, cast
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import CalibrateParams, EvaluateParams, PrepareParams, TrackingParams, parse_group, read_params_file
+from tasks.config import parse_group, read_params_file
 from tasks.files import json_ready, write_json, write_metrics
+from tasks.params_data import PrepareParams
+from tasks.params_model import CalibrateParams, EvaluateParams, TrackingParams
 from tasks.paths import ProjectPaths
 
 # What `dvc metrics show` lists from metrics/calibrate.json: the calibrated operating point on test
@@ -69,7 +71,8 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
     """Fit on val genuine and the calibration split, report on test, write and log everything."""
     import mlflow
 
-    from tasks.calibrate import calibration_report, fit_calibration
+    from tasks.calibrate import fit_calibration
+    from tasks.calibration_report import calibration_report
     from tasks.plots import reliability_image
     from tasks.scores import load_scores
     from tasks.tracking import ensure_experiment, loggable_metrics, parent_run_id, process_tags, recorded_data_version

@@ -10,9 +10,10 @@ from dataclasses import asdict
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import DataParams, DownloadParams, SyntheticParams, parse_group, read_params_file
+from tasks.config import parse_group, read_params_file
 from tasks.download import DownloadSummary, fetch_dataset
 from tasks.files import write_json
+from tasks.params_data import DataParams, DownloadParams, SyntheticParams
 from tasks.paths import ProjectPaths
 
 SKIPPED_SHOWN = 10  # skipped entries printed; all of them are in metrics/download.json

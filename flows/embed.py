@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import AugmentParams, ModelParams, TrainParams, parse_group, read_params_file
+from tasks.config import parse_group, read_params_file
 from tasks.files import write_json
+from tasks.params_model import AugmentParams, ModelParams, TrainParams
 from tasks.paths import ProjectPaths
 
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import EvaluateParams, PrepareParams, TrackingParams, parse_group, read_params_file
+from tasks.config import parse_group, read_params_file
 from tasks.files import json_ready, write_csv, write_metrics
+from tasks.params_data import PrepareParams
+from tasks.params_model import EvaluateParams, TrackingParams
 from tasks.paths import ProjectPaths
 
 PER_WRITER_COLUMNS = ("writer", "precision", "recall", "f1", "support")

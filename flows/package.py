@@ -32,8 +32,8 @@ def package_task(paths: ProjectPaths, config: PackageConfig) -> float:
     returns the largest score difference found."""
     from tasks.assemble import assemble_classifier, check_scores
     from tasks.head import load_head
+    from tasks.keras_files import save_model_file
     from tasks.manifest import read_manifest
-    from tasks.model import save_model_file
     from tasks.scores import load_scores
     from tasks.verifier import load_verifier
 

@@ -10,8 +10,9 @@ import shutil
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import PrepareParams, parse_group, parse_layout, read_params_file
+from tasks.config import parse_group, parse_layout, read_params_file
 from tasks.files import write_json
+from tasks.params_data import PrepareParams
 from tasks.paths import ProjectPaths
 from tasks.prepare import PrepareSummary, prepare_dataset, prepare_metrics
 

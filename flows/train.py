@@ -15,8 +15,9 @@ from typing import Any, cast
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import AugmentParams, ModelParams, TrackingParams, TrainParams, parse_group, read_params_file
+from tasks.config import parse_group, read_params_file
 from tasks.files import json_ready, write_json
+from tasks.params_model import AugmentParams, ModelParams, TrackingParams, TrainParams
 from tasks.paths import ProjectPaths
 
 CLOSED_FORM_DEVICE = "cpu"  # the ridge head is solved with NumPy

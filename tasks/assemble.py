@@ -37,7 +37,8 @@ def assemble_classifier(
     refused when that base is not the one whose digest the embed stage recorded."""
     import keras
 
-    from tasks.model import build_base, classifier_with_head, float32_copy, weights_digest
+    from tasks.keras_files import float32_copy
+    from tasks.model import build_base, classifier_with_head, weights_digest
 
     # Keras names unnamed layers from per-process counters: models built earlier in this process (the
     # pipeline flow runs embed here first) would change the names in the saved file, and its hash in

@@ -14,7 +14,7 @@ import math
 
 import tensorflow as tf
 
-from tasks.config import AugmentParams
+from tasks.params_model import AugmentParams
 
 PIXEL_MAX = 255.0
 FLIP_PROBABILITY = 0.5

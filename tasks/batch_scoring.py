@@ -22,7 +22,7 @@ from typing import Any
 
 from tasks.datasets.base import is_image_file
 from tasks.errors import ConfigError, ListingError
-from tasks.inference import CLAIM_COLUMN, PATH_COLUMN
+from tasks.model_input import CLAIM_COLUMN, PATH_COLUMN
 from tasks.model_store import VerifiedVersion, read_signature_model, verified_version
 from tasks.signing import KeyFiles
 
@@ -35,7 +35,7 @@ PYTHON_VARIABLES = ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")
 PARTIAL_SUFFIX = ".partial"
 LOCAL_MASTER_PREFIX = "local"
 LOOPBACK = "127.0.0.1"
-# The answer rows' Spark types (tasks.inference.OUTPUT_COLUMNS, in order).
+# The answer rows' Spark types (tasks.answers.OUTPUT_COLUMNS, in order).
 ANSWER_SCHEMA = (
     "input string, writer string, class_id long, confidence double, verification_score double, top_k string, "
     "claimed_writer string, claim_score double, claim_accepted boolean, error string"
@@ -148,7 +148,8 @@ def answer_batches(signed: VerifiedVersion) -> Callable[[Iterator[Any]], Iterato
     def answer(batches: Iterator[Any]) -> Iterator[Any]:
         from pyspark import SparkFiles
 
-        from tasks.inference import answers_frame, items_from
+        from tasks.answers import answers_frame
+        from tasks.model_input import items_from
         from tasks.signing import check_files
 
         folder = SparkFiles.get(signed.folder.name)  # the driver's folder, as `addFile` copied it here

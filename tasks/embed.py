@@ -21,11 +21,13 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tasks.config import AugmentParams
 from tasks.embedding_files import EMBEDDED_SPLITS, EmbeddedRows, rows_of_split
 from tasks.fused import folded_inference_function
 from tasks.input_pipeline import SplitImages, augmented_images, plain_batches, prefetched, read_grey_image
-from tasks.model import FEATURE_DIM, build_embedder, float32_copy
+from tasks.keras_files import float32_copy
+from tasks.keras_head import FEATURE_DIM
+from tasks.model import build_embedder
+from tasks.params_model import AugmentParams
 
 CACHED_VIEW_EPOCH_OFFSET = 1_000_000  # the augmentation epochs of the stored views, apart from online training's
 TRAIN_SPLIT = "train"

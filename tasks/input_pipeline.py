@@ -17,9 +17,9 @@ import tensorflow as tf
 from PIL import Image
 
 from tasks.augment import augment_image, element_seed
-from tasks.config import AugmentParams
 from tasks.embedding_files import flat_views
 from tasks.manifest import training_rows
+from tasks.params_model import AugmentParams
 
 GENUINE = "genuine"
 PREFETCH_BATCHES = 2

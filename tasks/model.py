@@ -9,8 +9,6 @@ The base always runs with `training=False`, so its BatchNorm layers stay in infe
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +17,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks.config import INCEPTION_MIN_SIZE, weights_file
 from tasks.errors import WeightsError
-from tasks.files import ZIP_EPOCH, undate_zip
 from tasks.fused import folded_inference_function
-from tasks.head import HeadWeights, head_weights
+from tasks.head import HeadWeights
+from tasks.keras_head import FEATURE_DIM, HEAD_DENSE, HEAD_OUTPUT, HeadSpec, add_head
+from tasks.params_data import INCEPTION_MIN_SIZE
+from tasks.params_model import weights_file
 
-FEATURE_DIM = 2048
+# The head's layers are in tasks.keras_head, the reproducible file and the float32 copy in tasks.keras_files.
 PIXEL_SCALE = 127.5
 IMAGENET_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_WEIGHTS_URL = (
@@ -33,23 +32,7 @@ IMAGENET_WEIGHTS_URL = (
 )
 BASE_NAME = "inception_v3"
 POOL_NAME = "pool"
-HEAD_STANDARDISE = "head_standardise"
-HEAD_DENSE = "head_dense"
-HEAD_DROPOUT = "head_dropout"
-HEAD_OUTPUT = "head_output"
-HEAD_LAYERS = (HEAD_DENSE, HEAD_OUTPUT)
 KERNEL_SEED_STRIDE = 10_000
-MIXED_POLICY_PREFIX = "mixed_"
-FLOAT32 = "float32"
-# A .keras file is a zip whose metadata.json records when it was saved; `save_model_file` puts the
-# zip epoch there instead, so that the same model saved twice is the same file (DVC hashes it).
-KERAS_METADATA_ENTRY = "metadata.json"
-KERAS_SAVE_DATE_KEY = "date_saved"
-KERAS_SAVE_DATE = "{:04d}-{:02d}-{:02d}@{:02d}:{:02d}:{:02d}".format(*ZIP_EPOCH)  # Keras' own date format
-# config.json names an object shared by several layers (an initializer...) by its Python `id()`, a
-# memory address that differs on every run; `save_model_file` numbers them 1, 2... in order of appearance.
-KERAS_CONFIG_ENTRY = "config.json"
-KERAS_SHARED_OBJECT_ID = re.compile(rb'"shared_object_id": (\d+)')
 
 
 def imagenet_hint() -> str:
@@ -105,51 +88,6 @@ def build_base(image_size: int, weights: str, root: Path, seed: int = 0) -> kera
     return base
 
 
-@dataclass(frozen=True)
-class HeadSpec:
-    """The head's shape, and the embedding statistics it standardises with (None: no standardisation).
-
-    `dense_units` 0 is a linear head (softmax regression on the embedding); above 0, a hidden
-    Dense(relu) layer of that many units comes first.
-    """
-
-    class_count: int
-    dense_units: int
-    dropout: float
-    seed: int = 0
-    feature_mean: np.ndarray | None = None
-    feature_variance: np.ndarray | None = None
-
-
-def add_head(features: keras.KerasTensor, spec: HeadSpec) -> keras.KerasTensor:
-    """[Standardise] -> [Dense(relu)] -> Dropout -> Dense(softmax), the output in float32 under mixed precision.
-
-    Standardising the 2048-d embedding with the training images' mean and variance (a fixed Keras
-    Normalization layer, saved with the model) is what lets a head learn on a randomly initialised
-    base (`model.weights: none`), whose embeddings are tiny; with ImageNet weights it is harmless.
-    """
-    if spec.feature_mean is not None:
-        features = keras.layers.Normalization(
-            mean=spec.feature_mean, variance=spec.feature_variance, name=HEAD_STANDARDISE
-        )(features)
-    hidden = features
-    if spec.dense_units:
-        hidden = keras.layers.Dense(
-            spec.dense_units,
-            activation="relu",
-            name=HEAD_DENSE,
-            kernel_initializer=keras.initializers.GlorotUniform(seed=spec.seed),
-        )(features)
-    hidden = keras.layers.Dropout(spec.dropout, seed=spec.seed + 1, name=HEAD_DROPOUT)(hidden)
-    return keras.layers.Dense(
-        spec.class_count,
-        activation="softmax",
-        dtype="float32",
-        name=HEAD_OUTPUT,
-        kernel_initializer=keras.initializers.GlorotUniform(seed=spec.seed + 2),
-    )(hidden)
-
-
 def build_embedder(base: keras.Model, image_size: int) -> keras.Model:
     """Pixels in [0, 255] to the base's 2048-d pooled embedding (what the cached mode stores)."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
@@ -182,105 +120,6 @@ def classifier_with_head(
         classifier.get_layer(HEAD_DENSE).set_weights([head.hidden_kernel, head.hidden_bias])
     classifier.get_layer(HEAD_OUTPUT).set_weights([head.output_kernel, head.output_bias])
     return classifier
-
-
-def head_weights_of(model: keras.Model) -> HeadWeights:
-    """The head arrays of a Keras head or classifier (`add_head`'s layers), for `tasks.head`."""
-    names = {layer.name for layer in model.layers}
-    mean = variance = hidden_kernel = hidden_bias = None
-    if HEAD_STANDARDISE in names:
-        normalisation = model.get_layer(HEAD_STANDARDISE)
-        mean = np.asarray(normalisation.mean).reshape(-1)
-        variance = np.asarray(normalisation.variance).reshape(-1)
-    if HEAD_DENSE in names:
-        hidden_kernel, hidden_bias = model.get_layer(HEAD_DENSE).get_weights()
-    output_kernel, output_bias = model.get_layer(HEAD_OUTPUT).get_weights()
-    return head_weights(output_kernel, output_bias, mean, variance, hidden_kernel, hidden_bias)
-
-
-def build_head(spec: HeadSpec) -> keras.Model:
-    """The head alone, on 2048-d embeddings (trained in cached mode), with the classifier's layer names."""
-    inputs = keras.Input((FEATURE_DIM,), name="embedding")
-    return keras.Model(inputs, add_head(inputs, spec), name="head")
-
-
-def copy_head_weights(source: keras.Model, target: keras.Model) -> None:
-    """Copy the trained head layers from `source` to the layers of the same name in `target`."""
-    present = {layer.name for layer in source.layers}
-    for name in HEAD_LAYERS:
-        if name in present:
-            target.get_layer(name).set_weights(source.get_layer(name).get_weights())
-
-
-def float32_policies(config: object) -> object:
-    """A model config with every mixed-precision dtype policy (mixed_float16, mixed_bfloat16)
-    replaced by float32; everything else, including explicit float32 outputs, as it was."""
-    if isinstance(config, list):
-        return [float32_policies(item) for item in config]
-    if not isinstance(config, dict):
-        return config
-    if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith(
-        MIXED_POLICY_PREFIX
-    ):
-        return {**config, "config": {**config["config"], "name": FLOAT32}}
-    return {key: float32_policies(value) for key, value in config.items()}
-
-
-def float32_copy(model: keras.Model) -> keras.Model:
-    """`model` computing in float32 throughout, with the same weights: what serving gets.
-
-    A GPU run with mixed precision saves float16 layer policies, which a CPU-only server would run
-    as emulated float16 convolutions (slow, and not the numbers that were calibrated in float32
-    on evaluation's scores either way); the variables themselves are float32 in both.
-    """
-    config = model.get_config()
-    float32_config = float32_policies(config)
-    if float32_config == config:
-        return model
-    # Layers whose config names no policy (inputs, nested models' own) take the global one: float32
-    # while the copy is built, even when a mixed-precision training set it.
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(FLOAT32)
-    try:
-        copy = model.__class__.from_config(float32_config)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def embedding_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and variance of (..., 2048) embeddings, in float64 then float32."""
-    flat = embeddings.reshape(-1, embeddings.shape[-1]).astype(np.float64)
-    return flat.mean(axis=0).astype(np.float32), flat.var(axis=0).astype(np.float32)
-
-
-def save_model_file(model: keras.Model, path: Path) -> None:
-    """`model.save(path)` (a .keras file), byte for byte the same whenever the model is.
-
-    Keras dates the archive's entries and its metadata.json (both get the zip epoch) and names
-    shared objects by memory address in config.json (numbered instead), so the train stage's output
-    hash in dvc.lock depends on the model alone.
-    """
-    model.save(path)
-    undate_zip(path, {KERAS_METADATA_ENTRY: undated_keras_metadata, KERAS_CONFIG_ENTRY: numbered_shared_objects})
-
-
-def numbered_shared_objects(content: bytes) -> bytes:
-    """A .keras config.json with each distinct `shared_object_id` replaced by its rank of first appearance
-    (the same object keeps one number, so loading links the same layers to it)."""
-    numbers: dict[bytes, int] = {}
-    return KERAS_SHARED_OBJECT_ID.sub(
-        lambda match: b'"shared_object_id": %d' % numbers.setdefault(match[1], len(numbers) + 1), content
-    )
-
-
-def undated_keras_metadata(content: bytes) -> bytes:
-    """A .keras metadata.json with its save date set to `KERAS_SAVE_DATE` (Keras only writes it)."""
-    metadata = json.loads(content)
-    if KERAS_SAVE_DATE_KEY in metadata:
-        metadata[KERAS_SAVE_DATE_KEY] = KERAS_SAVE_DATE
-    return json.dumps(metadata).encode()
 
 
 def weights_digest(model: keras.Model) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 from tasks.errors import ModelInputError
 from tasks.files import json_ready
 from tasks.images import PreprocessSettings
-from tasks.inference import BASE64_CHARACTERS_PER_BYTE, CLAIM_COLUMN, IMAGE_COLUMN, PATH_COLUMN, items_from
+from tasks.model_input import BASE64_CHARACTERS_PER_BYTE, CLAIM_COLUMN, IMAGE_COLUMN, PATH_COLUMN, items_from
 from tasks.model_store import LoadedModel
 
 LOGGER = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ from typing import cast
 
 from tqdm import tqdm
 
-from tasks.config import PrepareParams
 from tasks.datasets import AdapterResult, SignatureRecord, SkippedFile, list_dataset
 from tasks.files import sha256_file, write_csv
 from tasks.images import (
@@ -27,6 +26,7 @@ from tasks.images import (
     save_grey_png,
 )
 from tasks.manifest import MANIFEST_COLUMNS
+from tasks.params_data import PrepareParams
 from tasks.paths import ProjectPaths
 from tasks.scores import UNENROLLED_SPLIT
 from tasks.split import (

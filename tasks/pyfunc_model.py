@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
+from tasks.answers import answers_frame
 from tasks.errors import ModelInputError
 from tasks.inference import (
     ACCEPT_PATHS,
@@ -25,10 +26,9 @@ from tasks.inference import (
     ARTIFACT_PREPROCESS,
     ARTIFACT_VERIFIER,
     SignatureClassifier,
-    answers_frame,
-    items_from,
 )
 from tasks.model_files import packaged_model_errors, verify_packaged_files
+from tasks.model_input import items_from
 
 LOGGER = logging.getLogger(__name__)
 UNEXPECTED_ERROR_MESSAGE = "the model failed on this request (an internal error); the server's log has the details"

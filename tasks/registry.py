@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.config import SELECTION_METRIC_PREFIX
+from tasks.answers import OUTPUT_COLUMNS
 from tasks.errors import ModelFileError
 from tasks.files import sha256_file
 from tasks.images import PreprocessSettings
@@ -30,12 +30,10 @@ from tasks.inference import (
     ARTIFACT_CLASSIFIER,
     ARTIFACT_PREPROCESS,
     ARTIFACT_VERIFIER,
-    CLAIM_COLUMN,
-    IMAGE_COLUMN,
-    OUTPUT_COLUMNS,
-    PATH_COLUMN,
 )
 from tasks.model_files import ARTIFACT_DIGESTS, read_model_file, write_digests
+from tasks.model_input import CLAIM_COLUMN, IMAGE_COLUMN, PATH_COLUMN
+from tasks.params_model import SELECTION_METRIC_PREFIX
 from tasks.paths import ProjectPaths
 
 CHAMPION = "champion"

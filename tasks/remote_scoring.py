@@ -16,8 +16,9 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from tasks.answers import Answer
 from tasks.errors import ScorerError
-from tasks.inference import IMAGE_COLUMN, Answer, InputItem
+from tasks.model_input import IMAGE_COLUMN, InputItem
 
 INVOCATIONS_PATH = "/invocations"  # the scoring endpoint (MLflow's protocol)
 REQUEST_TIMEOUT_SECONDS = 300  # a large batch of images on a busy CPU server

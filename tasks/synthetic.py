@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.config import SyntheticParams
+from tasks.params_data import SyntheticParams
 
 ARCHIVE_FOLDER = "UTSig"
 KIND_FOLDERS = {

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from tasks.checkpoint_state import TrainState
-from tasks.config import AugmentParams, ModelParams, TrainParams
 from tasks.embedding_files import flat_views, load_split_embeddings, prepared_image_size
 from tasks.head import HeadWeights, head_from_verifier
 from tasks.manifest import training_rows
+from tasks.params_model import AugmentParams, ModelParams, TrainParams
 from tasks.paths import ProjectPaths
 from tasks.verifier import WriterVerifier, fit_writer_verifier
 

@@ -31,11 +31,12 @@ from tasks.checkpoints import (
     load_variables,
     read_resumable_state,
 )
-from tasks.config import AugmentParams, ModelParams, TrainParams
 from tasks.head import HeadWeights
 from tasks.input_pipeline import cached_batches, load_training_data, one_hot, online_batches, plain_batches, prefetched
+from tasks.keras_head import HeadSpec, build_head, embedding_statistics, head_weights_of
 from tasks.manifest import read_manifest
-from tasks.model import HeadSpec, build_base, build_classifier, build_head, embedding_statistics, head_weights_of
+from tasks.model import build_base, build_classifier
+from tasks.params_model import AugmentParams, ModelParams, TrainParams
 from tasks.paths import ProjectPaths
 from tasks.train import EmbeddedTraining
 

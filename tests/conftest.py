@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import PrepareParams, SyntheticParams
+from tasks.params_data import PrepareParams, SyntheticParams
 from tasks.paths import ProjectPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,9 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tasks.inference import answers_frame, items_from
+from tasks.answers import answers_frame
 from tasks.manifest import read_manifest
+from tasks.model_input import items_from
 from tasks.model_store import load_verified_model, workspace_keys
 from tasks.paths import ProjectPaths
 from tests.conftest import TRAINED_MODEL_NAME as MODEL_NAME

@@ -20,7 +20,7 @@ from uuid import UUID
 import pytest
 import yaml
 
-from tasks.config import ConfigError
+from tasks.errors import ConfigError
 from tasks.orchestration import PIPELINE_STAGES
 from tests.conftest import edit_params, make_workspace, subprocess_environment
 

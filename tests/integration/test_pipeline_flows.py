@@ -18,8 +18,10 @@ import requests
 
 from flows.calibrate import HEADLINE_METRICS as CALIBRATE_HEADLINE
 from flows.evaluate import HEADLINE_METRICS as EVALUATE_HEADLINE
-from tasks.inference import ACCEPT_PATHS, OUTPUT_COLUMNS, PATHS_REFUSED, UNKNOWN_WRITER
+from tasks.answers import OUTPUT_COLUMNS, UNKNOWN_WRITER
+from tasks.inference import ACCEPT_PATHS
 from tasks.manifest import read_manifest
+from tasks.model_input import PATHS_REFUSED
 from tasks.paths import ProjectPaths
 from tasks.scores import claim_probability, load_scores
 from tests.conftest import TRAINED_MODEL_NAME as MODEL_NAME
@@ -422,7 +424,8 @@ def test_bad_requests_get_a_clear_400_without_a_stack_trace(served: str) -> None
 def test_an_image_over_the_pixel_cap_is_refused_by_the_server(trained: ProjectPaths, served: str) -> None:
     """A 0.1 KB PNG declaring 9400 x 9400 pixels (the issue's 1.5 GB a request) is refused from its
     header, in its own row; the image beside it is answered."""
-    from tasks.config import RegisterParams, load_group
+    from tasks.config import load_group
+    from tasks.params_model import RegisterParams
     from tests.unit.test_input_limits import HUGE_SIDE, png_declaring
 
     limit = load_group(trained.params_file, "register", RegisterParams).max_image_pixels

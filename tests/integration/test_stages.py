@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import ConfigError
+from tasks.errors import ConfigError
 from tasks.manifest import read_manifest
 from tests.conftest import edit_params
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from tasks.checkpoints import best_file_name, read_resumable_state
-from tasks.config import AugmentParams, ModelParams, TrainParams
 from tasks.input_pipeline import load_training_data, plain_batches
 from tasks.manifest import read_manifest
+from tasks.params_model import AugmentParams, ModelParams, TrainParams
 from tasks.paths import ProjectPaths
 from tasks.prepare import prepare_dataset
 from tasks.synthetic import write_synthetic_dataset

@@ -13,7 +13,8 @@ from PIL import Image
 from tasks.assemble import SCORE_TOLERANCE, assemble_classifier, check_scores
 from tasks.errors import ModelFileError
 from tasks.head import head_from_verifier
-from tasks.model import FEATURE_DIM, LogitScorer, build_base, weights_digest
+from tasks.keras_head import FEATURE_DIM
+from tasks.model import LogitScorer, build_base, weights_digest
 from tasks.scores import ScoreTable
 from tasks.verifier import WriterVerifier
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tasks.augment import PIXEL_MAX, augment_image, element_seed, uniform
-from tasks.config import AugmentParams
+from tasks.params_model import AugmentParams
 
 REFERENCE = AugmentParams(
     rotation_degrees=20,

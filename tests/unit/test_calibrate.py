@@ -8,14 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from tasks.calibrate import (
-    calibration_report,
-    fit_calibration,
-    fit_temperature,
-    negative_log_likelihood,
-    open_set_results,
-    verification_results,
-)
+from tasks.calibrate import fit_calibration, fit_temperature, negative_log_likelihood
+from tasks.calibration_report import calibration_report, open_set_results, verification_results
 from tasks.scores import SOFTMAX, TABLE_ARRAYS, VERIFIER, ScoreTable, softmax
 
 FEATURES = 3

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.answers import MAX_LISTED_WRITERS, match_writer
 from tasks.errors import ModelInputError
-from tasks.inference import MAX_LISTED_WRITERS, match_writer
 from tasks.paths import ProjectPaths
 from tests.support.registered_model import registered_workspace
 

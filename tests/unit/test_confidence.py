@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tasks.calibrate import PLATT_INVERSE_PENALTY, answer_confidence, confidence_calibration, fit_confidence
+from tasks.calibrate import PLATT_INVERSE_PENALTY, fit_confidence
+from tasks.calibration_report import answer_confidence, confidence_calibration
 from tasks.errors import CalibrationError
 from tasks.scores import ScoreTable, claim_probability
 from tests.support.score_tables import score_table

@@ -1,4 +1,5 @@
-"""Tests of `tasks.download`: HTTP download with resume, retries and checksum, and `fetch_dataset`.
+"""Tests of `tasks.http_download` (HTTP download with resume, retries and checksum) and `tasks.download`
+(`fetch_dataset`).
 
 Every HTTP test talks to `tests.support.http_server.LocalHTTPServer` on 127.0.0.1; nothing leaves the machine.
 """
@@ -21,15 +22,10 @@ from typing import Any
 import pytest
 import requests
 
-from tasks.config import DataParams, DownloadParams, SyntheticParams
-from tasks.download import (
-    CORRUPT_SUFFIX,
-    PARTIAL_SUFFIX,
-    DownloadError,
-    RetryPolicy,
-    download_url,
-    fetch_dataset,
-)
+from tasks.download import fetch_dataset
+from tasks.errors import DownloadError
+from tasks.http_download import CORRUPT_SUFFIX, PARTIAL_SUFFIX, RetryPolicy, download_url
+from tasks.params_data import DataParams, DownloadParams, SyntheticParams
 from tasks.paths import ProjectPaths
 from tests.support.http_server import LocalHTTPServer, parse_range
 

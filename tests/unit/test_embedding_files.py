@@ -77,7 +77,18 @@ def test_an_empty_split_reads_as_no_rows(tmp_path: Path) -> None:
 def test_the_light_stages_import_no_tensorflow() -> None:
     """train (ridge head), evaluate and calibrate work on embeddings: importing their flows and the
     modules they call loads neither TensorFlow nor Keras (issue 25, point 2)."""
-    modules = "flows.train, flows.evaluate, flows.calibrate, tasks.train, tasks.evaluate, tasks.calibrate, tasks.head"
+    modules = ", ".join(
+        (
+            "flows.train",
+            "flows.evaluate",
+            "flows.calibrate",
+            "tasks.train",
+            "tasks.evaluate",
+            "tasks.calibrate",
+            "tasks.calibration_report",
+            "tasks.head",
+        )
+    )
     code = f"import sys, {modules}; print(sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))"
     shown = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "[]", shown.stderr

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tasks.fused import folded_graph, folded_inference_function, inference_function
-from tasks.model import HEAD_OUTPUT, HeadSpec, build_base, build_classifier, build_embedder
+from tasks.keras_head import HEAD_OUTPUT, HeadSpec
+from tasks.model import build_base, build_classifier, build_embedder
 
 SIZE = 75
 CLASSES = 5

@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
+from tasks.answers import UNKNOWN_WRITER, answers_frame
 from tasks.images import PreprocessSettings
-from tasks.inference import UNKNOWN_WRITER, SignatureClassifier, answers_frame, items_from
-from tasks.model import HEAD_OUTPUT, POOL_NAME
+from tasks.inference import SignatureClassifier
+from tasks.keras_head import HEAD_OUTPUT
+from tasks.model import POOL_NAME
+from tasks.model_input import items_from
 from tasks.verifier import WriterVerifier
 
 SETTINGS = PreprocessSettings(

@@ -18,7 +18,8 @@ from PIL import Image, ImageDraw
 
 from tasks.errors import ModelInputError
 from tasks.images import ImageTooLargeError, read_grey
-from tasks.inference import PATHS_REFUSED, SignatureClassifier, items_from
+from tasks.inference import SignatureClassifier
+from tasks.model_input import PATHS_REFUSED, items_from
 from tests.conftest import PROJECT_ROOT
 from tests.unit.test_inference import SETTINGS, tiny_classifier, tiny_verifier
 

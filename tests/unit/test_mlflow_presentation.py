@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.calibrate import calibrate_run_name
-from tasks.config import CalibrateParams
+from tasks.params_model import CalibrateParams
 from tasks.paths import ProjectPaths
 from tasks.tracking import (
     CLASSIC_ML_KIND,

@@ -10,19 +10,8 @@ import pytest
 import tensorflow as tf
 
 from tasks.errors import WeightsError
-from tasks.model import (
-    FEATURE_DIM,
-    HEAD_OUTPUT,
-    HeadSpec,
-    LogitScorer,
-    build_base,
-    build_classifier,
-    build_embedder,
-    build_head,
-    copy_head_weights,
-    embedding_statistics,
-    weights_digest,
-)
+from tasks.keras_head import FEATURE_DIM, HEAD_OUTPUT, HeadSpec, build_head, copy_head_weights, embedding_statistics
+from tasks.model import LogitScorer, build_base, build_classifier, build_embedder, weights_digest
 
 SIZE = 75
 
@@ -177,7 +166,8 @@ def test_a_trained_head_round_trips_through_its_arrays(base: keras.Model) -> Non
     """A Keras head (standardisation, hidden layer, output) read as arrays and folded back into a
     classifier gives the same logits, in Keras and in NumPy: what train writes, evaluate applies and
     register packages."""
-    from tasks.model import classifier_with_head, head_weights_of
+    from tasks.keras_head import head_weights_of
+    from tasks.model import classifier_with_head
 
     rng = np.random.default_rng(5)
     spec = HeadSpec(

@@ -169,7 +169,8 @@ def test_the_declared_signature_is_what_mlflow_infers_from_answers(store: Projec
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from tasks.inference import answers_frame, items_from
+    from tasks.answers import answers_frame
+    from tasks.model_input import items_from
     from tasks.registry import model_signature
 
     model = SignatureClassifier(tiny_classifier(), tiny_verifier(), CALIBRATION, SETTINGS, top_k=2)

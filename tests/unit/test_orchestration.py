@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import ConfigError
+from tasks.errors import ConfigError
 from tasks.locks import holder_file
 from tasks.orchestration import (
     PipelineBusyError,

@@ -9,7 +9,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, ErrorCode
 
-from tasks.inference import InputItem
+from tasks.model_input import InputItem
 from tasks.pyfunc_model import UNEXPECTED_ERROR_MESSAGE, SignaturePyfunc
 
 

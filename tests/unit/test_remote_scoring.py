@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-from tasks.inference import Answer, InputItem, answers_frame
+from tasks.answers import Answer, answers_frame
+from tasks.model_input import InputItem
 from tasks.remote_scoring import answer_from_row, encoded_image, server_message
 
 

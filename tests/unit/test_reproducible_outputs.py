@@ -17,7 +17,7 @@ import yaml
 from tasks.embedding_files import EmbeddedRows, load_embedded_rows, save_embedded_rows
 from tasks.files import ZIP_EPOCH, undate_zip
 from tasks.head import head_weights, load_head, save_head
-from tasks.model import numbered_shared_objects, save_model_file
+from tasks.keras_files import numbered_shared_objects, save_model_file
 from tasks.orchestration import apply_overrides
 from tasks.scores import ScoreTable, load_scores, save_scores
 from tasks.verifier import WriterVerifier, load_verifier, save_verifier

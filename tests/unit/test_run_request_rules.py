@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tasks.config import PARAM_GROUPS, ConfigError
+from tasks.config import PARAM_GROUPS
+from tasks.errors import ConfigError
 from tasks.orchestration import (
     ALLOWED_LOCAL_ROOTS_VARIABLE,
     ALLOWED_URL_HOSTS_VARIABLE,

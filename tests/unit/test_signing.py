@@ -116,11 +116,11 @@ def test_links_inside_a_version_are_refused(model_folder: Path, tmp_path: Path) 
 
 
 def test_the_cli_defaults_of_the_server_limits_are_the_servers() -> None:
-    from flows import cli
+    from flows import cli_model_commands
     from tasks import model_server
 
-    assert cli.DEFAULT_MAX_ACTIVE == model_server.DEFAULT_MAX_ACTIVE
-    assert cli.DEFAULT_BODY_SECONDS == model_server.DEFAULT_BODY_SECONDS
+    assert cli_model_commands.DEFAULT_MAX_ACTIVE == model_server.DEFAULT_MAX_ACTIVE
+    assert cli_model_commands.DEFAULT_BODY_SECONDS == model_server.DEFAULT_BODY_SECONDS
 
 
 def test_a_named_public_key_that_is_missing_is_an_error_not_a_fallback(keys: KeyFiles) -> None:
