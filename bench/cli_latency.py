@@ -53,10 +53,10 @@ def registered_workspace(root: Path, size: int) -> Path:
     from tasks.keras_head import HeadSpec
     from tasks.model import build_base, build_classifier
     from tasks.model_store import record_alias, sign_version, workspace_keys
+    from tasks.packaging import log_packaged_model
     from tasks.params_data import PrepareParams
     from tasks.paths import ProjectPaths
     from tasks.prepare import settings_from_params
-    from tasks.registry import log_packaged_model
     from tasks.verifier import WriterVerifier, save_verifier
 
     paths = ProjectPaths.from_root(root)

@@ -76,10 +76,10 @@ def main() -> None:
     from tasks.keras_head import HeadSpec
     from tasks.manifest import read_manifest
     from tasks.model import build_base, build_classifier
+    from tasks.packaging import log_packaged_model
     from tasks.params_data import PrepareParams
     from tasks.paths import ProjectPaths
     from tasks.prepare import prepare_dataset, settings_from_params
-    from tasks.registry import log_packaged_model
 
     with tempfile.TemporaryDirectory() as scratch:
         paths = ProjectPaths.from_root(scratch)

@@ -83,10 +83,10 @@ def package_model(root: Path, size: int, example: Path) -> str:
     from tasks.files import write_json
     from tasks.keras_head import HeadSpec
     from tasks.model import build_base, build_classifier
+    from tasks.packaging import log_packaged_model
     from tasks.params_data import PrepareParams
     from tasks.paths import ProjectPaths
     from tasks.prepare import settings_from_params
-    from tasks.registry import log_packaged_model
     from tasks.verifier import WriterVerifier, save_verifier
 
     paths = ProjectPaths.from_root(root)

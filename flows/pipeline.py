@@ -9,9 +9,9 @@ run instead of once per stage process. Deployment parameters (`overrides`, e.g. 
 params.yaml, as `dvc exp run --set-param` does, so every run stays reproducible from its files;
 they are validated with the whole file first, and a refused override, or a failed run, leaves it
 as it was. A run started from a deployment (a run request to the Prefect API) gets only what is
-safe: the workspace's own params.yaml, overrides of the keys in `tasks.orchestration.RUN_REQUEST_KEYS`
+safe: the workspace's own params.yaml, overrides of the keys in `tasks.run_requests.RUN_REQUEST_KEYS`
 only (how much work, which training variant), and none that chooses what is read or fetched unless
-the worker's operator allows that source (`tasks.orchestration.SourcePolicy`), judged on the
+the worker's operator allows that source (`tasks.run_requests.SourcePolicy`), judged on the
 parameters the run writes, inside the workspace lock.
 Runs in one workspace never overlap: a file lock (and the deployment's concurrency limit of 1);
 a run that has to wait says which run holds the lock and since when.
@@ -43,13 +43,9 @@ from tasks.config import check_params_file
 from tasks.manifest import read_manifest
 from tasks.orchestration import (
     PIPELINE_STAGES,
-    SourcePolicy,
     StageOutcome,
-    check_run_overrides,
-    check_run_params_file,
     commit_stage,
     dvc_repository,
-    overrides_applied,
     push_outputs,
     read_json_if_present,
     report_markdown,
@@ -58,6 +54,7 @@ from tasks.orchestration import (
     workspace_lock,
 )
 from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
+from tasks.run_requests import SourcePolicy, check_run_overrides, check_run_params_file, overrides_applied
 from tasks.signing import SIGNING_KEY_VARIABLE
 from tasks.tracking import run_ui_link
 

@@ -76,6 +76,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
 
     from tasks.manifest import read_manifest
     from tasks.model_store import record_alias, sign_version, workspace_keys
+    from tasks.packaging import log_packaged_model_with_digests
     from tasks.prepare import settings_from_params
     from tasks.registry import (
         SELECTION_SPLITS,
@@ -85,7 +86,6 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         current_champion,
         decide,
         digest_of_rows,
-        log_packaged_model_with_digests,
         mark_registered,
         pending_tags,
         remove_abandoned_versions,

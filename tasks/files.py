@@ -1,5 +1,5 @@
 """Small file helpers shared by every stage: hashing, JSON / CSV written the same way each time, secret
-files private from their creation, and URLs safe to log."""
+files private from their creation, files replaced atomically, and URLs safe to log."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -142,3 +143,21 @@ def without_secrets(text: str, url: str) -> str:
         if secret:
             text = text.replace(secret, REDACTED)
     return text
+
+
+def replace_atomically(path: Path, content: str | bytes) -> None:
+    """Write `content` (text as UTF-8, or bytes as they are) to a temporary file beside `path`, then
+    rename it over `path` (keeping its mode), so readers see the old file or the new one, never a partial write."""
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below; the name must outlive it for the rename
+        "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    temporary = Path(handle.name)
+    try:
+        with handle:
+            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.chmod(path.stat().st_mode & 0o7777)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """Reading a model's files with one clear error, and checking a packaged model's files against the
 SHA-256 digests recorded when it was packaged.
 
-`tasks.registry.log_packaged_model` writes the digest of every artifact file the packaged model
+`tasks.packaging.log_packaged_model` writes the digest of every artifact file the packaged model
 carries (classifier, verifier, calibration, preprocessing, parameters) into the model itself, as
 the artifact `file_digests.json`. Loading the model (`tasks/pyfunc_model.py`) checks every file
 against it before reading any, so a truncated or altered file fails with one line that names the

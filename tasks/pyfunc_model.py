@@ -53,7 +53,7 @@ class SignaturePyfunc(PythonModel):
             )
 
     # The DataFrame hint is one MLflow accepts without deriving a signature or validating against it
-    # (the logged signature stays the one `registry.log_packaged_model` writes); without any hint
+    # (the logged signature stays the one `packaging.log_packaged_model` writes); without any hint
     # MLflow warns, at every load, that hints are missing.
     def predict(
         self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None

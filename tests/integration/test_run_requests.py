@@ -4,7 +4,7 @@ The work pool and the deployment are made by `tasks.team_servers.deploy_pipeline
 and `make team-up` use (`prefect work-pool create` with the pool's template, then `prefect deploy --all`
 from the project's prefect.yaml). A request that replaces
 the command, the working folder or the environment is refused by the server; a run that names
-another params_file, overrides a key outside the allow-list (tasks.orchestration.RUN_REQUEST_KEYS), or
+another params_file, overrides a key outside the allow-list (tasks.run_requests.RUN_REQUEST_KEYS), or
 points the data at a folder or address the operator has not allowed, fails with one line before any
 stage runs; and no refused or failed run changes params.yaml.
 """
@@ -42,7 +42,7 @@ TINY_DATA = {
     "synthetic": {"writers": 2, "genuine_per_writer": 8, "width": 64, "height": 48},
     "download": {"retries": 0},
 }
-# The operator's settings (tasks.orchestration): unset here, so the operator allows no data source.
+# The operator's settings (tasks.run_requests): unset here, so the operator allows no data source.
 OPERATOR_VARIABLES = ("SIGPIPE_ALLOWED_LOCAL_ROOTS", "SIGPIPE_ALLOWED_URL_HOSTS")
 
 

@@ -33,7 +33,7 @@ def registered_workspace(
     import mlflow
 
     from tasks.model_store import record_alias, sign_version, workspace_keys
-    from tasks.registry import log_packaged_model_with_digests
+    from tasks.packaging import log_packaged_model_with_digests
 
     paths = ProjectPaths.from_root(root)
     paths.classifier_file.parent.mkdir(parents=True, exist_ok=True)

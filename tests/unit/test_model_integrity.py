@@ -135,7 +135,15 @@ def test_the_model_carries_only_the_code_it_serves_with(store: ProjectPaths) -> 
     (code,) = (store.mlruns_dir / "artifacts").rglob("code/tasks")
     shipped = {path.relative_to(code).as_posix() for path in code.rglob("*.py")}
     assert {"pyfunc_model.py", "inference.py", "model_files.py", "verifier.py", "__init__.py"} <= shipped
-    assert not shipped & {"train.py", "orchestration.py", "registry.py", "embed.py", "download.py", "lifeline.py"}
+    assert not shipped & {
+        "train.py",
+        "orchestration.py",
+        "registry.py",
+        "embed.py",
+        "download.py",
+        "lifeline.py",
+        "packaging.py",
+    }
 
 
 @pytest.mark.slow
@@ -171,7 +179,7 @@ def test_the_declared_signature_is_what_mlflow_infers_from_answers(store: Projec
 
     from tasks.answers import answers_frame
     from tasks.model_input import items_from
-    from tasks.registry import model_signature
+    from tasks.packaging import model_signature
 
     model = SignatureClassifier(tiny_classifier(), tiny_verifier(), CALIBRATION, SETTINGS, top_k=2)
     example = pd.DataFrame({"path": [str(store.root / "signature.png")], "claimed_writer": ["a"]})
@@ -212,7 +220,7 @@ def test_the_cli_process_prints_no_traceback(store: ProjectPaths) -> None:
 
 def source_files(folder: Path) -> dict[str, Path]:
     """The four files `SignatureClassifier.from_files` reads, valid, in `folder`."""
-    from tasks.registry import write_preprocess_artifact
+    from tasks.packaging import write_preprocess_artifact
 
     files = {
         "classifier": folder / "classifier.keras",

@@ -21,7 +21,6 @@ from tasks.orchestration import (
     PipelineBusyError,
     StageFailedError,
     StageOutcome,
-    apply_overrides,
     commit_stage,
     dvc_repository,
     report_markdown,
@@ -29,6 +28,7 @@ from tasks.orchestration import (
     try_example,
     workspace_lock,
 )
+from tasks.run_requests import apply_overrides
 from tests.conftest import PROJECT_ROOT
 
 PARAMS = textwrap.dedent(

@@ -18,7 +18,7 @@ from tasks.embedding_files import EmbeddedRows, load_embedded_rows, save_embedde
 from tasks.files import ZIP_EPOCH, undate_zip
 from tasks.head import head_weights, load_head, save_head
 from tasks.keras_files import numbered_shared_objects, save_model_file
-from tasks.orchestration import apply_overrides
+from tasks.run_requests import apply_overrides
 from tasks.scores import ScoreTable, load_scores, save_scores
 from tasks.verifier import WriterVerifier, load_verifier, save_verifier
 from tests.conftest import PROJECT_ROOT

@@ -17,7 +17,7 @@ import yaml
 
 from tasks.config import PARAM_GROUPS
 from tasks.errors import ConfigError
-from tasks.orchestration import (
+from tasks.run_requests import (
     ALLOWED_LOCAL_ROOTS_VARIABLE,
     ALLOWED_URL_HOSTS_VARIABLE,
     RUN_REQUEST_KEYS,
