@@ -8,6 +8,7 @@ and checked.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -43,9 +44,15 @@ OUTPUT_COLUMN_TYPES = {
     "claim_accepted": "boolean",
     "error": "string",
 }
-PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
-PYFUNC_MODULE = "tasks.pyfunc_model"
-PROJECT_FOLDER = Path(__file__).parents[1]  # the folder that holds the `tasks` package
+PYFUNC_MODULE = "tasks.pyfunc_model"  # the MLflow model-from-code file: found, never imported here
+
+
+def module_source(module: str) -> Path:
+    """The file of `module`, found without running it (the model-from-code file does work on import)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModelFileError(f"the packaged model's code {module} is not installed: reinstall the project")
+    return Path(spec.origin)
 
 
 def write_preprocess_artifact(settings: PreprocessSettings, top_k: int, folder: Path) -> Path:
@@ -76,11 +83,13 @@ def serving_code(folder: Path) -> Path:
     without the training, orchestration and supervision code it never runs."""
     from tasks.import_closure import import_closure
 
-    for source in sorted(import_closure(PROJECT_FOLDER, PYFUNC_MODULE)):
-        target = folder / source.relative_to(PROJECT_FOLDER)
+    package = PYFUNC_MODULE.split(".")[0]
+    project_folder = module_source(package).parents[1]  # the folder that holds the package
+    for source in sorted(import_closure(project_folder, PYFUNC_MODULE)):
+        target = folder / source.relative_to(project_folder)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-    return folder / PYFUNC_MODULE.split(".")[0]
+    return folder / package
 
 
 def model_signature():  # -> mlflow.models.ModelSignature
@@ -134,7 +143,7 @@ def log_packaged_model_with_digests(
         with model_artifacts_removed_on_failure("packaged model"):
             info = mlflow.pyfunc.log_model(
                 name="signature_model",
-                python_model=str(PYFUNC_FILE),
+                python_model=str(module_source(PYFUNC_MODULE)),
                 artifacts={name: str(path) for name, path in files.items()},
                 code_paths=[str(serving_code(Path(scratch) / "code"))],
                 pip_requirements=model_requirements(),
