@@ -39,7 +39,7 @@ WORK_POOL := signature-pool
 # How often make up's worker asks for scheduled runs: a deployment run starts within 2 s, not Prefect's 10.
 PREFECT_WORKER_QUERY_SECONDS ?= 2
 # make up's credentials (docs/team.md, Security: credentials): generated into .run/credentials.env the
-# first time (mode 0600 from creation; `source` it for a client). tasks/local_services.py reads them from
+# first time (mode 0600 from creation; `source` it for a client). tasks/services/local_services.py reads them from
 # that file and gives them to every service it starts through its environment; none is on a command line.
 LOCAL_CREDENTIALS := $(RUN_DIR)/credentials.env
 
@@ -91,12 +91,12 @@ format: venv ## Format the code with ruff.
 	ruff check --fix flows tasks tests bench
 
 local-credentials: venv
-	@python -m flows.team local-credentials $(RUN_DIR) > /dev/null
+	@python -m tasks.services.team local-credentials $(RUN_DIR) > /dev/null
 
-# make up and make down are tasks/local_services.py, on the one supervisor of the project's processes
-# (tasks/supervisor.py: pid files and logs in .run/, health checks, TERM then KILL of each process group).
+# make up and make down are tasks/services/local_services.py, on the one supervisor of the project's processes
+# (tasks/services/supervisor.py: pid files and logs in .run/, health checks, TERM then KILL of each process group).
 up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deployment, the MLflow UI and the champion's model server (all requiring .run/credentials.env).
-	python -m tasks.local_services up --run-dir $(RUN_DIR) --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT) \
+	python -m tasks.services.local_services up --run-dir $(RUN_DIR) --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT) \
 	  --scorer-port $(SCORER_PORT) --worker-query-seconds $(PREFECT_WORKER_QUERY_SECONDS) --work-pool $(WORK_POOL)
 	@echo "Started:    Prefect server (runs kept in $(PREFECT_HOME)), a worker on pool '$(WORK_POOL)' for deployment"
 	@echo "            'signature-pipeline/local', MLflow server; no other terminal is needed. make down stops them."
@@ -106,13 +106,13 @@ up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deploymen
 	@echo "Predict:    $(BIN)/sigpipe predict --server http://127.0.0.1:$(SCORER_PORT) IMAGE   (the champion as make up found it; log $(RUN_DIR)/scorer.log)"
 
 down: ## Stop what `make up` started (TERM, then KILL after 10 s).
-	@python -m tasks.local_services down --run-dir $(RUN_DIR)
+	@python -m tasks.services.local_services down --run-dir $(RUN_DIR)
 
-team-up: venv ## Start PostgreSQL-backed Prefect and MLflow servers, the shared DVC remote and the deployment's worker (flows/team.py).
-	python -m flows.team up
+team-up: venv ## Start PostgreSQL-backed Prefect and MLflow servers, the shared DVC remote and the deployment's worker (tasks/services/team.py).
+	python -m tasks.services.team up
 
 team-down: ## Stop what `make team-up` started (the worker first); the databases are kept for the next team-up.
-	python -m flows.team down
+	python -m tasks.services.team down
 
 screenshots: venv ## After make up and a deployment run: the Prefect run and MLflow runs table as PNGs in docs/images (needs chromium).
 	python docs/ui_screenshots.py --prefect-url http://127.0.0.1:$(PREFECT_PORT) --mlflow-url http://127.0.0.1:$(MLFLOW_PORT)

@@ -9,7 +9,7 @@ sizes and real decoding work) or, where CEDAR is absent, generated scans.
 Measured, each end to end as a user pays it:
 - single process: the signed model loaded as the CLI loads it, then one pass over every path;
 - Spark `local[N]` for each `--workers` N: session start, `mapInPandas` (each Python worker reads the
-  model once), scoring, the Parquet write (`tasks.batch_scoring.score_listing`, what `sigpipe score`
+  model once), scoring, the Parquet write (`tasks.scoring.batch_scoring.score_listing`, what `sigpipe score`
   runs); then the same job again on the warm session, where the workers already hold the model.
 Reported: wall seconds and images/s of each, and each Spark run's ratio to the single process.
 
@@ -32,9 +32,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.cli_latency import BENCH_MODEL, registered_workspace  # noqa: E402
-from tasks.model_store import workspace_keys  # noqa: E402
-from tasks.paths import ProjectPaths  # noqa: E402
-from tasks.signing import KeyFiles  # noqa: E402
+from tasks.registration.model_store import workspace_keys  # noqa: E402
+from tasks.registration.signing import KeyFiles  # noqa: E402
+from tasks.workspace.paths import ProjectPaths  # noqa: E402
 
 DEFAULT_CEDAR = PROJECT_ROOT.parent / "shared" / "datasets" / "cedar" / "full_org"
 GENERATED_SIZE = (480, 240)
@@ -63,8 +63,8 @@ def scan_images(count: int, cedar: Path, folder: Path) -> tuple[list[str], str]:
 
 def single_process(model_uri: str, keys: KeyFiles, paths: list[str]) -> dict[str, float]:
     """Load the signed model as the CLI does and answer every path in this process; seconds of each and images/s."""
-    from tasks.model_input import items_from
-    from tasks.model_store import load_verified_model
+    from tasks.registration.model_store import load_verified_model
+    from tasks.serving.model_input import items_from
 
     started = time.perf_counter()
     model = load_verified_model(model_uri, keys).model
@@ -85,7 +85,7 @@ def spark_runs(model_uri: str, keys: KeyFiles, paths: list[str], workers: int, s
     Parquet), then again on the same session (warm); seconds and images/s of each."""
     import pandas as pd
 
-    from tasks.batch_scoring import score_listing, spark_session
+    from tasks.scoring.batch_scoring import score_listing, spark_session
 
     listing = pd.DataFrame({"path": paths, "claimed_writer": [""] * len(paths)})
     started = time.perf_counter()

@@ -2,7 +2,7 @@
 
 A classifier the size of the demo's (InceptionV3 at `--size` px, `weights=None`: the time does not
 depend on the weight values; 8 writers, 001-008) is packaged and registered as champion in a
-scratch workspace, exactly as the `register` stage does. Then `python -m flows.cli predict
+scratch workspace, exactly as the `register` stage does. Then `python -m tasks.cli.app predict
 <image>` and `predict <missing file>` run as fresh processes, `--runs` times each, for every
 `--project` given (a checkout of the project: its `flows` and `tasks` are imported, with this
 virtual environment's packages), so two versions of the CLI are timed on the same model, one
@@ -38,7 +38,7 @@ COMMAND_TIMEOUT_SECONDS = 300
 SERVER_STARTUP_SECONDS = 180
 PING_TIMEOUT_SECONDS = 2
 PING_PAUSE_SECONDS = 1
-CLIENT_MODULE = Path("tasks") / "remote_scoring.py"  # a checkout whose predict has --server
+CLIENT_MODULE = Path("tasks") / "scoring" / "remote_scoring.py"  # a checkout whose predict has --server
 
 
 def registered_workspace(root: Path, size: int) -> Path:
@@ -49,15 +49,15 @@ def registered_workspace(root: Path, size: int) -> Path:
     import yaml
     from PIL import Image, ImageDraw
 
-    from tasks.files import write_json
-    from tasks.keras_head import HeadSpec
-    from tasks.model import build_base, build_classifier
-    from tasks.model_store import record_alias, sign_version, workspace_keys
-    from tasks.packaging import log_packaged_model
-    from tasks.params_data import PrepareParams
-    from tasks.paths import ProjectPaths
-    from tasks.prepare import settings_from_params
-    from tasks.verifier import WriterVerifier, save_verifier
+    from tasks.data.prepare import settings_from_params
+    from tasks.model.classifier import build_base, build_classifier
+    from tasks.model.keras_head import HeadSpec
+    from tasks.model.verifier import WriterVerifier, save_verifier
+    from tasks.registration.model_store import record_alias, sign_version, workspace_keys
+    from tasks.registration.packaging import log_packaged_model
+    from tasks.workspace.files import write_json
+    from tasks.workspace.params_data import PrepareParams
+    from tasks.workspace.paths import ProjectPaths
 
     paths = ProjectPaths.from_root(root)
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
@@ -89,13 +89,13 @@ def registered_workspace(root: Path, size: int) -> Path:
 
 
 def timed_command(project: Path, workspace: Path, arguments: list[str]) -> tuple[float, subprocess.CompletedProcess]:
-    """Seconds one `python -m flows.cli ARGUMENTS` process takes, run in `workspace` with the
+    """Seconds one `python -m tasks.cli.app ARGUMENTS` process takes, run in `workspace` with the
     `flows` and `tasks` of `project`, and its result."""
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     environment["PYTHONPATH"] = str(project)
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", *arguments],
+        [sys.executable, "-m", "tasks.cli.app", *arguments],
         cwd=workspace,
         env=environment,
         capture_output=True,
@@ -121,7 +121,7 @@ def start_model_server(workspace: Path) -> tuple[subprocess.Popen, str]:
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     environment["PYTHONPATH"] = str(PROJECT_ROOT)
     server = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "tasks.cli.app", "serve", "--port", str(port)],
         cwd=workspace,
         env=environment,
         stdout=subprocess.DEVNULL,

@@ -1,7 +1,7 @@
 """Steady-state embedding throughput of the cached mode against the base's raw forward pass.
 
 For each size, in one process: the frozen base's forward on random tensors, run by Keras (the
-base as the issue defines it) and as our folded graph (`tasks.fused`, BatchNorm folded into the
+base as the issue defines it) and as our folded graph (`tasks.model.fused`, BatchNorm folded into the
 convolutions: the ceiling of our own pipeline), and our embedding of CEDAR's training images
 through the real input pipeline (decode-free uint8 tensors, stateless augmentation in a parallel
 tf.data map, prefetch) with the folded function the train stage uses; all after one warm-up
@@ -23,15 +23,15 @@ from pathlib import Path
 import tensorflow as tf
 import yaml
 
-from tasks.embed import CACHED_VIEW_EPOCH_OFFSET, embed
-from tasks.fused import folded_inference_function, inference_function
-from tasks.input_pipeline import augmented_images, load_training_data, prefetched
-from tasks.manifest import read_manifest
-from tasks.model import build_base, build_embedder
-from tasks.params_data import PrepareParams
-from tasks.params_model import AugmentParams
-from tasks.paths import ProjectPaths
-from tasks.prepare import prepare_dataset
+from tasks.data.manifest import read_manifest
+from tasks.data.prepare import prepare_dataset
+from tasks.model.classifier import build_base, build_embedder
+from tasks.model.fused import folded_inference_function, inference_function
+from tasks.training.embed import CACHED_VIEW_EPOCH_OFFSET, embed
+from tasks.training.input_pipeline import augmented_images, load_training_data, prefetched
+from tasks.workspace.params_data import PrepareParams
+from tasks.workspace.params_model import AugmentParams
+from tasks.workspace.paths import ProjectPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BATCH = 32

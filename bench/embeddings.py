@@ -3,7 +3,7 @@ augmented views of its genuine training images for each augmentation variant, in
 
 The benches then compare heads, penalties, augmentations, peers and writer partitions on these
 arrays in seconds, all on the *same* embeddings. The frozen base, the seed, the augmentation code
-and the view numbering are the train stage's own (`tasks.embed`), so the clean embeddings and the
+and the view numbering are the train stage's own (`tasks.training.embed`), so the clean embeddings and the
 default variant's views are what the pipeline's train and evaluate stages compute.
 
 The prepared images' manifest (writer, kind, sample) is stored beside the arrays; the benches redo
@@ -72,12 +72,12 @@ def embed_workspace(root: Path, size: int, weights: str, views: int) -> dict[str
     images per variant of `AUGMENTATIONS`, as the train stage computes them."""
     import tensorflow as tf
 
-    from tasks.embed import CACHED_VIEW_EPOCH_OFFSET, embed
-    from tasks.fused import folded_inference_function
-    from tasks.input_pipeline import augmented_images, prefetched, read_grey_image
-    from tasks.manifest import read_manifest
-    from tasks.model import build_base, build_embedder
-    from tasks.params_model import AugmentParams
+    from tasks.data.manifest import read_manifest
+    from tasks.model.classifier import build_base, build_embedder
+    from tasks.model.fused import folded_inference_function
+    from tasks.training.embed import CACHED_VIEW_EPOCH_OFFSET, embed
+    from tasks.training.input_pipeline import augmented_images, prefetched, read_grey_image
+    from tasks.workspace.params_model import AugmentParams
 
     rows = read_manifest(root / "data" / "prepared" / "manifest.csv")
     images = np.stack([read_grey_image(root / row["prepared_path"]) for row in rows])

@@ -1,4 +1,4 @@
-"""Is `tasks/fused.py` (BatchNorm folded, private Keras graph API) still worth keeping?
+"""Is `tasks/model/fused.py` (BatchNorm folded, private Keras graph API) still worth keeping?
 
 Issue 12 keeps it only if its gain on a user's path stays >= 10%. For each size, in one process,
 the same frozen embedder (InceptionV3 + pooling, random weights: speed does not depend on them) is
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tasks.fused import folded_inference_function, inference_function
-from tasks.model import build_base, build_embedder
+from tasks.model.classifier import build_base, build_embedder
+from tasks.model.fused import folded_inference_function, inference_function
 
 BATCH = 32
 SEED = 0

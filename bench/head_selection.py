@@ -65,8 +65,9 @@ from bench.peers import (  # noqa: E402
     validation_set,
 )
 from bench.tables import RESULTS_DIR, selection_block, write_readme_blocks  # noqa: E402
-from tasks.metrics import equal_error_rate  # noqa: E402
-from tasks.partitions import (  # noqa: E402
+from tasks.data.split import UNENROLLED_SPLIT  # noqa: E402
+from tasks.evaluation.metrics import equal_error_rate  # noqa: E402
+from tasks.evaluation.partitions import (  # noqa: E402
     calibration_forgeries,
     forgery_writers,
     mean_interval,
@@ -74,8 +75,7 @@ from tasks.partitions import (  # noqa: E402
     partition_report,
     writer_partitions,
 )
-from tasks.scores import ScoreTable, claimed_scores  # noqa: E402
-from tasks.split import UNENROLLED_SPLIT  # noqa: E402
+from tasks.evaluation.scores import ScoreTable, claimed_scores  # noqa: E402
 
 AUGMENTATIONS = ("none", "signature", "mild", "reference")
 RIDGE = "ridge"

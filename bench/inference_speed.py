@@ -5,7 +5,7 @@ values) is packaged exactly as the `register` stage does it, logged to a scratch
 loaded back. Then, on the same preprocessed CEDAR images:
 - bare: the classifier's forward on the images already decoded into one float tensor, three
   ways: `classifier.predict`, the model called in a `tf.function` batch by batch, and the same
-  with its BatchNorms folded (`tasks.fused`, what the pyfunc runs); the fastest is the baseline;
+  with its BatchNorms folded (`tasks.model.fused`, what the pyfunc runs); the fastest is the baseline;
 - pyfunc: `model.predict` on the image files (decode, the prepare stage's preprocessing, forward,
   calibration, answers).
 The three are timed in turn, round after round (after one untimed warm-up round), so a slow
@@ -52,7 +52,7 @@ def interleaved_medians(calls: dict[str, Callable[[], object]]) -> dict[str, flo
 
 def batched_forward(classifier: object, folded: bool) -> Callable[[np.ndarray], np.ndarray]:
     """The classifier called in one traced function (BatchNorms folded or not), BATCH_SIZE images at a time."""
-    from tasks.fused import folded_inference_function, inference_function
+    from tasks.model.fused import folded_inference_function, inference_function
 
     forward = folded_inference_function(classifier) if folded else inference_function(classifier)
     return lambda pixels: np.concatenate(
@@ -72,14 +72,14 @@ def main() -> None:
     import pandas as pd
     from PIL import Image
 
-    from tasks.files import write_json
-    from tasks.keras_head import HeadSpec
-    from tasks.manifest import read_manifest
-    from tasks.model import build_base, build_classifier
-    from tasks.packaging import log_packaged_model
-    from tasks.params_data import PrepareParams
-    from tasks.paths import ProjectPaths
-    from tasks.prepare import prepare_dataset, settings_from_params
+    from tasks.data.manifest import read_manifest
+    from tasks.data.prepare import prepare_dataset, settings_from_params
+    from tasks.model.classifier import build_base, build_classifier
+    from tasks.model.keras_head import HeadSpec
+    from tasks.registration.packaging import log_packaged_model
+    from tasks.workspace.files import write_json
+    from tasks.workspace.params_data import PrepareParams
+    from tasks.workspace.paths import ProjectPaths
 
     with tempfile.TemporaryDirectory() as scratch:
         paths = ProjectPaths.from_root(scratch)

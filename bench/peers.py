@@ -1,16 +1,16 @@
 """The models the quality and selection benches compare, all on one embedding file (bench/embeddings.py).
 
 The file holds the frozen base's embedding of every prepared image and augmented views of the
-genuine training images. `load_embedded` redoes `prepare`'s split on it (`tasks.split`, with
+genuine training images. `load_embedded` redoes `prepare`'s split on it (`tasks.data.split`, with
 params.yaml's `prepare` rules, unenrolled writers included), so the benches see the pipeline's
 enrolled, unenrolled, validation, test and calibration rows. Every model is fitted on training
 rows only (never on validation: thresholds and confidences are fitted on validation claims) and
-scores the same rows into a `tasks.scores.ScoreTable`, its identification scores as `logits` and
-its claim scores ("writer w signed image i") as `verification`, so `tasks.partitions` evaluates
+scores the same rows into a `tasks.evaluation.scores.ScoreTable`, its identification scores as `logits` and
+its claim scores ("writer w signed image i") as `verification`, so `tasks.evaluation.partitions` evaluates
 every model on the same writers and images:
 
 - `ridge_scorer`: the pipeline's default head, the writer-dependent ridge verifier
-  (`tasks.verifier`); its scores both rank writers and verify claims;
+  (`tasks.model.verifier`); its scores both rank writers and verify claims;
 - `logistic_regression_scorer`: issue 11's peer, StandardScaler + LogisticRegression; claim score
   the predicted probability of the claimed writer;
 - `writer_svm_scorer`: sigver's protocol, one linear SVM per writer (its references against the
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tasks.datasets.base import SignatureRecord
-from tasks.scores import NO_CLASS, UNENROLLED_SPLIT, ScoreTable
-from tasks.split import SplitRules, assign_splits, trained_writers
+from tasks.data.datasets.base import SignatureRecord
+from tasks.data.split import SplitRules, assign_splits, trained_writers
+from tasks.evaluation.scores import NO_CLASS, UNENROLLED_SPLIT, ScoreTable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
@@ -208,7 +208,7 @@ def ridge_scorer(
 ) -> Scorer:
     """The pipeline's ridge head and verifier: one balanced ridge classifier per writer (`whitening`:
     `model.verifier_whitening`, 0 for off)."""
-    from tasks.verifier import fit_writer_verifier
+    from tasks.model.verifier import fit_writer_verifier
 
     verifier = fit_writer_verifier(samples, labels, class_count, penalty, whitening)
 
@@ -263,12 +263,12 @@ def keras_head_scorer(
     class_count: int,
     dense_units: int,
 ) -> tuple[Scorer, int]:
-    """A Keras softmax head as the pipeline builds it (`tasks.keras_head.build_head`: standardised input,
+    """A Keras softmax head as the pipeline builds it (`tasks.model.keras_head.build_head`: standardised input,
     Dense(`dense_units`, relu) when above 0, dropout, softmax), Adam, batch 16, early stopping on
     validation loss (patience 10, best epoch kept); returns it and the epochs it ran."""
     import keras
 
-    from tasks.keras_head import HeadSpec, build_head, embedding_statistics
+    from tasks.model.keras_head import HeadSpec, build_head, embedding_statistics
 
     keras.utils.set_random_seed(KERAS_SEED)
     head = build_head(HeadSpec(class_count, dense_units, KERAS_DROPOUT, KERAS_SEED, *embedding_statistics(samples)))

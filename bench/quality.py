@@ -20,12 +20,12 @@ fits, on the enrolled writers' training images only:
 
 For every model: accuracy and weighted F1 of the test genuine images of enrolled writers (one
 split), and over `evaluate.partitions` seeded writer-disjoint calibration/test partitions
-(`tasks.partitions`, on scores only) the mean and 95% interval of FRR, skilled FAR, random FAR and
+(`tasks.evaluation.partitions`, on scores only) the mean and 95% interval of FRR, skilled FAR, random FAR and
 unenrolled writers' signatures answered as an enrolled writer at the model's threshold (fitted as
 `calibrate` fits it: validation genuine claims against the partition's calibration writers' skilled
 forgeries, `calibrate.objective`), the a-posteriori skilled EER with one global threshold and the
 mean per-writer EER; and the ECE on test of Platt scaling of the model's claim score fitted on
-validation claims (`tasks.calibrate`, the pipeline's printed confidence).
+validation claims (`tasks.evaluation.calibrate`, the pipeline's printed confidence).
 
 Also measured for the pipeline: whether the threshold should see unenrolled writers as impostors.
 Per partition the unenrolled writers are halved (seeded); the threshold is fitted without, then
@@ -72,9 +72,10 @@ from bench.peers import (  # noqa: E402
     writer_svm_scorer,
 )
 from bench.tables import RESULTS_DIR, quality_block, write_readme_blocks  # noqa: E402
-from tasks.calibrate import fit_confidence, fit_threshold  # noqa: E402
-from tasks.calibration_report import confidence_calibration  # noqa: E402
-from tasks.partitions import (  # noqa: E402
+from tasks.data.split import UNENROLLED_SPLIT, round_half_up  # noqa: E402
+from tasks.evaluation.calibrate import fit_confidence, fit_threshold  # noqa: E402
+from tasks.evaluation.calibration_report import confidence_calibration  # noqa: E402
+from tasks.evaluation.partitions import (  # noqa: E402
     OPERATING_POINT_FIGURES,
     bounds_of,
     fitted_threshold,
@@ -86,8 +87,7 @@ from tasks.partitions import (  # noqa: E402
     partition_report,
     writer_partitions,
 )
-from tasks.scores import ScoreTable, claimed_scores  # noqa: E402
-from tasks.split import UNENROLLED_SPLIT, round_half_up  # noqa: E402
+from tasks.evaluation.scores import ScoreTable, claimed_scores  # noqa: E402
 
 REFERENCE_AUGMENTATION = "reference"
 REFERENCE_UNITS = 1024
@@ -183,7 +183,7 @@ def model_report(table: ScoreTable, settings: dict[str, object]) -> dict[str, ob
 
 def figures_at_threshold(table: ScoreTable, calibration: np.ndarray, threshold: float) -> dict[str, float]:
     """FRR, skilled FAR and random FAR of the writers with forgeries outside `calibration`, and the
-    unenrolled writers' acceptance, at a given threshold (`tasks.partitions.operating_point`)."""
+    unenrolled writers' acceptance, at a given threshold (`tasks.evaluation.partitions.operating_point`)."""
     figures = operating_point(table, calibration, threshold)
     return {name: figures[name] for name in OPERATING_POINT_FIGURES}
 

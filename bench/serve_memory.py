@@ -80,14 +80,14 @@ def package_model(root: Path, size: int, example: Path) -> str:
     import numpy as np
     import yaml
 
-    from tasks.files import write_json
-    from tasks.keras_head import HeadSpec
-    from tasks.model import build_base, build_classifier
-    from tasks.packaging import log_packaged_model
-    from tasks.params_data import PrepareParams
-    from tasks.paths import ProjectPaths
-    from tasks.prepare import settings_from_params
-    from tasks.verifier import WriterVerifier, save_verifier
+    from tasks.data.prepare import settings_from_params
+    from tasks.model.classifier import build_base, build_classifier
+    from tasks.model.keras_head import HeadSpec
+    from tasks.model.verifier import WriterVerifier, save_verifier
+    from tasks.registration.packaging import log_packaged_model
+    from tasks.workspace.files import write_json
+    from tasks.workspace.params_data import PrepareParams
+    from tasks.workspace.paths import ProjectPaths
 
     paths = ProjectPaths.from_root(root)
     root.mkdir(parents=True)

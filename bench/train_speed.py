@@ -32,16 +32,21 @@ import tensorflow as tf
 from embed_throughput import raw_forward  # this folder is on sys.path when a bench script runs
 from sklearn.metrics import accuracy_score, f1_score
 
-from tasks.embed import embed_manifest, feature_embedder
-from tasks.embedding_files import embedding_file, load_split_embeddings, prepared_image_size, save_embedded_rows
-from tasks.fused import inference_function
-from tasks.manifest import read_manifest
-from tasks.model import build_base, build_embedder
-from tasks.params_data import PrepareParams
-from tasks.params_model import AugmentParams, ModelParams, TrainParams
-from tasks.paths import ProjectPaths
-from tasks.prepare import prepare_dataset
-from tasks.train import load_embedded_training, train_classifier, training_fingerprint
+from tasks.data.manifest import read_manifest
+from tasks.data.prepare import prepare_dataset
+from tasks.model.classifier import build_base, build_embedder
+from tasks.model.fused import inference_function
+from tasks.training.embed import embed_manifest, feature_embedder
+from tasks.training.embedding_files import (
+    embedding_file,
+    load_split_embeddings,
+    prepared_image_size,
+    save_embedded_rows,
+)
+from tasks.training.train import load_embedded_training, train_classifier, training_fingerprint
+from tasks.workspace.params_data import PrepareParams
+from tasks.workspace.params_model import AugmentParams, ModelParams, TrainParams
+from tasks.workspace.paths import ProjectPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_BATCH = 16
@@ -133,7 +138,7 @@ def ours(paths: ProjectPaths, mode: str, epochs: int, seed: int, views: int, mix
     (bfloat16 on a CPU), as the train stage applies it."""
     import yaml
 
-    from tasks.device import apply_policy, choose_policy
+    from tasks.training.device import apply_policy, choose_policy
 
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     model = ModelParams.model_validate({**params["model"], "weights": "none"})

@@ -18,8 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tasks.config import load_group
-from tasks.params_model import TrackingParams
+from tasks.workspace.config import load_group
+from tasks.workspace.params_model import TrackingParams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = PROJECT_ROOT / "docs" / "images"

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import (
+from tasks.runtime.lifeline import die_with_parent
+from tasks.tracking.server import tracking_server_loss_explained
+from tasks.workspace.errors import (
     ArchiveLimitError,
     ArtifactStoreError,
     CalibrationError,
@@ -30,9 +32,7 @@ from tasks.errors import (
     VerifierError,
     WeightsError,
 )
-from tasks.lifeline import die_with_parent
-from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
-from tasks.tracking_server import tracking_server_loss_explained
+from tasks.workspace.paths import PARAMS_FILE_NAME, ProjectPaths
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -89,7 +89,7 @@ def stage_run_name(stage: str, params_file: str, pipeline_run: str | None = None
 
     A name never stops a run: when params.yaml cannot be read, the name is the stage's alone.
     """
-    from tasks.config import read_params_file
+    from tasks.workspace.config import read_params_file
 
     try:
         params = read_params_file(Path(params_file))
@@ -142,9 +142,9 @@ def quiet_environment() -> None:
 
 def run_reporting_errors(name: str, run: Callable[[], object]) -> None:
     """What every entry point does around its work `run` (a stage's, or the pipeline's): quiet library
-    telemetry, stop when DVC dies (`tasks.lifeline`), and on a user error print one line and exit with
+    telemetry, stop when DVC dies (`tasks.runtime.lifeline`), and on a user error print one line and exit with
     code 1. A tracking server lost mid-run is one of those user errors
-    (`tasks.tracking_server.tracking_server_loss_explained`)."""
+    (`tasks.tracking.server.tracking_server_loss_explained`)."""
     quiet_environment()
     die_with_parent()
     try:

@@ -14,11 +14,11 @@ from typing import Any, cast
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import parse_group, read_params_file
-from tasks.files import json_ready, write_json, write_metrics
-from tasks.params_data import PrepareParams
-from tasks.params_model import CalibrateParams, EvaluateParams, TrackingParams
-from tasks.paths import ProjectPaths
+from tasks.workspace.config import parse_group, read_params_file
+from tasks.workspace.files import json_ready, write_json, write_metrics
+from tasks.workspace.params_data import PrepareParams
+from tasks.workspace.params_model import CalibrateParams, EvaluateParams, TrackingParams
+from tasks.workspace.paths import ProjectPaths
 
 # What `dvc metrics show` lists from metrics/calibrate.json: the calibrated operating point on test
 # (FRR and skilled FAR; the table must fit a terminal, tests/unit/test_metrics_width.py). Every other
@@ -39,7 +39,7 @@ class CalibrateConfig:
 
 def calibrate_run_name(params: CalibrateParams, digest: str | None) -> str:
     """The calibration run's MLflow name: the threshold's objective and the data version training recorded."""
-    from tasks.tracking import data_label, run_name
+    from tasks.tracking.runs import data_label, run_name
 
     objective = "threshold at EER" if params.objective == "eer" else f"threshold at FAR {params.target_far:g}"
     return run_name("calibrate", objective, data_label(digest) if digest else "")
@@ -54,7 +54,7 @@ def operating_point_text(report: dict[str, object], partitions: int) -> str:
     """The calibrated operating point on test, with each figure's mean and 95% interval over partitions;
     a figure the dataset cannot give (no skilled forgeries, no unenrolled writer) reads n/a."""
 
-    from tasks.partitions import interval_of
+    from tasks.evaluation.partitions import interval_of
 
     def figure(name: str) -> str:
         mean, low, high = interval_of(report, name)
@@ -71,11 +71,17 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
     """Fit on val genuine and the calibration split, report on test, write and log everything."""
     import mlflow
 
-    from tasks.calibrate import fit_calibration
-    from tasks.calibration_report import calibration_report
-    from tasks.plots import reliability_image
-    from tasks.scores import load_scores
-    from tasks.tracking import ensure_experiment, loggable_metrics, parent_run_id, process_tags, recorded_data_version
+    from tasks.evaluation.calibrate import fit_calibration
+    from tasks.evaluation.calibration_report import calibration_report
+    from tasks.evaluation.plots import reliability_image
+    from tasks.evaluation.scores import load_scores
+    from tasks.tracking.runs import (
+        ensure_experiment,
+        loggable_metrics,
+        parent_run_id,
+        process_tags,
+        recorded_data_version,
+    )
 
     table = load_scores(paths.scores_file)
     classes = json.loads(paths.labels_file.read_text())["classes"]

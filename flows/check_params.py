@@ -13,10 +13,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tasks.config import check_params_file
-from tasks.errors import ConfigError
-from tasks.files import write_json
-from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
+from tasks.workspace.config import check_params_file
+from tasks.workspace.errors import ConfigError
+from tasks.workspace.files import write_json
+from tasks.workspace.paths import PARAMS_FILE_NAME, ProjectPaths
 
 # The marker's content is fixed: DVC hashes it, and a changed hash would rerun every later stage.
 CHECK_MARKER: dict[str, object] = {"params_valid": True}

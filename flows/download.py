@@ -10,11 +10,11 @@ from dataclasses import asdict
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import parse_group, read_params_file
-from tasks.download import DownloadSummary, fetch_dataset
-from tasks.files import write_json
-from tasks.params_data import DataParams, DownloadParams, SyntheticParams
-from tasks.paths import ProjectPaths
+from tasks.data.download import DownloadSummary, fetch_dataset
+from tasks.workspace.config import parse_group, read_params_file
+from tasks.workspace.files import write_json
+from tasks.workspace.params_data import DataParams, DownloadParams, SyntheticParams
+from tasks.workspace.paths import ProjectPaths
 
 SKIPPED_SHOWN = 10  # skipped entries printed; all of them are in metrics/download.json
 

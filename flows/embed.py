@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import parse_group, read_params_file
-from tasks.files import write_json
-from tasks.params_model import AugmentParams, ModelParams, TrainParams
-from tasks.paths import ProjectPaths
+from tasks.workspace.config import parse_group, read_params_file
+from tasks.workspace.files import write_json
+from tasks.workspace.params_model import AugmentParams, ModelParams, TrainParams
+from tasks.workspace.paths import ProjectPaths
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,10 @@ def embed_task(paths: ProjectPaths, config: EmbedConfig) -> dict[str, object]:
     """Embed every split's images (training views included) and write one file per split."""
     import shutil
 
-    from tasks.embed import embed_manifest, feature_embedder
-    from tasks.embedding_files import embedding_file, prepared_image_size, save_embedded_rows
-    from tasks.manifest import read_manifest
-    from tasks.model import build_base, weights_digest
+    from tasks.data.manifest import read_manifest
+    from tasks.model.classifier import build_base, weights_digest
+    from tasks.training.embed import embed_manifest, feature_embedder
+    from tasks.training.embedding_files import embedding_file, prepared_image_size, save_embedded_rows
 
     rows = read_manifest(paths.manifest_file)
     image_size = prepared_image_size(rows, paths.root)

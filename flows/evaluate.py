@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import parse_group, read_params_file
-from tasks.files import json_ready, write_csv, write_metrics
-from tasks.params_data import PrepareParams
-from tasks.params_model import EvaluateParams, TrackingParams
-from tasks.paths import ProjectPaths
+from tasks.workspace.config import parse_group, read_params_file
+from tasks.workspace.files import json_ready, write_csv, write_metrics
+from tasks.workspace.params_data import PrepareParams
+from tasks.workspace.params_model import EvaluateParams, TrackingParams
+from tasks.workspace.paths import ProjectPaths
 
 PER_WRITER_COLUMNS = ("writer", "precision", "recall", "f1", "support")
 # What `dvc metrics show` lists from metrics/evaluate.json (test identification accuracy and the
@@ -35,7 +35,7 @@ class EvaluateConfig:
 
 def interval_text(metrics: dict[str, object], figure: str) -> str:
     """ "mean 0.110 (95% interval 0.095-0.125)" for a figure's partition summary in `metrics`."""
-    from tasks.partitions import interval_of
+    from tasks.evaluation.partitions import interval_of
 
     mean, low, high = interval_of(metrics, figure)
     return f"mean {mean:.3f} (95% interval {low:.3f}-{high:.3f})"
@@ -45,13 +45,13 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     """Score the val, test and calibration embeddings; write metrics, per-writer CSV and plots; log them."""
     import mlflow
 
-    from tasks.embedding_files import prepared_image_size
-    from tasks.evaluate import evaluation_report, score_embeddings
-    from tasks.head import load_head
-    from tasks.manifest import read_manifest
-    from tasks.plots import confusion_matrix_image, roc_det_image, score_distributions_image
-    from tasks.scores import save_scores, verification_scores
-    from tasks.tracking import (
+    from tasks.data.manifest import read_manifest
+    from tasks.evaluation.evaluate import evaluation_report, score_embeddings
+    from tasks.evaluation.plots import confusion_matrix_image, roc_det_image, score_distributions_image
+    from tasks.evaluation.scores import save_scores, verification_scores
+    from tasks.model.head import load_head
+    from tasks.model.verifier import load_verifier
+    from tasks.tracking.runs import (
         data_label,
         data_version,
         ensure_experiment,
@@ -60,7 +60,7 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
         process_tags,
         run_name,
     )
-    from tasks.verifier import load_verifier
+    from tasks.training.embedding_files import prepared_image_size
 
     classes = json.loads(paths.labels_file.read_text())["classes"]
     # The embed stage's float32 embeddings, scored with NumPy: `register` checks that the model it

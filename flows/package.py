@@ -3,7 +3,7 @@
 It is the only stage besides `embed` that runs the frozen base: it builds the float32 classifier
 (base, preprocessing, head), refuses a base whose weights digest differs from the one the embed
 stage recorded, checks that it scores the first validation images as the evaluate stage did
-(`tasks.assemble.SCORE_TOLERANCE`), and writes `models/classifier.keras` (byte-reproducible: DVC
+(`tasks.registration.assemble.SCORE_TOLERANCE`), and writes `models/classifier.keras` (byte-reproducible: DVC
 hashes it). `register` then logs that file without building or running any model, so a change that
 reaches only calibration or registration (a threshold objective, a model name) costs seconds.
 Run it with `python -m flows.package` (what `dvc repro package` does) or `sigpipe package`.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import ModelParams, TrainParams, parse_group, read_params_file
-from tasks.paths import ProjectPaths
+from tasks.workspace.config import ModelParams, TrainParams, parse_group, read_params_file
+from tasks.workspace.paths import ProjectPaths
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,12 @@ class PackageConfig:
 def package_task(paths: ProjectPaths, config: PackageConfig) -> float:
     """Build the packaged classifier, check it against the evaluate stage's scores and write it;
     returns the largest score difference found."""
-    from tasks.assemble import assemble_classifier, check_scores
-    from tasks.head import load_head
-    from tasks.keras_files import save_model_file
-    from tasks.manifest import read_manifest
-    from tasks.scores import load_scores
-    from tasks.verifier import load_verifier
+    from tasks.data.manifest import read_manifest
+    from tasks.evaluation.scores import load_scores
+    from tasks.model.head import load_head
+    from tasks.model.keras_files import save_model_file
+    from tasks.model.verifier import load_verifier
+    from tasks.registration.assemble import assemble_classifier, check_scores
 
     embedded = json.loads(paths.embed_metrics_file.read_text())
     classifier = assemble_classifier(

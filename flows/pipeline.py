@@ -9,9 +9,9 @@ run instead of once per stage process. Deployment parameters (`overrides`, e.g. 
 params.yaml, as `dvc exp run --set-param` does, so every run stays reproducible from its files;
 they are validated with the whole file first, and a refused override, or a failed run, leaves it
 as it was. A run started from a deployment (a run request to the Prefect API) gets only what is
-safe: the workspace's own params.yaml, overrides of the keys in `tasks.run_requests.RUN_REQUEST_KEYS`
+safe: the workspace's own params.yaml, overrides of the keys in `tasks.runtime.run_requests.RUN_REQUEST_KEYS`
 only (how much work, which training variant), and none that chooses what is read or fetched unless
-the worker's operator allows that source (`tasks.run_requests.SourcePolicy`), judged on the
+the worker's operator allows that source (`tasks.runtime.run_requests.SourcePolicy`), judged on the
 parameters the run writes, inside the workspace lock.
 Runs in one workspace never overlap: a file lock (and the deployment's concurrency limit of 1);
 a run that has to wait says which run holds the lock and since when.
@@ -39,9 +39,9 @@ from flows._stage import (
     stage_run_name,
     workspace_paths,
 )
-from tasks.config import check_params_file
-from tasks.manifest import read_manifest
-from tasks.orchestration import (
+from tasks.data.manifest import read_manifest
+from tasks.registration.signing import SIGNING_KEY_VARIABLE
+from tasks.runtime.orchestration import (
     PIPELINE_STAGES,
     StageOutcome,
     commit_stage,
@@ -53,10 +53,10 @@ from tasks.orchestration import (
     try_example,
     workspace_lock,
 )
-from tasks.paths import PARAMS_FILE_NAME, ProjectPaths
-from tasks.run_requests import SourcePolicy, check_run_overrides, check_run_params_file, overrides_applied
-from tasks.signing import SIGNING_KEY_VARIABLE
-from tasks.tracking import run_ui_link
+from tasks.runtime.run_requests import SourcePolicy, check_run_overrides, check_run_params_file, overrides_applied
+from tasks.tracking.runs import run_ui_link
+from tasks.workspace.config import check_params_file
+from tasks.workspace.paths import PARAMS_FILE_NAME, ProjectPaths
 
 REPORT_KEY = "signature-pipeline-report"
 TIMINGS_KEY = "signature-pipeline-timings"
@@ -67,7 +67,7 @@ PUSH_RETRY_DELAYS_SECONDS: list[float] = [10, 60]
 DEFAULT_LOCK_TIMEOUT_SECONDS = 600.0
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 CHECK_STAGE = "check_params"  # plain Python, not a flow: it only reads params.yaml
-SIGNING_STAGE = "register"  # the one stage given SIGPIPE_SIGNING_KEY (tasks/signing.py)
+SIGNING_STAGE = "register"  # the one stage given SIGPIPE_SIGNING_KEY (tasks/registration/signing.py)
 
 
 def stage_flow(stage: str) -> Any:
@@ -208,9 +208,9 @@ def pipeline_flow(
 
 def run_with_an_api(params_file: str) -> None:
     """The pipeline flow on `params_file`, against the configured Prefect API or, when there is none,
-    its own guarded temporary server (`tasks.prefect_api`): a `kill -9` of this process does not leave
+    its own guarded temporary server (`tasks.runtime.prefect_api`): a `kill -9` of this process does not leave
     it listening."""
-    from tasks.prefect_api import prefect_api_for_this_run
+    from tasks.runtime.prefect_api import prefect_api_for_this_run
 
     with prefect_api_for_this_run():
         pipeline_flow(params_file)

@@ -10,11 +10,11 @@ import shutil
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import parse_group, parse_layout, read_params_file
-from tasks.files import write_json
-from tasks.params_data import PrepareParams
-from tasks.paths import ProjectPaths
-from tasks.prepare import PrepareSummary, prepare_dataset, prepare_metrics
+from tasks.data.prepare import PrepareSummary, prepare_dataset, prepare_metrics
+from tasks.workspace.config import parse_group, parse_layout, read_params_file
+from tasks.workspace.files import write_json
+from tasks.workspace.params_data import PrepareParams
+from tasks.workspace.paths import ProjectPaths
 
 
 def prepare_task(paths: ProjectPaths, layout: str, params: PrepareParams) -> PrepareSummary:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import (
+from tasks.workspace.config import (
     ConfigError,
     PrepareParams,
     RegisterParams,
@@ -24,8 +24,8 @@ from tasks.config import (
     parse_group,
     read_params_file,
 )
-from tasks.files import write_metrics
-from tasks.paths import ProjectPaths
+from tasks.workspace.files import write_metrics
+from tasks.workspace.paths import ProjectPaths
 
 # What `dvc metrics show` lists from metrics/register.json; the decision is in metrics/register_details.json.
 HEADLINE_METRICS = ("version", "alias")
@@ -74,11 +74,11 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     """Log the pyfunc, register a version, tag it with its numbers, and move the right alias."""
     import mlflow
 
-    from tasks.manifest import read_manifest
-    from tasks.model_store import record_alias, sign_version, workspace_keys
-    from tasks.packaging import log_packaged_model_with_digests
-    from tasks.prepare import settings_from_params
-    from tasks.registry import (
+    from tasks.data.manifest import read_manifest
+    from tasks.data.prepare import settings_from_params
+    from tasks.registration.model_store import record_alias, sign_version, workspace_keys
+    from tasks.registration.packaging import log_packaged_model_with_digests
+    from tasks.registration.registry import (
         SELECTION_SPLITS,
         TAG_SELECTION_MANIFEST,
         TAG_TEST_MANIFEST,
@@ -91,8 +91,8 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         remove_abandoned_versions,
         version_removed_on_failure,
     )
-    from tasks.signing import ensure_signing_key
-    from tasks.tracking import (
+    from tasks.registration.signing import ensure_signing_key
+    from tasks.tracking.runs import (
         data_label,
         data_version,
         end_abandoned_runs,
@@ -152,7 +152,8 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
         version = mlflow.register_model(model_uri, name, tags={**tags, **pending_tags()})
         # The alias moves last: a failure before it deletes the new version and leaves the aliases as they were.
         with version_removed_on_failure(client, name, version.version):
-            # Signed before any alias names it: clients load only versions register signed (tasks/signing.py).
+            # Signed before any alias names it: clients load only versions register signed
+            # (tasks/registration/signing.py).
             sign_version(client, name, str(version.version), keys, logged)
             decision = decide(evaluation, manifest, champion, config.register.metric)
             client.update_model_version(

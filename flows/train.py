@@ -15,10 +15,10 @@ from typing import Any, cast
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.config import parse_group, read_params_file
-from tasks.files import json_ready, write_json
-from tasks.params_model import AugmentParams, ModelParams, TrackingParams, TrainParams
-from tasks.paths import ProjectPaths
+from tasks.workspace.config import parse_group, read_params_file
+from tasks.workspace.files import json_ready, write_json
+from tasks.workspace.params_model import AugmentParams, ModelParams, TrackingParams, TrainParams
+from tasks.workspace.paths import ProjectPaths
 
 CLOSED_FORM_DEVICE = "cpu"  # the ridge head is solved with NumPy
 
@@ -64,7 +64,7 @@ def run_circumstances(result: Any, embed_run: dict[str, object]) -> dict[str, ob
 
 def train_run_name(config: TrainConfig, image_size: int, digest: str) -> str:
     """The training run's MLflow name: head, mode (closed form for the ridge head), image size, data version."""
-    from tasks.tracking import data_label, run_name
+    from tasks.tracking.runs import data_label, run_name
 
     how = "closed form" if config.model.head == "ridge" else config.train.mode
     return run_name("train", f"{config.model.head} head", how, f"{image_size} px", data_label(digest))
@@ -72,7 +72,7 @@ def train_run_name(config: TrainConfig, image_size: int, digest: str) -> str:
 
 def train_task(paths: ProjectPaths, config: TrainConfig) -> dict[str, object]:
     """Train while holding the checkpoint folder: a second training fails rather than train beside this one."""
-    from tasks.checkpoint_lock import checkpoint_folder_lock
+    from tasks.training.checkpoint_lock import checkpoint_folder_lock
 
     with checkpoint_folder_lock(paths.train_checkpoint_dir):
         return train_holding_lock(paths, config)
@@ -83,11 +83,11 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
     matches), write and log the outputs."""
     import mlflow
 
-    from tasks.checkpoint_state import read_resumable_state
-    from tasks.head import save_head
-    from tasks.manifest import read_manifest
-    from tasks.plots import learning_curve
-    from tasks.tracking import (
+    from tasks.data.manifest import read_manifest
+    from tasks.evaluation.plots import learning_curve
+    from tasks.model.head import save_head
+    from tasks.model.verifier import save_verifier
+    from tasks.tracking.runs import (
         data_version,
         end_abandoned_runs,
         ensure_experiment,
@@ -96,8 +96,8 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
         loggable_metrics,
         process_tags,
     )
-    from tasks.train import RIDGE_HEAD, load_embedded_training, training_fingerprint
-    from tasks.verifier import save_verifier
+    from tasks.training.checkpoint_state import read_resumable_state
+    from tasks.training.train import RIDGE_HEAD, load_embedded_training, training_fingerprint
 
     digest = data_version(paths.manifest_file)
     fingerprint = training_fingerprint(config.model, config.train, config.augment, digest)
@@ -183,7 +183,7 @@ def read_json_file(path: Path) -> dict[str, object]:
 
 def keras_policy(train: TrainParams) -> tuple[Any, Any]:
     """The device policy and distribution strategy of a Keras head (TensorFlow imported here only)."""
-    from tasks.device import apply_policy, choose_policy, visible_gpu_count
+    from tasks.training.device import apply_policy, choose_policy, visible_gpu_count
 
     policy = choose_policy(visible_gpu_count(), train.mixed_precision, train.distribute)
     return policy, apply_policy(policy)
@@ -192,12 +192,13 @@ def keras_policy(train: TrainParams) -> tuple[Any, Any]:
 def fit_head(
     paths: ProjectPaths, config: TrainConfig, data: Any, fingerprint: str, device: str, run_id: str, strategy: Any
 ) -> Any:
-    """`tasks.train.train_classifier`; a Keras head inside its strategy's scope, its epochs logged to MLflow."""
-    from tasks.train import train_classifier
+    """`tasks.training.train.train_classifier`; a Keras head inside its strategy's scope, its epochs logged to
+    MLflow."""
+    from tasks.training.train import train_classifier
 
     if strategy is None:  # the closed-form ridge head: NumPy only
         return train_classifier(paths, data, config.model, config.train, config.augment, fingerprint, device, run_id)
-    from tasks.tracking import epoch_logger
+    from tasks.tracking.runs import epoch_logger
 
     with strategy.scope():
         return train_classifier(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.params_data import PrepareParams, SyntheticParams
-from tasks.paths import ProjectPaths
+from tasks.workspace.params_data import PrepareParams, SyntheticParams
+from tasks.workspace.paths import ProjectPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml", "constraints.txt")
@@ -147,7 +147,7 @@ def subprocess_environment(prefect_api_url: str) -> dict[str, str]:
     environment["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     environment["DO_NOT_TRACK"] = "true"
     # An `mlflow server` a test starts runs without MLflow 3's GenAI job runner (eight processes), as the
-    # Makefile (tasks/local_services.py) and make team-up (tasks/team_servers.py) start theirs.
+    # Makefile (tasks/services/local_services.py) and make team-up (tasks/services/team_servers.py) start theirs.
     environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     # mlflow.set_tracking_uri in this process exports MLFLOW_TRACKING_URI (some earlier test's store);
     # a stage run in a workspace uses that workspace's own store, as it does for a user.

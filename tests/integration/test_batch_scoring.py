@@ -9,11 +9,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tasks.answers import answers_frame
-from tasks.manifest import read_manifest
-from tasks.model_input import items_from
-from tasks.model_store import load_verified_model, workspace_keys
-from tasks.paths import ProjectPaths
+from tasks.data.manifest import read_manifest
+from tasks.registration.model_store import load_verified_model, workspace_keys
+from tasks.serving.answers import answers_frame
+from tasks.serving.model_input import items_from
+from tasks.workspace.paths import ProjectPaths
 from tests.conftest import TRAINED_MODEL_NAME as MODEL_NAME
 from tests.integration.test_pipeline_flows import run_cli
 

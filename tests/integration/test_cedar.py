@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.manifest import read_manifest
+from tasks.data.manifest import read_manifest
 from tests.conftest import edit_params
 
 CEDAR_WRITERS = 55

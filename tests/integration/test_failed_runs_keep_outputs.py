@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.errors import ConfigError
+from tasks.workspace.errors import ConfigError
 from tests.conftest import edit_params
 from tests.integration.test_stages import TINY_DATASET
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.model_server import FRAMING_BYTES, INVOCATIONS_PATH, MAX_ROWS, ServerLimits
-from tasks.paths import ProjectPaths
+from tasks.scoring.model_server import FRAMING_BYTES, INVOCATIONS_PATH, MAX_ROWS, ServerLimits
+from tasks.workspace.paths import ProjectPaths
 from tests.support.model_server import served_model
 from tests.support.registered_model import SIGNATURE_NAME, registered_workspace
 from tests.unit.test_inference import SETTINGS

@@ -20,8 +20,8 @@ from uuid import UUID
 import pytest
 import yaml
 
-from tasks.errors import ConfigError
-from tasks.orchestration import PIPELINE_STAGES
+from tasks.runtime.orchestration import PIPELINE_STAGES
+from tasks.workspace.errors import ConfigError
 from tests.conftest import edit_params, make_workspace, subprocess_environment
 
 if TYPE_CHECKING:

@@ -18,12 +18,12 @@ import requests
 
 from flows.calibrate import HEADLINE_METRICS as CALIBRATE_HEADLINE
 from flows.evaluate import HEADLINE_METRICS as EVALUATE_HEADLINE
-from tasks.answers import OUTPUT_COLUMNS, UNKNOWN_WRITER
-from tasks.inference import ACCEPT_PATHS
-from tasks.manifest import read_manifest
-from tasks.model_input import PATHS_REFUSED
-from tasks.paths import ProjectPaths
-from tasks.scores import claim_probability, load_scores
+from tasks.data.manifest import read_manifest
+from tasks.evaluation.scores import claim_probability, load_scores
+from tasks.serving.answers import OUTPUT_COLUMNS, UNKNOWN_WRITER
+from tasks.serving.inference import ACCEPT_PATHS
+from tasks.serving.model_input import PATHS_REFUSED
+from tasks.workspace.paths import ProjectPaths
 from tests.conftest import TRAINED_MODEL_NAME as MODEL_NAME
 from tests.support.model_server import free_port, served_model
 
@@ -259,7 +259,7 @@ def test_load_by_alias_and_predict_paths_and_base64(trained: ProjectPaths, tmp_p
 def run_cli(arguments: list[str], workspace: Path) -> subprocess.CompletedProcess[str]:
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *arguments],
+        [sys.executable, "-m", "tasks.cli.app", *arguments],
         cwd=workspace,
         env=environment,
         capture_output=True,
@@ -306,7 +306,7 @@ def test_cli_predict_and_verify(trained: ProjectPaths) -> None:
 
 @pytest.fixture(scope="module")
 def served(trained: ProjectPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`sigpipe serve` of the champion on 127.0.0.1 (tasks/model_server.py); yields its URL. At the end
+    """`sigpipe serve` of the champion on 127.0.0.1 (tasks/scoring/model_server.py); yields its URL. At the end
     it is stopped with SIGTERM, which must free the port."""
     server_log = tmp_path_factory.mktemp("serve") / "serve.log"
     with served_model(trained.root, server_log, SERVE_STARTUP_SECONDS) as (url, _):
@@ -315,7 +315,7 @@ def served(trained: ProjectPaths, tmp_path_factory: pytest.TempPathFactory) -> I
 
 CLIENT_SCRIPT = """
 import sys
-from flows.cli import app
+from tasks.cli.app import app
 try:
     app(sys.argv[1:])
 except SystemExit as stop:
@@ -424,8 +424,8 @@ def test_bad_requests_get_a_clear_400_without_a_stack_trace(served: str) -> None
 def test_an_image_over_the_pixel_cap_is_refused_by_the_server(trained: ProjectPaths, served: str) -> None:
     """A 0.1 KB PNG declaring 9400 x 9400 pixels (the issue's 1.5 GB a request) is refused from its
     header, in its own row; the image beside it is answered."""
-    from tasks.config import load_group
-    from tasks.params_model import RegisterParams
+    from tasks.workspace.config import load_group
+    from tasks.workspace.params_model import RegisterParams
     from tests.unit.test_input_limits import HUGE_SIDE, png_declaring
 
     limit = load_group(trained.params_file, "register", RegisterParams).max_image_pixels

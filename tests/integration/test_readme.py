@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.paths import ProjectPaths
+from tasks.workspace.paths import ProjectPaths
 from tests.conftest import PROJECT_ROOT, subprocess_environment
 from tests.support.readme import Block, missing_references, project_blocks
 

@@ -1,10 +1,10 @@
 """Run requests to a real Prefect server on 127.0.0.1 get only what is safe (issue 27, point 3).
 
-The work pool and the deployment are made by `tasks.team_servers.deploy_pipeline`, the function `make up`
+The work pool and the deployment are made by `tasks.services.team_servers.deploy_pipeline`, the function `make up`
 and `make team-up` use (`prefect work-pool create` with the pool's template, then `prefect deploy --all`
 from the project's prefect.yaml). A request that replaces
 the command, the working folder or the environment is refused by the server; a run that names
-another params_file, overrides a key outside the allow-list (tasks.run_requests.RUN_REQUEST_KEYS), or
+another params_file, overrides a key outside the allow-list (tasks.runtime.run_requests.RUN_REQUEST_KEYS), or
 points the data at a folder or address the operator has not allowed, fails with one line before any
 stage runs; and no refused or failed run changes params.yaml.
 """
@@ -25,7 +25,7 @@ from uuid import UUID
 import httpx
 import pytest
 
-from tasks.errors import StageFailedError
+from tasks.workspace.errors import StageFailedError
 from tests.conftest import PROJECT_ROOT, edit_params, make_workspace, subprocess_environment
 from tests.support.model_server import free_port
 
@@ -42,7 +42,7 @@ TINY_DATA = {
     "synthetic": {"writers": 2, "genuine_per_writer": 8, "width": 64, "height": 48},
     "download": {"retries": 0},
 }
-# The operator's settings (tasks.run_requests): unset here, so the operator allows no data source.
+# The operator's settings (tasks.runtime.run_requests): unset here, so the operator allows no data source.
 OPERATOR_VARIABLES = ("SIGPIPE_ALLOWED_LOCAL_ROOTS", "SIGPIPE_ALLOWED_URL_HOSTS")
 
 
@@ -69,7 +69,7 @@ def run(command: list[str], cwd: Path, environment: dict[str, str]) -> str:
 def deployed(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Deployed:
     """A tiny DVC workspace with the project's prefect.yaml, its pool and deployment made as `make up`
     makes them (`deploy_pipeline`, which sets SIGPIPE_ROOT to the workspace)."""
-    from tasks.team_servers import deploy_pipeline
+    from tasks.services.team_servers import deploy_pipeline
 
     workspace = make_workspace(tmp_path_factory.mktemp("run-requests") / "workspace")
     for name in DEPLOYMENT_FILES:

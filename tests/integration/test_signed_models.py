@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tasks.files import sha256_file
-from tasks.model_files import DIGESTS_FILE_NAME
-from tasks.paths import ProjectPaths
+from tasks.serving.model_files import DIGESTS_FILE_NAME
+from tasks.workspace.files import sha256_file
+from tasks.workspace.paths import ProjectPaths
 from tests.integration.test_tracking_server_faults import TrackingServer
 from tests.support.registered_model import SIGNATURE_NAME, registered_workspace
 
@@ -72,7 +72,7 @@ def version_folder(workspace: ProjectPaths, version: str = "1") -> Path:
     """A copy of a version's files, downloaded from the registry into a new folder of the workspace."""
     import tempfile
 
-    from tasks.model_store import download_version
+    from tasks.registration.model_store import download_version
 
     return download_version(MODEL_NAME, version, Path(tempfile.mkdtemp(dir=workspace.root)))
 
@@ -111,7 +111,7 @@ def poisoned_copy(workspace: ProjectPaths) -> tuple[Path, Path]:
 
 def run_cli(workspace: ProjectPaths, *arguments: str) -> tuple[int, list[str]]:
     """A `sigpipe` command in this process; its exit code and its error lines."""
-    from flows.cli import app
+    from tasks.cli.app import app
 
     result = CliRunner().invoke(app, [*arguments, "-p", str(workspace.params_file)])
     return result.exit_code, [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -146,7 +146,7 @@ def test_a_poisoned_version_moved_to_champion_is_refused_and_runs_nothing(
 
 def test_a_copy_of_the_signature_on_another_version_is_refused(workspace: ProjectPaths, client: object) -> None:
     """Signed tags copied onto a new version holding version 1's exact files: the version number is signed."""
-    from tasks.signing import TAG_SIGNATURE, TAG_SIGNED_FILES, TAG_SIGNING_KEY
+    from tasks.registration.signing import TAG_SIGNATURE, TAG_SIGNED_FILES, TAG_SIGNING_KEY
 
     tags = client.get_model_version(MODEL_NAME, "1").tags
     copied = {name: tags[name] for name in (TAG_SIGNATURE, TAG_SIGNED_FILES, TAG_SIGNING_KEY)}
@@ -177,8 +177,8 @@ def test_a_tampered_calibration_with_its_digest_recomputed_is_refused(workspace:
 def test_a_version_signed_with_another_key_is_refused(
     workspace: ProjectPaths, client: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tasks.model_store import sign_version
-    from tasks.signing import KeyFiles
+    from tasks.registration.model_store import sign_version
+    from tasks.registration.signing import KeyFiles
 
     version = register_folder(client, version_folder(workspace))
     sign_version(client, MODEL_NAME, version, KeyFiles(tmp_path / "other.key", tmp_path / "other.pub"))
@@ -202,7 +202,7 @@ def test_a_run_uri_is_refused_because_only_registered_versions_are_signed(
 def test_even_a_signed_version_runs_none_of_its_code(workspace: ProjectPaths, client: object) -> None:
     """A poisoned copy that the register key did sign (as if the key were misused): clients still only
     read its files as data, so it answers and the appended line never runs."""
-    from tasks.model_store import sign_version, workspace_keys
+    from tasks.registration.model_store import sign_version, workspace_keys
 
     folder, marker = poisoned_copy(workspace)
     version = register_folder(client, folder, as_champion=False)
@@ -217,7 +217,7 @@ def test_even_a_signed_version_runs_none_of_its_code(workspace: ProjectPaths, cl
 
 def test_champion_moved_by_hand_to_a_signed_version_is_refused(workspace: ProjectPaths, client: object) -> None:
     """A signed version register left as challenger, made champion by hand (skipping "only if better")."""
-    from tasks.model_store import record_alias, sign_version, workspace_keys
+    from tasks.registration.model_store import record_alias, sign_version, workspace_keys
 
     version = register_folder(client, version_folder(workspace), as_champion=False)
     sign_version(client, MODEL_NAME, version, workspace_keys(workspace))
@@ -236,8 +236,8 @@ def test_champion_moved_by_hand_to_a_signed_version_is_refused(workspace: Projec
 
 def test_an_old_alias_statement_put_back_is_refused(workspace: ProjectPaths, client: object) -> None:
     """Replay: the statement from when version 1 was newest, restored after register signed a later one."""
-    from tasks.model_store import record_alias, sign_version, workspace_keys
-    from tasks.signing import TAG_ALIASES, TAG_ALIASES_SIGNATURE
+    from tasks.registration.model_store import record_alias, sign_version, workspace_keys
+    from tasks.registration.signing import TAG_ALIASES, TAG_ALIASES_SIGNATURE
 
     old = {tag: client.get_registered_model(MODEL_NAME).tags[tag] for tag in (TAG_ALIASES, TAG_ALIASES_SIGNATURE)}
     version = register_folder(client, version_folder(workspace), as_champion=False)
@@ -255,9 +255,9 @@ def test_an_old_alias_statement_put_back_is_refused(workspace: ProjectPaths, cli
 
 def test_register_signs_only_the_artifacts_it_logged(workspace: ProjectPaths, client: object) -> None:
     """Artifacts changed in the store between logging and signing: nothing is signed."""
-    from tasks.errors import UntrustedModelError
-    from tasks.model_store import sign_version, workspace_keys
-    from tasks.signing import TAG_SIGNATURE
+    from tasks.registration.model_store import sign_version, workspace_keys
+    from tasks.registration.signing import TAG_SIGNATURE
+    from tasks.workspace.errors import UntrustedModelError
 
     version = register_folder(client, version_folder(workspace), as_champion=False)
     logged = {"calibration.json": "0" * 64}  # what this run logged differs from what the registry holds

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import ConfigError
-from tasks.manifest import read_manifest
+from tasks.data.manifest import read_manifest
+from tasks.workspace.errors import ConfigError
 from tests.conftest import edit_params
 
 TINY_DATASET = {

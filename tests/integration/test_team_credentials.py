@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.team_settings import TeamCredentials, TeamSettings
+from tasks.services.team_settings import TeamCredentials, TeamSettings
 from tests.integration.test_team_services import project_clone, team
 from tests.support.environments import running_command_lines, services_clone_environment
 from tests.support.model_server import free_port
@@ -34,7 +34,7 @@ class SecuredTeam:
 
     settings: TeamSettings
     credentials: TeamCredentials
-    clients: dict[str, str]  # what `python -m flows.team env` exports
+    clients: dict[str, str]  # what `python -m tasks.services.team env` exports
 
     @property
     def mlflow_api(self) -> str:
@@ -64,7 +64,7 @@ def exported(output: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def secured_team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredTeam]:
-    """`python -m flows.team up` in a clone of the project (so its worker runs too), with the team
+    """`python -m tasks.services.team up` in a clone of the project (so its worker runs too), with the team
     folder where PostgreSQL's user can enter it; `down` at the end."""
     folder = Path(tempfile.mkdtemp(prefix="sigpipe-team-credentials-"))
     folder.chmod(0o755)
@@ -82,7 +82,7 @@ def secured_team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredTe
     try:
         up = team("up", clone, environment)
         assert up.returncode == 0, up.stdout + up.stderr
-        assert 'eval "$(python -m flows.team env)"' in up.stdout
+        assert 'eval "$(python -m tasks.services.team env)"' in up.stdout
         printed = team("env", clone, environment, "--operator")
         assert printed.returncode == 0, printed.stderr
         yield SecuredTeam(settings, TeamCredentials.load(settings.credentials_file), exported(printed.stdout))

@@ -1,4 +1,4 @@
-"""`python -m flows.team up/down` (`make team-up`/`team-down`): a real PostgreSQL cluster behind the
+"""`python -m tasks.services.team up/down` (`make team-up`/`team-down`): a real PostgreSQL cluster behind the
 Prefect server and the MLflow tracking server, MLflow's artifacts served from the shared folder,
 and the shared DVC remote; everything written survives a restart of all of it."""
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.team_postgres import start_postgres, stop_postgres
-from tasks.team_settings import TeamSettings
+from tasks.services.team_postgres import start_postgres, stop_postgres
+from tasks.services.team_settings import TeamSettings
 from tests.conftest import PROJECT_ROOT, edit_params
 from tests.support.model_server import free_port
 
@@ -30,7 +30,7 @@ FLOW = "team-services-flow"
 
 def team(command: str, workspace: Path, environment: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.team", command, *options],
+        [sys.executable, "-m", "tasks.services.team", command, *options],
         cwd=workspace,
         env=environment,
         capture_output=True,
@@ -64,7 +64,7 @@ def team_environment(tmp_path: Path, team_dir: Path) -> dict[str, str]:
 
 
 def team_exports(workspace: Path, environment: dict[str, str]) -> dict[str, str]:
-    """What `eval "$(python -m flows.team env --operator)"` sets: the servers' URLs and the team's
+    """What `eval "$(python -m tasks.services.team env --operator)"` sets: the servers' URLs and the team's
     credentials, Prefect's included (these tests run deployments, as an operator)."""
     import shlex
 
@@ -88,10 +88,10 @@ def test_team_services_keep_runs_models_flows_and_data_across_a_restart(
     try:
         up = team("up", workspace, team_environment)
         assert up.returncode == 0, up.stdout + up.stderr
-        assert 'eval "$(python -m flows.team env)"' in up.stdout
+        assert 'eval "$(python -m tasks.services.team env)"' in up.stdout
         password_file = team_dir / "postgres.password"
         assert password_file.stat().st_mode & 0o077 == 0  # readable by its owner only
-        # The clients below authenticate as a member's shell does after `eval "$(python -m flows.team env)"`.
+        # The clients below authenticate as a member's shell does after `eval "$(python -m tasks.services.team env)"`.
         exports = team_exports(workspace, team_environment)
         assert exports["PREFECT_API_URL"] == prefect_url and exports["MLFLOW_TRACKING_URI"] == mlflow_url
         for name, value in exports.items():
@@ -251,7 +251,7 @@ def test_a_second_clone_pulls_the_data_and_predicts_with_the_servers_champion(
             assert (second / pulled_file).is_file(), pulled_file
         assert not (second / "mlruns" / "mlflow.db").exists()
         # The worker's register signed with the team's key (SIGPIPE_SIGNING_KEY), not a key of its
-        # workspace; the second clone trusted the team's public key from `flows.team env`.
+        # workspace; the second clone trusted the team's public key from `tasks.services.team env`.
         assert settings.signing_key_files.public.is_file() and not (first / ".sigpipe").exists()
         answer = next(line for line in sequence.stdout.splitlines() if "1.tif" in line and "Genuine" in line)
         assert any(writer in answer.split() for writer in ("001", "002", "003", "unknown")), answer

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks.checkpoints import best_file_name, read_resumable_state
-from tasks.input_pipeline import load_training_data, plain_batches
-from tasks.manifest import read_manifest
-from tasks.params_model import AugmentParams, ModelParams, TrainParams
-from tasks.paths import ProjectPaths
-from tasks.prepare import prepare_dataset
-from tasks.synthetic import write_synthetic_dataset
-from tasks.train import TrainResult, load_embedded_training, train_classifier, training_fingerprint
+from tasks.data.manifest import read_manifest
+from tasks.data.prepare import prepare_dataset
+from tasks.data.synthetic import write_synthetic_dataset
+from tasks.training.checkpoints import best_file_name, read_resumable_state
+from tasks.training.input_pipeline import load_training_data, plain_batches
+from tasks.training.train import TrainResult, load_embedded_training, train_classifier, training_fingerprint
+from tasks.workspace.params_model import AugmentParams, ModelParams, TrainParams
+from tasks.workspace.paths import ProjectPaths
 from tests.conftest import PROJECT_ROOT, prepare_params, synthetic_params
 
 WRITERS = 4
@@ -46,9 +46,9 @@ TRAIN = TrainParams(
 def embed_workspace(paths: ProjectPaths, augment: AugmentParams = AUGMENT, views: int = TRAIN.augmented_views) -> None:
     """What the embed stage does: every split's images through the base (seeded as training reinitialises
     it), the training images also in `views` augmented copies, one file per split."""
-    from tasks.embed import embed_manifest, feature_embedder
-    from tasks.embedding_files import embedding_file, save_embedded_rows
-    from tasks.model import build_base
+    from tasks.model.classifier import build_base
+    from tasks.training.embed import embed_manifest, feature_embedder
+    from tasks.training.embedding_files import embedding_file, save_embedded_rows
 
     base = build_base(IMAGE_SIZE, MODEL.weights, paths.root, TRAIN.seed)
     rows = read_manifest(paths.manifest_file)
@@ -109,7 +109,7 @@ def train(
 
 def held_out(paths: ProjectPaths, result: TrainResult) -> tuple[np.ndarray, np.ndarray]:
     """The test genuine images' embeddings and labels, which training never reads, for checking what it produced."""
-    from tasks.embedding_files import load_split_embeddings
+    from tasks.training.embedding_files import load_split_embeddings
 
     index = {writer: position for position, writer in enumerate(result.classes)}
     rows = [row for row in read_manifest(paths.manifest_file) if row["split"] == "test" and row["kind"] == "genuine"]
@@ -119,7 +119,7 @@ def held_out(paths: ProjectPaths, result: TrainResult) -> tuple[np.ndarray, np.n
 
 def packaged(result: TrainResult, paths: ProjectPaths) -> keras.Model:
     """The classifier register would package: the module's base and the trained head's arrays."""
-    from tasks.model import build_base, classifier_with_head
+    from tasks.model.classifier import build_base, classifier_with_head
 
     base = build_base(IMAGE_SIZE, MODEL.weights, paths.root, TRAIN.seed)
     return classifier_with_head(base, IMAGE_SIZE, result.head, MODEL.dropout, TRAIN.seed)
@@ -139,8 +139,8 @@ def test_the_ridge_head_is_the_verifier_and_identifies_the_test_writers(paths: P
 def test_the_embeddings_hold_the_clean_view_first_and_the_head_trains_on_every_view(
     default_training: tuple[ProjectPaths, TrainResult],
 ) -> None:
-    from tasks.embed import feature_embedder
-    from tasks.model import build_base
+    from tasks.model.classifier import build_base
+    from tasks.training.embed import feature_embedder
 
     paths, result = default_training
     data = load_embedded_training(paths, read_manifest(paths.manifest_file))
@@ -193,7 +193,7 @@ def test_online_mode_learns(paths: ProjectPaths) -> None:
 
 def test_cached_mode_learns_under_bfloat16_mixed_precision(paths: ProjectPaths) -> None:
     """`train.mixed_precision: on` on a CPU: the head trains in bfloat16; its arrays are float32."""
-    from tasks.device import apply_policy, choose_policy
+    from tasks.training.device import apply_policy, choose_policy
 
     class HeadPrecision(keras.callbacks.Callback):
         """Records the compute dtype of the hidden layer of the head being trained."""
@@ -260,12 +260,12 @@ def test_interrupted_run_resumes_from_its_last_epoch_to_the_same_result(
 def test_a_failed_checkpoint_write_stops_training_with_its_error(
     paths: ProjectPaths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.checkpoints
+    import tasks.training.checkpoints
 
     def disk_full(arrays: dict, path: Path) -> None:
         raise OSError(f"{path}: no space left on device")
 
-    monkeypatch.setattr(tasks.checkpoints, "save_arrays", disk_full)
+    monkeypatch.setattr(tasks.training.checkpoints, "save_arrays", disk_full)
     with pytest.raises(OSError, match="no space left"):
         train(paths, TRAIN.model_copy(update={"epochs": 3}))
 

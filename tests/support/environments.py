@@ -20,7 +20,7 @@ SERVICE_VARIABLE_PREFIXES = ("PREFECT_", "MLFLOW_")
 
 
 def services_clone_environment(identity: str, prefect_home: Path, **settings: str) -> dict[str, str]:
-    """The environment of a clone that starts its own services (`make up`, `flows.team up`): this one's
+    """The environment of a clone that starts its own services (`make up`, `tasks.services.team up`): this one's
     without any Prefect or MLflow variable, its own Prefect home, a git identity named `identity`, this
     venv first on PATH, and `settings` (the ports, the team folders)."""
     import sys

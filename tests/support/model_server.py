@@ -36,7 +36,7 @@ def served_model(
     end it (uvicorn stops gracefully, then exits by the signal it caught) and free the port."""
     port = free_port()
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    command = [sys.executable, "-m", "flows.cli", "serve", "--port", str(port), *arguments]
+    command = [sys.executable, "-m", "tasks.cli.app", "serve", "--port", str(port), *arguments]
     with log.open("w") as output:
         process = subprocess.Popen(command, cwd=workspace, env=environment, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://{LOOPBACK}:{port}"

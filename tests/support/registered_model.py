@@ -10,9 +10,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from tasks.images import PreprocessSettings
-from tasks.paths import ProjectPaths
-from tasks.verifier import save_verifier
+from tasks.data.images import PreprocessSettings
+from tasks.model.verifier import save_verifier
+from tasks.workspace.paths import ProjectPaths
 from tests.conftest import PROJECT_ROOT, edit_params
 from tests.unit.test_inference import SETTINGS, tiny_classifier, tiny_verifier
 
@@ -32,8 +32,8 @@ def registered_workspace(
     stage signs it, with the workspace's key pair (created in `.sigpipe/`)."""
     import mlflow
 
-    from tasks.model_store import record_alias, sign_version, workspace_keys
-    from tasks.packaging import log_packaged_model_with_digests
+    from tasks.registration.model_store import record_alias, sign_version, workspace_keys
+    from tasks.registration.packaging import log_packaged_model_with_digests
 
     paths = ProjectPaths.from_root(root)
     paths.classifier_file.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tasks.scores import ScoreTable
+from tasks.evaluation.scores import ScoreTable
 
 EMBEDDING_SIZE = 2  # no test here reads the embeddings
 

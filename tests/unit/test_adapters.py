@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.datasets import LayoutError, list_dataset
-from tasks.synthetic import write_synthetic_dataset
+from tasks.data.datasets import LayoutError, list_dataset
+from tasks.data.synthetic import write_synthetic_dataset
 from tests.conftest import synthetic_params
 
 

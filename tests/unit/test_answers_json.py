@@ -6,7 +6,7 @@ import io
 import json
 import math
 
-from tasks.answers import Answer, answers_frame
+from tasks.serving.answers import Answer, answers_frame
 
 
 def strict_json(text: str) -> object:

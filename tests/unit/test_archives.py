@@ -1,4 +1,4 @@
-"""Tests of `tasks.archives`: safe, all-or-nothing extraction of zip and tar archives."""
+"""Tests of `tasks.data.archives`: safe, all-or-nothing extraction of zip and tar archives."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.archives import (
+from tasks.data.archives import (
     MAX_BYTES_PARAMETER,
     MAX_MEMBERS_PARAMETER,
     MAX_RATIO_PARAMETER,
@@ -25,7 +25,7 @@ from tasks.archives import (
     is_archive,
     safe_extract,
 )
-from tasks.errors import ArchiveLimitError, DownloadError
+from tasks.workspace.errors import ArchiveLimitError, DownloadError
 
 TarMember = tuple[tarfile.TarInfo, io.BytesIO | None]
 LIMITS = ArchiveLimits(max_bytes=10**6, max_members=1000, max_ratio=200)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.assemble import SCORE_TOLERANCE, assemble_classifier, check_scores
-from tasks.errors import ModelFileError
-from tasks.head import head_from_verifier
-from tasks.keras_head import FEATURE_DIM
-from tasks.model import LogitScorer, build_base, weights_digest
-from tasks.scores import ScoreTable
-from tasks.verifier import WriterVerifier
+from tasks.evaluation.scores import ScoreTable
+from tasks.model.classifier import LogitScorer, build_base, weights_digest
+from tasks.model.head import head_from_verifier
+from tasks.model.keras_head import FEATURE_DIM
+from tasks.model.verifier import WriterVerifier
+from tasks.registration.assemble import SCORE_TOLERANCE, assemble_classifier, check_scores
+from tasks.workspace.errors import ModelFileError
 
 SIZE = 75
 SEED = 3

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tasks.augment import PIXEL_MAX, augment_image, element_seed, uniform
-from tasks.params_model import AugmentParams
+from tasks.training.augment import PIXEL_MAX, augment_image, element_seed, uniform
+from tasks.workspace.params_model import AugmentParams
 
 REFERENCE = AugmentParams(
     rotation_degrees=20,

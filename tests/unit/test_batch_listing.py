@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.batch_scoring import check_output, read_listing
-from tasks.errors import ConfigError, ListingError
+from tasks.scoring.batch_scoring import check_output, read_listing
+from tasks.workspace.errors import ConfigError, ListingError
 
 
 def image(path: Path) -> Path:

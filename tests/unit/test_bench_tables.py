@@ -26,8 +26,8 @@ from bench.head_selection import (
 )
 from bench.quality import figures_at_threshold
 from bench.tables import SELECTION_RESULTS, expected_blocks, read_block, replace_block
-from tasks.partitions import fitted_threshold, forgery_writers, partition_figures, writer_partitions
-from tasks.scores import NO_CLASS, ScoreTable
+from tasks.evaluation.partitions import fitted_threshold, forgery_writers, partition_figures, writer_partitions
+from tasks.evaluation.scores import NO_CLASS, ScoreTable
 from tests.conftest import PROJECT_ROOT
 
 WRITERS = 6

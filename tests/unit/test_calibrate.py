@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from tasks.calibrate import fit_calibration, fit_temperature, negative_log_likelihood
-from tasks.calibration_report import calibration_report, open_set_results, verification_results
-from tasks.scores import SOFTMAX, TABLE_ARRAYS, VERIFIER, ScoreTable, softmax
+from tasks.evaluation.calibrate import fit_calibration, fit_temperature, negative_log_likelihood
+from tasks.evaluation.calibration_report import calibration_report, open_set_results, verification_results
+from tasks.evaluation.scores import SOFTMAX, TABLE_ARRAYS, VERIFIER, ScoreTable, softmax
 
 FEATURES = 3
 

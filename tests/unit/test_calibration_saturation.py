@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.calibrate import fit_calibration
-from tasks.errors import CalibrationError
-from tasks.scores import ScoreTable, softmax
+from tasks.evaluation.calibrate import fit_calibration
+from tasks.evaluation.scores import ScoreTable, softmax
+from tasks.workspace.errors import CalibrationError
 
 CLASSES = 3
 GAP = 60.0  # float64 softmax is exactly 1.0 beyond a logit gap of about 37

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.answers import MAX_LISTED_WRITERS, match_writer
-from tasks.errors import ModelInputError
-from tasks.paths import ProjectPaths
+from tasks.serving.answers import MAX_LISTED_WRITERS, match_writer
+from tasks.workspace.errors import ModelInputError
+from tasks.workspace.paths import ProjectPaths
 from tests.support.registered_model import registered_workspace
 
 MODEL_NAME = "cli-output-test"
@@ -42,12 +42,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> ProjectPaths:
 
 
 def sigpipe(paths: ProjectPaths, *arguments: str, python_options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run `sigpipe ARGUMENTS` (as `python -m flows.cli`) in the workspace, as a user's shell does:
+    """Run `sigpipe ARGUMENTS` (as `python -m tasks.cli.app`) in the workspace, as a user's shell does:
     the workspace's own MLflow store, the environment's TensorFlow log level left as the user has it."""
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     environment["PYTHONPATH"] = str(PROJECT_ROOT)
     return subprocess.run(
-        [sys.executable, *python_options, "-m", "flows.cli", *arguments],
+        [sys.executable, *python_options, "-m", "tasks.cli.app", *arguments],
         cwd=paths.root,
         env=environment,
         capture_output=True,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tasks.calibrate import PLATT_INVERSE_PENALTY, fit_confidence
-from tasks.calibration_report import answer_confidence, confidence_calibration
-from tasks.errors import CalibrationError
-from tasks.scores import ScoreTable, claim_probability
+from tasks.evaluation.calibrate import PLATT_INVERSE_PENALTY, fit_confidence
+from tasks.evaluation.calibration_report import answer_confidence, confidence_calibration
+from tasks.evaluation.scores import ScoreTable, claim_probability
+from tasks.workspace.errors import CalibrationError
 from tests.support.score_tables import score_table
 
 LOG3 = math.log(3.0)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import load_group, parse_group, parse_layout
-from tasks.errors import ConfigError
-from tasks.params_data import DataParams, PrepareParams
+from tasks.workspace.config import load_group, parse_group, parse_layout
+from tasks.workspace.errors import ConfigError
+from tasks.workspace.params_data import DataParams, PrepareParams
 from tests.conftest import PROJECT_ROOT
 
 
@@ -73,7 +73,7 @@ def test_each_source_requires_its_fields(fields: dict, message: str) -> None:
 
 
 def test_augmentation_presets_fill_what_is_not_given_and_keys_override_them() -> None:
-    from tasks.params_model import AUGMENT_PRESETS, AugmentParams
+    from tasks.workspace.params_model import AUGMENT_PRESETS, AugmentParams
 
     shipped = parse_group(project_params(), "augment", AugmentParams, "params.yaml")
     assert shipped.preset == "signature" and shipped.horizontal_flip is False
@@ -87,7 +87,7 @@ def test_augmentation_presets_fill_what_is_not_given_and_keys_override_them() ->
 
 
 def test_model_head_and_verifier_regularization_are_validated() -> None:
-    from tasks.params_model import ModelParams
+    from tasks.workspace.params_model import ModelParams
 
     params = project_params()
     assert parse_group(params, "model", ModelParams, "params.yaml").head == "ridge"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.device import DevicePolicy, apply_policy, choose_policy, cpu_has_native_bfloat16, dtype_policy_name
+from tasks.training.device import DevicePolicy, apply_policy, choose_policy, cpu_has_native_bfloat16, dtype_policy_name
 
 
 @pytest.mark.parametrize(
@@ -60,11 +60,11 @@ def test_bfloat16_on_a_cpu_without_it_warns(
 ) -> None:
     import keras
 
-    import tasks.device
+    import tasks.training.device
 
-    monkeypatch.setattr(tasks.device, "cpu_has_native_bfloat16", lambda: native)
+    monkeypatch.setattr(tasks.training.device, "cpu_has_native_bfloat16", lambda: native)
     try:
-        with caplog.at_level("WARNING", logger="tasks.device"):
+        with caplog.at_level("WARNING", logger="tasks.training.device"):
             apply_policy(DevicePolicy("cpu", 0, True, "default"))
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -91,7 +91,7 @@ def test_jit_compile_is_honoured_only_without_deterministic_kernels() -> None:
     import keras
     from tensorflow.python.framework import config as tensorflow_config
 
-    from tasks.train_keras import seed_everything
+    from tasks.training.train_keras import seed_everything
 
     def compiled_with_xla() -> bool:
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])

@@ -1,4 +1,4 @@
-"""Tests of `tasks.http_download` (HTTP download with resume, retries and checksum) and `tasks.download`
+"""Tests of `tasks.data.http_download` (HTTP download with resume, retries and checksum) and `tasks.data.download`
 (`fetch_dataset`).
 
 Every HTTP test talks to `tests.support.http_server.LocalHTTPServer` on 127.0.0.1; nothing leaves the machine.
@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import requests
 
-from tasks.download import fetch_dataset
-from tasks.errors import DownloadError
-from tasks.http_download import CORRUPT_SUFFIX, PARTIAL_SUFFIX, RetryPolicy, download_url
-from tasks.params_data import DataParams, DownloadParams, SyntheticParams
-from tasks.paths import ProjectPaths
+from tasks.data.download import fetch_dataset
+from tasks.data.http_download import CORRUPT_SUFFIX, PARTIAL_SUFFIX, RetryPolicy, download_url
+from tasks.workspace.errors import DownloadError
+from tasks.workspace.params_data import DataParams, DownloadParams, SyntheticParams
+from tasks.workspace.paths import ProjectPaths
 from tests.support.http_server import LocalHTTPServer, parse_range
 
 PAYLOAD = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable modulo 256

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from tasks.import_closure import PROJECT_PACKAGES, import_closure, module_file
+from tasks.workspace.import_closure import PROJECT_PACKAGES, import_closure, module_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,18 +115,18 @@ def test_import_closure_follows_every_kind_of_import(tmp_path: Path) -> None:
 
 def test_stage_closures_reach_past_the_flow_module() -> None:
     closure = {path.relative_to(PROJECT_ROOT).as_posix() for path in import_closure(PROJECT_ROOT, "flows.prepare")}
-    assert {"flows/__init__.py", "flows/_stage.py", "tasks/prepare.py", "tasks/datasets/base.py"} <= closure
+    assert {"flows/__init__.py", "flows/_stage.py", "tasks/data/prepare.py", "tasks/data/datasets/base.py"} <= closure
 
 
 def test_covered_accepts_files_and_folders() -> None:
-    assert covered("tasks/datasets/base.py", ["tasks/datasets"])
-    assert covered("tasks/config.py", ["tasks/config.py"])
-    assert not covered("tasks/config.py", ["tasks/config"])
-    assert not covered("tasks/datasets_extra.py", ["tasks/datasets"])
+    assert covered("tasks/data/datasets/base.py", ["tasks/data/datasets"])
+    assert covered("tasks/workspace/config.py", ["tasks/workspace/config.py"])
+    assert not covered("tasks/workspace/config.py", ["tasks/config"])
+    assert not covered("tasks/datasets_extra.py", ["tasks/data/datasets"])
 
 
 # Code a stage uses without importing it: register ships this file inside the packaged model.
-USED_WITHOUT_IMPORT = {"register": {"tasks/pyfunc_model.py"}}
+USED_WITHOUT_IMPORT = {"register": {"tasks/serving/pyfunc_model.py"}}
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

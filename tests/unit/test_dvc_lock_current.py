@@ -60,17 +60,17 @@ def test_stale_records_are_found_and_data_changes_are_not() -> None:
     """The filter on a `dvc status --json` of a stale tree (as DVC prints it)."""
     status = {
         "train": [
-            {CHANGED_DEPENDENCIES: {"data/prepared": "deleted", "tasks/train.py": "modified"}},
+            {CHANGED_DEPENDENCIES: {"data/prepared": "deleted", "tasks/training/train.py": "modified"}},
             {"changed outs": {"models/classifier.keras": "not in cache"}},
         ],
         "evaluate": [{CHANGED_DEPENDENCIES: {"params.yaml": {"evaluate.partitions": "modified"}}}],
         "calibrate": ["changed command"],
-        "prepare": [{CHANGED_DEPENDENCIES: {"data/raw": "modified", "tasks/datasets": "modified"}}],
+        "prepare": [{CHANGED_DEPENDENCIES: {"data/raw": "modified", "tasks/data/datasets": "modified"}}],
     }
-    tracked = {"tasks/train.py", "params.yaml", "tasks/datasets/utsig.py"}
+    tracked = {"tasks/training/train.py", "params.yaml", "tasks/data/datasets/utsig.py"}
     assert stale_records(status, tracked) == {
-        "train": ["tasks/train.py: modified"],
+        "train": ["tasks/training/train.py: modified"],
         "evaluate": ["params.yaml: {'evaluate.partitions': 'modified'}"],
         "calibrate": ["changed command"],
-        "prepare": ["tasks/datasets: modified"],
+        "prepare": ["tasks/data/datasets: modified"],
     }

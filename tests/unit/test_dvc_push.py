@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import StageFailedError
-from tasks.orchestration import default_dvc_remote, push_outputs
+from tasks.runtime.orchestration import default_dvc_remote, push_outputs
+from tasks.workspace.errors import StageFailedError
 
 
 @pytest.fixture

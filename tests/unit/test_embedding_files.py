@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.embedding_files import (
+from tasks.training.embedding_files import (
     EmbeddedRows,
     aligned_rows,
     embedding_file,
@@ -19,7 +19,7 @@ from tasks.embedding_files import (
     load_split_embeddings,
     save_embedded_rows,
 )
-from tasks.errors import EmbeddingsError
+from tasks.workspace.errors import EmbeddingsError
 from tests.conftest import PROJECT_ROOT
 
 
@@ -82,11 +82,11 @@ def test_the_light_stages_import_no_tensorflow() -> None:
             "flows.train",
             "flows.evaluate",
             "flows.calibrate",
-            "tasks.train",
-            "tasks.evaluate",
-            "tasks.calibrate",
-            "tasks.calibration_report",
-            "tasks.head",
+            "tasks.training.train",
+            "tasks.evaluation.evaluate",
+            "tasks.evaluation.calibrate",
+            "tasks.evaluation.calibration_report",
+            "tasks.model.head",
         )
     )
     code = f"import sys, {modules}; print(sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))"

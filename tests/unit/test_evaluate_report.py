@@ -4,7 +4,7 @@ One small score table of three writers (a, b, c), every row written out below. L
 small whole weights, so softmax probabilities are simple fractions (weights 3, 1, 1 give 3/5,
 1/5, 1/5); verifier scores are given directly. Every expected number is worked out in a comment.
 
-EER rule (`tasks.metrics.equal_error_rate`): thresholds are the scores; a claim is accepted at
+EER rule (`tasks.evaluation.metrics.equal_error_rate`): thresholds are the scores; a claim is accepted at
 score >= threshold; the threshold with the smallest |FRR - FAR| wins, the lowest one on a tie, and
 the EER is (FRR + FAR) / 2 there.
 """
@@ -17,9 +17,9 @@ import math
 import numpy as np
 import pytest
 
-from tasks.errors import EvaluationError
-from tasks.evaluate import evaluation_report, selection_metrics, verification_report
-from tasks.scores import NO_CLASS, SOFTMAX, TABLE_ARRAYS, VERIFIER, ScoreTable
+from tasks.evaluation.evaluate import evaluation_report, selection_metrics, verification_report
+from tasks.evaluation.scores import NO_CLASS, SOFTMAX, TABLE_ARRAYS, VERIFIER, ScoreTable
+from tasks.workspace.errors import EvaluationError
 
 CLASSES = ("a", "b", "c")
 A, B, C = 0, 1, 2

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.fused import folded_graph, folded_inference_function, inference_function
-from tasks.keras_head import HEAD_OUTPUT, HeadSpec
-from tasks.model import build_base, build_classifier, build_embedder
+from tasks.model.classifier import build_base, build_classifier, build_embedder
+from tasks.model.fused import folded_graph, folded_inference_function, inference_function
+from tasks.model.keras_head import HEAD_OUTPUT, HeadSpec
 
 SIZE = 75
 CLASSES = 5
@@ -223,7 +223,7 @@ def test_the_private_keras_api_the_fold_relies_on_is_still_there() -> None:
     seen (and the fold reviewed) instead of silently running the slower fallback."""
     import inspect
 
-    from tasks.fused import PRIVATE_KERAS_API
+    from tasks.model.fused import PRIVATE_KERAS_API
 
     model = small_conv_model()
     conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
@@ -255,11 +255,11 @@ def test_a_changed_private_api_falls_back_to_the_plain_keras_model(
     """Stands for a Keras release that changed the private graph API, failing while the folded
     graph is built (a renamed attribute) or traced (another call signature): the function still
     computes the model's outputs, through Keras, and says why in the log."""
-    import tasks.fused
+    import tasks.model.fused
 
     model = small_conv_model()
-    monkeypatch.setattr(tasks.fused, name, replacement)
-    with caplog.at_level("WARNING", logger="tasks.fused"):
+    monkeypatch.setattr(tasks.model.fused, name, replacement)
+    with caplog.at_level("WARNING", logger="tasks.model.fused"):
         function = folded_inference_function(model)
     assert "plain Keras model" in caplog.text
     batch = pixels(2)

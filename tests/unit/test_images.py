@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tasks.images import (
+from tasks.data.images import (
     ImageReadError,
     NoInkError,
     PreprocessSettings,

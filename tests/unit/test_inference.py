@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from tasks.answers import UNKNOWN_WRITER, answers_frame
-from tasks.images import PreprocessSettings
-from tasks.inference import SignatureClassifier
-from tasks.keras_head import HEAD_OUTPUT
-from tasks.model import POOL_NAME
-from tasks.model_input import items_from
-from tasks.verifier import WriterVerifier
+from tasks.data.images import PreprocessSettings
+from tasks.model.classifier import POOL_NAME
+from tasks.model.keras_head import HEAD_OUTPUT
+from tasks.model.verifier import WriterVerifier
+from tasks.serving.answers import UNKNOWN_WRITER, answers_frame
+from tasks.serving.inference import SignatureClassifier
+from tasks.serving.model_input import items_from
 
 SETTINGS = PreprocessSettings(
     image_size=32,
@@ -56,7 +56,7 @@ def model(threshold: float) -> SignatureClassifier:
 
 def mean_grey(path: Path) -> float:
     """The mean grey level of the image the model sees (prepared as the prepare stage does)."""
-    from tasks.images import preprocess_file
+    from tasks.data.images import preprocess_file
 
     return float(preprocess_file(path, SETTINGS, name=path.name).image.mean())
 

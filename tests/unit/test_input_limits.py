@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from tasks.errors import ModelInputError
-from tasks.images import ImageTooLargeError, read_grey
-from tasks.inference import SignatureClassifier
-from tasks.model_input import PATHS_REFUSED, items_from
+from tasks.data.images import ImageTooLargeError, read_grey
+from tasks.serving.inference import SignatureClassifier
+from tasks.serving.model_input import PATHS_REFUSED, items_from
+from tasks.workspace.errors import ModelInputError
 from tests.conftest import PROJECT_ROOT
 from tests.unit.test_inference import SETTINGS, tiny_classifier, tiny_verifier
 
@@ -35,7 +35,7 @@ MAX_PEAK_PER_DECODED_BYTE = 2.6
 MAX_REFUSED_PEAK_BYTES = 8 * 2**20
 PEAK_SCRIPT = """
 import resource, sys
-from tasks.images import ImageTooLargeError, read_grey
+from tasks.data.images import ImageTooLargeError, read_grey
 data = open(sys.argv[1], "rb").read()
 limit = int(sys.argv[2]) or None
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.checkpoint_lock import checkpoint_folder_lock, lock_file_of
-from tasks.errors import TrainingBusyError
-from tasks.lifeline import LAUNCHED_BY_DVC_VARIABLE, die_with_parent, parent_of, process_name
-from tasks.locks import holder_file
+from tasks.runtime.lifeline import LAUNCHED_BY_DVC_VARIABLE, die_with_parent, parent_of, process_name
+from tasks.training.checkpoint_lock import checkpoint_folder_lock, lock_file_of
+from tasks.workspace.errors import TrainingBusyError
+from tasks.workspace.locks import holder_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEATH_SECONDS = 5.0  # how soon an orphan must be gone
@@ -33,7 +33,7 @@ STAGE_LIKE = textwrap.dedent(  # writes its pid into the folder argv[1], then sl
     import sys, time
     from pathlib import Path
     sys.path.insert(0, {str(PROJECT_ROOT)!r})
-    from tasks.lifeline import die_with_parent
+    from tasks.runtime.lifeline import die_with_parent
     out = Path(sys.argv[1])
     assert die_with_parent(grace_seconds={GRACE_SECONDS})
     (out / "pid").write_text(str(__import__("os").getpid()))
@@ -105,7 +105,7 @@ def test_a_stage_dies_when_dvc_is_killed(tmp_path: Path, killer: list[int], thro
 def test_watched_ancestors_look_through_a_shell() -> None:
     probe = (
         f"import sys; sys.path.insert(0, {str(PROJECT_ROOT)!r}); "
-        "from tasks.lifeline import watched_ancestors; print(*watched_ancestors())"
+        "from tasks.runtime.lifeline import watched_ancestors; print(*watched_ancestors())"
     )
     output = subprocess.run(
         [SHELL, "-c", shlex.join([sys.executable, "-c", probe])], capture_output=True, text=True, check=True
@@ -124,7 +124,7 @@ OWNER = textwrap.dedent(
     import subprocess, sys, time
     from pathlib import Path
     sys.path.insert(0, {str(PROJECT_ROOT)!r})
-    from tasks.supervisor import guard_children
+    from tasks.services.supervisor import guard_children
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     guard_children([server.pid])
     Path(sys.argv[1]).write_text(str(server.pid))
@@ -151,7 +151,7 @@ def test_prefects_temporary_server_dies_with_a_killed_stage(tmp_path: Path, kill
         import sys, time
         from pathlib import Path
         sys.path.insert(0, {str(PROJECT_ROOT)!r})
-        from tasks.prefect_api import prefect_api_for_this_run
+        from tasks.runtime.prefect_api import prefect_api_for_this_run
         with prefect_api_for_this_run() as server:
             Path(sys.argv[1]).write_text(str(server.pid))
             time.sleep(300)
@@ -174,7 +174,7 @@ HOLDER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     sys.path.insert(0, {str(PROJECT_ROOT)!r})
-    from tasks.checkpoint_lock import checkpoint_folder_lock
+    from tasks.training.checkpoint_lock import checkpoint_folder_lock
     with checkpoint_folder_lock(Path(sys.argv[1])):
         print("held", flush=True)
         time.sleep(120)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.metrics import (
+from tasks.evaluation.metrics import (
     calibration_error,
     confusion_counts,
     equal_error_rate,
@@ -18,7 +18,7 @@ from tasks.metrics import (
     threshold_for_far,
     top_k_accuracy,
 )
-from tasks.scores import random_forgery_scores
+from tasks.evaluation.scores import random_forgery_scores
 
 PROBABILITIES = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6]])
 LABELS = np.array([0, 1, 1, 2])

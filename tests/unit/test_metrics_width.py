@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.files import write_metrics
+from tasks.workspace.files import write_metrics
 from tests.conftest import PROJECT_ROOT
 
 TERMINAL_COLUMNS = 120

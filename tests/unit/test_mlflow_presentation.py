@@ -11,9 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.calibrate import calibrate_run_name
-from tasks.params_model import CalibrateParams
-from tasks.paths import ProjectPaths
-from tasks.tracking import (
+from tasks.tracking.runs import (
     CLASSIC_ML_KIND,
     EXPERIMENT_KIND_TAG,
     TRACKING_URI_VARIABLE,
@@ -24,6 +22,8 @@ from tasks.tracking import (
     run_name,
     run_ui_link,
 )
+from tasks.workspace.params_model import CalibrateParams
+from tasks.workspace.paths import ProjectPaths
 
 UI_BUNDLE = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
 DIGEST = "3f2a1c" + "0" * 58

@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tasks.errors import WeightsError
-from tasks.keras_head import FEATURE_DIM, HEAD_OUTPUT, HeadSpec, build_head, copy_head_weights, embedding_statistics
-from tasks.model import LogitScorer, build_base, build_classifier, build_embedder, weights_digest
+from tasks.model.classifier import LogitScorer, build_base, build_classifier, build_embedder, weights_digest
+from tasks.model.keras_head import (
+    FEATURE_DIM,
+    HEAD_OUTPUT,
+    HeadSpec,
+    build_head,
+    copy_head_weights,
+    embedding_statistics,
+)
+from tasks.workspace.errors import WeightsError
 
 SIZE = 75
 
@@ -141,9 +148,9 @@ def test_logit_scorer_matches_the_classifier_in_any_batching(base: keras.Model) 
 def test_ridge_classifier_logits_are_the_verifiers_scores(base: keras.Model) -> None:
     """The ridge head holds the verifier: the packaged classifier's logits equal the verifier's scores of
     the base's embeddings, and the head's NumPy logits (what evaluate computes) equal both."""
-    from tasks.head import head_from_verifier
-    from tasks.model import classifier_with_head
-    from tasks.verifier import WriterVerifier
+    from tasks.model.classifier import classifier_with_head
+    from tasks.model.head import head_from_verifier
+    from tasks.model.verifier import WriterVerifier
 
     rng = np.random.default_rng(4)
     verifier = WriterVerifier(
@@ -166,8 +173,8 @@ def test_a_trained_head_round_trips_through_its_arrays(base: keras.Model) -> Non
     """A Keras head (standardisation, hidden layer, output) read as arrays and folded back into a
     classifier gives the same logits, in Keras and in NumPy: what train writes, evaluate applies and
     register packages."""
-    from tasks.keras_head import head_weights_of
-    from tasks.model import classifier_with_head
+    from tasks.model.classifier import classifier_with_head
+    from tasks.model.keras_head import head_weights_of
 
     rng = np.random.default_rng(5)
     spec = HeadSpec(

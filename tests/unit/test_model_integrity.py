@@ -1,6 +1,6 @@
 """A registered model whose files were damaged fails to load with one line naming the model and the
 file and saying how to repair it, through MLflow in Python (the packaged digests) and through the
-`sigpipe` CLI (the signed file list, tasks/model_store.py).
+`sigpipe` CLI (the signed file list, tasks/registration/model_store.py).
 
 One tiny model is packaged and registered (MLflow in a temporary folder); each test damages one
 file in the registry's artifact store the way a disk or a copy does, and restores it afterwards.
@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tasks.errors import CorruptModelError, ModelFileError
-from tasks.inference import SignatureClassifier
-from tasks.model_files import ARTIFACT_DIGESTS, DIGESTS_FILE_NAME, packaged_model_errors, verify_packaged_files
-from tasks.paths import ProjectPaths
-from tasks.verifier import save_verifier
+from tasks.model.verifier import save_verifier
+from tasks.serving.inference import SignatureClassifier
+from tasks.serving.model_files import ARTIFACT_DIGESTS, DIGESTS_FILE_NAME, packaged_model_errors, verify_packaged_files
+from tasks.workspace.errors import CorruptModelError, ModelFileError
+from tasks.workspace.paths import ProjectPaths
 from tests.support.registered_model import registered_workspace
 from tests.unit.test_inference import SETTINGS, tiny_classifier, tiny_verifier
 
@@ -119,31 +119,27 @@ def test_python_loading_raises_one_line_naming_the_model_and_file(store: Project
 
 
 def test_the_cli_prints_one_line_and_exits_non_zero(store: ProjectPaths, damaged: Path) -> None:
-    from flows.cli import app
+    from tasks.cli.app import app
 
     result = CliRunner().invoke(app, ["predict", str(store.root / "signature.png"), "-p", str(store.params_file)])
     assert result.exit_code == 1 and not isinstance(result.exception, CorruptModelError | ModelFileError)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr
-    # The CLI checks the signed file list before reading any file (tasks/model_store.py).
+    # The CLI checks the signed file list before reading any file (tasks/registration/model_store.py).
     assert errors[0].startswith(f"error: {MODEL_URI} (version 1): {MODEL_NAME} version 1: ")
     assert f"artifacts/{damaged.name}" in errors[0] and "re-register it" in errors[0]
 
 
 def test_the_model_carries_only_the_code_it_serves_with(store: ProjectPaths) -> None:
-    """Issue 25: the packaged code is the import closure of the model's code file, not all of tasks/."""
+    """Issue 25: the packaged code is the import closure of the model's code file, not all of tasks/:
+    the serving package and what it reads (images, the verifier, ...), none of training, evaluation's
+    fitting, registration, the services, the CLI or the pipeline's runtime."""
     (code,) = (store.mlruns_dir / "artifacts").rglob("code/tasks")
     shipped = {path.relative_to(code).as_posix() for path in code.rglob("*.py")}
-    assert {"pyfunc_model.py", "inference.py", "model_files.py", "verifier.py", "__init__.py"} <= shipped
-    assert not shipped & {
-        "train.py",
-        "orchestration.py",
-        "registry.py",
-        "embed.py",
-        "download.py",
-        "lifeline.py",
-        "packaging.py",
-    }
+    assert {"__init__.py", "serving/pyfunc_model.py", "serving/inference.py", "model/verifier.py"} <= shipped
+    packages = {name.split("/")[0] for name in shipped if "/" in name}
+    assert not packages & {"training", "registration", "services", "runtime", "cli", "scoring", "tracking"}
+    assert "evaluation/calibrate.py" not in shipped and "data/download.py" not in shipped
 
 
 @pytest.mark.slow
@@ -155,7 +151,7 @@ def test_mlflow_serves_the_model_from_the_code_it_carries(store: ProjectPaths) -
         f"model = mlflow.pyfunc.load_model({MODEL_URI!r});"
         f"image = base64.b64encode(open({str(store.root / 'signature.png')!r}, 'rb').read()).decode();"
         "answer = model.predict(pd.DataFrame({'image': [image]}));"
-        "print(sys.modules['tasks.inference'].__file__); print(answer['writer'][0], answer['error'][0] or 'ok')"
+        "print(sys.modules['tasks.serving.inference'].__file__); print(answer['writer'][0], answer['error'][0] or 'ok')"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
@@ -167,7 +163,7 @@ def test_mlflow_serves_the_model_from_the_code_it_carries(store: ProjectPaths) -
     )
     assert result.returncode == 0, result.stderr[-2000:]
     module_file, answer = result.stdout.strip().splitlines()[-2:]
-    assert "/code/tasks/inference.py" in module_file and str(store.mlruns_dir) in module_file
+    assert "/code/tasks/serving/inference.py" in module_file and str(store.mlruns_dir) in module_file
     assert answer.split()[-1] == "ok"
 
 
@@ -177,9 +173,9 @@ def test_the_declared_signature_is_what_mlflow_infers_from_answers(store: Projec
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from tasks.answers import answers_frame
-    from tasks.model_input import items_from
-    from tasks.packaging import model_signature
+    from tasks.registration.packaging import model_signature
+    from tasks.serving.answers import answers_frame
+    from tasks.serving.model_input import items_from
 
     model = SignatureClassifier(tiny_classifier(), tiny_verifier(), CALIBRATION, SETTINGS, top_k=2)
     example = pd.DataFrame({"path": [str(store.root / "signature.png")], "claimed_writer": ["a"]})
@@ -198,7 +194,7 @@ def test_the_cli_process_prints_no_traceback(store: ProjectPaths) -> None:
             [
                 sys.executable,
                 "-m",
-                "flows.cli",
+                "tasks.cli.app",
                 "predict",
                 str(store.root / "signature.png"),
                 "-p",
@@ -220,7 +216,7 @@ def test_the_cli_process_prints_no_traceback(store: ProjectPaths) -> None:
 
 def source_files(folder: Path) -> dict[str, Path]:
     """The four files `SignatureClassifier.from_files` reads, valid, in `folder`."""
-    from tasks.packaging import write_preprocess_artifact
+    from tasks.registration.packaging import write_preprocess_artifact
 
     files = {
         "classifier": folder / "classifier.keras",

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.embed import feature_embedder
-from tasks.keras_files import float32_copy
-from tasks.model import build_base, build_embedder
+from tasks.model.classifier import build_base, build_embedder
+from tasks.model.keras_files import float32_copy
+from tasks.training.embed import feature_embedder
 from tests.unit.test_serving_precision import policies  # evaluate's float32_copy is tested there
 
 SIZE = 75  # InceptionV3's smallest input: a cheap base

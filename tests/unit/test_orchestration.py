@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.errors import ConfigError
-from tasks.locks import holder_file
-from tasks.orchestration import (
+from tasks.runtime.orchestration import (
     PipelineBusyError,
     StageFailedError,
     StageOutcome,
@@ -28,7 +26,9 @@ from tasks.orchestration import (
     try_example,
     workspace_lock,
 )
-from tasks.run_requests import apply_overrides
+from tasks.runtime.run_requests import apply_overrides
+from tasks.workspace.errors import ConfigError
+from tasks.workspace.locks import holder_file
 from tests.conftest import PROJECT_ROOT
 
 PARAMS = textwrap.dedent(
@@ -115,7 +115,7 @@ def hold_lock(lock_file: Path, seconds: float) -> subprocess.Popen[str]:
             textwrap.dedent(f"""
             import time
             from pathlib import Path
-            from tasks.orchestration import workspace_lock
+            from tasks.runtime.orchestration import workspace_lock
             with workspace_lock(Path({str(lock_file)!r}), 5, label="flow run 'holder-run'"):
                 print("held", flush=True)
                 time.sleep({seconds})

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import PARAM_GROUPS, check_params_file, validate_params
-from tasks.errors import ConfigError
-from tasks.orchestration import PIPELINE_STAGES
-from tasks.params_data import INCEPTION_MIN_SIZE, PrepareParams
-from tasks.params_model import RegisterParams
+from tasks.runtime.orchestration import PIPELINE_STAGES
+from tasks.workspace.config import PARAM_GROUPS, check_params_file, validate_params
+from tasks.workspace.errors import ConfigError
+from tasks.workspace.params_data import INCEPTION_MIN_SIZE, PrepareParams
+from tasks.workspace.params_model import RegisterParams
 from tests.conftest import PROJECT_ROOT
 
 CHECK_STAGE = "check_params"

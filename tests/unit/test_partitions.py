@@ -1,4 +1,4 @@
-"""Writer-partition figures (tasks.partitions) on tiny hand-built score tables."""
+"""Writer-partition figures (tasks.evaluation.partitions) on tiny hand-built score tables."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from tasks.metrics import equal_error_rate
-from tasks.partitions import (
+from tasks.evaluation.metrics import equal_error_rate
+from tasks.evaluation.partitions import (
     PARTITION_FIGURES,
     calibration_forgeries,
     fitted_threshold,
@@ -21,7 +21,7 @@ from tasks.partitions import (
     unenrolled_accepted,
     writer_partitions,
 )
-from tasks.scores import NO_CLASS, ScoreTable
+from tasks.evaluation.scores import NO_CLASS, ScoreTable
 from tests.support.score_tables import score_table
 
 CLASSES = 4

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.plots import histogram_edges, learning_curve, score_distributions_image
+from tasks.evaluation.plots import histogram_edges, learning_curve, score_distributions_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

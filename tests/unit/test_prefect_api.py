@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from tasks.errors import ServiceError
-from tasks.prefect_api import SERVER_NAME, TIMEOUT_HINT, free_port, prefect_api_for_this_run
-from tasks.supervisor import start_process, wait_until_healthy
+from tasks.runtime.prefect_api import SERVER_NAME, TIMEOUT_HINT, free_port, prefect_api_for_this_run
+from tasks.services.supervisor import start_process, wait_until_healthy
+from tasks.workspace.errors import ServiceError
 
 
 def test_a_configured_api_is_used_and_nothing_is_started() -> None:
@@ -20,7 +20,7 @@ def test_a_configured_api_is_used_and_nothing_is_started() -> None:
 
 
 def test_a_server_that_exits_or_stays_silent_is_an_error_naming_the_fix() -> None:
-    """The temporary server is waited for as prefect_api_for_this_run waits for it (tasks.supervisor)."""
+    """The temporary server is waited for as prefect_api_for_this_run waits for it (tasks.services.supervisor)."""
     url = f"http://127.0.0.1:{free_port()}/api/health"
     exits = start_process([sys.executable, "-c", "raise SystemExit(3)"], new_session=False)
     exits.wait()

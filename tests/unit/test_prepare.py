@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.manifest import read_manifest
-from tasks.paths import ProjectPaths
-from tasks.prepare import prepare_dataset, prepare_metrics
-from tasks.synthetic import write_synthetic_dataset
+from tasks.data.manifest import read_manifest
+from tasks.data.prepare import prepare_dataset, prepare_metrics
+from tasks.data.synthetic import write_synthetic_dataset
+from tasks.workspace.paths import ProjectPaths
 from tests.conftest import prepare_params, synthetic_params
 
 

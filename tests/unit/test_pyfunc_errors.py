@@ -9,8 +9,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, ErrorCode
 
-from tasks.model_input import InputItem
-from tasks.pyfunc_model import UNEXPECTED_ERROR_MESSAGE, SignaturePyfunc
+from tasks.serving.model_input import InputItem
+from tasks.serving.pyfunc_model import UNEXPECTED_ERROR_MESSAGE, SignaturePyfunc
 
 
 class FailingClassifier:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.registry import (
+from tasks.registration.registry import (
     CHALLENGER,
     CHAMPION,
     check_selection_metric,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-from tasks.answers import Answer, answers_frame
-from tasks.model_input import InputItem
-from tasks.remote_scoring import answer_from_row, encoded_image, server_message
+from tasks.scoring.remote_scoring import answer_from_row, encoded_image, server_message
+from tasks.serving.answers import Answer, answers_frame
+from tasks.serving.model_input import InputItem
 
 
 def served_rows(answers: list[Answer]) -> list[dict[str, object]]:

@@ -14,13 +14,13 @@ import keras
 import numpy as np
 import yaml
 
-from tasks.embedding_files import EmbeddedRows, load_embedded_rows, save_embedded_rows
-from tasks.files import ZIP_EPOCH, undate_zip
-from tasks.head import head_weights, load_head, save_head
-from tasks.keras_files import numbered_shared_objects, save_model_file
-from tasks.run_requests import apply_overrides
-from tasks.scores import ScoreTable, load_scores, save_scores
-from tasks.verifier import WriterVerifier, load_verifier, save_verifier
+from tasks.evaluation.scores import ScoreTable, load_scores, save_scores
+from tasks.model.head import head_weights, load_head, save_head
+from tasks.model.keras_files import numbered_shared_objects, save_model_file
+from tasks.model.verifier import WriterVerifier, load_verifier, save_verifier
+from tasks.runtime.run_requests import apply_overrides
+from tasks.training.embedding_files import EmbeddedRows, load_embedded_rows, save_embedded_rows
+from tasks.workspace.files import ZIP_EPOCH, undate_zip
 from tests.conftest import PROJECT_ROOT
 
 # Zip entries are dated to 2 seconds, Keras' metadata to 1: writes further apart than this differ.

@@ -19,8 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 
-from tasks.errors import ArtifactStoreError
-from tasks.registry import (
+from tasks.registration.registry import (
     PENDING,
     TAG_REGISTRATION,
     mark_registered,
@@ -28,7 +27,7 @@ from tasks.registry import (
     remove_abandoned_versions,
     version_removed_on_failure,
 )
-from tasks.tracking import (
+from tasks.tracking.runs import (
     TAG_HOST,
     TAG_PID,
     end_abandoned_runs,
@@ -36,6 +35,7 @@ from tasks.tracking import (
     model_artifacts_removed_on_failure,
     process_tags,
 )
+from tasks.workspace.errors import ArtifactStoreError
 
 
 class Echo(mlflow.pyfunc.PythonModel):
@@ -95,7 +95,7 @@ def test_runs_left_running_by_dead_processes_end_killed(store: tuple[str, Path])
 def test_a_run_killed_by_sigkill_is_killed_at_the_next_start_and_can_resume(store: tuple[str, Path]) -> None:
     experiment_id, _ = store
     script = (
-        "import mlflow, os, signal, sys; from tasks.tracking import process_tags; "
+        "import mlflow, os, signal, sys; from tasks.tracking.runs import process_tags; "
         f"mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r}); "
         f"run = mlflow.start_run(experiment_id={experiment_id!r}, tags=process_tags()); "
         "print(run.info.run_id, flush=True); os.kill(os.getpid(), signal.SIGKILL)"

@@ -15,9 +15,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tasks.config import PARAM_GROUPS
-from tasks.errors import ConfigError
-from tasks.run_requests import (
+from tasks.runtime.run_requests import (
     ALLOWED_LOCAL_ROOTS_VARIABLE,
     ALLOWED_URL_HOSTS_VARIABLE,
     RUN_REQUEST_KEYS,
@@ -27,9 +25,11 @@ from tasks.run_requests import (
     check_run_params_file,
     overrides_applied,
 )
+from tasks.workspace.config import PARAM_GROUPS
+from tasks.workspace.errors import ConfigError
 from tests.conftest import PROJECT_ROOT
 
-POOL_TEMPLATE_NAME = "flows/work_pool.json"  # as tasks/team_servers.py names it, from the project root
+POOL_TEMPLATE_NAME = "flows/work_pool.json"  # as tasks/services/team_servers.py names it, from the project root
 POOL_TEMPLATE = PROJECT_ROOT / POOL_TEMPLATE_NAME
 LOCKED_JOB_VARIABLES = ("command", "env", "working_dir")
 SHA256 = "0" * 64
@@ -325,14 +325,17 @@ def test_the_work_pool_template_takes_no_command_folder_or_environment() -> None
 
 
 def test_make_up_and_team_up_create_the_pool_with_that_template() -> None:
-    """Both create it through tasks.team_servers.deploy_pipeline, the project's one `work-pool create`."""
-    from tasks import team_servers
+    """Both create it through tasks.services.team_servers.deploy_pipeline, the project's one `work-pool create`."""
+    from tasks.services import team_servers
 
     assert team_servers.WORK_POOL_TEMPLATE == POOL_TEMPLATE_NAME
     sources = [PROJECT_ROOT / "Makefile", *sorted((PROJECT_ROOT / "flows").glob("*.py"))]
-    sources += sorted((PROJECT_ROOT / "tasks").glob("*.py"))
+    sources += sorted((PROJECT_ROOT / "tasks").rglob("*.py"))
     creating = [path.name for path in sources if '"work-pool", "create"' in path.read_text()]
     assert creating == ["team_servers.py"] and "work-pool create" not in (PROJECT_ROOT / "Makefile").read_text()
-    assert '"--base-job-template", WORK_POOL_TEMPLATE' in (PROJECT_ROOT / "tasks" / "team_servers.py").read_text()
+    assert (
+        '"--base-job-template", WORK_POOL_TEMPLATE'
+        in (PROJECT_ROOT / "tasks" / "services" / "team_servers.py").read_text()
+    )
     for module in ("local_services.py", "team_servers.py"):  # make up's and make team-up's deployments
-        assert "deploy_pipeline(" in (PROJECT_ROOT / "tasks" / module).read_text()
+        assert "deploy_pipeline(" in (PROJECT_ROOT / "tasks" / "services" / module).read_text()

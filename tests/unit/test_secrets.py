@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.files import redacted_url, without_secrets, write_private_file
-from tasks.tracking import flatten_params
+from tasks.tracking.runs import flatten_params
+from tasks.workspace.files import redacted_url, without_secrets, write_private_file
 
 
 @pytest.mark.parametrize(

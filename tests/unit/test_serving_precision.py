@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.keras_files import float32_copy
+from tasks.model.keras_files import float32_copy
 
 
 def nested_classifier() -> keras.Model:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import ModelFileError, UntrustedModelError
-from tasks.signing import (
+from tasks.registration.signing import (
     SIGNING_KEY_VARIABLE,
     TAG_SIGNATURE,
     TAG_SIGNED_FILES,
@@ -22,6 +21,7 @@ from tasks.signing import (
     signature_tags,
     signed_files,
 )
+from tasks.workspace.errors import ModelFileError, UntrustedModelError
 
 NAME, VERSION = "signed-model", "3"
 
@@ -116,8 +116,8 @@ def test_links_inside_a_version_are_refused(model_folder: Path, tmp_path: Path) 
 
 
 def test_the_cli_defaults_of_the_server_limits_are_the_servers() -> None:
-    from flows import cli_model_commands
-    from tasks import model_server
+    from tasks.cli import model_commands as cli_model_commands
+    from tasks.scoring import model_server
 
     assert cli_model_commands.DEFAULT_MAX_ACTIVE == model_server.DEFAULT_MAX_ACTIVE
     assert cli_model_commands.DEFAULT_BODY_SECONDS == model_server.DEFAULT_BODY_SECONDS
@@ -182,7 +182,7 @@ def test_the_pipeline_gives_its_process_the_signing_key_back(tmp_path: Path, mon
     import os
 
     from flows.pipeline import pipeline_flow
-    from tasks.errors import StageFailedError
+    from tasks.workspace.errors import StageFailedError
     from tests.conftest import make_workspace
 
     workspace = make_workspace(tmp_path / "workspace")

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from tasks.datasets.base import SignatureRecord
-from tasks.prepare import PrepareSummary, data_report
-from tasks.split import (
+from tasks.data.datasets.base import SignatureRecord
+from tasks.data.prepare import PrepareSummary, data_report
+from tasks.data.split import (
     UNENROLLED_SPLIT,
     UNKNOWN_WRITER_SPLIT,
     SplitRules,

@@ -93,5 +93,8 @@ def test_make_ups_worker_asks_for_runs_every_two_seconds_unless_set(tmp_path: Pa
         if given is not None:
             environment["PREFECT_WORKER_QUERY_SECONDS"] = given
         shown = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, check=True)
-        (worker,) = [line for line in shown.stdout.splitlines() if "prefect worker start" in line]
-        assert f"PREFECT_WORKER_QUERY_SECONDS={expected}" in worker, shown.stdout
+        # make up is one command (tasks/services/local_services.py), which gives the worker this interval
+        # as PREFECT_WORKER_QUERY_SECONDS (`local_up`).
+        lines = shown.stdout.replace("\\\n", " ").splitlines()  # the recipe's continued line, joined
+        (start,) = [line for line in lines if "tasks.services.local_services up" in line]
+        assert f"--worker-query-seconds {expected} " in start, shown.stdout

@@ -1,4 +1,4 @@
-"""The one supervisor (tasks/supervisor.py) against real processes: a tiny HTTP server started as a
+"""The one supervisor (tasks/services/supervisor.py) against real processes: a tiny HTTP server started as a
 service answers its health check; a service that exits first or never answers is an error naming its
 log; stop escalates to KILL for a process group that ignores TERM; stale and reused pid files."""
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import ServiceError
-from tasks.supervisor import Service, wait_until_healthy
+from tasks.services.supervisor import Service, wait_until_healthy
+from tasks.workspace.errors import ServiceError
 from tests.support.model_server import free_port
 
 START_SECONDS = 30.0

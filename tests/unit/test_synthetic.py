@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.synthetic import draw_sample, write_synthetic_dataset
+from tasks.data.synthetic import draw_sample, write_synthetic_dataset
 from tests.conftest import synthetic_params
 
 

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows import team
-from tasks import local_services, team_settings
-from tasks.team_settings import TeamCredentials, TeamSettings
+from tasks.services import local_services, team, team_settings
+from tasks.services.team_settings import TeamCredentials, TeamSettings
 
 PRIVATE_MODE = 0o600
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import team_postgres, team_servers
-from tasks.errors import ConfigError
-from tasks.team_settings import TeamSettings
+from tasks.services import team_postgres, team_servers
+from tasks.services.team_settings import TeamSettings
+from tasks.workspace.errors import ConfigError
 
 
 def test_defaults_keep_everything_in_the_workspace_on_the_loopback(tmp_path: Path) -> None:

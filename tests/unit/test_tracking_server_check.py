@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import tracking_server
-from tasks.errors import ConfigError, TrackingServerLostError
-from tasks.tracking_server import check_tracking_server, lost_server_reason, tracking_server_loss_explained
+from tasks.tracking import server as tracking_server
+from tasks.tracking.server import check_tracking_server, lost_server_reason, tracking_server_loss_explained
+from tasks.workspace.errors import ConfigError, TrackingServerLostError
 from tests.support.http_server import LocalHTTPServer
 from tests.support.model_server import free_port
 
@@ -46,8 +46,8 @@ def test_a_store_that_is_not_a_server_is_not_checked() -> None:
 
 def test_every_stage_checks_the_server_before_it_logs(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """`ensure_experiment`, which train, evaluate, calibrate and register call before any run starts."""
-    from tasks.paths import ProjectPaths
-    from tasks.tracking import ensure_experiment
+    from tasks.tracking.runs import ensure_experiment
+    from tasks.workspace.paths import ProjectPaths
 
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -72,7 +72,7 @@ def test_a_lost_server_is_told_from_other_failures(lost_server_error: Exception)
     import requests
     from mlflow.exceptions import MlflowException
 
-    from tasks.errors import DownloadError
+    from tasks.workspace.errors import DownloadError
 
     assert lost_server_reason(lost_server_error) == "ConnectionError"
     assert lost_server_reason(MlflowException("RESOURCE_DOES_NOT_EXIST: no such model")) is None

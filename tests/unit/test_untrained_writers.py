@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.datasets.base import SignatureRecord
-from tasks.manifest import read_manifest
-from tasks.prepare import prepare_dataset
-from tasks.split import (
+from tasks.data.datasets.base import SignatureRecord
+from tasks.data.manifest import read_manifest
+from tasks.data.prepare import prepare_dataset
+from tasks.data.split import (
     UNKNOWN_WRITER_SPLIT,
     assign_splits,
     short_writers,

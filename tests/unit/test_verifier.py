@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import RidgeClassifier
 
-from tasks.errors import VerifierError
-from tasks.verifier import WriterVerifier, fit_writer_verifier, load_verifier, save_verifier, standardisation
+from tasks.model.verifier import WriterVerifier, fit_writer_verifier, load_verifier, save_verifier, standardisation
+from tasks.workspace.errors import VerifierError
 
 
 def writers_data(seed: int = 0, writers: int = 3, per_writer: int = 12, features: int = 6, spread: float = 3.0):

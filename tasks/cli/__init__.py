@@ -1,0 +1,1 @@
+"""The `sigpipe` command line: one command per stage, and predict, verify, score and serve."""

@@ -1,0 +1,1 @@
+"""From a dataset source to prepared images: download, archives, layouts, preprocessing, split."""

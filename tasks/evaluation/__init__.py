@@ -1,0 +1,1 @@
+"""Judging the classifier: scores, metrics, error bars over writer partitions, calibration."""

@@ -1,0 +1,1 @@
+"""The classifier: frozen InceptionV3 base, head, writer-dependent verifier, folded graph, file."""

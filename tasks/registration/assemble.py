@@ -1,0 +1,86 @@
+"""The packaged classifier, put together at registration: the frozen base and the trained head's arrays.
+
+The light stages never build a Keras model: train writes the head as arrays (`tasks.model.head`), evaluate
+scores the embed stage's embeddings with NumPy. `register` builds the one model users load (base,
+preprocessing, head, float32) and checks, before anything is logged, that it gives the scores the
+light stages computed on a few validation images (`SCORE_TOLERANCE`), and that its base is the one
+that embedded them: a registered model answers as its calibration was measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tasks.evaluation.scores import ScoreTable
+from tasks.model.head import HeadWeights
+from tasks.model.verifier import WriterVerifier
+from tasks.training.input_pipeline import read_grey_image
+from tasks.workspace.errors import ModelFileError
+
+CHECKED_IMAGES = 8  # validation images the packaged model scores again at registration
+# Largest difference allowed between the packaged model's scores and the light stages' (logits and
+# verifier scores are of order 1; the two differ only by float32 summation order, about 1e-5).
+SCORE_TOLERANCE = 1e-3
+REEMBED_HINT = (
+    "Embed again with the base model.weights gives now (`dvc repro --force embed`: DVC does not see a "
+    "weights file replaced under the same name), then `dvc repro`."
+)
+
+
+def assemble_classifier(
+    root: Path, image_size: int, weights: str, seed: int, head: HeadWeights, dropout: float, base_digest: str
+):  # -> keras.Model
+    """The float32 classifier of `head` on the base built from `weights` (and `seed` for `weights: none`),
+    refused when that base is not the one whose digest the embed stage recorded."""
+    import keras
+
+    from tasks.model.classifier import build_base, classifier_with_head, weights_digest
+    from tasks.model.keras_files import float32_copy
+
+    # Keras names unnamed layers from per-process counters: models built earlier in this process (the
+    # pipeline flow runs embed here first) would change the names in the saved file, and its hash in
+    # dvc.lock. A cleared session builds the same file as a fresh process (`dvc repro register`).
+    keras.backend.clear_session()
+    base = build_base(image_size, weights, root, seed)
+    if weights_digest(base) != base_digest:
+        raise ModelFileError(
+            f"the base built from model.weights '{weights}' is not the one that computed the embeddings "
+            f"(digest {base_digest[:12]}). {REEMBED_HINT}"
+        )
+    return float32_copy(classifier_with_head(base, image_size, head, dropout, seed))
+
+
+def checked_rows(table: ScoreTable, count: int) -> np.ndarray:
+    """Indices of the first `count` validation rows of the score table (the images register scores again)."""
+    return np.flatnonzero(table.splits == "val")[:count]
+
+
+def check_scores(
+    classifier, verifier: WriterVerifier, table: ScoreTable, rows: Sequence[dict[str, str]], root: Path
+) -> float:
+    """Score the first `CHECKED_IMAGES` validation images with the packaged `classifier` and compare its
+    logits and verifier scores with the score table's; returns the largest difference, or raises
+    ModelFileError naming the image when it exceeds `SCORE_TOLERANCE`."""
+    from tasks.model.classifier import LogitScorer
+
+    prepared = {row["path"]: root / row["prepared_path"] for row in rows}
+    chosen = checked_rows(table, CHECKED_IMAGES)
+    if not len(chosen):
+        return 0.0
+    images = np.stack([read_grey_image(prepared[str(table.paths[index])])[..., 0] for index in chosen])
+    outputs = LogitScorer(classifier).of_grey(images)
+    differences = np.maximum(
+        np.abs(outputs.logits - table.logits[chosen]).max(axis=1),
+        np.abs(verifier.scores(outputs.embeddings) - table.verification[chosen]).max(axis=1),
+    )
+    worst = int(np.argmax(differences))
+    if differences[worst] > SCORE_TOLERANCE:
+        raise ModelFileError(
+            f"the packaged model scores {table.paths[chosen[worst]]} {differences[worst]:.2e} away from the "
+            f"evaluate stage's scores (tolerance {SCORE_TOLERANCE}): the embeddings, the head and the model "
+            f"disagree. {REEMBED_HINT}"
+        )
+    return float(differences.max())

@@ -1,0 +1,1 @@
+"""The code the registered model runs: inputs, the calibrated classifier, answers, files, pyfunc."""

@@ -1,0 +1,1 @@
+"""Fitting the classifier: augmentation, embeddings, training, checkpoints, the device policy."""

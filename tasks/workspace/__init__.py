@@ -1,0 +1,1 @@
+"""The workspace: validated parameters, file locations and helpers, locks, user-facing errors."""

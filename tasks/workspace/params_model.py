@@ -1,0 +1,172 @@
+"""Parameter groups of the model stages (`model`, `augment`, `train`, `tracking`, `evaluate`, `calibrate`,
+`register`), and the file that `model.weights` names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tasks.workspace.params_data import StrictModel
+
+# register.metric must be one of evaluate's selection metrics (measured without the test split).
+SELECTION_METRIC_PREFIX = "selection_"
+WEIGHTS_KEYWORDS = ("imagenet", "none")  # model.weights values that name no file
+
+
+def weights_file(weights: str, root: Path) -> Path | None:
+    """The file that `model.weights` names (relative paths from the workspace `root`); None for a keyword."""
+    if weights in WEIGHTS_KEYWORDS:
+        return None
+    path = Path(weights).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+class ModelParams(StrictModel):
+    """The classifier: frozen InceptionV3 base, a small trained head, and the writer-dependent verifier.
+
+    `head: ridge` uses the verifier's writer-dependent ridge classifiers as the head (solved
+    exactly, no epochs; its logits are the verifier's scores); `head: linear` is softmax
+    regression on the (standardised) embedding trained with Adam; `head: mlp` puts a
+    Dense(`dense_units`, relu) layer before it (the reference recipe). `verifier_regularization`
+    is the L2 penalty of each writer's ridge classifier (`tasks.model.verifier`); `verifier_whitening`
+    (0: off) whitens the embeddings by the within-writer covariance first, its value the ridge
+    added to that covariance relative to its mean eigenvalue.
+    """
+
+    weights: str
+    head: Literal["ridge", "linear", "mlp"]
+    dense_units: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    standardize_features: bool
+    verifier_regularization: float = Field(gt=0)
+    verifier_whitening: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> ModelParams:
+        """`imagenet`, `none`, or a path ending in .h5 / .keras / .weights.h5."""
+        if self.weights not in WEIGHTS_KEYWORDS and not self.weights.endswith((".h5", ".keras")):
+            raise ValueError(
+                f"model.weights must be 'imagenet', 'none' or a path to a .h5 weights file, not {self.weights!r}"
+            )
+        return self
+
+
+AUGMENT_PRESETS: dict[str, dict[str, object]] = {
+    # Mild jitter of a scan: a signature is written a little rotated, shifted and scaled, never
+    # mirrored. Sizes chosen on CEDAR's validation and calibration data (bench/README.md, quality).
+    "signature": {
+        "rotation_degrees": 2.0,
+        "zoom": 0.02,
+        "width_shift": 0.02,
+        "height_shift": 0.02,
+        "shear_degrees": 0.0,
+        "horizontal_flip": False,
+        "fill_mode": "constant",
+    },
+    # The seed project's Keras ImageDataGenerator settings, to reproduce and compare with it.
+    "reference": {
+        "rotation_degrees": 20.0,
+        "zoom": 0.05,
+        "width_shift": 0.05,
+        "height_shift": 0.05,
+        "shear_degrees": 0.05,
+        "horizontal_flip": True,
+        "fill_mode": "nearest",
+    },
+}
+
+
+class AugmentParams(StrictModel):
+    """Augmentation of training images: a named preset, and any of its values overridden by key.
+
+    `preset: signature` (the default) is mild geometric jitter with no flips; `preset: reference`
+    is the seed project's Keras ImageDataGenerator recipe (horizontal flips, +-20 degrees). A key
+    given next to the preset replaces the preset's value. `rotation_degrees` and `shear_degrees`
+    are angles, as in ImageDataGenerator (whose `shear_range` is in degrees); `zoom` and the
+    shifts are fractions of the image size.
+    """
+
+    preset: Literal["signature", "reference"] = "signature"
+    rotation_degrees: float = Field(ge=0, le=180)
+    zoom: float = Field(ge=0, lt=1)
+    width_shift: float = Field(ge=0, lt=1)
+    height_shift: float = Field(ge=0, lt=1)
+    shear_degrees: float = Field(ge=0, lt=90)
+    horizontal_flip: bool
+    fill_mode: Literal["nearest", "reflect", "wrap", "constant"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, values: Any) -> Any:
+        """Take every key not given from the named preset (unknown presets are left to field validation)."""
+        if not isinstance(values, dict):
+            return values
+        preset = AUGMENT_PRESETS.get(values.get("preset", "signature"), {})
+        return {**preset, **values}
+
+
+class TrainParams(StrictModel):
+    """How the head is trained: mode, schedule, hardware use."""
+
+    mode: Literal["cached", "online"]
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    patience: int = Field(ge=1)
+    seed: int
+    augmented_views: int = Field(ge=0)
+    embed_batch_size: int = Field(ge=1)
+    mixed_precision: Literal["auto", "on", "off"]
+    jit_compile: bool
+    distribute: Literal["auto", "none", "mirrored"]
+
+
+class TrackingParams(StrictModel):
+    """Where runs are logged: the MLflow experiment (the store comes from paths or MLFLOW_TRACKING_URI)."""
+
+    experiment: str = Field(min_length=1)
+
+
+class EvaluateParams(StrictModel):
+    """How the held-out images' scores are summarised."""
+
+    top_k: int = Field(ge=1)
+    partitions: int = Field(ge=2)
+    partition_seed: int
+
+
+class CalibrateParams(StrictModel):
+    """How the "unknown" threshold is fitted, and the reference's fixed threshold reported beside it."""
+
+    objective: Literal["target_far", "eer"]
+    target_far: float = Field(gt=0, lt=1)
+    reference_threshold: float = Field(gt=0, lt=1)
+
+
+class RegisterParams(StrictModel):
+    """Where the packaged model is registered and how a new version is judged."""
+
+    model_name: str = Field(min_length=1)
+    metric: str = Field(min_length=1)
+    top_k: int = Field(ge=1)
+    # Limits of the packaged model on each input image (README, Registry and inference): pixels
+    # declared by the header, checked before decoding, and bytes of the encoded file. The default
+    # 25 Mpx holds a whole A4/Letter page at 500 dpi (24 Mpx), far more than a signature (UTSig's
+    # 600-dpi scans are a few Mpx, CEDAR's under 0.2), and is 3.6x below Pillow's 89 Mpx bomb
+    # warning: a 25 Mpx RGBA image decodes to 100 MB, where a 9400x9400 one cost 1.5 GB a request.
+    max_image_pixels: int = Field(ge=1)
+    max_image_bytes: int = Field(ge=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _check_selection_metric(cls, metric: str) -> str:
+        """A `selection_*` key of metrics/evaluate_details.json, checked before train, evaluate and calibrate."""
+        if not metric.startswith(SELECTION_METRIC_PREFIX):
+            raise ValueError(
+                f"'{metric}' is not a selection metric: versions are compared on validation and calibration "
+                f"data, never on test. Use a '{SELECTION_METRIC_PREFIX}*' key of metrics/evaluate_details.json "
+                f"(e.g. {SELECTION_METRIC_PREFIX}accuracy or {SELECTION_METRIC_PREFIX}eer_skilled)"
+            )
+        return metric
