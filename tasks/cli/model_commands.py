@@ -19,6 +19,7 @@ from tasks.cli.model_loading import (
     load_verified,
     resolve_model_uri,
 )
+from tasks.scoring.champion_follower import DEFAULT_FOLLOW_SECONDS
 from tasks.workspace.paths import PARAMS_FILE_NAME, ProjectPaths
 
 if TYPE_CHECKING:
@@ -219,12 +220,27 @@ def serve(
         float,
         typer.Option("--body-seconds", min=0.1, help="Time a request's body may take to arrive; later: 408."),
     ] = DEFAULT_BODY_SECONDS,
+    follow_seconds: Annotated[
+        float,
+        typer.Option(
+            "--follow-seconds",
+            min=0,
+            help="Seconds between looks at the alias served (models:/<name>@<alias>): a version it moves to is "
+            "verified and served without a restart, or refused and logged; 0: never. An explicit version "
+            "(models:/<name>/<n>) never moves.",
+        ),
+    ] = DEFAULT_FOLLOW_SECONDS,
     params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
 ) -> None:
     """Serve the champion (or --model) over HTTP, for `sigpipe predict --server` and any HTTP client
     (POST /invocations with base64 images). Only a version the register stage signed is served, read as
-    data (no code of the artifact runs); requests are limited in size and number. Stops on Ctrl-C or SIGTERM."""
+    data (no code of the artifact runs); requests are limited in size and number. The champion is followed:
+    when it moves, the new version is checked and swapped in, and each answer names its version. Stops on
+    Ctrl-C or SIGTERM."""
+    from tasks.registration.model_store import workspace_keys
+    from tasks.scoring.champion_follower import champion_follower
     from tasks.scoring.model_server import serve as serve_model
+    from tasks.scoring.model_slot import ModelSlot
     from tasks.tracking.runs import tracking_uri
     from tasks.tracking.server import check_tracking_server
     from tasks.workspace.errors import ConfigError
@@ -239,9 +255,12 @@ def serve(
     if problem := champion_problem(model_uri):
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(code=1)
-    loaded = load_verified(model_uri, params)
+    slot = ModelSlot(load_verified(model_uri, params))
+    keys = workspace_keys(ProjectPaths.from_root(params.resolve().parent))
+    follower = champion_follower(slot, model_uri, keys, uri, follow_seconds)
+    following = f", following it every {follow_seconds:g} s" if follower else ""
     typer.echo(
-        f"serving {loaded.name} version {loaded.version} ({model_uri}) on http://{host}:{port} "
-        f"(sigpipe predict --server http://{host}:{port} IMAGE)"
+        f"serving {slot.current.name} version {slot.current.version} ({model_uri}{following}) on "
+        f"http://{host}:{port} (sigpipe predict --server http://{host}:{port} IMAGE)"
     )
-    serve_model(loaded, host, port, max_active, body_seconds)
+    serve_model(slot, host, port, max_active, body_seconds, follower)

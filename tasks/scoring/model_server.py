@@ -9,7 +9,7 @@ files checked, nothing of the artifact executed) and protects itself:
   413 before any byte of the body is read, a larger stream as soon as it passes the limit;
 - concurrency: at most `max_active` requests are read and answered at once; one more gets 503 at
   once (with Retry-After) instead of queueing its body in memory, and uvicorn refuses connections beyond
-  `max_connections` with 503 as well. A request holds at most `MAX_ROWS` images (413 beyond: a body
+  `max_connections` with 503 as well. A request holds at most `request_body.MAX_ROWS` images (413 beyond: a body
   of many tiny rows costs far more memory as parsed rows than as bytes). So the server's memory stays
   within about max_active x (body limit x `BODY_MEMORY_FACTOR` + decoding threads x
   register.max_image_pixels x `DECODED_BYTES_PER_PIXEL`) above its idle size
@@ -23,25 +23,30 @@ files checked, nothing of the artifact executed) and protects itself:
 Requests are MLflow's scoring protocol: POST /invocations with JSON `dataframe_split` or
 `dataframe_records` whose columns are `image` (base64 of each file's bytes) and optionally
 `claimed_writer`; a `path` column is answered with a refusal per row (the server never opens a file a
-client names). Answers are `{"predictions": [...], "model": name, "version": n}`; GET /ping and
-/health answer when the model is loaded, GET /version names the model version served.
+client names). Answers are `{"predictions": [...], "model": name, "version": n}` with the header
+`X-Model-Version: name/n`, naming the version that gave them; GET /ping and /health answer when the model
+is loaded, GET /version names the version served now. Started on an alias, the server follows it
+(`tasks.scoring.champion_follower`): a moved champion is verified and swapped in without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 from tasks.data.images import PreprocessSettings
 from tasks.registration.model_store import LoadedModel
-from tasks.serving.model_input import BASE64_CHARACTERS_PER_BYTE, CLAIM_COLUMN, IMAGE_COLUMN, PATH_COLUMN, items_from
+from tasks.scoring.champion_follower import ChampionFollower
+from tasks.scoring.model_slot import ModelSlot
+from tasks.scoring.request_body import RequestError, bad_request, read_body, request_frame
+from tasks.serving.model_input import BASE64_CHARACTERS_PER_BYTE, items_from
 from tasks.workspace.errors import ModelInputError
 from tasks.workspace.files import json_ready
 
@@ -49,7 +54,6 @@ LOGGER = logging.getLogger(__name__)
 INVOCATIONS_PATH = "/invocations"
 HEALTH_PATHS = ("/ping", "/health")
 VERSION_PATH = "/version"
-KNOWN_COLUMNS = (IMAGE_COLUMN, CLAIM_COLUMN, PATH_COLUMN)
 JSON_CONTENT_TYPE = "application/json"
 FRAMING_BYTES = 1 << 16  # JSON syntax, column names and claimed writers around the base64 text
 FALLBACK_MAX_IMAGE_BYTES = 32 << 20  # a model packaged without a byte limit: register.max_image_bytes' default
@@ -59,7 +63,6 @@ DEFAULT_BODY_SECONDS = 60.0  # a body at the limit (about 43 MiB) over a 1 MB/s 
 # request before it answers 503 itself, in plain text: a bound on connection floods, not the usual shedding.
 CONNECTIONS_PER_ACTIVE = 32
 BODY_MEMORY_FACTOR = 4  # body bytes, the JSON text, the decoded base64 and the rows, at most
-MAX_ROWS = 64  # images per request; more is a 413 (the model answers in batches of 32 anyway)
 DECODED_BYTES_PER_PIXEL = 4  # an image being decoded and converted (RGBA at most), per pixel
 FALLBACK_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit, for a model without register.max_image_pixels
 RETRY_AFTER_SECONDS = "1"
@@ -97,55 +100,6 @@ class ServerLimits:
         )
 
 
-class RequestError(Exception):
-    """A request the server refuses: its HTTP status, MLflow error code and one-line message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def bad_request(message: str) -> RequestError:
-    """A 400 in MLflow's shape: the request itself is wrong, and `message` says how."""
-    return RequestError(HTTPStatus.BAD_REQUEST, "INVALID_PARAMETER_VALUE", message)
-
-
-def too_large(limit: int) -> RequestError:
-    """A 413 for a body above `limit` bytes, saying what one request may carry."""
-    return RequestError(
-        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-        "REQUEST_LIMIT_EXCEEDED",
-        f"the request body is above this server's limit of {limit} bytes (one image at the model's "
-        "register.max_image_bytes, base64-encoded): send fewer or smaller images per request",
-    )
-
-
-def declared_length(headers: Any) -> int | None:
-    """The Content-Length a client declared, or None (chunked or absent); a malformed one is a 400."""
-    value = headers.get("content-length")
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise bad_request("the Content-Length header is not a number")
-    return int(value)
-
-
-async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it is known to pass `limit` bytes."""
-    declared = declared_length(request.headers)
-    if declared is not None and declared > limit:
-        raise too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def body_in_time(request: Any, limits: ServerLimits) -> bytes:
     """`read_body` within `limits.body_seconds`, else 408: a client that sends slowly frees its place."""
     try:
@@ -155,65 +109,30 @@ async def body_in_time(request: Any, limits: ServerLimits) -> bytes:
         raise RequestError(HTTPStatus.REQUEST_TIMEOUT, "REQUEST_TIMEOUT", message) from None
 
 
-def table_of(content: object) -> tuple[list[str], list[list[object]]]:
-    """(columns, rows) of a `dataframe_split` or `dataframe_records` request, or a 400 saying what to send."""
-    if isinstance(content, dict) and isinstance(content.get("dataframe_split"), dict):
-        split = content["dataframe_split"]
-        columns, rows = split.get("columns"), split.get("data")
-        if isinstance(columns, list) and isinstance(rows, list) and all(isinstance(row, list) for row in rows):
-            if any(len(row) != len(columns) for row in rows):
-                raise bad_request("every row of dataframe_split.data must have one value per column")
-            return [str(column) for column in columns], rows
-    if isinstance(content, dict) and isinstance(content.get("dataframe_records"), list):
-        records = content["dataframe_records"]
-        if all(isinstance(record, dict) for record in records):
-            columns = list(dict.fromkeys(str(key) for record in records for key in record))
-            return columns, [[record.get(column) for column in columns] for record in records]
-    raise bad_request(
-        "send JSON {'dataframe_split': {'columns': ['image'], 'data': [[<base64 of the image file>]]}} "
-        "(or 'dataframe_records'); an optional 'claimed_writer' column asks whether that writer signed"
-    )
-
-
-def request_frame(body: bytes) -> Any:  # -> pandas.DataFrame
-    """The request's rows as a DataFrame of known columns; a 400 names unknown columns and what is read."""
-    import pandas as pd
-
-    try:
-        content = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise bad_request(f"the body is not JSON ({type(error).__name__} at byte {getattr(error, 'pos', 0)})") from None
-    columns, rows = table_of(content)
-    if len(rows) > MAX_ROWS:
-        too_many = f"{len(rows)} images in one request; this server takes {MAX_ROWS} at most"
-        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "REQUEST_LIMIT_EXCEEDED", too_many)
-    unknown = [column for column in columns if column not in KNOWN_COLUMNS]
-    if unknown or (IMAGE_COLUMN not in columns and PATH_COLUMN not in columns):
-        raise bad_request(
-            f"the input has the columns {columns}; the server reads '{IMAGE_COLUMN}' (base64 of each image "
-            f"file's bytes) and optionally '{CLAIM_COLUMN}'" + (f"; unknown: {unknown}" if unknown else "")
-        )
-    return pd.DataFrame(rows, columns=columns, dtype=object)
-
-
 class ModelService:
-    """The loaded model, answered one request at a time (Keras models are not shared across threads)."""
+    """The served model (`slot`, swapped by the champion follower), answering one request at a time
+    (Keras models are not shared across threads)."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
-        self.loaded = loaded
+    def __init__(self, slot: ModelSlot) -> None:
+        self.slot = slot
         self.model_lock = threading.Lock()
 
-    def predictions(self, body: bytes) -> dict[str, object]:
-        """The JSON answer to a request body: one prediction row per image, and the model version."""
+    def predictions(self, body: bytes, loaded: LoadedModel) -> dict[str, object]:
+        """The JSON answer to a request body from `loaded`: one prediction row per image, and its version."""
         frame = request_frame(body)
         try:
-            items = items_from(frame, accept_paths=False, max_bytes=self.loaded.model.settings.max_image_bytes)
+            items = items_from(frame, accept_paths=False, max_bytes=loaded.model.settings.max_image_bytes)
         except ModelInputError as error:
             raise bad_request(str(error)) from error
         with self.model_lock:
-            answers = self.loaded.model.answers(items)
+            answers = loaded.model.answers(items)
         rows = [json_ready(answer.as_row()) for answer in answers]
-        return {"predictions": rows, "model": self.loaded.name, "version": self.loaded.version}
+        return {"predictions": rows, "model": loaded.name, "version": loaded.version}
+
+
+def version_header(loaded: LoadedModel) -> dict[str, str]:
+    """The header naming the model version of an answer."""
+    return {MODEL_VERSION_HEADER: f"{loaded.name}/{loaded.version}"}
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
@@ -226,8 +145,13 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse({"error_code": code, "message": message}, status_code=status, headers=headers)
 
 
-def create_app(service: ModelService, limits: ServerLimits) -> Any:  # -> starlette.applications.Starlette
-    """The ASGI application: /invocations with the limits, /ping, /health and /version."""
+def create_app(
+    service: ModelService, limits: ServerLimits, follower: ChampionFollower | None = None
+) -> Any:  # -> starlette.applications.Starlette
+    """The ASGI application: /invocations with the limits, /ping, /health and /version; `follower`
+    polls while it runs."""
+    from contextlib import asynccontextmanager
+
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect, Request
@@ -235,7 +159,6 @@ def create_app(service: ModelService, limits: ServerLimits) -> Any:  # -> starle
     from starlette.routing import Route
 
     active = asyncio.Semaphore(limits.max_active)
-    version_header = {MODEL_VERSION_HEADER: f"{service.loaded.name}/{service.loaded.version}"}
 
     async def invocations(request: Request) -> Any:
         """POST /invocations: shed when busy, else read the body within the limits and answer it."""
@@ -244,48 +167,67 @@ def create_app(service: ModelService, limits: ServerLimits) -> Any:  # -> starle
             unavailable = HTTPStatus.SERVICE_UNAVAILABLE
             return error_response(unavailable, "TEMPORARILY_UNAVAILABLE", busy, {"Retry-After": RETRY_AFTER_SECONDS})
         async with active:
-            try:
-                if not request.headers.get("content-type", "").startswith(JSON_CONTENT_TYPE):
-                    wrong_type = f"send the request as {JSON_CONTENT_TYPE}"
-                    raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "INVALID_PARAMETER_VALUE", wrong_type)
-                body = await body_in_time(request, limits)
-                answer = await run_in_threadpool(service.predictions, body)
-            except RequestError as refused:
-                return error_response(refused.status, refused.code, refused.message)
-            except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing to log
-                return error_response(HTTPStatus.BAD_REQUEST, "INVALID_PARAMETER_VALUE", "the client disconnected")
-            except Exception:
-                LOGGER.exception("predict failed")
-                internal = "the model failed on this request (an internal error); the server's log has the details"
-                return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", internal)
-        return JSONResponse(answer, headers=version_header)
+            with service.slot.borrowed() as loaded:  # the version this request is answered with, to its end
+                return await answered(request, loaded)
+
+    async def answered(request: Request, loaded: LoadedModel) -> Any:
+        """The answer to one admitted request by `loaded` (its version in a header), or a one-line refusal."""
+        try:
+            if not request.headers.get("content-type", "").startswith(JSON_CONTENT_TYPE):
+                wrong_type = f"send the request as {JSON_CONTENT_TYPE}"
+                raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "INVALID_PARAMETER_VALUE", wrong_type)
+            body = await body_in_time(request, limits)
+            answer = await run_in_threadpool(service.predictions, body, loaded)
+        except RequestError as refused:
+            return error_response(refused.status, refused.code, refused.message)
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing to log
+            return error_response(HTTPStatus.BAD_REQUEST, "INVALID_PARAMETER_VALUE", "the client disconnected")
+        except Exception:
+            LOGGER.exception("predict failed")
+            internal = "the model failed on this request (an internal error); the server's log has the details"
+            return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", internal)
+        return JSONResponse(answer, headers=version_header(loaded))
 
     async def health(request: Request) -> Any:
         """GET /ping and /health: the model is loaded (the server starts only once it is)."""
-        return PlainTextResponse("OK\n", headers=version_header)
+        return PlainTextResponse("OK\n", headers=version_header(service.slot.current))
 
     async def version(request: Request) -> Any:
-        """GET /version: the registered model name and version this server answers with."""
-        return JSONResponse({"model": service.loaded.name, "version": service.loaded.version})
+        """GET /version: the registered model name and version new requests are answered with."""
+        loaded = service.slot.current
+        return JSONResponse({"model": loaded.name, "version": loaded.version})
+
+    @asynccontextmanager
+    async def following(app: Starlette) -> AsyncIterator[None]:
+        """The follower polls while the server runs, and stops before it exits."""
+        if follower is not None:
+            follower.start()
+        try:
+            yield
+        finally:
+            if follower is not None:
+                await asyncio.to_thread(follower.stop)
 
     routes = [Route(INVOCATIONS_PATH, invocations, methods=["POST"])]
     routes += [Route(path, health, methods=["GET"]) for path in HEALTH_PATHS]
     routes.append(Route(VERSION_PATH, version, methods=["GET"]))
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, lifespan=following)
 
 
 def serve(
-    loaded: LoadedModel,
+    slot: ModelSlot,
     host: str,
     port: int,
     max_active: int = DEFAULT_MAX_ACTIVE,
     body_seconds: float = DEFAULT_BODY_SECONDS,
+    follower: ChampionFollower | None = None,
 ) -> None:
-    """Serve `loaded` on host:port until SIGINT or SIGTERM (uvicorn's own handling: a graceful stop)."""
+    """Serve `slot`'s model on host:port until SIGINT or SIGTERM (uvicorn's own handling: a graceful stop),
+    swapping in the versions `follower` verifies. The limits are those of the version served at start."""
     import uvicorn
 
-    limits = ServerLimits.from_settings(loaded.model.settings, max_active, body_seconds)
-    application = create_app(ModelService(loaded), limits)
+    limits = ServerLimits.from_settings(slot.current.model.settings, max_active, body_seconds)
+    application = create_app(ModelService(slot), limits, follower)
     uvicorn.run(
         application,
         host=host,

@@ -4,9 +4,10 @@
 `up` starts the Prefect server (runs kept in PREFECT_HOME), waits for it, creates the work pool and
 deploys prefect.yaml's deployments (log: deploy.log), starts a process worker, the MLflow server on the
 workspace's own store (mlruns/) and, once MLflow has created that store (two processes creating a new
-SQLite schema at once fail), the champion's model server (`sigpipe serve`, which exits at once, saying
-so in its log, when there is no champion yet). It refuses to start when the Prefect server already
-runs. `down` stops them in the reverse order: TERM to each process group, KILL after 10 s.
+SQLite schema at once fail), the champion's model server (`sigpipe serve`, which follows the champion as
+it moves, and exits at once, saying so in its log, when there is no champion yet). It refuses to start
+when the Prefect server already runs. `down` stops them in the reverse order: TERM to each process
+group, KILL after 10 s.
 
 Credentials: generated into the run folder's credentials.env the first time (mode 0600 from creation;
 `source` it for a client), and MLflow's auth configuration beside it, its users in mlflow-auth.db. The
@@ -22,6 +23,7 @@ from typing import Annotated
 
 import typer
 
+from tasks.scoring.champion_follower import DEFAULT_FOLLOW_SECONDS
 from tasks.services.commands import tool
 from tasks.services.supervisor import Service
 from tasks.services.team_servers import (
@@ -133,7 +135,8 @@ def local_up(
     mlflow_process = mlflow.start(mlflow_command, mlflow_environment, append_log=False)
     mlflow_url = f"http://{LOCAL_HOST}:{mlflow_port}/health"
     mlflow.wait_until_healthy(mlflow_url, "the MLflow server", STARTUP_SECONDS, mlflow_process)
-    scorer = [tool("sigpipe"), "serve", "--port", str(scorer_port)]
+    # The model server follows the champion: a version register moves it to is checked and served, no restart.
+    scorer = [tool("sigpipe"), "serve", "--port", str(scorer_port), "--follow-seconds", f"{DEFAULT_FOLLOW_SECONDS:g}"]
     Service("scorer", run_dir).start(scorer, environment, append_log=False)
     return True
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.scoring.model_server import FRAMING_BYTES, INVOCATIONS_PATH, MAX_ROWS, ServerLimits
+from tasks.scoring.model_server import FRAMING_BYTES, INVOCATIONS_PATH, ServerLimits
+from tasks.scoring.request_body import MAX_ROWS
 from tasks.workspace.paths import ProjectPaths
 from tests.support.model_server import served_model
 from tests.support.registered_model import SIGNATURE_NAME, registered_workspace
