@@ -32,9 +32,6 @@ def registered_workspace(
     stage signs it, with the workspace's key pair (created in `.sigpipe/`)."""
     import mlflow
 
-    from tasks.registration.model_store import record_alias, sign_version, workspace_keys
-    from tasks.registration.packaging import log_packaged_model_with_digests
-
     paths = ProjectPaths.from_root(root)
     paths.classifier_file.parent.mkdir(parents=True, exist_ok=True)
     tiny_classifier().save(paths.classifier_file)
@@ -47,12 +44,53 @@ def registered_workspace(
     ImageDraw.Draw(image).line(SIGNATURE_STROKE, fill=INK, width=STROKE_WIDTH)
     image.save(paths.root / SIGNATURE_NAME)
     mlflow.set_tracking_uri(paths.mlflow_tracking_uri)
-    experiment = mlflow.create_experiment(model_name, artifact_location=(paths.mlruns_dir / "artifacts").as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        model_uri, logged = log_packaged_model_with_digests(paths, settings, TOP_K)
-    version = mlflow.register_model(model_uri, model_name)
-    client = mlflow.tracking.MlflowClient()
-    sign_version(client, model_name, str(version.version), workspace_keys(paths), logged)
-    client.set_registered_model_alias(model_name, "champion", version.version)
-    record_alias(client, model_name, "champion", str(version.version), workspace_keys(paths))
+    mlflow.create_experiment(model_name, artifact_location=(paths.mlruns_dir / "artifacts").as_uri())
+    version = register_version(paths, model_name, settings)
+    move_alias(paths, model_name, version)
     return paths
+
+
+def register_version(
+    paths: ProjectPaths, model_name: str, settings: PreprocessSettings = SETTINGS, signed: bool = True
+) -> str:
+    """One more version of `model_name` in `paths`' store (whose experiment `registered_workspace` made),
+    packaged from the workspace's model files, signed as register signs it unless `signed` is False; no
+    alias moves. Returns its number."""
+    import mlflow
+
+    from tasks.registration.model_store import sign_version, workspace_keys
+    from tasks.registration.packaging import log_packaged_model_with_digests
+
+    experiment = mlflow.get_experiment_by_name(model_name)
+    assert experiment is not None, f"no experiment {model_name}: make the workspace with registered_workspace"
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
+        model_uri, logged = log_packaged_model_with_digests(paths, settings, TOP_K)
+    version = str(mlflow.register_model(model_uri, model_name).version)
+    if signed:
+        sign_version(mlflow.tracking.MlflowClient(), model_name, version, workspace_keys(paths), logged)
+    return version
+
+
+def move_alias(paths: ProjectPaths, model_name: str, version: str, by_register: bool = True) -> None:
+    """Point `model_name`@champion at `version`: as the register stage does (with its signed alias
+    statement), or by hand (the registry's API alone) when `by_register` is False."""
+    import mlflow
+
+    from tasks.registration.model_store import record_alias, workspace_keys
+
+    client = mlflow.tracking.MlflowClient()
+    client.set_registered_model_alias(model_name, "champion", version)
+    if by_register:
+        record_alias(client, model_name, "champion", version, workspace_keys(paths))
+
+
+def stored_artifact(model_name: str, version: str, file_name: str) -> Path:
+    """The store's own copy of artifact `file_name` of a version (its logged model's folder, on this disk)."""
+    from urllib.parse import urlparse
+
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient()
+    source = client.get_model_version(model_name, version).source
+    logged_model = client.get_logged_model(source.removeprefix("models:/"))
+    return Path(urlparse(logged_model.artifact_location).path) / "artifacts" / file_name
