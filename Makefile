@@ -103,7 +103,7 @@ up: venv ## Start, on 127.0.0.1, the Prefect server, a worker with the deploymen
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)   MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)   logs: $(RUN_DIR)/"
 	@echo "Log in:     source $(LOCAL_CREDENTIALS)   (Prefect UI: the value of PREFECT_API_AUTH_STRING; MLflow UI: admin, MLFLOW_TRACKING_PASSWORD)"
 	@echo "Run:        PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run 'signature-pipeline/local' --watch"
-	@echo "Predict:    $(BIN)/sigpipe predict --server http://127.0.0.1:$(SCORER_PORT) IMAGE   (the champion as make up found it; log $(RUN_DIR)/scorer.log)"
+	@echo "Predict:    $(BIN)/sigpipe predict --server http://127.0.0.1:$(SCORER_PORT) IMAGE   (follows the champion as register moves it; log $(RUN_DIR)/scorer.log)"
 
 down: ## Stop what `make up` started (TERM, then KILL after 10 s).
 	@python -m tasks.services.local_services down --run-dir $(RUN_DIR)
