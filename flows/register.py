@@ -142,6 +142,8 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
             TAG_TEST_MANIFEST: digest_of_rows(rows, ("test",)),
             "data_version": data_version(paths.manifest_file),
             "train_run_id": train_run or "",
+            # The version's writers: what `sigpipe remove` finds the versions that know a writer by.
+            "sigpipe.writers": ",".join(json.loads(paths.calibration_file.read_text())["classes"]),
             **{f"metric.{key}": str(evaluation.get(key)) for key in VERSION_TAG_METRICS},
             **{f"metric.{key}": str(calibration.get(key)) for key in CALIBRATION_TAG_METRICS},
             **{f"param.{key}": value for key, value in flatten_params(trained_with(params)).items()},

@@ -15,7 +15,7 @@ from tasks.workspace.params_data import PrepareParams, SyntheticParams
 from tasks.workspace.paths import ProjectPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml", "constraints.txt")
+WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml", "constraints.txt", "data/enrolments/README.md")
 WORKSPACE_FOLDERS = ("flows", "tasks")
 CEDAR_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "cedar"
 HARNESS_STARTUP_SECONDS = 120
@@ -69,6 +69,7 @@ def make_workspace(root: Path) -> Path:
     """Copy the project's pipeline files (code, params, dvc.yaml) into a fresh folder `root`."""
     root.mkdir(parents=True)
     for name in WORKSPACE_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT_ROOT / name, root / name)
     for name in WORKSPACE_FOLDERS:
         shutil.copytree(PROJECT_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))

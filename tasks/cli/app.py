@@ -4,7 +4,8 @@ Each command imports what it needs when it runs (Prefect for the stages, MLflow 
 predict and verify), so the inputs are checked, and a mistake reported, before any of them loads.
 Unless `--verbose` is given, the libraries' own warnings and logs are kept off the terminal
 (`tasks.cli.quiet`): they are set up before the first of them is imported. The commands that use a
-registered model (predict, verify, score, serve) are `tasks.cli.model_commands`.
+registered model (predict, verify, score, serve) are `tasks.cli.model_commands`; enrol and remove, which
+change who the model knows without retraining, are `tasks.cli.enrolment_commands`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from tasks.cli.enrolment_commands import enrol, remove
 from tasks.cli.model_commands import predict, score, serve, verify
 from tasks.cli.quiet import quiet_libraries
 from tasks.workspace.paths import PARAMS_FILE_NAME
@@ -115,7 +117,7 @@ def register(params: ParamsOption = Path(PARAMS_FILE_NAME)) -> None:
 
 
 # After the stage commands, so that `sigpipe --help` lists them in this order.
-for command in (predict, verify, score, serve):
+for command in (predict, verify, score, serve, enrol, remove):
     app.command()(command)
 
 

@@ -3,6 +3,10 @@
 Images are preprocessed once here (not per epoch) and in parallel processes. Files that cannot
 be used are skipped and reported with their reason; they never stop the stage. The split is
 decided after preprocessing, so a skipped image never takes a test slot.
+
+The enrolment record (`tasks.enrolment.record`, `data/enrolments/`) is read here too: the references of
+every enrolled writer are preprocessed like the dataset's images and put in `train` as that writer's
+genuine signatures, and the dataset writers `sigpipe remove` recorded are left out altogether.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import cast
 
 from tqdm import tqdm
@@ -33,6 +38,7 @@ from tasks.data.split import (
     short_writers,
     writers_without_training,
 )
+from tasks.enrolment.record import enrolled_records, removed_writers
 from tasks.evaluation.scores import UNENROLLED_SPLIT
 from tasks.workspace.files import sha256_file, write_csv
 from tasks.workspace.params_data import PrepareParams
@@ -40,6 +46,8 @@ from tasks.workspace.paths import ProjectPaths
 
 PREPARED_SUFFIX = ".png"
 PROCESS_CHUNK_SIZE = 8
+ENROLLED_IMAGES = "enrolments"  # the folder of the enrolled references' prepared images, under images/
+ENROLLED_SPLIT = "train"  # an enrolled reference is a training genuine image of its writer
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class ProcessedImage:
     """What preprocessing one record produced: its manifest fields, or the reason it failed."""
 
     record: SignatureRecord
+    manifest_path: str = ""
     prepared_path: str = ""
     source_sha256: str = ""
     prepared_sha256: str = ""
@@ -58,11 +67,14 @@ class ProcessedImage:
 
 @dataclass(frozen=True)
 class PrepareJob:
-    """Everything a worker process needs to preprocess one record."""
+    """Everything a worker process needs to preprocess one record: `record.path` is relative to
+    `source_dir` (the raw data, or the enrolment record), its prepared image goes under `images/<image_dir>`."""
 
     record: SignatureRecord
     paths: ProjectPaths
     settings: PreprocessSettings
+    source_dir: Path
+    image_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,15 +114,17 @@ def rules_from_params(params: PrepareParams) -> SplitRules:
 
 def process_one(job: PrepareJob) -> ProcessedImage:
     """Preprocess one record and write its PNG; failures are returned, not raised."""
-    source = job.paths.raw_dir / job.record.path
+    source = job.source_dir / job.record.path
+    manifest_path = source.relative_to(job.paths.root).as_posix()
     try:
         result = preprocess_file(source, job.settings)
     except (ImageReadError, NoInkError) as error:
-        return ProcessedImage(job.record, error=str(error).removeprefix(f"{source}: "))
-    target = job.paths.prepared_images_dir / (job.record.path + PREPARED_SUFFIX)
+        return ProcessedImage(job.record, manifest_path, error=str(error).removeprefix(f"{source}: "))
+    target = job.paths.prepared_images_dir / job.image_dir / (job.record.path + PREPARED_SUFFIX)
     save_grey_png(result.image, target)
     return ProcessedImage(
         record=job.record,
+        manifest_path=manifest_path,
         prepared_path=target.relative_to(job.paths.root).as_posix(),
         source_sha256=sha256_file(source),
         prepared_sha256=sha256_file(target),
@@ -130,21 +144,19 @@ def process_all(jobs: list[PrepareJob], workers: int, show_progress: bool) -> li
         return list(tqdm(executor.map(process_one, jobs, chunksize=PROCESS_CHUNK_SIZE), **progress))
 
 
-def manifest_rows(
-    processed: Iterable[ProcessedImage], splits: dict[str, str], raw_prefix: str
-) -> list[dict[str, object]]:
-    """One manifest row per usable image, sorted by writer, kind and path."""
+def manifest_rows(processed: Iterable[ProcessedImage], splits: dict[str, str]) -> list[dict[str, object]]:
+    """One manifest row per usable image, sorted by writer, kind and path (`splits`: manifest path -> split)."""
     rows = []
     for item in sorted(processed, key=lambda entry: entry.record):
         record = item.record
         rows.append(
             {
-                "path": f"{raw_prefix}/{record.path}",
+                "path": item.manifest_path,
                 "prepared_path": item.prepared_path,
                 "writer": record.writer,
                 "kind": record.kind,
                 "sample": record.sample,
-                "split": splits[record.path],
+                "split": splits[item.manifest_path],
                 "source_sha256": item.source_sha256,
                 "prepared_sha256": item.prepared_sha256,
                 "original_width": item.original_width,
@@ -230,14 +242,25 @@ def prepare_dataset(
     """
     listing = list_dataset(paths.raw_dir, layout)
     settings = settings_from_params(params)
-    jobs = [PrepareJob(record, paths, settings) for record in listing.records]
-    processed = process_all(jobs, params.workers, show_progress)
-    usable = [item for item in processed if not item.error]
-    failed = [SkippedFile(item.record.path, item.error) for item in processed if item.error]
+    removed = removed_writers(paths)
+    jobs = [
+        PrepareJob(record, paths, settings, paths.raw_dir) for record in listing.records if record.writer not in removed
+    ]
+    enrolled_jobs = [
+        PrepareJob(record, paths, settings, paths.enrolments_dir, ENROLLED_IMAGES) for record in enrolled_records(paths)
+    ]
+    processed = process_all([*jobs, *enrolled_jobs], params.workers, show_progress)
+    usable = [item for item in processed[: len(jobs)] if not item.error]
+    enrolled = [item for item in processed[len(jobs) :] if not item.error]
+    failed = [SkippedFile(item.record.path, item.error) for item in processed[: len(jobs)] if item.error]
+    failed += [SkippedFile(item.manifest_path, item.error) for item in processed[len(jobs) :] if item.error]
     skipped = sorted([*listing.skipped, *failed])
     rules = rules_from_params(params)
-    splits = assign_splits([item.record for item in usable], rules)
-    rows = manifest_rows(usable, splits, paths.raw_dir.relative_to(paths.root).as_posix())
+    raw_prefix = paths.raw_dir.relative_to(paths.root).as_posix()
+    assignment = assign_splits([item.record for item in usable], rules)
+    splits = {f"{raw_prefix}/{path}": split for path, split in assignment.items()}
+    splits.update({item.manifest_path: ENROLLED_SPLIT for item in enrolled})
+    rows = manifest_rows([*usable, *enrolled], splits)
     write_csv(paths.manifest_file, MANIFEST_COLUMNS, rows)
     write_csv(paths.skipped_file, ("path", "reason"), (asdict(item) for item in skipped))
     summary = PrepareSummary(
@@ -247,11 +270,26 @@ def prepare_dataset(
         counts=count_by_split_and_kind(rows),
     )
     short = short_writers((item.record for item in usable), rules)
-    untrained = writers_without_training([item.record for item in usable], splits)
+    untrained = writers_without_training([item.record for item in usable], assignment)
     unenrolled = sorted({cast(str, row["writer"]) for row in rows if row["split"] == UNENROLLED_SPLIT})
-    report = data_report(layout, summary, skipped, listing.notes, short, rules, untrained, unenrolled)
+    notes = [*listing.notes, *enrolment_notes(enrolled, removed)]
+    report = data_report(layout, summary, skipped, notes, short, rules, untrained, unenrolled)
     paths.data_report_file.write_text(report, encoding="utf-8")
     return summary, listing, skipped
+
+
+def enrolment_notes(enrolled: Sequence[ProcessedImage], removed: set[str]) -> list[str]:
+    """The data report's notes on the enrolment record: writers added from references, writers left out."""
+    notes = []
+    counts = Counter(item.record.writer for item in enrolled)
+    if counts:
+        added = ", ".join(f"{writer} ({count})" for writer, count in sorted(counts.items()))
+        notes.append(f"Enrolled writers (`sigpipe enrol`, data/enrolments), references in train: {added}")
+    if removed:
+        notes.append(
+            f"Writers removed (`sigpipe remove`, data/enrolments/removed.json), left out: {', '.join(sorted(removed))}"
+        )
+    return notes
 
 
 def prepare_metrics(summary: PrepareSummary) -> dict[str, object]:

@@ -37,19 +37,33 @@ def assemble_classifier(
     refused when that base is not the one whose digest the embed stage recorded."""
     import keras
 
-    from tasks.model.classifier import build_base, classifier_with_head, weights_digest
-    from tasks.model.keras_files import float32_copy
-
     # Keras names unnamed layers from per-process counters: models built earlier in this process (the
     # pipeline flow runs embed here first) would change the names in the saved file, and its hash in
     # dvc.lock. A cleared session builds the same file as a fresh process (`dvc repro register`).
     keras.backend.clear_session()
+    base = checked_base(root, image_size, weights, seed, base_digest)
+    return classifier_on_base(base, image_size, head, dropout, seed)
+
+
+def checked_base(root: Path, image_size: int, weights: str, seed: int, base_digest: str):  # -> keras.Model
+    """The frozen base built from `weights` (and `seed`), refused when its weights digest is not `base_digest`
+    (the embed stage's, in metrics/embed.json): embeddings of another base would not fit the stored ones."""
+    from tasks.model.classifier import build_base, weights_digest
+
     base = build_base(image_size, weights, root, seed)
     if weights_digest(base) != base_digest:
         raise ModelFileError(
             f"the base built from model.weights '{weights}' is not the one that computed the embeddings "
             f"(digest {base_digest[:12]}). {REEMBED_HINT}"
         )
+    return base
+
+
+def classifier_on_base(base, image_size: int, head: HeadWeights, dropout: float, seed: int):  # -> keras.Model
+    """The float32 classifier of `head` on an already built (and checked) `base`."""
+    from tasks.model.classifier import classifier_with_head
+    from tasks.model.keras_files import float32_copy
+
     return float32_copy(classifier_with_head(base, image_size, head, dropout, seed))
 
 

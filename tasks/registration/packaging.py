@@ -12,7 +12,7 @@ import importlib.util
 import json
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tasks.data.images import PreprocessSettings
@@ -47,6 +47,22 @@ OUTPUT_COLUMN_TYPES = {
 PYFUNC_MODULE = "tasks.serving.pyfunc_model"  # the MLflow model-from-code file: found, never imported here
 
 
+@dataclass(frozen=True)
+class PackagedFiles:
+    """The files a packaged model is logged from: the workspace's models/ (the register stage), or a
+    scratch folder (`sigpipe enrol` and `remove`, which build a model without touching the stages' outputs)."""
+
+    classifier: Path
+    verifier: Path
+    calibration: Path
+    params: Path
+
+    @classmethod
+    def of_workspace(cls, paths: ProjectPaths) -> PackagedFiles:
+        """What the package, train and calibrate stages wrote, and the workspace's params.yaml."""
+        return cls(paths.classifier_file, paths.verifier_file, paths.calibration_file, paths.params_file)
+
+
 def module_source(module: str) -> Path:
     """The file of `module`, found without running it (the model-from-code file does work on import)."""
     spec = importlib.util.find_spec(module)
@@ -62,17 +78,17 @@ def write_preprocess_artifact(settings: PreprocessSettings, top_k: int, folder: 
     return path
 
 
-def check_artifact_files(paths: ProjectPaths) -> None:
+def check_artifact_files(files: PackagedFiles) -> None:
     """Refuse, before anything is logged, a classifier file that is missing and a verifier or calibration
     file that does not read (the classifier's contents were checked by the `package` stage)."""
     from tasks.model.verifier import load_verifier
     from tasks.serving.model_files import read_calibration
 
-    if not paths.classifier_file.is_file():
-        raise ModelFileError(f"{paths.classifier_file} is missing: run the package stage (`dvc repro package`)")
+    if not files.classifier.is_file():
+        raise ModelFileError(f"{files.classifier} is missing: run the package stage (`dvc repro package`)")
     try:
-        read_model_file(paths.verifier_file, "the verifier", load_verifier)
-        read_model_file(paths.calibration_file, "the calibration", read_calibration)
+        read_model_file(files.verifier, "the verifier", load_verifier)
+        read_model_file(files.calibration, "the calibration", read_calibration)
     except ModelFileError as error:
         raise ModelFileError(f"{error}; rerun the stage that writes it (`dvc repro`)") from error
 
@@ -103,23 +119,25 @@ def model_signature():  # -> mlflow.models.ModelSignature
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def log_packaged_model(paths: ProjectPaths, settings: PreprocessSettings, top_k: int) -> str:
+def log_packaged_model(source: ProjectPaths | PackagedFiles, settings: PreprocessSettings, top_k: int) -> str:
     """`log_packaged_model_with_digests`, for callers that only need the logged model's URI."""
-    return log_packaged_model_with_digests(paths, settings, top_k)[0]
+    return log_packaged_model_with_digests(source, settings, top_k)[0]
 
 
 def log_packaged_model_with_digests(
-    paths: ProjectPaths, settings: PreprocessSettings, top_k: int
+    source: ProjectPaths | PackagedFiles, settings: PreprocessSettings, top_k: int
 ) -> tuple[str, dict[str, str]]:
     """Log the pyfunc (model from code, with the serving part of the `tasks` package: `serving_code`) to
     the active run; returns its URI and the SHA-256 of each artifact file as it was logged (file name ->
     digest), so that `register` signs only those files (`tasks.registration.model_store.sign_version`).
 
-    Nothing is built or run here: `paths.classifier_file` is the float32 classifier the `package` stage
-    wrote and checked against the evaluate stage's scores, and the signature is `model_signature()`, the
-    columns every answer has. No input example is stored: MLflow checks one by loading the model from
-    its artifacts and predicting it, which would import TensorFlow and read InceptionV3 in every register
-    (about 6 s here) to repeat the package stage's check.
+    `source` is a workspace (its models/ files and params.yaml: the register stage) or `PackagedFiles` in
+    a scratch folder (`sigpipe enrol` and `remove`). Nothing is built or run here: the classifier is the
+    float32 classifier the `package` stage (or the enrolment) built and checked against the verifier's
+    scores, and the signature is `model_signature()`, the columns every answer has. No input example is
+    stored: MLflow checks one by loading the model from its artifacts and predicting it, which would
+    import TensorFlow and read InceptionV3 in every register (about 6 s here) to repeat the package
+    stage's check.
 
     The model is logged with model_config {"accept_paths": False}, so what `mlflow models serve`
     loads reads only image bytes.
@@ -128,14 +146,15 @@ def log_packaged_model_with_digests(
 
     from tasks.tracking.runs import model_artifacts_removed_on_failure, model_requirements
 
-    check_artifact_files(paths)
+    packaged = PackagedFiles.of_workspace(source) if isinstance(source, ProjectPaths) else source
+    check_artifact_files(packaged)
     with tempfile.TemporaryDirectory() as scratch:
         files = {
-            ARTIFACT_CLASSIFIER: paths.classifier_file,
-            ARTIFACT_VERIFIER: paths.verifier_file,
-            ARTIFACT_CALIBRATION: paths.calibration_file,
+            ARTIFACT_CLASSIFIER: packaged.classifier,
+            ARTIFACT_VERIFIER: packaged.verifier,
+            ARTIFACT_CALIBRATION: packaged.calibration,
             ARTIFACT_PREPROCESS: write_preprocess_artifact(settings, top_k, Path(scratch)),
-            ARTIFACT_PARAMS: paths.params_file,
+            ARTIFACT_PARAMS: packaged.params,
         }
         # Digests of every artifact, packaged with them and checked whenever the model loads.
         files[ARTIFACT_DIGESTS] = write_digests(files, Path(scratch))

@@ -27,6 +27,7 @@ from tasks.workspace.params_data import (
 from tasks.workspace.params_model import (
     AugmentParams,
     CalibrateParams,
+    EnrolParams,
     EvaluateParams,
     ModelParams,
     RegisterParams,
@@ -97,6 +98,7 @@ PARAM_GROUPS: dict[str, type[StrictModel]] = {
     "evaluate": EvaluateParams,
     "calibrate": CalibrateParams,
     "register": RegisterParams,
+    "enrol": EnrolParams,
 }
 
 

@@ -99,3 +99,7 @@ class TrackingServerLostError(RuntimeError):
 
 class ArtifactStoreError(OSError):
     """Writing to the MLflow artifact store failed (e.g. a full disk); partial files were removed."""
+
+
+class EnrolmentError(ValueError):
+    """`sigpipe enrol` or `remove` refused: a bad reference, a writer id, or a workspace not ready for it."""

@@ -1,5 +1,5 @@
 """Parameter groups of the model stages (`model`, `augment`, `train`, `tracking`, `evaluate`, `calibrate`,
-`register`), and the file that `model.weights` names."""
+`register`), of `sigpipe enrol` / `remove` (`enrol`), and the file that `model.weights` names."""
 
 from __future__ import annotations
 
@@ -170,3 +170,31 @@ class RegisterParams(StrictModel):
                 f"(e.g. {SELECTION_METRIC_PREFIX}accuracy or {SELECTION_METRIC_PREFIX}eer_skilled)"
             )
         return metric
+
+
+class EnrolParams(StrictModel):
+    """What `sigpipe enrol` asks of a new writer's references, and when its version may become champion.
+
+    A reference is refused when its shorter side is below `min_reference_side` pixels, or when the
+    share of its pixels that are ink (Otsu's dark class, as `prepare` finds it) lies outside
+    [`min_ink_fraction`, `max_ink_fraction`]: signatures on paper are a few percent to about 20%
+    ink, a photo, a filled form or a page of noise 40% or more (docs/enrolment.md). The new version
+    becomes champion only when the writers already enrolled lose at most `tolerance` of
+    identification accuracy and gain at most `tolerance` of FRR on their validation genuine images.
+    """
+
+    min_references: int = Field(ge=1)
+    tolerance: float = Field(ge=0, le=1)
+    min_reference_side: int = Field(ge=1)
+    min_ink_fraction: float = Field(ge=0, lt=1)
+    max_ink_fraction: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_ink_range(self) -> EnrolParams:
+        """An empty ink range would refuse every reference."""
+        if self.min_ink_fraction >= self.max_ink_fraction:
+            raise ValueError(
+                f"enrol.min_ink_fraction {self.min_ink_fraction} must be below enrol.max_ink_fraction "
+                f"{self.max_ink_fraction}"
+            )
+        return self

@@ -63,6 +63,12 @@ class ProjectPaths:
         return self.prepared_dir / "data_report.md"
 
     @property
+    def enrolments_dir(self) -> Path:
+        """The enrolment record (`sigpipe enrol` / `remove`): writers added from references, dataset writers
+        removed. A dep of `prepare`, which adds the first and leaves out the second (docs/enrolment.md)."""
+        return self.data_dir / "enrolments"
+
+    @property
     def embeddings_dir(self) -> Path:
         """The frozen base's embeddings of every prepared image, one .npz per split (embed stage)."""
         return self.data_dir / "embeddings"

@@ -1,0 +1,1 @@
+"""Enrolling and removing a writer without retraining: the record on disk, reference checks, the re-solve."""

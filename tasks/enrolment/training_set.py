@@ -1,0 +1,117 @@
+"""What an enrolment or a removal re-solves the verifier on, without running the base on any stored image.
+
+The training set is the workspace's record as it stands: the embed stage's training views of the
+manifest's writers (`data/embeddings/train.npz`), less the writers removed since (and the references
+of enrolments deleted since), plus each enrolled writer's stored views that the manifest does not hold
+yet (it holds them after the next `dvc repro`, embedded by the embed stage). The classes are the
+manifest's writers (sorted, as `train` orders them), then the writers enrolled since, in enrolment order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.data.manifest import GENUINE_KIND
+from tasks.enrolment.record import (
+    Enrolment,
+    embeddings_file,
+    enrolments,
+    reference_manifest_path,
+    removed_writers,
+)
+from tasks.model.verifier import WriterVerifier, fit_writer_verifier
+from tasks.training.embedding_files import flat_views, load_embedded_rows, load_split_embeddings
+from tasks.workspace.errors import EnrolmentError
+from tasks.workspace.params_model import ModelParams
+from tasks.workspace.paths import ProjectPaths
+
+TRAIN_SPLIT = "train"
+REPRO_HINT = "Run `dvc repro` first, then enrol again."
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Per writer, in class order, its training views (views, images, features)."""
+
+    views: dict[str, np.ndarray]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.views)
+
+    def with_writer(self, writer: str, views: np.ndarray) -> TrainingSet:
+        """This set with `views` added to `writer`'s (a new writer goes last)."""
+        joined = np.concatenate([self.views[writer], views], axis=1) if writer in self.views else views
+        return TrainingSet({**self.views, writer: joined})
+
+    def without(self, writer: str) -> TrainingSet:
+        return TrainingSet({name: views for name, views in self.views.items() if name != writer})
+
+
+def enrolled_prefix(paths: ProjectPaths) -> str:
+    """The manifest paths of enrolled references start with this (the enrolment folder, from the root)."""
+    return paths.enrolments_dir.relative_to(paths.root).as_posix() + "/"
+
+
+def kept_rows(paths: ProjectPaths, rows: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """The manifest rows that still count: not of a dataset writer removed since, not of an enrolment
+    deleted since (the manifest is as the last `dvc repro` left it)."""
+    removed = removed_writers(paths)
+    prefix = enrolled_prefix(paths)
+    current = {
+        reference_manifest_path(paths, item.writer, ref) for item in enrolments(paths) for ref in item.references
+    }
+    return [
+        row
+        for row in rows
+        if (row["path"] in current if row["path"].startswith(prefix) else row["writer"] not in removed)
+    ]
+
+
+def enrolled_views(paths: ProjectPaths, enrolment: Enrolment, in_manifest: set[str], views: int) -> np.ndarray | None:
+    """The stored views of `enrolment`'s references the manifest does not hold, or None when it holds all."""
+    missing = [reference_manifest_path(paths, enrolment.writer, ref) for ref in enrolment.references]
+    missing = [path for path in missing if path not in in_manifest]
+    if not missing:
+        return None
+    stored = load_embedded_rows(embeddings_file(paths, enrolment.writer))
+    position = {path: index for index, path in enumerate(stored.paths)}
+    if any(path not in position for path in missing) or stored.views.shape[0] != views:
+        raise EnrolmentError(
+            f"the stored embeddings of writer {enrolment.writer} do not match its references or the embed "
+            f"stage's views. {REPRO_HINT}"
+        )
+    return stored.views[:, [position[path] for path in missing]]
+
+
+def training_set(paths: ProjectPaths, rows: Sequence[dict[str, str]]) -> TrainingSet:
+    """The record's training views per writer (the module's docstring says which)."""
+    wanted = [row for row in kept_rows(paths, rows) if row["split"] == TRAIN_SPLIT and row["kind"] == GENUINE_KIND]
+    embedded = load_split_embeddings(paths.embeddings_dir, TRAIN_SPLIT, wanted)
+    writers = np.array([row["writer"] for row in wanted])
+    views = {str(writer): embedded.views[:, writers == writer] for writer in sorted(set(writers))}
+    in_manifest = set(embedded.paths)
+    for enrolment in enrolments(paths):
+        extra = enrolled_views(paths, enrolment, in_manifest, embedded.views.shape[0])
+        if extra is not None:
+            views[enrolment.writer] = (
+                np.concatenate([views[enrolment.writer], extra], axis=1) if enrolment.writer in views else extra
+            )
+    return TrainingSet(views)
+
+
+def fit(training: TrainingSet, model: ModelParams) -> WriterVerifier:
+    """The writer-dependent verifier (= the ridge head) on every view of every writer, in class order."""
+    if len(training.classes) < 2:
+        raise EnrolmentError(f"{len(training.classes)} writer(s) would be left: a verifier needs at least 2")
+    views = np.concatenate(list(training.views.values()), axis=1)
+    labels = np.concatenate(
+        [np.full(item.shape[1], index, dtype=np.int32) for index, item in enumerate(training.views.values())]
+    )
+    samples, sample_labels = flat_views(views, labels)
+    return fit_writer_verifier(
+        samples, sample_labels, len(training.classes), model.verifier_regularization, model.verifier_whitening
+    )
