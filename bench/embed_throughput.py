@@ -28,7 +28,7 @@ from tasks.data.prepare import prepare_dataset
 from tasks.model.classifier import build_base, build_embedder
 from tasks.model.fused import folded_inference_function, inference_function
 from tasks.training.embed import CACHED_VIEW_EPOCH_OFFSET, embed
-from tasks.training.input_pipeline import augmented_images, load_training_data, prefetched
+from tasks.training.input_pipeline import augmented_images, image_keys, load_training_data, prefetched
 from tasks.workspace.params_data import PrepareParams
 from tasks.workspace.params_model import AugmentParams
 from tasks.workspace.paths import ProjectPaths
@@ -63,7 +63,8 @@ def measure(cedar: Path, size: int, scratch: Path) -> dict[str, float]:
     augment = AugmentParams.model_validate(params["augment"])
     order = tf.range(len(data.train), dtype=tf.int64)
     epoch = tf.constant(CACHED_VIEW_EPOCH_OFFSET, tf.int64)
-    batches = augmented_images(tf.constant(data.train.images), augment, 42, epoch, order).batch(BATCH)
+    keys = tf.constant(image_keys(data.train.hashes))
+    batches = augmented_images(tf.constant(data.train.images), keys, augment, 42, epoch, order).batch(BATCH)
     embed(step, batches.take(1), BATCH, "warm-up", False)
     started = time.perf_counter()
     embed(step, prefetched(batches), len(data.train), "embed", False)

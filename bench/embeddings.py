@@ -76,7 +76,7 @@ def embed_workspace(root: Path, size: int, weights: str, views: int) -> dict[str
     from tasks.model.classifier import build_base, build_embedder
     from tasks.model.fused import folded_inference_function
     from tasks.training.embed import CACHED_VIEW_EPOCH_OFFSET, embed
-    from tasks.training.input_pipeline import augmented_images, prefetched, read_grey_image
+    from tasks.training.input_pipeline import augmented_images, image_keys, prefetched, read_grey_image
     from tasks.workspace.params_model import AugmentParams
 
     rows = read_manifest(root / "data" / "prepared" / "manifest.csv")
@@ -90,6 +90,7 @@ def embed_workspace(root: Path, size: int, weights: str, views: int) -> dict[str
     }
     train_rows = np.array([i for i, row in enumerate(rows) if row["kind"] == "genuine" and row["split"] == "train"])
     order = tf.range(len(train_rows), dtype=tf.int64)
+    keys = tf.constant(image_keys([rows[index]["prepared_sha256"] for index in train_rows]))
     for name, augment in AUGMENTATIONS.items():
         if augment is None:
             continue
@@ -101,6 +102,7 @@ def embed_workspace(root: Path, size: int, weights: str, views: int) -> dict[str
                     prefetched(
                         augmented_images(
                             tf.constant(images[train_rows]),
+                            keys,
                             params,
                             SEED,
                             tf.constant(CACHED_VIEW_EPOCH_OFFSET + view, tf.int64),

@@ -130,8 +130,9 @@ def enrol_writer(
     base = checked_base(paths.root, info, settings.model.weights, settings.train.seed)
     images = np.stack([item.image for item in checked])
     train = settings.train
+    hashes = tuple(item.prepared_sha256 for item in checked)
     views = embed_references(
-        base, info, images, settings.augment, train.augmented_views, train.seed, train.embed_batch_size
+        base, info, images, hashes, settings.augment, train.augmented_views, train.seed, train.embed_batch_size
     )
     enlarged = training.with_writer(writer, views)
     verifier, before = fit(enlarged, settings.model), fit(training, settings.model)

@@ -3,8 +3,9 @@ with the re-solved head is packaged and checked against the verifier's scores.
 
 The base is built once and checked against the embed stage's weights digest (metrics/embed.json): the
 new references' embeddings must come from the base that embedded every stored image. Their augmented
-views are seeded as the embed stage seeds them (`train.seed`, the stored views' epochs), by their
-position among the new references.
+views are seeded as the embed stage seeds every training image's (`train.seed`, the stored views'
+epochs, the image's prepared-PNG hash: `tasks.training.input_pipeline.image_keys`), so the next
+`dvc repro` gives them the same views.
 """
 
 from __future__ import annotations
@@ -56,15 +57,23 @@ def checked_base(root: Path, info: EmbedInfo, weights: str, seed: int):  # -> ke
 
 
 def embed_references(
-    base, info: EmbedInfo, images: np.ndarray, augment, views: int, seed: int, batch_size: int
+    base,
+    info: EmbedInfo,
+    images: np.ndarray,
+    prepared_hashes: tuple[str, ...],
+    augment,
+    views: int,
+    seed: int,
+    batch_size: int,
 ) -> np.ndarray:
-    """(1 + views, n, 2048): the preprocessed references (n, size, size) as they are, then augmented."""
+    """(1 + views, n, 2048): the preprocessed references (n, size, size) as they are, then augmented, each
+    view seeded by the reference's prepared-PNG hash as the embed stage seeds every training image's."""
     from tasks.model.fused import folded_inference_function
     from tasks.training.embed import feature_embedder, split_views
     from tasks.training.input_pipeline import SplitImages
 
     step = folded_inference_function(feature_embedder(base, info.image_size))
-    split = SplitImages(images[..., np.newaxis], np.zeros(len(images), dtype=np.int32), ("",) * len(images))
+    split = SplitImages(images[..., np.newaxis], np.zeros(len(images), dtype=np.int32), prepared_hashes)
     return split_views(step, split, augment, views, seed, batch_size, REFERENCES_LABEL, False)
 
 

@@ -26,7 +26,14 @@ from tasks.model.fused import folded_inference_function
 from tasks.model.keras_files import float32_copy
 from tasks.model.keras_head import FEATURE_DIM
 from tasks.training.embedding_files import EMBEDDED_SPLITS, EmbeddedRows, rows_of_split
-from tasks.training.input_pipeline import SplitImages, augmented_images, plain_batches, prefetched, read_grey_image
+from tasks.training.input_pipeline import (
+    SplitImages,
+    augmented_images,
+    image_keys,
+    plain_batches,
+    prefetched,
+    read_grey_image,
+)
 from tasks.workspace.params_model import AugmentParams
 
 CACHED_VIEW_EPOCH_OFFSET = 1_000_000  # the augmentation epochs of the stored views, apart from online training's
@@ -88,10 +95,11 @@ def split_views(
     embedded = [embed(step, plain_batches(images, None, batch_size), len(images), f"embed {label}", show_progress)]
     if augment is not None:
         pixels = tf.constant(images.images)
+        keys = tf.constant(image_keys(images.hashes))
         natural_order = tf.range(len(images), dtype=tf.int64)
         for view in range(views):
             epoch = tf.constant(CACHED_VIEW_EPOCH_OFFSET + view, tf.int64)
-            batches = prefetched(augmented_images(pixels, augment, seed, epoch, natural_order).batch(batch_size))
+            batches = prefetched(augmented_images(pixels, keys, augment, seed, epoch, natural_order).batch(batch_size))
             description = f"embed {label} view {view + 1}/{views}"
             embedded.append(embed(step, batches, len(images), description, show_progress))
     return np.stack(embedded)

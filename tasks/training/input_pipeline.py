@@ -2,8 +2,10 @@
 
 Decoding the prepared images of the manifest once (`load_training_data`), turning them into the
 classifier's input, and the batch streams: plain images, freshly augmented images for the online
-mode (shuffled per epoch with stateless seeds derived from (seed, epoch, image index), so a
-resumed run sees the data order it would have had), and cached embeddings for the cached mode.
+mode (shuffled per epoch with stateless seeds derived from (seed, epoch), each image augmented with
+a seed of (seed, epoch, its content key: `image_keys`), so a resumed run sees what it would have had
+and an image's views do not depend on which other images share its split), and cached embeddings for
+the cached mode.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from tasks.workspace.params_model import AugmentParams
 
 GENUINE = "genuine"
 PREFETCH_BATCHES = 2
+# Hex digits of an image's SHA-256 that key its augmentation: 52 bits, so `element_seed`'s key * 16 stays
+# inside an int64.
+IMAGE_KEY_HEX_DIGITS = 13
 
 
 @dataclass(frozen=True)
@@ -121,14 +126,22 @@ def epoch_order(count: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
     return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=stateless_seed)
 
 
+def image_keys(hashes: Sequence[str]) -> np.ndarray:
+    """Each image's augmentation key: the leading `IMAGE_KEY_HEX_DIGITS` of its prepared PNG's SHA-256 as
+    an integer, so an image's augmented views depend on its pixels, not on where it sits in its split
+    (an enrolled reference gets the views the next `dvc repro` gives it among all training images)."""
+    return np.array([int(digest[:IMAGE_KEY_HEX_DIGITS], 16) for digest in hashes], dtype=np.int64)
+
+
 def augmented_images(
-    images: tf.Tensor, augment: AugmentParams, seed: int, epoch: tf.Tensor, order: tf.Tensor
+    images: tf.Tensor, keys: tf.Tensor, augment: AugmentParams, seed: int, epoch: tf.Tensor, order: tf.Tensor
 ) -> tf.data.Dataset:
-    """Images in `order`, each augmented with the seed of (seed, epoch, its index), in parallel."""
+    """Images in `order`, each augmented with the seed of (seed, epoch, its key: `image_keys`), in parallel."""
 
     def load(index: tf.Tensor) -> tf.Tensor:
         image = tf.cast(tf.gather(images, index), tf.float32)
-        return tf.image.grayscale_to_rgb(augment_image(image, element_seed(seed, epoch, index), augment))
+        key = tf.gather(keys, index)
+        return tf.image.grayscale_to_rgb(augment_image(image, element_seed(seed, epoch, key), augment))
 
     return tf.data.Dataset.from_tensor_slices(order).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -144,11 +157,12 @@ def online_batches(
 ) -> tf.data.Dataset:
     """Freshly augmented training batches for epochs [start_epoch, epochs), shuffled per epoch."""
     images = tf.constant(split.images)
+    keys = tf.constant(image_keys(split.hashes))
     labels = tf.constant(one_hot(split.labels, class_count))
 
     def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
         order = epoch_order(len(split), seed, epoch)
-        pixels = augmented_images(images, augment, seed, epoch, order)
+        pixels = augmented_images(images, keys, augment, seed, epoch, order)
         targets = tf.data.Dataset.from_tensor_slices(tf.gather(labels, order))
         return tf.data.Dataset.zip((pixels, targets)).batch(batch_size)
 

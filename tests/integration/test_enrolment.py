@@ -35,15 +35,16 @@ IMPOSTOR = "902"  # enrolled from writer 001's own signatures: the writers enrol
 SYNTHETIC_WRITER = 9  # the generated dataset's writers are 1..3: writer 9's style is new to the model
 REFERENCES = 5
 HUGE_TOLERANCE = 1.0
-# The rebuilt model (`dvc repro` after an enrolment) and the enrolled one differ only by the enrolled
-# references' augmented views: the embed stage seeds a view by the image's position among all training
-# images, the enrolment by its position among the new references (their clean embeddings are equal), and
-# with the random 75 px base and one view, the views move the ridge solution noticeably. Measured here:
-# the top writer agrees on 0.93 of the held-out images, the largest claim-score difference is 0.63
-# (scores are of order 1). Stated tolerance (docs/enrolment.md): agreement at least AGREEMENT, every
-# score within SCORE_TOLERANCE, and both answer the enrolled writer's references with it.
-AGREEMENT = 0.9
-SCORE_TOLERANCE = 1.0
+# The rebuilt model (`dvc repro` after an enrolment) and the enrolled one see the same embeddings: the
+# clean ones are equal, and every augmented view is seeded by the image's prepared-PNG hash
+# (`tasks.training.input_pipeline.image_keys`), not by its position, so an enrolled reference gets the
+# same views among all training images as among the new references. What is left is float rounding
+# (other batch compositions, another row order in the solve). Stated tolerance (docs/enrolment.md):
+# the same top writer for every held-out image, every claim score within SCORE_TOLERANCE (the package
+# stage's check of the packaged model against the light stages' scores), and both answer the enrolled
+# writer's references with it.
+AGREEMENT = 1.0
+SCORE_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")

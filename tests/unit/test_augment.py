@@ -165,3 +165,29 @@ def test_augmentation_runs_inside_a_parallel_tf_data_map() -> None:
     batched = np.stack([item.numpy() for item in dataset])
     direct = np.stack([augmented(REFERENCE, (9, 0, index)) for index in range(6)])
     assert np.allclose(batched, direct, atol=1e-4)
+
+
+def test_an_images_views_depend_on_its_pixels_not_on_its_position() -> None:
+    """Issue 26: a view is seeded by the image's prepared-PNG hash, so the same image gets the same views
+    wherever it sits in its split (an enrolled reference alone, or among every training image after the
+    next `dvc repro`), and two images with different hashes get different ones."""
+    from tasks.training.input_pipeline import augmented_images, image_keys
+
+    base = stroke_image().numpy()
+    images = np.stack([base, np.roll(base, 3, axis=1), np.roll(base, 5, axis=0)]).astype(np.uint8)
+    hashes = ("0123456789abcdef" * 4, "fedcba9876543210" * 4, "00ff" * 16)
+    epoch = tf.constant(1_000_000, tf.int64)
+
+    def views(order: list[int]) -> list[np.ndarray]:
+        chosen = tf.constant(images[order])
+        keys = tf.constant(image_keys([hashes[index] for index in order]))
+        dataset = augmented_images(chosen, keys, REFERENCE, 42, epoch, tf.range(len(order), dtype=tf.int64))
+        return [item.numpy() for item in dataset]
+
+    in_order, reversed_order, alone = views([0, 1, 2]), views([2, 1, 0]), views([2])
+    for position, index in enumerate([2, 1, 0]):
+        np.testing.assert_allclose(reversed_order[position], in_order[index], atol=1e-4)
+    np.testing.assert_allclose(alone[0], in_order[2], atol=1e-4)
+    twin = views([0, 0])
+    np.testing.assert_allclose(twin[0], twin[1], atol=1e-4)  # same pixels, same hash: same view
+    assert image_keys(hashes[:2])[0] != image_keys(hashes[:2])[1]
