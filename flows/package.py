@@ -17,27 +17,40 @@ from dataclasses import dataclass
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
-from tasks.workspace.config import ModelParams, TrainParams, parse_group, read_params_file
+from tasks.workspace.config import ModelParams, PrepareParams, TrainParams, parse_group, read_params_file
 from tasks.workspace.paths import ProjectPaths
 
 
 @dataclass(frozen=True)
 class PackageConfig:
+    """The parameters package reads: the base (`model.weights`), the head's dropout, the preprocessing
+    the serving code applies to a raw image, and `train.seed`."""
+
     model: ModelParams
+    prepare: PrepareParams
     seed: int  # train.seed: what reinitialises the base for `model.weights: none`, as the embed stage did
 
 
-def package_task(paths: ProjectPaths, config: PackageConfig) -> float:
-    """Build the packaged classifier, check it against the evaluate stage's scores and write it;
-    returns the largest score difference found."""
+def package_task(paths: ProjectPaths, config: PackageConfig) -> dict[str, object]:
+    """Build the packaged classifier, check it against the evaluate stage's scores (embeddings and, for
+    one image, the serving code on its raw file), write it, and record what was written; returns the record."""
     from tasks.data.manifest import read_manifest
+    from tasks.data.prepare import settings_from_params
     from tasks.evaluation.scores import load_scores
     from tasks.model.head import load_head
     from tasks.model.keras_files import save_model_file
     from tasks.model.verifier import load_verifier
-    from tasks.registration.assemble import assemble_classifier, check_scores
+    from tasks.registration.assemble import (
+        CHECKED_IMAGES,
+        SCORE_TOLERANCE,
+        assemble_classifier,
+        check_scores,
+        check_serving_path,
+    )
+    from tasks.workspace.files import sha256_file, write_json
 
     embedded = json.loads(paths.embed_metrics_file.read_text())
+    classes = json.loads(paths.labels_file.read_text())["classes"]
     classifier = assemble_classifier(
         paths.root,
         int(embedded["image_size"]),
@@ -47,28 +60,34 @@ def package_task(paths: ProjectPaths, config: PackageConfig) -> float:
         config.model.dropout,
         str(embedded["base_weights_sha256"]),
     )
-    difference = check_scores(
-        classifier,
-        load_verifier(paths.verifier_file),
-        load_scores(paths.scores_file),
-        read_manifest(paths.manifest_file),
-        paths.root,
-    )
+    verifier, table = load_verifier(paths.verifier_file), load_scores(paths.scores_file)
+    difference = check_scores(classifier, verifier, table, read_manifest(paths.manifest_file), paths.root)
+    check_serving_path(classifier, verifier, table, paths.root, classes, settings_from_params(config.prepare))
     save_model_file(classifier, paths.classifier_file)
+    record: dict[str, object] = {
+        "classifier_sha256": sha256_file(paths.classifier_file),
+        "classes": len(classes),
+        "image_size": int(embedded["image_size"]),
+        "base_weights_sha256": str(embedded["base_weights_sha256"]),
+        "checked_images": CHECKED_IMAGES,
+        "score_tolerance": SCORE_TOLERANCE,
+    }
+    write_json(paths.package_record_file, record)
     print(
         f"wrote {paths.classifier_file.name}: it scores the checked validation images as evaluate did "
-        f"(largest difference {difference:.1e})"
+        f"(largest difference {difference:.1e}), and the serving code answers a raw image as evaluate scored it"
     )
-    return difference
+    return record
 
 
 @flow(name="package", flow_run_name=current_stage_run_name, log_prints=True)
-def package_flow(params_file: str) -> float:
-    """Read `model.weights`, `model.dropout` and `train.seed`; build, check and write the classifier."""
+def package_flow(params_file: str) -> dict[str, object]:
+    """Read `model.weights`, `model.dropout`, `prepare` and `train.seed`; build, check and write the classifier."""
     paths = workspace_paths(params_file)
     params = read_params_file(paths.params_file)
     config = PackageConfig(
         model=parse_group(params, "model", ModelParams, params_file),
+        prepare=parse_group(params, "prepare", PrepareParams, params_file),
         seed=parse_group(params, "train", TrainParams, params_file).seed,
     )
     return package_task(paths, config)

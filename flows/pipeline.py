@@ -1,5 +1,5 @@
 """The whole pipeline as one Prefect flow: download -> prepare -> embed -> train -> evaluate -> calibrate
--> register, then `dvc push` of the outputs when the repository has a default DVC remote (a team's).
+-> package -> register, then `dvc push` of the outputs when the repository has a default DVC remote (a team's).
 
 One process, one Prefect API: each stage whose inputs changed since DVC last recorded it (`dvc
 status` of that stage) runs as a subflow of this run (a flow called inside a flow, so the UI nests

@@ -77,7 +77,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     from tasks.data.manifest import read_manifest
     from tasks.data.prepare import settings_from_params
     from tasks.registration.model_store import record_alias, sign_version, workspace_keys
-    from tasks.registration.packaging import log_packaged_model_with_digests
+    from tasks.registration.packaging import check_package_record, log_packaged_model_with_digests
     from tasks.registration.registry import (
         SELECTION_SPLITS,
         TAG_SELECTION_MANIFEST,
@@ -119,6 +119,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     manifest = digest_of_rows(rows, SELECTION_SPLITS)
     keys = workspace_keys(paths)
     ensure_signing_key(keys)  # an unreadable key fails here, before anything is logged
+    check_package_record(paths)  # the classifier package checked, for the calibration's writers
     name = config.register.model_name
     experiment_id = ensure_experiment(paths, config.tracking.experiment)
     end_abandoned_runs(experiment_id)

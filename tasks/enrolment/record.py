@@ -20,9 +20,10 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks.data.datasets.base import SignatureRecord, normalise_writer_id
+from tasks.data.datasets.base import SignatureRecord
 from tasks.workspace.errors import EnrolmentError
 from tasks.workspace.paths import ProjectPaths
+from tasks.workspace.writer_ids import normalise_writer_id
 
 WRITERS_FOLDER = "writers"
 REFERENCES_FOLDER = "references"

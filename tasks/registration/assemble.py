@@ -1,10 +1,11 @@
-"""The packaged classifier, put together at registration: the frozen base and the trained head's arrays.
+"""The packaged classifier, put together by the `package` stage: the frozen base and the trained head's arrays.
 
 The light stages never build a Keras model: train writes the head as arrays (`tasks.model.head`), evaluate
-scores the embed stage's embeddings with NumPy. `register` builds the one model users load (base,
-preprocessing, head, float32) and checks, before anything is logged, that it gives the scores the
-light stages computed on a few validation images (`SCORE_TOLERANCE`), and that its base is the one
-that embedded them: a registered model answers as its calibration was measured.
+scores the embed stage's embeddings with NumPy. `package` builds the one model users load (base,
+preprocessing, head, float32) and checks, before `register` may log it, that it gives the scores the
+light stages computed on a few validation images (`SCORE_TOLERANCE`), that its base is the one that
+embedded them, and that the serving code answers a raw image file with it as evaluate scored that
+image (`check_serving_path`): a registered model answers as its calibration was measured.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tasks.model.verifier import WriterVerifier
 from tasks.training.input_pipeline import read_grey_image
 from tasks.workspace.errors import ModelFileError
 
-CHECKED_IMAGES = 8  # validation images the packaged model scores again at registration
+CHECKED_IMAGES = 8  # validation images the packaged model scores again before it is registered
 # Largest difference allowed between the packaged model's scores and the light stages' (logits and
 # verifier scores are of order 1; the two differ only by float32 summation order, about 1e-5).
 SCORE_TOLERANCE = 1e-3
@@ -98,3 +99,42 @@ def check_scores(
             f"disagree. {REEMBED_HINT}"
         )
     return float(differences.max())
+
+
+def check_serving_path(
+    classifier,
+    verifier: WriterVerifier,
+    table: ScoreTable,
+    root: Path,
+    classes: Sequence[str],
+    settings,  # tasks.data.images.PreprocessSettings
+) -> None:
+    """Answer the first checked validation image's raw file through the serving code (decoding,
+    preprocessing, scoring, answers: `tasks.serving.inference.SignatureClassifier`) with the packaged
+    classifier, and compare the answer with the evaluate stage's scores of that image: the same top
+    writer and its verifier score within `SCORE_TOLERANCE`. Raises ModelFileError naming the image."""
+    from tasks.serving.inference import SignatureClassifier
+    from tasks.serving.model_input import items_from
+
+    chosen = checked_rows(table, 1)
+    if not len(chosen):
+        return
+    index = int(chosen[0])
+    image = root / str(table.paths[index])
+    # No threshold: every answer names its top writer (the calibrated one is fitted later, by calibrate).
+    calibration = {"classes": list(classes), "temperature": 1.0, "threshold": -np.inf, "unknown_class_id": len(classes)}
+    (answer,) = SignatureClassifier(classifier, verifier, calibration, settings, top_k=1).answers(
+        items_from([str(image)])
+    )
+    top = int(np.argmax(table.logits[index]))
+    if (
+        answer.error
+        or answer.class_id != top
+        or abs(answer.verification_score - table.verification[index, top]) > SCORE_TOLERANCE
+    ):
+        raise ModelFileError(
+            f"the serving code answers {image.relative_to(root)} with the packaged model as "
+            f"{answer.error or f'writer {answer.writer} (score {answer.verification_score:.4f})'}, but evaluate "
+            f"scored it writer {classes[top]} ({table.verification[index, top]:.4f}): the serving code and the "
+            "stages disagree"
+        )

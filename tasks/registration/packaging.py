@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tasks.data.images import PreprocessSettings
-from tasks.serving.answers import OUTPUT_COLUMNS
+from tasks.serving.answers import NULLABLE_COLUMNS, OUTPUT_COLUMNS
 from tasks.serving.inference import (
     ACCEPT_PATHS,
     ARTIFACT_CALIBRATION,
@@ -93,6 +93,29 @@ def check_artifact_files(files: PackagedFiles) -> None:
         raise ModelFileError(f"{error}; rerun the stage that writes it (`dvc repro`)") from error
 
 
+def check_package_record(paths: ProjectPaths) -> None:
+    """Refuse to register a classifier file that is not the one the package stage built and checked (its
+    SHA-256 in metrics/package.json), or whose writers are not the calibration's: `sigpipe register` and
+    `python -m flows.register` run without DVC, which would otherwise pair a stale or damaged classifier
+    with a newer verifier and calibration and sign it."""
+    from tasks.serving.model_files import read_calibration
+
+    repair = "rebuild it: `dvc repro package` (or `dvc repro --force package register`)"
+    try:
+        record = json.loads(paths.package_record_file.read_text())
+        recorded, writers = str(record["classifier_sha256"]), int(record["classes"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelFileError(f"{paths.package_record_file} cannot be read ({error}): {repair}") from error
+    if not paths.classifier_file.is_file() or sha256_file(paths.classifier_file) != recorded:
+        raise ModelFileError(f"{paths.classifier_file} is not the classifier the package stage checked: {repair}")
+    classes = len(read_model_file(paths.calibration_file, "the calibration", read_calibration)["classes"])
+    if classes != writers:
+        raise ModelFileError(
+            f"{paths.classifier_file} answers {writers} writers but {paths.calibration_file} names {classes}: "
+            f"{repair} after `dvc repro calibrate`"
+        )
+
+
 def serving_code(folder: Path) -> Path:
     """A copy, under `folder`, of the project modules the packaged model's code file can run (its import
     closure, `tasks.workspace.import_closure`), as the `tasks` package: the code a registered model carries,
@@ -110,12 +133,18 @@ def serving_code(folder: Path) -> Path:
 
 def model_signature():  # -> mlflow.models.ModelSignature
     """The packaged model's signature: optional path, image and claim columns in; every answer's columns
-    out (`tasks.serving.inference.OUTPUT_COLUMNS`, typed as MLflow infers them from an answers frame)."""
+    out (`tasks.serving.answers.OUTPUT_COLUMNS`, typed as MLflow infers them from an answers frame; the
+    columns an answer may leave empty, a row's claim or an unreadable image's numbers, not required)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
     inputs = Schema([ColSpec("string", column, required=False) for column in (PATH_COLUMN, IMAGE_COLUMN, CLAIM_COLUMN)])
-    outputs = Schema([ColSpec(OUTPUT_COLUMN_TYPES[column], column) for column in OUTPUT_COLUMNS])
+    outputs = Schema(
+        [
+            ColSpec(OUTPUT_COLUMN_TYPES[column], column, required=column not in NULLABLE_COLUMNS)
+            for column in OUTPUT_COLUMNS
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

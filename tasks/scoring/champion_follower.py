@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -37,6 +38,8 @@ LOG_FORMAT = "%(asctime)s champion follower: %(message)s"
 DEFAULT_FOLLOW_SECONDS = 10.0  # `sigpipe serve --follow-seconds`, and `make up`'s model server
 RELEASE_CHECK_SECONDS = 1.0  # how often a swap looks again whether the replaced model's last request ended
 STOP_JOIN_SECONDS = 5.0  # how long a stopping server waits for a poll in progress (the thread is a daemon)
+# `scheme://user:password@`: the credentials part of a URL an error message may quote.
+URL_CREDENTIALS = re.compile(r"(\w+://)[^/\s@]+@")
 HEALTH_TIMEOUT_SECONDS = 5.0  # a tracking server's health check before each poll (MLflow would retry for minutes)
 
 
@@ -91,9 +94,19 @@ class RegistryAlias:
 
 
 def first_line(error: BaseException) -> str:
-    """An error's first line, or its type's name when it has no message."""
+    """An error's first line, or its type's name when it has no message, with any credentials in a URL
+    (`scheme://user:password@host`, as HTTP libraries print the request's URL) replaced by `***`."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    line = text.splitlines()[0] if text else type(error).__name__
+    return URL_CREDENTIALS.sub(r"\1***@", line)
+
+
+def registry_unreachable(error: BaseException) -> bool:
+    """Whether `error` says the registry could not be reached (MLflow losing its tracking server, a
+    connection or timeout error), as opposed to a version that cannot be served."""
+    from tasks.tracking.server import lost_server_reason
+
+    return lost_server_reason(error) is not None or isinstance(error, ConnectionError | TimeoutError)
 
 
 class ChampionFollower:
@@ -154,8 +167,21 @@ class ChampionFollower:
                 first_line(error),
             )
             return Outcome.REFUSED
-        except Exception as error:  # the registry went away during the download
-            return self.unreachable(error)
+        except Exception as error:
+            if registry_unreachable(error):  # the registry went away during the download
+                return self.unreachable(error)
+            # Signed but not servable (a Keras or TensorFlow error, memory): refused until it changes,
+            # not retried on every poll as an outage would be.
+            self.refused.add(fingerprint)
+            LOGGER.warning(
+                "%s now names version %s, which cannot be loaded (%s: %s), so version %s is still served",
+                self.model_uri,
+                version,
+                type(error).__name__,
+                first_line(error),
+                self.served(),
+            )
+            return Outcome.REFUSED
         return self.swap_in(loaded)
 
     def swap_in(self, loaded: LoadedModel) -> Outcome:

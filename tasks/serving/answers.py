@@ -12,8 +12,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tasks.data.datasets.base import normalise_writer_id
 from tasks.workspace.errors import ModelInputError
+from tasks.workspace.writer_ids import normalise_writer_id
 
 UNKNOWN_WRITER = "unknown"
 OUTPUT_COLUMNS = (

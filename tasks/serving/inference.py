@@ -109,7 +109,7 @@ class SignatureClassifier:
     def with_classifier(
         cls, classifier: Any, verifier_file: Path, calibration_file: Path, preprocess_file_: Path
     ) -> SignatureClassifier:
-        """`from_files` for a Keras classifier already in memory (registration has just loaded it)."""
+        """`from_files` for a Keras classifier already in memory (the package stage has just built it)."""
         settings, top_k = read_model_file(preprocess_file_, "the preprocessing settings", read_preprocess)
         return cls(
             classifier,

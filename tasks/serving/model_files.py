@@ -78,7 +78,8 @@ def read_calibration(path: Path) -> dict[str, Any]:
 
 
 def read_preprocess(path: Path) -> tuple[PreprocessSettings, int]:
-    """The preprocessing settings and top-k a packaged model applies (`registry.write_preprocess_artifact`)."""
+    """The preprocessing settings and top-k a packaged model applies (written by
+    `tasks.registration.packaging.write_preprocess_artifact`)."""
     preprocess = read_json_object(path)
     top_k = preprocess.pop(TOP_K_KEY)
     return PreprocessSettings(**preprocess), int(top_k)

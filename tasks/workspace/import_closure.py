@@ -2,7 +2,7 @@
 
 Used twice: every DVC stage lists its import closure as `deps` (tests/unit/test_dvc_deps.py), so editing
 a module reruns the stages that run it; and `register` ships only the closure of the packaged model's
-code file (`tasks.serving.pyfunc_model`) inside the model, not the whole project (`tasks.registration.registry`).
+code file (`tasks.serving.pyfunc_model`) inside the model, not the whole project (`tasks.registration.packaging`).
 Counted: module-level imports and imports inside functions (they run when the code runs), `from package import
 submodule`, relative imports, and the `__init__.py` of every package on the way; not imports under
 `if TYPE_CHECKING:`. Only modules of the project's own packages count.

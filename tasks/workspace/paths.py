@@ -86,7 +86,7 @@ class ProjectPaths:
     @property
     def head_file(self) -> Path:
         """The identification head's arrays (standardisation, optional hidden layer, output layer): the
-        train stage's output, applied with NumPy by evaluate and folded into the Keras model by register."""
+        train stage's output, applied with NumPy by evaluate and folded into the Keras model by package."""
         return self.models_dir / "head.npz"
 
     @property
@@ -96,7 +96,14 @@ class ProjectPaths:
 
     @property
     def classifier_file(self) -> Path:
+        """The packaged classifier (base + head, float32): the package stage's output, logged by register."""
         return self.models_dir / "classifier.keras"
+
+    @property
+    def package_record_file(self) -> Path:
+        """What package built and checked (the classifier file's SHA-256, classes, image size, base digest):
+        register logs the classifier only when the file is still that one."""
+        return self.metrics_dir / "package.json"
 
     @property
     def verifier_file(self) -> Path:

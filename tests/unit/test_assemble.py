@@ -78,3 +78,32 @@ def test_a_base_other_than_the_one_that_embedded_is_refused(verifier: WriterVeri
     other = weights_digest(build_base(SIZE, "none", tmp_path, SEED + 1))  # another seed: another random base
     with pytest.raises(ModelFileError, match=r"not the one that computed the embeddings"):
         assemble_classifier(tmp_path, SIZE, "none", SEED, head_from_verifier(verifier), 0.1, other)
+
+
+def test_the_serving_code_answers_a_raw_image_as_evaluate_scored_it(verifier: WriterVerifier, tmp_path: Path) -> None:
+    """package runs one validation image's raw file through the serving code (decode, preprocess, score,
+    answer) with the packaged model: a serving path that disagrees with the stages is refused before
+    anything can be registered (register no longer runs the model)."""
+    from PIL import ImageDraw
+
+    from tasks.data.images import PreprocessSettings, preprocess_file, save_grey_png
+    from tasks.registration.assemble import check_serving_path
+
+    settings = PreprocessSettings(SIZE, 600, 1.5, 10, 0.5, 8, 0.05)
+    raw = tmp_path / "raw" / "0.png"
+    raw.parent.mkdir()
+    scan = Image.new("L", (240, 120), 245)
+    ImageDraw.Draw(scan).line([(20, 80), (80, 20), (140, 100), (220, 30)], fill=15, width=6)
+    scan.save(raw)
+    (tmp_path / "prepared").mkdir()
+    save_grey_png(preprocess_file(raw, settings).image, tmp_path / "prepared" / "0.png")
+    rows = [{"path": "raw/0.png", "prepared_path": "prepared/0.png", "split": "val"}]
+    digest = weights_digest(build_base(SIZE, "none", tmp_path, SEED))
+    classifier = assemble_classifier(tmp_path, SIZE, "none", SEED, head_from_verifier(verifier), 0.1, digest)
+    table = score_table(classifier, verifier, rows, tmp_path)
+    classes = ["a", "b", "c"]
+    check_serving_path(classifier, verifier, table, tmp_path, classes, settings)
+    top = int(np.argmax(table.logits[0]))
+    table.verification[0, top] += 10 * SCORE_TOLERANCE  # the stages scored something else
+    with pytest.raises(ModelFileError, match=r"serving code answers raw/0\.png .* evaluate scored it writer"):
+        check_serving_path(classifier, verifier, table, tmp_path, classes, settings)

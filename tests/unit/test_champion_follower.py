@@ -131,6 +131,32 @@ def test_an_unreachable_registry_is_logged_once_per_outage_and_serving_goes_on(
     assert follower.slot.current.version == "1"
 
 
+def test_a_signed_version_that_fails_to_load_is_refused_not_retried_as_an_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A version that verifies but cannot be built (a Keras error, memory) is refused until it changes:
+    one line, one load, no "cannot read" outage lines on every poll."""
+    caplog.set_level(logging.INFO)
+    registry = Registry(version_now="4", refusal=ValueError("No such layer: embedding"))
+    follower = follower_of(registry)
+    assert [follower.poll() for _ in range(3)] == [Outcome.REFUSED] * 3
+    assert registry.loads == ["4"] and follower.slot.current.version == "1"
+    (line,) = follower_lines(caplog)
+    assert "version 4, which cannot be loaded (ValueError: No such layer" in line
+
+
+def test_credentials_in_an_error_are_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    secret = "s3cret-passw0rd"
+    error = ConnectionError(
+        f"HTTPConnectionPool: Max retries exceeded with url: http://sigpipe:{secret}@127.0.0.1:5000/api"
+    )
+    follower = follower_of(Registry(unreachable=error))
+    assert follower.poll() is Outcome.UNREACHABLE
+    (line,) = follower_lines(caplog)
+    assert secret not in line and "http://***@127.0.0.1:5000" in line
+
+
 def test_the_thread_polls_until_stopped() -> None:
     registry = Registry(version_now="2")
     follower = ChampionFollower(ModelSlot(loaded("1")), URI, registry, registry.load, POLL_SECONDS / 10)

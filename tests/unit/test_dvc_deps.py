@@ -145,3 +145,14 @@ def test_stage_code_deps_exist_and_are_used(name: str) -> None:
         if dep not in USED_WITHOUT_IMPORT.get(name, set()) and not any(covered(path, [dep]) for path in closure)
     ]
     assert not unused, f"stage '{name}' lists code it never imports: {', '.join(unused)}; remove them from dvc.yaml"
+
+
+def test_register_reruns_when_the_code_it_ships_in_the_model_changes() -> None:
+    """register ships the import closure of the model's code file inside every version (not imported by
+    the stage itself): each of those files is one of its deps, so a change to the serving code makes a
+    new version."""
+    shipped = import_closure(PROJECT_ROOT, "tasks.serving.pyfunc_model")
+    deps = dep_paths(STAGES["register"])
+    missing = sorted(path.relative_to(PROJECT_ROOT).as_posix() for path in shipped)
+    missing = [path for path in missing if not covered(path, deps)]
+    assert not missing, f"register ships {', '.join(missing)} in the model but does not list them as deps"

@@ -146,12 +146,18 @@ def test_the_model_carries_only_the_code_it_serves_with(store: ProjectPaths) -> 
 def test_mlflow_serves_the_model_from_the_code_it_carries(store: ProjectPaths) -> None:
     """A fresh process loads the version with MLflow's pyfunc loader and answers an image: every module
     the shipped code imports was shipped (MLflow puts the model's code first on the import path)."""
+    # The project's editable install would find any module the shipped copy lacks: without it, a module
+    # missing from the model's code fails the import instead of loading from the working tree.
     script = (
-        "import base64, sys, mlflow, pandas as pd;"
+        "import base64, sys;"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')];"
+        "import mlflow, pandas as pd;"
         f"model = mlflow.pyfunc.load_model({MODEL_URI!r});"
         f"image = base64.b64encode(open({str(store.root / 'signature.png')!r}, 'rb').read()).decode();"
         "answer = model.predict(pd.DataFrame({'image': [image]}));"
-        "print(sys.modules['tasks.serving.inference'].__file__); print(answer['writer'][0], answer['error'][0] or 'ok')"
+        "ours = [m for n, m in sys.modules.items() if n.split('.')[0] == 'tasks'];"
+        "outside = [m.__file__ for m in ours if '/code/tasks/' not in (m.__file__ or '')];"
+        "print(outside); print(answer['writer'][0], answer['error'][0] or 'ok')"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
@@ -162,14 +168,15 @@ def test_mlflow_serves_the_model_from_the_code_it_carries(store: ProjectPaths) -
         timeout=CLI_TIMEOUT_SECONDS,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    module_file, answer = result.stdout.strip().splitlines()[-2:]
-    assert "/code/tasks/serving/inference.py" in module_file and str(store.mlruns_dir) in module_file
+    outside, answer = result.stdout.strip().splitlines()[-2:]
+    assert outside == "[]"  # every project module it ran came from the model's own code
     assert answer.split()[-1] == "ok"
 
 
 def test_the_declared_signature_is_what_mlflow_infers_from_answers(store: ProjectPaths) -> None:
     """register declares the output columns instead of running the model (no TensorFlow in register):
-    they are the types MLflow infers from a real answers frame."""
+    the names and types MLflow infers from a real answers frame; the columns an answer may leave empty
+    (a row without a claim, an unreadable image) are declared not required."""
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -179,8 +186,12 @@ def test_the_declared_signature_is_what_mlflow_infers_from_answers(store: Projec
 
     model = SignatureClassifier(tiny_classifier(), tiny_verifier(), CALIBRATION, SETTINGS, top_k=2)
     example = pd.DataFrame({"path": [str(store.root / "signature.png")], "claimed_writer": ["a"]})
-    inferred = infer_signature(example, answers_frame(model.answers(items_from(example))))
-    assert inferred.outputs == model_signature().outputs
+    inferred = infer_signature(example, answers_frame(model.answers(items_from(example)))).outputs.inputs
+    declared = model_signature().outputs.inputs
+    assert [(column.name, column.type) for column in declared] == [(column.name, column.type) for column in inferred]
+    unclaimed = answers_frame(model.answers(items_from(pd.DataFrame({"path": [str(store.root / "nothing.png")]}))))
+    optional = {column.name for column in declared if not column.required}
+    assert optional == {name for name in unclaimed.columns if unclaimed[name].isna().all()}
 
 
 @pytest.mark.slow

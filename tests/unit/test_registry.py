@@ -89,3 +89,34 @@ def test_digest_covers_only_the_chosen_splits() -> None:
     assert digest_of_rows([rows[0], {**rows[1], "source_sha256": "9"}, rows[2]], ("val", "calibration")) == digest
     assert digest_of_rows([{**rows[0], "source_sha256": "8"}, rows[1], rows[2]], ("val", "calibration")) != digest
     assert digest_of_rows([rows[0], rows[1], {**rows[2], "split": "test"}], ("val", "calibration")) != digest
+
+
+def test_register_refuses_a_classifier_the_package_stage_did_not_check(tmp_path) -> None:
+    """`sigpipe register` runs without DVC: a classifier file replaced or damaged after package checked
+    it, or one for other writers than the calibration's, is refused before anything is logged or signed."""
+    import json
+
+    from tasks.registration.packaging import check_package_record
+    from tasks.workspace.errors import ModelFileError
+    from tasks.workspace.files import sha256_file, write_json
+    from tasks.workspace.paths import ProjectPaths
+
+    paths = ProjectPaths.from_root(tmp_path)
+    paths.classifier_file.parent.mkdir(parents=True)
+    paths.classifier_file.write_bytes(b"the classifier package built")
+    write_json(
+        paths.calibration_file, {"classes": ["a", "b"], "temperature": 1.0, "threshold": 0.5, "unknown_class_id": 2}
+    )
+    with pytest.raises(ModelFileError, match=r"package\.json cannot be read .*dvc repro package"):
+        check_package_record(paths)
+    write_json(paths.package_record_file, {"classifier_sha256": sha256_file(paths.classifier_file), "classes": 2})
+    check_package_record(paths)
+    paths.classifier_file.write_bytes(b"a stale or damaged classifier")
+    with pytest.raises(ModelFileError, match=r"classifier\.keras is not the classifier the package stage checked"):
+        check_package_record(paths)
+    record = json.loads(paths.package_record_file.read_text())
+    write_json(
+        paths.package_record_file, {**record, "classifier_sha256": sha256_file(paths.classifier_file), "classes": 3}
+    )
+    with pytest.raises(ModelFileError, match=r"answers 3 writers but .*calibration\.json names 2"):
+        check_package_record(paths)

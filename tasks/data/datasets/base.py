@@ -57,12 +57,6 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def normalise_writer_id(name: str) -> str:
-    """Numeric writer names become zero-padded (`7` and `007` are one writer); others stay."""
-    stripped = name.strip()
-    return f"{int(stripped):03d}" if stripped.isdigit() else stripped
-
-
 def relative_posix(path: Path, raw_dir: Path) -> str:
     """`path` relative to the raw data folder, with forward slashes on every platform."""
     return path.relative_to(raw_dir).as_posix()

@@ -16,9 +16,9 @@ from tasks.data.datasets.base import (
     find_layout_root,
     is_image_file,
     layout_error,
-    normalise_writer_id,
     relative_posix,
 )
+from tasks.workspace.writer_ids import normalise_writer_id
 
 KIND_FOLDERS = {
     "full_org": ("genuine", re.compile(r"^original_(?P<writer>\d+)_(?P<number>\d+)\.png$", re.IGNORECASE)),

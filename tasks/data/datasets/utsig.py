@@ -20,9 +20,9 @@ from tasks.data.datasets.base import (
     find_layout_root,
     is_image_file,
     layout_error,
-    normalise_writer_id,
     relative_posix,
 )
+from tasks.workspace.writer_ids import normalise_writer_id
 
 GENUINE_FOLDER = "genuine"
 FORGERY_FOLDER = "forgery"

@@ -17,9 +17,9 @@ from tasks.data.datasets.base import (
     find_layout_root,
     is_image_file,
     layout_error,
-    normalise_writer_id,
     relative_posix,
 )
+from tasks.workspace.writer_ids import normalise_writer_id
 
 CROP_NAME = re.compile(r"^C(?P<writer>\d{3})(?P<letter>[GF])(?P<number>\d{2})\.png$", re.IGNORECASE)
 LAST_FORGERY_NUMBER = 42
