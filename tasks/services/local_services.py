@@ -43,6 +43,7 @@ from tasks.services.team_settings import (
 )
 from tasks.workspace.errors import ConfigError, ServiceError
 from tasks.workspace.files import write_private_file
+from tasks.workspace.prefect_home import keep_prefect_state_in_workspace
 
 DEFAULT_RUN_DIR = ".run"
 LOCAL_CREDENTIALS_FILE = "credentials.env"
@@ -149,6 +150,13 @@ def local_down(run_dir: Path) -> list[str]:
     for service in had_pid_file:
         service.stop(STOP_GRACE_SECONDS)
     return [service.name for service in had_pid_file]
+
+
+@app.callback()
+def in_this_workspace() -> None:
+    """Every command: Prefect's state in this workspace's .prefect/ unless PREFECT_HOME is set (the
+    Prefect server started here keeps its runs there), as `make` and the flows keep it."""
+    keep_prefect_state_in_workspace(Path.cwd())
 
 
 @app.command()
