@@ -32,7 +32,8 @@ from pathlib import Path
 from tasks.runtime.processes import CHILD_STOP_GRACE_SECONDS, WATCHER_FILE, group_alive, is_alive, reap, start_time
 from tasks.workspace.errors import ServiceError
 
-SERVICE_STOP_GRACE_SECONDS = 10.0
+SERVICE_STOP_GRACE_SECONDS = 10.0  # make down, make team-down: TERM, then KILL after this
+SERVICE_STARTUP_SECONDS = 120.0  # how long a service may take to answer its health check (2 busy cores)
 KILL_WAIT_SECONDS = 5.0  # after SIGKILL, how long a process group may take to disappear
 GROUP_POLL_SECONDS = 0.1  # while a process group stops
 HEALTH_POLL_SECONDS = 0.5

@@ -96,7 +96,11 @@ def local_credentials(
 @app.command()
 def down() -> None:
     """Stop the servers and PostgreSQL; the databases are kept for the next `up`."""
-    stopped = team_down(settings_here())
+    try:
+        stopped = team_down(settings_here())
+    except ServiceError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
