@@ -160,6 +160,7 @@ def start_local_services(
     prefect_port, mlflow_port, scorer_port = ports
 
     def start(name: str, command: list[str], environment: dict[str, str], health_url: str = "") -> None:
+        """Start the service `name` (recorded in `started`) and, given its `health_url`, wait for it."""
         service = Service(name, run_dir)
         process = service.start(command, environment, append_log=False)
         if process is not None:

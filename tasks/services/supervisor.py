@@ -90,6 +90,7 @@ def wait_until_healthy(
     advice = f": {advice}" if advice else ""
 
     def healthy() -> bool:
+        """Whether `url` answers 200 now; a `process` that has exited raises ServiceError."""
         if process is not None and process.poll() is not None:
             raise ServiceError(f"{name} exited with code {process.returncode} before answering {url}{advice}")
         return answers(url)
