@@ -22,15 +22,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from tasks.services.supervisor import wait_for_exits
+from tasks.runtime.processes import FIRST_STAT_FIELD, PARENT_FIELD, PROC_DIR, stat_fields, wait_for_exits
 
 LAUNCHED_BY_DVC_VARIABLE = "DVC_STAGE"  # set by DVC for every stage command it runs
 SHELL_NAMES = frozenset({"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh", "busybox"})
 PARENT_DEATH_GRACE_SECONDS = 10.0  # time to end runs and stop servers before SIGKILL
 EXIT_ON_SIGTERM = 128 + signal.SIGTERM  # the shell's code for "ended by SIGTERM"
-PROC_DIR = Path("/proc")
 
 
 def process_name(pid: int) -> str:
@@ -43,11 +41,8 @@ def process_name(pid: int) -> str:
 
 def parent_of(pid: int) -> int:
     """The parent pid of `pid` (Linux `/proc`), or 0 when it cannot be read."""
-    try:
-        stat = (PROC_DIR / str(pid) / "stat").read_text(encoding="utf-8")
-    except OSError:
-        return 0
-    return int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces and ')': split after the last
+    fields = stat_fields(pid)
+    return 0 if fields is None else int(fields[PARENT_FIELD - FIRST_STAT_FIELD])
 
 
 def watched_ancestors() -> list[int]:

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tasks.services.supervisor import guard_children, start_process, stop_processes, wait_until_healthy
+from tasks.runtime.processes import stop_processes
+from tasks.services.supervisor import guard_children, start_process, wait_until_healthy
 
 LOCAL_HOST = "127.0.0.1"
 SERVER_NAME = "Prefect's temporary server"

@@ -10,12 +10,18 @@ when the Prefect server already runs. `down` stops them in the reverse order: TE
 group, KILL after 10 s.
 
 Credentials: generated into the run folder's credentials.env the first time (mode 0600 from creation;
-`source` it for a client), and MLflow's auth configuration beside it, its users in mlflow-auth.db. The
-servers, the worker and the model server get them through their environment, never a command line.
+`source` it for a client), and MLflow's auth configuration beside it, its users in mlflow-auth.db. Each
+process gets, through its environment (never a command line), only what it needs: the Prefect server
+its server auth string, the MLflow server its auth configuration, secret key and admin password, the
+worker the Prefect client's auth string; the worker's stages and the model server use the workspace's
+own MLflow store (mlruns/), so no MLflow credential. None gets a server's secret, even from a shell
+that sourced credentials.env. When a step fails after the Prefect server started, what `up` started is
+stopped again, so the next `up` does not find it "already up".
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from pathlib import Path
@@ -25,42 +31,37 @@ import typer
 
 from tasks.scoring.champion_follower import DEFAULT_FOLLOW_SECONDS
 from tasks.services.commands import tool
-from tasks.services.supervisor import Service
+from tasks.services.supervisor import SERVICE_STARTUP_SECONDS, Service, stop_services
 from tasks.services.team_servers import (
-    MLFLOW_AUTH_APP,
     WORK_POOL,
     deploy_pipeline,
+    mlflow_server_command,
+    mlflow_server_environment,
     prefect_server_command,
     worker_command,
 )
 from tasks.services.team_settings import (
     AUTHORIZATION_FUNCTION,
+    LOCAL_HOST,
     MLFLOW_ADMIN,
     MLFLOW_AUTH_CONFIG_FILE,
     MLFLOW_DEFAULT_PERMISSION,
+    PREFECT_AUTH_VARIABLE,
     TeamCredentials,
+    without_server_secrets,
     write_ini,
 )
 from tasks.workspace.errors import ConfigError, ServiceError
 from tasks.workspace.files import write_private_file
+from tasks.workspace.prefect_home import keep_prefect_state_in_workspace
 
 DEFAULT_RUN_DIR = ".run"
 LOCAL_CREDENTIALS_FILE = "credentials.env"
 LOCAL_AUTH_DATABASE_FILE = "mlflow-auth.db"
-LOCAL_HOST = "127.0.0.1"
-STARTUP_SECONDS = 90
-STOP_GRACE_SECONDS = 10
-# Stopped in this order: the model server and the worker before the servers they talk to.
+# Started in the reverse order; stopped in this order: the model server and the worker before the servers they talk to.
 SERVICES = ("scorer", "worker", "mlflow", "prefect-server")
 ALREADY_UP = "already up (make down first)"
-# What of credentials.env the services get (the servers' auth and the clients' Prefect login).
-SERVICE_VARIABLES = (
-    "PREFECT_SERVER_API_AUTH_STRING",
-    "PREFECT_API_AUTH_STRING",
-    "MLFLOW_AUTH_CONFIG_PATH",
-    "MLFLOW_FLASK_SERVER_SECRET_KEY",
-    "MLFLOW_AUTH_ADMIN_PASSWORD",
-)
+TITLES = {"prefect-server": "the Prefect server", "mlflow": "the MLflow server"}  # in errors naming a server
 
 app = typer.Typer(help="make up / make down: this workspace's Prefect, MLflow and model servers.", no_args_is_help=True)
 
@@ -107,48 +108,93 @@ def sourced_variables(credentials_file: Path) -> dict[str, str]:
     return dict(shlex.split(line)[1].split("=", 1) for line in lines)
 
 
+def service_environments(credentials: dict[str, str], prefect_url: str) -> dict[str, dict[str, str]]:
+    """Each process's environment (SERVICES' names, and "deploy" for the deployment's commands): this
+    environment without the servers' secrets nor any value of credentials.env (a shell that sourced it
+    holds the MLflow admin's login), plus what that process needs of `credentials` and no more."""
+    base = without_server_secrets(os.environ)
+    base = {name: value for name, value in base.items() if credentials.get(name) != value}
+    clients = {**base, "PREFECT_API_URL": prefect_url, PREFECT_AUTH_VARIABLE: credentials[PREFECT_AUTH_VARIABLE]}
+    auth_config = Path(credentials["MLFLOW_AUTH_CONFIG_PATH"])
+    mlflow = mlflow_server_environment(base, auth_config, credentials["MLFLOW_FLASK_SERVER_SECRET_KEY"])
+    return {
+        "prefect-server": {**base, "PREFECT_SERVER_API_AUTH_STRING": credentials["PREFECT_SERVER_API_AUTH_STRING"]},
+        "deploy": clients,
+        "worker": clients,
+        "mlflow": {**mlflow, "MLFLOW_AUTH_ADMIN_PASSWORD": credentials["MLFLOW_AUTH_ADMIN_PASSWORD"]},
+        "scorer": base,  # it reads the workspace's own MLflow store (mlruns/): no credential
+    }
+
+
 def local_up(
     root: Path, run_dir: Path, ports: tuple[int, int, int], worker_query_seconds: str, pool: str = WORK_POOL
 ) -> bool:
     """Start what `make up` starts (see the module's docstring); `ports`: Prefect's, MLflow's, the model
     server's. False, and nothing started, when the Prefect server already runs; a server that does not
-    answer raises ServiceError naming its log."""
-    prefect_port, mlflow_port, scorer_port = ports
+    answer raises ServiceError naming its log, a failed deployment ConfigError, and either stops what
+    was started."""
     credentials = sourced_variables(ensure_local_credentials(run_dir))
     prefect = Service("prefect-server", run_dir)
     if prefect.running_pid() is not None:
         return False
-    environment = {**os.environ, **{name: credentials[name] for name in SERVICE_VARIABLES}}
-    prefect_url = f"http://{LOCAL_HOST}:{prefect_port}/api"
-    process = prefect.start(prefect_server_command(LOCAL_HOST, prefect_port), environment, append_log=False)
-    prefect.wait_until_healthy(f"{prefect_url}/health", "the Prefect server", STARTUP_SECONDS, process)
-    clients = {**environment, "PREFECT_API_URL": prefect_url}
-    deploy_pipeline(root, clients, run_dir / "deploy.log", keep_pool=False, pool=pool)
-    worker = {**clients, "PREFECT_WORKER_QUERY_SECONDS": worker_query_seconds}
-    Service("worker", run_dir).start(worker_command(pool), worker, append_log=False)
-    mlflow = Service("mlflow", run_dir)
-    mlflow_command = [tool("mlflow"), "server", "--app-name", MLFLOW_AUTH_APP]
-    mlflow_command += ["--backend-store-uri", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"]
-    mlflow_command += ["--default-artifact-root", str(root / "mlruns" / "artifacts")]
-    mlflow_command += ["--host", LOCAL_HOST, "--port", str(mlflow_port), "--workers", "1"]
-    mlflow_environment = {**environment, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    mlflow_process = mlflow.start(mlflow_command, mlflow_environment, append_log=False)
-    mlflow_url = f"http://{LOCAL_HOST}:{mlflow_port}/health"
-    mlflow.wait_until_healthy(mlflow_url, "the MLflow server", STARTUP_SECONDS, mlflow_process)
-    # The model server follows the champion: a version register moves it to is checked and served, no restart.
-    scorer = [tool("sigpipe"), "serve", "--port", str(scorer_port), "--follow-seconds", f"{DEFAULT_FOLLOW_SECONDS:g}"]
-    Service("scorer", run_dir).start(scorer, environment, append_log=False)
+    started: list[Service] = []
+    try:
+        start_local_services(root, run_dir, ports, worker_query_seconds, pool, credentials, started)
+    except BaseException:
+        with contextlib.suppress(ServiceError):  # the failure that stopped `up` is the one to report
+            stop_services(started[::-1])
+        raise
     return True
 
 
+def start_local_services(
+    root: Path,
+    run_dir: Path,
+    ports: tuple[int, int, int],
+    worker_query_seconds: str,
+    pool: str,
+    credentials: dict[str, str],
+    started: list[Service],
+) -> None:
+    """`local_up`'s work, each service appended to `started` as it starts, each with its own environment."""
+    prefect_port, mlflow_port, scorer_port = ports
+
+    def start(name: str, command: list[str], environment: dict[str, str], health_url: str = "") -> None:
+        """Start the service `name` (recorded in `started`) and, given its `health_url`, wait for it."""
+        service = Service(name, run_dir)
+        process = service.start(command, environment, append_log=False)
+        if process is not None:
+            started.append(service)
+        if health_url:
+            service.wait_until_healthy(health_url, TITLES[name], SERVICE_STARTUP_SECONDS, process)
+
+    prefect_url = f"http://{LOCAL_HOST}:{prefect_port}/api"
+    environments = service_environments(credentials, prefect_url)
+    command = prefect_server_command(LOCAL_HOST, prefect_port)
+    start("prefect-server", command, environments["prefect-server"], f"{prefect_url}/health")
+    deploy_pipeline(root, environments["deploy"], run_dir / "deploy.log", keep_pool=False, pool=pool)
+    worker = {**environments["worker"], "PREFECT_WORKER_QUERY_SECONDS": worker_query_seconds}
+    start("worker", worker_command(pool), worker)
+    storage = ["--backend-store-uri", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"]
+    storage += ["--default-artifact-root", str(root / "mlruns" / "artifacts")]
+    mlflow_url = f"http://{LOCAL_HOST}:{mlflow_port}/health"
+    start("mlflow", mlflow_server_command(LOCAL_HOST, mlflow_port, storage), environments["mlflow"], mlflow_url)
+    # The model server follows the champion: a version register moves it to is checked and served, no restart.
+    scorer = [tool("sigpipe"), "serve", "--port", str(scorer_port), "--follow-seconds", f"{DEFAULT_FOLLOW_SECONDS:g}"]
+    start("scorer", scorer, environments["scorer"])
+
+
 def local_down(run_dir: Path) -> list[str]:
-    """Stop what `local_up` started (TERM, then KILL after STOP_GRACE_SECONDS); the names of those that
-    had a pid file."""
-    services = [Service(name, run_dir) for name in SERVICES]
-    had_pid_file = [service for service in services if service.pid_file.exists()]
-    for service in had_pid_file:
-        service.stop(STOP_GRACE_SECONDS)
-    return [service.name for service in had_pid_file]
+    """Stop what `local_up` started (TERM, then KILL after the supervisor's grace period); the names of
+    those that were running. One that cannot be stopped raises ServiceError once all were tried."""
+    return stop_services([Service(name, run_dir) for name in SERVICES])
+
+
+@app.callback()
+def in_this_workspace() -> None:
+    """Every command: Prefect's state in this workspace's .prefect/ unless PREFECT_HOME is set (the
+    Prefect server started here keeps its runs there), as `make` and the flows keep it."""
+    keep_prefect_state_in_workspace(Path.cwd())
 
 
 @app.command()
@@ -178,7 +224,12 @@ def down(
     run_dir: Annotated[Path, typer.Option(help="pid files, logs and credentials")] = Path(DEFAULT_RUN_DIR),
 ) -> None:
     """Stop what `up` started (TERM, then KILL after 10 s)."""
-    for name in local_down(run_dir):
+    try:
+        stopped = local_down(run_dir)
+    except ServiceError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    for name in stopped:
         typer.echo(f"stopped {name}")
 
 

@@ -2,112 +2,42 @@
 
 - `Service(name, run_dir)`: a named background server (`make up`'s and `make team-up`'s Prefect and
   MLflow servers, worker, model server) started in its own session with its log (`<name>.log`) and
-  pid file (`<name>.pid`) in `run_dir`; `running_pid` tells whether it runs (a stale pid file, or one
-  naming a process that is not the leader of its own session, i.e. a reused pid, is removed), `stop`
-  sends TERM to its whole process group and KILL after a grace period.
+  pid file (`<name>.pid`: the pid and the process's start time) in `run_dir`; `running_pid` tells
+  whether it runs (a stale pid file, or one whose pid now names another process, i.e. a reused pid,
+  is removed), `stop` sends TERM to its whole process group and KILL after a grace period, and
+  raises ServiceError when the group cannot be signalled or outlives the KILL.
 - `wait_until_healthy`: polls a health URL (tenacity) until it answers 200; a process that exits
   first or stays silent past the timeout raises ServiceError naming the log to read.
-- `guard_children`: a small watcher process ends given child processes (the pipeline's temporary
-  Prefect server, `tasks.runtime.prefect_api`) once their owner has exited, even by `kill -9`, which no code in
-  the owner survives. A stage that must die with DVC uses `tasks.runtime.lifeline.die_with_parent`.
+- `guard_children`: a small watcher process (the script tasks/runtime/processes.py) ends given child
+  processes (the pipeline's temporary Prefect server, `tasks.runtime.prefect_api`) once their owner has
+  exited, even by `kill -9`, which no code in the owner survives. A stage that must die with DVC uses
+  `tasks.runtime.lifeline.die_with_parent`.
 
-This file is also the watcher's script (`python -P tasks/services/supervisor.py OWNER CHILD...`): it imports
-only the standard library at module level (tenacity and the project's errors are imported where used).
-On Linux, waits use pidfds (exact, no polling, no pid reuse); elsewhere they poll.
+The standard-library process helpers (liveness, pidfd waits, start times, stopping pids, the watcher)
+are in tasks/runtime/processes.py, which the pipeline's stages import without this module (tasks/services/).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-CHILD_STOP_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL after this
-SERVICE_STOP_GRACE_SECONDS = 10.0
-POLL_SECONDS = 0.5  # only where pidfds are unavailable (not Linux)
+from tasks.runtime.processes import CHILD_STOP_GRACE_SECONDS, WATCHER_FILE, group_alive, is_alive, reap, start_time
+from tasks.workspace.errors import ServiceError
+
+SERVICE_STOP_GRACE_SECONDS = 10.0  # make down, make team-down: TERM, then KILL after this
+SERVICE_STARTUP_SECONDS = 120.0  # how long a service may take to answer its health check (2 busy cores)
+KILL_WAIT_SECONDS = 5.0  # after SIGKILL, how long a process group may take to disappear
 GROUP_POLL_SECONDS = 0.1  # while a process group stops
 HEALTH_POLL_SECONDS = 0.5
 HEALTH_REQUEST_SECONDS = 2.0
-WATCHER_FILE = Path(__file__).resolve()
-
-
-def reaches(send: Callable[[int, int], None], target: int) -> bool:
-    """Whether signal 0 sent with `send` (os.kill, os.killpg) finds `target` (another user's counts)."""
-    try:
-        send(target, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_alive(pid: int) -> bool:
-    """Whether a process `pid` exists (a process of another user counts)."""
-    return reaches(os.kill, pid)
-
-
-def group_alive(leader: int) -> bool:
-    """Whether any process of the group `leader` started (`start_new_session`) is still running."""
-    return reaches(os.killpg, leader)
-
-
-def reap(pid: int) -> None:
-    """Collect `pid`'s exit status if it is an exited child of this process (a zombie stays in its
-    process group and answers signal 0); nothing for any other process."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def open_pidfds(pids: Sequence[int]) -> dict[int, int] | None:
-    """pid -> pidfd for the processes still alive, or None where pidfds are unsupported."""
-    if not hasattr(os, "pidfd_open"):
-        return None
-    handles = {}
-    for pid in pids:
-        try:
-            handles[pid] = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        except OSError:  # an old kernel (before 5.3)
-            for handle in handles.values():
-                os.close(handle)
-            return None
-    return handles
-
-
-def wait_for_exits(pids: Sequence[int], wait_all: bool, timeout: float | None = None) -> set[int]:
-    """Block until any (or, with `wait_all`, every) process of `pids` has exited, or `timeout`
-    seconds have passed; returns the pids that exited."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    handles = open_pidfds(pids)
-    if handles is not None:
-        gone = {pid for pid in pids if pid not in handles}
-        try:
-            while handles and not (gone and not wait_all):
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ready, _, _ = select.select(list(handles.values()), [], [], left)
-                if not ready:
-                    break
-                for pid in [pid for pid, handle in handles.items() if handle in ready]:
-                    gone.add(pid)
-                    os.close(handles.pop(pid))
-        finally:
-            for handle in handles.values():
-                os.close(handle)
-        return gone
-    while True:
-        gone = {pid for pid in pids if not is_alive(pid)}
-        if (gone == set(pids) if wait_all else gone) or (deadline is not None and time.monotonic() >= deadline):
-            return gone
-        time.sleep(POLL_SECONDS)
 
 
 def start_process(
@@ -156,12 +86,11 @@ def wait_until_healthy(
     `timeout_seconds`, raises ServiceError naming `name`, the `log` to read and the `hint`."""
     from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-    from tasks.workspace.errors import ServiceError
-
     advice = "; ".join(part for part in (f"see {log}" if log is not None else "", hint) if part)
     advice = f": {advice}" if advice else ""
 
     def healthy() -> bool:
+        """Whether `url` answers 200 now; a `process` that has exited raises ServiceError."""
         if process is not None and process.poll() is not None:
             raise ServiceError(f"{name} exited with code {process.returncode} before answering {url}{advice}")
         return answers(url)
@@ -177,41 +106,69 @@ def wait_until_healthy(
         raise ServiceError(f"{name} did not answer {url} within {timeout_seconds:.0f} s{advice}") from None
 
 
-def stop_processes(pids: Sequence[int], grace_seconds: float = CHILD_STOP_GRACE_SECONDS) -> None:
-    """SIGTERM `pids`, SIGKILL those still running after `grace_seconds` (through pidfds where
-    available, so a pid reused by an unrelated process is never signalled)."""
-    handles = open_pidfds(pids)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                if handles is None:
-                    os.kill(pid, sig)
-                elif pid in handles:
-                    signal.pidfd_send_signal(handles[pid], sig)
-            except ProcessLookupError:
-                continue
-        if sig == signal.SIGTERM and wait_for_exits(pids, wait_all=True, timeout=grace_seconds) == set(pids):
-            break
-    for handle in (handles or {}).values():
-        os.close(handle)
+def signal_group(leader: int, sig: signal.Signals) -> bool:
+    """Send `sig` to the process group of `leader`; False when the group is gone. A group this user
+    may not signal raises ServiceError."""
+    try:
+        os.killpg(leader, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        raise ServiceError(f"not allowed to signal process group {leader} (another user's processes?)") from None
+    return True
 
 
 def stop_process_group(leader: int, grace_seconds: float = CHILD_STOP_GRACE_SECONDS) -> bool:
     """SIGTERM the whole process group of `leader` (a server and the workers it forked), SIGKILL what
-    is left after `grace_seconds`; returns once the group is gone, False when it was gone already."""
-    try:
-        os.killpg(leader, signal.SIGTERM)
-    except ProcessLookupError:
+    is left after `grace_seconds`; returns once the group is gone, False when it was gone already.
+    A group still there KILL_WAIT_SECONDS after the SIGKILL (a process of another user in it, one stuck
+    in the kernel) raises ServiceError."""
+    if not signal_group(leader, signal.SIGTERM):
         return False
-    deadline = time.monotonic() + grace_seconds
+    kill_at = time.monotonic() + grace_seconds
+    killed = False
     while True:
         reap(leader)  # a leader that is this process's child would otherwise stay, a zombie, in its group
         if not group_alive(leader):
             return True
-        if time.monotonic() >= deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(leader, signal.SIGKILL)
+        now = time.monotonic()
+        if now >= kill_at + KILL_WAIT_SECONDS and killed:
+            raise ServiceError(
+                f"process group {leader} is still running {grace_seconds + KILL_WAIT_SECONDS:.0f} s after "
+                "SIGTERM and SIGKILL: look for its processes with `ps -g` and end them as their owner"
+            )
+        if now >= kill_at and not killed:
+            killed = True
+            if not signal_group(leader, signal.SIGKILL):
+                return True
         time.sleep(GROUP_POLL_SECONDS)
+
+
+def stop_services(services: Sequence[Service], grace_seconds: float = SERVICE_STOP_GRACE_SECONDS) -> list[str]:
+    """Stop `services` in their order, each even when one before it could not be stopped; the names of
+    those that were running. A service that could not be stopped raises ServiceError once all were tried."""
+    stopped, errors = [], []
+    for service in services:
+        try:
+            if service.stop(grace_seconds):
+                stopped.append(service.name)
+        except ServiceError as error:
+            errors.append(f"{service.name}: {error}")
+    if errors:
+        raise ServiceError("; ".join(errors))
+    return stopped
+
+
+def same_process(pid: int, recorded_start_time: int | None) -> bool:
+    """Whether the running `pid` is the process a pid file recorded: started at `recorded_start_time`
+    or, without one (or where /proc cannot tell), the leader of its own session as a service is."""
+    started = start_time(pid)
+    if recorded_start_time is not None and started is not None:
+        return started == recorded_start_time
+    try:
+        return os.getsid(pid) == pid
+    except ProcessLookupError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -223,23 +180,28 @@ class Service:
 
     @property
     def pid_file(self) -> Path:
+        """The service's pid file: its pid and start time (`pid start_time`)."""
         return self.run_dir / f"{self.name}.pid"
 
     @property
     def log_file(self) -> Path:
+        """The service's log: its stdout and stderr."""
         return self.run_dir / f"{self.name}.log"
 
     def running_pid(self) -> int | None:
-        """The pid of this service when it runs. A pid file naming no process, or a process that does
-        not lead its own session (the pid was reused since), is stale: it is removed."""
+        """The pid of this service when it runs. A pid file naming no process, or a process that started
+        at another time than the one recorded (the pid was reused since), is stale: it is removed. A pid
+        file without a start time (written before they were recorded) names the service while its pid
+        leads its own session, as the service's does."""
         try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
+            fields = self.pid_file.read_text().split()
+            pid = int(fields[0])
+            recorded = int(fields[1]) if len(fields) > 1 else None
+        except (OSError, ValueError, IndexError):
             return None
         reap(pid)
-        with contextlib.suppress(ProcessLookupError):
-            if os.getpgid(pid) == pid and is_alive(pid):
-                return pid
+        if is_alive(pid) and same_process(pid, recorded):
+            return pid
         self.pid_file.unlink(missing_ok=True)
         return None
 
@@ -251,7 +213,8 @@ class Service:
             return None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         process = start_process(command, environment, self.log_file, append_log=append_log)
-        self.pid_file.write_text(f"{process.pid}\n")
+        started = start_time(process.pid)
+        self.pid_file.write_text(f"{process.pid}{'' if started is None else f' {started}'}\n")
         return process
 
     def wait_until_healthy(
@@ -275,7 +238,7 @@ def guard_children(pids: Sequence[int]) -> subprocess.Popen[bytes]:
     reader waiting for the stage's output end does not wait for it; it exits as soon as either
     this process or all of `pids` have exited.
     """
-    # -P: the script's folder (tasks/) is not put on sys.path, so no module there shadows the stdlib.
+    # -P: the script's folder (tasks/runtime/) is not put on sys.path, so no module there shadows the stdlib.
     command = [sys.executable, "-P", str(WATCHER_FILE), str(os.getpid()), *(str(pid) for pid in pids)]
     return subprocess.Popen(
         command,
@@ -285,20 +248,3 @@ def guard_children(pids: Sequence[int]) -> subprocess.Popen[bytes]:
         start_new_session=True,
         close_fds=True,
     )
-
-
-def watch(owner: int, children: Sequence[int]) -> None:
-    """The watcher's work: when `owner` exits first, stop the `children` it leaves behind."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    owner_alive = os.getppid() == owner
-    while owner_alive and children:
-        gone = wait_for_exits([owner, *children], wait_all=False)
-        children = [pid for pid in children if pid not in gone]
-        owner_alive = owner not in gone
-    if children:
-        stop_processes(children)
-
-
-if __name__ == "__main__":
-    watch(int(sys.argv[1]), [int(pid) for pid in sys.argv[2:]])

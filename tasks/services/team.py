@@ -21,11 +21,11 @@ from typing import Annotated
 
 import typer
 
-import flows  # noqa: F401 - importing it keeps Prefect's state in the workspace's .prefect/ (flows/__init__.py)
 from tasks.services.local_services import DEFAULT_RUN_DIR, ensure_local_credentials
 from tasks.services.team_servers import DEPLOYMENT, WORK_POOL, service, team_down, team_up
 from tasks.services.team_settings import TeamCredentials, TeamSettings, client_exports
 from tasks.workspace.errors import ConfigError, ServiceError
+from tasks.workspace.prefect_home import keep_prefect_state_in_workspace
 
 ENV_HINT = 'eval "$(python -m tasks.services.team env)"'
 OPERATOR_ENV_HINT = 'eval "$(python -m tasks.services.team env --operator)"'
@@ -33,7 +33,15 @@ OPERATOR_ENV_HINT = 'eval "$(python -m tasks.services.team env --operator)"'
 app = typer.Typer(help="PostgreSQL-backed Prefect and MLflow servers and a shared DVC remote.", no_args_is_help=True)
 
 
+@app.callback()
+def in_this_workspace() -> None:
+    """Every command: Prefect's state in this workspace's .prefect/ unless PREFECT_HOME is set (the
+    servers and the worker started here inherit it), as `make` and the flows keep it."""
+    keep_prefect_state_in_workspace(Path.cwd())
+
+
 def settings_here() -> TeamSettings:
+    """The team's settings for the repository in the current folder, from this environment."""
     return TeamSettings.from_environment(Path.cwd(), os.environ)
 
 
@@ -88,7 +96,11 @@ def local_credentials(
 @app.command()
 def down() -> None:
     """Stop the servers and PostgreSQL; the databases are kept for the next `up`."""
-    stopped = team_down(settings_here())
+    try:
+        stopped = team_down(settings_here())
+    except ServiceError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tasks.registration.signing import SIGNING_KEY_VARIABLE, ensure_signing_key
-from tasks.services.commands import COMMAND_TIMEOUT_SECONDS, run, tool
-from tasks.services.supervisor import Service
+from tasks.services.commands import COMMAND_TIMEOUT_SECONDS, ERROR_LINES, run, tool
+from tasks.services.supervisor import SERVICE_STARTUP_SECONDS, Service, stop_services
 from tasks.services.team_postgres import create_cluster, create_databases, migrate, start_postgres, stop_postgres
 from tasks.services.team_settings import (
     MLFLOW_ADMIN,
@@ -31,6 +31,7 @@ from tasks.services.team_settings import (
     TeamSettings,
     clients_environment,
     ensure_credentials,
+    without_server_secrets,
     write_mlflow_auth_config,
 )
 from tasks.workspace.errors import ConfigError
@@ -50,8 +51,6 @@ SEARCHES = {  # resource type of a grant: (search path, key of its items, field 
 SEARCH_PAGE_SIZE = 1000
 REQUEST_TIMEOUT_SECONDS = 30
 ERROR_CHARACTERS = 200  # of a refused request's answer, in the error naming it
-STARTUP_SECONDS = 120
-STOP_GRACE_SECONDS = 15
 DVC_REMOTE_NAME = "team"
 # Stopped in this order, before PostgreSQL: a Prefect worker whose server is gone hangs in its
 # graceful shutdown, so the worker goes first.
@@ -74,6 +73,24 @@ def service(settings: TeamSettings, name: str) -> Service:
 def prefect_server_command(host: str, port: int) -> list[str]:
     """`prefect server start` on `host:port` (its database and credentials come from the environment)."""
     return [tool("prefect"), "server", "start", "--host", host, "--port", str(port)]
+
+
+def mlflow_server_command(host: str, port: int, storage: list[str]) -> list[str]:
+    """`mlflow server` with its basic-auth app, one worker, on `host:port`, with the `storage` options
+    (where runs and artifacts go); its auth configuration and secrets come from the environment."""
+    command = [tool("mlflow"), "server", "--app-name", MLFLOW_AUTH_APP, *storage]
+    return [*command, "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def mlflow_server_environment(base: Mapping[str, str], auth_config: Path, flask_secret_key: str) -> dict[str, str]:
+    """The MLflow server's environment: `base` with its auth app's configuration file and secret key (its
+    admin's password is in that private file, or in `base` where the caller adds it), job execution off."""
+    return {
+        **base,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_secret_key,
+    }
 
 
 def worker_command(pool: str = WORK_POOL) -> list[str]:
@@ -116,7 +133,7 @@ def deploy_pipeline(
             timeout=COMMAND_TIMEOUT_SECONDS,
         )
     if deployed.returncode != 0:
-        last_lines = log.read_text(errors="replace").strip().splitlines()[-3:]
+        last_lines = log.read_text(errors="replace").strip().splitlines()[-ERROR_LINES:]
         raise ConfigError(
             f"prefect deploy --all failed (exit {deployed.returncode}; see {log}): {' | '.join(last_lines)}"
         )
@@ -125,8 +142,9 @@ def deploy_pipeline(
 def start_servers(settings: TeamSettings, credentials: TeamCredentials) -> None:
     """The Prefect server and the MLflow tracking server on the team's databases, each requiring
     the team's credentials (secrets in their environment and MLflow's private auth file)."""
+    base = without_server_secrets(os.environ)
     prefect_environment = {
-        **os.environ,
+        **base,
         "PREFECT_API_DATABASE_CONNECTION_URL": settings.database_url("prefect", "postgresql+asyncpg"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_API_AUTH_STRING": credentials.prefect_auth_string,
@@ -136,34 +154,18 @@ def start_servers(settings: TeamSettings, credentials: TeamCredentials) -> None:
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
     write_mlflow_auth_config(settings, credentials)
     # The store's URL (with its password) goes through the environment, not the command line `ps` shows.
-    mlflow_environment = {
-        **os.environ,
-        "MLFLOW_BACKEND_STORE_URI": settings.database_url("mlflow"),
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "MLFLOW_AUTH_CONFIG_PATH": str(settings.mlflow_auth_config),
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": credentials.flask_secret_key,
-    }
-    mlflow_command = [
-        tool("mlflow"),
-        "server",
-        "--app-name",
-        MLFLOW_AUTH_APP,
-        "--artifacts-destination",
-        str(settings.artifacts_dir),
-        "--serve-artifacts",
-        "--host",
-        settings.host,
-        "--port",
-        str(settings.mlflow_port),
-        "--workers",
-        "1",
-    ]
+    mlflow_environment = mlflow_server_environment(base, settings.mlflow_auth_config, credentials.flask_secret_key)
+    mlflow_environment["MLFLOW_BACKEND_STORE_URI"] = settings.database_url("mlflow")
+    storage = ["--artifacts-destination", str(settings.artifacts_dir), "--serve-artifacts"]
+    mlflow_command = mlflow_server_command(settings.host, settings.mlflow_port, storage)
     mlflow = service(settings, "mlflow")
     mlflow_process = mlflow.start(mlflow_command, mlflow_environment)
     prefect.wait_until_healthy(
-        f"{settings.prefect_api_url}/health", "the Prefect server", STARTUP_SECONDS, prefect_process
+        f"{settings.prefect_api_url}/health", "the Prefect server", SERVICE_STARTUP_SECONDS, prefect_process
     )
-    mlflow.wait_until_healthy(f"{settings.mlflow_url}/health", "the MLflow server", STARTUP_SECONDS, mlflow_process)
+    mlflow.wait_until_healthy(
+        f"{settings.mlflow_url}/health", "the MLflow server", SERVICE_STARTUP_SECONDS, mlflow_process
+    )
 
 
 def mlflow_admin_request(
@@ -262,7 +264,8 @@ def team_up(settings: TeamSettings) -> None:
 
 def team_down(settings: TeamSettings) -> list[str]:
     """Stop the worker, the servers, then PostgreSQL; the names of what was running."""
-    stopped = [name for name in SERVERS if service(settings, name).stop(STOP_GRACE_SECONDS)]
-    if stop_postgres(settings):
-        stopped.append("postgres")
-    return stopped
+    try:
+        stopped = stop_services([service(settings, name) for name in SERVERS])
+    finally:
+        postgres_stopped = stop_postgres(settings)  # even when a server could not be stopped
+    return [*stopped, "postgres"] if postgres_stopped else stopped

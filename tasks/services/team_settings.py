@@ -28,7 +28,8 @@ from tasks.registration.signing import VERIFY_KEY_VARIABLE, KeyFiles
 from tasks.workspace.files import write_private_file
 
 DEFAULT_TEAM_DIR = ".team"
-DEFAULT_HOST = "127.0.0.1"
+LOCAL_HOST = "127.0.0.1"
+DEFAULT_HOST = LOCAL_HOST
 DEFAULT_POSTGRES_PORT = 5433
 DEFAULT_PREFECT_PORT = 4200
 DEFAULT_MLFLOW_PORT = 5000
@@ -48,6 +49,18 @@ AUTHORIZATION_FUNCTION = "mlflow.server.auth:authenticate_request_basic_auth"
 MLFLOW_DEFAULT_PERMISSION = "NO_PERMISSIONS"
 PREFECT_AUTH_VARIABLE = "PREFECT_API_AUTH_STRING"
 PASSWORD_BYTES = 24
+# What only the servers read: their auth (Prefect's server side, MLflow's auth app and its admin) and
+# their stores' URLs with passwords. No worker, stage, model server or other client is given them.
+SERVER_SECRET_VARIABLES = frozenset(
+    {
+        "PREFECT_SERVER_API_AUTH_STRING",
+        "PREFECT_API_DATABASE_CONNECTION_URL",
+        "MLFLOW_AUTH_CONFIG_PATH",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_BACKEND_STORE_URI",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -200,10 +213,16 @@ def write_ini(path: Path, values: Mapping[str, str]) -> None:
     write_private_file(path, "\n".join(lines) + "\n")
 
 
+def without_server_secrets(environment: Mapping[str, str]) -> dict[str, str]:
+    """`environment` without the servers' secrets (SERVER_SECRET_VARIABLES): the base of every process
+    the services start, to which each server adds its own."""
+    return {name: value for name, value in environment.items() if name not in SERVER_SECRET_VARIABLES}
+
+
 def clients_environment(settings: TeamSettings, credentials: TeamCredentials) -> dict[str, str]:
-    """This environment pointed at the team's servers with the team's credentials, as a user's shell
-    after `eval "$(python -m tasks.services.team env)"`."""
-    return {**os.environ, **client_exports(settings, credentials, operator=True)}
+    """This environment, without the servers' secrets, pointed at the team's servers with the team's
+    (not the admin's) credentials, as a user's shell after `eval "$(python -m tasks.services.team env --operator)"`."""
+    return {**without_server_secrets(os.environ), **client_exports(settings, credentials, operator=True)}
 
 
 def client_exports(settings: TeamSettings, credentials: TeamCredentials, operator: bool = False) -> dict[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tasks.services.supervisor import is_alive
+from tasks.runtime.processes import is_alive
 from tasks.tracking.server import TRACKING_URI_VARIABLE, check_tracking_server
 from tasks.workspace.errors import ArtifactStoreError
 from tasks.workspace.files import redacted_url, sha256_file

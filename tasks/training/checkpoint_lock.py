@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.runtime.lifeline import PARENT_DEATH_GRACE_SECONDS
-from tasks.services.supervisor import CHILD_STOP_GRACE_SECONDS
+from tasks.runtime.processes import CHILD_STOP_GRACE_SECONDS
 from tasks.workspace.errors import TrainingBusyError
 from tasks.workspace.locks import exclusive_lock
 

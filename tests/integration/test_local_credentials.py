@@ -1,11 +1,14 @@
 """`make up` (one user, 127.0.0.1) starts its Prefect and MLflow servers requiring the credentials it
 generates into .run/credentials.env (issue 27, point 1): a web page or another local user that
-reaches the ports gets 401. Real servers, started by the Makefile in a clone of the project's files."""
+reaches the ports gets 401; the worker and the model server get no server-side secret; a failed `up`
+stops what it started. Real servers, started by the Makefile in a clone of the project's files."""
 
 from __future__ import annotations
 
 import shlex
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tasks.services.team_settings import SERVER_SECRET_VARIABLES
 from tests.integration.test_team_services import project_clone
 from tests.support.environments import running_command_lines, services_clone_environment
 from tests.support.model_server import free_port
@@ -123,3 +127,73 @@ def test_make_up_credentials_are_private_and_on_no_command_line_or_log(made_up: 
     for secret in secrets:
         assert not any(secret in line for line in command_lines)
         assert not any(secret in log for log in logs)
+
+
+def process_environment(run_dir: Path, name: str) -> dict[str, str] | None:
+    """The environment of the service `name` (its pid file's pid, /proc/<pid>/environ); None when it
+    is not running."""
+    try:
+        pid = int((run_dir / f"{name}.pid").read_text().split()[0])
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    pairs = (entry.decode(errors="replace").split("=", 1) for entry in raw.split(b"\0") if b"=" in entry)
+    return dict(pairs)
+
+
+def test_make_ups_worker_and_model_server_get_no_server_side_secret(made_up: tuple[Path, dict[str, str]]) -> None:
+    """Deployment runs execute on the worker and inherit its environment: the MLflow admin's password,
+    MLflow's secret key and Prefect's server auth must not be there, nor in the model server's."""
+    clone, _ = made_up
+    run_dir = clone / ".run"
+    credentials = sourced(clone / CREDENTIALS)
+    server_secrets = [credentials[name] for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")]
+    worker = process_environment(run_dir, "worker")
+    assert worker is not None, (run_dir / "worker.log").read_text()
+    assert worker["PREFECT_API_AUTH_STRING"] == credentials["PREFECT_API_AUTH_STRING"]  # it logs in as a client
+    # The scorer exits at once where there is no champion yet (this clone has none): checked while it runs.
+    clients = {"worker": worker, "scorer": process_environment(run_dir, "scorer")}
+    for name, environment in clients.items():
+        if environment is None:
+            continue
+        assert not SERVER_SECRET_VARIABLES & environment.keys(), name
+        assert not any(secret in environment.values() for secret in server_secrets), name
+    prefect_server = process_environment(run_dir, "prefect-server")
+    mlflow_server = process_environment(run_dir, "mlflow")
+    assert prefect_server is not None and mlflow_server is not None
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in prefect_server and "MLFLOW_FLASK_SERVER_SECRET_KEY" not in prefect_server
+    assert "PREFECT_SERVER_API_AUTH_STRING" not in mlflow_server
+    assert mlflow_server["MLFLOW_AUTH_ADMIN_PASSWORD"] == credentials["MLFLOW_AUTH_ADMIN_PASSWORD"]
+
+
+def test_a_failed_up_stops_the_prefect_server_it_started(tmp_path: Path) -> None:
+    """A step after the Prefect server started fails (here the deployment: the folder has no work pool
+    template or prefect.yaml): `up` stops the server again, so the next `up` is not "already up"."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "dvc.yaml").write_text("stages: {}\n")
+    prefect_port = free_port()
+    environment = services_clone_environment(
+        "failed-up-test",
+        tmp_path / "prefect-home",
+        PREFECT_PORT=str(prefect_port),
+        MLFLOW_PORT=str(free_port()),
+        SCORER_PORT=str(free_port()),
+    )
+    module = [sys.executable, "-m", "tasks.services.local_services"]
+    try:
+        up = subprocess.run(
+            [*module, "up", "--run-dir", "run"],
+            cwd=workspace,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=MAKE_TIMEOUT_SECONDS,
+        )
+        assert up.returncode == 1 and "work-pool create failed" in up.stderr, up.stdout + up.stderr
+        assert (workspace / "run" / "prefect-server.log").exists()  # it had started
+        assert not (workspace / "run" / "prefect-server.pid").exists()
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", prefect_port)) != 0  # nothing listens any more
+    finally:
+        subprocess.run([*module, "down", "--run-dir", "run"], cwd=workspace, env=environment, timeout=60)

@@ -118,6 +118,14 @@ def test_stage_closures_reach_past_the_flow_module() -> None:
     assert {"flows/__init__.py", "flows/_stage.py", "tasks/data/prepare.py", "tasks/data/datasets/base.py"} <= closure
 
 
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_no_stage_depends_on_the_services(name: str) -> None:
+    """The stages import the small process helpers (tasks/runtime/processes.py), never the services'
+    code (tasks/services/): editing the servers' supervision must not make DVC rerun the pipeline."""
+    closure = import_closure(PROJECT_ROOT, stage_module(STAGES[name]["cmd"]))
+    assert not [path for path in closure if path.relative_to(PROJECT_ROOT).parts[:2] == ("tasks", "services")]
+
+
 def test_covered_accepts_files_and_folders() -> None:
     assert covered("tasks/data/datasets/base.py", ["tasks/data/datasets"])
     assert covered("tasks/workspace/config.py", ["tasks/workspace/config.py"])

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import keep_prefect_state_in_workspace
 from flows._stage import stage_run_name
+from tasks.workspace.prefect_home import keep_prefect_state_in_workspace
 from tests.conftest import edit_params
 from tests.support.environments import fresh_shell_environment
 

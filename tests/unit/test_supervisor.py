@@ -1,6 +1,7 @@
 """The one supervisor (tasks/services/supervisor.py) against real processes: a tiny HTTP server started as a
 service answers its health check; a service that exits first or never answers is an error naming its
-log; stop escalates to KILL for a process group that ignores TERM; stale and reused pid files."""
+log; stop escalates to KILL for a process group that ignores TERM, and gives up with an error on one
+that outlives the KILL; stale and reused pid files (a reused pid, even one leading its process group)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.services.supervisor import Service, wait_until_healthy
+from tasks.runtime.processes import start_time
+from tasks.services import supervisor
+from tasks.services.supervisor import Service, stop_process_group, wait_until_healthy
 from tasks.workspace.errors import ServiceError
 from tests.support.model_server import free_port
 
@@ -82,7 +85,7 @@ def test_a_real_http_server_is_started_answers_and_is_stopped(tmp_path: Path, ki
     assert process is not None
     killer.append(process.pid)
     server.wait_until_healthy(f"http://127.0.0.1:{port}/", "the web server", START_SECONDS, process)
-    assert server.pid_file.read_text() == f"{process.pid}\n" and server.running_pid() == process.pid
+    assert server.pid_file.read_text().split()[0] == str(process.pid) and server.running_pid() == process.pid
     assert os.getpgid(process.pid) == process.pid  # its own session: its process group is stopped as one
     assert server.start(command, dict(os.environ)) is None  # running already: nothing else is started
     assert server.stop(GRACE_SECONDS) is True
@@ -160,3 +163,67 @@ def test_a_pid_file_naming_a_reused_pid_is_stale_and_its_process_is_left_alone(
     assert service.stop(GRACE_SECONDS) is False
     time.sleep(0.2)
     assert stranger.poll() is None  # still running: nothing was sent to it
+
+
+def group_leader(killer: list[int]) -> subprocess.Popen[bytes]:
+    """A process leading its own process group, as a shell's job does, but not its own session (it is
+    in this test's session): a pid that a service's pid file may name once the service is gone."""
+    leader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], process_group=0)
+    killer.append(leader.pid)
+    assert os.getpgid(leader.pid) == leader.pid and os.getsid(leader.pid) != leader.pid
+    return leader
+
+
+def test_a_pid_file_naming_a_reused_pid_of_a_job_control_group_leader_is_stale(
+    tmp_path: Path, killer: list[int]
+) -> None:
+    """A reused pid that leads a process group (a shell's job) is not the service: its start time differs
+    from the one recorded, and a pid file without one names it only while it leads its own session.
+    `make down` must never kill that job's group."""
+    leader = group_leader(killer)
+    service = Service("reused", tmp_path)
+    started = start_time(leader.pid)
+    assert started is not None
+    service.pid_file.write_text(f"{leader.pid} {started - 1}\n")  # the service that had the pid started earlier
+    assert service.running_pid() is None and not service.pid_file.exists()
+    service.pid_file.write_text(f"{leader.pid}\n")  # written before pid files held start times
+    assert service.running_pid() is None and not service.pid_file.exists()
+    for text in (f"{leader.pid} {started - 1}\n", f"{leader.pid}\n"):
+        service.pid_file.write_text(text)
+        assert service.stop(GRACE_SECONDS) is False
+    time.sleep(0.2)
+    assert leader.poll() is None  # still running: nothing was sent to its group
+
+
+def test_a_pid_file_records_the_start_time_that_names_the_service(tmp_path: Path, killer: list[int]) -> None:
+    service = Service("timed", tmp_path)
+    process = service.start([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ))
+    assert process is not None
+    killer.append(process.pid)
+    assert service.pid_file.read_text().split() == [str(process.pid), str(start_time(process.pid))]
+    assert service.running_pid() == process.pid
+    service.pid_file.write_text(f"{process.pid}\n")  # an older pid file: the service leads its session
+    assert service.running_pid() == process.pid
+    assert service.stop(GRACE_SECONDS) and wait_until_gone(process.pid)
+
+
+def test_stop_gives_up_with_an_error_on_a_group_that_outlives_the_kill(
+    tmp_path: Path, killer: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process group that SIGKILL does not empty (here: an exited member that its parent, this test,
+    never reaps) is an error after a deadline, not an endless wait."""
+    monkeypatch.setattr(supervisor, "KILL_WAIT_SECONDS", GRACE_SECONDS)
+    leader = group_leader(killer)
+    member = subprocess.Popen([sys.executable, "-c", "pass"], process_group=leader.pid)  # a zombie in the group
+    deadline = time.monotonic() + START_SECONDS
+    while running(member.pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServiceError, match=f"process group {leader.pid} is still running"):
+            stop_process_group(leader.pid, GRACE_SECONDS)
+        assert time.monotonic() - started < GRACE_SECONDS + GRACE_SECONDS + GONE_SECONDS
+        assert wait_until_gone(leader.pid)
+    finally:
+        member.wait()

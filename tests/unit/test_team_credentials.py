@@ -97,3 +97,40 @@ def test_make_ups_credentials_file_is_private_sourceable_and_reused(tmp_path: Pa
     parser.read(exports["MLFLOW_AUTH_CONFIG_PATH"])
     assert parser["mlflow"]["database_uri"] == f"sqlite:///{run_dir / 'mlflow-auth.db'}"
     assert exports["MLFLOW_AUTH_ADMIN_PASSWORD"] not in Path(exports["MLFLOW_AUTH_CONFIG_PATH"]).read_text()
+
+
+def test_make_ups_processes_get_only_the_secrets_each_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker (whose deployment runs execute any flow code) and the model server see no server-side
+    secret, even started from a shell that sourced credentials.env; each server sees only its own."""
+    credentials = local_services.sourced_variables(local_services.ensure_local_credentials(tmp_path))
+    for name, value in credentials.items():  # a user's shell after `source .run/credentials.env`
+        monkeypatch.setenv(name, value)
+    environments = local_services.service_environments(credentials, "http://127.0.0.1:4200/api")
+    admin_password = credentials["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    prefect_server_auth = credentials["PREFECT_SERVER_API_AUTH_STRING"]
+    for name in ("worker", "deploy", "scorer"):
+        environment = environments[name]
+        assert not team_settings.SERVER_SECRET_VARIABLES & environment.keys(), name
+        assert admin_password not in environment.values(), name
+        assert credentials["MLFLOW_FLASK_SERVER_SECRET_KEY"] not in environment.values(), name
+    assert environments["worker"]["PREFECT_API_AUTH_STRING"] == credentials["PREFECT_API_AUTH_STRING"]
+    assert "PREFECT_API_AUTH_STRING" not in environments["scorer"]
+    assert environments["prefect-server"]["PREFECT_SERVER_API_AUTH_STRING"] == prefect_server_auth
+    assert admin_password not in environments["prefect-server"].values()
+    mlflow = environments["mlflow"]
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == admin_password
+    assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == credentials["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    assert "PREFECT_SERVER_API_AUTH_STRING" not in mlflow and "PREFECT_API_AUTH_STRING" not in mlflow
+
+
+def test_the_team_worker_gets_no_server_secret_from_its_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_in(tmp_path)
+    credentials = team_settings.ensure_credentials(settings)
+    for name in team_settings.SERVER_SECRET_VARIABLES:
+        monkeypatch.setenv(name, "server-side-secret")
+    environment = team_settings.clients_environment(settings, credentials)
+    assert not team_settings.SERVER_SECRET_VARIABLES & environment.keys()
+    assert environment["MLFLOW_TRACKING_USERNAME"] == team_settings.TEAM_USER  # the team's account, not the admin
+    assert credentials.mlflow_admin_password not in environment.values()
