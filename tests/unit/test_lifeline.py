@@ -20,6 +20,7 @@ from tasks.runtime.lifeline import LAUNCHED_BY_DVC_VARIABLE, die_with_parent, pa
 from tasks.training.checkpoint_lock import checkpoint_folder_lock, lock_file_of
 from tasks.workspace.errors import TrainingBusyError
 from tasks.workspace.locks import holder_file
+from tests.support.processes import running, wait_until_gone
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEATH_SECONDS = 5.0  # how soon an orphan must be gone
@@ -45,30 +46,12 @@ STAGE_LIKE = textwrap.dedent(  # writes its pid into the folder argv[1], then sl
 )
 
 
-def running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
 def wait_for_file(path: Path, seconds: float = START_SECONDS) -> str:
     deadline = time.monotonic() + seconds
     while not path.is_file() or not path.read_text():
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
     return path.read_text()
-
-
-def wait_until_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while running(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.fixture

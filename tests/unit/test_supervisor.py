@@ -21,6 +21,7 @@ from tasks.services import supervisor
 from tasks.services.supervisor import Service, stop_process_group, wait_until_healthy
 from tasks.workspace.errors import ServiceError
 from tests.support.model_server import free_port
+from tests.support.processes import running, wait_until_gone
 
 START_SECONDS = 30.0
 GONE_SECONDS = 5.0
@@ -37,24 +38,6 @@ STUBBORN = textwrap.dedent(
     time.sleep(120)
     """
 )
-
-
-def running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_until_gone(pid: int, seconds: float = GONE_SECONDS) -> bool:
-    deadline = time.monotonic() + seconds
-    while running(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def wait_for_line(log: Path, prefix: str) -> str:
@@ -89,7 +72,7 @@ def test_a_real_http_server_is_started_answers_and_is_stopped(tmp_path: Path, ki
     assert os.getpgid(process.pid) == process.pid  # its own session: its process group is stopped as one
     assert server.start(command, dict(os.environ)) is None  # running already: nothing else is started
     assert server.stop(GRACE_SECONDS) is True
-    assert wait_until_gone(process.pid) and not server.pid_file.exists()
+    assert wait_until_gone(process.pid, GONE_SECONDS) and not server.pid_file.exists()
     assert server.stop(GRACE_SECONDS) is False and server.running_pid() is None
     assert "GET / " in server.log_file.read_text()  # its output went to its log
 
@@ -131,7 +114,8 @@ def test_stop_kills_a_process_group_that_ignores_term_after_the_grace_period(tmp
     started = time.monotonic()
     assert stubborn.stop(GRACE_SECONDS)
     assert time.monotonic() - started >= GRACE_SECONDS  # TERM first, and a grace period before KILL
-    assert wait_until_gone(process.pid) and wait_until_gone(child)  # the forked child too: the whole group
+    # the forked child too: the whole group
+    assert wait_until_gone(process.pid, GONE_SECONDS) and wait_until_gone(child, GONE_SECONDS)
 
 
 def test_a_stale_pid_file_is_removed_and_the_service_starts_again(tmp_path: Path, killer: list[int]) -> None:
@@ -146,7 +130,7 @@ def test_a_stale_pid_file_is_removed_and_the_service_starts_again(tmp_path: Path
     assert process is not None
     killer.append(process.pid)
     assert service.running_pid() == process.pid
-    assert service.stop(GRACE_SECONDS) and wait_until_gone(process.pid)
+    assert service.stop(GRACE_SECONDS) and wait_until_gone(process.pid, GONE_SECONDS)
 
 
 def test_a_pid_file_naming_a_reused_pid_is_stale_and_its_process_is_left_alone(
@@ -204,7 +188,7 @@ def test_a_pid_file_records_the_start_time_that_names_the_service(tmp_path: Path
     assert service.running_pid() == process.pid
     service.pid_file.write_text(f"{process.pid}\n")  # an older pid file: the service leads its session
     assert service.running_pid() == process.pid
-    assert service.stop(GRACE_SECONDS) and wait_until_gone(process.pid)
+    assert service.stop(GRACE_SECONDS) and wait_until_gone(process.pid, GONE_SECONDS)
 
 
 def test_stop_gives_up_with_an_error_on_a_group_that_outlives_the_kill(
@@ -224,6 +208,6 @@ def test_stop_gives_up_with_an_error_on_a_group_that_outlives_the_kill(
         with pytest.raises(ServiceError, match=f"process group {leader.pid} is still running"):
             stop_process_group(leader.pid, GRACE_SECONDS)
         assert time.monotonic() - started < GRACE_SECONDS + GRACE_SECONDS + GONE_SECONDS
-        assert wait_until_gone(leader.pid)
+        assert wait_until_gone(leader.pid, GONE_SECONDS)
     finally:
         member.wait()
