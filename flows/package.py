@@ -3,9 +3,11 @@
 It is the only stage besides `embed` that runs the frozen base: it builds the float32 classifier
 (base, preprocessing, head), refuses a base whose weights digest differs from the one the embed
 stage recorded, checks that it scores the first validation images as the evaluate stage did
-(`tasks.registration.assemble.SCORE_TOLERANCE`), and writes `models/classifier.keras` (byte-reproducible: DVC
-hashes it). `register` then logs that file without building or running any model, so a change that
-reaches only calibration or registration (a threshold objective, a model name) costs seconds.
+(`tasks.registration.assemble.SCORE_TOLERANCE`) and that the serving code answers one of them from its
+raw file as evaluate scored it, writes `models/classifier.keras` (byte-reproducible: DVC hashes it) and
+records what it wrote in `metrics/package.json`. `register` then logs that file, refusing any other,
+without building or running a model, so a change that reaches only calibration or registration (a
+threshold objective, a model name) costs seconds.
 Run it with `python -m flows.package` (what `dvc repro package` does) or `sigpipe package`.
 """
 
