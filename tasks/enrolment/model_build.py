@@ -110,6 +110,7 @@ def write_model_files(folder: Path, classifier, verifier, calibration: dict[str,
     """The packaged model's files in `folder`: classifier.keras, verifier.npz, calibration.json."""
     from tasks.model.keras_files import save_model_file
     from tasks.model.verifier import save_verifier
+    from tasks.workspace.files import write_json
 
     files = {
         "classifier": folder / "classifier.keras",
@@ -118,5 +119,5 @@ def write_model_files(folder: Path, classifier, verifier, calibration: dict[str,
     }
     save_model_file(classifier, files["classifier"])
     save_verifier(verifier, files["verifier"])
-    files["calibration"].write_text(json.dumps(calibration, indent=2, sort_keys=True) + "\n")
+    write_json(files["calibration"], calibration)  # as the calibrate stage writes models/calibration.json
     return files
