@@ -47,6 +47,7 @@ def registered_workspace(root: Path, size: int) -> Path:
     import mlflow
     import numpy as np
     import yaml
+    from peers import params_embedding  # this folder is on sys.path when a bench script runs
     from PIL import Image, ImageDraw
 
     from tasks.data.prepare import settings_from_params
@@ -66,7 +67,9 @@ def registered_workspace(root: Path, size: int) -> Path:
     paths.params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     spec = HeadSpec(len(WRITERS), 0, 0.0, feature_mean=np.zeros(FEATURES), feature_variance=np.ones(FEATURES))
     paths.models_dir.mkdir(parents=True, exist_ok=True)
-    build_classifier(build_base(size, "none", paths.root, 0), size, spec).save(paths.classifier_file)
+    build_classifier(build_base(size, "none", paths.root, 0), size, spec, params_embedding()).save(
+        paths.classifier_file
+    )
     rng = np.random.default_rng(0)
     verifier = WriterVerifier(np.zeros(FEATURES), np.ones(FEATURES), rng.normal(size=(FEATURES, 8)), np.zeros(8))
     save_verifier(verifier, paths.verifier_file)

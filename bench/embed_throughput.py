@@ -22,6 +22,7 @@ from pathlib import Path
 
 import tensorflow as tf
 import yaml
+from peers import params_embedding  # this folder is on sys.path when a bench script runs
 
 from tasks.data.manifest import read_manifest
 from tasks.data.prepare import prepare_dataset
@@ -56,7 +57,7 @@ def measure(cedar: Path, size: int, scratch: Path) -> dict[str, float]:
     prepare = PrepareParams.model_validate({**params["prepare"], "image_size": size, "train_per_writer": 19})
     prepare_dataset(paths, "cedar", prepare, show_progress=False)
     data = load_training_data(read_manifest(paths.manifest_file), paths.root)
-    embedder = build_embedder(build_base(size, "none", paths.root, 0), size)
+    embedder = build_embedder(build_base(size, "none", paths.root, 0), size, params_embedding())
     keras_raw = raw_forward(inference_function(embedder), size)
     step = folded_inference_function(embedder)
     folded_raw = raw_forward(step, size)

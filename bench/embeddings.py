@@ -11,7 +11,12 @@ the split from it, so the file does not depend on `prepare.unenrolled_writers` o
 writers. Views are embedded for the genuine images a split with no unenrolled writer puts in `train`
 (a superset of the training images of any split with some).
 
+The embedding (`--ink`, `--pooled-layers`) is params.yaml's `model.ink` / `model.pooled_layers` unless
+given; `--augmentations` embeds the views of only some variants (the embedding candidates of
+bench/head_selection.py need `signature`'s alone).
+
 Usage: python bench/embeddings.py --dataset cedar --size 150 --output /tmp/embeddings_cedar_150.npz
+       python bench/embeddings.py --ink dark --pooled-layers mixed10 --augmentations signature --output ...
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +35,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.cedar_pipeline import scratch_workspace  # noqa: E402
+from bench.peers import params_embedding  # noqa: E402
 
 DEFAULT_CEDAR = PROJECT_ROOT.parent / "shared" / "datasets" / "cedar"
 DEFAULT_VIEWS = 4
@@ -67,9 +74,12 @@ def prepared_workspace(scratch: Path, changes: dict[str, dict[str, object]]) -> 
     return scratch
 
 
-def embed_workspace(root: Path, size: int, weights: str, views: int) -> dict[str, np.ndarray]:
-    """Clean embeddings of every prepared image and `views` augmented views of the training genuine
-    images per variant of `AUGMENTATIONS`, as the train stage computes them."""
+def embed_workspace(
+    root: Path, size: int, weights: str, views: int, embedding, augmentations: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Clean embeddings (`embedding`: an EmbeddingSpec) of every prepared image and `views` augmented views
+    of the training genuine images per variant of `augmentations` (names of `AUGMENTATIONS`), as the train
+    stage computes them."""
     import tensorflow as tf
 
     from tasks.data.manifest import read_manifest
@@ -81,7 +91,7 @@ def embed_workspace(root: Path, size: int, weights: str, views: int) -> dict[str
 
     rows = read_manifest(root / "data" / "prepared" / "manifest.csv")
     images = np.stack([read_grey_image(root / row["prepared_path"]) for row in rows])
-    step = folded_inference_function(build_embedder(build_base(size, weights, root, SEED), size))
+    step = folded_inference_function(build_embedder(build_base(size, weights, root, SEED), size, embedding))
     pixels = tf.data.Dataset.from_tensor_slices(images).map(
         lambda image: tf.image.grayscale_to_rgb(tf.cast(image, tf.float32))
     )
@@ -91,7 +101,8 @@ def embed_workspace(root: Path, size: int, weights: str, views: int) -> dict[str
     train_rows = np.array([i for i, row in enumerate(rows) if row["kind"] == "genuine" and row["split"] == "train"])
     order = tf.range(len(train_rows), dtype=tf.int64)
     keys = tf.constant(image_keys([rows[index]["prepared_sha256"] for index in train_rows]))
-    for name, augment in AUGMENTATIONS.items():
+    for name in augmentations:
+        augment = AUGMENTATIONS[name]
         if augment is None:
             continue
         params = AugmentParams.model_validate(augment)
@@ -129,8 +140,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=150)
     parser.add_argument("--weights", default="none")
     parser.add_argument("--views", type=int, default=DEFAULT_VIEWS)
+    parser.add_argument("--ink", choices=("bright", "dark"), default=None, help="default: params.yaml's")
+    parser.add_argument("--pooled-layers", nargs="+", default=None, help="default: params.yaml's")
+    parser.add_argument("--augmentations", nargs="+", choices=tuple(AUGMENTATIONS), default=tuple(AUGMENTATIONS))
     parser.add_argument("--output", type=Path, required=True)
     arguments = parser.parse_args()
+    defaults = params_embedding()
+    embedding = type(defaults)(arguments.ink or defaults.ink, tuple(arguments.pooled_layers or defaults.pooled_layers))
 
     from flows._stage import quiet_environment
 
@@ -139,7 +155,9 @@ def main() -> None:
     changes = dataset_changes(arguments.dataset, arguments.cedar, arguments.size, arguments.weights)
     with tempfile.TemporaryDirectory() as scratch:
         root = prepared_workspace(Path(scratch), changes)
-        arrays = embed_workspace(root, arguments.size, arguments.weights, arguments.views)
+        arrays = embed_workspace(
+            root, arguments.size, arguments.weights, arguments.views, embedding, arguments.augmentations
+        )
         prepare_params = json.loads((root / "metrics" / "prepare.json").read_text())
     arrays["meta"] = np.array(
         json.dumps(
@@ -149,7 +167,8 @@ def main() -> None:
                 "weights": arguments.weights,
                 "views": arguments.views,
                 "seed": SEED,
-                "augmentations": AUGMENTATIONS,
+                "augmentations": list(arguments.augmentations),
+                "embedding": embedding.as_dict(),
                 "prepare": prepare_params,
                 "seconds": round(time.perf_counter() - started, 1),
             }

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from peers import params_embedding  # this folder is on sys.path when a bench script runs
 
 from tasks.model.classifier import build_base, build_embedder
 from tasks.model.fused import folded_inference_function, inference_function
@@ -52,7 +53,7 @@ def stream(make: Callable[[], Callable[[tf.Tensor], tf.Tensor]], images: np.ndar
 
 def measure(size: int, rounds: int, count: int) -> dict[str, object]:
     """Median seconds of both paths for both functions at `size` px, and the gains."""
-    embedder = build_embedder(build_base(size, "none", Path("."), SEED), size)
+    embedder = build_embedder(build_base(size, "none", Path("."), SEED), size, params_embedding())
     images = np.random.default_rng(SEED).uniform(0, 255, (count, size, size, 3)).astype(np.float32)
     makers = {
         "keras": lambda: inference_function(embedder),

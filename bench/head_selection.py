@@ -24,6 +24,13 @@ it are tied, and the tie goes to the higher validation accuracy, then to the sim
 whitening before whitening, then the larger ridge penalty (a Keras head has none and comes after
 any ridge head), then the earlier candidate in the order above (less augmentation first).
 
+The embedding (`model.ink`, `model.pooled_layers`) is chosen by the same rule in a second step,
+`--grid embedding`: one embedding file per candidate embedding (bench/embeddings.py `--ink`,
+`--pooled-layers`), on each the ridge head with params.yaml's augmentation and no whitening (what
+the full grid chose) at every penalty; the penalty is chosen again with the embedding. Files are
+listed simplest first, which is the tie-break order. Each step's results file is kept
+(`head_selection_*` and `embedding_selection_*`).
+
 Test columns (test accuracy; over the quality bench's partitions of all writers, the test writers'
 a-posteriori skilled EER, global and per writer, FRR and skilled FAR at the calibrated threshold)
 are recorded beside them and never passed to the rule.
@@ -31,6 +38,7 @@ are recorded beside them and never passed to the rule.
 Usage:
   python bench/embeddings.py --dataset cedar --size 150 --output /tmp/emb_cedar_150.npz
   python bench/head_selection.py --embeddings /tmp/emb_cedar_150.npz [--write-readme]
+  python bench/head_selection.py --grid embedding --embeddings /tmp/dark_mixed10.npz /tmp/bright_mixed10.npz ...
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from bench.peers import (  # noqa: E402
     keras_head_scorer,
     load_embedded,
     machine,
+    params_embedding,
     partition_settings,
     read_params,
     results_header,
@@ -64,7 +73,12 @@ from bench.peers import (  # noqa: E402
     training_set,
     validation_set,
 )
-from bench.tables import RESULTS_DIR, selection_block, write_readme_blocks  # noqa: E402
+from bench.tables import (  # noqa: E402
+    RESULTS_DIR,
+    embedding_selection_block,
+    selection_block,
+    write_readme_blocks,
+)
 from tasks.data.split import UNENROLLED_SPLIT  # noqa: E402
 from tasks.evaluation.metrics import equal_error_rate  # noqa: E402
 from tasks.evaluation.partitions import (  # noqa: E402
@@ -83,11 +97,14 @@ RIDGE_PENALTIES = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 WHITENINGS = (0.0, 0.01, 0.1)  # model.verifier_whitening of the ridge candidates (0: off)
 KERAS_HEADS = {"linear": 0, "mlp": 1024}  # head name -> Dense(relu) units before the softmax (0: none)
 TIE_TOLERANCE = 0.002  # calibration-writer EERs this close to the lowest are tied
+CHOICE_KEYS = ("head", "penalty", "whitening", "augmentation")
+# Embedding files written before `model.ink` / `model.pooled_layers` existed hold the old embedding.
+LEGACY_EMBEDDING = {"ink": "dark", "pooled_layers": ["mixed10"]}
 RULE = (
     "lowest mean over partitions of the calibration-writer skilled EER (validation genuine claims against "
     f"the partition's calibration writers' skilled forgeries); within {TIE_TOLERANCE} of it, the higher "
     "validation accuracy, then the simpler model (no whitening first, then the larger ridge penalty; Keras heads "
-    "after ridge), then less augmentation"
+    "after ridge), then less augmentation, then the earlier embedding file"
 )
 
 
@@ -101,6 +118,7 @@ class SelectionFigures:
     whitening: float
     calibration_eer: float
     val_accuracy: float
+    embedding: str = ""  # the embedding file's `model.ink` and pooled blocks (`embedding_label`)
 
 
 def choose(candidates: Sequence[SelectionFigures], tolerance: float = TIE_TOLERANCE) -> SelectionFigures:
@@ -133,6 +151,7 @@ def selection_columns(row: dict[str, object]) -> SelectionFigures:
         whitening=float(row.get("whitening") or 0.0),
         calibration_eer=float(selection["calibration_eer"]["mean"]),
         val_accuracy=float(selection["val_accuracy"]),
+        embedding=str(row.get("embedding", "")),
     )
 
 
@@ -193,6 +212,18 @@ def candidate_figures(
     }
 
 
+def embedding_label(data: EmbeddedSplit) -> str:
+    """An embedding file's embedding, as rows and tables name it: `model.ink` and the pooled blocks."""
+    embedding = data.meta.get("embedding") or LEGACY_EMBEDDING
+    return f"{embedding['ink']} {'+'.join(embedding['pooled_layers'])}"
+
+
+def embedding_candidates(augmentation: str) -> list[tuple[str, str, float | None, float]]:
+    """The `--grid embedding` candidates of one file: the ridge head on params.yaml's augmentation,
+    no whitening, every penalty (the embedding step of the rule, after the full grid chose the rest)."""
+    return [(augmentation, RIDGE, penalty, 0.0) for penalty in RIDGE_PENALTIES]
+
+
 def candidates(data: EmbeddedSplit, views: int, keras_heads: bool) -> list[tuple[str, str, float | None, float]]:
     """(augmentation, head, penalty, whitening) of every candidate, in the rule's final tie-break order."""
     listed: list[tuple[str, str, float | None, float]] = []
@@ -244,18 +275,23 @@ def evaluate_candidate(
 
 
 def defaults_of(params: dict[str, dict[str, object]]) -> dict[str, object]:
-    """params.yaml's current head, penalty and augmentation preset."""
+    """params.yaml's current head, penalty, augmentation preset and embedding."""
+    embedding = params_embedding(params)
     return {
         "head": params["model"]["head"],
         "penalty": float(params["model"]["verifier_regularization"]),
         "whitening": float(params["model"].get("verifier_whitening", 0.0)),
         "augmentation": params["augment"]["preset"],
+        "embedding": f"{embedding.ink} {'+'.join(embedding.pooled_layers)}",
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--embeddings", type=Path, required=True, help="a file written by bench/embeddings.py")
+    parser.add_argument(
+        "--embeddings", type=Path, nargs="+", required=True, help="files written by bench/embeddings.py"
+    )
+    parser.add_argument("--grid", choices=("full", "embedding"), default="full")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--no-keras", action="store_true", help="ridge candidates only (no TensorFlow)")
     parser.add_argument("--write-readme", action="store_true", help="rewrite the generated README blocks")
@@ -264,39 +300,53 @@ def main() -> None:
     started = time.perf_counter()
     params = read_params()
     settings = partition_settings(params)
-    data = load_embedded(arguments.embeddings, split_rules(params["prepare"]))
-    rows = []
-    for augmentation, head, penalty, whitening in candidates(data, settings["views"], not arguments.no_keras):
-        row = evaluate_candidate(data, augmentation, head, penalty, whitening, settings["views"], settings)
-        rows.append(row)
-        shown = ("augmentation", "head", "penalty", "whitening", "selection", "seconds")
-        print(json.dumps({key: row[key] for key in shown}), flush=True)
-    choice = chosen_row(rows)
     defaults = defaults_of(params)
-    picked = {
-        "head": choice["head"],
-        "penalty": choice["penalty"],
-        "whitening": choice["whitening"],
-        "augmentation": choice["augmentation"],
-    }
+    rows = []
+    for path in arguments.embeddings:
+        data = load_embedded(path, split_rules(params["prepare"]))
+        listed = (
+            embedding_candidates(str(defaults["augmentation"]))
+            if arguments.grid == "embedding"
+            else candidates(data, settings["views"], not arguments.no_keras)
+        )
+        for augmentation, head, penalty, whitening in listed:
+            row = {
+                "embedding": embedding_label(data),
+                **evaluate_candidate(data, augmentation, head, penalty, whitening, settings["views"], settings),
+            }
+            rows.append(row)
+            shown = ("embedding", "augmentation", "head", "penalty", "whitening", "selection", "seconds")
+            print(json.dumps({key: row[key] for key in shown}), flush=True)
+    choice = chosen_row(rows)
+    decided = (
+        ("embedding", "penalty") if arguments.grid == "embedding" else ("head", "penalty", "whitening", "augmentation")
+    )
+    picked = {key: choice[key] for key in decided}
+    expected = {key: defaults[key] for key in decided}
     results = {
-        **results_header(data, arguments.embeddings, settings),
+        **results_header(data, arguments.embeddings[0], settings),
+        "embedding_files": [path.name for path in arguments.embeddings],
+        "grid": arguments.grid,
         "rule": RULE,
         "tie_tolerance": TIE_TOLERANCE,
-        "keras_heads": not arguments.no_keras,
+        "keras_heads": arguments.grid == "full" and not arguments.no_keras,
         "candidates": rows,
-        "choice": {**picked, "selection": asdict(selection_columns(choice))},
+        "choice": {
+            **{key: choice[key] for key in ("embedding", *CHOICE_KEYS)},
+            "selection": asdict(selection_columns(choice)),
+        },
         "params_defaults": defaults,
-        "choice_differs_from_params": picked != defaults,
+        "choice_differs_from_params": picked != expected,
         "machine": machine(),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    output = arguments.output or RESULTS_DIR / f"head_selection_{results['dataset']}_{results['size']}.json"
+    prefix = "embedding_selection" if arguments.grid == "embedding" else "head_selection"
+    output = arguments.output or RESULTS_DIR / f"{prefix}_{results['dataset']}_{results['size']}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
-    print(selection_block(results))
-    if picked != defaults:
-        print(f"\nthe rule picks {picked}, params.yaml has {defaults}")
+    print(embedding_selection_block(results) if arguments.grid == "embedding" else selection_block(results))
+    if picked != expected:
+        print(f"\nthe rule picks {picked}, params.yaml has {expected}")
     if arguments.write_readme:
         write_readme_blocks()
 

@@ -70,6 +70,7 @@ def main() -> None:
 
     import mlflow
     import pandas as pd
+    from peers import params_embedding  # this folder is on sys.path when a bench script runs
     from PIL import Image
 
     from tasks.data.manifest import read_manifest
@@ -92,7 +93,10 @@ def main() -> None:
         files = [str(paths.root / row["prepared_path"]) for row in rows]
         classes = sorted({row["writer"] for row in read_manifest(paths.manifest_file)})
         classifier = build_classifier(
-            build_base(arguments.size, "none", paths.root, 0), arguments.size, HeadSpec(len(classes), 1024, 0.1)
+            build_base(arguments.size, "none", paths.root, 0),
+            arguments.size,
+            HeadSpec(len(classes), 1024, 0.1),
+            params_embedding(),
         )
         paths.models_dir.mkdir(parents=True)
         classifier.save(paths.classifier_file)

@@ -86,6 +86,14 @@ def read_params(path: Path = PARAMS_FILE) -> dict[str, dict[str, object]]:
     return yaml.safe_load(path.read_text())
 
 
+def params_embedding(params: dict[str, dict[str, object]] | None = None):  # -> EmbeddingSpec
+    """The embedding params.yaml's `model` group describes (`model.ink`, `model.pooled_layers`)."""
+    from tasks.model.embedding_spec import EmbeddingSpec
+
+    model = (params or read_params())["model"]
+    return EmbeddingSpec(str(model["ink"]), tuple(str(layer) for layer in model["pooled_layers"]))
+
+
 def partition_settings(params: dict[str, dict[str, object]]) -> dict[str, object]:
     """What both benches read from params.yaml to split, partition and calibrate as the stages do, flat."""
     return {
@@ -271,7 +279,9 @@ def keras_head_scorer(
     from tasks.model.keras_head import HeadSpec, build_head, embedding_statistics
 
     keras.utils.set_random_seed(KERAS_SEED)
-    head = build_head(HeadSpec(class_count, dense_units, KERAS_DROPOUT, KERAS_SEED, *embedding_statistics(samples)))
+    head = build_head(
+        HeadSpec(class_count, dense_units, KERAS_DROPOUT, KERAS_SEED, *embedding_statistics(samples)), samples.shape[-1]
+    )
     head.compile(keras.optimizers.Adam(KERAS_RATE), "sparse_categorical_crossentropy")
     history = head.fit(
         samples,

@@ -80,6 +80,7 @@ def package_model(root: Path, size: int, example: Path) -> str:
     import numpy as np
     import yaml
 
+    from bench.peers import params_embedding
     from tasks.data.prepare import settings_from_params
     from tasks.model.classifier import build_base, build_classifier
     from tasks.model.keras_head import HeadSpec
@@ -101,9 +102,9 @@ def package_model(root: Path, size: int, example: Path) -> str:
         settings, **{key: params["register"][name] for key, name in limits.items() if key in fields}
     )
     paths.models_dir.mkdir(parents=True)
-    build_classifier(build_base(size, "none", paths.root, 0), size, HeadSpec(len(CLASSES), 32, 0.1)).save(
-        paths.classifier_file
-    )
+    build_classifier(
+        build_base(size, "none", paths.root, 0), size, HeadSpec(len(CLASSES), 32, 0.1), params_embedding()
+    ).save(paths.classifier_file)
     writers = len(CLASSES)
     save_verifier(
         WriterVerifier(np.zeros(FEATURES), np.ones(FEATURES), np.zeros((FEATURES, writers)), np.zeros(writers)),

@@ -20,8 +20,10 @@ README = PROJECT_ROOT / "README.md"
 BENCH_README = PROJECT_ROOT / "bench" / "README.md"
 QUALITY_RESULTS = RESULTS_DIR / "quality_cedar_150.json"
 SELECTION_RESULTS = RESULTS_DIR / "head_selection_cedar_150.json"
+EMBEDDING_SELECTION_RESULTS = RESULTS_DIR / "embedding_selection_cedar_150.json"
 QUALITY_BLOCK = "quality-table"
 SELECTION_BLOCK = "selection-table"
+EMBEDDING_SELECTION_BLOCK = "embedding-selection-table"
 DIGITS = 3
 DATASET_NAMES = {"cedar": "CEDAR", "demo": "the generated demo dataset"}
 MODEL_ORDER = ("pipeline", "logistic_regression", "writer_svm", "reference")
@@ -341,6 +343,61 @@ def selection_block(results: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def embedding_selection_block(results: dict[str, object]) -> str:
+    """The embedding step's table (`bench/head_selection.py --grid embedding`), its rule and its choice."""
+    choice, defaults, settings = results["choice"], results["params_defaults"], results["settings"]
+    rows = []
+    for row in results["candidates"]:
+        chosen = (row["embedding"], row["penalty"]) == (choice["embedding"], choice["penalty"])
+        selection, test = row["selection"], row["test"]
+        rows.append(
+            [
+                f"**{row['embedding']}, chosen**" if chosen else row["embedding"],
+                penalty_cell(row["penalty"]),
+                interval(selection["calibration_eer"]),
+                number(selection["val_accuracy"]),
+                number(test["accuracy"]),
+                interval(test["eer_skilled_a_posteriori"]),
+                interval(test["eer_skilled_per_writer_a_posteriori"]),
+                interval(test["frr"]),
+                interval(test["far_skilled"]),
+            ]
+        )
+    verdict = (
+        f"**differs from params.yaml** ({defaults['embedding']}, penalty {penalty_cell(defaults['penalty'])})"
+        if results["choice_differs_from_params"]
+        else "the same as params.yaml's defaults"
+    )
+    lines = [
+        f"Measured on {dataset_name(results)}, {results['size']} px, `model.weights: {results['weights']}` "
+        f"(`bench/head_selection.py --grid embedding`, `bench/results/{EMBEDDING_SELECTION_RESULTS.name}`), "
+        f"{settings['partitions']} writer partitions (seed {settings['partition_seed']}), ridge head, "
+        f"`{choice['augmentation']}` augmentation with {settings['views']} views, no whitening. Embedding: "
+        "`model.ink` (bright: the base sees the negative scan) and the InceptionV3 blocks averaged and "
+        f"concatenated (`model.pooled_layers`). Same rule: {results['rule']}. Chosen: "
+        f"{choice['embedding']}, penalty {penalty_cell(choice['penalty'])}: {verdict}.",
+        "",
+        markdown_table(
+            (
+                "embedding",
+                "penalty",
+                "calibration-writer skilled EER (selection)",
+                "val accuracy (selection)",
+                "test accuracy",
+                "test skilled EER, global (a posteriori)",
+                "test skilled EER, per writer (a posteriori)",
+                "test FRR",
+                "test skilled FAR",
+            ),
+            rows,
+        ),
+        "",
+        f"Test columns are recorded, never read by the rule. Measured on {results['machine']}; "
+        f"{results['seconds']} s in all.",
+    ]
+    return "\n".join(lines)
+
+
 def block_pattern(name: str) -> re.Pattern[str]:
     """The marker pair of block `name` and what lies between them."""
     return re.compile(rf"(<!-- {re.escape(name)}:start -->\n)(.*?)(\n<!-- {re.escape(name)}:end -->)", re.DOTALL)
@@ -369,7 +426,11 @@ def expected_blocks() -> dict[Path, dict[str, str]]:
     """What every generated README block must hold, rendered from the committed results files."""
     quality = quality_block(load_results(QUALITY_RESULTS))
     selection = selection_block(load_results(SELECTION_RESULTS))
-    return {README: {QUALITY_BLOCK: quality}, BENCH_README: {QUALITY_BLOCK: quality, SELECTION_BLOCK: selection}}
+    embedding = embedding_selection_block(load_results(EMBEDDING_SELECTION_RESULTS))
+    return {
+        README: {QUALITY_BLOCK: quality},
+        BENCH_README: {QUALITY_BLOCK: quality, SELECTION_BLOCK: selection, EMBEDDING_SELECTION_BLOCK: embedding},
+    }
 
 
 def write_readme_blocks() -> None:

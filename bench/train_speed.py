@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from embed_throughput import raw_forward  # this folder is on sys.path when a bench script runs
+from peers import params_embedding  # this folder is on sys.path when a bench script runs
 from sklearn.metrics import accuracy_score, f1_score
 
 from tasks.data.manifest import read_manifest
@@ -77,7 +78,9 @@ def prepared_workspace(cedar: Path, root: Path, size: int) -> ProjectPaths:
 def raw_forward_throughput(size: int) -> float:
     """Images/s of the frozen base (with pooling) run by Keras on random tensors, after a warm-up batch."""
     keras.utils.set_random_seed(0)
-    return raw_forward(inference_function(build_embedder(build_base(size, "none", PROJECT_ROOT), size)), size)
+    return raw_forward(
+        inference_function(build_embedder(build_base(size, "none", PROJECT_ROOT), size, params_embedding())), size
+    )
 
 
 def reference_recipe(paths: ProjectPaths, size: int, epochs: int, seed: int) -> dict[str, float]:
@@ -161,7 +164,7 @@ def ours(paths: ProjectPaths, mode: str, epochs: int, seed: int, views: int, mix
     rows = read_manifest(paths.manifest_file)
     # The embed stage, then the train stage: one pass of the base over every image (and the views).
     size = prepared_image_size(rows, paths.root)
-    embedder = feature_embedder(build_base(size, model.weights, paths.root, train.seed), size)
+    embedder = feature_embedder(build_base(size, model.weights, paths.root, train.seed), size, params_embedding())
     embedded = embed_manifest(
         embedder,
         rows,

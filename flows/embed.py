@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from prefect import flow
 
 from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.workspace.config import parse_group, read_params_file
 from tasks.workspace.files import write_json
 from tasks.workspace.params_model import AugmentParams, ModelParams, TrainParams
@@ -26,6 +27,7 @@ class EmbedConfig:
     """What decides an embedding: the base's weights, the augmentation and its views and seed."""
 
     weights: str
+    embedding: EmbeddingSpec
     augment: AugmentParams
     views: int
     seed: int
@@ -45,7 +47,7 @@ def embed_task(paths: ProjectPaths, config: EmbedConfig) -> dict[str, object]:
     image_size = prepared_image_size(rows, paths.root)
     started = time.perf_counter()
     base = build_base(image_size, config.weights, paths.root, config.seed)
-    embedder = feature_embedder(base, image_size)
+    embedder = feature_embedder(base, image_size, config.embedding)
     built_seconds = time.perf_counter() - started
     run = embed_manifest(embedder, rows, paths.root, config.augment, config.views, config.seed, config.batch_size)
     shutil.rmtree(paths.embeddings_dir, ignore_errors=True)
@@ -57,6 +59,7 @@ def embed_task(paths: ProjectPaths, config: EmbedConfig) -> dict[str, object]:
         "images": {split: len(embedded) for split, embedded in run.splits.items()},
         "embeddings": run.images_embedded,
         "base_weights_sha256": weights_digest(base),
+        "embedding": config.embedding.as_dict(),
     }
     write_json(paths.embed_metrics_file, metrics)
     rate = run.images_embedded / run.seconds if run.seconds else 0.0
@@ -85,6 +88,7 @@ def embed_flow(params_file: str) -> dict[str, object]:
     train = parse_group(params, "train", TrainParams, params_file)
     config = EmbedConfig(
         weights=model.weights,
+        embedding=EmbeddingSpec.of(model),
         augment=parse_group(params, "augment", AugmentParams, params_file),
         views=train.augmented_views,
         seed=train.seed,

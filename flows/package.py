@@ -39,6 +39,7 @@ def package_task(paths: ProjectPaths, config: PackageConfig) -> dict[str, object
     from tasks.data.manifest import read_manifest
     from tasks.data.prepare import settings_from_params
     from tasks.evaluation.scores import load_scores
+    from tasks.model.embedding_spec import EmbeddingSpec
     from tasks.model.head import load_head
     from tasks.model.keras_files import save_model_file
     from tasks.model.verifier import load_verifier
@@ -60,7 +61,8 @@ def package_task(paths: ProjectPaths, config: PackageConfig) -> dict[str, object
         config.seed,
         load_head(paths.head_file),
         config.model.dropout,
-        str(embedded["base_weights_sha256"]),
+        embedded,
+        EmbeddingSpec.of(config.model),
     )
     verifier, table = load_verifier(paths.verifier_file), load_scores(paths.scores_file)
     difference = check_scores(classifier, verifier, table, read_manifest(paths.manifest_file), paths.root)
@@ -71,6 +73,7 @@ def package_task(paths: ProjectPaths, config: PackageConfig) -> dict[str, object
         "classes": len(classes),
         "image_size": int(embedded["image_size"]),
         "base_weights_sha256": str(embedded["base_weights_sha256"]),
+        "embedding": embedded["embedding"],
         "checked_images": CHECKED_IMAGES,
         "score_tolerance": SCORE_TOLERANCE,
     }

@@ -40,6 +40,7 @@ from tasks.enrolment.workspace_state import (
     version_tags,
 )
 from tasks.enrolment.workspace_state import threshold as calibrated_threshold
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.training.embedding_files import EmbeddedRows, load_embedded_rows, save_embedded_rows
 from tasks.workspace.errors import EnrolmentError
 from tasks.workspace.paths import ProjectPaths
@@ -127,7 +128,7 @@ def enrol_writer(
         raise EnrolmentError(
             "prepare.image_size or train.augmented_views changed since the embed stage ran: run `dvc repro` first"
         )
-    base = checked_base(paths.root, info, settings.model.weights, settings.train.seed)
+    base = checked_base(paths.root, info, settings.model.weights, settings.train.seed, EmbeddingSpec.of(settings.model))
     images = np.stack([item.image for item in checked])
     train = settings.train
     hashes = tuple(item.prepared_sha256 for item in checked)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.workspace.errors import EnrolmentError
 from tasks.workspace.paths import ProjectPaths
 
@@ -24,31 +25,44 @@ REFERENCES_LABEL = "references"
 
 @dataclass(frozen=True)
 class EmbedInfo:
-    """What the embed stage recorded: the images' side and the base's weights digest."""
+    """What the embed stage recorded: the images' side, the base's weights digest, the embedding taken from it."""
 
     image_size: int
     base_digest: str
     views: int
+    embedding: EmbeddingSpec
 
 
 def embed_info(paths: ProjectPaths) -> EmbedInfo:
     """metrics/embed.json, or an error naming `dvc repro` when the embed stage has not run."""
     try:
         content = json.loads(paths.embed_metrics_file.read_text())
-        return EmbedInfo(int(content["image_size"]), str(content["base_weights_sha256"]), int(content["views"]))
-    except (OSError, ValueError, KeyError) as error:
+        recorded = content["embedding"]
+        return EmbedInfo(
+            int(content["image_size"]),
+            str(content["base_weights_sha256"]),
+            int(content["views"]),
+            EmbeddingSpec(str(recorded["ink"]), tuple(str(layer) for layer in recorded["pooled_layers"])),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise EnrolmentError(
             f"{paths.embed_metrics_file} cannot be read ({error}): run the pipeline (`dvc repro`) first"
         ) from error
 
 
-def checked_base(root: Path, info: EmbedInfo, weights: str, seed: int):  # -> keras.Model
-    """The base of `model.weights`, refused (naming `dvc repro`) unless it is the embed stage's."""
+def checked_base(root: Path, info: EmbedInfo, weights: str, seed: int, embedding: EmbeddingSpec):  # -> keras.Model
+    """The base of `model.weights`, refused (naming `dvc repro`) unless it, and the `embedding` params.yaml
+    describes, are the embed stage's."""
     import keras
 
     from tasks.registration.assemble import checked_base as base_with_digest
     from tasks.workspace.errors import ModelFileError
 
+    if embedding != info.embedding:
+        raise EnrolmentError(
+            f"model.ink / model.pooled_layers describe the embedding {embedding.as_dict()}, but the stored "
+            f"embeddings are {info.embedding.as_dict()}: run `dvc repro` first"
+        )
     keras.backend.clear_session()
     try:
         return base_with_digest(root, info.image_size, weights, seed, info.base_digest)
@@ -66,13 +80,13 @@ def embed_references(
     seed: int,
     batch_size: int,
 ) -> np.ndarray:
-    """(1 + views, n, 2048): the preprocessed references (n, size, size) as they are, then augmented, each
+    """(1 + views, n, features): the preprocessed references (n, size, size) as they are, then augmented, each
     view seeded by the reference's prepared-PNG hash as the embed stage seeds every training image's."""
     from tasks.model.fused import folded_inference_function
     from tasks.training.embed import feature_embedder, split_views
     from tasks.training.input_pipeline import SplitImages
 
-    step = folded_inference_function(feature_embedder(base, info.image_size))
+    step = folded_inference_function(feature_embedder(base, info.image_size, info.embedding))
     split = SplitImages(images[..., np.newaxis], np.zeros(len(images), dtype=np.int32), prepared_hashes)
     return split_views(step, split, augment, views, seed, batch_size, REFERENCES_LABEL, False)
 
@@ -81,7 +95,7 @@ def packaged_classifier(base, info: EmbedInfo, head, dropout: float, seed: int):
     """The float32 classifier users load: the checked base and the re-solved head."""
     from tasks.registration.assemble import classifier_on_base
 
-    return classifier_on_base(base, info.image_size, head, dropout, seed)
+    return classifier_on_base(base, info.image_size, head, dropout, seed, info.embedding)
 
 
 def check_packaged(classifier, verifier, images: np.ndarray, embeddings: np.ndarray) -> float:

@@ -30,6 +30,7 @@ from tasks.enrolment.training_set import enrolled_prefix, fit, kept_rows, traini
 from tasks.enrolment.versions import RegisteredVersion, VersionRequest, purge_versions, versions_with_writer
 from tasks.enrolment.workspace_state import Change, EnrolSettings, build_and_register, manifest, version_tags
 from tasks.enrolment.workspace_state import threshold as calibrated_threshold
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.registration.assemble import CHECKED_IMAGES
 from tasks.registration.registry import CHAMPION
 from tasks.training.embedding_files import load_split_embeddings
@@ -102,7 +103,7 @@ def remove_writer(paths: ProjectPaths, settings: EnrolSettings, name: str, purge
         tags=version_tags(table, kept, threshold),
     )
     info = embed_info(paths)
-    base = checked_base(paths.root, info, settings.model.weights, settings.train.seed)
+    base = checked_base(paths.root, info, settings.model.weights, settings.train.seed, EmbeddingSpec.of(settings.model))
     images, embeddings = check_images(paths, kept)
     version = build_and_register(
         paths, settings, base, info, Change(verifier, remaining.classes, images, embeddings, request)

@@ -1,9 +1,13 @@
 """The classifier: a frozen InceptionV3 base and a small trained head (the reference recipe, corrected).
 
-Inputs are float pixels in [0, 255] (grey replicated to three channels); a Rescaling layer does
-exactly `keras.applications.inception_v3.preprocess_input` (x / 127.5 - 1) inside the model, so
-every caller feeds the same thing and no caller can forget it (the reference rescaled to [0, 1]).
-The base always runs with `training=False`, so its BatchNorm layers stay in inference mode.
+Inputs are float pixels in [0, 255] (grey replicated to three channels); a Rescaling layer maps
+them to InceptionV3's [-1, 1] inside the model, so every caller feeds the same thing and no caller
+can forget it (the reference rescaled to [0, 1]). With `model.ink: dark` that is exactly
+`keras.applications.inception_v3.preprocess_input` (x / 127.5 - 1); with `bright` it is the negative
+(1 - x / 127.5): ink high, paper low, which the verifier measured better on (bench/README.md).
+The embedding is the global average of each InceptionV3 block in `model.pooled_layers`,
+concatenated (`EmbeddingSpec`). The base always runs with `training=False`, so its BatchNorm layers
+stay in inference mode.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from typing import Any
 import keras
 import numpy as np
 
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.model.fused import folded_inference_function
 from tasks.model.head import HeadWeights
-from tasks.model.keras_head import FEATURE_DIM, HEAD_DENSE, HEAD_OUTPUT, HeadSpec, add_head
+from tasks.model.keras_head import HEAD_DENSE, HEAD_OUTPUT, HeadSpec, add_head
 from tasks.workspace.errors import WeightsError
 from tasks.workspace.params_data import INCEPTION_MIN_SIZE
 from tasks.workspace.params_model import weights_file
@@ -32,8 +37,12 @@ IMAGENET_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/" + IMAGENET_WEIGHTS_FILE
 )
 BASE_NAME = "inception_v3"
+BLOCKS_NAME = "inception_v3_blocks"
 POOL_NAME = "pool"
+PREPROCESS_NAME = "inception_preprocess"
 KERNEL_SEED_STRIDE = 10_000
+# model.ink -> (scale, offset) of the Rescaling layer that maps [0, 255] pixels to [-1, 1].
+INK_RESCALING = {"dark": (1.0 / PIXEL_SCALE, -1.0), "bright": (-1.0 / PIXEL_SCALE, 1.0)}
 
 
 def imagenet_hint() -> str:
@@ -89,22 +98,40 @@ def build_base(image_size: int, weights: str, root: Path, seed: int = 0) -> kera
     return base
 
 
-def build_embedder(base: keras.Model, image_size: int) -> keras.Model:
-    """Pixels in [0, 255] to the base's 2048-d pooled embedding (what the cached mode stores)."""
+def build_embedder(base: keras.Model, image_size: int, embedding: EmbeddingSpec) -> keras.Model:
+    """Pixels in [0, 255] to the embedding `embedding` describes (what the cached mode stores): each
+    pooled block's global average, concatenated in the listed order."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    scaled = keras.layers.Rescaling(1.0 / PIXEL_SCALE, offset=-1.0, name="inception_preprocess")(inputs)
-    pooled = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(base(scaled, training=False))
+    scale, offset = INK_RESCALING[embedding.ink]
+    scaled = keras.layers.Rescaling(scale, offset=offset, name=PREPROCESS_NAME)(inputs)
+    block_outputs = [base.get_layer(name).output for name in embedding.pooled_layers]
+    if len(block_outputs) == 1:  # a one-element output list is not a valid functional model output
+        blocks = keras.Model(base.input, block_outputs[0], name=BLOCKS_NAME)
+        pooled = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(blocks(scaled, training=False))
+    else:
+        blocks = keras.Model(base.input, block_outputs, name=BLOCKS_NAME)
+        pooled = keras.layers.Concatenate(name=POOL_NAME)(
+            [
+                keras.layers.GlobalAveragePooling2D(name=f"{POOL_NAME}_{name}")(output)
+                for name, output in zip(embedding.pooled_layers, blocks(scaled, training=False), strict=True)
+            ]
+        )
     return keras.Model(inputs, pooled, name="embedder")
 
 
-def build_classifier(base: keras.Model, image_size: int, spec: HeadSpec) -> keras.Model:
+def embedding_width(embedder: keras.Model) -> int:
+    """How many features the embedder's output has (3872 for mixed2, 5, 7 and 10)."""
+    return int(embedder.output_shape[-1])
+
+
+def build_classifier(base: keras.Model, image_size: int, spec: HeadSpec, embedding: EmbeddingSpec) -> keras.Model:
     """The full classifier: preprocessing, frozen base, pooling, head."""
-    embedder = build_embedder(base, image_size)
+    embedder = build_embedder(base, image_size, embedding)
     return keras.Model(embedder.input, add_head(embedder.output, spec), name="signature_classifier")
 
 
 def classifier_with_head(
-    base: keras.Model, image_size: int, head: HeadWeights, dropout: float, seed: int
+    base: keras.Model, image_size: int, head: HeadWeights, dropout: float, seed: int, embedding: EmbeddingSpec
 ) -> keras.Model:
     """The full classifier whose head holds `head`'s arrays (`tasks.model.head`, what the train stage wrote):
     what `register` packages. Its logits are `head.logits` of the base's embeddings."""
@@ -116,7 +143,7 @@ def classifier_with_head(
         head.mean if head.standardises else None,
         head.variance if head.standardises else None,
     )
-    classifier = build_classifier(base, image_size, spec)
+    classifier = build_classifier(base, image_size, spec, embedding)
     if head.hidden_units:
         classifier.get_layer(HEAD_DENSE).set_weights([head.hidden_kernel, head.hidden_bias])
     classifier.get_layer(HEAD_OUTPUT).set_weights([head.output_kernel, head.output_bias])
@@ -136,7 +163,7 @@ class ScorerOutputs:
     """What one pass of the classifier gives per image: its logits and its base embedding."""
 
     logits: np.ndarray  # (n, classes), float64, pre-softmax
-    embeddings: np.ndarray  # (n, 2048), float32, the pooled output of the frozen base
+    embeddings: np.ndarray  # (n, features), float32, the pooled output of the frozen base
 
 
 class LogitScorer:
@@ -198,7 +225,8 @@ class LogitScorer:
             features.append(hidden.numpy())
         if not features:
             return ScorerOutputs(
-                self.logits(np.zeros((0, self.kernel.shape[0]))), np.zeros((0, FEATURE_DIM), np.float32)
+                self.logits(np.zeros((0, self.kernel.shape[0]))),
+                np.zeros((0, self.features.output_shape[0][-1]), np.float32),
             )
         return ScorerOutputs(self.logits(np.concatenate(features)), np.concatenate(embeddings).astype(np.float32))
 

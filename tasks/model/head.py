@@ -1,7 +1,7 @@
 """The identification head as arrays: what the train stage writes and what evaluate applies with NumPy.
 
 Whatever trained it (the ridge verifier's closed form, or Adam for the `linear` and `mlp` heads), the
-head on the 2048-d embedding is [standardise] -> [Dense(relu)] -> Dense: a few matrices. Storing them
+head on the embedding is [standardise] -> [Dense(relu)] -> Dense: a few matrices. Storing them
 as arrays (an .npz, no pickle) lets the light stages score embeddings without TensorFlow; `register`
 folds the same arrays into the Keras classifier it packages (`tasks.model.classifier.classifier_with_head`) and
 checks that it gives the same scores.

@@ -1,6 +1,6 @@
 """The classifier's trained head as Keras layers: its shape, its layer names, and its arrays in and out.
 
-The head takes the frozen base's 2048-d pooled embedding: [Standardise] -> [Dense(relu)] ->
+The head takes the frozen base's pooled embedding: [Standardise] -> [Dense(relu)] ->
 Dropout -> Dense(softmax). `tasks.model.classifier` puts it on the base; `tasks.model.head` holds the same arrays
 without Keras.
 """
@@ -14,7 +14,6 @@ import numpy as np
 
 from tasks.model.head import HeadWeights, head_weights
 
-FEATURE_DIM = 2048
 HEAD_STANDARDISE = "head_standardise"
 HEAD_DENSE = "head_dense"
 HEAD_DROPOUT = "head_dropout"
@@ -41,7 +40,7 @@ class HeadSpec:
 def add_head(features: keras.KerasTensor, spec: HeadSpec) -> keras.KerasTensor:
     """[Standardise] -> [Dense(relu)] -> Dropout -> Dense(softmax), the output in float32 under mixed precision.
 
-    Standardising the 2048-d embedding with the training images' mean and variance (a fixed Keras
+    Standardising the embedding with the training images' mean and variance (a fixed Keras
     Normalization layer, saved with the model) is what lets a head learn on a randomly initialised
     base (`model.weights: none`), whose embeddings are tiny; with ImageNet weights it is harmless.
     """
@@ -81,9 +80,10 @@ def head_weights_of(model: keras.Model) -> HeadWeights:
     return head_weights(output_kernel, output_bias, mean, variance, hidden_kernel, hidden_bias)
 
 
-def build_head(spec: HeadSpec) -> keras.Model:
-    """The head alone, on 2048-d embeddings (trained in cached mode), with the classifier's layer names."""
-    inputs = keras.Input((FEATURE_DIM,), name="embedding")
+def build_head(spec: HeadSpec, feature_count: int) -> keras.Model:
+    """The head alone, on embeddings of `feature_count` features (trained in cached mode), with the
+    classifier's layer names."""
+    inputs = keras.Input((feature_count,), name="embedding")
     return keras.Model(inputs, add_head(inputs, spec), name="head")
 
 
@@ -96,6 +96,6 @@ def copy_head_weights(source: keras.Model, target: keras.Model) -> None:
 
 
 def embedding_statistics(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and variance of (..., 2048) embeddings, in float64 then float32."""
+    """Per-feature mean and variance of (..., features) embeddings, in float64 then float32."""
     flat = embeddings.reshape(-1, embeddings.shape[-1]).astype(np.float64)
     return flat.mean(axis=0).astype(np.float32), flat.var(axis=0).astype(np.float32)

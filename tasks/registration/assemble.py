@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.evaluation.scores import ScoreTable
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.model.head import HeadWeights
 from tasks.model.verifier import WriterVerifier
 from tasks.training.input_pipeline import read_grey_image
@@ -32,18 +33,38 @@ REEMBED_HINT = (
 
 
 def assemble_classifier(
-    root: Path, image_size: int, weights: str, seed: int, head: HeadWeights, dropout: float, base_digest: str
+    root: Path,
+    image_size: int,
+    weights: str,
+    seed: int,
+    head: HeadWeights,
+    dropout: float,
+    embedded: dict[str, object],
+    embedding: EmbeddingSpec,
 ):  # -> keras.Model
     """The float32 classifier of `head` on the base built from `weights` (and `seed` for `weights: none`),
-    refused when that base is not the one whose digest the embed stage recorded."""
+    refused when that base, or the `embedding` taken from it, is not what the embed stage recorded
+    (`embedded`: metrics/embed.json)."""
     import keras
 
     # Keras names unnamed layers from per-process counters: models built earlier in this process (the
     # pipeline flow runs embed here first) would change the names in the saved file, and its hash in
     # dvc.lock. A cleared session builds the same file as a fresh process (`dvc repro register`).
     keras.backend.clear_session()
-    base = checked_base(root, image_size, weights, seed, base_digest)
-    return classifier_on_base(base, image_size, head, dropout, seed)
+    check_embedding(embedded, embedding)
+    base = checked_base(root, image_size, weights, seed, str(embedded["base_weights_sha256"]))
+    return classifier_on_base(base, image_size, head, dropout, seed, embedding)
+
+
+def check_embedding(embedded: dict[str, object], embedding: EmbeddingSpec) -> None:
+    """Refuse an embedding (`model.ink`, `model.pooled_layers`) other than the one the embed stage recorded:
+    a head fitted on one embedding scores nonsense on another."""
+    recorded = embedded.get("embedding")
+    if recorded != embedding.as_dict():
+        raise ModelFileError(
+            f"model.ink / model.pooled_layers describe the embedding {embedding.as_dict()}, but the stored "
+            f"embeddings are {recorded}. Run `dvc repro` so that the embed stage embeds the images again."
+        )
 
 
 def checked_base(root: Path, image_size: int, weights: str, seed: int, base_digest: str):  # -> keras.Model
@@ -60,12 +81,14 @@ def checked_base(root: Path, image_size: int, weights: str, seed: int, base_dige
     return base
 
 
-def classifier_on_base(base, image_size: int, head: HeadWeights, dropout: float, seed: int):  # -> keras.Model
+def classifier_on_base(
+    base, image_size: int, head: HeadWeights, dropout: float, seed: int, embedding: EmbeddingSpec
+):  # -> keras.Model
     """The float32 classifier of `head` on an already built (and checked) `base`."""
     from tasks.model.classifier import classifier_with_head
     from tasks.model.keras_files import float32_copy
 
-    return float32_copy(classifier_with_head(base, image_size, head, dropout, seed))
+    return float32_copy(classifier_with_head(base, image_size, head, dropout, seed, embedding))
 
 
 def checked_rows(table: ScoreTable, count: int) -> np.ndarray:

@@ -22,9 +22,9 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tasks.model.classifier import build_embedder
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.model.fused import folded_inference_function
 from tasks.model.keras_files import float32_copy
-from tasks.model.keras_head import FEATURE_DIM
 from tasks.training.embedding_files import EMBEDDED_SPLITS, EmbeddedRows, rows_of_split
 from tasks.training.input_pipeline import (
     SplitImages,
@@ -40,26 +40,31 @@ CACHED_VIEW_EPOCH_OFFSET = 1_000_000  # the augmentation epochs of the stored vi
 TRAIN_SPLIT = "train"
 
 
-def feature_embedder(base: keras.Model, image_size: int) -> keras.Model:
+def feature_embedder(base: keras.Model, image_size: int, embedding: EmbeddingSpec) -> keras.Model:
     """The embedder of the stored embeddings, in float32 whatever the training's dtype policy.
 
     The verifier, the threshold and the confidence are fitted on these embeddings, and the
     registered model serves in float32 (`float32_copy`): one precision, so the served scores are the
     calibrated ones. Mixed precision still speeds up what trains (the online mode's steps, a Keras head).
     """
-    return float32_copy(build_embedder(base, image_size))
+    return float32_copy(build_embedder(base, image_size, embedding))
 
 
 def embed(
     step: Callable[[tf.Tensor], tf.Tensor], batches: tf.data.Dataset, count: int, description: str, show_progress: bool
 ) -> np.ndarray:
-    """Run the frozen base over `batches` of images, with a progress bar; returns (count, 2048)."""
+    """Run the frozen base over `batches` of images, with a progress bar; returns (count, features)."""
     outputs = []
     with tqdm(total=count, desc=description, unit="img", disable=not show_progress) as progress:
         for batch in batches:
             outputs.append(step(batch).numpy().astype(np.float32))
             progress.update(int(batch.shape[0]))
-    return np.concatenate(outputs) if outputs else np.zeros((0, FEATURE_DIM), dtype=np.float32)
+    return np.concatenate(outputs) if outputs else np.zeros((0, output_width(step)), dtype=np.float32)
+
+
+def output_width(step: Callable[[tf.Tensor], tf.Tensor]) -> int:
+    """The feature count of a traced embedding function (`tasks.model.fused`: one input signature)."""
+    return int(step.get_concrete_function().structured_outputs.shape[-1])  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ def split_views(
     label: str,
     show_progress: bool,
 ) -> np.ndarray:
-    """(1 + views, rows, 2048): the images as they are, then `views` augmented copies (none without `augment`)."""
+    """(1 + views, rows, features): the images as they are, then `views` augmented copies (none without `augment`)."""
     embedded = [embed(step, plain_batches(images, None, batch_size), len(images), f"embed {label}", show_progress)]
     if augment is not None:
         pixels = tf.constant(images.images)

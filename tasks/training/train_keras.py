@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from tasks.data.manifest import read_manifest
 from tasks.model.classifier import build_base, build_classifier
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.model.head import HeadWeights
 from tasks.model.keras_head import HeadSpec, build_head, embedding_statistics, head_weights_of
 from tasks.training.checkpoint_state import TrainState
@@ -175,7 +176,7 @@ def train_keras_head(
         steps = math.ceil(samples_per_epoch / train.batch_size)
         validation = tf.data.Dataset.from_tensor_slices((data.val, one_hot(data.val_labels, class_count)))
         trained = fit_with_resume(
-            lambda: compile_model(build_head(spec), train, steps_per_execution=steps),
+            lambda: compile_model(build_head(spec, data.val.shape[-1]), train, steps_per_execution=steps),
             lambda start: cached_batches(
                 data.train_views, data.train_labels, class_count, train.seed, start, train.epochs, train.batch_size
             ),
@@ -192,7 +193,9 @@ def train_keras_head(
         samples_per_epoch = len(images.train)
         steps = math.ceil(samples_per_epoch / train.batch_size)
         trained = fit_with_resume(
-            lambda: compile_model(build_classifier(base, images.image_size, spec), train),
+            lambda: compile_model(
+                build_classifier(base, images.image_size, spec, EmbeddingSpec.of(model_params)), train
+            ),
             lambda start: online_batches(
                 images.train, class_count, augment, train.seed, start, train.epochs, train.batch_size
             ),

@@ -13,6 +13,8 @@ from tasks.workspace.params_data import StrictModel
 # register.metric must be one of evaluate's selection metrics (measured without the test split).
 SELECTION_METRIC_PREFIX = "selection_"
 WEIGHTS_KEYWORDS = ("imagenet", "none")  # model.weights values that name no file
+# InceptionV3's blocks whose outputs may be pooled into the embedding (Keras' layer names).
+INCEPTION_BLOCKS = tuple(f"mixed{index}" for index in range(11))
 
 
 def weights_file(weights: str, root: Path) -> Path | None:
@@ -33,15 +35,33 @@ class ModelParams(StrictModel):
     is the L2 penalty of each writer's ridge classifier (`tasks.model.verifier`); `verifier_whitening`
     (0: off) whitens the embeddings by the within-writer covariance first, its value the ridge
     added to that covariance relative to its mean eigenvalue.
+
+    The embedding (`tasks.model.classifier.EmbeddingSpec`) is the global average of each block in
+    `pooled_layers`, concatenated; `ink: bright` feeds the base the negative of the scan (ink high,
+    paper low), `dark` the scan as it is. Both were chosen by bench/head_selection.py's rule.
     """
 
     weights: str
+    ink: Literal["bright", "dark"]
+    pooled_layers: list[str] = Field(min_length=1)
     head: Literal["ridge", "linear", "mlp"]
     dense_units: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
     standardize_features: bool
     verifier_regularization: float = Field(gt=0)
     verifier_whitening: float = Field(default=0.0, ge=0)
+
+    @field_validator("pooled_layers")
+    @classmethod
+    def _check_pooled_layers(cls, layers: list[str]) -> list[str]:
+        """InceptionV3 block names, each once."""
+        unknown = [layer for layer in layers if layer not in INCEPTION_BLOCKS]
+        if unknown or len(set(layers)) != len(layers):
+            raise ValueError(
+                f"model.pooled_layers must list distinct InceptionV3 blocks among {', '.join(INCEPTION_BLOCKS)}; "
+                f"got {layers}"
+            )
+        return layers
 
     @model_validator(mode="after")
     def _check_weights(self) -> ModelParams:

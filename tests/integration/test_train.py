@@ -14,6 +14,7 @@ import yaml
 from tasks.data.manifest import read_manifest
 from tasks.data.prepare import prepare_dataset
 from tasks.data.synthetic import write_synthetic_dataset
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.training.checkpoints import best_file_name, read_resumable_state
 from tasks.training.input_pipeline import load_training_data, plain_batches
 from tasks.training.train import TrainResult, load_embedded_training, train_classifier, training_fingerprint
@@ -25,7 +26,14 @@ WRITERS = 4
 IMAGE_SIZE = 75
 CHANCE = 1 / WRITERS
 MODEL = ModelParams(
-    weights="none", head="mlp", dense_units=64, dropout=0.1, standardize_features=True, verifier_regularization=0.01
+    weights="none",
+    ink="bright",
+    pooled_layers=["mixed2", "mixed10"],
+    head="mlp",
+    dense_units=64,
+    dropout=0.1,
+    standardize_features=True,
+    verifier_regularization=0.01,
 )
 AUGMENT = AugmentParams.model_validate(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["augment"])
 TRAIN = TrainParams(
@@ -52,7 +60,16 @@ def embed_workspace(paths: ProjectPaths, augment: AugmentParams = AUGMENT, views
 
     base = build_base(IMAGE_SIZE, MODEL.weights, paths.root, TRAIN.seed)
     rows = read_manifest(paths.manifest_file)
-    run = embed_manifest(feature_embedder(base, IMAGE_SIZE), rows, paths.root, augment, views, TRAIN.seed, 16, False)
+    run = embed_manifest(
+        feature_embedder(base, IMAGE_SIZE, EmbeddingSpec.of(MODEL)),
+        rows,
+        paths.root,
+        augment,
+        views,
+        TRAIN.seed,
+        16,
+        False,
+    )
     for split, embedded in run.splits.items():
         save_embedded_rows(embedded, embedding_file(paths.embeddings_dir, split))
 
@@ -146,7 +163,9 @@ def test_the_embeddings_hold_the_clean_view_first_and_the_head_trains_on_every_v
     data = load_embedded_training(paths, read_manifest(paths.manifest_file))
     assert data.train_views.shape[0] == 1 + TRAIN.augmented_views
     images = load_training_data(read_manifest(paths.manifest_file), paths.root)
-    embedder = feature_embedder(build_base(IMAGE_SIZE, MODEL.weights, paths.root, TRAIN.seed), IMAGE_SIZE)
+    embedder = feature_embedder(
+        build_base(IMAGE_SIZE, MODEL.weights, paths.root, TRAIN.seed), IMAGE_SIZE, EmbeddingSpec.of(MODEL)
+    )
     clean = embedder.predict(plain_batches(images.train, None, 16), verbose=0)
     np.testing.assert_allclose(data.train_views[0], clean, rtol=1e-3, atol=1e-4)
     assert not np.allclose(data.train_views[1], clean, rtol=1e-3, atol=1e-4)

@@ -12,25 +12,32 @@ from PIL import Image
 
 from tasks.evaluation.scores import ScoreTable
 from tasks.model.classifier import LogitScorer, build_base, weights_digest
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.model.head import head_from_verifier
-from tasks.model.keras_head import FEATURE_DIM
 from tasks.model.verifier import WriterVerifier
 from tasks.registration.assemble import SCORE_TOLERANCE, assemble_classifier, check_scores
 from tasks.workspace.errors import ModelFileError
 
 SIZE = 75
 SEED = 3
+EMBEDDING = EmbeddingSpec("bright", ("mixed2", "mixed5", "mixed7", "mixed10"))
+FEATURES = 3872  # 288 + 768 + 768 + 2048 channels
 
 
 @pytest.fixture(scope="module")
 def verifier() -> WriterVerifier:
     rng = np.random.default_rng(1)
     return WriterVerifier(
-        mean=rng.normal(0, 0.01, FEATURE_DIM),
-        scale=rng.uniform(0.5, 2.0, FEATURE_DIM),
-        kernel=rng.normal(0, 0.1, (FEATURE_DIM, 3)),
+        mean=rng.normal(0, 0.01, FEATURES),
+        scale=rng.uniform(0.5, 2.0, FEATURES),
+        kernel=rng.normal(0, 0.1, (FEATURES, 3)),
         bias=rng.normal(0, 1, 3),
     )
+
+
+def embed_record(digest: str, embedding: EmbeddingSpec = EMBEDDING) -> dict[str, object]:
+    """What the embed stage records in metrics/embed.json about its base and embedding."""
+    return {"base_weights_sha256": digest, "embedding": embedding.as_dict()}
 
 
 def validation_images(root: Path, count: int) -> list[dict[str, str]]:
@@ -63,8 +70,10 @@ def score_table(classifier, verifier: WriterVerifier, rows: list[dict[str, str]]
 def test_the_packaged_model_is_checked_against_the_light_stages_scores(
     verifier: WriterVerifier, tmp_path: Path
 ) -> None:
-    digest = weights_digest(build_base(SIZE, "none", tmp_path, SEED))
-    classifier = assemble_classifier(tmp_path, SIZE, "none", SEED, head_from_verifier(verifier), 0.1, digest)
+    embedded = embed_record(weights_digest(build_base(SIZE, "none", tmp_path, SEED)))
+    classifier = assemble_classifier(
+        tmp_path, SIZE, "none", SEED, head_from_verifier(verifier), 0.1, embedded, EMBEDDING
+    )
     rows = validation_images(tmp_path, 3)
     table = score_table(classifier, verifier, rows, tmp_path)
     assert check_scores(classifier, verifier, table, rows, tmp_path) <= SCORE_TOLERANCE
@@ -77,7 +86,19 @@ def test_the_packaged_model_is_checked_against_the_light_stages_scores(
 def test_a_base_other_than_the_one_that_embedded_is_refused(verifier: WriterVerifier, tmp_path: Path) -> None:
     other = weights_digest(build_base(SIZE, "none", tmp_path, SEED + 1))  # another seed: another random base
     with pytest.raises(ModelFileError, match=r"not the one that computed the embeddings"):
-        assemble_classifier(tmp_path, SIZE, "none", SEED, head_from_verifier(verifier), 0.1, other)
+        assemble_classifier(
+            tmp_path, SIZE, "none", SEED, head_from_verifier(verifier), 0.1, embed_record(other), EMBEDDING
+        )
+
+
+def test_an_embedding_other_than_the_stored_one_is_refused(verifier: WriterVerifier, tmp_path: Path) -> None:
+    """model.ink or model.pooled_layers changed since the embed stage ran: the head fits other features."""
+    digest = weights_digest(build_base(SIZE, "none", tmp_path, SEED))
+    dark = EmbeddingSpec("dark", EMBEDDING.pooled_layers)
+    with pytest.raises(ModelFileError, match=r"model.ink / model.pooled_layers .* Run `dvc repro`"):
+        assemble_classifier(
+            tmp_path, SIZE, "none", SEED, head_from_verifier(verifier), 0.1, embed_record(digest, dark), EMBEDDING
+        )
 
 
 def test_the_serving_code_answers_a_raw_image_as_evaluate_scored_it(verifier: WriterVerifier, tmp_path: Path) -> None:
@@ -98,8 +119,10 @@ def test_the_serving_code_answers_a_raw_image_as_evaluate_scored_it(verifier: Wr
     (tmp_path / "prepared").mkdir()
     save_grey_png(preprocess_file(raw, settings).image, tmp_path / "prepared" / "0.png")
     rows = [{"path": "raw/0.png", "prepared_path": "prepared/0.png", "split": "val"}]
-    digest = weights_digest(build_base(SIZE, "none", tmp_path, SEED))
-    classifier = assemble_classifier(tmp_path, SIZE, "none", SEED, head_from_verifier(verifier), 0.1, digest)
+    embedded = embed_record(weights_digest(build_base(SIZE, "none", tmp_path, SEED)))
+    classifier = assemble_classifier(
+        tmp_path, SIZE, "none", SEED, head_from_verifier(verifier), 0.1, embedded, EMBEDDING
+    )
     table = score_table(classifier, verifier, rows, tmp_path)
     classes = ["a", "b", "c"]
     check_serving_path(classifier, verifier, table, tmp_path, classes, settings)

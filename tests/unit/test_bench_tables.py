@@ -25,7 +25,7 @@ from bench.head_selection import (
     selection_rows,
 )
 from bench.quality import figures_at_threshold
-from bench.tables import SELECTION_RESULTS, expected_blocks, read_block, replace_block
+from bench.tables import EMBEDDING_SELECTION_RESULTS, SELECTION_RESULTS, expected_blocks, read_block, replace_block
 from tasks.evaluation.partitions import fitted_threshold, forgery_writers, partition_figures, writer_partitions
 from tasks.evaluation.scores import NO_CLASS, ScoreTable
 from tests.conftest import PROJECT_ROOT
@@ -159,15 +159,18 @@ def test_the_selection_never_reads_the_test_split_or_unenrolled_rows() -> None:
 
 def test_the_committed_defaults_are_the_rules_choice() -> None:
     """Issue 24: "if the rule picks other defaults, change them": params.yaml holds what the committed
-    selection results chose."""
-    results = json.loads(SELECTION_RESULTS.read_text())
+    selection results chose: head, augmentation and whitening by the full grid, then the embedding and
+    the penalty by the embedding step (which fixed the full grid's choices)."""
+    full = json.loads(SELECTION_RESULTS.read_text())["choice"]
+    step = json.loads(EMBEDDING_SELECTION_RESULTS.read_text())
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    choice = results["choice"]
-    assert params["model"]["head"] == choice["head"]
-    assert params["augment"]["preset"] == choice["augmentation"]
-    if choice["head"] == "ridge":
-        assert params["model"]["verifier_regularization"] == choice["penalty"]
-        assert params["model"]["verifier_whitening"] == choice["whitening"]
+    model = params["model"]
+    assert model["head"] == full["head"] == "ridge"
+    assert params["augment"]["preset"] == full["augmentation"] == step["choice"]["augmentation"]
+    assert model["verifier_whitening"] == full["whitening"]
+    assert f"{model['ink']} {'+'.join(model['pooled_layers'])}" == step["choice"]["embedding"]
+    assert model["verifier_regularization"] == step["choice"]["penalty"]
+    assert not step["choice_differs_from_params"]
 
 
 def test_figures_at_a_threshold_are_the_partition_figures_at_the_fitted_one() -> None:

@@ -8,11 +8,13 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.model.classifier import build_base, build_classifier, build_embedder
+from tasks.model.classifier import BLOCKS_NAME, build_base, build_classifier, build_embedder
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.model.fused import folded_graph, folded_inference_function, inference_function
 from tasks.model.keras_head import HEAD_OUTPUT, HeadSpec
 
 SIZE = 75
+EMBEDDING = EmbeddingSpec("bright", ("mixed2", "mixed5", "mixed7", "mixed10"))
 CLASSES = 5
 
 
@@ -51,7 +53,7 @@ def graph_op_types(function: object, size: int = SIZE, channels: int = 3) -> set
 def inception_embedder() -> keras.Model:
     base = build_base(SIZE, "none", Path("."), seed=3)
     randomise_batch_norms(base, seed=3)
-    return build_embedder(base, SIZE)
+    return build_embedder(base, SIZE, EMBEDDING)
 
 
 def test_folded_inception_embedder_matches_keras_without_batch_norm_ops(inception_embedder: keras.Model) -> None:
@@ -71,9 +73,9 @@ def test_folded_inception_embedder_matches_keras_without_batch_norm_ops(inceptio
 def test_folded_classifier_features_match_keras_with_the_head(inception_embedder: keras.Model) -> None:
     """The scorer's model: base, pooling, standardisation, dense and dropout (identity at inference)."""
     generator = np.random.default_rng(1)
-    mean, variance = generator.normal(size=2048).astype(np.float32), generator.uniform(0.5, 2, 2048).astype(np.float32)
-    base = inception_embedder.get_layer("inception_v3")
-    classifier = build_classifier(base, SIZE, HeadSpec(CLASSES, 16, 0.5, 0, mean, variance))
+    mean, variance = generator.normal(size=3872).astype(np.float32), generator.uniform(0.5, 2, 3872).astype(np.float32)
+    base = inception_embedder.get_layer(BLOCKS_NAME)  # the base's pooled blocks: what build_embedder reads
+    classifier = build_classifier(base, SIZE, HeadSpec(CLASSES, 16, 0.5, 0, mean, variance), EMBEDDING)
     features = keras.Model(classifier.input, classifier.get_layer(HEAD_OUTPUT).input)
     batch = pixels(3)
     expected = features(batch, training=False).numpy()
@@ -83,10 +85,10 @@ def test_folded_classifier_features_match_keras_with_the_head(inception_embedder
 def test_folded_graph_under_bfloat16_stays_close_and_returns_float32() -> None:
     try:
         keras.mixed_precision.set_global_policy("float32")
-        reference = build_embedder(build_base(SIZE, "none", Path("."), seed=4), SIZE)
+        reference = build_embedder(build_base(SIZE, "none", Path("."), seed=4), SIZE, EMBEDDING)
         randomise_batch_norms(reference, seed=4)
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        mixed = build_embedder(build_base(SIZE, "none", Path("."), seed=4), SIZE)
+        mixed = build_embedder(build_base(SIZE, "none", Path("."), seed=4), SIZE, EMBEDDING)
         mixed.set_weights(reference.get_weights())
         batch = pixels(4)
         actual = folded_inference_function(mixed)(batch).numpy()

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from tasks.model.classifier import LogitScorer, build_base, build_classifier, build_embedder, weights_digest
+from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.model.keras_head import (
-    FEATURE_DIM,
     HEAD_OUTPUT,
     HeadSpec,
     build_head,
@@ -21,6 +21,8 @@ from tasks.model.keras_head import (
 from tasks.workspace.errors import WeightsError
 
 SIZE = 75
+EMBEDDING = EmbeddingSpec("bright", ("mixed2", "mixed5", "mixed7", "mixed10"))
+FEATURES = 3872  # 288 + 768 + 768 + 2048 channels
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def base() -> keras.Model:
 def test_base_is_frozen_and_classifier_trains_only_the_head(base: keras.Model) -> None:
     assert not base.trainable
     assert all(not layer.trainable for layer in base.layers)
-    classifier = build_classifier(base, SIZE, HeadSpec(7, 32, 0.1))
+    classifier = build_classifier(base, SIZE, HeadSpec(7, 32, 0.1), EMBEDDING)
     assert classifier.output_shape == (None, 7)
     assert classifier.input_shape == (None, SIZE, SIZE, 3)
     trainable = {weight.path.split("/")[0] for weight in classifier.trainable_weights}
@@ -39,18 +41,35 @@ def test_base_is_frozen_and_classifier_trains_only_the_head(base: keras.Model) -
     assert classifier.get_layer(HEAD_OUTPUT).dtype_policy.compute_dtype == "float32"
 
 
-def test_preprocessing_is_inception_preprocess_input(base: keras.Model) -> None:
-    embedder = build_embedder(base, SIZE)
-    rescale = embedder.get_layer("inception_preprocess")
+def test_preprocessing_is_inception_preprocess_input_of_the_scan_or_its_negative(base: keras.Model) -> None:
+    """`ink: dark` is exactly Keras' preprocess_input; `bright` its negative (ink high, paper low)."""
     pixels = np.array([[0.0, 127.5, 255.0]], dtype=np.float32)
     expected = keras.applications.inception_v3.preprocess_input(pixels.copy())
-    assert np.allclose(keras.ops.convert_to_numpy(rescale(pixels)), expected)
-    assert embedder.output_shape == (None, FEATURE_DIM)
+    for ink, sign in (("dark", 1.0), ("bright", -1.0)):
+        embedder = build_embedder(base, SIZE, EmbeddingSpec(ink, EMBEDDING.pooled_layers))
+        rescale = embedder.get_layer("inception_preprocess")
+        assert np.allclose(keras.ops.convert_to_numpy(rescale(pixels)), sign * expected)
+        assert embedder.output_shape == (None, FEATURES)
+
+
+def test_the_embedding_is_each_pooled_block_averaged_in_order(base: keras.Model) -> None:
+    """The embedding concatenates the global average of each listed block, in the listed order; one
+    block alone is that block's average."""
+    images = np.random.default_rng(3).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
+    scaled = 1.0 - images / 127.5
+    blocks = keras.Model(base.input, [base.get_layer(name).output for name in ("mixed5", "mixed2")])
+    expected = np.concatenate(
+        [keras.ops.convert_to_numpy(output).mean(axis=(1, 2)) for output in blocks(scaled, training=False)], axis=1
+    )
+    pair = build_embedder(base, SIZE, EmbeddingSpec("bright", ("mixed5", "mixed2")))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pair(images)), expected, rtol=1e-4, atol=1e-5)
+    single = build_embedder(base, SIZE, EmbeddingSpec("bright", ("mixed5",)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(single(images)), expected[:, :768], rtol=1e-4, atol=1e-5)
 
 
 def test_frozen_base_runs_in_inference_mode(base: keras.Model) -> None:
     """BatchNorm in inference mode: the same input gives the same embedding with training=True."""
-    embedder = build_embedder(base, SIZE)
+    embedder = build_embedder(base, SIZE, EMBEDDING)
     images = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
     inference = keras.ops.convert_to_numpy(embedder(images, training=False))
     training = keras.ops.convert_to_numpy(embedder(images, training=True))
@@ -58,13 +77,13 @@ def test_frozen_base_runs_in_inference_mode(base: keras.Model) -> None:
 
 
 def test_head_standardises_and_transfers_to_the_classifier(base: keras.Model) -> None:
-    embeddings = np.random.default_rng(1).normal(3.0, 0.001, (10, FEATURE_DIM)).astype(np.float32)
+    embeddings = np.random.default_rng(1).normal(3.0, 0.001, (10, FEATURES)).astype(np.float32)
     mean, variance = embedding_statistics(embeddings)
     spec = HeadSpec(3, 16, 0.0, feature_mean=mean, feature_variance=variance)
-    head = build_head(spec)
+    head = build_head(spec, FEATURES)
     standardised = keras.ops.convert_to_numpy(head.get_layer("head_standardise")(embeddings))
     assert abs(standardised.mean()) < 1e-3 and standardised.std() == pytest.approx(1.0, abs=0.05)
-    classifier = build_classifier(base, SIZE, spec)
+    classifier = build_classifier(base, SIZE, spec, EMBEDDING)
     copy_head_weights(head, classifier)
     for name in ("head_dense", "head_output"):
         for source, target in zip(
@@ -121,7 +140,7 @@ def test_logit_scorer_matches_the_classifier_in_any_batching(base: keras.Model) 
     """The scorer's logits give the saved model's softmax, whether it is fed RGB floats, grey bytes
     (replicated to three channels inside the graph), a batch size that does not divide the input,
     or a dataset of batches (evaluate's path)."""
-    classifier = build_classifier(base, SIZE, HeadSpec(5, 16, 0.1))
+    classifier = build_classifier(base, SIZE, HeadSpec(5, 16, 0.1), EMBEDDING)
     grey = np.random.default_rng(3).integers(0, 256, size=(7, SIZE, SIZE), dtype=np.uint8)
     rgb = np.repeat(grey[..., np.newaxis].astype(np.float32), 3, axis=-1)
     scorer = LogitScorer(classifier)
@@ -135,12 +154,12 @@ def test_logit_scorer_matches_the_classifier_in_any_batching(base: keras.Model) 
     outputs = scorer.outputs(batches)
     np.testing.assert_allclose(outputs.logits, logits, rtol=1e-5, atol=1e-5)
     # The embeddings are the base's pooled output, what the cached mode and the verifier use.
-    expected_embeddings = build_embedder(base, SIZE).predict(rgb, verbose=0)
+    expected_embeddings = build_embedder(base, SIZE, EMBEDDING).predict(rgb, verbose=0)
     np.testing.assert_allclose(outputs.embeddings, expected_embeddings, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scorer.of_grey(grey).embeddings, expected_embeddings, rtol=1e-4, atol=1e-5)
     assert scorer(rgb[:0]).shape == (0, 5)
     assert scorer(batches.take(0)).shape == (0, 5)
-    assert scorer.outputs(batches.take(0)).embeddings.shape == (0, 2048)
+    assert scorer.outputs(batches.take(0)).embeddings.shape == (0, FEATURES)
     with pytest.raises(TypeError, match="uint8"):
         scorer.of_grey(grey.astype(np.float32))
 
@@ -154,13 +173,13 @@ def test_ridge_classifier_logits_are_the_verifiers_scores(base: keras.Model) -> 
 
     rng = np.random.default_rng(4)
     verifier = WriterVerifier(
-        mean=rng.normal(0, 0.01, FEATURE_DIM),
-        scale=rng.uniform(0.5, 2.0, FEATURE_DIM),
-        kernel=rng.normal(0, 0.1, (FEATURE_DIM, 4)),
+        mean=rng.normal(0, 0.01, FEATURES),
+        scale=rng.uniform(0.5, 2.0, FEATURES),
+        kernel=rng.normal(0, 0.1, (FEATURES, 4)),
         bias=rng.normal(0, 1, 4),
     )
     head = head_from_verifier(verifier)
-    classifier = classifier_with_head(base, SIZE, head, dropout=0.1, seed=0)
+    classifier = classifier_with_head(base, SIZE, head, dropout=0.1, seed=0, embedding=EMBEDDING)
     pixels = rng.uniform(0, 255, (3, SIZE, SIZE, 3)).astype(np.float32)
     outputs = LogitScorer(classifier).outputs(pixels)
     np.testing.assert_allclose(outputs.logits, verifier.scores(outputs.embeddings), rtol=1e-4, atol=1e-4)
@@ -182,18 +201,18 @@ def test_a_trained_head_round_trips_through_its_arrays(base: keras.Model) -> Non
         7,
         0.2,
         1,
-        rng.normal(0, 1, FEATURE_DIM).astype(np.float32),
-        rng.uniform(0.5, 2, FEATURE_DIM).astype(np.float32),
+        rng.normal(0, 1, FEATURES).astype(np.float32),
+        rng.uniform(0.5, 2, FEATURES).astype(np.float32),
     )
-    trained = build_classifier(base, SIZE, spec)
+    trained = build_classifier(base, SIZE, spec, EMBEDDING)
     head = head_weights_of(trained)
     assert head.hidden_units == 7 and head.class_count == 3 and head.standardises
-    rebuilt = classifier_with_head(base, SIZE, head, dropout=0.2, seed=1)
+    rebuilt = classifier_with_head(base, SIZE, head, dropout=0.2, seed=1, embedding=EMBEDDING)
     pixels = rng.uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
     original, again = LogitScorer(trained).outputs(pixels), LogitScorer(rebuilt).outputs(pixels)
     np.testing.assert_allclose(again.logits, original.logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(head.logits(original.embeddings), original.logits, rtol=1e-4, atol=1e-4)
-    linear = head_weights_of(build_classifier(base, SIZE, HeadSpec(3, 0, 0.0)))
+    linear = head_weights_of(build_classifier(base, SIZE, HeadSpec(3, 0, 0.0), EMBEDDING))
     assert linear.hidden_units == 0 and not linear.standardises
     np.testing.assert_allclose(
         linear.logits(original.embeddings), original.embeddings @ linear.output_kernel + linear.output_bias, rtol=1e-5
