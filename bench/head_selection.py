@@ -74,6 +74,7 @@ from bench.peers import (  # noqa: E402
     validation_set,
 )
 from bench.tables import (  # noqa: E402
+    LEGACY_EMBEDDING,
     RESULTS_DIR,
     embedding_selection_block,
     selection_block,
@@ -98,8 +99,6 @@ WHITENINGS = (0.0, 0.01, 0.1)  # model.verifier_whitening of the ridge candidate
 KERAS_HEADS = {"linear": 0, "mlp": 1024}  # head name -> Dense(relu) units before the softmax (0: none)
 TIE_TOLERANCE = 0.002  # calibration-writer EERs this close to the lowest are tied
 CHOICE_KEYS = ("head", "penalty", "whitening", "augmentation")
-# Embedding files written before `model.ink` / `model.pooled_layers` existed hold the old embedding.
-LEGACY_EMBEDDING = {"ink": "dark", "pooled_layers": ["mixed10"]}
 RULE = (
     "lowest mean over partitions of the calibration-writer skilled EER (validation genuine claims against "
     f"the partition's calibration writers' skilled forgeries); within {TIE_TOLERANCE} of it, the higher "

@@ -25,6 +25,8 @@ QUALITY_BLOCK = "quality-table"
 SELECTION_BLOCK = "selection-table"
 EMBEDDING_SELECTION_BLOCK = "embedding-selection-table"
 DIGITS = 3
+# Embedding files written before `model.ink` / `model.pooled_layers` existed hold this embedding.
+LEGACY_EMBEDDING = {"ink": "dark", "pooled_layers": ["mixed10"]}
 DATASET_NAMES = {"cedar": "CEDAR", "demo": "the generated demo dataset"}
 MODEL_ORDER = ("pipeline", "logistic_regression", "writer_svm", "reference")
 PEERS = ("logistic_regression", "writer_svm")
@@ -196,6 +198,13 @@ def prepare_split_line(results: dict[str, object]) -> str:
     )
 
 
+def embedding_of(results: dict[str, object]) -> str:
+    """The embedding a results file was measured on: `model.ink` and the pooled blocks (files written
+    before those parameters existed hold the last block of the scan as it is)."""
+    embedding = results["embeddings"]["meta"].get("embedding") or LEGACY_EMBEDDING
+    return f"`{embedding['ink']} {'+'.join(embedding['pooled_layers'])}`"
+
+
 def quality_block(results: dict[str, object]) -> str:
     """The quality bench's tables and their captions, from a `bench/quality.py` results file."""
     settings = results["settings"]
@@ -203,7 +212,7 @@ def quality_block(results: dict[str, object]) -> str:
     report = pipeline["partitions"]
     lines = [
         f"Measured on {dataset_name(results)}, {results['size']} px, `model.weights: {results['weights']}`, "
-        "params.yaml defaults "
+        f"embedding {embedding_of(results)}, params.yaml defaults "
         f"(`bench/quality.py`, `bench/results/{QUALITY_RESULTS.name}`): {results['enrolled_writers']} enrolled "
         f"writers, {results['unenrolled_writers']} never enrolled. Means over {report['partitions']} "
         f"writer-disjoint calibration/test partitions (seed {report['seed']}; {report['calibration_writers']} "

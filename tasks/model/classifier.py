@@ -36,7 +36,6 @@ IMAGENET_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h
 IMAGENET_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/" + IMAGENET_WEIGHTS_FILE
 )
-BASE_NAME = "inception_v3"
 BLOCKS_NAME = "inception_v3_blocks"
 POOL_NAME = "pool"
 PREPROCESS_NAME = "inception_preprocess"
@@ -117,11 +116,6 @@ def build_embedder(base: keras.Model, image_size: int, embedding: EmbeddingSpec)
             ]
         )
     return keras.Model(inputs, pooled, name="embedder")
-
-
-def embedding_width(embedder: keras.Model) -> int:
-    """How many features the embedder's output has (3872 for mixed2, 5, 7 and 10)."""
-    return int(embedder.output_shape[-1])
 
 
 def build_classifier(base: keras.Model, image_size: int, spec: HeadSpec, embedding: EmbeddingSpec) -> keras.Model:

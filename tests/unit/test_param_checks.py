@@ -73,6 +73,31 @@ def test_the_smallest_valid_prepare_values_pass() -> None:
     assert PrepareParams.model_validate(values).image_size == INCEPTION_MIN_SIZE
 
 
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"pooled_layers": ["mixed11"]}, "InceptionV3 blocks among mixed0"),  # Keras has mixed0..mixed10
+        ({"pooled_layers": ["mixed7", "mixed7"]}, "distinct"),
+        ({"pooled_layers": []}, r"model\.pooled_layers"),
+        ({"ink": "white"}, r"model\.ink"),
+    ],
+)
+def test_an_embedding_the_base_cannot_give_is_refused_before_any_stage(changes: dict, named: str) -> None:
+    params = project_params()
+    params["model"].update(changes)
+    with pytest.raises(ConfigError, match=named):
+        validate_params(params, "params.yaml")
+
+
+def test_every_poolable_block_is_a_layer_of_keras_inception_v3() -> None:
+    import keras
+
+    from tasks.workspace.params_model import INCEPTION_BLOCKS
+
+    base = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(75, 75, 3))
+    assert all(base.get_layer(name) is not None for name in INCEPTION_BLOCKS)
+
+
 def test_a_test_metric_for_promotion_is_refused_before_training() -> None:
     params = project_params()
     params["register"]["metric"] = "accuracy"
