@@ -10,8 +10,14 @@ positives and negatives weighing half each, an unpenalised bias, and an L2 penal
 the `calibrate` stage fits one threshold on it.
 
 All writers share one Gram matrix of the standardised embeddings, so fitting W writers costs one
-pass over the data and W small solves, instead of W passes (scikit-learn's `RidgeClassifier`
-with sample weights, which gives the same weights and is what the tests compare against).
+pass over the data instead of W passes (scikit-learn's `RidgeClassifier` with sample weights, which
+gives the same weights and is what the tests compare against). Writer w's system differs from that
+shared matrix only by a scalar factor, a multiple of the identity and a term of rank n_w (its own
+rows). So the fit makes one symmetric eigendecomposition of the shared features x features matrix
+and rotates the rows into its eigenbasis (one n x features x features product); then each writer
+costs O(features * n_w^2) by the Woodbury identity on its n_w rows, instead of a (features + 1)^3 / 3
+Cholesky factorisation, and the unpenalised bias is eliminated by its Schur complement. A writer
+with more rows than half the features is solved by that Cholesky factorisation instead.
 
 Optionally (`whitening` > 0) the standardised embeddings are first whitened by the pooled
 within-writer covariance of the training embeddings (within-class covariance normalisation, as in
@@ -34,6 +40,9 @@ from tasks.workspace.files import UNREADABLE_NPZ_ERRORS, save_npz
 
 MINIMUM_SCALE = 1e-6  # a feature constant over the training embeddings is left unscaled
 VERIFIER_ARRAYS = ("mean", "scale", "kernel", "bias")
+# A writer with more own rows than this fraction of the features is solved by one Cholesky factorisation
+# of its own (features + 1)^2 system: the Woodbury solve's n_w x n_w system would no longer be small.
+WOODBURY_MAXIMUM_ROWS_PER_FEATURE = 0.5
 
 
 @dataclass(frozen=True)
@@ -81,16 +90,105 @@ def within_writer_whitening(standardised: np.ndarray, labels: np.ndarray, streng
     return (eigenvectors / np.sqrt(eigenvalues + ridge)) @ eigenvectors.T
 
 
+@dataclass(frozen=True)
+class FeatureSpectrum:
+    """The eigendecomposition X^T X = vectors @ diag(values) @ vectors.T of the (n, features) training
+    features X, and X's rows in that eigenbasis: what every writer's Woodbury solve shares."""
+
+    values: np.ndarray  # (features,), clipped at 0 (X^T X is positive semi-definite)
+    vectors: np.ndarray  # (features, features), orthonormal columns
+    rotated: np.ndarray  # (n, features) = X @ vectors
+    rotated_sums: np.ndarray  # (features,): the column sums of `rotated`
+
+    @classmethod
+    def of(cls, gram: np.ndarray, features: np.ndarray) -> FeatureSpectrum:
+        """The spectrum of `gram` = features.T @ features."""
+        values, vectors = np.linalg.eigh(gram)
+        rotated = features @ vectors
+        return cls(np.maximum(values, 0.0), vectors, rotated, rotated.sum(axis=0))
+
+
+def uses_woodbury(own_rows: int, feature_count: int) -> bool:
+    """Whether a writer with `own_rows` rows is solved by the Woodbury identity (few rows) or directly."""
+    return own_rows <= WOODBURY_MAXIMUM_ROWS_PER_FEATURE * feature_count
+
+
+def woodbury_writer_solution(
+    spectrum: FeatureSpectrum,
+    own: np.ndarray,
+    positive_weight: float,
+    negative_weight: float,
+    regularization: float,
+) -> tuple[np.ndarray, float]:
+    """One writer's kernel, in the spectrum's eigenbasis, and bias; `own` marks the writer's rows.
+
+    The normal equations are [[A, c], [c^T, m]] [k; b] = [r; rho] with the feature block
+    A = negative_weight * X^T X + regularization * I + (positive_weight - negative_weight) * O^T O,
+    O the writer's own rows. In the eigenbasis the first two terms are the diagonal
+    h^-1 = negative_weight * values + regularization, so A^-1 applied to [r, c] costs, by the Woodbury
+    identity, one n_w x n_w solve. The bias then follows from its Schur complement m - c^T A^-1 c.
+    """
+    rotated_own = spectrum.rotated[own]  # (n_w, features): O @ vectors
+    own_count, row_count = len(rotated_own), len(spectrum.rotated)
+    own_sum, all_sum = rotated_own.sum(axis=0), spectrum.rotated_sums
+    correction = positive_weight - negative_weight
+    # sum_i s_i t_i x_i, sum_i s_i x_i, sum_i s_i and sum_i s_i t_i, s the sample weights, t the targets.
+    right = (positive_weight + negative_weight) * own_sum - negative_weight * all_sum
+    bias_column = negative_weight * all_sum + correction * own_sum
+    weight_sum = negative_weight * row_count + correction * own_count
+    target_sum = (positive_weight + negative_weight) * own_count - negative_weight * row_count
+    inverse_diagonal = 1.0 / (negative_weight * spectrum.values + regularization)
+    scaled = inverse_diagonal[:, np.newaxis] * np.stack([right, bias_column], axis=1)  # h * [r, c]
+    # (h^-1 + correction * U U^T)^-1 = h - correction * h U (I + correction * U^T h U)^-1 U^T h, U = O^T.
+    # The small matrix is symmetric, and non-singular because A is positive definite.
+    small = np.eye(own_count) + correction * (rotated_own * inverse_diagonal) @ rotated_own.T
+    inner = scipy.linalg.solve(small, rotated_own @ scaled, assume_a="sym")
+    solved = scaled - correction * inverse_diagonal[:, np.newaxis] * (rotated_own.T @ inner)  # A^-1 [r, c]
+    bias = (target_sum - bias_column @ solved[:, 0]) / (weight_sum - bias_column @ solved[:, 1])
+    return solved[:, 0] - bias * solved[:, 1], float(bias)
+
+
+def cholesky_writer_solution(
+    gram: np.ndarray,
+    column_sums: np.ndarray,
+    own: np.ndarray,
+    positive_weight: float,
+    negative_weight: float,
+    penalty: np.ndarray,
+) -> np.ndarray:
+    """One writer's [kernel; bias] by one Cholesky factorisation of its full (features + 1)^2 system.
+
+    `gram`, `column_sums` and `penalty` are those of the design [X, 1]; `own` holds the writer's rows
+    of it. The weighted Gram matrix is the all-negatives one plus a correction from the own rows.
+    """
+    weighted_gram = negative_weight * gram + (positive_weight - negative_weight) * (own.T @ own)
+    # sum_i s_i t_i x_i = (positive_weight + negative_weight) * own_sum - negative_weight * all_sum
+    right = (positive_weight + negative_weight) * own.sum(axis=0) - negative_weight * column_sums
+    # Symmetric positive definite (a positive penalty on every weight, a positive weight on every
+    # sample for the bias), so a Cholesky solve: half the work of a general one.
+    solution: np.ndarray = scipy.linalg.cho_solve(scipy.linalg.cho_factor(weighted_gram + np.diag(penalty)), right)
+    return solution
+
+
+def bias_design_gram(features: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Gram matrix and column sums of the design [features, 1] from the features' own Gram matrix."""
+    sums = features.sum(axis=0)
+    top = np.hstack([gram, sums[:, np.newaxis]])
+    bottom = np.append(sums, len(features))
+    return np.vstack([top, bottom]), bottom
+
+
 def fit_writer_verifier(
     embeddings: np.ndarray, labels: np.ndarray, writer_count: int, regularization: float, whitening: float = 0.0
 ) -> WriterVerifier:
     """Fit every writer's balanced ridge classifier on (n, features) embeddings labelled 0..writers-1.
 
     For writer w, with sample weights s (positives and negatives half each) and targets t in
-    {+1, -1}, minimises sum_i s_i (x_i . k + b - t_i)^2 + regularization * |k|^2. The weighted
-    Gram matrix is the all-negatives one plus a correction from w's own (few) samples. With
-    `whitening` > 0 the features are `within_writer_whitening`'s transform of the standardised
-    embeddings, and the kernel is mapped back so that it applies to the standardised embeddings.
+    {+1, -1}, minimises sum_i s_i (x_i . k + b - t_i)^2 + regularization * |k|^2. Writers with few
+    rows (`uses_woodbury`) share one eigendecomposition of X^T X and are solved by
+    `woodbury_writer_solution`; the others by `cholesky_writer_solution`. With `whitening` > 0 the
+    features are `within_writer_whitening`'s transform of the standardised embeddings, and the
+    kernel is mapped back so that it applies to the standardised embeddings.
     """
     labels = np.asarray(labels)
     if writer_count < 2 or len(np.unique(labels)) < writer_count:
@@ -103,23 +201,30 @@ def fit_writer_verifier(
     transform = within_writer_whitening(standardised, labels, whitening) if whitening > 0 else None
     if transform is not None:
         standardised = standardised @ transform
-    design = np.hstack([standardised, np.ones((len(labels), 1))])
-    gram = design.T @ design
-    column_sums = design.sum(axis=0)
-    penalty = np.full(design.shape[1], regularization)
-    penalty[-1] = 0.0  # the bias is not penalised
-    kernel = np.empty((design.shape[1] - 1, writer_count))
+    feature_count = standardised.shape[1]
+    gram = standardised.T @ standardised
+    counts = [int(np.sum(labels == writer)) for writer in range(writer_count)]
+    few_rows = [uses_woodbury(count, feature_count) for count in counts]
+    woodbury = [writer for writer in range(writer_count) if few_rows[writer]]
+    direct = [writer for writer in range(writer_count) if not few_rows[writer]]
+    kernel = np.empty((feature_count, writer_count))
     bias = np.empty(writer_count)
-    for writer in range(writer_count):
-        positive_weight, negative_weight = class_weights(labels, writer)
-        own = design[labels == writer]
-        weighted_gram = negative_weight * gram + (positive_weight - negative_weight) * (own.T @ own)
-        # sum_i s_i t_i x_i = (positive_weight + negative_weight) * own_sum - negative_weight * all_sum
-        right = (positive_weight + negative_weight) * own.sum(axis=0) - negative_weight * column_sums
-        # Symmetric positive definite (a positive penalty on every weight, a positive weight on every
-        # sample for the bias), so a Cholesky solve: half the work of a general one.
-        solution = scipy.linalg.cho_solve(scipy.linalg.cho_factor(weighted_gram + np.diag(penalty)), right)
-        kernel[:, writer], bias[writer] = solution[:-1], solution[-1]
+    if woodbury:
+        spectrum = FeatureSpectrum.of(gram, standardised)
+        rotated_kernel = np.empty((feature_count, len(woodbury)))
+        for column, writer in enumerate(woodbury):
+            rotated_kernel[:, column], bias[writer] = woodbury_writer_solution(
+                spectrum, labels == writer, *class_weights(labels, writer), regularization
+            )
+        kernel[:, woodbury] = spectrum.vectors @ rotated_kernel  # back from the eigenbasis, all at once
+    if direct:
+        design_gram, column_sums = bias_design_gram(standardised, gram)
+        penalty = np.full(feature_count + 1, regularization)
+        penalty[-1] = 0.0  # the bias is not penalised
+        for writer in direct:
+            own = np.hstack([standardised[labels == writer], np.ones((counts[writer], 1))])
+            solution = cholesky_writer_solution(design_gram, column_sums, own, *class_weights(labels, writer), penalty)
+            kernel[:, writer], bias[writer] = solution[:-1], solution[-1]
     if transform is not None:
         kernel = transform @ kernel  # scores of standardised x: (x @ transform) @ k = x @ (transform @ k)
     return WriterVerifier(mean, scale, kernel, bias)

@@ -7,9 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.linalg
 from sklearn.linear_model import RidgeClassifier
 
-from tasks.model.verifier import WriterVerifier, fit_writer_verifier, load_verifier, save_verifier, standardisation
+from tasks.model.verifier import (
+    WriterVerifier,
+    fit_writer_verifier,
+    load_verifier,
+    save_verifier,
+    standardisation,
+    uses_woodbury,
+    within_writer_whitening,
+)
 from tasks.workspace.errors import VerifierError
 
 
@@ -19,6 +28,76 @@ def writers_data(seed: int = 0, writers: int = 3, per_writer: int = 12, features
     labels = np.repeat(np.arange(writers), per_writer)[: writers * per_writer - 4]  # writer 2 has 4 fewer
     centres = rng.normal(0, spread, (writers, features))
     return centres[labels] + rng.normal(0, 1, (len(labels), features)), labels
+
+
+def unequal_writers_data(sizes: list[int], features: int = 60, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Writers of the given row counts, their centres apart, with correlated noise across the features."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    noise = rng.normal(0, 1, (len(labels), features)) @ rng.normal(0, 0.3, (features, features))
+    return rng.normal(0, 2, (len(sizes), features))[labels] + noise, labels
+
+
+def cholesky_reference(
+    embeddings: np.ndarray, labels: np.ndarray, writers: int, regularization: float, whitening: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The straightforward solve: per writer, the weighted normal equations of the design [X, 1], with
+    no penalty on the bias, factorised by Cholesky; the kernel mapped back through the whitening."""
+    mean, scale = standardisation(embeddings)
+    features = (embeddings - mean) / scale
+    transform = within_writer_whitening(features, labels, whitening) if whitening > 0 else np.eye(features.shape[1])
+    design = np.hstack([features @ transform, np.ones((len(labels), 1))])
+    penalty = np.diag(np.append(np.full(features.shape[1], regularization), 0.0))
+    solutions = []
+    for writer in range(writers):
+        own = labels == writer
+        weights = np.where(own, 0.5 / own.sum(), 0.5 / (~own).sum())
+        targets = np.where(own, 1.0, -1.0)
+        normal = design.T @ (weights[:, np.newaxis] * design) + penalty
+        solutions.append(scipy.linalg.cho_solve(scipy.linalg.cho_factor(normal), design.T @ (weights * targets)))
+    solution = np.stack(solutions, axis=1)
+    return transform @ solution[:-1], solution[-1]
+
+
+def assert_relatively_close(actual: np.ndarray, expected: np.ndarray, relative: float = 1e-8) -> None:
+    """Equal within `relative` of the largest expected magnitude (elements near 0 are not divided by)."""
+    np.testing.assert_allclose(actual, expected, rtol=relative, atol=relative * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("whitening", [0.0, 0.3])
+@pytest.mark.parametrize("regularization", [0.003, 1.0])
+def test_the_shared_eigendecomposition_equals_a_cholesky_solve_per_writer(
+    whitening: float, regularization: float
+) -> None:
+    sizes = [8, 12, 20, 5, 15]  # all below 60 / 2: every writer takes the Woodbury path
+    assert all(uses_woodbury(size, 60) for size in sizes)
+    embeddings, labels = unequal_writers_data(sizes)
+    verifier = fit_writer_verifier(embeddings, labels, len(sizes), regularization, whitening)
+    kernel, bias = cholesky_reference(embeddings, labels, len(sizes), regularization, whitening)
+    assert_relatively_close(verifier.kernel, kernel)
+    assert_relatively_close(verifier.bias, bias)
+
+
+@pytest.mark.parametrize("whitening", [0.0, 0.3])
+def test_a_writer_with_many_rows_falls_back_to_cholesky_with_the_same_result(whitening: float) -> None:
+    sizes = [8, 35, 20, 5, 15]  # writer 1 has more rows than 60 / 2 features
+    assert not uses_woodbury(35, 60) and uses_woodbury(20, 60)
+    embeddings, labels = unequal_writers_data(sizes, seed=6)
+    verifier = fit_writer_verifier(embeddings, labels, len(sizes), 0.003, whitening)
+    kernel, bias = cholesky_reference(embeddings, labels, len(sizes), 0.003, whitening)
+    assert_relatively_close(verifier.kernel, kernel)
+    assert_relatively_close(verifier.bias, bias)
+
+
+def test_equal_class_weights_and_a_majority_writer_keep_the_woodbury_solve_exact() -> None:
+    """Two writers of equal size weigh their rows alike (no own-row correction); a writer with most of
+    the rows (fewer than half the features) weighs them less than the others: both on the Woodbury path."""
+    for sizes in ([25, 25], [28, 6]):
+        embeddings, labels = unequal_writers_data(sizes, seed=7)
+        verifier = fit_writer_verifier(embeddings, labels, len(sizes), 0.01)
+        kernel, bias = cholesky_reference(embeddings, labels, len(sizes), 0.01, 0.0)
+        assert_relatively_close(verifier.kernel, kernel)
+        np.testing.assert_allclose(verifier.bias, bias, atol=1e-10)
 
 
 def test_each_writer_equals_scikit_learns_balanced_ridge_classifier() -> None:
