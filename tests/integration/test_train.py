@@ -139,7 +139,7 @@ def packaged(result: TrainResult, paths: ProjectPaths) -> keras.Model:
     from tasks.model.classifier import build_base, classifier_with_head
 
     base = build_base(IMAGE_SIZE, MODEL.weights, paths.root, TRAIN.seed)
-    return classifier_with_head(base, IMAGE_SIZE, result.head, MODEL.dropout, TRAIN.seed)
+    return classifier_with_head(base, IMAGE_SIZE, result.head, MODEL.dropout, TRAIN.seed, EmbeddingSpec.of(MODEL))
 
 
 def test_the_ridge_head_is_the_verifier_and_identifies_the_test_writers(paths: ProjectPaths) -> None:

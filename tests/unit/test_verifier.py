@@ -100,8 +100,11 @@ def test_equal_class_weights_and_a_majority_writer_keep_the_woodbury_solve_exact
         np.testing.assert_allclose(verifier.bias, bias, atol=1e-10)
 
 
-def test_each_writer_equals_scikit_learns_balanced_ridge_classifier() -> None:
-    embeddings, labels = writers_data()
+@pytest.mark.parametrize("features", [6, 60])  # 6: every writer takes the Cholesky fallback; 60: Woodbury
+def test_each_writer_equals_scikit_learns_balanced_ridge_classifier(features: int) -> None:
+    embeddings, labels = writers_data(features=features)
+    path_taken = {uses_woodbury(int(np.sum(labels == writer)), features) for writer in range(3)}
+    assert path_taken == {features == 60}
     verifier = fit_writer_verifier(embeddings, labels, 3, regularization=0.05)
     mean, scale = standardisation(embeddings)
     standardised = (embeddings - mean) / scale
