@@ -43,6 +43,9 @@ VERIFIER_ARRAYS = ("mean", "scale", "kernel", "bias")
 # A writer with more own rows than this fraction of the features is solved by one Cholesky factorisation
 # of its own (features + 1)^2 system: the Woodbury solve's n_w x n_w system would no longer be small.
 WOODBURY_MAXIMUM_ROWS_PER_FEATURE = 0.5
+# Eigenvalues of X X^T below this share of the largest are dropped from a thin spectrum: directions the
+# training rows do not span to float precision, on which no kernel can depend.
+THIN_SPECTRUM_RELATIVE_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,29 @@ class FeatureSpectrum:
     rotated_sums: np.ndarray  # (features,): the column sums of `rotated`
 
     @classmethod
-    def of(cls, gram: np.ndarray, features: np.ndarray) -> FeatureSpectrum:
-        """The spectrum of `gram` = features.T @ features."""
-        values, vectors = np.linalg.eigh(gram)
+    def of(cls, features: np.ndarray) -> FeatureSpectrum:
+        """The spectrum of features.T @ features, by the cheaper of its two eigendecompositions."""
+        return cls.thin(features) if len(features) < features.shape[1] else cls.full(features)
+
+    @classmethod
+    def full(cls, features: np.ndarray) -> FeatureSpectrum:
+        """Every eigenpair of the (features, features) matrix X^T X."""
+        values, vectors = np.linalg.eigh(features.T @ features)
         rotated = features @ vectors
         return cls(np.maximum(values, 0.0), vectors, rotated, rotated.sum(axis=0))
+
+    @classmethod
+    def thin(cls, features: np.ndarray) -> FeatureSpectrum:
+        """The eigenpairs of X^T X with a non-zero value, from the smaller (n, n) matrix X X^T = U L U^T:
+        vectors X^T U L^-1/2, rows in that basis U L^1/2. Exact for the writer solves: their right-hand
+        sides and own rows are combinations of X's rows, so each kernel lies in the rows' span, which
+        these vectors span (the penalised system keeps that span and its complement apart)."""
+        values, left = np.linalg.eigh(features @ features.T)
+        kept = values > THIN_SPECTRUM_RELATIVE_FLOOR * max(float(values.max()), 0.0)
+        values, left = values[kept], left[:, kept]
+        root = np.sqrt(values)
+        rotated = left * root
+        return cls(values, features.T @ (left / root), rotated, rotated.sum(axis=0))
 
 
 def uses_woodbury(own_rows: int, feature_count: int) -> bool:
@@ -185,7 +206,8 @@ def fit_writer_verifier(
 
     For writer w, with sample weights s (positives and negatives half each) and targets t in
     {+1, -1}, minimises sum_i s_i (x_i . k + b - t_i)^2 + regularization * |k|^2. Writers with few
-    rows (`uses_woodbury`) share one eigendecomposition of X^T X and are solved by
+    rows (`uses_woodbury`) share one eigendecomposition of X^T X (through X X^T when there are fewer
+    rows than features: `FeatureSpectrum.thin`) and are solved by
     `woodbury_writer_solution`; the others by `cholesky_writer_solution`. With `whitening` > 0 the
     features are `within_writer_whitening`'s transform of the standardised embeddings, and the
     kernel is mapped back so that it applies to the standardised embeddings.
@@ -202,7 +224,6 @@ def fit_writer_verifier(
     if transform is not None:
         standardised = standardised @ transform
     feature_count = standardised.shape[1]
-    gram = standardised.T @ standardised
     counts = [int(np.sum(labels == writer)) for writer in range(writer_count)]
     few_rows = [uses_woodbury(count, feature_count) for count in counts]
     woodbury = [writer for writer in range(writer_count) if few_rows[writer]]
@@ -210,15 +231,15 @@ def fit_writer_verifier(
     kernel = np.empty((feature_count, writer_count))
     bias = np.empty(writer_count)
     if woodbury:
-        spectrum = FeatureSpectrum.of(gram, standardised)
-        rotated_kernel = np.empty((feature_count, len(woodbury)))
+        spectrum = FeatureSpectrum.of(standardised)
+        rotated_kernel = np.empty((len(spectrum.values), len(woodbury)))
         for column, writer in enumerate(woodbury):
             rotated_kernel[:, column], bias[writer] = woodbury_writer_solution(
                 spectrum, labels == writer, *class_weights(labels, writer), regularization
             )
         kernel[:, woodbury] = spectrum.vectors @ rotated_kernel  # back from the eigenbasis, all at once
     if direct:
-        design_gram, column_sums = bias_design_gram(standardised, gram)
+        design_gram, column_sums = bias_design_gram(standardised, standardised.T @ standardised)
         penalty = np.full(feature_count + 1, regularization)
         penalty[-1] = 0.0  # the bias is not penalised
         for writer in direct:

@@ -11,6 +11,7 @@ import scipy.linalg
 from sklearn.linear_model import RidgeClassifier
 
 from tasks.model.verifier import (
+    FeatureSpectrum,
     WriterVerifier,
     fit_writer_verifier,
     load_verifier,
@@ -64,14 +65,17 @@ def assert_relatively_close(actual: np.ndarray, expected: np.ndarray, relative: 
     np.testing.assert_allclose(actual, expected, rtol=relative, atol=relative * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("features", [60, 120])  # 60 rows: the full spectrum at 60 features, the thin one at 120
 @pytest.mark.parametrize("whitening", [0.0, 0.3])
 @pytest.mark.parametrize("regularization", [0.003, 1.0])
 def test_the_shared_eigendecomposition_equals_a_cholesky_solve_per_writer(
-    whitening: float, regularization: float
+    whitening: float, regularization: float, features: int
 ) -> None:
     sizes = [8, 12, 20, 5, 15]  # all below 60 / 2: every writer takes the Woodbury path
-    assert all(uses_woodbury(size, 60) for size in sizes)
-    embeddings, labels = unequal_writers_data(sizes)
+    assert all(uses_woodbury(size, features) for size in sizes)
+    embeddings, labels = unequal_writers_data(sizes, features=features)
+    spectrum = FeatureSpectrum.of(embeddings)
+    assert spectrum.vectors.shape == (features, min(features, sum(sizes)))
     verifier = fit_writer_verifier(embeddings, labels, len(sizes), regularization, whitening)
     kernel, bias = cholesky_reference(embeddings, labels, len(sizes), regularization, whitening)
     assert_relatively_close(verifier.kernel, kernel)
