@@ -282,6 +282,40 @@ def whitening_cell(row: dict[str, object]) -> str:
     return "-" if not whitening else f"{whitening:g}"
 
 
+# The columns both selection tables end with: what the rule reads, then the test columns it never reads.
+SELECTION_COLUMNS = (
+    "calibration-writer skilled EER (selection)",
+    "val accuracy (selection)",
+    "test accuracy",
+    "test skilled EER, global (a posteriori)",
+    "test skilled EER, per writer (a posteriori)",
+    "test FRR",
+    "test skilled FAR",
+)
+
+
+def selection_cells(row: dict[str, object]) -> list[str]:
+    """A candidate's `SELECTION_COLUMNS` cells."""
+    selection, test = row["selection"], row["test"]
+    return [
+        interval(selection["calibration_eer"]),
+        number(selection["val_accuracy"]),
+        number(test["accuracy"]),
+        interval(test["eer_skilled_a_posteriori"]),
+        interval(test["eer_skilled_per_writer_a_posteriori"]),
+        interval(test["frr"]),
+        interval(test["far_skilled"]),
+    ]
+
+
+def selection_footer(results: dict[str, object]) -> str:
+    """The line under both selection tables."""
+    return (
+        f"Test columns are recorded, never read by the rule. Measured on {results['machine']}; "
+        f"{results['seconds']} s in all."
+    )
+
+
 def selection_block(results: dict[str, object]) -> str:
     """The selection bench's table, its rule and its choice, from a `bench/head_selection.py` results file."""
     choice = results["choice"]
@@ -294,7 +328,6 @@ def selection_block(results: dict[str, object]) -> str:
             choice["penalty"],
             choice.get("whitening") or 0.0,
         )
-        selection, test = row["selection"], row["test"]
         head = row["head"] + (f" ({row['epochs']} epochs)" if row.get("epochs") else "")
         rows.append(
             [
@@ -302,13 +335,7 @@ def selection_block(results: dict[str, object]) -> str:
                 f"**{head}, chosen**" if chosen else head,
                 penalty_cell(row["penalty"]),
                 whitening_cell(row),
-                interval(selection["calibration_eer"]),
-                number(selection["val_accuracy"]),
-                number(test["accuracy"]),
-                interval(test["eer_skilled_a_posteriori"]),
-                interval(test["eer_skilled_per_writer_a_posteriori"]),
-                interval(test["frr"]),
-                interval(test["far_skilled"]),
+                *selection_cells(row),
             ]
         )
     settings = results["settings"]
@@ -335,19 +362,12 @@ def selection_block(results: dict[str, object]) -> str:
                 "head",
                 "penalty",
                 "whitening",
-                "calibration-writer skilled EER (selection)",
-                "val accuracy (selection)",
-                "test accuracy",
-                "test skilled EER, global (a posteriori)",
-                "test skilled EER, per writer (a posteriori)",
-                "test FRR",
-                "test skilled FAR",
+                *SELECTION_COLUMNS,
             ),
             rows,
         ),
         "",
-        f"Test columns are recorded, never read by the rule. Measured on {results['machine']}; "
-        f"{results['seconds']} s in all.",
+        selection_footer(results),
     ]
     return "\n".join(lines)
 
@@ -358,18 +378,11 @@ def embedding_selection_block(results: dict[str, object]) -> str:
     rows = []
     for row in results["candidates"]:
         chosen = (row["embedding"], row["penalty"]) == (choice["embedding"], choice["penalty"])
-        selection, test = row["selection"], row["test"]
         rows.append(
             [
                 f"**{row['embedding']}, chosen**" if chosen else row["embedding"],
                 penalty_cell(row["penalty"]),
-                interval(selection["calibration_eer"]),
-                number(selection["val_accuracy"]),
-                number(test["accuracy"]),
-                interval(test["eer_skilled_a_posteriori"]),
-                interval(test["eer_skilled_per_writer_a_posteriori"]),
-                interval(test["frr"]),
-                interval(test["far_skilled"]),
+                *selection_cells(row),
             ]
         )
     verdict = (
@@ -390,19 +403,12 @@ def embedding_selection_block(results: dict[str, object]) -> str:
             (
                 "embedding",
                 "penalty",
-                "calibration-writer skilled EER (selection)",
-                "val accuracy (selection)",
-                "test accuracy",
-                "test skilled EER, global (a posteriori)",
-                "test skilled EER, per writer (a posteriori)",
-                "test FRR",
-                "test skilled FAR",
+                *SELECTION_COLUMNS,
             ),
             rows,
         ),
         "",
-        f"Test columns are recorded, never read by the rule. Measured on {results['machine']}; "
-        f"{results['seconds']} s in all.",
+        selection_footer(results),
     ]
     return "\n".join(lines)
 
