@@ -18,6 +18,7 @@ from tasks.cli.model_loading import (
     load_signature_model,
     load_verified,
     resolve_model_uri,
+    wait_for_a_version,
 )
 from tasks.scoring.champion_follower import DEFAULT_FOLLOW_SECONDS
 from tasks.workspace.paths import PARAMS_FILE_NAME, ProjectPaths
@@ -226,8 +227,8 @@ def serve(
             "--follow-seconds",
             min=0,
             help="Seconds between looks at the alias served (models:/<name>@<alias>): a version it moves to is "
-            "verified and served without a restart, or refused and logged; 0: never. An explicit version "
-            "(models:/<name>/<n>) never moves.",
+            "verified and served without a restart, or refused and logged; an alias that names no version yet "
+            "is waited for; 0: never (and no alias: an error). An explicit version (models:/<name>/<n>) never moves.",
         ),
     ] = DEFAULT_FOLLOW_SECONDS,
     params: Annotated[Path, typer.Option("--params", "-p", help="Workspace parameter file.")] = Path(PARAMS_FILE_NAME),
@@ -253,8 +254,10 @@ def serve(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from error
     if problem := champion_problem(model_uri):
-        typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(code=1)
+        if follow_seconds <= 0:
+            typer.echo(f"error: {problem}", err=True)
+            raise typer.Exit(code=1)
+        wait_for_a_version(model_uri, follow_seconds)  # the alias is followed: its first version will come
     slot = ModelSlot(load_verified(model_uri, params))
     keys = workspace_keys(ProjectPaths.from_root(params.resolve().parent))
     follower = champion_follower(slot, model_uri, keys, uri, follow_seconds)

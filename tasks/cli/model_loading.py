@@ -86,6 +86,17 @@ def load_signature_model(model_uri: str | None, params_file: Path):  # -> Signat
     return load_verified(model_uri, params_file).model
 
 
+def wait_for_a_version(model_uri: str, poll_seconds: float) -> None:
+    """Block until the alias `model_uri` names a version, looking every `poll_seconds`: a model server
+    started before any pipeline run registered one (`make up` in a fresh clone) serves the first
+    champion without a restart. Says once that it waits, and for what."""
+    import time
+
+    typer.echo(f"no model version is {model_uri} yet: waiting for one, looking every {poll_seconds:g} s")
+    while champion_problem(model_uri):
+        time.sleep(poll_seconds)
+
+
 def champion_problem(model_uri: str) -> str:
     """Why `model_uri` names no model version in the tracking store ("" when it does, or is no alias URI)."""
     if ALIAS_URI.fullmatch(model_uri) is None or described_model(model_uri) != model_uri:

@@ -5,7 +5,7 @@
 deploys prefect.yaml's deployments (log: deploy.log), starts a process worker, the MLflow server on the
 workspace's own store (mlruns/) and, once MLflow has created that store (two processes creating a new
 SQLite schema at once fail), the champion's model server (`sigpipe serve`, which follows the champion as
-it moves, and exits at once, saying so in its log, when there is no champion yet). It refuses to start
+it moves; with no champion yet it says so in its log and waits for the first one). It refuses to start
 when the Prefect server already runs. `down` stops them in the reverse order: TERM to each process
 group, KILL after 10 s.
 

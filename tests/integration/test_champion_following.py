@@ -188,3 +188,43 @@ def test_a_server_on_an_explicit_version_does_not_move(workspace: ProjectPaths) 
         time.sleep(STILL_SECONDS)
         assert answered_by(url, workspace) == ("1", "1") and served_version(url) == "1"
     assert "champion follower" not in log.read_text()
+
+
+def test_a_server_started_before_any_champion_waits_for_the_first_one(workspace: ProjectPaths) -> None:
+    """`make up` starts the model server before any pipeline run: it says it waits, keeps running, and
+    serves the first champion registered, without a restart."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from tests.support.model_server import free_port
+
+    name = "first-champion-test"
+    mlflow.create_experiment(name, artifact_location=(workspace.mlruns_dir / "artifacts").as_uri())
+    port, log = free_port(), workspace.root / "serve-waiting.log"
+    url = f"http://{LOOPBACK}:{port}"
+    arguments = ["--model", f"models:/{name}@champion", "--follow-seconds", str(FOLLOW_SECONDS)]
+    command = [sys.executable, "-m", "tasks.cli.app", "serve", "--port", str(port), *arguments]
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [*command, "-p", str(workspace.params_file)], cwd=workspace.root, stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_until(lambda: "waiting for one" in log.read_text(), STARTUP_SECONDS, "the server saying it waits")
+        time.sleep(STILL_SECONDS)
+        assert process.poll() is None, log.read_text()
+        version = register_version(workspace, name)
+        move_alias(workspace, name, version)
+
+        def answers() -> bool:
+            try:
+                return requests.get(url + VERSION_PATH, timeout=REQUEST_SECONDS).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(answers, STARTUP_SECONDS + SWAP_SECONDS, "the first champion served")
+        assert served_version(url) == version and answered_by(url, workspace) == (version, version)
+    finally:
+        process.terminate()
+        process.wait(timeout=SWAP_SECONDS)
