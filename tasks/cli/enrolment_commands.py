@@ -32,13 +32,15 @@ def refusing(work: Callable[[], Result]) -> Result:
         raise typer.Exit(code=1) from error
 
 
-def prepared(params: Path) -> ProjectPaths:
-    """The workspace of `params`, with the libraries quiet and TensorFlow imported quietly."""
+def prepared(params: Path, tensorflow_now: bool = True) -> ProjectPaths:
+    """The workspace of `params`, with the libraries quiet and (unless `tensorflow_now` is False: the caller
+    imports it later with `tasks.cli.quiet.import_tensorflow`) TensorFlow imported quietly."""
     from flows._stage import quiet_environment
     from tasks.cli.quiet import import_tensorflow
 
     quiet_environment()
-    import_tensorflow()
+    if tensorflow_now:
+        import_tensorflow()
     return ProjectPaths.from_root(params.resolve().parent)
 
 
@@ -56,11 +58,14 @@ def enrol(
     """Enrol WRITER from reference images without retraining: a new signed model version, champion only if the
     writers enrolled before keep their validation figures (enrol.tolerance). Refused, with nothing written, when
     any reference is unreadable, blank, too small, not a signature, given twice or another writer's."""
+    from tasks.cli.quiet import import_tensorflow
     from tasks.enrolment.enrol import enrol_writer
     from tasks.enrolment.workspace_state import read_settings
 
-    paths = prepared(params)
-    result = refusing(lambda: enrol_writer(paths, read_settings(paths), writer, images, add_references))
+    paths = prepared(params, tensorflow_now=False)  # after the references' checks: a refusal answers at once
+    result = refusing(
+        lambda: enrol_writer(paths, read_settings(paths), writer, images, add_references, import_tensorflow)
+    )
     version = result.version
     typer.echo(
         f"enrolled writer {result.writer} ({result.references} references): {version.name} version {version.version} "

@@ -10,7 +10,7 @@ and signed, champion only when the writers enrolled before keep their validation
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,9 +109,17 @@ def recorded(paths: ProjectPaths, writer: str, checked: Sequence[CheckedReferenc
 
 
 def enrol_writer(
-    paths: ProjectPaths, settings: EnrolSettings, name: str, inputs: Sequence[Path], add_references: bool = False
+    paths: ProjectPaths,
+    settings: EnrolSettings,
+    name: str,
+    inputs: Sequence[Path],
+    add_references: bool = False,
+    before_base: Callable[[], None] = lambda: None,
 ) -> EnrolResult:
-    """Enrol writer `name` from the images (or the folder) `inputs`; EnrolmentError when refused, nothing written."""
+    """Enrol writer `name` from the images (or the folder) `inputs`; EnrolmentError when refused, nothing written.
+
+    `before_base` runs once every reference passed its checks, just before TensorFlow is needed (the CLI
+    imports it quietly there): a refused enrolment answers without paying for that import."""
     from tasks.data.prepare import settings_from_params
 
     writer = writer_id(name)
@@ -128,6 +136,7 @@ def enrol_writer(
         raise EnrolmentError(
             "prepare.image_size or train.augmented_views changed since the embed stage ran: run `dvc repro` first"
         )
+    before_base()
     base = checked_base(paths.root, info, settings.model.weights, settings.train.seed, EmbeddingSpec.of(settings.model))
     images = np.stack([item.image for item in checked])
     train = settings.train
