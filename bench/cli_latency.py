@@ -31,7 +31,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BENCH_MODEL = "cli-latency-bench"
 BENCH_EXPERIMENT = "cli-latency-bench"
 WRITERS = [f"{number:03d}" for number in range(1, 9)]  # the demo's 8 writers
-FEATURES = 2048  # InceptionV3's pooled embedding
 IMAGE_SIZE = (240, 120)  # the demo's synthetic scans
 MISSING_FILE = "missing.png"
 COMMAND_TIMEOUT_SECONDS = 300
@@ -65,13 +64,14 @@ def registered_workspace(root: Path, size: int) -> Path:
     params["register"]["model_name"] = BENCH_MODEL
     params["prepare"]["image_size"] = size
     paths.params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    spec = HeadSpec(len(WRITERS), 0, 0.0, feature_mean=np.zeros(FEATURES), feature_variance=np.ones(FEATURES))
+    features = params_embedding().width
+    spec = HeadSpec(len(WRITERS), 0, 0.0, feature_mean=np.zeros(features), feature_variance=np.ones(features))
     paths.models_dir.mkdir(parents=True, exist_ok=True)
     build_classifier(build_base(size, "none", paths.root, 0), size, spec, params_embedding()).save(
         paths.classifier_file
     )
     rng = np.random.default_rng(0)
-    verifier = WriterVerifier(np.zeros(FEATURES), np.ones(FEATURES), rng.normal(size=(FEATURES, 8)), np.zeros(8))
+    verifier = WriterVerifier(np.zeros(features), np.ones(features), rng.normal(size=(features, 8)), np.zeros(8))
     save_verifier(verifier, paths.verifier_file)
     calibration = {"classes": WRITERS, "temperature": 1.0, "threshold": 0.0, "unknown_class_id": len(WRITERS)}
     write_json(paths.calibration_file, calibration)

@@ -27,8 +27,9 @@ any ridge head), then the earlier candidate in the order above (less augmentatio
 The embedding (`model.ink`, `model.pooled_layers`) is chosen by the same rule in a second step,
 `--grid embedding`: one embedding file per candidate embedding (bench/embeddings.py `--ink`,
 `--pooled-layers`), on each the ridge head with params.yaml's augmentation and no whitening (what
-the full grid chose) at every penalty; the penalty is chosen again with the embedding. Files are
-listed simplest first, which is the tie-break order. Each step's results file is kept
+the full grid chose) at every penalty; the penalty is chosen again with the embedding. Ties go, as in
+the full grid, to the higher validation accuracy, then the larger penalty, and only then to the earlier
+file (list them simplest first). Each step's results file is kept
 (`head_selection_*` and `embedding_selection_*`).
 
 Test columns (test accuracy; over the quality bench's partitions of all writers, the test writers'
@@ -281,7 +282,7 @@ def defaults_of(params: dict[str, dict[str, object]]) -> dict[str, object]:
         "penalty": float(params["model"]["verifier_regularization"]),
         "whitening": float(params["model"].get("verifier_whitening", 0.0)),
         "augmentation": params["augment"]["preset"],
-        "embedding": f"{embedding.ink} {'+'.join(embedding.pooled_layers)}",
+        "embedding": embedding.label,
     }
 
 

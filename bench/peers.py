@@ -61,7 +61,7 @@ class EmbeddedSplit:
     """An embedding file's rows with the pipeline's split, and its augmented training views.
 
     `claimed` is each row's writer as a class index (`NO_CLASS` for a writer never enrolled);
-    `train_rows` the enrolled training genuine rows; `views[name]` the (views, train_rows, 2048)
+    `train_rows` the enrolled training genuine rows; `views[name]` the (views, train_rows, features)
     embeddings of augmentation `name` of exactly those rows.
     """
 
@@ -90,8 +90,7 @@ def params_embedding(params: dict[str, dict[str, object]] | None = None):  # -> 
     """The embedding params.yaml's `model` group describes (`model.ink`, `model.pooled_layers`)."""
     from tasks.model.embedding_spec import EmbeddingSpec
 
-    model = (params or read_params())["model"]
-    return EmbeddingSpec(str(model["ink"]), tuple(str(layer) for layer in model["pooled_layers"]))
+    return EmbeddingSpec.from_dict((params or read_params())["model"])
 
 
 def partition_settings(params: dict[str, dict[str, object]]) -> dict[str, object]:

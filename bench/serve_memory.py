@@ -40,7 +40,6 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HUGE_SIDE = 9400  # the issue's image: 88 Mpx, under Pillow's decompression-bomb warning (89 Mpx)
 CLASSES = ("001", "002", "003")
-FEATURES = 2048  # InceptionV3's pooled embedding
 SAMPLE_SECONDS = 0.05
 STARTUP_SECONDS = 300
 REQUEST_SECONDS = 600
@@ -105,9 +104,9 @@ def package_model(root: Path, size: int, example: Path) -> str:
     build_classifier(
         build_base(size, "none", paths.root, 0), size, HeadSpec(len(CLASSES), 32, 0.1), params_embedding()
     ).save(paths.classifier_file)
-    writers = len(CLASSES)
+    writers, features = len(CLASSES), params_embedding().width
     save_verifier(
-        WriterVerifier(np.zeros(FEATURES), np.ones(FEATURES), np.zeros((FEATURES, writers)), np.zeros(writers)),
+        WriterVerifier(np.zeros(features), np.ones(features), np.zeros((features, writers)), np.zeros(writers)),
         paths.verifier_file,
     )
     write_json(

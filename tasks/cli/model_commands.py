@@ -257,7 +257,7 @@ def serve(
         if follow_seconds <= 0:
             typer.echo(f"error: {problem}", err=True)
             raise typer.Exit(code=1)
-        wait_for_a_version(model_uri, follow_seconds)  # the alias is followed: its first version will come
+        wait_for_a_version(model_uri, follow_seconds, uri)  # the alias is followed: its first version will come
     slot = ModelSlot(load_verified(model_uri, params))
     keys = workspace_keys(ProjectPaths.from_root(params.resolve().parent))
     follower = champion_follower(slot, model_uri, keys, uri, follow_seconds)

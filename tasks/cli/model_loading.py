@@ -13,6 +13,10 @@ from tasks.workspace.paths import ProjectPaths
 ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
 
 
+# MLflow's error codes for a registered model, or an alias of one, that does not exist (yet).
+NOT_REGISTERED_YET = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def described_model(model_uri: str) -> str:
     """`model_uri`, plus the version it resolves to when it names an alias (`models:/name@alias`):
     the version to restore or replace when its files are damaged."""
@@ -86,15 +90,41 @@ def load_signature_model(model_uri: str | None, params_file: Path):  # -> Signat
     return load_verified(model_uri, params_file).model
 
 
-def wait_for_a_version(model_uri: str, poll_seconds: float) -> None:
+def wait_for_a_version(model_uri: str, poll_seconds: float, tracking_uri: str | None = None) -> None:
     """Block until the alias `model_uri` names a version, looking every `poll_seconds`: a model server
     started before any pipeline run registered one (`make up` in a fresh clone) serves the first
-    champion without a restart. Says once that it waits, and for what."""
+    champion without a restart. Only "no such model or alias yet" is waited for: any other registry
+    error ends the command with that error, and Ctrl-C ends it without a traceback."""
     import time
 
     typer.echo(f"no model version is {model_uri} yet: waiting for one, looking every {poll_seconds:g} s")
-    while champion_problem(model_uri):
-        time.sleep(poll_seconds)
+    try:
+        while not alias_has_version(model_uri, tracking_uri):
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        typer.echo(f"stopped while waiting for {model_uri}")
+        raise typer.Exit(code=0) from None
+
+
+def alias_has_version(model_uri: str, tracking_uri: str | None = None) -> bool:
+    """Whether the alias URI `model_uri` names a version now in the store `tracking_uri` (None: MLflow's
+    current one); False while its model or alias does not exist yet; any other registry error is named
+    and ends the command (exit code 1)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    match = ALIAS_URI.fullmatch(model_uri)
+    if match is None:
+        return True
+    try:
+        MlflowClient(tracking_uri).get_model_version_by_alias(match["name"], match["alias"])
+    except MlflowException as error:
+        if error.error_code in NOT_REGISTERED_YET:
+            return False
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        typer.echo(f"error: {model_uri} cannot be read from the registry: {first_line}", err=True)
+        raise typer.Exit(code=1) from error
+    return True
 
 
 def champion_problem(model_uri: str) -> str:

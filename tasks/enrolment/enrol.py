@@ -100,8 +100,11 @@ def recorded(paths: ProjectPaths, writer: str, checked: Sequence[CheckedReferenc
         tuple(reference_manifest_path(paths, writer, ref) for ref in new),
         tuple(i.prepared_sha256 for i in checked),
     )
-    if earlier is not None and embeddings_file(paths, writer).is_file():
-        stored = load_embedded_rows(embeddings_file(paths, writer))
+    stored_file = embeddings_file(paths, writer)
+    stored = load_embedded_rows(stored_file) if earlier is not None and stored_file.is_file() else None
+    # Stored rows of another embedding (the embed stage ran again since) are all in the manifest, re-embedded
+    # there (training_set refuses otherwise, before anything is registered): only the new rows are kept then.
+    if stored is not None and stored.views.shape[::2] == views.shape[::2]:
         rows = EmbeddedRows(
             np.concatenate([stored.views, views], axis=1), stored.paths + rows.paths, stored.hashes + rows.hashes
         )

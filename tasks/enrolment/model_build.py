@@ -42,7 +42,7 @@ def embed_info(paths: ProjectPaths) -> EmbedInfo:
             int(content["image_size"]),
             str(content["base_weights_sha256"]),
             int(content["views"]),
-            EmbeddingSpec(str(recorded["ink"]), tuple(str(layer) for layer in recorded["pooled_layers"])),
+            EmbeddingSpec.from_dict(recorded),
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise EnrolmentError(

@@ -71,18 +71,21 @@ def kept_rows(paths: ProjectPaths, rows: Sequence[dict[str, str]]) -> list[dict[
     ]
 
 
-def enrolled_views(paths: ProjectPaths, enrolment: Enrolment, in_manifest: set[str], views: int) -> np.ndarray | None:
-    """The stored views of `enrolment`'s references the manifest does not hold, or None when it holds all."""
+def enrolled_views(
+    paths: ProjectPaths, enrolment: Enrolment, in_manifest: set[str], views: int, width: int
+) -> np.ndarray | None:
+    """The stored views of `enrolment`'s references the manifest does not hold, or None when it holds all;
+    refused when they are not `views` views of `width` features (the embed stage's)."""
     missing = [reference_manifest_path(paths, enrolment.writer, ref) for ref in enrolment.references]
     missing = [path for path in missing if path not in in_manifest]
     if not missing:
         return None
     stored = load_embedded_rows(embeddings_file(paths, enrolment.writer))
     position = {path: index for index, path in enumerate(stored.paths)}
-    if any(path not in position for path in missing) or stored.views.shape[0] != views:
+    if any(path not in position for path in missing) or stored.views.shape[::2] != (views, width):
         raise EnrolmentError(
             f"the stored embeddings of writer {enrolment.writer} do not match its references or the embed "
-            f"stage's views. {REPRO_HINT}"
+            f"stage's views and features (another embedding since?). {REPRO_HINT}"
         )
     return stored.views[:, [position[path] for path in missing]]
 
@@ -95,7 +98,7 @@ def training_set(paths: ProjectPaths, rows: Sequence[dict[str, str]]) -> Trainin
     views = {str(writer): embedded.views[:, writers == writer] for writer in sorted(set(writers))}
     in_manifest = set(embedded.paths)
     for enrolment in enrolments(paths):
-        extra = enrolled_views(paths, enrolment, in_manifest, embedded.views.shape[0])
+        extra = enrolled_views(paths, enrolment, in_manifest, embedded.views.shape[0], embedded.views.shape[2])
         if extra is not None:
             views[enrolment.writer] = (
                 np.concatenate([views[enrolment.writer], extra], axis=1) if enrolment.writer in views else extra

@@ -14,7 +14,8 @@ pass over the data instead of W passes (scikit-learn's `RidgeClassifier` with sa
 gives the same weights and is what the tests compare against). Writer w's system differs from that
 shared matrix only by a scalar factor, a multiple of the identity and a term of rank n_w (its own
 rows). So the fit makes one symmetric eigendecomposition of the shared features x features matrix
-and rotates the rows into its eigenbasis (one n x features x features product); then each writer
+(or, with fewer rows than features, of the n x n matrix X X^T, which gives the same non-zero part:
+`FeatureSpectrum.thin`) and rotates the rows into its eigenbasis; then each writer
 costs O(features * n_w^2) by the Woodbury identity on its n_w rows, instead of a (features + 1)^3 / 3
 Cholesky factorisation, and the unpenalised bias is eliminated by its Schur complement. A writer
 with more rows than half the features is solved by that Cholesky factorisation instead.
@@ -96,12 +97,13 @@ def within_writer_whitening(standardised: np.ndarray, labels: np.ndarray, streng
 @dataclass(frozen=True)
 class FeatureSpectrum:
     """The eigendecomposition X^T X = vectors @ diag(values) @ vectors.T of the (n, features) training
-    features X, and X's rows in that eigenbasis: what every writer's Woodbury solve shares."""
+    features X (all of it, or its non-zero part: `thin`), and X's rows in that eigenbasis: what every
+    writer's Woodbury solve shares. r below is `features` (full) or the kept rank (thin)."""
 
-    values: np.ndarray  # (features,), clipped at 0 (X^T X is positive semi-definite)
-    vectors: np.ndarray  # (features, features), orthonormal columns
-    rotated: np.ndarray  # (n, features) = X @ vectors
-    rotated_sums: np.ndarray  # (features,): the column sums of `rotated`
+    values: np.ndarray  # (r,), clipped at 0 (X^T X is positive semi-definite)
+    vectors: np.ndarray  # (features, r), orthonormal columns (thin: to the rounding of X^T U L^-1/2)
+    rotated: np.ndarray  # (n, r) = X @ vectors
+    rotated_sums: np.ndarray  # (r,): the column sums of `rotated`
 
     @classmethod
     def of(cls, features: np.ndarray) -> FeatureSpectrum:
@@ -120,7 +122,10 @@ class FeatureSpectrum:
         """The eigenpairs of X^T X with a non-zero value, from the smaller (n, n) matrix X X^T = U L U^T:
         vectors X^T U L^-1/2, rows in that basis U L^1/2. Exact for the writer solves: their right-hand
         sides and own rows are combinations of X's rows, so each kernel lies in the rows' span, which
-        these vectors span (the penalised system keeps that span and its complement apart)."""
+        these vectors span (the penalised system keeps that span and its complement apart). A kept value
+        near the floor gives a vector that is orthonormal only roughly, but the kernel does not depend
+        on it: it is X^T U f(L) U^T applied to the writer's sums, f bounded by 1 / regularization, so
+        the small roots cancel. Standardised (centred) features always have one zero value, dropped."""
         values, left = np.linalg.eigh(features @ features.T)
         kept = values > THIN_SPECTRUM_RELATIVE_FLOOR * max(float(values.max()), 0.0)
         values, left = values[kept], left[:, kept]

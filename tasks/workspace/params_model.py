@@ -36,7 +36,7 @@ class ModelParams(StrictModel):
     (0: off) whitens the embeddings by the within-writer covariance first, its value the ridge
     added to that covariance relative to its mean eigenvalue.
 
-    The embedding (`tasks.model.classifier.EmbeddingSpec`) is the global average of each block in
+    The embedding (`tasks.model.embedding_spec.EmbeddingSpec`) is the global average of each block in
     `pooled_layers`, concatenated; `ink: bright` feeds the base the negative of the scan (ink high,
     paper low), `dark` the scan as it is. Both were chosen by bench/head_selection.py's rule.
     """

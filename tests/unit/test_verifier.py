@@ -93,6 +93,19 @@ def test_a_writer_with_many_rows_falls_back_to_cholesky_with_the_same_result(whi
     assert_relatively_close(verifier.bias, bias)
 
 
+def test_the_thin_spectrum_is_exact_on_rank_deficient_rows() -> None:
+    """Duplicated rows (a view equal to its clean image) make X X^T singular: the dropped directions
+    carry no data, and the solve still equals the per-writer Cholesky one."""
+    embeddings, labels = unequal_writers_data([8, 12, 6], features=90, seed=9)
+    embeddings, labels = np.vstack([embeddings, embeddings[:10]]), np.concatenate([labels, labels[:10]])
+    spectrum = FeatureSpectrum.of(embeddings)
+    assert spectrum.vectors.shape[1] < len(labels) < 90  # thin, and some values dropped
+    verifier = fit_writer_verifier(embeddings, labels, 3, 0.01)
+    kernel, bias = cholesky_reference(embeddings, labels, 3, 0.01, 0.0)
+    assert_relatively_close(verifier.kernel, kernel)
+    assert_relatively_close(verifier.bias, bias)
+
+
 def test_equal_class_weights_and_a_majority_writer_keep_the_woodbury_solve_exact() -> None:
     """Two writers of equal size weigh their rows alike (no own-row correction); a writer with most of
     the rows (fewer than half the features) weighs them less than the others: both on the Woodbury path."""
