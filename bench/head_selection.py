@@ -214,8 +214,9 @@ def candidate_figures(
 
 def embedding_label(data: EmbeddedSplit) -> str:
     """An embedding file's embedding, as rows and tables name it: `model.ink` and the pooled blocks."""
-    embedding = data.meta.get("embedding") or LEGACY_EMBEDDING
-    return f"{embedding['ink']} {'+'.join(embedding['pooled_layers'])}"
+    from tasks.model.embedding_spec import EmbeddingSpec
+
+    return EmbeddingSpec.from_dict(data.meta.get("embedding") or LEGACY_EMBEDDING).label
 
 
 def embedding_candidates(augmentation: str) -> list[tuple[str, str, float | None, float]]:

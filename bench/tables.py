@@ -201,8 +201,9 @@ def prepare_split_line(results: dict[str, object]) -> str:
 def embedding_of(results: dict[str, object]) -> str:
     """The embedding a results file was measured on: `model.ink` and the pooled blocks (files written
     before those parameters existed hold the last block of the scan as it is)."""
-    embedding = results["embeddings"]["meta"].get("embedding") or LEGACY_EMBEDDING
-    return f"`{embedding['ink']} {'+'.join(embedding['pooled_layers'])}`"
+    from tasks.model.embedding_spec import EmbeddingSpec
+
+    return f"`{EmbeddingSpec.from_dict(results['embeddings']['meta'].get('embedding') or LEGACY_EMBEDDING).label}`"
 
 
 def quality_block(results: dict[str, object]) -> str:
