@@ -75,8 +75,8 @@ from bench.peers import (  # noqa: E402
     validation_set,
 )
 from bench.tables import (  # noqa: E402
-    LEGACY_EMBEDDING,
     RESULTS_DIR,
+    embedding_label,
     embedding_selection_block,
     selection_block,
     write_readme_blocks,
@@ -212,13 +212,6 @@ def candidate_figures(
     }
 
 
-def embedding_label(data: EmbeddedSplit) -> str:
-    """An embedding file's embedding, as rows and tables name it: `model.ink` and the pooled blocks."""
-    from tasks.model.embedding_spec import EmbeddingSpec
-
-    return EmbeddingSpec.from_dict(data.meta.get("embedding") or LEGACY_EMBEDDING).label
-
-
 def embedding_candidates(augmentation: str) -> list[tuple[str, str, float | None, float]]:
     """The `--grid embedding` candidates of one file: the ridge head on params.yaml's augmentation,
     no whitening, every penalty (the embedding step of the rule, after the full grid chose the rest)."""
@@ -312,7 +305,7 @@ def main() -> None:
         )
         for augmentation, head, penalty, whitening in listed:
             row = {
-                "embedding": embedding_label(data),
+                "embedding": embedding_label(data.meta),
                 **evaluate_candidate(data, augmentation, head, penalty, whitening, settings["views"], settings),
             }
             rows.append(row)

@@ -198,12 +198,17 @@ def prepare_split_line(results: dict[str, object]) -> str:
     )
 
 
-def embedding_of(results: dict[str, object]) -> str:
-    """The embedding a results file was measured on: `model.ink` and the pooled blocks (files written
+def embedding_label(meta: dict[str, object]) -> str:
+    """The embedding of an embedding file's `meta`: `model.ink` and the pooled blocks (files written
     before those parameters existed hold the last block of the scan as it is)."""
     from tasks.model.embedding_spec import EmbeddingSpec
 
-    return f"`{EmbeddingSpec.from_dict(results['embeddings']['meta'].get('embedding') or LEGACY_EMBEDDING).label}`"
+    return EmbeddingSpec.from_dict(meta.get("embedding") or LEGACY_EMBEDDING).label
+
+
+def embedding_of(results: dict[str, object]) -> str:
+    """The embedding a results file was measured on, as the tables quote it."""
+    return f"`{embedding_label(results['embeddings']['meta'])}`"
 
 
 def quality_block(results: dict[str, object]) -> str:

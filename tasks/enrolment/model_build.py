@@ -55,16 +55,13 @@ def checked_base(root: Path, info: EmbedInfo, weights: str, seed: int, embedding
     describes, are the embed stage's."""
     import keras
 
+    from tasks.registration.assemble import check_embedding
     from tasks.registration.assemble import checked_base as base_with_digest
     from tasks.workspace.errors import ModelFileError
 
-    if embedding != info.embedding:
-        raise EnrolmentError(
-            f"model.ink / model.pooled_layers describe the embedding {embedding.as_dict()}, but the stored "
-            f"embeddings are {info.embedding.as_dict()}: run `dvc repro` first"
-        )
     keras.backend.clear_session()
     try:
+        check_embedding(info.embedding.as_dict(), embedding)
         return base_with_digest(root, info.image_size, weights, seed, info.base_digest)
     except ModelFileError as error:
         raise EnrolmentError(str(error)) from error

@@ -9,32 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
-from tasks.workspace.params_model import ModelParams
+from tasks.workspace.params_model import INCEPTION_BLOCK_CHANNELS, Ink, ModelParams
 
-INKS: tuple[Literal["bright", "dark"], ...] = ("bright", "dark")  # model.ink's values
-# Output channels of each InceptionV3 block (Keras' `mixed0` .. `mixed10`; a test checks them against Keras).
-BLOCK_CHANNELS = {
-    "mixed0": 256,
-    "mixed1": 288,
-    "mixed2": 288,
-    "mixed3": 768,
-    "mixed4": 768,
-    "mixed5": 768,
-    "mixed6": 768,
-    "mixed7": 768,
-    "mixed8": 1280,
-    "mixed9": 2048,
-    "mixed10": 2048,
-}
+INKS: tuple[Ink, ...] = get_args(Ink)  # model.ink's values
 
 
 @dataclass(frozen=True)
 class EmbeddingSpec:
     """Which way round the ink is fed to the base, and which InceptionV3 blocks are pooled, in order."""
 
-    ink: Literal["bright", "dark"]
+    ink: Ink
     pooled_layers: tuple[str, ...]
 
     @classmethod
@@ -46,14 +32,14 @@ class EmbeddingSpec:
     def from_dict(cls, recorded: Mapping[str, object]) -> EmbeddingSpec:
         """The embedding `as_dict` wrote (metrics/embed.json); ValueError when it is not one."""
         ink, layers = recorded["ink"], recorded["pooled_layers"]
-        if ink not in INKS or not isinstance(layers, list) or not set(layers) <= set(BLOCK_CHANNELS):
+        if ink not in INKS or not isinstance(layers, list) or not set(layers) <= set(INCEPTION_BLOCK_CHANNELS):
             raise ValueError(f"not an embedding: {dict(recorded)}")
         return cls(ink, tuple(str(layer) for layer in layers))
 
     @property
     def width(self) -> int:
         """How many features the embedding has: the pooled blocks' channels, summed."""
-        return sum(BLOCK_CHANNELS[layer] for layer in self.pooled_layers)
+        return sum(INCEPTION_BLOCK_CHANNELS[layer] for layer in self.pooled_layers)
 
     @property
     def label(self) -> str:

@@ -51,15 +51,14 @@ def assemble_classifier(
     # pipeline flow runs embed here first) would change the names in the saved file, and its hash in
     # dvc.lock. A cleared session builds the same file as a fresh process (`dvc repro register`).
     keras.backend.clear_session()
-    check_embedding(embedded, embedding)
+    check_embedding(embedded.get("embedding"), embedding)
     base = checked_base(root, image_size, weights, seed, str(embedded["base_weights_sha256"]))
     return classifier_on_base(base, image_size, head, dropout, seed, embedding)
 
 
-def check_embedding(embedded: dict[str, object], embedding: EmbeddingSpec) -> None:
-    """Refuse an embedding (`model.ink`, `model.pooled_layers`) other than the one the embed stage recorded:
-    a head fitted on one embedding scores nonsense on another."""
-    recorded = embedded.get("embedding")
+def check_embedding(recorded: object, embedding: EmbeddingSpec) -> None:
+    """Refuse an embedding (`model.ink`, `model.pooled_layers`) other than the one the embed stage recorded
+    (`recorded`: its `as_dict` form in metrics/embed.json): a head fitted on one scores nonsense on another."""
     if recorded != embedding.as_dict():
         raise ModelFileError(
             f"model.ink / model.pooled_layers describe the embedding {embedding.as_dict()}, but the stored "

@@ -13,8 +13,23 @@ from tasks.workspace.params_data import StrictModel
 # register.metric must be one of evaluate's selection metrics (measured without the test split).
 SELECTION_METRIC_PREFIX = "selection_"
 WEIGHTS_KEYWORDS = ("imagenet", "none")  # model.weights values that name no file
-# InceptionV3's blocks whose outputs may be pooled into the embedding (Keras' layer names).
-INCEPTION_BLOCKS = tuple(f"mixed{index}" for index in range(11))
+# InceptionV3's blocks whose outputs may be pooled into the embedding (Keras' layer names), with their
+# output channels (a test checks them against Keras).
+INCEPTION_BLOCK_CHANNELS = {
+    "mixed0": 256,
+    "mixed1": 288,
+    "mixed2": 288,
+    "mixed3": 768,
+    "mixed4": 768,
+    "mixed5": 768,
+    "mixed6": 768,
+    "mixed7": 768,
+    "mixed8": 1280,
+    "mixed9": 2048,
+    "mixed10": 2048,
+}
+INCEPTION_BLOCKS = tuple(INCEPTION_BLOCK_CHANNELS)
+Ink = Literal["bright", "dark"]  # model.ink: the scan's negative fed to the base, or the scan as it is
 
 
 def weights_file(weights: str, root: Path) -> Path | None:
@@ -42,7 +57,7 @@ class ModelParams(StrictModel):
     """
 
     weights: str
-    ink: Literal["bright", "dark"]
+    ink: Ink
     pooled_layers: list[str] = Field(min_length=1)
     head: Literal["ridge", "linear", "mlp"]
     dense_units: int = Field(ge=1)

@@ -92,11 +92,10 @@ def test_an_embedding_the_base_cannot_give_is_refused_before_any_stage(changes: 
 def test_every_poolable_block_is_a_layer_of_keras_inception_v3() -> None:
     import keras
 
-    from tasks.model.embedding_spec import BLOCK_CHANNELS
-    from tasks.workspace.params_model import INCEPTION_BLOCKS
+    from tasks.workspace.params_model import INCEPTION_BLOCK_CHANNELS, INCEPTION_BLOCKS
 
     base = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(75, 75, 3))
-    assert {name: base.get_layer(name).output.shape[-1] for name in INCEPTION_BLOCKS} == BLOCK_CHANNELS
+    assert {name: base.get_layer(name).output.shape[-1] for name in INCEPTION_BLOCKS} == INCEPTION_BLOCK_CHANNELS
 
 
 def test_a_test_metric_for_promotion_is_refused_before_training() -> None:
