@@ -27,7 +27,9 @@ forgeries, `calibrate.objective`), the a-posteriori skilled EER with one global 
 mean per-writer EER; and the ECE on test of Platt scaling of the model's claim score fitted on
 validation claims (`tasks.evaluation.calibrate`, the pipeline's printed confidence).
 
-Also measured for the pipeline: whether the threshold should see unenrolled writers as impostors.
+Also measured for the pipeline: its headline figures with the next partition seeds too (how much
+the draw of the partitions moves a mean and its interval), and whether the threshold should see
+unenrolled writers as impostors.
 Per partition the unenrolled writers are halved (seeded); the threshold is fitted without, then
 with, the first half's genuine images (claimed as their top writer) added to the impostors, and
 both are judged on the same test writers and the *other* half.
@@ -71,7 +73,7 @@ from bench.peers import (  # noqa: E402
     validation_set,
     writer_svm_scorer,
 )
-from bench.tables import RESULTS_DIR, quality_block, write_readme_blocks  # noqa: E402
+from bench.tables import RESULTS_DIR, SENSITIVITY_FIGURES, quality_block, write_readme_blocks  # noqa: E402
 from tasks.data.split import UNENROLLED_SPLIT, round_half_up  # noqa: E402
 from tasks.evaluation.calibrate import fit_confidence, fit_threshold  # noqa: E402
 from tasks.evaluation.calibration_report import confidence_calibration  # noqa: E402
@@ -94,6 +96,7 @@ REFERENCE_UNITS = 1024
 RIDGE = "ridge"
 KERAS_HEAD_UNITS = {"linear": 0}  # model.head -> Dense(relu) units; mlp reads model.dense_units
 UNENROLLED_CALIBRATION_SHARE = 0.5  # share of the unenrolled writers lent to the threshold as impostors
+SENSITIVITY_SEEDS = 5  # partition seeds (evaluate.partition_seed and the next ones) the pipeline is also measured on
 MODEL_LABELS = {
     "pipeline": "pipeline defaults",
     "logistic_regression": "logistic-regression peer",
@@ -271,6 +274,24 @@ def unenrolled_impostor_report(
     }
 
 
+def seed_sensitivity(table: ScoreTable, settings: dict[str, object]) -> list[dict[str, object]]:
+    """The pipeline's headline partition figures with `SENSITIVITY_SEEDS` partition seeds (the configured
+    one first): how much the draw of the partitions moves a mean and its interval. Scores only."""
+    first = int(settings["partition_seed"])
+    rows = []
+    for seed in range(first, first + SENSITIVITY_SEEDS):
+        report = partition_report(
+            table,
+            settings["calibration_fraction"],
+            settings["partitions"],
+            seed,
+            settings["objective"],
+            settings["target_far"],
+        )
+        rows.append({"seed": seed, "partitions": report["partitions"], **{f: report[f] for f in SENSITIVITY_FIGURES}})
+    return rows
+
+
 ModelFit = Callable[[], tuple[Scorer, dict[str, object]]]
 
 
@@ -343,6 +364,7 @@ def main() -> None:
         **results_header(data, arguments.embeddings, settings),
         "models": reports,
         "unenrolled_impostors": unenrolled,
+        "partition_seed_sensitivity": seed_sensitivity(tables["pipeline"], settings),
         "machine": machine(),
         "seconds": round(time.perf_counter() - started, 1),
     }

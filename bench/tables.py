@@ -39,6 +39,8 @@ TARGETS = (
     ("unenrolled_accepted", 0.05, None),
 )
 ECE_TARGET = 0.05
+# The figures the quality bench also reports with other partition seeds (bench/quality.py seed_sensitivity).
+SENSITIVITY_FIGURES = ("eer_skilled_a_posteriori", "eer_skilled_per_writer_a_posteriori", "frr", "far_skilled")
 FIGURE_NAMES = {
     "eer_skilled_a_posteriori": "skilled EER, global threshold (a posteriori)",
     "eer_skilled_per_writer_a_posteriori": "skilled EER, per-writer thresholds (a posteriori)",
@@ -264,6 +266,18 @@ def quality_block(results: dict[str, object]) -> str:
             markdown_table(
                 ("threshold fitted on", "threshold", "FRR", "skilled FAR", "unenrolled accepted (held-out writers)"),
                 unenrolled_rows(unenrolled),
+            ),
+        ]
+    sensitivity = results.get("partition_seed_sensitivity")
+    if sensitivity:
+        lines += [
+            "",
+            f"The pipeline with other partition seeds (each {sensitivity[0]['partitions']} partitions; how much the "
+            "draw of the partitions moves a mean and its interval; the first row is the table's):",
+            "",
+            markdown_table(
+                ("partition seed", *(FIGURE_NAMES[name] for name in SENSITIVITY_FIGURES)),
+                [[str(row["seed"]), *(interval(row[name]) for name in SENSITIVITY_FIGURES)] for row in sensitivity],
             ),
         ]
     lines += [

@@ -54,11 +54,13 @@ def operating_point_text(report: dict[str, object], partitions: int) -> str:
     """The calibrated operating point on test, with each figure's mean and 95% interval over partitions;
     a figure the dataset cannot give (no skilled forgeries, no unenrolled writer) reads n/a."""
 
-    from tasks.evaluation.partitions import interval_of
+    from tasks.evaluation.partitions import interval_of, partitions_used
+
+    used = partitions_used(report, partitions)
 
     def figure(name: str) -> str:
         mean, low, high = interval_of(report, name)
-        return f"{shown(report.get(name))} (over {partitions} partitions {shown(mean)}, {shown(low)}-{shown(high)})"
+        return f"{shown(report.get(name))} (over {used} partitions {shown(mean)}, {shown(low)}-{shown(high)})"
 
     return (
         f"threshold {shown(report.get('threshold'))}: test FRR {figure('frr')}, FAR skilled {figure('far_skilled')}, "

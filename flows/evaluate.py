@@ -47,6 +47,7 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
 
     from tasks.data.manifest import read_manifest
     from tasks.evaluation.evaluate import evaluation_report, score_embeddings
+    from tasks.evaluation.partitions import partitions_used
     from tasks.evaluation.plots import confusion_matrix_image, roc_det_image, score_distributions_image
     from tasks.evaluation.scores import save_scores, verification_scores
     from tasks.model.head import load_head
@@ -100,11 +101,12 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
         for plot in (paths.confusion_matrix_file, paths.roc_det_file, paths.score_distributions_file):
             mlflow.log_artifact(str(plot), artifact_path="plots")
         mlflow.log_artifact(str(paths.per_writer_file))
+    used = partitions_used(metrics, config.evaluate.partitions)
     print(
         f"test: accuracy {metrics['accuracy']:.3f}, weighted F1 {metrics['f1_weighted']:.3f}, "
         f"top-{config.evaluate.top_k} {metrics[f'top{config.evaluate.top_k}_accuracy']:.3f}; "
         f"skilled-forgery EER (a posteriori) {metrics['eer_skilled_a_posteriori']:.3f}, over "
-        f"{config.evaluate.partitions} writer partitions {interval_text(metrics, 'eer_skilled_a_posteriori')}; "
+        f"{used} writer partitions {interval_text(metrics, 'eer_skilled_a_posteriori')}; "
         f"per-writer thresholds {metrics['eer_skilled_per_writer_a_posteriori']:.3f} "
         f"(softmax-probability baseline {metrics['softmax_eer_skilled_a_posteriori']:.3f})"
     )

@@ -87,6 +87,7 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
     from tasks.evaluation.plots import learning_curve
     from tasks.model.head import save_head
     from tasks.model.verifier import save_verifier
+    from tasks.model.verifier_cache import remember_verifier
     from tasks.tracking.runs import (
         data_version,
         end_abandoned_runs,
@@ -97,7 +98,7 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
         process_tags,
     )
     from tasks.training.checkpoint_state import read_resumable_state
-    from tasks.training.train import RIDGE_HEAD, load_embedded_training, training_fingerprint
+    from tasks.training.train import RIDGE_HEAD, load_embedded_training, training_fingerprint, verifier_problem_digest
 
     digest = data_version(paths.manifest_file)
     fingerprint = training_fingerprint(config.model, config.train, config.augment, digest)
@@ -150,6 +151,7 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
         paths.models_dir.mkdir(parents=True, exist_ok=True)
         save_head(result.head, paths.head_file)  # byte-reproducible: DVC hashes it
         save_verifier(result.verifier, paths.verifier_file)
+        remember_verifier(paths.verifier_cache_file, verifier_problem_digest(data, config.model), result.verifier)
         write_json(paths.labels_file, {"classes": list(result.classes), "unknown_class_id": len(result.classes)})
         learning_curve(result.state.history, result.state.best_epoch, paths.learning_curve_file)
         embed_run = read_json_file(paths.embed_run_file)

@@ -30,7 +30,7 @@ from tasks.enrolment.record import (
     writer_id,
 )
 from tasks.enrolment.references import CheckedReference, check_references, reference_files
-from tasks.enrolment.training_set import TrainingSet, fit, kept_rows, training_set
+from tasks.enrolment.training_set import TrainingSet, fit, fit_or_remembered, kept_rows, remember, training_set
 from tasks.enrolment.versions import RegisteredVersion, VersionRequest
 from tasks.enrolment.workspace_state import (
     Change,
@@ -148,7 +148,7 @@ def enrol_writer(
         base, info, images, hashes, settings.augment, train.augmented_views, train.seed, train.embed_batch_size
     )
     enlarged = training.with_writer(writer, views)
-    verifier, before = fit(enlarged, settings.model), fit(training, settings.model)
+    verifier, before = fit(enlarged, settings.model), fit_or_remembered(paths, training, settings.model)
     kept = kept_rows(paths, rows)
     threshold = calibrated_threshold(paths)
     table = score_table(paths, kept, verifier, enlarged.classes)
@@ -171,4 +171,5 @@ def enrol_writer(
         paths, settings, base, info, Change(verifier, enlarged.classes, images, views[0], request)
     )
     recorded(paths, writer, checked, views)
+    remember(paths, enlarged, settings.model, verifier)
     return EnrolResult(writer, len(checked), version, reason)

@@ -26,7 +26,7 @@ from tasks.enrolment.record import (
     write_removed_writers,
     writer_id,
 )
-from tasks.enrolment.training_set import enrolled_prefix, fit, kept_rows, training_set
+from tasks.enrolment.training_set import enrolled_prefix, fit, kept_rows, remember, training_set
 from tasks.enrolment.versions import RegisteredVersion, VersionRequest, purge_versions, versions_with_writer
 from tasks.enrolment.workspace_state import Change, EnrolSettings, build_and_register, manifest, version_tags
 from tasks.enrolment.workspace_state import threshold as calibrated_threshold
@@ -112,4 +112,5 @@ def remove_writer(paths: ProjectPaths, settings: EnrolSettings, name: str, purge
     if purge:
         purge_versions(version.name, earlier)
     deleted, recorded = erase(paths, writer, rows)
+    remember(paths, remaining, settings.model, verifier)
     return RemoveResult(writer, version, earlier, purge, deleted, recorded, reason)

@@ -23,6 +23,7 @@ from tasks.enrolment.record import (
     removed_writers,
 )
 from tasks.model.verifier import WriterVerifier, fit_writer_verifier
+from tasks.model.verifier_cache import problem_digest, remember_verifier, remembered_verifier
 from tasks.training.embedding_files import flat_views, load_embedded_rows, load_split_embeddings
 from tasks.workspace.errors import EnrolmentError
 from tasks.workspace.params_model import ModelParams
@@ -104,6 +105,23 @@ def training_set(paths: ProjectPaths, rows: Sequence[dict[str, str]]) -> Trainin
                 np.concatenate([views[enrolment.writer], extra], axis=1) if enrolment.writer in views else extra
             )
     return TrainingSet(views)
+
+
+def problem_of(training: TrainingSet, model: ModelParams) -> str:
+    """The digest of the problem `fit` solves on `training` (`tasks.model.verifier_cache`)."""
+    return problem_digest(training.views, model.verifier_regularization, model.verifier_whitening)
+
+
+def fit_or_remembered(paths: ProjectPaths, training: TrainingSet, model: ModelParams) -> WriterVerifier:
+    """The verifier of `training`: the one the workspace's last fit kept for this very problem (the train
+    stage's, or the last enrolment's or removal's), or solved now when it kept another."""
+    remembered = remembered_verifier(paths.verifier_cache_file, problem_of(training, model))
+    return remembered if remembered is not None else fit(training, model)
+
+
+def remember(paths: ProjectPaths, training: TrainingSet, model: ModelParams, verifier: WriterVerifier) -> None:
+    """Keep `verifier` as the record's verifier once it is registered: the next enrolment's "before"."""
+    remember_verifier(paths.verifier_cache_file, problem_of(training, model), verifier)
 
 
 def fit(training: TrainingSet, model: ModelParams) -> WriterVerifier:

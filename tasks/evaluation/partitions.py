@@ -26,6 +26,7 @@ more.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -111,13 +112,25 @@ def forgery_writers(table: ScoreTable) -> np.ndarray:
 
 
 def writer_partitions(writers: np.ndarray, calibration_fraction: float, count: int, seed: int) -> list[np.ndarray]:
-    """`count` seeded random sets of calibration writers, each `calibration_fraction` of `writers`
-    (rounded, and at least one writer on each side when there are two or more)."""
+    """`count` distinct seeded random sets of calibration writers, each `calibration_fraction` of
+    `writers` (rounded, and at least one writer on each side when there are two or more); every such
+    set, in a seeded order, when there are no more than `count` of them (a few writers: a division
+    drawn twice would count twice in the mean and narrow the interval without new information)."""
     size = math.floor(calibration_fraction * len(writers) + HALF)  # halves up, as the split rounds
     if len(writers) >= 2:
         size = min(max(size, 1), len(writers) - 1)
     generator = np.random.default_rng(seed)
-    return [np.sort(generator.permutation(writers)[:size]) for _ in range(count)]
+    if math.comb(len(writers), size) <= count:
+        every = [np.array(chosen) for chosen in itertools.combinations(np.sort(writers).tolist(), size)]
+        return [every[index] for index in generator.permutation(len(every))]
+    divisions: list[np.ndarray] = []
+    drawn: set[tuple[int, ...]] = set()
+    while len(divisions) < count:
+        calibration = np.sort(generator.permutation(writers)[:size])
+        if tuple(calibration.tolist()) not in drawn:
+            drawn.add(tuple(calibration.tolist()))
+            divisions.append(calibration)
+    return divisions
 
 
 def forgeries_of(table: ScoreTable, writers: np.ndarray, kind: str) -> ScoreTable:
@@ -227,7 +240,7 @@ def partition_report(
     calibration_count = len(divisions[0]) if divisions else 0
     ratio = overlap_ratio(calibration_count, len(writers) - calibration_count)
     return {
-        "partitions": count,
+        "partitions": len(divisions),
         "seed": seed,
         "calibration_writers": len(divisions[0]) if divisions else 0,
         "test_writers": len(writers) - (len(divisions[0]) if divisions else 0),
@@ -242,6 +255,13 @@ def partition_report(
             for name in PARTITION_FIGURES
         },
     }
+
+
+def partitions_used(report: Mapping[str, object], requested: int) -> int:
+    """How many writer partitions a report's intervals are over: `requested` (`evaluate.partitions`), or
+    fewer when the writers allow fewer distinct ones (`writer_partitions`)."""
+    summary = report.get("partitions")
+    return int(summary["partitions"]) if isinstance(summary, Mapping) and "partitions" in summary else requested
 
 
 def interval_of(metrics: Mapping[str, object], figure: str) -> tuple[object, object, object]:

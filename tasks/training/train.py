@@ -26,6 +26,7 @@ import numpy as np
 from tasks.data.manifest import training_rows
 from tasks.model.head import HeadWeights, head_from_verifier
 from tasks.model.verifier import WriterVerifier, fit_writer_verifier
+from tasks.model.verifier_cache import problem_digest, views_by_class
 from tasks.training.checkpoint_state import TrainState
 from tasks.training.embedding_files import flat_views, load_split_embeddings, prepared_image_size
 from tasks.workspace.params_model import AugmentParams, ModelParams, TrainParams
@@ -122,6 +123,13 @@ def fit_verifier(data: EmbeddedTraining, model_params: ModelParams) -> WriterVer
         model_params.verifier_regularization,
         model_params.verifier_whitening,
     )
+
+
+def verifier_problem_digest(data: EmbeddedTraining, model_params: ModelParams) -> str:
+    """The digest of the problem `fit_verifier` solves, as an enrolment computes it for the same record
+    (`tasks.model.verifier_cache`): the train stage's verifier spares the first enrolment a second solve."""
+    grouped = views_by_class(data.train_views, data.train_labels, data.classes)
+    return problem_digest(grouped, model_params.verifier_regularization, model_params.verifier_whitening)
 
 
 def train_classifier(

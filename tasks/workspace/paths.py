@@ -111,6 +111,12 @@ class ProjectPaths:
         return self.models_dir / "verifier.npz"
 
     @property
+    def verifier_cache_file(self) -> Path:
+        """The last fitted verifier with its training problem's digest (tasks.model.verifier_cache): written by
+        train, enrol and remove, read by the next enrolment; not a stage output (a cache, rewritten freely)."""
+        return self.models_dir / "verifier_cache.npz"
+
+    @property
     def labels_file(self) -> Path:
         """Class index to writer id, in the classifier's output order."""
         return self.models_dir / "labels.json"

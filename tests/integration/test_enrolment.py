@@ -96,6 +96,35 @@ def record_files(paths: ProjectPaths) -> list[Path]:
     return sorted(path for path in paths.enrolments_dir.rglob("*") if path.is_file() and path.name != "README.md")
 
 
+def remembered_record_verifier(paths: ProjectPaths):  # -> WriterVerifier | None
+    """The verifier the workspace's last fit kept for its record as it stands (what an enrolment reads as its
+    "before" instead of solving it again), or None when it kept another problem's."""
+    from tasks.enrolment.training_set import problem_of, training_set
+    from tasks.enrolment.workspace_state import manifest, read_settings
+    from tasks.model.verifier_cache import remembered_verifier
+
+    problem = problem_of(training_set(paths, manifest(paths)), read_settings(paths).model)
+    return remembered_verifier(paths.verifier_cache_file, problem)
+
+
+def test_the_train_stage_keeps_the_verifier_an_enrolment_would_solve_first(workspace: ProjectPaths) -> None:
+    from tasks.enrolment.training_set import fit, training_set
+    from tasks.enrolment.workspace_state import manifest, read_settings
+
+    remembered = remembered_record_verifier(workspace)
+    assert remembered is not None  # the train stage's problem is the enrolment's record before any enrolment
+    solved = fit(training_set(workspace, manifest(workspace)), read_settings(workspace).model)
+    for name in ("mean", "scale", "kernel", "bias"):  # the same problem, rows in another order: rounding apart
+        np.testing.assert_allclose(getattr(remembered, name), getattr(solved, name), rtol=1e-6, atol=1e-8)
+    penalty = read_settings(workspace).model.verifier_regularization
+    edit_params(workspace.params_file, {"model": {"verifier_regularization": 0.123}})
+    try:  # another penalty is another problem: solved again, never read from the cache
+        assert remembered_record_verifier(workspace) is None
+    finally:
+        edit_params(workspace.params_file, {"model": {"verifier_regularization": penalty}})
+    assert remembered_record_verifier(workspace) is not None
+
+
 def test_every_refusal_names_the_file_and_writes_nothing(workspace: ProjectPaths, tmp_path: Path) -> None:
     import mlflow
 
@@ -161,6 +190,7 @@ def test_enrol_registers_a_signed_version_that_answers_the_new_writer(workspace:
     assert tags[TAG_REFERENCES].split(",") == [sha256_file(path) for path in given]
     assert mlflow.get_run(tags[TAG_RUN]).info.run_id == tags[TAG_RUN]
     assert tags[TAG_WRITERS] == "001,002,003,900"
+    assert remembered_record_verifier(workspace) is not None  # the next enrolment's "before", not solved again
     loaded = load_verified_model(f"models:/{MODEL_NAME}@champion", workspace_keys(workspace))  # signature checked
     assert loaded.model.classes == ["001", "002", "003", NEW_WRITER]
     calibration = json.loads(workspace.calibration_file.read_text())
@@ -216,6 +246,7 @@ def test_add_references(workspace: ProjectPaths, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads((workspace.enrolments_dir / "writers" / NEW_WRITER / "enrolment.json").read_text())
     assert len(record["references"]) == REFERENCES + 1
+    assert remembered_record_verifier(workspace) is not None  # the stored views are read back as they were solved
 
 
 def test_remove_lists_then_purges_the_versions_that_know_the_writer(workspace: ProjectPaths) -> None:
@@ -236,6 +267,7 @@ def test_remove_lists_then_purges_the_versions_that_know_the_writer(workspace: P
         in result.stdout
     )
     assert not (workspace.enrolments_dir / "writers" / IMPOSTOR).exists()
+    assert remembered_record_verifier(workspace) is not None
     assert set(map(int, knowing)) <= set(version_numbers())  # untouched without --purge-versions
     unknown = sigpipe(workspace, "remove", IMPOSTOR)
     assert unknown.exit_code == 1 and f"writer {IMPOSTOR} is not a writer of the model" in unknown.stderr
@@ -248,6 +280,7 @@ def test_next_rebuild_includes_the_enrolled_writer_and_answers_alike(workspace: 
 
     enrolled = load_verified_model(f"models:/{MODEL_NAME}@champion", workspace_keys(workspace)).model
     run_stages(workspace, ("prepare", "embed", "train", "evaluate", "calibrate"))
+    assert remembered_record_verifier(workspace) is not None  # the rebuilt record is the train stage's problem
     labels = json.loads(workspace.labels_file.read_text())["classes"]
     assert labels == ["001", "002", "003", NEW_WRITER]
     rebuilt = load_verifier(workspace.verifier_file)

@@ -17,6 +17,7 @@ from tasks.evaluation.partitions import (
     mean_interval,
     partition_figures,
     partition_report,
+    partitions_used,
     per_writer_eer,
     unenrolled_accepted,
     writer_partitions,
@@ -163,6 +164,36 @@ def test_writer_partitions_are_seeded_sized_and_split_the_writers() -> None:
 def test_writer_partitions_round_half_up_and_keep_both_sides(count: int, fraction: float, size: int) -> None:
     for calibration in writer_partitions(np.arange(count), fraction, 4, seed=0):
         assert len(calibration) == size
+
+
+def test_writer_partitions_are_distinct() -> None:
+    divisions = writer_partitions(np.arange(8), 0.5, 20, seed=0)
+    assert len(divisions) == 20
+    assert len({tuple(calibration.tolist()) for calibration in divisions}) == 20
+
+
+def test_writer_partitions_are_every_division_when_there_are_fewer_than_asked() -> None:
+    # 4 writers, 2 on the calibration side: 6 divisions exist; asking for 20 gives those 6 once each.
+    divisions = writer_partitions(np.array([3, 5, 7, 9]), 0.5, 20, seed=0)
+    assert sorted(tuple(calibration.tolist()) for calibration in divisions) == [
+        (3, 5),
+        (3, 7),
+        (3, 9),
+        (5, 7),
+        (5, 9),
+        (7, 9),
+    ]
+    assert [c.tolist() for c in divisions] == [
+        c.tolist() for c in writer_partitions(np.array([3, 5, 7, 9]), 0.5, 20, 0)
+    ]
+
+
+def test_partition_report_counts_the_partitions_it_used(table: ScoreTable) -> None:
+    report = partition_report(table, 0.5, 50, 0, "eer", 0.05)
+    assert report["partitions"] == 6  # 4 writers with forgeries, 2 calibration writers: 6 divisions
+    assert all(len(report[figure]["values"]) == 6 for figure in PARTITION_FIGURES)
+    assert partitions_used({"partitions": report}, 50) == 6  # as evaluate and calibrate nest it
+    assert partitions_used({}, 50) == 50
 
 
 # forgery_writers, calibration_forgeries
