@@ -280,6 +280,21 @@ def defaults_of(params: dict[str, dict[str, object]]) -> dict[str, object]:
     }
 
 
+SHARED_META = ("dataset", "size", "weights", "views", "seed", "prepare")  # what every compared file must share
+
+
+def check_same_data(metas: Sequence[dict[str, object]], files: Sequence[Path]) -> None:
+    """Candidates are compared only on the same images, split, views and seed: every embedding file must
+    agree with the first on `SHARED_META` (the results header is the first file's)."""
+    for meta, path in zip(metas[1:], files[1:], strict=True):
+        differing = [key for key in SHARED_META if meta.get(key) != metas[0].get(key)]
+        if differing:
+            raise SystemExit(
+                f"{path}: its {', '.join(differing)} differ from {files[0]}'s: embed every candidate from the same "
+                "dataset, size, weights, views and seed (bench/embeddings.py)"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -296,8 +311,9 @@ def main() -> None:
     settings = partition_settings(params)
     defaults = defaults_of(params)
     rows = []
-    for path in arguments.embeddings:
-        data = load_embedded(path, split_rules(params["prepare"]))
+    loaded = [load_embedded(path, split_rules(params["prepare"])) for path in arguments.embeddings]
+    check_same_data([data.meta for data in loaded], arguments.embeddings)
+    for data in loaded:
         listed = (
             embedding_candidates(str(defaults["augmentation"]))
             if arguments.grid == "embedding"

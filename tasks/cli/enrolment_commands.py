@@ -32,15 +32,12 @@ def refusing(work: Callable[[], Result]) -> Result:
         raise typer.Exit(code=1) from error
 
 
-def prepared(params: Path, tensorflow_now: bool = True) -> ProjectPaths:
-    """The workspace of `params`, with the libraries quiet and (unless `tensorflow_now` is False: the caller
-    imports it later with `tasks.cli.quiet.import_tensorflow`) TensorFlow imported quietly."""
+def prepared(params: Path) -> ProjectPaths:
+    """The workspace of `params`, with the libraries quiet (TensorFlow is imported by the caller, quietly
+    too, with `tasks.cli.quiet.import_tensorflow`, when it needs it)."""
     from flows._stage import quiet_environment
-    from tasks.cli.quiet import import_tensorflow
 
     quiet_environment()
-    if tensorflow_now:
-        import_tensorflow()
     return ProjectPaths.from_root(params.resolve().parent)
 
 
@@ -62,7 +59,7 @@ def enrol(
     from tasks.enrolment.enrol import enrol_writer
     from tasks.enrolment.workspace_state import read_settings
 
-    paths = prepared(params, tensorflow_now=False)  # after the references' checks: a refusal answers at once
+    paths = prepared(params)  # TensorFlow after the references' checks: a refusal answers at once
     result = refusing(
         lambda: enrol_writer(paths, read_settings(paths), writer, images, add_references, import_tensorflow)
     )
@@ -83,10 +80,12 @@ def remove(
     """Remove WRITER: a new champion version without it; its references and embeddings deleted from the workspace
     (a dataset writer is recorded so the next `dvc repro` leaves it out); earlier versions listed (--purge-versions
     deletes them)."""
+    from tasks.cli.quiet import import_tensorflow
     from tasks.enrolment.remove import remove_writer
     from tasks.enrolment.workspace_state import read_settings
 
     paths = prepared(params)
+    import_tensorflow()
     result = refusing(lambda: remove_writer(paths, read_settings(paths), writer, purge_versions))
     version = result.version
     typer.echo(f"removed writer {result.writer}: {version.name} version {version.version} is {version.alias}")

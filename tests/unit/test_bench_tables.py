@@ -20,6 +20,7 @@ import yaml
 from bench.head_selection import (
     SelectionFigures,
     candidate_figures,
+    check_same_data,
     choose,
     chosen_row,
     selection_rows,
@@ -189,3 +190,11 @@ def test_the_bench_modules_import_no_tensorflow() -> None:
         "sys.exit(int('tensorflow' in sys.modules or 'keras' in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code, str(PROJECT_ROOT)], check=False).returncode == 0
+
+
+def test_the_embedding_grid_refuses_files_of_other_data(tmp_path) -> None:
+    meta = {"dataset": "cedar", "size": 150, "weights": "none", "views": 4, "seed": 42, "prepare": {"images": 2640}}
+    files = [tmp_path / "dark.npz", tmp_path / "bright.npz"]
+    check_same_data([meta, {**meta, "embedding": {"ink": "bright"}}], files)  # only the embedding differs: fine
+    with pytest.raises(SystemExit, match=r"bright\.npz: its size, views differ from .*dark\.npz's"):
+        check_same_data([meta, {**meta, "size": 299, "views": 2}], files)
