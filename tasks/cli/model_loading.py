@@ -97,8 +97,8 @@ def wait_for_a_version(model_uri: str, poll_seconds: float, tracking_uri: str | 
     error ends the command with that error, and Ctrl-C ends it without a traceback."""
     import time
 
-    typer.echo(f"no model version is {model_uri} yet: waiting for one, looking every {poll_seconds:g} s")
-    try:
+    try:  # Ctrl-C from the first line on (also while that line is being written)
+        typer.echo(f"no model version is {model_uri} yet: waiting for one, looking every {poll_seconds:g} s")
         while not alias_has_version(model_uri, tracking_uri):
             time.sleep(poll_seconds)
     except KeyboardInterrupt:

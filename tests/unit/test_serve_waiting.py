@@ -34,3 +34,42 @@ def test_another_registry_error_ends_the_wait_naming_it(capsys: pytest.CaptureFi
     assert raised.value.exit_code == 1
     error = capsys.readouterr().err
     assert error.startswith(f"error: {MODEL_URI} cannot be read from the registry") and "404" in error
+
+
+WAITER = """
+import sys
+import typer
+from tasks.cli.model_loading import wait_for_a_version
+try:
+    wait_for_a_version(sys.argv[1], 0.1, sys.argv[2])
+except typer.Exit as ended:
+    raise SystemExit(ended.exit_code)
+"""
+
+
+def test_ctrl_c_ends_the_wait_without_a_traceback(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_ROOT
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    waiter = subprocess.Popen(
+        [sys.executable, "-c", WAITER, MODEL_URI, store],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiter.stdout is not None
+        first = waiter.stdout.readline()  # printed once the wait has begun
+        assert first.startswith(f"no model version is {MODEL_URI} yet: waiting for one"), first
+        waiter.send_signal(signal.SIGINT)
+        rest, errors = waiter.communicate(timeout=60)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 0, errors
+    assert f"stopped while waiting for {MODEL_URI}" in rest
+    assert "Traceback" not in errors
