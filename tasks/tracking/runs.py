@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tasks.runtime.processes import is_alive
-from tasks.tracking.server import TRACKING_URI_VARIABLE, check_tracking_server
+from tasks.tracking.server import TRACKING_URI_VARIABLE, check_tracking_server, response_was_cut
 from tasks.workspace.errors import ArtifactStoreError
 from tasks.workspace.files import redacted_url, sha256_file
 from tasks.workspace.paths import ProjectPaths
@@ -38,6 +38,7 @@ UI_CLASSIC_ML_QUERY = "workflowType=machine_learning"
 # Run names read "train · mlp head · cached · 150 px · data 3f2a1c": the stage, then what tells runs apart.
 RUN_NAME_SEPARATOR = " · "
 DATA_VERSION_SHOWN = 6  # leading characters of the data version (manifest SHA-256) in a run name
+CUT_RESPONSE_ATTEMPTS = 3  # an epoch's metrics are sent at most this often when the server's answer is cut
 
 
 def tracking_uri(paths: ProjectPaths) -> str:
@@ -107,14 +108,38 @@ def flatten_params(groups: Mapping[str, BaseModel | Mapping[str, object]]) -> di
     return flat
 
 
+def log_batch_resent_when_cut(client, run_id: str, metrics: Sequence) -> None:  # MlflowClient, Metric
+    """`client.log_batch(run_id, metrics=metrics)`, sent again (the same metrics, timestamps included) when
+    the server's answer was cut off (`response_was_cut`: it died while answering, as a restart does). The
+    resend is idempotent: a SQL store keeps one point per (key, value, timestamp, step), so a batch the
+    server had stored before dying is not stored twice. Any other failure, and the last cut, is raised."""
+    for attempt in range(1, CUT_RESPONSE_ATTEMPTS + 1):
+        try:
+            client.log_batch(run_id, metrics=metrics)
+            return
+        except Exception as error:
+            if attempt == CUT_RESPONSE_ATTEMPTS or not response_was_cut(error):
+                raise
+
+
 def epoch_logger():  # -> keras.callbacks.Callback
-    """A Keras callback that logs every epoch's metrics to the active MLflow run, step = epoch."""
+    """A Keras callback that logs every epoch's metrics to the active MLflow run, step = epoch (one
+    batch per epoch, resent when the tracking server's answer is cut: `log_batch_resent_when_cut`)."""
+    import time
+
     import keras
     import mlflow
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
 
     class MlflowEpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            mlflow.log_metrics({name: float(value) for name, value in (logs or {}).items()}, step=epoch)
+            run = mlflow.active_run()
+            if run is None:
+                raise RuntimeError("the epoch logger logs to the active MLflow run: start one around fit()")
+            timestamp = int(time.time() * 1000)
+            metrics = [Metric(name, float(value), timestamp, epoch) for name, value in (logs or {}).items()]
+            log_batch_resent_when_cut(MlflowClient(), run.info.run_id, metrics)
 
     return MlflowEpochLogger()
 

@@ -82,6 +82,25 @@ def lost_server_reason(error: BaseException) -> str | None:
     return None
 
 
+def response_was_cut(error: BaseException) -> bool:
+    """Whether `error` is MLflow's failure of a request whose answer was cut off (the server died after
+    the request reached it: a urllib3 ProtocolError, "Connection broken" or "Connection aborted", in its
+    chain). MLflow's client does not resend such a POST (it may have been applied); a caller whose
+    request is idempotent may. A refused connection (the server is away) is not a cut answer."""
+    if lost_server_reason(error) is None:
+        return False
+    from urllib3.exceptions import ProtocolError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ProtocolError) or any(isinstance(argument, ProtocolError) for argument in current.args):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 @contextmanager
 def tracking_server_loss_explained(stage: str) -> Iterator[None]:
     """Around a stage: an http(s) tracking server that stops answering mid-stage (after MLflow's own
