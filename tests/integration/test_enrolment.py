@@ -2,7 +2,7 @@
 every refusal, a new writer's signed version with its lineage, the champion rule, --add-references,
 removal with the earlier versions listed and purged, and the record: the next rebuild (the stage flows,
 as `dvc repro` runs them) includes the enrolled writer and answers as the enrolled model did, and a
-removed writer leaves no file in data/.
+removed writer leaves no file in data/; last, enrol and remove against a real tracking server (team mode).
 
 The tests run in order on one workspace (each builds on the previous one's registry and record)."""
 
@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.xdist_group("trained"), pytest.mark.slow]
 
 NEW_WRITER = "900"
 IMPOSTOR = "902"  # enrolled from writer 001's own signatures: the writers enrolled before lose accuracy
+TEAM_WRITER = "904"  # enrolled and removed against a tracking server (team mode)
 SYNTHETIC_WRITER = 9  # the generated dataset's writers are 1..3: writer 9's style is new to the model
 REFERENCES = 5
 HUGE_TOLERANCE = 1.0
@@ -328,3 +329,44 @@ def run_stages(paths: ProjectPaths, stages: tuple[str, ...]) -> None:
     for stage in stages:
         flow = getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow")
         flow(str(paths.params_file))
+
+
+def test_enrol_and_remove_against_a_tracking_server(
+    workspace: ProjectPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, subprocess_env: dict[str, str]
+) -> None:
+    """Team mode (docs/team.md): with MLFLOW_TRACKING_URI naming a real `mlflow server` (served artifacts),
+    enrol and remove register, sign and alias their versions in the server's registry, the model files go
+    through the server, and predict answers with the server's champion; the workspace's own store is untouched."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.tracking_server import TrackingServer
+
+    mlflow.set_tracking_uri(workspace.mlflow_tracking_uri)
+    local_versions = version_numbers()
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = TrackingServer(folder, subprocess_env)
+    server.start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        given = references(tmp_path / "refs", SYNTHETIC_WRITER + 2, REFERENCES)
+        enrolled = sigpipe(workspace, "enrol", TEAM_WRITER, *map(str, given))
+        assert enrolled.exit_code == 0, enrolled.output
+        assert f"{MODEL_NAME} version 1 is champion" in enrolled.stdout  # the server's registry: its first version
+        client = MlflowClient(tracking_uri=server.url)
+        version = client.get_model_version_by_alias(MODEL_NAME, "champion")
+        assert version.tags[TAG_WRITERS].split(",")[-1] == TEAM_WRITER
+        assert any((folder / "artifacts").rglob("classifier.keras"))  # uploaded through the server
+        answer = sigpipe(workspace, "predict", str(given[0]), "--json")  # the server's champion, signature checked
+        assert answer.exit_code == 0, answer.output
+        assert json.loads(answer.stdout)["writer"] == TEAM_WRITER
+        removed = sigpipe(workspace, "remove", TEAM_WRITER)
+        assert removed.exit_code == 0, removed.output
+        champion_now = client.get_model_version_by_alias(MODEL_NAME, "champion")
+        assert champion_now.version == "2" and TEAM_WRITER not in champion_now.tags[TAG_WRITERS].split(",")
+    finally:
+        server.kill()
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(workspace.mlflow_tracking_uri)
+    assert version_numbers() == local_versions
