@@ -32,6 +32,7 @@ workspace, with that workspace's `tasks` first on sys.path.
 
 Usage: python bench/enrolment.py [--cedar ../shared/datasets/cedar] [--seed 26] [--keep DIR]
        python bench/enrolment.py [--output FILE] retime --scratch DIR   # timing again in a kept run
+       python bench/enrolment.py [--output FILE] cache --scratch DIR    # with and without the kept verifier
 """
 
 from __future__ import annotations
@@ -485,6 +486,33 @@ def retime(cedar: Path, scratch: Path, results_file: Path) -> None:
     results_file.write_text(json.dumps(results, indent=2) + "\n")
 
 
+def cache_comparison(cedar: Path, scratch: Path, results_file: Path) -> None:
+    """The timed enrolment twice more in a kept scratch folder, back to back: with the verifier the last fit
+    kept (`models/verifier_cache.npz`: what every enrolment finds after a removal, an enrolment or `dvc
+    repro`), then with that file deleted (the record without the change is solved again, as before session
+    16). Each after a `sigpipe remove` of the writer (not timed). Added to the results as `verifier_cache`."""
+    results = json.loads(results_file.read_text())
+    writer = results["selection"]["timed_writer"]
+    references = training_references(cedar, read_manifest(scratch / "full"), writer)[:TIMED_REFERENCES]
+    workspace = scratch / "without"
+    timings = {}
+    cases = (("kept_verifier", True, "the kept verifier"), ("solved_again", False, "the record solved again"))
+    for label, cache_kept, described in cases:
+        run_step([sys.executable, "-m", "tasks.cli.app", "remove", writer], workspace)
+        if not cache_kept:
+            (workspace / "models" / "verifier_cache.npz").unlink()
+        step, version, alias = enrol(workspace, writer, references)
+        print(f"enrol {writer} with {described}: {step.seconds:.1f} s", flush=True)
+        timings[label] = {"version": version, "alias": alias, **step.as_dict(), "output": answer_line(step.output)}
+    results["verifier_cache"] = {
+        "how": f"`sigpipe remove {writer}` (not timed), then the timed enrolment: first with the verifier the removal "
+        "kept, then with models/verifier_cache.npz deleted first",
+        **timings,
+        "saved_seconds": round(timings["solved_again"]["seconds"] - timings["kept_verifier"]["seconds"], 2),
+    }
+    results_file.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command")
@@ -496,6 +524,8 @@ def main() -> None:
     score.add_argument("--table", action="store_true", help="also the figures of the workspace's score table")
     again = commands.add_parser("retime", help="time the enrolment and dvc repro again in a kept scratch folder")
     again.add_argument("--scratch", type=Path, required=True, help="the --keep folder of an earlier run")
+    cached = commands.add_parser("cache", help="time the enrolment with and without the kept verifier (kept run)")
+    cached.add_argument("--scratch", type=Path, required=True, help="the --keep folder of an earlier run")
     parser.add_argument("--cedar", type=Path, default=DEFAULT_CEDAR)
     parser.add_argument("--seed", type=int, default=26, help="seed of the writers' draw")
     parser.add_argument("--keep", type=Path, help="scratch folder to keep (default: a temporary one, removed)")
@@ -506,6 +536,9 @@ def main() -> None:
         return
     if arguments.command == "retime":
         retime(arguments.cedar.resolve(), arguments.scratch.resolve(), arguments.output)
+        return
+    if arguments.command == "cache":
+        cache_comparison(arguments.cedar.resolve(), arguments.scratch.resolve(), arguments.output)
         return
     if arguments.keep:
         arguments.keep.mkdir(parents=True)
