@@ -49,9 +49,16 @@ def views_by_class(views: np.ndarray, labels: np.ndarray, classes: tuple[str, ..
     return {writer: views[:, labels == index] for index, writer in enumerate(classes)}
 
 
-def remember_verifier(path: Path, digest: str, verifier: WriterVerifier) -> None:
-    """Keep `verifier` as the solution of the problem with `digest` (replacing what was kept)."""
-    save_npz({**{name: getattr(verifier, name) for name in VERIFIER_ARRAYS}, DIGEST_ARRAY: np.array(digest)}, path)
+def remember_verifier(path: Path, digest: str, verifier: WriterVerifier) -> bool:
+    """Keep `verifier` as the solution of the problem with `digest` (replacing what was kept, atomically);
+    False when the file cannot be written (a full disk): a cache, so the command that solved the problem
+    does not fail for it; the next enrolment finds another digest or none and solves the problem again."""
+    arrays = {**{name: getattr(verifier, name) for name in VERIFIER_ARRAYS}, DIGEST_ARRAY: np.array(digest)}
+    try:
+        save_npz(arrays, path)
+    except OSError:
+        return False
+    return True
 
 
 def remembered_verifier(path: Path, digest: str) -> WriterVerifier | None:

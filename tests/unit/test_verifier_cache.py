@@ -65,3 +65,12 @@ def test_an_unreadable_cache_is_a_miss(tmp_path: Path) -> None:
     path.write_bytes(b"not a zip file")
     views, labels = problem()
     assert remembered_verifier(path, digest_of(views, labels)) is None
+
+
+def test_a_cache_that_cannot_be_written_fails_nothing(tmp_path: Path) -> None:
+    views, labels = problem()
+    verifier = fit_writer_verifier(views.reshape(-1, 6), np.tile(labels, 2), 3, PENALTY, WHITENING)
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache's folder would be")
+    assert not remember_verifier(blocked / "verifier_cache.npz", digest_of(views, labels), verifier)
+    assert remember_verifier(tmp_path / "verifier_cache.npz", digest_of(views, labels), verifier)
