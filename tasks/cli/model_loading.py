@@ -94,16 +94,40 @@ def wait_for_a_version(model_uri: str, poll_seconds: float, tracking_uri: str | 
     """Block until the alias `model_uri` names a version, looking every `poll_seconds`: a model server
     started before any pipeline run registered one (`make up` in a fresh clone) serves the first
     champion without a restart. Only "no such model or alias yet" is waited for: any other registry
-    error ends the command with that error, and Ctrl-C ends it without a traceback."""
-    import time
+    error ends the command with that error, and Ctrl-C ends it without a traceback.
 
-    try:  # Ctrl-C from the first line on (also while that line is being written)
+    The first Ctrl-C sets a flag that the loop reads (in the main thread) rather than raising
+    KeyboardInterrupt wherever the interpreter happens to be: raised inside a library's finaliser or
+    callback (MLflow's store, SQLAlchemy's pool) it is printed as "Exception ignored" and lost, and the
+    wait went on. The registry call in flight finishes first (seconds at most); a second Ctrl-C does not wait."""
+    import signal
+    import threading
+
+    interrupted = threading.Event()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # installed by C code, not Python: Python's own is what a second Ctrl-C should meet
+        previous = signal.default_int_handler
+
+    def on_interrupt(*_: object) -> None:
+        """The first Ctrl-C: stop after the registry call in flight; a second one interrupts it (Python's own)."""
+        interrupted.set()
+        signal.signal(signal.SIGINT, previous)
+
+    if in_main_thread:
+        signal.signal(signal.SIGINT, on_interrupt)
+    try:
         typer.echo(f"no model version is {model_uri} yet: waiting for one, looking every {poll_seconds:g} s")
-        while not alias_has_version(model_uri, tracking_uri):
-            time.sleep(poll_seconds)
-    except KeyboardInterrupt:
+        while not interrupted.is_set() and not alias_has_version(model_uri, tracking_uri):
+            interrupted.wait(poll_seconds)
+    except KeyboardInterrupt:  # a second Ctrl-C, or a wait outside the main thread: Python's own
+        interrupted.set()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
         typer.echo(f"stopped while waiting for {model_uri}")
-        raise typer.Exit(code=0) from None
+        raise typer.Exit(code=0)
 
 
 def alias_has_version(model_uri: str, tracking_uri: str | None = None) -> bool:
