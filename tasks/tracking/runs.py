@@ -113,13 +113,14 @@ def log_batch_resent_when_cut(client, run_id: str, metrics: Sequence) -> None:  
     the server's answer was cut off (`response_was_cut`: it died while answering, as a restart does). The
     resend is idempotent: a SQL store keeps one point per (key, value, timestamp, step), so a batch the
     server had stored before dying is not stored twice. Any other failure, and the last cut, is raised."""
-    for attempt in range(1, CUT_RESPONSE_ATTEMPTS + 1):
-        try:
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
+    resends = Retrying(
+        retry=retry_if_exception(response_was_cut), stop=stop_after_attempt(CUT_RESPONSE_ATTEMPTS), reraise=True
+    )
+    for attempt in resends:
+        with attempt:
             client.log_batch(run_id, metrics=metrics)
-            return
-        except Exception as error:
-            if attempt == CUT_RESPONSE_ATTEMPTS or not response_was_cut(error):
-                raise
 
 
 def epoch_logger():  # -> keras.callbacks.Callback
@@ -132,6 +133,8 @@ def epoch_logger():  # -> keras.callbacks.Callback
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient()  # the tracking URI the run was started with
+
     class MlflowEpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             run = mlflow.active_run()
@@ -139,7 +142,7 @@ def epoch_logger():  # -> keras.callbacks.Callback
                 raise RuntimeError("the epoch logger logs to the active MLflow run: start one around fit()")
             timestamp = int(time.time() * 1000)
             metrics = [Metric(name, float(value), timestamp, epoch) for name, value in (logs or {}).items()]
-            log_batch_resent_when_cut(MlflowClient(), run.info.run_id, metrics)
+            log_batch_resent_when_cut(client, run.info.run_id, metrics)
 
     return MlflowEpochLogger()
 

@@ -60,6 +60,16 @@ def check_tracking_server(uri: str) -> None:
     )
 
 
+def exception_chain(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then the exceptions it was raised from or during (`__cause__`, else `__context__`), each once."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
 def lost_server_reason(error: BaseException) -> str | None:
     """When `error` is MLflow's failure to reach its server (a `requests` error in the chain of
     exceptions it was raised from or during): that error's name; else None.
@@ -72,14 +82,9 @@ def lost_server_reason(error: BaseException) -> str | None:
         return None
     import requests
 
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, requests.RequestException):
-            return type(current).__name__
-        current = current.__cause__ or current.__context__
-    return None
+    return next(
+        (type(link).__name__ for link in exception_chain(error) if isinstance(link, requests.RequestException)), None
+    )
 
 
 def response_was_cut(error: BaseException) -> bool:
@@ -91,14 +96,10 @@ def response_was_cut(error: BaseException) -> bool:
         return False
     from urllib3.exceptions import ProtocolError
 
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ProtocolError) or any(isinstance(argument, ProtocolError) for argument in current.args):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return any(
+        isinstance(link, ProtocolError) or any(isinstance(argument, ProtocolError) for argument in link.args)
+        for link in exception_chain(error)
+    )
 
 
 @contextmanager
