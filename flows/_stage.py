@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tasks.runtime.exit import no_collection_at_exit
 from tasks.runtime.lifeline import die_with_parent
 from tasks.tracking.server import tracking_server_loss_explained
 from tasks.workspace.errors import (
@@ -161,5 +162,7 @@ def run_stage(stage: Flow[..., Any], params_file: str) -> None:
 
 
 def run_entry_point(stage: Flow[..., Any]) -> None:
-    """Run a stage flow on `params.yaml` of the working directory (how `dvc repro` calls it)."""
-    run_stage(stage, default_params_file())
+    """Run a stage flow on `params.yaml` of the working directory (how `dvc repro` calls it); the
+    process then exits without the collector's last passes (`tasks.runtime.exit`)."""
+    with no_collection_at_exit():
+        run_stage(stage, default_params_file())

@@ -41,6 +41,7 @@ from flows._stage import (
 )
 from tasks.data.manifest import read_manifest
 from tasks.registration.signing import SIGNING_KEY_VARIABLE
+from tasks.runtime.exit import no_collection_at_exit
 from tasks.runtime.orchestration import (
     PIPELINE_STAGES,
     StageOutcome,
@@ -66,6 +67,17 @@ PUSH_RETRIES = 2
 PUSH_RETRY_DELAYS_SECONDS: list[float] = [10, 60]
 DEFAULT_LOCK_TIMEOUT_SECONDS = 600.0
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+# What the stages import when they run (TensorFlow, MLflow and its SQL store, scikit-learn, matplotlib,
+# DVC): imported while the pipeline's own Prefect server starts (`import_stage_libraries`).
+STAGE_LIBRARIES = (
+    "tasks.training.embed",
+    "tasks.tracking.runs",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "tasks.evaluation.evaluate",
+    "tasks.evaluation.calibrate",
+    "tasks.evaluation.plots",
+    "dvc.repo",
+)
 CHECK_STAGE = "check_params"  # plain Python, not a flow: it only reads params.yaml
 SIGNING_STAGE = "register"  # the one stage given SIGPIPE_SIGNING_KEY (tasks/registration/signing.py)
 
@@ -206,20 +218,31 @@ def pipeline_flow(
     return rows
 
 
+def import_stage_libraries() -> None:
+    """Import the libraries the stages will use (`STAGE_LIBRARIES`), seconds of CPU each stage would
+    otherwise spend on its first run in this process; done while the temporary Prefect server starts
+    on the other core, so the wait for it does the import (bench/README.md, issue 25)."""
+    from importlib import import_module
+
+    for name in STAGE_LIBRARIES:
+        import_module(name)
+
+
 def run_with_an_api(params_file: str) -> None:
     """The pipeline flow on `params_file`, against the configured Prefect API or, when there is none,
     its own guarded temporary server (`tasks.runtime.prefect_api`): a `kill -9` of this process does not leave
-    it listening."""
+    it listening. The stages' libraries are imported while that server starts."""
     from tasks.runtime.prefect_api import prefect_api_for_this_run
 
-    with prefect_api_for_this_run():
+    with prefect_api_for_this_run(meanwhile=import_stage_libraries):
         pipeline_flow(params_file)
 
 
 def main() -> None:
     """Entry point of `python -m flows.pipeline` (what `make demo` runs)."""
     params_file = default_params_file()
-    run_reporting_errors(pipeline_flow.name, lambda: run_with_an_api(params_file))
+    with no_collection_at_exit():
+        run_reporting_errors(pipeline_flow.name, lambda: run_with_an_api(params_file))
 
 
 if __name__ == "__main__":

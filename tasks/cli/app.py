@@ -18,6 +18,7 @@ import typer
 from tasks.cli.enrolment_commands import enrol, remove
 from tasks.cli.model_commands import predict, score, serve, verify
 from tasks.cli.quiet import quiet_libraries
+from tasks.runtime.exit import no_collection_at_exit
 from tasks.workspace.paths import PARAMS_FILE_NAME
 
 app = typer.Typer(
@@ -121,5 +122,12 @@ for command in (predict, verify, score, serve, enrol, remove):
     app.command()(command)
 
 
+def run() -> None:
+    """The `sigpipe` command: the app, then an exit without the collector's last passes
+    (`tasks.runtime.exit`; tests call `app` itself)."""
+    with no_collection_at_exit():
+        app()
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import atexit
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -44,10 +44,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def prefect_api_for_this_run() -> Iterator[TemporaryApi | None]:
+def prefect_api_for_this_run(meanwhile: Callable[[], object] | None = None) -> Iterator[TemporaryApi | None]:
     """The configured Prefect API (yields None), or a guarded temporary server for the length of the
     block (yields it); with temporary servers turned off (PREFECT_SERVER_ALLOW_EPHEMERAL_MODE=false),
-    None and Prefect's own behaviour."""
+    None and Prefect's own behaviour. `meanwhile` runs while the server starts (seconds, most of them
+    creating its database in a fresh workspace; one core of two is idle until it answers)."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     settings = get_current_settings()
@@ -65,6 +66,8 @@ def prefect_api_for_this_run() -> Iterator[TemporaryApi | None]:
     atexit.register(stop_processes, [process.pid])
     timeout_seconds = float(settings.server.ephemeral.startup_timeout_seconds)
     try:
+        if meanwhile is not None:
+            meanwhile()
         wait_until_healthy(f"{api_url}/health", SERVER_NAME, timeout_seconds, process, hint=TIMEOUT_HINT)
     except BaseException:
         stop_processes([process.pid])
