@@ -12,6 +12,7 @@ Versions alternate within each round (`--rounds`), so a busy machine slows both 
 reported with every round's value, and the ratios after / before.
 
 Usage: python bench/lean_pipeline.py --before 97f28c4 [--cedar ../shared/datasets/cedar] [--rounds 1]
+       [--results bench/results/lean_pipeline.json]
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="git revision of the code to compare with")
     parser.add_argument("--cedar", type=Path, help="CEDAR folder: also time a CEDAR 150 px dvc repro from nothing")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="where to write the results (JSON)")
     arguments = parser.parse_args()
     versions = {"before": arguments.before, "after": AFTER}
     measured: dict[str, list[dict[str, float]]] = {label: [] for label in versions}
@@ -152,7 +154,7 @@ def main() -> None:
     result["after_over_before"] = {
         name: result["after"][name]["median"] / result["before"][name]["median"] for name in result["after"]
     }
-    RESULTS_FILE.write_text(json.dumps(result, indent=2) + "\n")
+    arguments.results.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["after_over_before"], indent=2))
 
 
