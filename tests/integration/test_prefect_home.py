@@ -23,13 +23,15 @@ STAGE_TIMEOUT_SECONDS = 300
 EPHEMERAL_STARTUP_SECONDS = "180"  # the temporary API on 2 busy cores
 
 
-# A flow run through the pipeline entry point's own server (`tasks.runtime.prefect_api`), in the workspace.
+# A flow run through the pipeline entry point's own server (`tasks.runtime.prefect_api`), in the workspace;
+# what the pipeline does while that server starts (`meanwhile`) runs once, before the block.
 PIPELINE_LIKE = (
     "import flows\n"
     "from prefect import flow\n"
     "from tasks.runtime.prefect_api import prefect_api_for_this_run\n"
-    "with prefect_api_for_this_run() as api:\n"
-    "    assert api is not None\n"
+    "done = []\n"
+    "with prefect_api_for_this_run(meanwhile=lambda: done.append('imports')) as api:\n"
+    "    assert api is not None and done == ['imports'], done\n"
     "    flow(name='probe', flow_run_name='probe run')(lambda: None)()\n"
 )
 

@@ -258,3 +258,14 @@ def test_the_try_example_is_a_fixed_test_genuine_signature_with_its_writer() -> 
     assert try_example(rows[1:3]) is None
     text = report_markdown([], {}, None, ("g/1/9.tif", "1"))
     assert "sigpipe predict g/1/9.tif" in text and "sigpipe verify g/1/9.tif --writer 1" in text
+
+
+def test_the_libraries_imported_while_the_server_starts_exist_and_are_the_stages() -> None:
+    """`flows.pipeline.STAGE_LIBRARIES` names importable modules (found, not imported here), among them
+    the stages' heavy ones: TensorFlow's embedding module and MLflow's tracking helpers."""
+    from importlib.util import find_spec
+
+    from flows.pipeline import STAGE_LIBRARIES
+
+    assert all(find_spec(name) is not None for name in STAGE_LIBRARIES)
+    assert {"tasks.training.embed", "tasks.tracking.runs", "dvc.repo"} <= set(STAGE_LIBRARIES)

@@ -15,8 +15,13 @@ from tasks.workspace.errors import ServiceError
 def test_a_configured_api_is_used_and_nothing_is_started() -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}), prefect_api_for_this_run() as api:
+    calls: list[str] = []
+    with (
+        temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}),
+        prefect_api_for_this_run(meanwhile=lambda: calls.append("meanwhile")) as api,
+    ):
         assert api is None
+    assert calls == []  # no server to wait for: nothing is done "meanwhile"
 
 
 def test_a_server_that_exits_or_stays_silent_is_an_error_naming_the_fix() -> None:
