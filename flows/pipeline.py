@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ from tasks.runtime.orchestration import (
     read_json_if_present,
     report_markdown,
     stage_is_stale,
+    stages_that_may_run,
+    stale_stages,
     try_example,
     workspace_lock,
 )
@@ -67,17 +69,18 @@ PUSH_RETRIES = 2
 PUSH_RETRY_DELAYS_SECONDS: list[float] = [10, 60]
 DEFAULT_LOCK_TIMEOUT_SECONDS = 600.0
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
-# What the stages import when they run (TensorFlow, MLflow and its SQL store, scikit-learn, matplotlib,
-# DVC): imported while the pipeline's own Prefect server starts (`import_stage_libraries`).
-STAGE_LIBRARIES = (
-    "tasks.training.embed",
-    "tasks.tracking.runs",
-    "mlflow.store.tracking.sqlalchemy_store",
-    "tasks.evaluation.evaluate",
-    "tasks.evaluation.calibrate",
-    "tasks.evaluation.plots",
-    "dvc.repo",
-)
+# What each stage imports when it runs (beyond DVC and Prefect, which the pipeline has): imported while
+# the pipeline's own Prefect server starts, for the stages the run may execute (`import_stage_libraries`).
+TENSORFLOW_MODULES = ("tasks.model.classifier",)  # TensorFlow and Keras
+MLFLOW_MODULES = ("tasks.tracking.runs", "mlflow.store.tracking.sqlalchemy_store")  # MLflow and its SQL store
+STAGE_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "embed": TENSORFLOW_MODULES,
+    "train": ("tasks.model.verifier", *MLFLOW_MODULES),  # SciPy
+    "evaluate": ("tasks.evaluation.evaluate", *MLFLOW_MODULES),  # scikit-learn
+    "calibrate": ("tasks.evaluation.calibrate", *MLFLOW_MODULES),
+    "package": TENSORFLOW_MODULES,
+    "register": MLFLOW_MODULES,
+}
 CHECK_STAGE = "check_params"  # plain Python, not a flow: it only reads params.yaml
 SIGNING_STAGE = "register"  # the one stage given SIGPIPE_SIGNING_KEY (tasks/registration/signing.py)
 
@@ -218,14 +221,22 @@ def pipeline_flow(
     return rows
 
 
-def import_stage_libraries() -> None:
-    """Import the libraries the stages will use (`STAGE_LIBRARIES`), seconds of CPU each stage would
-    otherwise spend on its first run in this process; done while the temporary Prefect server starts
-    on the other core, so the wait for it does the import (bench/README.md, issue 25)."""
+def import_stage_libraries(paths: ProjectPaths) -> None:
+    """Import the libraries of the stages this run may execute (`STAGE_LIBRARIES` of those DVC finds out
+    of date and those downstream of them): seconds of CPU each would otherwise spend on its first run in
+    this process, done while the temporary Prefect server starts on the other core (bench/README.md,
+    issue 25). An up-to-date workspace imports nothing. A module that cannot be imported is left to the
+    stage that needs it, which then fails with its own error."""
     from importlib import import_module
 
-    for name in STAGE_LIBRARIES:
-        import_module(name)
+    quiet_environment()  # before TensorFlow loads: its notices stay off the terminal
+    stages = stages_that_may_run(paths.dvc_stages_file, stale_stages(paths.root), {CHECK_STAGE})
+    modules = dict.fromkeys(
+        name for stage in PIPELINE_STAGES if stage in stages for name in STAGE_LIBRARIES.get(stage, ())
+    )
+    for name in modules:
+        with suppress(ImportError):
+            import_module(name)
 
 
 def run_with_an_api(params_file: str) -> None:
@@ -234,7 +245,8 @@ def run_with_an_api(params_file: str) -> None:
     it listening. The stages' libraries are imported while that server starts."""
     from tasks.runtime.prefect_api import prefect_api_for_this_run
 
-    with prefect_api_for_this_run(meanwhile=import_stage_libraries):
+    paths = workspace_paths(str(Path(params_file).resolve()))
+    with prefect_api_for_this_run(meanwhile=lambda: import_stage_libraries(paths)):
         pipeline_flow(params_file)
 
 

@@ -5,8 +5,10 @@ with MLflow, Prefect, scikit-learn or TensorFlow loaded that is 1-3 s of a stage
 wall time (measured on 2 cores; bench/README.md, issue 25), spent after the last line was printed and
 before DVC, make or the shell sees the exit. `gc.freeze()` moves every object to the collector's
 permanent generation, which no later pass visits; exit handlers (`atexit`: Prefect's last logs,
-servers stopped) still run, and files are written and closed inside `with` blocks before this point.
-Only for a process's main entry point: a library caller (tests, the Prefect worker) keeps its collector.
+MLflow's pending writes, `logging.shutdown`, servers stopped) still run. The rule this needs: what a
+process writes is closed by a `with` block or an exit handler, never only by the `__del__` of an object
+in a reference cycle (such an object is no longer finalised at exit). Only for a process's main entry
+point: a library caller (tests, the Prefect worker) keeps its collector.
 """
 
 from __future__ import annotations

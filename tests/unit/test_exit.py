@@ -51,10 +51,12 @@ def test_the_block_ends_with_every_object_frozen(ending: BaseException | None) -
 
 
 def run_child(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter in `cwd` (the project importable, Prefect's home in `cwd`: no
+    profile of the user's can point it at a server), the freeze reporter first."""
     return subprocess.run(
         [sys.executable, "-c", FREEZE_REPORTER + textwrap.dedent(code)],
         cwd=cwd,
-        env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "", "DO_NOT_TRACK": "true"},
+        env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "", "DO_NOT_TRACK": "true", "PREFECT_HOME": str(cwd)},
         capture_output=True,
         text=True,
         timeout=PROCESS_TIMEOUT_SECONDS,
@@ -62,6 +64,7 @@ def run_child(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def frozen_at_exit(output: str) -> int:
+    """The count the child's exit handler printed."""
     return int(output.rsplit("frozen at exit: ", 1)[1].split()[0])
 
 
@@ -91,6 +94,24 @@ def test_a_stage_entry_point_exits_frozen_also_on_a_user_error(tmp_path: Path) -
     )
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("error: ") and "params.yaml" in result.stderr
+    assert frozen_at_exit(result.stdout) > 0
+
+
+def test_the_pipeline_entry_point_exits_frozen_also_on_a_user_error(tmp_path: Path) -> None:
+    # The run itself replaced by one that fails as a bad parameter does: main reports it and exits with 1.
+    result = run_child(
+        """
+        import flows.pipeline
+        from tasks.workspace.errors import ConfigError
+        def refused(params_file):
+            raise ConfigError("a refused parameter")
+        flows.pipeline.run_with_an_api = refused
+        flows.pipeline.main()
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "error: a refused parameter" in result.stderr
     assert frozen_at_exit(result.stdout) > 0
 
 

@@ -260,12 +260,48 @@ def test_the_try_example_is_a_fixed_test_genuine_signature_with_its_writer() -> 
     assert "sigpipe predict g/1/9.tif" in text and "sigpipe verify g/1/9.tif --writer 1" in text
 
 
-def test_the_libraries_imported_while_the_server_starts_exist_and_are_the_stages() -> None:
-    """`flows.pipeline.STAGE_LIBRARIES` names importable modules (found, not imported here), among them
-    the stages' heavy ones: TensorFlow's embedding module and MLflow's tracking helpers."""
+PROJECT_DVC_FILE = Path(__file__).resolve().parents[2] / "dvc.yaml"
+
+
+@pytest.mark.parametrize(
+    ("stale", "may_run"),
+    [
+        (set(), set()),
+        ({"check_params"}, {"check_params"}),  # its marker never changes: nothing downstream reruns
+        ({"check_params", "calibrate"}, {"check_params", "calibrate", "register"}),
+        ({"train"}, {"train", "evaluate", "calibrate", "package", "register"}),
+        ({"prepare"}, {"prepare", "embed", "train", "evaluate", "calibrate", "package", "register"}),
+    ],
+)
+def test_the_stages_a_run_may_execute_are_the_stale_ones_and_those_downstream(
+    stale: set[str], may_run: set[str]
+) -> None:
+    """Read from the project's own dvc.yaml: a calibrate-only change reaches register, not package."""
+    from tasks.runtime.orchestration import stages_that_may_run
+
+    assert stages_that_may_run(PROJECT_DVC_FILE, stale, {"check_params"}) == may_run
+
+
+def test_a_dependency_inside_an_output_folder_is_downstream_of_it() -> None:
+    from tasks.runtime.orchestration import downstream_closure
+
+    stages = {
+        "make": {"outs": ["data/folder", {"metrics/make.json": {"cache": False}}]},
+        "read": {"deps": ["data/folder/file.npz"], "outs": ["out.txt"]},
+        "report": {"deps": ["metrics/make.json"], "plots": ["plot.png"]},
+        "after": {"deps": ["out.txt"]},
+        "apart": {"deps": ["data/folder_other"]},
+    }
+    assert downstream_closure(stages, {"make"}) == {"make", "read", "report", "after"}
+
+
+def test_the_stage_libraries_belong_to_pipeline_stages_and_can_be_found() -> None:
+    """`flows.pipeline.STAGE_LIBRARIES` names stages of the pipeline and modules that exist (`find_spec`
+    imports a dotted name's parent packages, not the module itself)."""
     from importlib.util import find_spec
 
     from flows.pipeline import STAGE_LIBRARIES
+    from tasks.runtime.orchestration import PIPELINE_STAGES
 
-    assert all(find_spec(name) is not None for name in STAGE_LIBRARIES)
-    assert {"tasks.training.embed", "tasks.tracking.runs", "dvc.repo"} <= set(STAGE_LIBRARIES)
+    assert set(STAGE_LIBRARIES) <= set(PIPELINE_STAGES)
+    assert all(find_spec(name) is not None for modules in STAGE_LIBRARIES.values() for name in modules)
