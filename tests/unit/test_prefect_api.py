@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -39,3 +40,46 @@ def test_a_server_that_exits_or_stays_silent_is_an_error_naming_the_fix() -> Non
     finally:
         silent.kill()
         silent.wait()
+
+
+def children_starting_a_prefect_server() -> list[int]:
+    """Pids of this process's children whose command line is `... prefect server start ...`."""
+    from tasks.runtime.processes import PARENT_FIELD, PROC_DIR, stat_fields
+
+    found = []
+    for entry in PROC_DIR.iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = stat_fields(int(entry.name))
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = fields[PARENT_FIELD - 3] if fields else None  # stat_fields starts at the state (field 3)
+        if parent == str(os.getpid()) and b"server" in command and b"start" in command:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_failure_while_the_server_starts_stops_the_server(tmp_path, monkeypatch) -> None:
+    """What runs "meanwhile" fails: the error reaches the caller and the server child is stopped."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.runtime.processes import is_alive
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    started: list[int] = []
+
+    def fails() -> None:
+        started.extend(children_starting_a_prefect_server())
+        raise RuntimeError("failed while the server started")
+
+    with (
+        temporary_settings(restore_defaults={PREFECT_API_URL}),
+        pytest.raises(RuntimeError, match="failed while the server started"),
+        prefect_api_for_this_run(meanwhile=fails),
+    ):
+        pass
+    assert len(started) == 1
+    assert not is_alive(started[0])
