@@ -52,7 +52,6 @@ from tasks.runtime.orchestration import (
     report_markdown,
     stage_is_stale,
     stages_that_may_run,
-    stale_stages,
     try_example,
     workspace_lock,
 )
@@ -230,7 +229,7 @@ def import_stage_libraries(paths: ProjectPaths) -> None:
     from importlib import import_module
 
     quiet_environment()  # before TensorFlow loads: its notices stay off the terminal
-    stages = stages_that_may_run(paths.dvc_stages_file, stale_stages(paths.root), {CHECK_STAGE})
+    stages = stages_that_may_run(paths.root, {CHECK_STAGE})
     modules = dict.fromkeys(
         name for stage in PIPELINE_STAGES if stage in stages for name in STAGE_LIBRARIES.get(stage, ())
     )

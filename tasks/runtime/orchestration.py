@@ -91,55 +91,34 @@ def stage_is_stale(repository: Any, stage: str) -> bool:
         raise StageFailedError(f"stage '{stage}': DVC cannot tell whether it is up to date: {error}") from error
 
 
-def stale_stages(root: Path) -> set[str]:
-    """The stages DVC finds out of date in the workspace at `root` now (`dvc status`); empty when DVC
-    cannot tell (no repository, a lock held by another DVC command): the stage runs then say why."""
+def stages_that_may_run(root: Path, unchanged_outputs: set[str]) -> set[str]:
+    """The stages a pipeline run in the workspace at `root` will (or may) execute: those DVC finds out of
+    date now (`dvc status`) and those downstream of them in DVC's own stage graph. Stages in
+    `unchanged_outputs` write the same output whatever ran (check_params: a fixed marker), so nothing
+    downstream of them alone reruns. Empty when DVC cannot tell (no repository, a lock held by another
+    DVC command): the stage runs then say why."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     try:
         with contextlib.chdir(root), Repo(str(root)) as repository:
-            return set(repository.status())
+            stale = set(repository.status())
+            return may_run(repository.index.graph, stale, unchanged_outputs) if stale else set()
     except DvcException:
         return set()
 
 
-def declared_outputs(stage: Mapping[str, Any]) -> list[str]:
-    """The output paths a dvc.yaml stage declares (plain paths or `{path: options}`), metrics and plots included."""
-    entries = [entry for key in ("outs", "metrics", "plots") for entry in stage.get(key, [])]
-    return [entry if isinstance(entry, str) else next(iter(entry)) for entry in entries]
-
-
-def downstream_closure(stages: Mapping[str, Mapping[str, Any]], changed: set[str]) -> set[str]:
-    """`changed` and every stage of dvc.yaml's `stages` that depends, directly or through others, on an
-    output of one of them (a dependency equal to an output, or inside an output folder)."""
-    reached = set(changed)
-    grew = True
-    while grew:
-        outputs = [output.rstrip("/") for name in reached for output in declared_outputs(stages[name])]
-        more = {
-            name
-            for name, stage in stages.items()
-            if name not in reached
-            and any(
-                dep == output or dep.startswith(output + "/") for dep in stage.get("deps", []) for output in outputs
-            )
-        }
-        reached |= more
-        grew = bool(more)
-    return reached
-
-
-def stages_that_may_run(dvc_stages_file: Path, stale: set[str], unchanged_outputs: set[str]) -> set[str]:
-    """The stages a run will (or may) execute: those stale now and those downstream of them, as
-    declared in `dvc_stages_file`. Stages in `unchanged_outputs` write the same output whatever ran
-    (check_params: a fixed marker), so nothing downstream of them alone reruns."""
-    if not stale:
-        return set()
-    import yaml
-
-    stages = yaml.safe_load(dvc_stages_file.read_text())["stages"]
-    return set(stale) | downstream_closure(stages, {name for name in stale if name not in unchanged_outputs})
+def may_run(graph: Any, stale: set[str], unchanged_outputs: set[str]) -> set[str]:
+    """`stale` and every stage of DVC's stage graph (`Repo.index.graph`: an edge from each stage to each
+    stage it depends on) that depends, directly or through others, on a stale stage not in `unchanged_outputs`."""
+    reached = [stage for stage in graph.nodes if stage.addressing in stale - unchanged_outputs]
+    seen = set(reached)
+    while reached:
+        for dependent in graph.predecessors(reached.pop()):
+            if dependent not in seen:
+                seen.add(dependent)
+                reached.append(dependent)
+    return stale | {stage.addressing for stage in seen}
 
 
 def commit_stage(repository: Any, stage: str) -> None:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PARAMS_FILE_NAME = "params.yaml"
-DVC_STAGES_FILE_NAME = "dvc.yaml"
 
 
 @dataclass(frozen=True)
@@ -27,11 +26,6 @@ class ProjectPaths:
     @property
     def params_file(self) -> Path:
         return self.root / PARAMS_FILE_NAME
-
-    @property
-    def dvc_stages_file(self) -> Path:
-        """The pipeline's stages, their deps, params and outputs (DVC's dvc.yaml)."""
-        return self.root / DVC_STAGES_FILE_NAME
 
     @property
     def data_dir(self) -> Path:
