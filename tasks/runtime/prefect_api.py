@@ -7,6 +7,11 @@ listening. Instead the pipeline's entry point starts `prefect server start --no-
 (`tasks.services.supervisor`: start, guard, health wait with tenacity, stop), and points this
 process's Prefect settings at it for the run (`prefect.settings.temporary_settings`). Its runs are
 stored in the workspace's Prefect home, like any other.
+
+Flow-run heartbeats are off against that server: they exist so that a server can mark a run whose
+process died as crashed, and this server runs without its services and dies with the run. Each flow
+run would otherwise wait for its heartbeat thread's one-second sleep to end when it finishes (about
+a second per stage subflow, issue 25); a configured API keeps Prefect's heartbeats.
 """
 
 from __future__ import annotations
@@ -49,7 +54,12 @@ def prefect_api_for_this_run(meanwhile: Callable[[], object] | None = None) -> I
     block (yields it); with temporary servers turned off (PREFECT_SERVER_ALLOW_EPHEMERAL_MODE=false),
     None and Prefect's own behaviour. `meanwhile` runs while the server starts (seconds, most of them
     creating its database in a fresh workspace; one core of two is idle until it answers)."""
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
 
     settings = get_current_settings()
     if settings.api.url or not settings.server.ephemeral.enabled:
@@ -72,5 +82,5 @@ def prefect_api_for_this_run(meanwhile: Callable[[], object] | None = None) -> I
     except BaseException:
         stop_processes([process.pid])
         raise
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield TemporaryApi(api_url, process.pid)

@@ -24,15 +24,21 @@ EPHEMERAL_STARTUP_SECONDS = "180"  # the temporary API on 2 busy cores
 
 
 # A flow run through the pipeline entry point's own server (`tasks.runtime.prefect_api`), in the workspace;
-# what the pipeline does while that server starts (`meanwhile`) runs once, before the block.
+# what the pipeline does while that server starts (`meanwhile`) runs once, before the block. Heartbeats
+# are off against that server (nothing would watch them) and back to Prefect's default after it.
 PIPELINE_LIKE = (
     "import flows\n"
     "from prefect import flow\n"
+    "from prefect.settings import get_current_settings\n"
     "from tasks.runtime.prefect_api import prefect_api_for_this_run\n"
     "done = []\n"
+    "default_heartbeat = get_current_settings().flows.heartbeat_frequency\n"
     "with prefect_api_for_this_run(meanwhile=lambda: done.append('imports')) as api:\n"
     "    assert api is not None and done == ['imports'], done\n"
+    "    assert get_current_settings().flows.heartbeat_frequency is None\n"
     "    flow(name='probe', flow_run_name='probe run')(lambda: None)()\n"
+    "assert default_heartbeat is not None\n"
+    "assert get_current_settings().flows.heartbeat_frequency == default_heartbeat\n"
 )
 
 

@@ -64,3 +64,15 @@ def test_the_check_sees_what_it_should() -> None:
     """The import reader finds the packages the code is known to use (a reader that found nothing would pass)."""
     assert {"numpy", "prefect", "mlflow", "keras", "cryptography", "uvicorn"} <= imported_packages()
     assert "tasks" not in imported_packages() and "json" not in imported_packages()
+
+
+def test_dvc_reads_its_yaml_files_with_libyaml() -> None:
+    """ruamel.yaml.clib is declared for DVC's reads of dvc.yaml and dvc.lock (every status, commit and
+    repro, issue 25); ruamel.yaml 0.19 falls back to its pure-Python parser, silently, without it."""
+    from dvc.utils.serialize import parse_yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None, "ruamel.yaml.clib is not installed: reinstall with constraints.txt"
+    assert YAML(typ="safe").Parser is CParser
+    assert parse_yaml("stages: {a: {cmd: x}}", "dvc.yaml") == {"stages": {"a": {"cmd": "x"}}}

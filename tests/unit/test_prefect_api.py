@@ -14,7 +14,7 @@ from tasks.workspace.errors import ServiceError
 
 
 def test_a_configured_api_is_used_and_nothing_is_started() -> None:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     calls: list[str] = []
     with (
@@ -22,6 +22,7 @@ def test_a_configured_api_is_used_and_nothing_is_started() -> None:
         prefect_api_for_this_run(meanwhile=lambda: calls.append("meanwhile")) as api,
     ):
         assert api is None
+        assert get_current_settings().flows.heartbeat_frequency is not None  # a real server's: kept
     assert calls == []  # no server to wait for: nothing is done "meanwhile"
 
 
