@@ -133,11 +133,18 @@ def edit_params(params_file: Path, changes: dict[str, dict[str, object]]) -> Non
 
 @pytest.fixture(scope="session")
 def prefect_api_url() -> Iterator[str]:
-    """One temporary Prefect API for the whole session; yields its URL for subprocesses too."""
-    from prefect.settings import PREFECT_API_URL
+    """One temporary Prefect API for the whole session; yields its URL for subprocesses too.
+
+    Flow runs in this process send no heartbeats, as against the pipeline's own temporary server
+    (tasks/runtime/prefect_api.py): nothing watches them here, and each flow run would wait up to a
+    second for its heartbeat thread when it ends. Stage subprocesses keep Prefect's default, as a user's do."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_SECONDS):
+    with (
+        prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_SECONDS),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield str(PREFECT_API_URL.value())
 
 

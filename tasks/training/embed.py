@@ -7,6 +7,12 @@ are stale. Per split (`tasks.training.embedding_files`): the training images as 
 `augmented_views` augmented copies, and every other split's images as they are. Embeddings are
 float32 whatever the training's mixed-precision policy (`feature_embedder`): the verifier, the
 threshold and the confidence are fitted on them and the registered model serves in float32.
+
+No image is embedded in a batch of one (`embedded_batch`): oneDNN, TensorFlow's CPU kernels, computes a
+batch of one with other kernels than larger ones, chosen by the processor's instruction set, so a split
+whose last batch held one image got other float bits on another CPU (measured: a fresh clone's dvc.lock
+then differed in that split's file), while batches of two or more give every image the same bits
+whatever their size and its position.
 """
 
 from __future__ import annotations
@@ -57,9 +63,17 @@ def embed(
     outputs = []
     with tqdm(total=count, desc=description, unit="img", disable=not show_progress) as progress:
         for batch in batches:
-            outputs.append(step(batch).numpy().astype(np.float32))
+            outputs.append(embedded_batch(step, batch))
             progress.update(int(batch.shape[0]))
     return np.concatenate(outputs) if outputs else np.zeros((0, output_width(step)), dtype=np.float32)
+
+
+def embedded_batch(step: Callable[[tf.Tensor], tf.Tensor], batch: tf.Tensor) -> np.ndarray:
+    """`step` of `batch` as float32 NumPy; a batch of one image runs as two copies of it (the module's
+    docstring says why), at the cost of one more image per split and view at most."""
+    if int(batch.shape[0]) == 1:
+        return step(tf.concat([batch, batch], axis=0)).numpy()[:1].astype(np.float32)
+    return step(batch).numpy().astype(np.float32)
 
 
 def output_width(step: Callable[[tf.Tensor], tf.Tensor]) -> int:
