@@ -9,10 +9,12 @@ user has):
 3. with `--cedar FOLDER`: `dvc repro` of CEDAR at 150 px from nothing, against the embedding's own time
    (the embed stage's `embed_seconds`; before the embed stage existed, the train stage's).
 Versions alternate within each round (`--rounds`), so a busy machine slows both alike; medians are
-reported with every round's value, and the ratios after / before.
+reported with every round's value, and the ratios after / before. `--before-python` runs the before
+version with another environment's interpreter (and its `dvc`): the packages that version declared,
+when a change declares a new one.
 
 Usage: python bench/lean_pipeline.py --before 97f28c4 [--cedar ../shared/datasets/cedar] [--rounds 1]
-       [--results bench/results/lean_pipeline.json]
+       [--before-python OTHER/.venv/bin/python] [--results bench/results/lean_pipeline.json]
 """
 
 from __future__ import annotations
@@ -64,18 +66,18 @@ def workspace_of(revision: str, folder: Path) -> Path:
     return folder
 
 
-def environment() -> dict[str, str]:
-    """This interpreter's tools first on PATH, no Prefect API (each version starts what it needs)."""
-    values = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+def environment(python: str = sys.executable) -> dict[str, str]:
+    """`python`'s tools first on PATH, no Prefect API (each version starts what it needs)."""
+    values = {**os.environ, "PATH": f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     values.pop("PREFECT_API_URL", None)
     values.pop("MLFLOW_TRACKING_URI", None)
     return values
 
 
-def timed(command: list[str], cwd: Path) -> float:
-    """Wall seconds of `command` in `cwd`; stops the bench with its output when it fails."""
+def timed(command: list[str], cwd: Path, python: str) -> float:
+    """Wall seconds of `command` in `cwd` with `python`'s tools; stops the bench with its output when it fails."""
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, env=environment(), capture_output=True, text=True)
+    result = subprocess.run(command, cwd=cwd, env=environment(python), capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} in {cwd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return time.perf_counter() - started
@@ -97,20 +99,20 @@ def embed_seconds(workspace: Path) -> float:
     return float("nan")
 
 
-def demo_round(revision: str, scratch: Path) -> dict[str, float]:
+def demo_round(revision: str, scratch: Path, python: str) -> dict[str, float]:
     """The demo pipeline from a fresh copy, then `dvc repro` after a calibrate-only change."""
     workspace = workspace_of(revision, scratch / f"demo-{revision}")
-    pipeline = timed([sys.executable, "-m", "flows.pipeline"], workspace)
+    pipeline = timed([python, "-m", "flows.pipeline"], workspace, python)
     edit_params(workspace / "params.yaml", {"calibrate": CALIBRATE_CHANGE})
-    calibrate_change = timed(["dvc", "repro"], workspace)
+    calibrate_change = timed(["dvc", "repro"], workspace, python)
     return {"demo_pipeline_seconds": pipeline, "calibrate_change_repro_seconds": calibrate_change}
 
 
-def cedar_round(revision: str, scratch: Path, cedar: Path) -> dict[str, float]:
+def cedar_round(revision: str, scratch: Path, cedar: Path, python: str) -> dict[str, float]:
     """`dvc repro` of CEDAR at 150 px from nothing, and the embedding's share of it."""
     workspace = workspace_of(revision, scratch / f"cedar-{revision}")
     edit_params(workspace / "params.yaml", {**CEDAR_PARAMS, "data": {**CEDAR_PARAMS["data"], "path": str(cedar)}})
-    repro = timed(["dvc", "repro"], workspace)
+    repro = timed(["dvc", "repro"], workspace, python)
     embedding = embed_seconds(workspace)
     return {"cedar_repro_seconds": repro, "cedar_embed_seconds": embedding, "cedar_repro_over_embed": repro / embedding}
 
@@ -128,17 +130,19 @@ def main() -> None:
     parser.add_argument("--cedar", type=Path, help="CEDAR folder: also time a CEDAR 150 px dvc repro from nothing")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="where to write the results (JSON)")
+    parser.add_argument("--before-python", default=sys.executable, help="interpreter of the before version")
     arguments = parser.parse_args()
     versions = {"before": arguments.before, "after": AFTER}
+    pythons = {"before": arguments.before_python, "after": sys.executable}
     measured: dict[str, list[dict[str, float]]] = {label: [] for label in versions}
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(arguments.rounds):
             order = list(versions.items()) if round_index % 2 == 0 else list(versions.items())[::-1]
             for label, revision in order:
                 folder = Path(scratch) / f"round{round_index}-{label}"
-                figures = demo_round(revision, folder)
+                figures = demo_round(revision, folder, pythons[label])
                 if arguments.cedar:
-                    figures.update(cedar_round(revision, folder, arguments.cedar.resolve()))
+                    figures.update(cedar_round(revision, folder, arguments.cedar.resolve(), pythons[label]))
                 measured[label].append(figures)
                 print(label, json.dumps({name: round(value, 1) for name, value in figures.items()}), flush=True)
     result = {
@@ -149,6 +153,7 @@ def main() -> None:
             ).stdout.strip()
             for label, revision in versions.items()
         },
+        "pythons": pythons,
         **{label: summary(rounds) for label, rounds in measured.items()},
     }
     result["after_over_before"] = {

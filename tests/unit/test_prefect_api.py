@@ -17,12 +17,13 @@ def test_a_configured_api_is_used_and_nothing_is_started() -> None:
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     calls: list[str] = []
+    heartbeat = get_current_settings().flows.heartbeat_frequency
     with (
         temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}),
         prefect_api_for_this_run(meanwhile=lambda: calls.append("meanwhile")) as api,
     ):
         assert api is None
-        assert get_current_settings().flows.heartbeat_frequency is not None  # a real server's: kept
+        assert get_current_settings().flows.heartbeat_frequency == heartbeat  # a configured server's: as set
     assert calls == []  # no server to wait for: nothing is done "meanwhile"
 
 
