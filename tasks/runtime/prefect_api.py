@@ -10,7 +10,7 @@ stored in the workspace's Prefect home, like any other.
 
 Flow-run heartbeats are off against that server: they exist so that a server can mark a run whose
 process died as crashed, and this server runs without its services and dies with the run. Each flow
-run would otherwise wait for its heartbeat thread's one-second sleep to end when it finishes (about
+run would otherwise wait for its heartbeat thread's one-second sleep to end when it finishes (up to
 a second per stage subflow, issue 25); a configured API keeps Prefect's heartbeats.
 """
 
