@@ -282,7 +282,7 @@ def test_the_stages_a_run_may_execute_are_the_stale_ones_and_those_downstream(
         assert stages_reached(repository.index.graph, stale, {"check_params"}) == may_run
 
 
-def test_an_up_to_date_workspace_or_no_repository_may_run_nothing(tmp_path: Path) -> None:
+def test_without_a_dvc_repository_no_stage_is_reported(tmp_path: Path) -> None:
     """No DVC repository (DVC cannot tell): nothing is reported, the stage runs say why."""
     from tasks.runtime.orchestration import stages_that_may_run
 

@@ -46,19 +46,18 @@ def test_a_server_that_exits_or_stays_silent_is_an_error_naming_the_fix() -> Non
 
 def children_starting_a_prefect_server() -> list[int]:
     """Pids of this process's children whose command line is `... prefect server start ...`."""
-    from tasks.runtime.processes import PARENT_FIELD, PROC_DIR, stat_fields
+    from tasks.runtime.lifeline import parent_of
+    from tasks.runtime.processes import PROC_DIR
 
     found = []
     for entry in PROC_DIR.iterdir():
         if not entry.name.isdigit():
             continue
-        fields = stat_fields(int(entry.name))
         try:
             command = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        parent = fields[PARENT_FIELD - 3] if fields else None  # stat_fields starts at the state (field 3)
-        if parent == str(os.getpid()) and b"server" in command and b"start" in command:
+        if parent_of(int(entry.name)) == os.getpid() and b"server" in command and b"start" in command:
             found.append(int(entry.name))
     return found
 
