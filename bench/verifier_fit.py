@@ -65,8 +65,8 @@ def per_writer_cholesky_fit(
     kernel = np.empty((design.shape[1] - 1, writer_count))
     bias = np.empty(writer_count)
     for writer in range(writer_count):
-        positive_weight, negative_weight = class_weights(labels, writer)
         own = design[labels == writer]
+        positive_weight, negative_weight = class_weights(len(own), len(labels) - len(own))
         weighted_gram = negative_weight * gram + (positive_weight - negative_weight) * (own.T @ own)
         right = (positive_weight + negative_weight) * own.sum(axis=0) - negative_weight * column_sums
         solution = scipy.linalg.cho_solve(scipy.linalg.cho_factor(weighted_gram + np.diag(penalty)), right)

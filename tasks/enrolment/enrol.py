@@ -1,8 +1,10 @@
 """`sigpipe enrol`: a new writer (or more references of one) added to the model without retraining.
 
 Every reference is checked before anything is written; only the new references go through the frozen
-base (checked against the embed stage's digest); the verifier (= the ridge head) is re-solved on the
-record's stored training views plus theirs; the calibrated threshold and confidence are kept; the
+base (checked against the embed stage's digest); the enrolled writer's model in the verifier (= the
+ridge head) is solved on the record's stored background views and its references, every other writer's
+is kept (`tasks.model.verifier`: enrolled references are never another writer's negatives); the
+calibrated threshold and confidence are kept; the
 packaged classifier is checked against the verifier on the new references; the version is registered
 and signed, champion only when the writers enrolled before keep their validation figures
 (`tasks.enrolment.figures`). The record (references, their embeddings) is written last.
@@ -30,7 +32,14 @@ from tasks.enrolment.record import (
     writer_id,
 )
 from tasks.enrolment.references import CheckedReference, check_references, reference_files
-from tasks.enrolment.training_set import TrainingSet, fit, fit_or_remembered, kept_rows, remember, training_set
+from tasks.enrolment.training_set import (
+    TrainingSet,
+    fit_or_remembered,
+    fit_with_writer,
+    kept_rows,
+    remember,
+    training_set,
+)
 from tasks.enrolment.versions import RegisteredVersion, VersionRequest
 from tasks.enrolment.workspace_state import (
     Change,
@@ -148,7 +157,8 @@ def enrol_writer(
         base, info, images, hashes, settings.augment, train.augmented_views, train.seed, train.embed_batch_size
     )
     enlarged = training.with_writer(writer, views)
-    verifier, before = fit(enlarged, settings.model), fit_or_remembered(paths, training, settings.model)
+    before = fit_or_remembered(paths, training, settings.model)
+    verifier = fit_with_writer(before, enlarged, writer, settings.model)
     kept = kept_rows(paths, rows)
     threshold = calibrated_threshold(paths)
     table = score_table(paths, kept, verifier, enlarged.classes)

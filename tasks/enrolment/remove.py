@@ -26,7 +26,7 @@ from tasks.enrolment.record import (
     write_removed_writers,
     writer_id,
 )
-from tasks.enrolment.training_set import enrolled_prefix, fit, kept_rows, remember, training_set
+from tasks.enrolment.training_set import fit, kept_rows, remember, training_set
 from tasks.enrolment.versions import RegisteredVersion, VersionRequest, purge_versions, versions_with_writer
 from tasks.enrolment.workspace_state import Change, EnrolSettings, build_and_register, manifest, version_tags
 from tasks.enrolment.workspace_state import threshold as calibrated_threshold
@@ -69,8 +69,7 @@ def erase(paths: ProjectPaths, writer: str, rows: Sequence[dict[str, str]]) -> t
     Returns (an enrolment was deleted, a dataset writer was recorded)."""
     deleted = delete_enrolment(paths, writer)
     shutil.rmtree(paths.prepared_images_dir / ENROLLED_IMAGES / WRITERS_FOLDER / writer, ignore_errors=True)
-    prefix = enrolled_prefix(paths)
-    in_dataset = any(row["writer"] == writer and not row["path"].startswith(prefix) for row in rows)
+    in_dataset = any(row["writer"] == writer and not paths.is_enrolled_reference(row["path"]) for row in rows)
     if in_dataset:
         write_removed_writers(paths, removed_writers(paths) | {writer})
     return deleted, in_dataset

@@ -22,7 +22,7 @@ from tasks.enrolment.record import (
     reference_manifest_path,
     removed_writers,
 )
-from tasks.model.verifier import WriterVerifier, fit_writer_verifier
+from tasks.model.verifier import WriterVerifier, fit_writer_verifier, with_writer_solved
 from tasks.model.verifier_cache import problem_digest, remember_verifier, remembered_verifier
 from tasks.training.embedding_files import flat_views, load_embedded_rows, load_split_embeddings
 from tasks.workspace.errors import EnrolmentError
@@ -35,40 +35,43 @@ REPRO_HINT = "Run `dvc repro` first, then enrol again."
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """Per writer, in class order, its training views (views, images, features)."""
+    """Per writer, in class order, its training views (views, images, features) and, per image, whether it
+    is a dataset image (the verifier's background) or an enrolled reference (its writer's positive only)."""
 
     views: dict[str, np.ndarray]
+    background: dict[str, np.ndarray]
 
     @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.views)
 
     def with_writer(self, writer: str, views: np.ndarray) -> TrainingSet:
-        """This set with `views` added to `writer`'s (a new writer goes last)."""
-        joined = np.concatenate([self.views[writer], views], axis=1) if writer in self.views else views
-        return TrainingSet({**self.views, writer: joined})
+        """This set with the enrolled references' `views` added to `writer`'s (a new writer goes last)."""
+        new = np.zeros(views.shape[1], dtype=bool)
+        if writer not in self.views:
+            return TrainingSet({**self.views, writer: views}, {**self.background, writer: new})
+        joined = np.concatenate([self.views[writer], views], axis=1)
+        flags = np.concatenate([self.background[writer], new])
+        return TrainingSet({**self.views, writer: joined}, {**self.background, writer: flags})
 
     def without(self, writer: str) -> TrainingSet:
-        return TrainingSet({name: views for name, views in self.views.items() if name != writer})
-
-
-def enrolled_prefix(paths: ProjectPaths) -> str:
-    """The manifest paths of enrolled references start with this (the enrolment folder, from the root)."""
-    return paths.enrolments_dir.relative_to(paths.root).as_posix() + "/"
+        return TrainingSet(
+            {name: views for name, views in self.views.items() if name != writer},
+            {name: flags for name, flags in self.background.items() if name != writer},
+        )
 
 
 def kept_rows(paths: ProjectPaths, rows: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     """The manifest rows that still count: not of a dataset writer removed since, not of an enrolment
     deleted since (the manifest is as the last `dvc repro` left it)."""
     removed = removed_writers(paths)
-    prefix = enrolled_prefix(paths)
     current = {
         reference_manifest_path(paths, item.writer, ref) for item in enrolments(paths) for ref in item.references
     }
     return [
         row
         for row in rows
-        if (row["path"] in current if row["path"].startswith(prefix) else row["writer"] not in removed)
+        if (row["path"] in current if paths.is_enrolled_reference(row["path"]) else row["writer"] not in removed)
     ]
 
 
@@ -96,20 +99,22 @@ def training_set(paths: ProjectPaths, rows: Sequence[dict[str, str]]) -> Trainin
     wanted = [row for row in kept_rows(paths, rows) if row["split"] == TRAIN_SPLIT and row["kind"] == GENUINE_KIND]
     embedded = load_split_embeddings(paths.embeddings_dir, TRAIN_SPLIT, wanted)
     writers = np.array([row["writer"] for row in wanted])
-    views = {str(writer): embedded.views[:, writers == writer] for writer in sorted(set(writers))}
+    in_background = np.array([not paths.is_enrolled_reference(row["path"]) for row in wanted], dtype=bool)
+    training = TrainingSet(
+        {str(writer): embedded.views[:, writers == writer] for writer in sorted(set(writers))},
+        {str(writer): in_background[writers == writer] for writer in sorted(set(writers))},
+    )
     in_manifest = set(embedded.paths)
     for enrolment in enrolments(paths):
         extra = enrolled_views(paths, enrolment, in_manifest, embedded.views.shape[0], embedded.views.shape[2])
         if extra is not None:
-            views[enrolment.writer] = (
-                np.concatenate([views[enrolment.writer], extra], axis=1) if enrolment.writer in views else extra
-            )
-    return TrainingSet(views)
+            training = training.with_writer(enrolment.writer, extra)
+    return training
 
 
 def problem_of(training: TrainingSet, model: ModelParams) -> str:
     """The digest of the problem `fit` solves on `training` (`tasks.model.verifier_cache`)."""
-    return problem_digest(training.views, model.verifier_regularization, model.verifier_whitening)
+    return problem_digest(training.views, training.background, model.verifier_regularization, model.verifier_whitening)
 
 
 def fit_or_remembered(paths: ProjectPaths, training: TrainingSet, model: ModelParams) -> WriterVerifier:
@@ -124,15 +129,41 @@ def remember(paths: ProjectPaths, training: TrainingSet, model: ModelParams, ver
     remember_verifier(paths.verifier_cache_file, problem_of(training, model), verifier)
 
 
-def fit(training: TrainingSet, model: ModelParams) -> WriterVerifier:
-    """The writer-dependent verifier (= the ridge head) on every view of every writer, in class order."""
-    if len(training.classes) < 2:
-        raise EnrolmentError(f"{len(training.classes)} writer(s) would be left: a verifier needs at least 2")
+def fit_with_writer(before: WriterVerifier, training: TrainingSet, writer: str, model: ModelParams) -> WriterVerifier:
+    """The verifier of `training` from `before`, the verifier of the same record without `writer`'s new
+    references: only `writer`'s model is solved, every other writer's kept (their background did not
+    change: `tasks.model.verifier`); the whole fit when the verifier is whitened or the background moved."""
+    if model.verifier_whitening > 0:
+        return fit(training, model)
+    samples, labels, background = flat_problem(training)
+    refitted = with_writer_solved(
+        before, training.classes.index(writer), samples, labels, model.verifier_regularization, background
+    )
+    return refitted if refitted is not None else fit(training, model)
+
+
+def flat_problem(training: TrainingSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every view of every writer as (samples, features), their class indices and background flags."""
     views = np.concatenate(list(training.views.values()), axis=1)
     labels = np.concatenate(
         [np.full(item.shape[1], index, dtype=np.int32) for index, item in enumerate(training.views.values())]
     )
+    background = np.concatenate(list(training.background.values()))
     samples, sample_labels = flat_views(views, labels)
+    return samples, sample_labels, np.tile(background, views.shape[0])
+
+
+def fit(training: TrainingSet, model: ModelParams) -> WriterVerifier:
+    """The writer-dependent verifier (= the ridge head) on every view of every writer, in class order, with
+    the dataset images as its background: an enrolled writer changes no other writer's model."""
+    if len(training.classes) < 2:
+        raise EnrolmentError(f"{len(training.classes)} writer(s) would be left: a verifier needs at least 2")
+    samples, labels, background = flat_problem(training)
     return fit_writer_verifier(
-        samples, sample_labels, len(training.classes), model.verifier_regularization, model.verifier_whitening
+        samples,
+        labels,
+        len(training.classes),
+        model.verifier_regularization,
+        model.verifier_whitening,
+        background=background,
     )

@@ -26,6 +26,16 @@ speaker verification): directions in which one writer's own signatures vary are 
 in which they agree are stretched. It is fitted on training genuine signatures only, is linear, and
 is folded into the kernel, so the stored verifier and everything that scores with it are unchanged.
 `whitening` is the ridge added to the covariance, relative to its mean eigenvalue.
+
+The background. Rows can be marked outside the background (`fit_writer_verifier`'s `background`): the
+references of writers enrolled without retraining (`sigpipe enrol`). Such a row is a positive of its own
+writer and nothing else: the negatives of every writer, the standardisation and the whitening are fitted
+on the background rows only, as the field's writer-dependent protocol draws every writer's negatives
+from one fixed development set (Hafemann et al. 2017). So enrolling or removing such a writer leaves
+every other writer's model as it was, and a rebuild that keeps the same rows outside the background
+solves the same problem. A writer with rows outside the background is solved by the same Woodbury
+identity on the background's spectrum when that spectrum spans every feature, and otherwise on the
+spectrum of the background and its own rows.
 """
 
 from __future__ import annotations
@@ -75,10 +85,9 @@ def standardisation(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(axis=0), np.where(scale < MINIMUM_SCALE, 1.0, scale)
 
 
-def class_weights(labels: np.ndarray, writer: int) -> tuple[float, float]:
-    """Per-sample weights of the writer's positives and of the negatives: each side sums to 1/2."""
-    positives = int(np.sum(labels == writer))
-    return 0.5 / positives, 0.5 / (len(labels) - positives)
+def class_weights(positives: int, negatives: int) -> tuple[float, float]:
+    """Per-sample weights of a writer's positives and of its negatives: each side sums to 1/2."""
+    return 0.5 / positives, 0.5 / negatives
 
 
 def within_writer_whitening(standardised: np.ndarray, labels: np.ndarray, strength: float) -> np.ndarray:
@@ -142,34 +151,42 @@ def uses_woodbury(own_rows: int, feature_count: int) -> bool:
 def woodbury_writer_solution(
     spectrum: FeatureSpectrum,
     own: np.ndarray,
+    extra: np.ndarray,
     positive_weight: float,
     negative_weight: float,
     regularization: float,
 ) -> tuple[np.ndarray, float]:
-    """One writer's kernel, in the spectrum's eigenbasis, and bias; `own` marks the writer's rows.
+    """One writer's kernel, in the spectrum's eigenbasis, and bias. `own` marks the writer's rows among the
+    spectrum's (the background), `extra` holds its other rows already in the eigenbasis (n_e, r): rows
+    outside the background, which the basis must span. Every spectrum row not `own` is a negative.
 
     The normal equations are [[A, c], [c^T, m]] [k; b] = [r; rho] with the feature block
-    A = negative_weight * X^T X + regularization * I + (positive_weight - negative_weight) * O^T O,
-    O the writer's own rows. In the eigenbasis the first two terms are the diagonal
-    h^-1 = negative_weight * values + regularization, so A^-1 applied to [r, c] costs, by the Woodbury
-    identity, one n_w x n_w solve. The bias then follows from its Schur complement m - c^T A^-1 c.
+    A = negative_weight * X^T X + regularization * I + (positive_weight - negative_weight) * O^T O
+    + positive_weight * E^T E, O the writer's own rows of X and E its extra rows. In the eigenbasis the
+    first two terms are the diagonal h^-1 = negative_weight * values + regularization, so A^-1 applied to
+    [r, c] costs, by the Woodbury identity, one (n_o + n_e)-square solve. The bias then follows from its
+    Schur complement m - c^T A^-1 c.
     """
-    rotated_own = spectrum.rotated[own]  # (n_w, features): O @ vectors
-    own_count, row_count = len(rotated_own), len(spectrum.rotated)
-    own_sum, all_sum = rotated_own.sum(axis=0), spectrum.rotated_sums
-    correction = positive_weight - negative_weight
+    rotated_own = spectrum.rotated[own]  # (n_o, r): O @ vectors
+    rows = np.vstack([rotated_own, extra]) if len(extra) else rotated_own
+    corrections = np.concatenate(
+        [np.full(len(rotated_own), positive_weight - negative_weight), np.full(len(extra), positive_weight)]
+    )
+    positive_sum = rows.sum(axis=0)
+    negative_sum = spectrum.rotated_sums - rotated_own.sum(axis=0)
+    positive_count, negative_count = len(rows), len(spectrum.rotated) - len(rotated_own)
     # sum_i s_i t_i x_i, sum_i s_i x_i, sum_i s_i and sum_i s_i t_i, s the sample weights, t the targets.
-    right = (positive_weight + negative_weight) * own_sum - negative_weight * all_sum
-    bias_column = negative_weight * all_sum + correction * own_sum
-    weight_sum = negative_weight * row_count + correction * own_count
-    target_sum = (positive_weight + negative_weight) * own_count - negative_weight * row_count
+    right = positive_weight * positive_sum - negative_weight * negative_sum
+    bias_column = positive_weight * positive_sum + negative_weight * negative_sum
+    weight_sum = positive_weight * positive_count + negative_weight * negative_count
+    target_sum = positive_weight * positive_count - negative_weight * negative_count
     inverse_diagonal = 1.0 / (negative_weight * spectrum.values + regularization)
     scaled = inverse_diagonal[:, np.newaxis] * np.stack([right, bias_column], axis=1)  # h * [r, c]
-    # (h^-1 + correction * U U^T)^-1 = h - correction * h U (I + correction * U^T h U)^-1 U^T h, U = O^T.
-    # The small matrix is symmetric, and non-singular because A is positive definite.
-    small = np.eye(own_count) + correction * (rotated_own * inverse_diagonal) @ rotated_own.T
-    inner = scipy.linalg.solve(small, rotated_own @ scaled, assume_a="sym")
-    solved = scaled - correction * inverse_diagonal[:, np.newaxis] * (rotated_own.T @ inner)  # A^-1 [r, c]
+    # (h^-1 + U^T D U)^-1 = h - h U^T (I + D U h U^T)^-1 D U h, U the rows, D their corrections. The small
+    # matrix is non-singular because A is positive definite.
+    small = np.eye(len(rows)) + corrections[:, np.newaxis] * ((rows * inverse_diagonal) @ rows.T)
+    inner = scipy.linalg.solve(small, corrections[:, np.newaxis] * (rows @ scaled))
+    solved = scaled - inverse_diagonal[:, np.newaxis] * (rows.T @ inner)  # A^-1 [r, c]
     bias = (target_sum - bias_column @ solved[:, 0]) / (weight_sum - bias_column @ solved[:, 1])
     return solved[:, 0] - bias * solved[:, 1], float(bias)
 
@@ -178,18 +195,25 @@ def cholesky_writer_solution(
     gram: np.ndarray,
     column_sums: np.ndarray,
     own: np.ndarray,
+    extra: np.ndarray,
     positive_weight: float,
     negative_weight: float,
     penalty: np.ndarray,
 ) -> np.ndarray:
     """One writer's [kernel; bias] by one Cholesky factorisation of its full (features + 1)^2 system.
 
-    `gram`, `column_sums` and `penalty` are those of the design [X, 1]; `own` holds the writer's rows
-    of it. The weighted Gram matrix is the all-negatives one plus a correction from the own rows.
+    `gram`, `column_sums` and `penalty` are those of the background's design [X, 1]; `own` holds the
+    writer's rows of it, `extra` its rows outside the background (same design). The weighted Gram matrix
+    is the all-negatives one plus corrections from the writer's rows.
     """
-    weighted_gram = negative_weight * gram + (positive_weight - negative_weight) * (own.T @ own)
-    # sum_i s_i t_i x_i = (positive_weight + negative_weight) * own_sum - negative_weight * all_sum
-    right = (positive_weight + negative_weight) * own.sum(axis=0) - negative_weight * column_sums
+    weighted_gram = (
+        negative_weight * gram
+        + (positive_weight - negative_weight) * (own.T @ own)
+        + positive_weight * (extra.T @ extra)
+    )
+    # sum_i s_i t_i x_i = positive_weight * positive_sum - negative_weight * (all_sum - own_sum)
+    positive_sum = own.sum(axis=0) + extra.sum(axis=0)
+    right = positive_weight * positive_sum - negative_weight * (column_sums - own.sum(axis=0))
     # Symmetric positive definite (a positive penalty on every weight, a positive weight on every
     # sample for the bias), so a Cholesky solve: half the work of a general one.
     solution: np.ndarray = scipy.linalg.cho_solve(scipy.linalg.cho_factor(weighted_gram + np.diag(penalty)), right)
@@ -205,55 +229,111 @@ def bias_design_gram(features: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray
 
 
 def fit_writer_verifier(
-    embeddings: np.ndarray, labels: np.ndarray, writer_count: int, regularization: float, whitening: float = 0.0
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    writer_count: int,
+    regularization: float,
+    whitening: float = 0.0,
+    background: np.ndarray | None = None,
 ) -> WriterVerifier:
     """Fit every writer's balanced ridge classifier on (n, features) embeddings labelled 0..writers-1.
 
     For writer w, with sample weights s (positives and negatives half each) and targets t in
-    {+1, -1}, minimises sum_i s_i (x_i . k + b - t_i)^2 + regularization * |k|^2. Writers with few
-    rows (`uses_woodbury`) share one eigendecomposition of X^T X (through X X^T when there are fewer
-    rows than features: `FeatureSpectrum.thin`) and are solved by
-    `woodbury_writer_solution`; the others by `cholesky_writer_solution`. With `whitening` > 0 the
-    features are `within_writer_whitening`'s transform of the standardised embeddings, and the
-    kernel is mapped back so that it applies to the standardised embeddings.
+    {+1, -1}, minimises sum_i s_i (x_i . k + b - t_i)^2 + regularization * |k|^2; its positives are its
+    rows, its negatives the other writers' rows in `background` (a boolean per row, default every row:
+    the module's docstring says why). Writers with few rows (`uses_woodbury`) share one
+    eigendecomposition of the background's X^T X (through X X^T when there are fewer rows than features:
+    `FeatureSpectrum.thin`) and are solved by `woodbury_writer_solution`; the others by
+    `cholesky_writer_solution`. With `whitening` > 0 the features are `within_writer_whitening`'s
+    transform of the standardised embeddings, and the kernel is mapped back so that it applies to the
+    standardised embeddings.
     """
     labels = np.asarray(labels)
+    background = np.ones(len(labels), dtype=bool) if background is None else np.asarray(background, dtype=bool)
     if writer_count < 2 or len(np.unique(labels)) < writer_count:
         raise VerifierError(
             f"a writer-dependent verifier needs training embeddings of every writer and at least 2 writers; "
             f"got {len(np.unique(labels))} of {writer_count}"
         )
-    mean, scale = standardisation(embeddings)
+    if len(np.unique(labels[background])) < 2:
+        raise VerifierError(
+            "a writer-dependent verifier needs the background (the dataset's training signatures, every "
+            f"writer's negatives) to hold at least 2 writers; it holds {len(np.unique(labels[background]))}"
+        )
+    mean, scale = standardisation(embeddings[background])
     standardised = (np.asarray(embeddings, dtype=np.float64) - mean) / scale
-    transform = within_writer_whitening(standardised, labels, whitening) if whitening > 0 else None
+    transform = (
+        within_writer_whitening(standardised[background], labels[background], whitening) if whitening > 0 else None
+    )
     if transform is not None:
         standardised = standardised @ transform
+    base, base_labels = standardised[background], labels[background]
+    outside, outside_labels = standardised[~background], labels[~background]
     feature_count = standardised.shape[1]
-    counts = [int(np.sum(labels == writer)) for writer in range(writer_count)]
-    few_rows = [uses_woodbury(count, feature_count) for count in counts]
-    woodbury = [writer for writer in range(writer_count) if few_rows[writer]]
-    direct = [writer for writer in range(writer_count) if not few_rows[writer]]
+    own_counts = [int(np.sum(base_labels == writer)) for writer in range(writer_count)]
+    extra_counts = [int(np.sum(outside_labels == writer)) for writer in range(writer_count)]
+    weights = [
+        class_weights(own_counts[writer] + extra_counts[writer], len(base) - own_counts[writer])
+        for writer in range(writer_count)
+    ]
+    few_rows = [uses_woodbury(own_counts[w] + extra_counts[w], feature_count) for w in range(writer_count)]
     kernel = np.empty((feature_count, writer_count))
     bias = np.empty(writer_count)
+    woodbury = [writer for writer in range(writer_count) if few_rows[writer]]
     if woodbury:
-        spectrum = FeatureSpectrum.of(standardised)
-        rotated_kernel = np.empty((len(spectrum.values), len(woodbury)))
-        for column, writer in enumerate(woodbury):
+        spectrum = FeatureSpectrum.of(base)
+        complete = len(spectrum.values) == feature_count
+        shared = [writer for writer in woodbury if complete or not extra_counts[writer]]
+        rotated_kernel = np.empty((len(spectrum.values), len(shared)))
+        for column, writer in enumerate(shared):
+            extra = outside[outside_labels == writer] @ spectrum.vectors
             rotated_kernel[:, column], bias[writer] = woodbury_writer_solution(
-                spectrum, labels == writer, *class_weights(labels, writer), regularization
+                spectrum, base_labels == writer, extra, *weights[writer], regularization
             )
-        kernel[:, woodbury] = spectrum.vectors @ rotated_kernel  # back from the eigenbasis, all at once
+        kernel[:, shared] = spectrum.vectors @ rotated_kernel  # back from the eigenbasis, all at once
+        for writer in sorted(set(woodbury) - set(shared)):  # rows outside a thin background spectrum
+            kernel[:, writer], bias[writer] = own_spectrum_solution(
+                base, base_labels == writer, outside[outside_labels == writer], *weights[writer], regularization
+            )
+    direct = [writer for writer in range(writer_count) if not few_rows[writer]]
     if direct:
-        design_gram, column_sums = bias_design_gram(standardised, standardised.T @ standardised)
+        design_gram, column_sums = bias_design_gram(base, base.T @ base)
         penalty = np.full(feature_count + 1, regularization)
         penalty[-1] = 0.0  # the bias is not penalised
         for writer in direct:
-            own = np.hstack([standardised[labels == writer], np.ones((counts[writer], 1))])
-            solution = cholesky_writer_solution(design_gram, column_sums, own, *class_weights(labels, writer), penalty)
+            own = with_bias_column(base[base_labels == writer])
+            extra = with_bias_column(outside[outside_labels == writer])
+            solution = cholesky_writer_solution(design_gram, column_sums, own, extra, *weights[writer], penalty)
             kernel[:, writer], bias[writer] = solution[:-1], solution[-1]
     if transform is not None:
         kernel = transform @ kernel  # scores of standardised x: (x @ transform) @ k = x @ (transform @ k)
     return WriterVerifier(mean, scale, kernel, bias)
+
+
+def own_spectrum_solution(
+    base: np.ndarray,
+    own: np.ndarray,
+    extra: np.ndarray,
+    positive_weight: float,
+    negative_weight: float,
+    regularization: float,
+) -> tuple[np.ndarray, float]:
+    """One writer's kernel (in feature space) and bias when its `extra` rows lie outside the span of a thin
+    background spectrum: the Woodbury solve on the spectrum of the background and those rows together, of
+    which the extra rows are the writer's own (never a negative)."""
+    rows = np.vstack([base, extra])
+    spectrum = FeatureSpectrum.of(rows)
+    own_rows = np.concatenate([own, np.ones(len(extra), dtype=bool)])
+    no_extra = np.empty((0, len(spectrum.values)))
+    rotated_kernel, bias = woodbury_writer_solution(
+        spectrum, own_rows, no_extra, positive_weight, negative_weight, regularization
+    )
+    return spectrum.vectors @ rotated_kernel, bias
+
+
+def with_bias_column(rows: np.ndarray) -> np.ndarray:
+    """The rows of the design [X, 1]."""
+    return np.hstack([rows, np.ones((len(rows), 1))])
 
 
 def save_verifier(verifier: WriterVerifier, path: Path) -> None:
@@ -270,3 +350,45 @@ def load_verifier(path: Path) -> WriterVerifier:
         raise VerifierError(
             f"{path}: not a readable verifier ({error}). Rerun the train stage (`dvc repro train`)."
         ) from error
+
+
+def with_writer_solved(
+    verifier: WriterVerifier,
+    column: int,
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    regularization: float,
+    background: np.ndarray,
+) -> WriterVerifier | None:
+    """`verifier` with writer `column`'s model solved for the rows given (added when `column` is the writer
+    count), every other writer's kept: what `fit_writer_verifier` gives to rounding when the background
+    rows are those `verifier` was fitted on, as after an enrolment (its rows are outside the background).
+    One writer costs one Cholesky factorisation (or, with fewer rows than features, one small
+    eigendecomposition) instead of the whole fit. Only for an unwhitened verifier (the whitening's
+    transform is not kept). None when the background's standardisation is not `verifier`'s (the
+    background changed): the caller fits again."""
+    labels, background = np.asarray(labels), np.asarray(background, dtype=bool)
+    mean, scale = standardisation(embeddings[background])
+    if not (np.allclose(mean, verifier.mean, rtol=1e-9, atol=1e-12) and np.allclose(scale, verifier.scale, rtol=1e-9)):
+        return None
+    standardised = (np.asarray(embeddings, dtype=np.float64) - verifier.mean) / verifier.scale
+    base, base_labels = standardised[background], labels[background]
+    own = base_labels == column
+    extra = standardised[~background & (labels == column)]
+    weights = class_weights(int(own.sum()) + len(extra), len(base) - int(own.sum()))
+    if len(base) + len(extra) < base.shape[1]:
+        kernel, bias = own_spectrum_solution(base, own, extra, *weights, regularization)
+    else:
+        design_gram, column_sums = bias_design_gram(base, base.T @ base)
+        penalty = np.full(base.shape[1] + 1, regularization)
+        penalty[-1] = 0.0  # the bias is not penalised
+        solution = cholesky_writer_solution(
+            design_gram, column_sums, with_bias_column(base[own]), with_bias_column(extra), *weights, penalty
+        )
+        kernel, bias = solution[:-1], float(solution[-1])
+    kernels, biases = verifier.kernel.copy(), verifier.bias.copy()
+    if column == verifier.writer_count:
+        kernels, biases = np.hstack([kernels, kernel[:, np.newaxis]]), np.append(biases, bias)
+    else:
+        kernels[:, column], biases[column] = kernel, bias
+    return WriterVerifier(verifier.mean, verifier.scale, kernels, biases)

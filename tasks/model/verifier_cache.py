@@ -4,10 +4,11 @@
 of the record as it stands, and on the verifier with the change. The record as it stands is the problem
 the workspace's last fit solved: the train stage's, or the last enrolment's or removal's. Each of them
 keeps its verifier here (`ProjectPaths.verifier_cache_file`) with the digest of its problem (the writers
-in class order, each writer's training views, the penalty and the whitening), and the next enrolment
-reads it instead of solving that problem again: one eigendecomposition of a features x features matrix,
-most of an enrolment's time once there are a few thousand views. A digest that differs (a parameter
-changed, a `dvc repro` since, another enrolment's record) is a miss, and the problem is solved again.
+in class order, each writer's training views and which of them are background, the penalty and the
+whitening), and the next enrolment reads it instead of solving that problem again: one eigendecomposition
+of a features x features matrix, most of an enrolment's time once there are a few thousand views. A
+digest that differs (a parameter changed, a `dvc repro` since, another enrolment's record) is a miss, and
+the problem is solved again.
 
 The train stage orders its rows as the manifest does, an enrolment groups them by writer: the same
 least-squares problem, so the two verifiers agree to rounding. Only the "before" side of an enrolment is
@@ -27,18 +28,25 @@ from tasks.model.verifier import VERIFIER_ARRAYS, WriterVerifier
 from tasks.workspace.files import UNREADABLE_NPZ_ERRORS, save_npz
 
 DIGEST_ARRAY = "problem_digest"
-DIGEST_FORMAT = 1  # bump when the digest's content changes, so older caches miss
+DIGEST_FORMAT = 2  # bump when the digest's content changes, so older caches miss
 
 
-def problem_digest(views_by_writer: Mapping[str, np.ndarray], penalty: float, whitening: float) -> str:
+def problem_digest(
+    views_by_writer: Mapping[str, np.ndarray],
+    background_by_writer: Mapping[str, np.ndarray],
+    penalty: float,
+    whitening: float,
+) -> str:
     """SHA-256 of a verifier's training problem: the writers in class order, each writer's (views, images,
-    features) training embeddings (shape, dtype and bytes), the ridge penalty and the whitening strength."""
+    features) training embeddings (shape, dtype and bytes) and which of its images are in the background
+    (dataset images, not enrolled references: `tasks.model.verifier`), the ridge penalty and the whitening."""
     digest = hashlib.sha256()
     settings = {"format": DIGEST_FORMAT, "penalty": float(penalty), "whitening": float(whitening)}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for writer, views in views_by_writer.items():
         values = np.ascontiguousarray(views)
-        digest.update(json.dumps([writer, list(values.shape), values.dtype.str]).encode())
+        in_background = np.asarray(background_by_writer[writer], dtype=bool).tolist()
+        digest.update(json.dumps([writer, list(values.shape), values.dtype.str, in_background]).encode())
         digest.update(values.data)
     return digest.hexdigest()
 
@@ -47,6 +55,11 @@ def views_by_class(views: np.ndarray, labels: np.ndarray, classes: tuple[str, ..
     """(views, n, features) embeddings with n class indices, as each class's own (views, n_c, features), in
     class order and each class's rows in their given order: the grouping `problem_digest` hashes."""
     return {writer: views[:, labels == index] for index, writer in enumerate(classes)}
+
+
+def background_by_class(background: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """n images' background flags grouped as `views_by_class` groups their embeddings."""
+    return {writer: background[labels == index] for index, writer in enumerate(classes)}
 
 
 def remember_verifier(path: Path, digest: str, verifier: WriterVerifier) -> bool:

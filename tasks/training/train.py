@@ -26,7 +26,7 @@ import numpy as np
 from tasks.data.manifest import training_rows
 from tasks.model.head import HeadWeights, head_from_verifier
 from tasks.model.verifier import WriterVerifier, fit_writer_verifier
-from tasks.model.verifier_cache import problem_digest, views_by_class
+from tasks.model.verifier_cache import background_by_class, problem_digest, views_by_class
 from tasks.training.checkpoint_state import TrainState
 from tasks.training.embedding_files import flat_views, load_split_embeddings, prepared_image_size
 from tasks.workspace.params_model import AugmentParams, ModelParams, TrainParams
@@ -48,6 +48,7 @@ class EmbeddedTraining:
     image_size: int
     train_rows: tuple[dict[str, str], ...]
     val_rows: tuple[dict[str, str], ...]
+    train_background: np.ndarray  # per training image: a dataset image (True) or an enrolled reference
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def load_embedded_training(paths: ProjectPaths, manifest_rows: Sequence[dict[str
         image_size=image_size,
         train_rows=tuple(by_split["train"]),
         val_rows=tuple(by_split["val"]),
+        train_background=np.array([not paths.is_enrolled_reference(row["path"]) for row in by_split["train"]]),
     )
 
 
@@ -116,20 +118,26 @@ def closed_form_state(
 
 
 def fit_verifier(data: EmbeddedTraining, model_params: ModelParams) -> WriterVerifier:
-    """The writer-dependent verifier on every training view."""
+    """The writer-dependent verifier on every training view; enrolled references are positives of their
+    writer only, never a background row (`tasks.model.verifier`), as when `sigpipe enrol` added them."""
     return fit_writer_verifier(
         *flat_views(data.train_views, data.train_labels),
         len(data.classes),
         model_params.verifier_regularization,
         model_params.verifier_whitening,
+        background=np.tile(data.train_background, data.train_views.shape[0]),
     )
 
 
 def verifier_problem_digest(data: EmbeddedTraining, model_params: ModelParams) -> str:
     """The digest of the problem `fit_verifier` solves, as an enrolment computes it for the same record
     (`tasks.model.verifier_cache`): the train stage's verifier spares the first enrolment a second solve."""
-    grouped = views_by_class(data.train_views, data.train_labels, data.classes)
-    return problem_digest(grouped, model_params.verifier_regularization, model_params.verifier_whitening)
+    return problem_digest(
+        views_by_class(data.train_views, data.train_labels, data.classes),
+        background_by_class(data.train_background, data.train_labels, data.classes),
+        model_params.verifier_regularization,
+        model_params.verifier_whitening,
+    )
 
 
 def train_classifier(

@@ -68,6 +68,11 @@ class ProjectPaths:
         removed. A dep of `prepare`, which adds the first and leaves out the second (docs/enrolment.md)."""
         return self.data_dir / "enrolments"
 
+    def is_enrolled_reference(self, manifest_path: str) -> bool:
+        """Whether a manifest row's path is an enrolled reference (under the enrolment record) rather than a
+        dataset image: the verifier's background is the dataset's training images (`tasks.model.verifier`)."""
+        return manifest_path.startswith(self.enrolments_dir.relative_to(self.root).as_posix() + "/")
+
     @property
     def embeddings_dir(self) -> Path:
         """The frozen base's embeddings of every prepared image, one .npz per split (embed stage)."""

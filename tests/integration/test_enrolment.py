@@ -180,10 +180,18 @@ def test_enrol_registers_a_signed_version_that_answers_the_new_writer(workspace:
 
     mlflow.set_tracking_uri(workspace.mlflow_tracking_uri)
     parent = champion()
+    parent_model = load_verified_model(f"models:/{MODEL_NAME}@champion", workspace_keys(workspace)).model
     given = references(tmp_path / "refs", SYNTHETIC_WRITER, REFERENCES)
     result = sigpipe(workspace, "enrol", NEW_WRITER, str(tmp_path / "refs"))  # the folder form
     assert result.exit_code == 0, result.output
     assert "is champion" in result.stdout
+    enrolled = load_verified_model(f"models:/{MODEL_NAME}@champion", workspace_keys(workspace)).model
+    with np.load(workspace.scores_file) as table:
+        embeddings = table["embeddings"]
+    # Every other writer's model is the one it had: the enrolled references are not in the background.
+    np.testing.assert_allclose(
+        enrolled.verifier.scores(embeddings)[:, :3], parent_model.verifier.scores(embeddings), rtol=0, atol=1e-9
+    )
     version = mlflow.tracking.MlflowClient().get_model_version_by_alias(MODEL_NAME, "champion")
     assert str(version.version) != parent
     tags = version.tags
@@ -227,11 +235,13 @@ def test_champion_rule_keeps_the_champion_when_enrolled_writers_lose(workspace: 
     own = [
         row for row in rows if row["writer"] == "001" and row["kind"] == "genuine" and row["split"] in ("val", "test")
     ]
+    own.sort(key=lambda row: row["split"] != "val")  # the validation images the rule compares on first
     copies = [reencoded(workspace.root / row["path"], tmp_path / f"{index}.png") for index, row in enumerate(own)]
+    print(f"impostor references: {len(copies)} ({sum(row['split'] == 'val' for row in own)} validation)")
     champion_before = champion()
     edit_params(workspace.params_file, {"enrol": {"tolerance": 0.0}})
     try:
-        result = sigpipe(workspace, "enrol", IMPOSTOR, *map(str, copies[:REFERENCES]))
+        result = sigpipe(workspace, "enrol", IMPOSTOR, *map(str, copies))
     finally:
         edit_params(workspace.params_file, {"enrol": {"tolerance": HUGE_TOLERANCE}})
     assert result.exit_code == 0, result.output

@@ -18,6 +18,7 @@ from tasks.model.verifier import (
     save_verifier,
     standardisation,
     uses_woodbury,
+    with_writer_solved,
     within_writer_whitening,
 )
 from tasks.workspace.errors import VerifierError
@@ -40,19 +41,32 @@ def unequal_writers_data(sizes: list[int], features: int = 60, seed: int = 5) ->
 
 
 def cholesky_reference(
-    embeddings: np.ndarray, labels: np.ndarray, writers: int, regularization: float, whitening: float
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    writers: int,
+    regularization: float,
+    whitening: float,
+    background: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The straightforward solve: per writer, the weighted normal equations of the design [X, 1], with
-    no penalty on the bias, factorised by Cholesky; the kernel mapped back through the whitening."""
-    mean, scale = standardisation(embeddings)
+    no penalty on the bias, factorised by Cholesky; the kernel mapped back through the whitening. A row
+    outside `background` weighs nothing except as a positive of its own writer, and the standardisation
+    and whitening are fitted on the background rows."""
+    background = np.ones(len(labels), dtype=bool) if background is None else background
+    mean, scale = standardisation(embeddings[background])
     features = (embeddings - mean) / scale
-    transform = within_writer_whitening(features, labels, whitening) if whitening > 0 else np.eye(features.shape[1])
+    transform = (
+        within_writer_whitening(features[background], labels[background], whitening)
+        if whitening > 0
+        else np.eye(features.shape[1])
+    )
     design = np.hstack([features @ transform, np.ones((len(labels), 1))])
     penalty = np.diag(np.append(np.full(features.shape[1], regularization), 0.0))
     solutions = []
     for writer in range(writers):
         own = labels == writer
-        weights = np.where(own, 0.5 / own.sum(), 0.5 / (~own).sum())
+        negatives = background & ~own
+        weights = np.where(own, 0.5 / own.sum(), np.where(negatives, 0.5 / negatives.sum(), 0.0))
         targets = np.where(own, 1.0, -1.0)
         normal = design.T @ (weights[:, np.newaxis] * design) + penalty
         solutions.append(scipy.linalg.cho_solve(scipy.linalg.cho_factor(normal), design.T @ (weights * targets)))
@@ -131,6 +145,79 @@ def test_each_writer_equals_scikit_learns_balanced_ridge_classifier(features: in
         reference = RidgeClassifier(alpha=0.05).fit(standardised, targets, sample_weight=weights)
         np.testing.assert_allclose(verifier.kernel[:, writer], reference.coef_.ravel(), rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(verifier.scores(embeddings)[:, writer], reference.decision_function(standardised))
+
+
+def enrolled_rows(labels: np.ndarray, writers: tuple[int, ...], rows_each: int) -> np.ndarray:
+    """The background mask that puts the last `rows_each` rows of each of `writers` outside it."""
+    background = np.ones(len(labels), dtype=bool)
+    for writer in writers:
+        background[np.flatnonzero(labels == writer)[-rows_each:]] = False
+    return background
+
+
+# 90 background rows: the full spectrum at 60 features, the thin one at 150 (where the rows outside the
+# background leave the background's span); 40 rows at 60 features: writer 4 takes the Cholesky fallback.
+@pytest.mark.parametrize("features", [60, 150])
+@pytest.mark.parametrize("whitening", [0.0, 0.3])
+@pytest.mark.parametrize("sizes", [[20, 20, 20, 20, 15, 12], [20, 20, 20, 20, 40, 12]])
+def test_rows_outside_the_background_are_positives_of_their_writer_only(
+    features: int, whitening: float, sizes: list[int]
+) -> None:
+    """Writer 5 entirely outside the background (an enrolled writer), writer 4 with 8 rows outside it
+    (references added to a dataset writer): each equals the straightforward solve, and every writer
+    without such rows has the model it has when they are not there at all."""
+    embeddings, labels = unequal_writers_data(sizes, features=features, seed=11)
+    background = enrolled_rows(labels, (4,), 8) & (labels != 5)
+    verifier = fit_writer_verifier(embeddings, labels, len(sizes), 0.01, whitening, background)
+    kernel, bias = cholesky_reference(embeddings, labels, len(sizes), 0.01, whitening, background)
+    assert_relatively_close(verifier.kernel, kernel)
+    assert_relatively_close(verifier.bias, bias, relative=1e-7)
+    unchanged = [0, 1, 2, 3]
+    background_only = fit_writer_verifier(embeddings[background], labels[background], 5, 0.01, whitening)
+    np.testing.assert_allclose(verifier.mean, background_only.mean)
+    np.testing.assert_allclose(verifier.scale, background_only.scale)
+    assert_relatively_close(verifier.kernel[:, unchanged], background_only.kernel[:, unchanged])
+    assert_relatively_close(verifier.bias[unchanged], background_only.bias[unchanged], relative=1e-7)
+    dataset_rows = labels != 5  # writer 4's added rows as dataset rows instead: they are the others' negatives
+    retrained = fit_writer_verifier(embeddings[dataset_rows], labels[dataset_rows], 5, 0.01, whitening)
+    assert not np.allclose(retrained.kernel[:, unchanged], verifier.kernel[:, unchanged])
+
+
+def test_enrolling_a_writer_changes_no_other_writers_scores() -> None:
+    embeddings, labels = unequal_writers_data([20, 20, 20, 12], features=150, seed=12)
+    background = labels != 3
+    before = fit_writer_verifier(embeddings[background], labels[background], 3, 0.01, 0.3)
+    after = fit_writer_verifier(embeddings, labels, 4, 0.01, 0.3, background)
+    np.testing.assert_allclose(after.scores(embeddings)[:, :3], before.scores(embeddings), rtol=1e-9, atol=1e-9)
+    assert (np.argmax(after.scores(embeddings[~background]), axis=1) == 3).all()  # and answers the new writer
+
+
+@pytest.mark.parametrize("features", [60, 150])  # the Cholesky solve (full), the small eigendecomposition (thin)
+def test_one_writer_solved_alone_equals_the_whole_fit(features: int) -> None:
+    """An enrolment solves only the enrolled writer's model and keeps the others' (`with_writer_solved`):
+    a new writer (column 5) and references added to a dataset writer (column 4) give the whole fit's
+    verifier; a changed background is not patched (None)."""
+    embeddings, labels = unequal_writers_data([20, 20, 20, 20, 15, 12], features=features, seed=14)
+    background = enrolled_rows(labels, (4,), 6) & (labels != 5)
+    whole = fit_writer_verifier(embeddings, labels, 6, 0.01, background=background)
+    known = labels != 5  # before writer 5 was enrolled
+    before = fit_writer_verifier(embeddings[known], labels[known], 5, 0.01, background=background[known])
+    new_writer = with_writer_solved(before, 5, embeddings, labels, 0.01, background)
+    dataset_only = fit_writer_verifier(embeddings[background], labels[background], 5, 0.01)
+    more_references = with_writer_solved(dataset_only, 4, embeddings[known], labels[known], 0.01, background[known])
+    assert new_writer is not None and more_references is not None
+    for solved in (new_writer, more_references):
+        columns = solved.writer_count
+        assert_relatively_close(solved.kernel, whole.kernel[:, :columns])
+        assert_relatively_close(solved.bias, whole.bias[:columns], relative=1e-7)
+    changed = background | (labels == 4)  # writer 4's added rows as background rows: another problem
+    assert with_writer_solved(whole, 5, embeddings, labels, 0.01, changed) is None
+
+
+def test_a_background_of_one_writer_is_refused() -> None:
+    embeddings, labels = unequal_writers_data([10, 10, 10], features=20, seed=13)
+    with pytest.raises(VerifierError, match="background .* at least 2 writers; it holds 1"):
+        fit_writer_verifier(embeddings, labels, 3, 0.01, background=labels == 0)
 
 
 def test_scores_by_hand() -> None:

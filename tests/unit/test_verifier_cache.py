@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from tasks.model.verifier import fit_writer_verifier
-from tasks.model.verifier_cache import problem_digest, remember_verifier, remembered_verifier, views_by_class
+from tasks.model.verifier_cache import (
+    background_by_class,
+    problem_digest,
+    remember_verifier,
+    remembered_verifier,
+    views_by_class,
+)
 
 CLASSES = ("001", "002", "003")
 PENALTY, WHITENING = 0.01, 0.0
@@ -20,8 +26,16 @@ def problem() -> tuple[np.ndarray, np.ndarray]:
     return (generator.normal(size=(2, 9, 6)) + labels[None, :, None]).astype(np.float32), labels
 
 
-def digest_of(views: np.ndarray, labels: np.ndarray, penalty: float = PENALTY, whitening: float = WHITENING) -> str:
-    return problem_digest(views_by_class(views, labels, CLASSES), penalty, whitening)
+def digest_of(
+    views: np.ndarray,
+    labels: np.ndarray,
+    penalty: float = PENALTY,
+    whitening: float = WHITENING,
+    background: np.ndarray | None = None,
+) -> str:
+    background = np.ones(len(labels), dtype=bool) if background is None else background
+    grouped_background = background_by_class(background, labels, CLASSES)
+    return problem_digest(views_by_class(views, labels, CLASSES), grouped_background, penalty, whitening)
 
 
 def test_views_by_class_groups_each_writer_in_class_order() -> None:
@@ -42,9 +56,13 @@ def test_the_digest_changes_with_every_part_of_the_problem() -> None:
     assert digest_of(views, labels, penalty=0.1) != digest
     assert digest_of(views, labels, whitening=0.01) != digest
     assert digest_of(views.astype(np.float64), labels) != digest
+    enrolled = np.ones(len(labels), dtype=bool)
+    enrolled[-1] = False  # the same image an enrolled reference: its writer's positive only, another model
+    assert digest_of(views, labels, background=enrolled) != digest
     grouped = views_by_class(views, labels, CLASSES)
+    flags = background_by_class(np.ones(len(labels), dtype=bool), labels, CLASSES)
     reordered = {writer: grouped[writer] for writer in reversed(CLASSES)}
-    assert problem_digest(reordered, PENALTY, WHITENING) != digest  # another class order, another model
+    assert problem_digest(reordered, flags, PENALTY, WHITENING) != digest  # another class order, another model
 
 
 def test_a_kept_verifier_is_found_for_its_problem_only(tmp_path: Path) -> None:
