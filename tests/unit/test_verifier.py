@@ -192,7 +192,8 @@ def test_enrolling_a_writer_changes_no_other_writers_scores() -> None:
     assert (np.argmax(after.scores(embeddings[~background]), axis=1) == 3).all()  # and answers the new writer
 
 
-@pytest.mark.parametrize("features", [60, 150])  # the Cholesky solve (full), the small eigendecomposition (thin)
+# About 110 rows: a Cholesky solve at 60 (full spectrum) and 150 (thin), a small eigendecomposition at 400.
+@pytest.mark.parametrize("features", [60, 150, 400])
 def test_one_writer_solved_alone_equals_the_whole_fit(features: int) -> None:
     """An enrolment solves only the enrolled writer's model and keeps the others' (`with_writer_solved`):
     a new writer (column 5) and references added to a dataset writer (column 4) give the whole fit's
