@@ -22,7 +22,7 @@ interpreter, `model.weights: none`, `prepare.image_size: 150`, `prepare.unenroll
    sixth, and the next `dvc repro`'s rebuild. The full and without models are also read from their
    evaluate stage's score table (data/scores/scores.npz) at models/calibration.json's threshold.
 4. Timing: the sixth writer enrolled from 10 of its training references (`sigpipe enrol`, a fresh
-   process: imports, base build, 10 x 5 views embedded, re-solve, package, register), then `dvc repro`
+   process: imports, base build, 10 x 5 views embedded, the writer's model solved, package, register), then `dvc repro`
    of that workspace (which rebuilds everything from prepare on, now with the enrolled writer), one
    after the other, with the load average before and after each. The model-server path (a running
    server embedding the references) is not built: reported as such.
