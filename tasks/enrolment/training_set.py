@@ -158,6 +158,12 @@ def fit(training: TrainingSet, model: ModelParams) -> WriterVerifier:
     the dataset images as its background: an enrolled writer changes no other writer's model."""
     if len(training.classes) < 2:
         raise EnrolmentError(f"{len(training.classes)} writer(s) would be left: a verifier needs at least 2")
+    dataset_writers = [writer for writer, flags in training.background.items() if flags.any()]
+    if len(dataset_writers) < 2:
+        raise EnrolmentError(
+            f"{len(dataset_writers)} dataset writer(s) would be left ({', '.join(dataset_writers) or 'none'}): every "
+            "writer's negatives are the dataset's training signatures, so a verifier needs at least 2 dataset writers"
+        )
     samples, labels, background = flat_problem(training)
     return fit_writer_verifier(
         samples,

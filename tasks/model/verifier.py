@@ -33,9 +33,9 @@ writer and nothing else: the negatives of every writer, the standardisation and 
 on the background rows only, as the field's writer-dependent protocol draws every writer's negatives
 from one fixed development set (Hafemann et al. 2017). So enrolling or removing such a writer leaves
 every other writer's model as it was, and a rebuild that keeps the same rows outside the background
-solves the same problem. A writer with rows outside the background is solved by the same Woodbury
-identity on the background's spectrum when that spectrum spans every feature, and otherwise on the
-spectrum of the background and its own rows.
+solves the same problem. Every writer is solved by the same Woodbury identity on the background's
+spectrum; a thin one is first extended by the directions of the rows outside the background that it
+does not span (`FeatureSpectrum.spanning`), along which the background has no variance.
 """
 
 from __future__ import annotations
@@ -145,6 +145,25 @@ class FeatureSpectrum:
         root = np.sqrt(values)
         rotated = left * root
         return cls(values, features.T @ (left / root), rotated, rotated.sum(axis=0))
+
+    def spanning(self, rows: np.ndarray) -> FeatureSpectrum:
+        """This spectrum with orthonormal directions added (eigenvalue 0: X has no part along them) until its
+        vectors also span `rows` (rows outside X, such as enrolled references): what a writer's Woodbury
+        solve needs when its own rows leave a thin spectrum's span. Unchanged when they do not."""
+        residual = rows - (rows @ self.vectors) @ self.vectors.T
+        if not len(rows):
+            return self
+        directions, sizes, _ = np.linalg.svd(residual.T, full_matrices=False)
+        kept = sizes > THIN_SPECTRUM_RELATIVE_FLOOR**0.5 * max(float(np.abs(rows).max()), MINIMUM_SCALE)
+        if not kept.any():
+            return self
+        added = int(kept.sum())
+        return FeatureSpectrum(
+            np.concatenate([self.values, np.zeros(added)]),
+            np.hstack([self.vectors, directions[:, kept]]),
+            np.hstack([self.rotated, np.zeros((len(self.rotated), added))]),
+            np.concatenate([self.rotated_sums, np.zeros(added)]),
+        )
 
 
 def uses_woodbury(own_rows: int, feature_count: int) -> bool:
@@ -285,20 +304,17 @@ def fit_writer_verifier(
     bias = np.empty(writer_count)
     woodbury = [writer for writer in range(writer_count) if few_rows[writer]]
     if woodbury:
-        spectrum = FeatureSpectrum.of(base)
-        complete = len(spectrum.values) == feature_count
-        shared = [writer for writer in woodbury if complete or not extra_counts[writer]]
-        rotated_kernel = np.empty((len(spectrum.values), len(shared)))
-        for column, writer in enumerate(shared):
+        # One spectrum for every writer: the background's, spanning the rows outside it too (a thin one
+        # does not: enrolled references need not lie in the background rows' span).
+        extra_rows = np.isin(outside_labels, woodbury)
+        spectrum = FeatureSpectrum.of(base).spanning(outside[extra_rows])
+        rotated_kernel = np.empty((len(spectrum.values), len(woodbury)))
+        for column, writer in enumerate(woodbury):
             extra = outside[outside_labels == writer] @ spectrum.vectors
             rotated_kernel[:, column], bias[writer] = woodbury_writer_solution(
                 spectrum, base_labels == writer, extra, *weights[writer], regularization
             )
-        kernel[:, shared] = spectrum.vectors @ rotated_kernel  # back from the eigenbasis, all at once
-        for writer in sorted(set(woodbury) - set(shared)):  # rows outside a thin background spectrum
-            kernel[:, writer], bias[writer] = own_spectrum_solution(
-                base, base_labels == writer, outside[outside_labels == writer], *weights[writer], regularization
-            )
+        kernel[:, woodbury] = spectrum.vectors @ rotated_kernel  # back from the eigenbasis, all at once
     direct = [writer for writer in range(writer_count) if not few_rows[writer]]
     if direct:
         design_gram, column_sums = bias_design_gram(base, base.T @ base)
@@ -312,27 +328,6 @@ def fit_writer_verifier(
     if transform is not None:
         kernel = transform @ kernel  # scores of standardised x: (x @ transform) @ k = x @ (transform @ k)
     return WriterVerifier(mean, scale, kernel, bias)
-
-
-def own_spectrum_solution(
-    base: np.ndarray,
-    own: np.ndarray,
-    extra: np.ndarray,
-    positive_weight: float,
-    negative_weight: float,
-    regularization: float,
-) -> tuple[np.ndarray, float]:
-    """One writer's kernel (in feature space) and bias when its `extra` rows lie outside the span of a thin
-    background spectrum: the Woodbury solve on the spectrum of the background and those rows together, of
-    which the extra rows are the writer's own (never a negative)."""
-    rows = np.vstack([base, extra])
-    spectrum = FeatureSpectrum.of(rows)
-    own_rows = np.concatenate([own, np.ones(len(extra), dtype=bool)])
-    no_extra = np.empty((0, len(spectrum.values)))
-    rotated_kernel, bias = woodbury_writer_solution(
-        spectrum, own_rows, no_extra, positive_weight, negative_weight, regularization
-    )
-    return spectrum.vectors @ rotated_kernel, bias
 
 
 def with_bias_column(rows: np.ndarray) -> np.ndarray:
@@ -369,9 +364,12 @@ def with_writer_solved(
     rows are those `verifier` was fitted on, as after an enrolment (its rows are outside the background).
     One writer costs one Cholesky factorisation (or, with far fewer rows than features, one small
     eigendecomposition) instead of the whole fit. Only for an unwhitened verifier (the whitening's
-    transform is not kept). None when the background's standardisation is not `verifier`'s (the
-    background changed): the caller fits again."""
+    transform is not kept) and a background whose rows and labels are those `verifier` was fitted on:
+    the caller guarantees both; what is checked is the background's standardisation (None when it is not
+    `verifier`'s: the caller fits again) and that `column` is a writer with rows."""
     labels, background = np.asarray(labels), np.asarray(background, dtype=bool)
+    if not 0 <= column <= verifier.writer_count or not np.any(labels == column):
+        raise VerifierError(f"writer {column} has no rows, or is beyond the next of {verifier.writer_count} writers")
     mean, scale = standardisation(embeddings[background])
     if not (np.allclose(mean, verifier.mean, rtol=1e-9, atol=1e-12) and np.allclose(scale, verifier.scale, rtol=1e-9)):
         return None
@@ -381,7 +379,11 @@ def with_writer_solved(
     extra = standardised[~background & (labels == column)]
     weights = class_weights(int(own.sum()) + len(extra), len(base) - int(own.sum()))
     if len(base) + len(extra) < SMALL_EIGENDECOMPOSITION_MAXIMUM_ROWS_PER_FEATURE * base.shape[1]:
-        kernel, bias = own_spectrum_solution(base, own, extra, *weights, regularization)
+        spectrum = FeatureSpectrum.of(base).spanning(extra)
+        rotated_kernel, bias = woodbury_writer_solution(
+            spectrum, own, extra @ spectrum.vectors, *weights, regularization
+        )
+        kernel = spectrum.vectors @ rotated_kernel
     else:
         design_gram, column_sums = bias_design_gram(base, base.T @ base)
         penalty = np.full(base.shape[1] + 1, regularization)

@@ -82,7 +82,9 @@ def load_embedded_training(paths: ProjectPaths, manifest_rows: Sequence[dict[str
         image_size=image_size,
         train_rows=tuple(by_split["train"]),
         val_rows=tuple(by_split["val"]),
-        train_background=np.array([not paths.is_enrolled_reference(row["path"]) for row in by_split["train"]]),
+        train_background=np.array(
+            [not paths.is_enrolled_reference(row["path"]) for row in by_split["train"]], dtype=bool
+        ),
     )
 
 

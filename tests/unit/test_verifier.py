@@ -155,8 +155,8 @@ def enrolled_rows(labels: np.ndarray, writers: tuple[int, ...], rows_each: int) 
     return background
 
 
-# 90 background rows: the full spectrum at 60 features, the thin one at 150 (where the rows outside the
-# background leave the background's span); 40 rows at 60 features: writer 4 takes the Cholesky fallback.
+# 87 or 104 background rows: the full spectrum at 60 features, the thin one at 150 (where the rows outside
+# the background leave the background's span); 40 rows at 60 features: writer 4 takes the Cholesky fallback.
 @pytest.mark.parametrize("features", [60, 150])
 @pytest.mark.parametrize("whitening", [0.0, 0.3])
 @pytest.mark.parametrize("sizes", [[20, 20, 20, 20, 15, 12], [20, 20, 20, 20, 40, 12]])
