@@ -3,6 +3,7 @@ into one clear line on stderr instead of a traceback."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from tasks.workspace.errors import (
     WeightsError,
 )
 from tasks.workspace.paths import PARAMS_FILE_NAME, ProjectPaths
+from tasks.workspace.prefect_home import prefect_api_certainly_unset
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -109,16 +111,49 @@ def current_stage_run_name() -> str:
     return stage_run_name(flow_run.flow_name, flow_run.parameters[STAGE_PARAMETER])
 
 
+class StageFlow:
+    """A stage: its function (`fn`) and its Prefect flow, made from it on first use (`flow`), so that a
+    stage process that runs the function alone never imports Prefect (about a second per process under
+    `dvc repro` without an API, issue 25). Called, or given options, it is the flow, as Prefect's
+    `@flow` would be: the pipeline runs it as a subflow, the tests call it."""
+
+    def __init__(self, name: str, function: Callable[[str], Any]) -> None:
+        self.name = name
+        self.fn = function
+        functools.update_wrapper(self, function)
+
+    @functools.cached_property
+    def flow(self) -> Flow[[str], Any]:
+        """The stage's Prefect flow: named after the stage, its run after what it runs, prints logged."""
+        from prefect import flow
+
+        return flow(name=self.name, flow_run_name=current_stage_run_name, log_prints=True)(self.fn)
+
+    def __call__(self, params_file: str) -> Any:
+        return self.flow(params_file)
+
+    def with_options(self, **options: Any) -> Flow[[str], Any]:
+        return self.flow.with_options(**options)
+
+
+def pipeline_stage(name: str) -> Callable[[Callable[[str], Any]], StageFlow]:
+    """Decorator: the function is stage `name` (`StageFlow`)."""
+    return lambda function: StageFlow(name, function)
+
+
 def prefect_api_configured() -> bool:
-    """Whether a Prefect API is configured (PREFECT_API_URL, a profile): someone can watch the runs."""
+    """Whether a Prefect API is configured (PREFECT_API_URL, a profile): someone can watch the runs.
+    Answered without Prefect when no settings source can set one (`prefect_api_certainly_unset`)."""
+    if prefect_api_certainly_unset(os.environ, Path.cwd()):
+        return False
     from prefect.settings import get_current_settings
 
     return bool(get_current_settings().api.url)
 
 
-def call_stage(stage: Flow[..., Any], params_file: str) -> object:
+def call_stage(stage: StageFlow, params_file: str) -> object:
     """Run a stage on `params_file`: as a Prefect flow run when an API is configured (the runs show in
-    its UI), else as the plain function (`Flow.fn`). Without an API, Prefect would start a temporary
+    its UI), else as the plain function (`StageFlow.fn`). Without an API, Prefect would start a temporary
     server for this one process (seconds per stage under `dvc repro`) that nobody can watch."""
     if prefect_api_configured():
         return stage(params_file)
@@ -156,12 +191,12 @@ def run_reporting_errors(name: str, run: Callable[[], object]) -> None:
         sys.exit(1)
 
 
-def run_stage(stage: Flow[..., Any], params_file: str) -> None:
+def run_stage(stage: StageFlow, params_file: str) -> None:
     """Run a stage flow on `params_file` (`call_stage`), reporting user errors in one line."""
     run_reporting_errors(stage.name, lambda: call_stage(stage, params_file))
 
 
-def run_entry_point(stage: Flow[..., Any]) -> None:
+def run_entry_point(stage: StageFlow) -> None:
     """Run a stage flow on `params.yaml` of the working directory (how `dvc repro` calls it); the
     process then exits without the collector's last passes (`tasks.runtime.exit`)."""
     with no_collection_at_exit():

@@ -11,9 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
-from prefect import flow
-
-from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
+from flows._stage import pipeline_stage, run_entry_point, workspace_paths
 from tasks.workspace.config import parse_group, read_params_file
 from tasks.workspace.files import json_ready, write_json, write_metrics
 from tasks.workspace.params_data import PrepareParams
@@ -119,7 +117,7 @@ def calibrate_task(paths: ProjectPaths, config: CalibrateConfig) -> dict[str, ob
     return report
 
 
-@flow(name="calibrate", flow_run_name=current_stage_run_name, log_prints=True)
+@pipeline_stage("calibrate")
 def calibrate_flow(params_file: str) -> dict[str, object]:
     """Read the `calibrate` and `tracking` parameters and calibrate the classifier's scores."""
     paths = workspace_paths(params_file)

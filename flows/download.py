@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from prefect import flow
-
-from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
+from flows._stage import pipeline_stage, run_entry_point, workspace_paths
 from tasks.data.download import DownloadSummary, fetch_dataset
 from tasks.workspace.config import parse_group, read_params_file
 from tasks.workspace.files import write_json
@@ -26,7 +24,7 @@ def fetch_dataset_task(
     return fetch_dataset(data, download, synthetic, paths)
 
 
-@flow(name="download", flow_run_name=current_stage_run_name, log_prints=True)
+@pipeline_stage("download")
 def download_flow(params_file: str) -> dict[str, object]:
     """Read the `data`, `download` and `synthetic` parameters, fetch, and record what came in."""
     paths = workspace_paths(params_file)

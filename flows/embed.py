@@ -12,9 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from prefect import flow
-
-from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
+from flows._stage import pipeline_stage, run_entry_point, workspace_paths
 from tasks.model.embedding_spec import EmbeddingSpec
 from tasks.workspace.config import parse_group, read_params_file
 from tasks.workspace.files import write_json
@@ -79,7 +77,7 @@ def embed_task(paths: ProjectPaths, config: EmbedConfig) -> dict[str, object]:
     return metrics
 
 
-@flow(name="embed", flow_run_name=current_stage_run_name, log_prints=True)
+@pipeline_stage("embed")
 def embed_flow(params_file: str) -> dict[str, object]:
     """Read `model.weights`, `augment` and the embedding keys of `train`, and embed the prepared images."""
     paths = workspace_paths(params_file)

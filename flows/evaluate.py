@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from prefect import flow
-
-from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
+from flows._stage import pipeline_stage, run_entry_point, workspace_paths
 from tasks.workspace.config import parse_group, read_params_file
 from tasks.workspace.files import json_ready, write_csv, write_metrics
 from tasks.workspace.params_data import PrepareParams
@@ -113,7 +111,7 @@ def evaluate_task(paths: ProjectPaths, config: EvaluateConfig) -> dict[str, obje
     return metrics
 
 
-@flow(name="evaluate", flow_run_name=current_stage_run_name, log_prints=True)
+@pipeline_stage("evaluate")
 def evaluate_flow(params_file: str) -> dict[str, object]:
     """Read the `evaluate` and `tracking` parameters and evaluate the trained classifier."""
     paths = workspace_paths(params_file)

@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from prefect import flow
-
-from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
+from flows._stage import pipeline_stage, run_entry_point, workspace_paths
 from tasks.workspace.config import ModelParams, PrepareParams, TrainParams, parse_group, read_params_file
 from tasks.workspace.paths import ProjectPaths
 
@@ -85,7 +83,7 @@ def package_task(paths: ProjectPaths, config: PackageConfig) -> dict[str, object
     return record
 
 
-@flow(name="package", flow_run_name=current_stage_run_name, log_prints=True)
+@pipeline_stage("package")
 def package_flow(params_file: str) -> dict[str, object]:
     """Read `model.weights`, `model.dropout`, `prepare` and `train.seed`; build, check and write the classifier."""
     paths = workspace_paths(params_file)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import shutil
 
-from prefect import flow
-
-from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
+from flows._stage import pipeline_stage, run_entry_point, workspace_paths
 from tasks.data.prepare import PrepareSummary, prepare_dataset, prepare_metrics
 from tasks.workspace.config import parse_group, parse_layout, read_params_file
 from tasks.workspace.files import write_json
@@ -27,7 +25,7 @@ def prepare_task(paths: ProjectPaths, layout: str, params: PrepareParams) -> Pre
     return summary
 
 
-@flow(name="prepare", flow_run_name=current_stage_run_name, log_prints=True)
+@pipeline_stage("prepare")
 def prepare_flow(params_file: str) -> dict[str, object]:
     """Read `data.layout` and the `prepare` parameters, rebuild `data/prepared/`, write metrics."""
     paths = workspace_paths(params_file)

@@ -13,9 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
-from prefect import flow
-
-from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
+from flows._stage import pipeline_stage, run_entry_point, workspace_paths
 from tasks.workspace.config import (
     ConfigError,
     PrepareParams,
@@ -193,7 +191,7 @@ def register_task(paths: ProjectPaths, config: RegisterConfig) -> dict[str, obje
     return result
 
 
-@flow(name="register", flow_run_name=current_stage_run_name, log_prints=True)
+@pipeline_stage("register")
 def register_flow(params_file: str) -> dict[str, object]:
     """Read the `register`, `prepare` and `tracking` parameters; register the classifier `package` wrote."""
     paths = workspace_paths(params_file)

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from prefect import flow
-
-from flows._stage import current_stage_run_name, run_entry_point, workspace_paths
+from flows._stage import pipeline_stage, run_entry_point, workspace_paths
 from tasks.workspace.config import parse_group, read_params_file
 from tasks.workspace.files import json_ready, write_json
 from tasks.workspace.params_model import AugmentParams, ModelParams, TrackingParams, TrainParams
@@ -216,7 +214,7 @@ def fit_head(
         )
 
 
-@flow(name="train", flow_run_name=current_stage_run_name, log_prints=True)
+@pipeline_stage("train")
 def train_flow(params_file: str) -> dict[str, object]:
     """Read the `model`, `augment`, `train` and `tracking` parameters and train the classifier."""
     paths = workspace_paths(params_file)
