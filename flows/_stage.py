@@ -143,8 +143,9 @@ def pipeline_stage(name: str) -> Callable[[Callable[[str], Any]], StageFlow]:
 
 def prefect_api_configured() -> bool:
     """Whether a Prefect API is configured (PREFECT_API_URL, a profile): someone can watch the runs.
-    Answered without Prefect when no settings source can set one (`prefect_api_certainly_unset`)."""
-    if prefect_api_certainly_unset(os.environ, Path.cwd()):
+    Answered without importing Prefect when no settings source can set one (`prefect_api_certainly_unset`);
+    once Prefect is imported it is asked (its settings may have been changed in this process)."""
+    if "prefect" not in sys.modules and prefect_api_certainly_unset(os.environ, Path.cwd()):
         return False
     from prefect.settings import get_current_settings
 

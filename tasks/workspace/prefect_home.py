@@ -12,6 +12,7 @@ Prefect. Standard library only.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,29 +34,34 @@ def keep_prefect_state_in_workspace(root: Path) -> None:
         os.environ["PREFECT_PROFILES_PATH"] = str(profiles)
 
 
-# The environment variables by which Prefect may be pointed at an API, or at settings this module does not read.
-API_ENVIRONMENT_VARIABLES = ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_TEST_MODE", "PREFECT_UNIT_TEST_MODE")
-DOTENV_FILE = ".env"  # in the working directory, as the environment
+# A setting's name (a variable, a .env line, a profile's key) that may point Prefect at an API
+# (PREFECT_API_URL; PREFECT_API, a JSON table; the API's other settings count too), choose another
+# profile, or turn plugins on (a plugin may set the API when Prefect starts).
+API_SETTING_NAME = re.compile(r"PREFECT_API|PREFECT_PROFILE(?!S_PATH)|PLUGINS", re.IGNORECASE)
+DOTENV_FILE = ".env"  # in the working directory, as the environment; it may also name a profiles file
+DOTENV_API_SETTING = re.compile(r"PREFECT_API|PREFECT_PROFILE|PLUGINS", re.IGNORECASE)
 PREFECT_TOML_FILE = "prefect.toml"  # in the working directory: Prefect's settings as nested tables
 PYPROJECT_FILE = "pyproject.toml"  # in the working directory: the same under [tool.prefect]
-# The settings tables that can point Prefect at an API or at another profiles file.
-API_SETTINGS_TABLES = ("api", "profiles_path")
-API_URL_KEY = "API_URL"  # how a profile or a .env file sets the API: PREFECT_API_URL = "..."
+# The tables of those files that can set an API, another profiles file, or plugins.
+API_SETTINGS_TABLES = ("api", "profiles_path", "plugins", "experiments")
+PROFILES_FILE = Path(".prefect") / "profiles.toml"  # under the user's home, when PREFECT_HOME is not set
 
 
 def prefect_api_certainly_unset(environment: Mapping[str, str], folder: Path) -> bool:
     """True only when none of the sources Prefect 3 reads its settings from can set an API URL: no
-    PREFECT_API_URL (nor a chosen profile, nor test mode) in `environment` or in `folder`'s `.env`; no
-    `api` table (nor a profiles path) in `folder`'s `prefect.toml` or its `pyproject.toml`'s
-    [tool.prefect]; and no profile in the profiles file (PREFECT_PROFILES_PATH, else PREFECT_HOME's,
-    else ~/.prefect's) that sets one. `folder` is the working directory. A stage then runs without
-    importing Prefect (about a second per process, issue 25); False means "ask Prefect"
-    (`flows._stage.prefect_api_configured`), never "an API is configured"."""
-    names = {name.upper() for name in environment}
-    if any(name in names for name in API_ENVIRONMENT_VARIABLES):
+    `API_SETTING_NAME` among `environment`'s variables or in `folder`'s `.env`; no `API_SETTINGS_TABLES`
+    table in `folder`'s `prefect.toml` or its `pyproject.toml`'s [tool.prefect]; and no profile of the
+    profiles file (PREFECT_PROFILES_PATH, else PREFECT_HOME's, else the home folder's) with such a key.
+    `folder` is the working directory. A stage then runs without importing Prefect (about a second per
+    process, issue 25); False means "ask Prefect" (`flows._stage.prefect_api_configured`), never "an
+    API is configured". Every doubt (a file that cannot be read or parsed) is a False."""
+    if any(API_SETTING_NAME.search(name) for name in environment):
         return False
-    prefect_toml = read_toml(folder / PREFECT_TOML_FILE)
-    pyproject_prefect = read_toml(folder / PYPROJECT_FILE).get("tool", {}).get("prefect", {})
+    prefect_toml, pyproject = read_toml(folder / PREFECT_TOML_FILE), read_toml(folder / PYPROJECT_FILE)
+    tool = pyproject.get("tool", {}) if pyproject is not None else None
+    pyproject_prefect = tool.get("prefect", {}) if isinstance(tool, dict) else None
+    if prefect_toml is None or not isinstance(pyproject_prefect, dict):
+        return False
     if any(table in settings for settings in (prefect_toml, pyproject_prefect) for table in API_SETTINGS_TABLES):
         return False
     if environment.get("PREFECT_PROFILES_PATH"):
@@ -63,29 +69,41 @@ def prefect_api_certainly_unset(environment: Mapping[str, str], folder: Path) ->
     elif environment.get("PREFECT_HOME"):
         profiles = Path(environment["PREFECT_HOME"]) / "profiles.toml"
     else:
-        profiles = USER_PROFILES_FILE.expanduser()
-    return not any(mentions_api(path) for path in (folder / DOTENV_FILE, profiles))
+        profiles = Path(environment.get("HOME") or Path.home()) / PROFILES_FILE
+    return not dotenv_may_set_api(folder / DOTENV_FILE) and not profiles_may_set_api(profiles)
 
 
-def mentions_api(path: Path) -> bool:
-    """Whether the file (a profiles file, a .env file) may set Prefect's API URL or choose a profile: its
-    text names one; a file that cannot be read may."""
+def dotenv_may_set_api(path: Path) -> bool:
+    """Whether a .env file may set the API, choose a profile or a profiles file, or turn plugins on."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace").upper()
+        return DOTENV_API_SETTING.search(path.read_text(encoding="utf-8", errors="replace")) is not None
     except FileNotFoundError:
         return False
     except OSError:
         return True
-    return API_URL_KEY in text or "PREFECT_PROFILE" in text
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """The TOML file's content; empty when there is none. One that cannot be read or parsed is taken to
-    hold an `api` table, so the caller asks Prefect (which names the broken file)."""
+def profiles_may_set_api(path: Path) -> bool:
+    """Whether any profile of a profiles file has a key that may set the API (whichever profile is active)."""
+    profiles = read_toml(path)
+    if profiles is None:
+        return True
+    tables = profiles.get("profiles", {})
+    if not isinstance(tables, dict):
+        return True
+    return any(
+        not isinstance(settings, dict) or any(API_SETTING_NAME.search(str(key)) for key in settings)
+        for settings in tables.values()
+    )
+
+
+def read_toml(path: Path) -> dict[str, Any] | None:
+    """The TOML file's content; empty when there is none, None when it cannot be read or parsed (then the
+    caller asks Prefect, which names the broken file)."""
     try:
         with path.open("rb") as file:
             return tomllib.load(file)
     except FileNotFoundError:
         return {}
     except (OSError, tomllib.TOMLDecodeError):
-        return {"api": {}, "tool": {"prefect": {"api": {}}}}
+        return None
