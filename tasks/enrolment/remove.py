@@ -1,8 +1,9 @@
 """`sigpipe remove`: a writer taken out of the model, and its enrolment data out of the workspace.
 
-The verifier is re-solved without the writer's stored training views and registered as a new version,
-which becomes champion (the served model must stop answering with a removed writer). Then the writer's
-enrolment folder (references, embeddings) and its prepared images are deleted; a writer of the dataset
+The verifier without the writer (an enrolled writer's model taken out of the kept verifier, the others
+unchanged; a dataset writer's signatures out of the background, everyone solved again) is registered as a
+new version, which becomes champion (the served model must stop answering with a removed writer). Then
+the writer's enrolment folder (references, embeddings) and its prepared images are deleted; a writer of the dataset
 itself is recorded in `data/enrolments/removed.json`, so the next `dvc repro` leaves it out (the raw
 data is never modified). Earlier registry versions that know the writer are listed, and deleted with
 `purge`.
@@ -26,7 +27,7 @@ from tasks.enrolment.record import (
     write_removed_writers,
     writer_id,
 )
-from tasks.enrolment.training_set import fit, kept_rows, remember, training_set
+from tasks.enrolment.training_set import fit_without_writer, kept_rows, remember, training_set
 from tasks.enrolment.versions import RegisteredVersion, VersionRequest, purge_versions, versions_with_writer
 from tasks.enrolment.workspace_state import Change, EnrolSettings, build_and_register, manifest, version_tags
 from tasks.enrolment.workspace_state import threshold as calibrated_threshold
@@ -83,7 +84,7 @@ def remove_writer(paths: ProjectPaths, settings: EnrolSettings, name: str, purge
     if writer not in training.classes:
         raise EnrolmentError(f"writer {writer} is not a writer of the model (known: {', '.join(training.classes)})")
     remaining = training.without(writer)
-    verifier = fit(remaining, settings.model)
+    verifier = fit_without_writer(paths, training, writer, settings.model)
     kept = [row for row in kept_rows(paths, rows) if row["writer"] != writer]
     threshold = calibrated_threshold(paths)
     table = score_table(paths, kept, verifier, remaining.classes)

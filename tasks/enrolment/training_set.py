@@ -129,6 +129,19 @@ def remember(paths: ProjectPaths, training: TrainingSet, model: ModelParams, ver
     remember_verifier(paths.verifier_cache_file, problem_of(training, model), verifier)
 
 
+def fit_without_writer(paths: ProjectPaths, training: TrainingSet, writer: str, model: ModelParams) -> WriterVerifier:
+    """The verifier of `training` without `writer`. An enrolled writer (none of its views in the background)
+    is taken out of the record's kept verifier: every other writer's model is the same without it
+    (`tasks.model.verifier`), so this is exact and solves nothing. A dataset writer's signatures leave the
+    background, and the others are solved again without them (as is everything when nothing was kept)."""
+    if not training.background[writer].any():
+        kept = remembered_verifier(paths.verifier_cache_file, problem_of(training, model))
+        if kept is not None:
+            others = [index for index, name in enumerate(training.classes) if name != writer]
+            return WriterVerifier(kept.mean, kept.scale, kept.kernel[:, others], kept.bias[others])
+    return fit(training.without(writer), model)
+
+
 def fit_with_writer(before: WriterVerifier, training: TrainingSet, writer: str, model: ModelParams) -> WriterVerifier:
     """The verifier of `training` from `before`, the verifier of the same record without `writer`'s new
     references: only `writer`'s model is solved, every other writer's kept (their background did not

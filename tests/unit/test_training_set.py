@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks.enrolment.training_set import TrainingSet, fit, fit_with_writer, flat_problem
+from tasks.enrolment.training_set import TrainingSet, fit, fit_with_writer, fit_without_writer, flat_problem, remember
 from tasks.workspace.errors import EnrolmentError
 from tasks.workspace.params_model import ModelParams
+from tasks.workspace.paths import ProjectPaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VIEWS, FEATURES = 2, 40
@@ -70,3 +71,23 @@ def test_an_enrolled_writer_solved_alone_equals_the_whole_fit_and_keeps_the_othe
     np.testing.assert_array_equal(alone.kernel[:, :4], before.kernel)  # the others' models, kept as they were
     np.testing.assert_allclose(alone.kernel, whole.kernel, rtol=1e-8, atol=1e-10 * np.abs(whole.kernel).max())
     np.testing.assert_allclose(alone.bias, whole.bias, rtol=1e-8, atol=1e-12)
+
+
+def test_removing_an_enrolled_writer_takes_its_model_out_of_the_kept_verifier(tmp_path: Path) -> None:
+    """Exact and without a solve for an enrolled writer; a dataset writer's removal solves again without its
+    signatures in the background; with nothing kept, everything is solved again."""
+    paths = ProjectPaths.from_root(tmp_path)
+    paths.verifier_cache_file.parent.mkdir(parents=True)
+    record = dataset(writers=4)
+    enlarged = record.with_writer("900", writer_views(9, 5))
+    unkept = fit_without_writer(paths, enlarged, "900", model_params())  # nothing kept yet: solved
+    kept = fit(enlarged, model_params())
+    remember(paths, enlarged, model_params(), kept)
+    removed = fit_without_writer(paths, enlarged, "900", model_params())
+    np.testing.assert_array_equal(removed.kernel, kept.kernel[:, :4])
+    np.testing.assert_array_equal(removed.bias, kept.bias[:4])
+    np.testing.assert_allclose(removed.kernel, unkept.kernel, rtol=1e-8, atol=1e-10 * np.abs(unkept.kernel).max())
+    dataset_writer = fit_without_writer(paths, enlarged, "002", model_params())
+    solved = fit(enlarged.without("002"), model_params())
+    np.testing.assert_array_equal(dataset_writer.kernel, solved.kernel)
+    assert not np.allclose(dataset_writer.kernel[:, 0], kept.kernel[:, 0])  # 002 no longer a negative of 001
