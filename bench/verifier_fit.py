@@ -32,11 +32,11 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from bench.peers import machine  # noqa: E402
 from tasks.model.verifier import (  # noqa: E402
     WriterVerifier,
-    class_weights,
     fit_writer_verifier,
     standardisation,
     within_writer_whitening,
 )
+from tasks.model.verifier_solve import class_weights  # noqa: E402
 
 ROWS = 4675  # CEDAR's training set: 55 writers' clean and augmented training views
 WRITERS = 55

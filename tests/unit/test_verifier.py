@@ -11,16 +11,15 @@ import scipy.linalg
 from sklearn.linear_model import RidgeClassifier
 
 from tasks.model.verifier import (
-    FeatureSpectrum,
     WriterVerifier,
     fit_writer_verifier,
     load_verifier,
     save_verifier,
     standardisation,
-    uses_woodbury,
     with_writer_solved,
     within_writer_whitening,
 )
+from tasks.model.verifier_solve import FeatureSpectrum, uses_woodbury
 from tasks.workspace.errors import VerifierError
 
 
