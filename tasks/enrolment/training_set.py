@@ -131,15 +131,14 @@ def remember(paths: ProjectPaths, training: TrainingSet, model: ModelParams, ver
 
 def fit_without_writer(paths: ProjectPaths, training: TrainingSet, writer: str, model: ModelParams) -> WriterVerifier:
     """The verifier of `training` without `writer`. An enrolled writer (none of its views in the background)
-    is taken out of the record's kept verifier: every other writer's model is the same without it
-    (`tasks.model.verifier`), so this is exact and solves nothing. A dataset writer's signatures leave the
-    background, and the others are solved again without them (as is everything when nothing was kept)."""
-    if not training.background[writer].any():
-        kept = remembered_verifier(paths.verifier_cache_file, problem_of(training, model))
-        if kept is not None:
-            others = [index for index, name in enumerate(training.classes) if name != writer]
-            return WriterVerifier(kept.mean, kept.scale, kept.kernel[:, others], kept.bias[others])
-    return fit(training.without(writer), model)
+    is taken out of the record's verifier (`fit_or_remembered`: the kept one, solving nothing): every other
+    writer's model is the same without it (`tasks.model.verifier`), so this is exact. A dataset writer's
+    signatures leave the background, and the others are solved again without them."""
+    if training.background[writer].any():
+        return fit(training.without(writer), model)
+    record = fit_or_remembered(paths, training, model)
+    others = [index for index, name in enumerate(training.classes) if name != writer]
+    return WriterVerifier(record.mean, record.scale, record.kernel[:, others], record.bias[others])
 
 
 def fit_with_writer(before: WriterVerifier, training: TrainingSet, writer: str, model: ModelParams) -> WriterVerifier:

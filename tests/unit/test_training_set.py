@@ -75,7 +75,7 @@ def test_an_enrolled_writer_solved_alone_equals_the_whole_fit_and_keeps_the_othe
 
 def test_removing_an_enrolled_writer_takes_its_model_out_of_the_kept_verifier(tmp_path: Path) -> None:
     """Exact and without a solve for an enrolled writer; a dataset writer's removal solves again without its
-    signatures in the background; with nothing kept, everything is solved again."""
+    signatures in the background; with nothing kept, the record is solved first."""
     paths = ProjectPaths.from_root(tmp_path)
     paths.verifier_cache_file.parent.mkdir(parents=True)
     record = dataset(writers=4)
