@@ -20,7 +20,8 @@ from typing import Any
 
 WORKSPACE_MARKER = "dvc.yaml"  # a folder with it is a workspace (not an installed copy of the package)
 PREFECT_HOME_FOLDER = ".prefect"
-USER_PROFILES_FILE = Path("~/.prefect/profiles.toml")
+PROFILES_FILE_NAME = "profiles.toml"  # in a Prefect home
+USER_PROFILES_FILE = Path("~") / PREFECT_HOME_FOLDER / PROFILES_FILE_NAME  # the default home's
 
 
 def keep_prefect_state_in_workspace(root: Path) -> None:
@@ -44,7 +45,6 @@ PREFECT_TOML_FILE = "prefect.toml"  # in the working directory: Prefect's settin
 PYPROJECT_FILE = "pyproject.toml"  # in the working directory: the same under [tool.prefect]
 # The tables of those files that can set an API, another profiles file, or plugins.
 API_SETTINGS_TABLES = ("api", "profiles_path", "plugins", "experiments")
-PROFILES_FILE = Path(".prefect") / "profiles.toml"  # under the user's home, when PREFECT_HOME is not set
 
 
 def prefect_api_certainly_unset(environment: Mapping[str, str], folder: Path) -> bool:
@@ -67,9 +67,9 @@ def prefect_api_certainly_unset(environment: Mapping[str, str], folder: Path) ->
     if environment.get("PREFECT_PROFILES_PATH"):
         profiles = Path(environment["PREFECT_PROFILES_PATH"])
     elif environment.get("PREFECT_HOME"):
-        profiles = Path(environment["PREFECT_HOME"]) / "profiles.toml"
+        profiles = Path(environment["PREFECT_HOME"]) / PROFILES_FILE_NAME
     else:
-        profiles = Path(environment.get("HOME") or Path.home()) / PROFILES_FILE
+        profiles = Path(environment.get("HOME") or Path.home()) / USER_PROFILES_FILE.relative_to("~")
     return not dotenv_may_set_api(folder / DOTENV_FILE) and not profiles_may_set_api(profiles)
 
 
