@@ -225,6 +225,7 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
         worker.wait()
 
 
+@pytest.mark.slow  # end-to-end: four deployment runs, each a flow-run process started by a real worker
 def test_runs_naming_another_params_file_an_operator_key_or_a_data_source_are_refused_before_any_stage(
     deployed: Deployed, tmp_path: Path, address_server: tuple[str, list[str]]
 ) -> None:
