@@ -100,9 +100,10 @@ def training_set(paths: ProjectPaths, rows: Sequence[dict[str, str]]) -> Trainin
     embedded = load_split_embeddings(paths.embeddings_dir, TRAIN_SPLIT, wanted)
     writers = np.array([row["writer"] for row in wanted])
     in_background = np.array([not paths.is_enrolled_reference(row["path"]) for row in wanted], dtype=bool)
+    rows_of = {str(writer): writers == writer for writer in sorted(set(writers))}
     training = TrainingSet(
-        {str(writer): embedded.views[:, writers == writer] for writer in sorted(set(writers))},
-        {str(writer): in_background[writers == writer] for writer in sorted(set(writers))},
+        {writer: embedded.views[:, mask] for writer, mask in rows_of.items()},
+        {writer: in_background[mask] for writer, mask in rows_of.items()},
     )
     in_manifest = set(embedded.paths)
     for enrolment in enrolments(paths):
