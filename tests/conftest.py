@@ -19,6 +19,7 @@ WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "prefect.toml", "constraints.txt",
 WORKSPACE_FOLDERS = ("flows", "tasks")
 CEDAR_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "cedar"
 HARNESS_STARTUP_SECONDS = 120
+DVC_NO_ANALYTICS_VARIABLE = "DVC_NO_ANALYTICS"
 TRAINED_MARKER = "built.json"  # written once the shared trained workspace is complete: its artifact folders
 # The `trained` workspace: 3 writers, 75 px, registered under the project's default model name (what
 # the README's commands load).
@@ -74,6 +75,14 @@ def make_workspace(root: Path) -> Path:
     for name in WORKSPACE_FOLDERS:
         shutil.copytree(PROJECT_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     return root
+
+
+def pytest_configure() -> None:
+    """No DVC usage analytics from the tests' `dvc` commands (DVC_NO_ANALYTICS, which every subprocess
+    inherits). The tests make their workspaces with `dvc init`, whose config sends them (a clone of the
+    project has its committed .dvc/config, which turns them off): each command would fork a daemon
+    (about 0.9 CPU-s here) that, offline, leaves its report file in the temporary folder, about 45 per run."""
+    os.environ.setdefault(DVC_NO_ANALYTICS_VARIABLE, "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
