@@ -3,10 +3,11 @@
 
 One process, one Prefect API: each stage whose inputs changed since DVC last recorded it (`dvc
 status` of that stage) runs as a subflow of this run (a flow called inside a flow, so the UI nests
-it under the pipeline run), then DVC records it (`dvc commit`): after this flow `dvc status` is
-clean, and after `dvc repro` this flow skips every stage. Libraries are imported once for the whole
-run instead of once per stage process. Deployment parameters (`overrides`, e.g. {"train.epochs": 5}) are written into
-params.yaml, as `dvc exp run --set-param` does, so every run stays reproducible from its files;
+it under the pipeline run), then DVC records it (`dvc commit`, dvc.lock written once for the whole
+run): after this flow `dvc status` is clean, and after `dvc repro` this flow skips every stage.
+Libraries are imported once for the whole run instead of once per stage process. Deployment
+parameters (`overrides`, e.g. {"train.epochs": 5}) are written into params.yaml, as `dvc exp run
+--set-param` does, so every run stays reproducible from its files;
 they are validated with the whole file first, and a refused override, or a failed run, leaves it
 as it was. A run started from a deployment (a run request to the Prefect API) gets only what is
 safe: the workspace's own params.yaml, overrides of the keys in `tasks.runtime.run_requests.RUN_REQUEST_KEYS`
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,12 @@ from tasks.runtime.exit import no_collection_at_exit
 from tasks.runtime.orchestration import (
     PIPELINE_STAGES,
     StageOutcome,
-    commit_stage,
     dvc_repository,
     push_outputs,
     read_json_if_present,
     report_markdown,
     stage_is_stale,
+    stage_records,
     stages_that_may_run,
     try_example,
     workspace_lock,
@@ -106,27 +107,35 @@ def signing_key_for(stage: str, signing_key: str | None) -> Iterator[None]:
         os.environ.pop(SIGNING_KEY_VARIABLE, None)
 
 
-def bring_up_to_date(stage: str, paths: ProjectPaths, signing_key: str | None) -> StageOutcome:
-    """Run `stage` if DVC finds its inputs changed, then record it in dvc.lock; say what happened.
-
-    DVC's repository lock is held from the check to the record, as `dvc repro` holds it while a stage
-    runs: a `dvc repro` started meanwhile in this workspace fails at once instead of running the same
-    stage beside this one. A stage's error names the stage; dvc.lock then does not record it.
-    """
+def bring_up_to_date(
+    stage: str, paths: ProjectPaths, repository: Any, record: Callable[[str], None], signing_key: str | None
+) -> StageOutcome:
+    """Run `stage` if DVC finds its inputs changed, then `record` it (dvc.lock is written when the run's
+    stages are done: `stage_records`); say what happened. A stage's error names the stage; it is then
+    not recorded."""
     started = time.perf_counter()
-    with dvc_repository(paths.root, stage) as repository:
-        if not stage_is_stale(repository, stage):
-            print(f"{stage}: up to date")
-            return StageOutcome(stage, False, time.perf_counter() - started)
-        try:
-            with signing_key_for(stage, signing_key):
-                run_stage_here(stage, paths)
-        except USER_ERRORS as error:
-            raise type(error)(f"stage '{stage}': {error}") from error
-        commit_stage(repository, stage)
+    if not stage_is_stale(repository, stage):
+        print(f"{stage}: up to date")
+        return StageOutcome(stage, False, time.perf_counter() - started)
+    try:
+        with signing_key_for(stage, signing_key):
+            run_stage_here(stage, paths)
+    except USER_ERRORS as error:
+        raise type(error)(f"stage '{stage}': {error}") from error
+    record(stage)
     seconds = time.perf_counter() - started
     print(f"{stage}: ran in {seconds:.1f} s")
     return StageOutcome(stage, True, seconds)
+
+
+def bring_all_up_to_date(paths: ProjectPaths, signing_key: str | None) -> list[StageOutcome]:
+    """Every stage of `PIPELINE_STAGES`, in order, brought up to date (`bring_up_to_date`).
+
+    DVC's repository lock is held from the first check to the last record, as `dvc repro` holds it: a
+    `dvc repro` started meanwhile in this workspace fails at once instead of running a stage beside
+    this run's. dvc.lock is written once, at the end, with every stage that ran (also when one fails)."""
+    with dvc_repository(paths.root, "the pipeline") as repository, stage_records(repository) as record:
+        return [bring_up_to_date(stage, paths, repository, record, signing_key) for stage in PIPELINE_STAGES]
 
 
 def run_stage_here(stage: str, paths: ProjectPaths) -> None:
@@ -197,7 +206,7 @@ def pipeline_flow(
         quiet_environment()
         signing_key = os.environ.pop(SIGNING_KEY_VARIABLE, None)  # register's alone (`signing_key_for`)
         try:
-            outcomes = [bring_up_to_date(stage, paths, signing_key) for stage in PIPELINE_STAGES]
+            outcomes = bring_all_up_to_date(paths, signing_key)
         finally:  # this process's environment as it was, for whatever runs in it next
             if signing_key is not None:
                 os.environ[SIGNING_KEY_VARIABLE] = signing_key

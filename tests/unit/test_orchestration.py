@@ -19,10 +19,10 @@ from tasks.runtime.orchestration import (
     PipelineBusyError,
     StageFailedError,
     StageOutcome,
-    commit_stage,
     dvc_repository,
     report_markdown,
     stage_is_stale,
+    stage_records,
     try_example,
     workspace_lock,
 )
@@ -180,29 +180,75 @@ def fine_stage_repository(root: Path) -> dict[str, str]:
 
 def test_dvc_decides_what_is_stale_and_records_what_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The pipeline flow asks DVC whether a stage is out of date, runs it itself, then has DVC record it
-    (`dvc commit`): afterwards `dvc status` is clean and the stage is no longer stale. From any working
-    directory, another DVC repository's included (the project's own, as in the test suite)."""
+    (`dvc commit`, dvc.lock written when the run's block ends): afterwards `dvc status` is clean and the
+    stage is no longer stale. From any working directory, another DVC repository's included (the
+    project's own, as in the test suite)."""
     monkeypatch.chdir(PROJECT_ROOT)
     environment = fine_stage_repository(tmp_path)
-    with dvc_repository(tmp_path, "fine") as repository:
+    with dvc_repository(tmp_path, "stage 'fine'") as repository:
         assert stage_is_stale(repository, "fine")  # never ran
-        (tmp_path / "fine.txt").write_text("ok")  # what the stage's command does
-        commit_stage(repository, "fine")
-        assert not stage_is_stale(repository, "fine")
+        with stage_records(repository) as record:
+            (tmp_path / "fine.txt").write_text("ok")  # what the stage's command does
+            record("fine")
+            assert not (tmp_path / "dvc.lock").exists()  # written once, at the end of the block
     assert Path.cwd() == PROJECT_ROOT
     assert "fine.txt" in (tmp_path / "dvc.lock").read_text()
     status = subprocess.run(["dvc", "status"], cwd=tmp_path, env=environment, capture_output=True, text=True)
     assert "up to date" in status.stdout
-    (tmp_path / "fine.txt").write_text("changed")
-    with dvc_repository(tmp_path, "fine") as repository:
+    with dvc_repository(tmp_path, "stage 'fine'") as repository:
+        assert not stage_is_stale(repository, "fine")
+        (tmp_path / "fine.txt").write_text("changed")
         assert stage_is_stale(repository, "fine")
+
+
+def two_stage_repository(root: Path) -> dict[str, str]:
+    """`fine_stage_repository` plus a stage `second` downstream of `fine` (it reads fine.txt)."""
+    environment = fine_stage_repository(root)
+    with (root / "dvc.yaml").open("a") as dvc_file:
+        dvc_file.write(
+            "  second:\n    cmd: python -c \"open('second.txt', 'w').write('ok')\"\n"
+            "    deps: [fine.txt]\n    outs: [second.txt]\n"
+        )
+    return environment
+
+
+def test_stages_that_ran_before_a_failure_are_recorded_and_the_failed_one_is_not(tmp_path: Path) -> None:
+    """dvc.lock is written once per run, also when a later stage fails: what ran before stays recorded,
+    so the next run (or `dvc repro`) reruns only the failed stage."""
+    environment = two_stage_repository(tmp_path)
+    with (
+        dvc_repository(tmp_path, "the pipeline") as repository,
+        pytest.raises(RuntimeError, match="second failed"),
+        stage_records(repository) as record,
+    ):
+        (tmp_path / "fine.txt").write_text("ok")
+        record("fine")
+        raise RuntimeError("second failed")  # the next stage's error
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"fine"}
+    status = subprocess.run(["dvc", "status"], cwd=tmp_path, env=environment, capture_output=True, text=True)
+    assert "second" in status.stdout and "fine:" not in status.stdout
+
+
+def test_several_stages_are_written_in_one_rewrite_of_the_lock_file(tmp_path: Path) -> None:
+    """Two recorded stages, one lock file as `dvc commit` of each would leave it: both up to date after."""
+    environment = two_stage_repository(tmp_path)
+    with dvc_repository(tmp_path, "the pipeline") as repository, stage_records(repository) as record:
+        (tmp_path / "fine.txt").write_text("ok")
+        record("fine")
+        assert stage_is_stale(repository, "second")  # never ran; fine's record is not written yet
+        (tmp_path / "second.txt").write_text("ok")
+        record("second")
+    assert list(yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]) == ["fine", "second"]
+    status = subprocess.run(["dvc", "status"], cwd=tmp_path, env=environment, capture_output=True, text=True)
+    assert "up to date" in status.stdout
 
 
 def test_a_dvc_repro_started_while_a_stage_runs_is_refused(tmp_path: Path) -> None:
     """DVC's lock is held from the check to the record, as `dvc repro` holds it: a concurrent `dvc repro`
     in the workspace stops at once instead of running the same stage beside the pipeline's."""
     environment = fine_stage_repository(tmp_path)
-    with dvc_repository(tmp_path, "fine"):
+    with dvc_repository(tmp_path, "the pipeline"):
         concurrent = subprocess.run(["dvc", "repro"], cwd=tmp_path, env=environment, capture_output=True, text=True)
     assert concurrent.returncode != 0 and "lock" in (concurrent.stdout + concurrent.stderr).lower()
     assert not (tmp_path / "fine.txt").exists()
@@ -210,16 +256,20 @@ def test_a_dvc_repro_started_while_a_stage_runs_is_refused(tmp_path: Path) -> No
 
 def test_dvc_errors_name_the_stage_or_the_folder(tmp_path: Path) -> None:
     with (
-        pytest.raises(StageFailedError, match=r"stage 'fine': DVC cannot work in .*"),
-        dvc_repository(tmp_path, "fine"),
+        pytest.raises(StageFailedError, match=r"the pipeline: DVC cannot work in .*"),
+        dvc_repository(tmp_path, "the pipeline"),
     ):
         pass  # no DVC repository here
     fine_stage_repository(tmp_path)
-    with dvc_repository(tmp_path, "fine") as repository:
+    with dvc_repository(tmp_path, "the pipeline") as repository:
         with pytest.raises(StageFailedError, match=r"stage 'missing': DVC cannot tell whether it is up to date"):
             stage_is_stale(repository, "missing")
-        with pytest.raises(StageFailedError, match=r"stage 'fine' ran, but DVC could not record it"):
-            commit_stage(repository, "fine")  # its output was never written
+        with (
+            pytest.raises(StageFailedError, match=r"stage 'fine' ran, but DVC could not record it"),
+            stage_records(repository) as record,
+        ):
+            record("fine")  # its output was never written
+    assert not (tmp_path / "dvc.lock").exists()
 
 
 def test_report_lists_stages_metrics_and_the_decision() -> None:

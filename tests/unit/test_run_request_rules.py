@@ -282,7 +282,7 @@ def test_the_pipeline_flow_judges_the_overrides_inside_the_workspace_lock(
         raise AssertionError("no stage may run")
 
     monkeypatch.setattr(pipeline, "workspace_lock", lock_after_a_local_run)
-    monkeypatch.setattr(pipeline, "bring_up_to_date", no_stage)
+    monkeypatch.setattr(pipeline, "bring_all_up_to_date", no_stage)
     overrides = {"data.layout": "utsig", "train.epochs": 2}
     check_run_overrides(overrides, params_file, SourcePolicy())  # as the run was requested
     with pytest.raises(ConfigError, match=r"^override data\.layout refused: data\.path: /srv/datasets/utsig "):
