@@ -81,6 +81,7 @@ STAGE_LIBRARIES: dict[str, tuple[str, ...]] = {
     "package": TENSORFLOW_MODULES,
     "register": MLFLOW_MODULES,
 }
+TRACKING_STAGES = {"train", "evaluate", "calibrate", "register"}  # the stages that log to MLflow
 CHECK_STAGE = "check_params"  # plain Python, not a flow: it only reads params.yaml
 SIGNING_STAGE = "register"  # the one stage given SIGPIPE_SIGNING_KEY (tasks/registration/signing.py)
 
@@ -231,9 +232,10 @@ def pipeline_flow(
 
 def import_stage_libraries(paths: ProjectPaths) -> None:
     """Import the libraries of the stages this run may execute (`STAGE_LIBRARIES` of those DVC finds out
-    of date and those downstream of them): seconds of CPU each would otherwise spend on its first run in
-    this process, done while the temporary Prefect server starts on the other core (bench/README.md,
-    issue 25). An up-to-date workspace imports nothing. A module that cannot be imported is left to the
+    of date and those downstream of them), then open the workspace's MLflow store when one of them logs
+    to it: seconds of CPU each would otherwise spend on its first run in this process, done while the
+    temporary Prefect server starts on the other core (bench/README.md, issue 25). An up-to-date workspace
+    imports nothing. A module that cannot be imported, or a store that cannot be opened, is left to the
     stage that needs it, which then fails with its own error."""
     from importlib import import_module
 
@@ -245,6 +247,11 @@ def import_stage_libraries(paths: ProjectPaths) -> None:
     for name in modules:
         with suppress(ImportError):
             import_module(name)
+    if stages & TRACKING_STAGES:
+        from tasks.tracking.runs import open_local_store
+
+        with suppress(Exception):  # the stage opens it again and reports what is wrong
+            open_local_store(paths)
 
 
 def run_with_an_api(params_file: str) -> None:

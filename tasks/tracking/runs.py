@@ -46,6 +46,19 @@ def tracking_uri(paths: ProjectPaths) -> str:
     return os.environ.get(TRACKING_URI_VARIABLE) or paths.mlflow_tracking_uri
 
 
+def open_local_store(paths: ProjectPaths) -> None:
+    """Open the workspace's own tracking store now, creating its database in a fresh workspace (MLflow's
+    migrations, about a second here). MLflow keeps one store per URI for the life of the process, so the
+    pipeline flow does this while its Prefect server starts instead of in its first stage that logs. A
+    tracking server (`MLFLOW_TRACKING_URI`) is left to the stages, which check it and say what is wrong."""
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri(paths) != paths.mlflow_tracking_uri:
+        return
+    paths.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    MlflowClient(tracking_uri=paths.mlflow_tracking_uri)
+
+
 def ensure_experiment(paths: ProjectPaths, name: str) -> str:
     """Point MLflow at the store and return the id of experiment `name`, creating it if needed.
 

@@ -18,6 +18,7 @@ from tasks.tracking.runs import (
     UI_CLASSIC_ML_QUERY,
     data_label,
     ensure_experiment,
+    open_local_store,
     recorded_data_version,
     run_name,
     run_ui_link,
@@ -86,3 +87,20 @@ def test_run_names_say_what_ran(tmp_path: Path) -> None:
     assert recorded_data_version(train_run) is None
     train_run.write_text(f'{{"run_id": "abc", "data_version": "{DIGEST}"}}')
     assert recorded_data_version(train_run) == DIGEST
+
+
+def test_the_local_store_is_opened_ahead_and_a_tracking_server_is_left_alone(
+    paths: ProjectPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline opens (in a fresh workspace: creates) the workspace's store while its Prefect server
+    starts; the experiment created afterwards lands in that same store. A configured server is not
+    contacted ahead (the stages check it and say what is wrong)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    open_local_store(paths)
+    assert not paths.mlruns_dir.exists()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    open_local_store(paths)
+    database = paths.mlruns_dir / "mlflow.db"
+    assert database.is_file() and database.stat().st_size > 0
+    experiment_id = ensure_experiment(paths, "after-the-warm-up")
+    assert MlflowClient(paths.mlflow_tracking_uri).get_experiment(experiment_id).name == "after-the-warm-up"
