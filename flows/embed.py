@@ -37,14 +37,14 @@ def embed_task(paths: ProjectPaths, config: EmbedConfig) -> dict[str, object]:
     import shutil
 
     from tasks.data.manifest import read_manifest
-    from tasks.model.classifier import build_base, weights_digest
+    from tasks.model.classifier import frozen_base, weights_digest
     from tasks.training.embed import embed_manifest, feature_embedder
     from tasks.training.embedding_files import embedding_file, prepared_image_size, save_embedded_rows
 
     rows = read_manifest(paths.manifest_file)
     image_size = prepared_image_size(rows, paths.root)
     started = time.perf_counter()
-    base = build_base(image_size, config.weights, paths.root, config.seed)
+    base = frozen_base(image_size, config.weights, paths.root, config.seed)
     embedder = feature_embedder(base, image_size, config.embedding)
     built_seconds = time.perf_counter() - started
     run = embed_manifest(embedder, rows, paths.root, config.augment, config.views, config.seed, config.batch_size)

@@ -40,6 +40,8 @@ BLOCKS_NAME = "inception_v3_blocks"
 POOL_NAME = "pool"
 PREPROCESS_NAME = "inception_preprocess"
 KERNEL_SEED_STRIDE = 10_000
+# The last frozen base built in this process, by what built it (`frozen_base`).
+KEPT_BASES: dict[tuple[object, ...], keras.Model] = {}
 # model.ink -> (scale, offset) of the Rescaling layer that maps [0, 255] pixels to [-1, 1].
 INK_RESCALING = {"dark": (1.0 / PIXEL_SCALE, -1.0), "bright": (-1.0 / PIXEL_SCALE, 1.0)}
 
@@ -94,6 +96,40 @@ def build_base(image_size: int, weights: str, root: Path, seed: int = 0) -> kera
     if resolved is None:
         reinitialise_kernels(base, seed)
     base.trainable = False
+    return base
+
+
+def weights_identity(weights: str, root: Path) -> tuple[object, ...]:
+    """What says a base built from `weights` now is the one built earlier: the weights file's path, size,
+    modification time and inode (a file replaced under the same name differs), or the name itself for a
+    base without a file (`none`: seeded; `imagenet`: Keras's own checked download)."""
+    resolved = resolve_weights(weights, root)
+    if resolved is None or resolved == "imagenet":
+        return (weights,)
+    status = Path(resolved).stat()
+    return (resolved, status.st_size, status.st_mtime_ns, status.st_ino)
+
+
+def frozen_base(image_size: int, weights: str, root: Path, seed: int = 0) -> keras.Model:
+    """The frozen base of `build_base`, built once per process for the same request and weights file: the
+    pipeline flow runs the embed and package stages in one process, and package's base is embed's (its
+    weights digest is still checked against the embed stage's record). Nothing may train it; the online
+    training mode builds its own.
+
+    Either way Keras's session is cleared first, and what is built next in it is what a fresh process
+    builds (`dvc repro package` and the pipeline flow write the same file): a new base gets the layer names
+    of a fresh process; a kept one is given back with its dtype policy object as the global one, so the
+    layers built on it share that object as every layer of a fresh process shares its (Keras numbers
+    shared objects in the saved config)."""
+    key = (image_size, weights, root, seed, weights_identity(weights, root))
+    keras.backend.clear_session()
+    kept = KEPT_BASES.get(key)
+    if kept is not None:
+        keras.config.set_dtype_policy(kept.dtype_policy)
+        return kept
+    base = build_base(image_size, weights, root, seed)
+    KEPT_BASES.clear()  # one base at a time: each holds the full InceptionV3 weights
+    KEPT_BASES[key] = base
     return base
 
 

@@ -45,12 +45,9 @@ def assemble_classifier(
     """The float32 classifier of `head` on the base built from `weights` (and `seed` for `weights: none`),
     refused when that base, or the `embedding` taken from it, is not what the embed stage recorded
     (`embedded`: metrics/embed.json)."""
-    import keras
-
     # Keras names unnamed layers from per-process counters: models built earlier in this process (the
     # pipeline flow runs embed here first) would change the names in the saved file, and its hash in
-    # dvc.lock. A cleared session builds the same file as a fresh process (`dvc repro register`).
-    keras.backend.clear_session()
+    # dvc.lock. `frozen_base` clears the session, so this builds the same file as a fresh process.
     check_embedding(embedded.get("embedding"), embedding)
     base = checked_base(root, image_size, weights, seed, str(embedded["base_weights_sha256"]))
     return classifier_on_base(base, image_size, head, dropout, seed, embedding)
@@ -69,9 +66,9 @@ def check_embedding(recorded: object, embedding: EmbeddingSpec) -> None:
 def checked_base(root: Path, image_size: int, weights: str, seed: int, base_digest: str):  # -> keras.Model
     """The frozen base built from `weights` (and `seed`), refused when its weights digest is not `base_digest`
     (the embed stage's, in metrics/embed.json): embeddings of another base would not fit the stored ones."""
-    from tasks.model.classifier import build_base, weights_digest
+    from tasks.model.classifier import frozen_base, weights_digest
 
-    base = build_base(image_size, weights, root, seed)
+    base = frozen_base(image_size, weights, root, seed)
     if weights_digest(base) != base_digest:
         raise ModelFileError(
             f"the base built from model.weights '{weights}' is not the one that computed the embeddings "

@@ -217,3 +217,45 @@ def test_a_trained_head_round_trips_through_its_arrays(base: keras.Model) -> Non
     np.testing.assert_allclose(
         linear.logits(original.embeddings), original.embeddings @ linear.output_kernel + linear.output_bias, rtol=1e-5
     )
+
+
+def test_a_kept_base_packages_the_same_file_as_a_fresh_one(tmp_path: Path) -> None:
+    """The pipeline flow's package stage reuses the base its embed stage built (`frozen_base`): the
+    classifier it writes is byte for byte the one a fresh base gives (`dvc repro package`, a fresh
+    process), though Keras built other models in between and the session was cleared."""
+    from tasks.model.classifier import KEPT_BASES, frozen_base
+    from tasks.model.head import head_weights
+    from tasks.model.keras_files import save_model_file
+    from tasks.registration.assemble import classifier_on_base
+
+    rng = np.random.default_rng(6)
+    head = head_weights(rng.normal(0, 0.1, (FEATURES, 3)), rng.normal(0, 1, 3))
+
+    def packaged(name: str) -> keras.Model:
+        base = frozen_base(SIZE, "none", tmp_path, seed=0)
+        save_model_file(classifier_on_base(base, SIZE, head, 0.1, 0, EMBEDDING), tmp_path / name)
+        return base
+
+    KEPT_BASES.clear()
+    fresh = packaged("fresh.keras")
+    build_embedder(fresh, SIZE, EMBEDDING)  # what the embed stage builds on it
+    assert packaged("kept.keras") is fresh
+    assert (tmp_path / "kept.keras").read_bytes() == (tmp_path / "fresh.keras").read_bytes()
+    assert frozen_base(SIZE, "none", tmp_path, seed=1) is not fresh  # another request, another base
+    KEPT_BASES.clear()
+
+
+def test_a_weights_file_replaced_under_its_name_is_another_base(tmp_path: Path) -> None:
+    """A kept base is given again only for the same weights file: one replaced under the same name (what
+    the package stage must refuse against the embed stage's digest) is built again."""
+    from tasks.model.classifier import weights_identity
+
+    weights = tmp_path / "base.weights.h5"
+    weights.write_bytes(b"first")
+    first = weights_identity(str(weights), tmp_path)
+    assert weights_identity(str(weights), tmp_path) == first
+    replacement = tmp_path / "replacement.h5"
+    replacement.write_bytes(b"other")
+    replacement.replace(weights)
+    assert weights_identity(str(weights), tmp_path) != first
+    assert weights_identity("none", tmp_path) == ("none",)
