@@ -176,7 +176,9 @@ def calibration_writer_eers(table: ScoreTable, divisions: Sequence[np.ndarray]) 
     eers = []
     for calibration in divisions:
         impostors = calibration_forgeries(rows, calibration)
-        eers.append(equal_error_rate(genuine, claimed_scores(impostors.verification, impostors.claimed)).eer)
+        eers.append(
+            equal_error_rate(genuine, claimed_scores(impostors.verification, impostors.claimed), with_auc=False).eer
+        )
     return eers
 
 

@@ -95,7 +95,7 @@ def fit_threshold(genuine: np.ndarray, impostor: np.ndarray, objective: str, tar
     """Threshold on claim scores: for `target_far` on the impostors, or at the equal-error point."""
     if objective == "target_far":
         return threshold_for_far(impostor, target_far)
-    return equal_error_rate(genuine, impostor).threshold
+    return equal_error_rate(genuine, impostor, with_auc=False).threshold
 
 
 def minimum_unknowns(target_far: float) -> int:

@@ -84,7 +84,7 @@ def verification_results(table: ScoreTable, temperature: float, threshold: float
         frr, far = false_rates(scores["genuine"], scores[kind], threshold)
         results["frr"] = frr
         results[f"far_{kind}"] = far
-        results[f"eer_{kind}_a_posteriori"] = equal_error_rate(scores["genuine"], scores[kind]).eer
+        results[f"eer_{kind}_a_posteriori"] = equal_error_rate(scores["genuine"], scores[kind], with_auc=False).eer
     return results
 
 

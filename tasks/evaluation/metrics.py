@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score, roc_curve
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 
 CALIBRATION_BINS = 15
 RATE_TOLERANCE = 1e-12
@@ -73,8 +73,26 @@ def false_rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> 
     return frr, far
 
 
-def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> ErrorRates:
-    """EER, its threshold and the ROC AUC, from scikit-learn's ROC (thresholds are the scores).
+def error_curve(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FRR, FAR and the threshold at each distinct score, highest first, after +inf (nothing accepted):
+    scikit-learn's `roc_curve(drop_intermediate=False)` (FAR = its FPR, FRR = 1 - its TPR), computed as it
+    computes it, in NumPy alone (tests/unit/test_metrics.py compares the two to the last bit). The partition
+    reports take an EER per writer and partition, thousands per stage on CEDAR, and scikit-learn's input
+    checks cost milliseconds each."""
+    scores = np.concatenate([genuine, impostor]).astype(np.float64)
+    truth = np.concatenate([np.ones(len(genuine)), np.zeros(len(impostor))])
+    descending = np.argsort(scores, kind="mergesort")[::-1]
+    scores, truth = scores[descending], truth[descending]
+    last_of_each_score = np.r_[np.flatnonzero(np.diff(scores)), truth.size - 1]
+    true_accepts = np.r_[0, np.cumsum(truth)[last_of_each_score]]
+    false_accepts = np.r_[0, 1 + last_of_each_score - true_accepts[1:]]
+    thresholds = np.r_[np.inf, scores[last_of_each_score]]
+    return 1.0 - true_accepts / true_accepts[-1], false_accepts / false_accepts[-1], thresholds
+
+
+def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray, with_auc: bool = True) -> ErrorRates:
+    """EER, its threshold and the ROC AUC (scikit-learn's; NaN when `with_auc` is False), on the ROC whose
+    thresholds are the scores (`error_curve`).
 
     The EER is where FRR and FAR cross; between two candidate thresholds the one with the
     smaller |FRR - FAR| wins (the lowest such threshold on a tie) and the EER is the mean of the
@@ -82,14 +100,15 @@ def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> ErrorRates:
     """
     if not len(genuine) or not len(impostor):
         return ErrorRates(float("nan"), float("nan"), float("nan"))
-    scores = np.concatenate([genuine, impostor]).astype(np.float64)
-    truth = np.concatenate([np.ones(len(genuine)), np.zeros(len(impostor))])
-    far, true_accept, thresholds = roc_curve(truth, scores, drop_intermediate=False)
-    frr = 1.0 - true_accept
+    frr, far, thresholds = error_curve(genuine, impostor)
     gap = np.abs(frr - far)
     # Rates are ratios of counts: gaps within rounding are ties, and thresholds fall along the curve.
     best = int(np.flatnonzero(gap <= gap.min() + RATE_TOLERANCE)[-1])
-    return ErrorRates(float((frr[best] + far[best]) / 2), float(thresholds[best]), float(roc_auc_score(truth, scores)))
+    auc = float("nan")
+    if with_auc:
+        scores = np.concatenate([genuine, impostor]).astype(np.float64)
+        auc = float(roc_auc_score(np.concatenate([np.ones(len(genuine)), np.zeros(len(impostor))]), scores))
+    return ErrorRates(float((frr[best] + far[best]) / 2), float(thresholds[best]), auc)
 
 
 def threshold_for_far(impostor: np.ndarray, target_far: float) -> float:

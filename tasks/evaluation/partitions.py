@@ -159,7 +159,7 @@ def fitted_threshold(
     impostor = claimed_scores(impostors.verification, impostors.claimed)
     if objective == "target_far":
         return threshold_for_far(impostor, target_far), genuine, impostor
-    return equal_error_rate(genuine, impostor).threshold, genuine, impostor
+    return equal_error_rate(genuine, impostor, with_auc=False).threshold, genuine, impostor
 
 
 def unenrolled_accepted(table: ScoreTable, threshold: float) -> float:
@@ -178,7 +178,7 @@ def per_writer_eer(
     """Mean over writers of each writer's own EER (its genuine claims against its impostor claims):
     the per-writer-threshold EER. Writers without both sides are left out (NaN when none has both)."""
     rates = [
-        equal_error_rate(genuine[genuine_writers == writer], impostor[impostor_writers == writer]).eer
+        equal_error_rate(genuine[genuine_writers == writer], impostor[impostor_writers == writer], with_auc=False).eer
         for writer in np.unique(genuine_writers)
         if (impostor_writers == writer).any()
     ]
@@ -204,7 +204,7 @@ def operating_point(table: ScoreTable, calibration: np.ndarray, threshold: float
         "far_skilled": far_skilled,
         "far_random": far_random,
         "unenrolled_accepted": unenrolled_accepted(table, threshold),
-        "eer_skilled_a_posteriori": equal_error_rate(genuine, skilled).eer,
+        "eer_skilled_a_posteriori": equal_error_rate(genuine, skilled, with_auc=False).eer,
         "eer_skilled_per_writer_a_posteriori": per_writer_eer(
             genuine, genuine_rows.claimed, skilled, skilled_rows.claimed
         ),

@@ -9,6 +9,7 @@ from tasks.evaluation.metrics import (
     calibration_error,
     confusion_counts,
     equal_error_rate,
+    error_curve,
     expected_calibration_error,
     false_rates,
     identification_metrics,
@@ -219,3 +220,43 @@ def test_expected_calibration_error_is_the_calibration_error_of_the_top_probabil
         assert set(by_matrix) == set(by_answers)
         for key, values in by_answers.items():
             assert by_matrix[key] == pytest.approx(values, nan_ok=True)
+
+
+def sklearn_equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
+    """The EER and its threshold as the project computed them on scikit-learn's `roc_curve` before
+    `error_curve`: the reference the NumPy curve must meet to the last bit."""
+    from sklearn.metrics import roc_curve
+
+    scores = np.concatenate([genuine, impostor]).astype(np.float64)
+    truth = np.concatenate([np.ones(len(genuine)), np.zeros(len(impostor))])
+    far, true_accept, thresholds = roc_curve(truth, scores, drop_intermediate=False)
+    frr = 1.0 - true_accept
+    gap = np.abs(frr - far)
+    best = int(np.flatnonzero(gap <= gap.min() + 1e-12)[-1])
+    return float((frr[best] + far[best]) / 2), float(thresholds[best])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_numpy_error_curve_is_scikit_learns_roc_to_the_last_bit(seed: int) -> None:
+    """`error_curve` is `roc_curve(drop_intermediate=False)` (FAR = FPR, FRR = 1 - TPR), ties, a single
+    claim of a side and float32 scores included; so every EER and threshold stays what it was."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(seed)
+    genuine_count, impostor_count = int(rng.integers(1, 40)), int(rng.integers(1, 60))
+    decimals = int(rng.integers(1, 4))  # few decimals: many tied scores, within and across the sides
+    genuine = np.round(rng.beta(5, 2, genuine_count), decimals).astype(np.float32 if seed % 2 else np.float64)
+    impostor = np.round(rng.beta(2, 5, impostor_count), decimals)
+    frr, far, thresholds = error_curve(genuine, impostor)
+    truth = np.concatenate([np.ones(genuine_count), np.zeros(impostor_count)])
+    scores = np.concatenate([genuine, impostor]).astype(np.float64)
+    expected_far, expected_true_accept, expected_thresholds = roc_curve(truth, scores, drop_intermediate=False)
+    np.testing.assert_array_equal(far, expected_far)
+    np.testing.assert_array_equal(frr, 1.0 - expected_true_accept)
+    np.testing.assert_array_equal(thresholds, expected_thresholds)
+    rates = equal_error_rate(genuine, impostor, with_auc=False)
+    assert (rates.eer, rates.threshold) == sklearn_equal_error_rate(genuine, impostor)
+    assert np.isnan(rates.auc)
+    assert equal_error_rate(genuine, impostor).auc == pytest.approx(
+        float(np.mean((genuine[:, None] > impostor[None, :]) + 0.5 * (genuine[:, None] == impostor[None, :])))
+    )
