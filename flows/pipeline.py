@@ -76,7 +76,7 @@ MLFLOW_MODULES = ("tasks.tracking.runs", "mlflow.store.tracking.sqlalchemy_store
 STAGE_LIBRARIES: dict[str, tuple[str, ...]] = {
     "embed": TENSORFLOW_MODULES,
     "train": ("tasks.model.verifier", *MLFLOW_MODULES),  # SciPy
-    "evaluate": ("tasks.evaluation.evaluate", *MLFLOW_MODULES),  # scikit-learn
+    "evaluate": ("tasks.evaluation.evaluate", "sklearn.metrics", *MLFLOW_MODULES),
     "calibrate": ("tasks.evaluation.calibrate", *MLFLOW_MODULES),
     "package": TENSORFLOW_MODULES,
     "register": MLFLOW_MODULES,

@@ -1,5 +1,7 @@
 """The field's metrics, on arrays: identification (accuracy, F1, top-k) and verification (FAR,
-FRR, ROC AUC, EER), plus calibration error. Pure NumPy / scikit-learn, no model in sight.
+FRR, ROC AUC, EER), plus calibration error. Pure NumPy / scikit-learn, no model in sight; scikit-learn
+(about a second to import) only inside the functions that use it, so what needs only the verification
+rates (an enrolment's champion rule) does not load it.
 
 Verification convention: a score is the probability the classifier gives the *claimed* writer;
 a claim is accepted when its score is at or above the threshold. FRR is the share of genuine
@@ -12,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 
 CALIBRATION_BINS = 15
 RATE_TOLERANCE = 1e-12
@@ -36,6 +37,8 @@ def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> flo
 
 def identification_metrics(probabilities: np.ndarray, labels: np.ndarray, top_k: int) -> dict[str, float]:
     """Closed-set accuracy, macro and weighted F1, and top-k accuracy."""
+    from sklearn.metrics import accuracy_score, f1_score
+
     predictions = np.argmax(probabilities, axis=1)
     return {
         "accuracy": float(accuracy_score(labels, predictions)),
@@ -49,6 +52,8 @@ def per_class_report(
     probabilities: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]
 ) -> list[dict[str, object]]:
     """Precision, recall, F1 and support of every class, in class order."""
+    from sklearn.metrics import precision_recall_fscore_support
+
     predictions = np.argmax(probabilities, axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predictions, labels=np.arange(len(classes)), zero_division=0
@@ -106,6 +111,8 @@ def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray, with_auc: bool =
     best = int(np.flatnonzero(gap <= gap.min() + RATE_TOLERANCE)[-1])
     auc = float("nan")
     if with_auc:
+        from sklearn.metrics import roc_auc_score
+
         scores = np.concatenate([genuine, impostor]).astype(np.float64)
         auc = float(roc_auc_score(np.concatenate([np.ones(len(genuine)), np.zeros(len(impostor))]), scores))
     return ErrorRates(float((frr[best] + far[best]) / 2), float(thresholds[best]), auc)

@@ -159,14 +159,14 @@ def test_every_refusal_names_the_file_and_writes_nothing(workspace: ProjectPaths
     result = sigpipe(workspace, "enrol", "1", *map(str, good))
     assert result.exit_code == 1 and "writer 001 is already enrolled" in result.stderr
     assert record_files(workspace) == [] and version_numbers() == before
-    # A refusal answers before TensorFlow is imported (its import alone costs seconds).
+    # A refusal answers before TensorFlow or scikit-learn is imported (their imports alone cost seconds).
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from tasks.cli.app import app\n"
         "result = CliRunner().invoke(app, sys.argv[1:])\n"
         "assert result.exit_code == 1 and 'min_references' in result.stderr, result.output\n"
-        "sys.exit(3 if 'tensorflow' in sys.modules else 0)\n"
+        "sys.exit(3 if {'tensorflow', 'sklearn'} & set(sys.modules) else 0)\n"
     )
     arguments = ["enrol", NEW_WRITER, *map(str, good), "--params", str(workspace.params_file)]
     refused = subprocess.run([sys.executable, "-c", code, *arguments], capture_output=True, text=True, check=False)
