@@ -86,12 +86,12 @@ def train_holding_lock(paths: ProjectPaths, config: TrainConfig) -> dict[str, ob
     from tasks.model.head import save_head
     from tasks.model.verifier import save_verifier
     from tasks.model.verifier_cache import remember_verifier
+    from tasks.tracking.epochs import log_missing_epochs
     from tasks.tracking.runs import (
         data_version,
         end_abandoned_runs,
         ensure_experiment,
         flatten_params,
-        log_missing_epochs,
         loggable_metrics,
         process_tags,
     )
@@ -198,7 +198,7 @@ def fit_head(
 
     if strategy is None:  # the closed-form ridge head: NumPy only
         return train_classifier(paths, data, config.model, config.train, config.augment, fingerprint, device, run_id)
-    from tasks.tracking.runs import epoch_logger
+    from tasks.tracking.epochs import epoch_logger
 
     with strategy.scope():
         return train_classifier(

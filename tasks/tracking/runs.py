@@ -10,14 +10,14 @@ import math
 import os
 import shutil
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from tasks.runtime.processes import is_alive
-from tasks.tracking.server import TRACKING_URI_VARIABLE, check_tracking_server, response_was_cut
+from tasks.tracking.server import TRACKING_URI_VARIABLE, check_tracking_server
 from tasks.workspace.errors import ArtifactStoreError
 from tasks.workspace.files import redacted_url, sha256_file
 from tasks.workspace.paths import ProjectPaths
@@ -38,7 +38,6 @@ UI_CLASSIC_ML_QUERY = "workflowType=machine_learning"
 # Run names read "train · mlp head · cached · 150 px · data 3f2a1c": the stage, then what tells runs apart.
 RUN_NAME_SEPARATOR = " · "
 DATA_VERSION_SHOWN = 6  # leading characters of the data version (manifest SHA-256) in a run name
-CUT_RESPONSE_ATTEMPTS = 3  # an epoch's metrics are sent at most this often when the server's answer is cut
 
 
 def tracking_uri(paths: ProjectPaths) -> str:
@@ -119,75 +118,6 @@ def flatten_params(groups: Mapping[str, BaseModel | Mapping[str, object]]) -> di
         for key, value in items.items():
             flat[f"{group}.{key}"] = redacted_url(str(value))
     return flat
-
-
-def log_batch_resent_when_cut(client, run_id: str, metrics: Sequence) -> None:  # MlflowClient, Metric
-    """`client.log_batch(run_id, metrics=metrics)`, sent again (the same metrics, timestamps included) when
-    the server's answer was cut off (`response_was_cut`: it died while answering, as a restart does). The
-    resend is idempotent: a SQL store keeps one point per (key, value, timestamp, step), so a batch the
-    server had stored before dying is not stored twice. Any other failure, and the last cut, is raised."""
-    from tenacity import Retrying, retry_if_exception, stop_after_attempt
-
-    resends = Retrying(
-        retry=retry_if_exception(response_was_cut), stop=stop_after_attempt(CUT_RESPONSE_ATTEMPTS), reraise=True
-    )
-    for attempt in resends:
-        with attempt:
-            client.log_batch(run_id, metrics=metrics)
-
-
-def epoch_logger():  # -> keras.callbacks.Callback
-    """A Keras callback that logs every epoch's metrics to the active MLflow run, step = epoch (one
-    batch per epoch, resent when the tracking server's answer is cut: `log_batch_resent_when_cut`)."""
-    import time
-
-    import keras
-    import mlflow
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()  # the tracking URI the run was started with
-
-    class MlflowEpochLogger(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            run = mlflow.active_run()
-            if run is None:
-                raise RuntimeError("the epoch logger logs to the active MLflow run: start one around fit()")
-            timestamp = int(time.time() * 1000)
-            metrics = [Metric(name, float(value), timestamp, epoch) for name, value in (logs or {}).items()]
-            log_batch_resent_when_cut(client, run.info.run_id, metrics)
-
-    return MlflowEpochLogger()
-
-
-def log_missing_epochs(run_id: str, history: Mapping[str, Sequence[float]]) -> list[int]:
-    """For a resumed run: log the checkpointed epochs whose metrics the run lacks, and return them.
-
-    A run cut while logging an epoch (a lost tracking server, a kill between the checkpoint and the
-    logging callback) has that epoch in its checkpoint's history but not in the tracking store.
-    Which epochs the run has is read from its first metric's history.
-    """
-    import time
-
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    if not history:
-        return []
-    client = MlflowClient()
-    logged = {metric.step for metric in client.get_metric_history(run_id, next(iter(history)))}
-    epochs = max(len(values) for values in history.values())
-    missing = [epoch for epoch in range(epochs) if epoch not in logged]
-    timestamp = int(time.time() * 1000)
-    metrics = [
-        Metric(name, float(values[epoch]), timestamp, epoch)
-        for epoch in missing
-        for name, values in history.items()
-        if epoch < len(values)
-    ]
-    if metrics:
-        client.log_batch(run_id, metrics=metrics)
-    return missing
 
 
 def parent_run_id(train_run_file: Path) -> str | None:

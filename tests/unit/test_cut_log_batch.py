@@ -15,7 +15,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tasks.tracking.runs import CUT_RESPONSE_ATTEMPTS, log_batch_resent_when_cut
+from tasks.tracking.epochs import CUT_RESPONSE_ATTEMPTS, log_batch_resent_when_cut
 from tasks.tracking.server import response_was_cut
 
 LOG_BATCH_PATH = "/api/2.0/mlflow/runs/log-batch"

@@ -27,11 +27,11 @@ from tasks.registration.registry import (
     remove_abandoned_versions,
     version_removed_on_failure,
 )
+from tasks.tracking.epochs import log_missing_epochs
 from tasks.tracking.runs import (
     TAG_HOST,
     TAG_PID,
     end_abandoned_runs,
-    log_missing_epochs,
     model_artifacts_removed_on_failure,
     process_tags,
 )
