@@ -53,14 +53,11 @@ def embed_info(paths: ProjectPaths) -> EmbedInfo:
 def checked_base(root: Path, info: EmbedInfo, weights: str, seed: int, embedding: EmbeddingSpec):  # -> keras.Model
     """The base of `model.weights`, refused (naming `dvc repro`) unless it, and the `embedding` params.yaml
     describes, are the embed stage's."""
-    import keras
-
     from tasks.registration.assemble import check_embedding
     from tasks.registration.assemble import checked_base as base_with_digest
     from tasks.workspace.errors import ModelFileError
 
-    keras.backend.clear_session()
-    try:
+    try:  # the base comes from `tasks.model.classifier.frozen_base`, which clears Keras's session first
         check_embedding(info.embedding.as_dict(), embedding)
         return base_with_digest(root, info.image_size, weights, seed, info.base_digest)
     except ModelFileError as error:
