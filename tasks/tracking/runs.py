@@ -49,13 +49,18 @@ def open_local_store(paths: ProjectPaths) -> None:
     """Open the workspace's own tracking store now, creating its database in a fresh workspace (MLflow's
     migrations, about a second here). MLflow keeps one store per URI for the life of the process, so the
     pipeline flow does this while its Prefect server starts instead of in its first stage that logs. A
-    tracking server (`MLFLOW_TRACKING_URI`) is left to the stages, which check it and say what is wrong."""
+    tracking server (`MLFLOW_TRACKING_URI`) is left to the stages, which check it and say what is wrong.
+    It is opened from the workspace's root, as the stages open it: MLflow places a new store's Default
+    experiment under the working directory's `mlruns/`."""
+    import contextlib
+
     from mlflow.tracking import MlflowClient
 
     if tracking_uri(paths) != paths.mlflow_tracking_uri:
         return
     paths.mlruns_dir.mkdir(parents=True, exist_ok=True)
-    MlflowClient(tracking_uri=paths.mlflow_tracking_uri)
+    with contextlib.chdir(paths.root):
+        MlflowClient(tracking_uri=paths.mlflow_tracking_uri)
 
 
 def ensure_experiment(paths: ProjectPaths, name: str) -> str:

@@ -99,8 +99,13 @@ def test_the_local_store_is_opened_ahead_and_a_tracking_server_is_left_alone(
     open_local_store(paths)
     assert not paths.mlruns_dir.exists()
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    elsewhere = paths.root / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the pipeline may be started from another folder
     open_local_store(paths)
     database = paths.mlruns_dir / "mlflow.db"
     assert database.is_file() and database.stat().st_size > 0
+    default = MlflowClient(paths.mlflow_tracking_uri).get_experiment("0").artifact_location
+    assert default == str(paths.mlruns_dir / "0"), default  # as a stage, run from the root, places it
     experiment_id = ensure_experiment(paths, "after-the-warm-up")
     assert MlflowClient(paths.mlflow_tracking_uri).get_experiment(experiment_id).name == "after-the-warm-up"
