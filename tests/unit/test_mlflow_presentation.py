@@ -95,10 +95,10 @@ def test_the_local_store_is_opened_ahead_and_a_tracking_server_is_left_alone(
     """The pipeline opens (in a fresh workspace: creates) the workspace's store while its Prefect server
     starts; the experiment created afterwards lands in that same store. A configured server is not
     contacted ahead (the stages check it and say what is wrong)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv(TRACKING_URI_VARIABLE, "http://127.0.0.1:9")  # nothing listens on the discard port
     open_local_store(paths)
     assert not paths.mlruns_dir.exists()
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv(TRACKING_URI_VARIABLE)
     elsewhere = paths.root / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the pipeline may be started from another folder
