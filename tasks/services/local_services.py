@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +61,8 @@ LOCAL_CREDENTIALS_FILE = "credentials.env"
 LOCAL_AUTH_DATABASE_FILE = "mlflow-auth.db"
 # Started in the reverse order; stopped in this order: the model server and the worker before the servers they talk to.
 SERVICES = ("scorer", "worker", "mlflow", "prefect-server")
+# How `down` stops them: the clients (model server, worker) at once, then the two servers at once.
+STOP_TIERS = (("scorer", "worker"), ("mlflow", "prefect-server"))
 ALREADY_UP = "already up (make down first)"
 TITLES = {"prefect-server": "the Prefect server", "mlflow": "the MLflow server"}  # in errors naming a server
 
@@ -142,7 +145,7 @@ def local_up(
         start_local_services(root, run_dir, ports, worker_query_seconds, pool, credentials, started)
     except BaseException:
         with contextlib.suppress(ServiceError):  # the failure that stopped `up` is the one to report
-            stop_services(started[::-1])
+            stop_services(*([service] for service in started[::-1]))  # the last started first
         raise
     return True
 
@@ -156,29 +159,32 @@ def start_local_services(
     credentials: dict[str, str],
     started: list[Service],
 ) -> None:
-    """`local_up`'s work, each service appended to `started` as it starts, each with its own environment."""
+    """`local_up`'s work, each service appended to `started` as it starts, each with its own environment.
+    The Prefect and MLflow servers start together (each takes seconds to answer, on its own core); the
+    worker starts once Prefect answers and the deployment is made, the model server once MLflow answers
+    (its store is the one the MLflow server creates in a fresh clone)."""
     prefect_port, mlflow_port, scorer_port = ports
 
-    def start(name: str, command: list[str], environment: dict[str, str], health_url: str = "") -> None:
-        """Start the service `name` (recorded in `started`) and, given its `health_url`, wait for it."""
+    def start(name: str, command: list[str], environment: dict[str, str]) -> Callable[[str], None]:
+        """Start the service `name` (recorded in `started`); returns the wait for its health URL."""
         service = Service(name, run_dir)
         process = service.start(command, environment, append_log=False)
         if process is not None:
             started.append(service)
-        if health_url:
-            service.wait_until_healthy(health_url, TITLES[name], SERVICE_STARTUP_SECONDS, process)
+        return lambda url: service.wait_until_healthy(url, TITLES.get(name, name), SERVICE_STARTUP_SECONDS, process)
 
     prefect_url = f"http://{LOCAL_HOST}:{prefect_port}/api"
     environments = service_environments(credentials, prefect_url)
-    command = prefect_server_command(LOCAL_HOST, prefect_port)
-    start("prefect-server", command, environments["prefect-server"], f"{prefect_url}/health")
+    prefect_command = prefect_server_command(LOCAL_HOST, prefect_port)
+    prefect_ready = start("prefect-server", prefect_command, environments["prefect-server"])
+    storage = ["--backend-store-uri", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"]
+    storage += ["--default-artifact-root", str(root / "mlruns" / "artifacts")]
+    mlflow_ready = start("mlflow", mlflow_server_command(LOCAL_HOST, mlflow_port, storage), environments["mlflow"])
+    prefect_ready(f"{prefect_url}/health")
     deploy_pipeline(root, environments["deploy"], run_dir / "deploy.log", keep_pool=False, pool=pool)
     worker = {**environments["worker"], "PREFECT_WORKER_QUERY_SECONDS": worker_query_seconds}
     start("worker", worker_command(pool), worker)
-    storage = ["--backend-store-uri", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"]
-    storage += ["--default-artifact-root", str(root / "mlruns" / "artifacts")]
-    mlflow_url = f"http://{LOCAL_HOST}:{mlflow_port}/health"
-    start("mlflow", mlflow_server_command(LOCAL_HOST, mlflow_port, storage), environments["mlflow"], mlflow_url)
+    mlflow_ready(f"http://{LOCAL_HOST}:{mlflow_port}/health")
     # The model server follows the champion: a version register moves it to is checked and served, no restart.
     scorer = [tool("sigpipe"), "serve", "--port", str(scorer_port), "--follow-seconds", f"{DEFAULT_FOLLOW_SECONDS:g}"]
     start("scorer", scorer, environments["scorer"])
@@ -187,7 +193,7 @@ def start_local_services(
 def local_down(run_dir: Path) -> list[str]:
     """Stop what `local_up` started (TERM, then KILL after the supervisor's grace period); the names of
     those that were running. One that cannot be stopped raises ServiceError once all were tried."""
-    return stop_services([Service(name, run_dir) for name in SERVICES])
+    return stop_services(*([Service(name, run_dir) for name in tier] for tier in STOP_TIERS))
 
 
 @app.callback()

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,16 +145,22 @@ def stop_process_group(leader: int, grace_seconds: float = CHILD_STOP_GRACE_SECO
         time.sleep(GROUP_POLL_SECONDS)
 
 
-def stop_services(services: Sequence[Service], grace_seconds: float = SERVICE_STOP_GRACE_SECONDS) -> list[str]:
-    """Stop `services` in their order, each even when one before it could not be stopped; the names of
-    those that were running. A service that could not be stopped raises ServiceError once all were tried."""
+def stop_services(*tiers: Sequence[Service], grace_seconds: float = SERVICE_STOP_GRACE_SECONDS) -> list[str]:
+    """Stop `tiers` of services, one tier after the other (the clients of a server before it), the
+    services of one tier at once: each is sent TERM and waited for in its own thread, so `make down`
+    takes the slowest service's shutdown per tier, not the sum of them all. Every service is stopped
+    even when one before it could not be; the names of those that were running, in the order given.
+    A service that could not be stopped raises ServiceError once all were tried."""
     stopped, errors = [], []
-    for service in services:
-        try:
-            if service.stop(grace_seconds):
-                stopped.append(service.name)
-        except ServiceError as error:
-            errors.append(f"{service.name}: {error}")
+    for tier in tiers:
+        with ThreadPoolExecutor(max_workers=max(1, len(tier))) as pool:
+            outcomes = [(service, pool.submit(service.stop, grace_seconds)) for service in tier]
+        for service, outcome in outcomes:
+            try:
+                if outcome.result():
+                    stopped.append(service.name)
+            except ServiceError as error:
+                errors.append(f"{service.name}: {error}")
     if errors:
         raise ServiceError("; ".join(errors))
     return stopped

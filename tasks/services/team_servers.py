@@ -55,6 +55,7 @@ DVC_REMOTE_NAME = "team"
 # Stopped in this order, before PostgreSQL: a Prefect worker whose server is gone hangs in its
 # graceful shutdown, so the worker goes first.
 SERVERS = ("worker", "mlflow", "prefect")
+STOP_TIERS = (("worker",), ("mlflow", "prefect"))  # the worker, then both servers at once
 # How often the worker asks the server for scheduled runs, unless the user set it: a deployment run starts
 # within 2 s instead of Prefect's default 10 (one request to a server on the team's network each time).
 WORKER_QUERY_SECONDS = "2"
@@ -265,7 +266,7 @@ def team_up(settings: TeamSettings) -> None:
 def team_down(settings: TeamSettings) -> list[str]:
     """Stop the worker, the servers, then PostgreSQL; the names of what was running."""
     try:
-        stopped = stop_services([service(settings, name) for name in SERVERS])
+        stopped = stop_services(*([service(settings, name) for name in tier] for tier in STOP_TIERS))
     finally:
         postgres_stopped = stop_postgres(settings)  # even when a server could not be stopped
     return [*stopped, "postgres"] if postgres_stopped else stopped

@@ -211,3 +211,50 @@ def test_stop_gives_up_with_an_error_on_a_group_that_outlives_the_kill(
         assert wait_until_gone(leader.pid, GONE_SECONDS)
     finally:
         member.wait()
+
+
+# A service that, on TERM, notes which other services had been sent TERM and which had exited: it waits
+# up to PEER_SECONDS for its peer's TERM (a peer stopped at the same time gets it at once), then says
+# "exited" in a marker file and exits. argv: its folder, its name, its peer's name ("" for none).
+NOTING = textwrap.dedent(
+    """
+    import signal, sys, time
+    from pathlib import Path
+    folder, name, peer = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    def noted(*_):
+        (folder / f"{name}.term").touch()
+        deadline = time.monotonic() + 3.0
+        while peer and not (folder / f"{peer}.term").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen = sorted(path.stem for path in folder.glob("*.term") if path.stem != name)
+        exited = sorted(path.stem for path in folder.glob("*.exited"))
+        (folder / f"{name}.noted").write_text(f"{','.join(seen)} {','.join(exited)}")
+        (folder / f"{name}.exited").touch()
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, noted)
+    print("ready", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_services_of_a_tier_stop_at_once_and_tiers_one_after_the_other(tmp_path: Path, killer: list[int]) -> None:
+    """`make down` stops the clients together, then the servers together: within a tier every service
+    has been sent TERM before any has exited (each saw its peer's TERM), and a later tier's service
+    gets TERM only once the earlier tier has exited."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    peers = {"worker": "scorer", "scorer": "worker", "server": ""}
+    services = {name: Service(name, tmp_path) for name in peers}
+    for name, service in services.items():
+        process = service.start([sys.executable, "-c", NOTING, str(markers), name, peers[name]], dict(os.environ))
+        assert process is not None
+        killer.append(process.pid)
+        wait_for_line(service.log_file, "ready")
+    stopped = supervisor.stop_services(
+        [services["worker"], services["scorer"]], [services["server"]], grace_seconds=START_SECONDS
+    )
+    assert stopped == ["worker", "scorer", "server"]
+    noted = {name: (markers / f"{name}.noted").read_text().split(" ") for name in peers}
+    assert noted["worker"][0] == "scorer" and noted["scorer"][0] == "worker"  # sent TERM together
+    assert noted["server"] == ["scorer,worker", "scorer,worker"]  # after both had exited
