@@ -37,6 +37,7 @@ def package_task(paths: ProjectPaths, config: PackageConfig) -> dict[str, object
     from tasks.data.manifest import read_manifest
     from tasks.data.prepare import settings_from_params
     from tasks.evaluation.scores import load_scores
+    from tasks.model.classifier import LogitScorer
     from tasks.model.embedding_spec import EmbeddingSpec
     from tasks.model.head import load_head
     from tasks.model.keras_files import save_model_file
@@ -63,8 +64,9 @@ def package_task(paths: ProjectPaths, config: PackageConfig) -> dict[str, object
         EmbeddingSpec.of(config.model),
     )
     verifier, table = load_verifier(paths.verifier_file), load_scores(paths.scores_file)
-    difference = check_scores(classifier, verifier, table, read_manifest(paths.manifest_file), paths.root)
-    check_serving_path(classifier, verifier, table, paths.root, classes, settings_from_params(config.prepare))
+    scorer = LogitScorer(classifier)  # one traced graph for both checks
+    difference = check_scores(scorer, verifier, table, read_manifest(paths.manifest_file), paths.root)
+    check_serving_path(scorer, verifier, table, paths.root, classes, settings_from_params(config.prepare))
     save_model_file(classifier, paths.classifier_file)
     record: dict[str, object] = {
         "classifier_sha256": sha256_file(paths.classifier_file),

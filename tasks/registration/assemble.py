@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from tasks.model.head import HeadWeights
 from tasks.model.verifier import WriterVerifier
 from tasks.training.input_pipeline import read_grey_image
 from tasks.workspace.errors import ModelFileError
+
+if TYPE_CHECKING:
+    from tasks.model.classifier import LogitScorer
 
 CHECKED_IMAGES = 8  # validation images the packaged model scores again before it is registered
 # Largest difference allowed between the packaged model's scores and the light stages' (logits and
@@ -93,19 +97,17 @@ def checked_rows(table: ScoreTable, count: int) -> np.ndarray:
 
 
 def check_scores(
-    classifier, verifier: WriterVerifier, table: ScoreTable, rows: Sequence[dict[str, str]], root: Path
+    scorer: LogitScorer, verifier: WriterVerifier, table: ScoreTable, rows: Sequence[dict[str, str]], root: Path
 ) -> float:
-    """Score the first `CHECKED_IMAGES` validation images with the packaged `classifier` and compare its
-    logits and verifier scores with the score table's; returns the largest difference, or raises
+    """Score the first `CHECKED_IMAGES` validation images with the packaged classifier (its `scorer`) and
+    compare its logits and verifier scores with the score table's; returns the largest difference, or raises
     ModelFileError naming the image when it exceeds `SCORE_TOLERANCE`."""
-    from tasks.model.classifier import LogitScorer
-
     prepared = {row["path"]: root / row["prepared_path"] for row in rows}
     chosen = checked_rows(table, CHECKED_IMAGES)
     if not len(chosen):
         return 0.0
     images = np.stack([read_grey_image(prepared[str(table.paths[index])])[..., 0] for index in chosen])
-    outputs = LogitScorer(classifier).of_grey(images)
+    outputs = scorer.of_grey(images)
     differences = np.maximum(
         np.abs(outputs.logits - table.logits[chosen]).max(axis=1),
         np.abs(verifier.scores(outputs.embeddings) - table.verification[chosen]).max(axis=1),
@@ -121,7 +123,7 @@ def check_scores(
 
 
 def check_serving_path(
-    classifier,
+    scorer: LogitScorer,
     verifier: WriterVerifier,
     table: ScoreTable,
     root: Path,
@@ -130,8 +132,9 @@ def check_serving_path(
 ) -> None:
     """Answer the first checked validation image's raw file through the serving code (decoding,
     preprocessing, scoring, answers: `tasks.serving.inference.SignatureClassifier`) with the packaged
-    classifier, and compare the answer with the evaluate stage's scores of that image: the same top
-    writer and its verifier score within `SCORE_TOLERANCE`. Raises ModelFileError naming the image."""
+    classifier (its `scorer`, the one `check_scores` ran: one traced graph for both), and compare the
+    answer with the evaluate stage's scores of that image: the same top writer and its verifier score
+    within `SCORE_TOLERANCE`. Raises ModelFileError naming the image."""
     from tasks.serving.inference import SignatureClassifier
     from tasks.serving.model_input import items_from
 
@@ -142,9 +145,7 @@ def check_serving_path(
     image = root / str(table.paths[index])
     # No threshold: every answer names its top writer (the calibrated one is fitted later, by calibrate).
     calibration = {"classes": list(classes), "temperature": 1.0, "threshold": -np.inf, "unknown_class_id": len(classes)}
-    (answer,) = SignatureClassifier(classifier, verifier, calibration, settings, top_k=1).answers(
-        items_from([str(image)])
-    )
+    (answer,) = SignatureClassifier(scorer, verifier, calibration, settings, top_k=1).answers(items_from([str(image)]))
     top = int(np.argmax(table.logits[index]))
     if (
         answer.error

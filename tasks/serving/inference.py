@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from tasks.serving.answers import UNKNOWN_WRITER, Answer, match_writer
 from tasks.serving.model_files import read_calibration, read_model_file, read_preprocess
 from tasks.serving.model_input import InputItem, input_problem
 from tasks.workspace.errors import ModelInputError
+
+if TYPE_CHECKING:
+    from tasks.model.classifier import LogitScorer
 
 ARTIFACT_CLASSIFIER = "classifier"
 ARTIFACT_CALIBRATION = "calibration"
@@ -71,19 +74,20 @@ def preprocess_item(item: InputItem, settings: PreprocessSettings) -> tuple[np.n
 
 
 class SignatureClassifier:
-    """The classifier with its verifier, calibration and preprocessing: images in, calibrated answers out."""
+    """The classifier with its verifier, calibration and preprocessing: images in, calibrated answers out.
+
+    Built on the classifier's `LogitScorer` (`with_classifier` makes one), so a caller that has one already
+    (the package stage checks the same classifier twice) reuses its traced graph instead of tracing another."""
 
     def __init__(
         self,
-        classifier: Any,
+        scorer: LogitScorer,
         verifier: WriterVerifier,
         calibration: dict[str, Any],
         settings: PreprocessSettings,
         top_k: int,
     ) -> None:
-        from tasks.model.classifier import LogitScorer
-
-        self.scorer = LogitScorer(classifier)
+        self.scorer = scorer
         self.verifier = verifier
         self.classes: list[str] = list(calibration["classes"])
         self.temperature = float(calibration["temperature"])
@@ -110,9 +114,11 @@ class SignatureClassifier:
         cls, classifier: Any, verifier_file: Path, calibration_file: Path, preprocess_file_: Path
     ) -> SignatureClassifier:
         """`from_files` for a Keras classifier already in memory (the package stage has just built it)."""
+        from tasks.model.classifier import LogitScorer
+
         settings, top_k = read_model_file(preprocess_file_, "the preprocessing settings", read_preprocess)
         return cls(
-            classifier,
+            LogitScorer(classifier),
             read_model_file(verifier_file, "the verifier", load_verifier),
             read_model_file(calibration_file, "the calibration", read_calibration),
             settings,

@@ -76,11 +76,11 @@ def test_the_packaged_model_is_checked_against_the_light_stages_scores(
     )
     rows = validation_images(tmp_path, 3)
     table = score_table(classifier, verifier, rows, tmp_path)
-    assert check_scores(classifier, verifier, table, rows, tmp_path) <= SCORE_TOLERANCE
+    assert check_scores(LogitScorer(classifier), verifier, table, rows, tmp_path) <= SCORE_TOLERANCE
     # A head (or embeddings) out of step with what evaluate scored: refused, naming the image.
     table.logits[1, 2] += 10 * SCORE_TOLERANCE
     with pytest.raises(ModelFileError, match=r"scores raw/1\.tif .* away from the evaluate stage's scores.*dvc repro"):
-        check_scores(classifier, verifier, table, rows, tmp_path)
+        check_scores(LogitScorer(classifier), verifier, table, rows, tmp_path)
 
 
 def test_a_base_other_than_the_one_that_embedded_is_refused(verifier: WriterVerifier, tmp_path: Path) -> None:
@@ -125,8 +125,12 @@ def test_the_serving_code_answers_a_raw_image_as_evaluate_scored_it(verifier: Wr
     )
     table = score_table(classifier, verifier, rows, tmp_path)
     classes = ["a", "b", "c"]
-    check_serving_path(classifier, verifier, table, tmp_path, classes, settings)
+    scorer = LogitScorer(classifier)
+    check_scores(scorer, verifier, table, rows, tmp_path)
+    check_serving_path(scorer, verifier, table, tmp_path, classes, settings)
+    # package's two checks run one traced graph: the serving path reuses the scorer check_scores traced.
+    assert scorer.forward_grey.experimental_get_tracing_count() == 1
     top = int(np.argmax(table.logits[0]))
     table.verification[0, top] += 10 * SCORE_TOLERANCE  # the stages scored something else
     with pytest.raises(ModelFileError, match=r"serving code answers raw/0\.png .* evaluate scored it writer"):
-        check_serving_path(classifier, verifier, table, tmp_path, classes, settings)
+        check_serving_path(scorer, verifier, table, tmp_path, classes, settings)

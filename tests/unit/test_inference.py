@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tasks.data.images import PreprocessSettings
-from tasks.model.classifier import POOL_NAME
+from tasks.model.classifier import POOL_NAME, LogitScorer
 from tasks.model.keras_head import HEAD_OUTPUT
 from tasks.model.verifier import WriterVerifier
 from tasks.serving.answers import UNKNOWN_WRITER, answers_frame
@@ -51,7 +51,7 @@ def tiny_verifier() -> WriterVerifier:
 
 def model(threshold: float) -> SignatureClassifier:
     calibration = {"classes": ["a", "b", "c"], "temperature": 1.0, "threshold": threshold, "unknown_class_id": 3}
-    return SignatureClassifier(tiny_classifier(), tiny_verifier(), calibration, SETTINGS, top_k=2)
+    return SignatureClassifier(LogitScorer(tiny_classifier()), tiny_verifier(), calibration, SETTINGS, top_k=2)
 
 
 def mean_grey(path: Path) -> float:
@@ -96,7 +96,7 @@ def test_a_calibration_with_platt_parameters_prints_the_calibrated_claim_probabi
         "confidence_slope": 4.0,
         "confidence_intercept": -1.0,
     }
-    platt = SignatureClassifier(tiny_classifier(), tiny_verifier(), calibration, SETTINGS, top_k=2)
+    platt = SignatureClassifier(LogitScorer(tiny_classifier()), tiny_verifier(), calibration, SETTINGS, top_k=2)
     answer = platt.answers(items_from([str(signature_file)]))[0]
     grey = mean_grey(signature_file)
     claims = {"a": grey / 255, "b": 2 * grey / 255}  # the verifier's scores (tiny_verifier)
@@ -171,6 +171,6 @@ def test_a_row_claiming_a_writer_gets_that_claims_score_and_verdict(signature_fi
 
 def test_a_claim_names_the_writer_as_the_dataset_does(signature_file: Path) -> None:
     calibration = {"classes": ["001", "002", "003"], "temperature": 1.0, "threshold": 0.0, "unknown_class_id": 3}
-    classifier = SignatureClassifier(tiny_classifier(), tiny_verifier(), calibration, SETTINGS, top_k=2)
+    classifier = SignatureClassifier(LogitScorer(tiny_classifier()), tiny_verifier(), calibration, SETTINGS, top_k=2)
     answer = classifier.answers(items_from(pd.DataFrame({"path": [str(signature_file)], "claimed_writer": [2]})))[0]
     assert (answer.claimed_writer, answer.claim_accepted) == ("002", True)

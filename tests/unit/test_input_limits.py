@@ -17,6 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tasks.data.images import ImageTooLargeError, read_grey
+from tasks.model.classifier import LogitScorer
 from tasks.serving.inference import SignatureClassifier
 from tasks.serving.model_input import PATHS_REFUSED, items_from
 from tasks.workspace.errors import ModelInputError
@@ -79,7 +80,7 @@ def test_one_oversized_image_gets_an_error_row_and_the_others_are_answered(tmp_p
     signature.save(buffer, format="PNG")
     settings = replace(SETTINGS, max_pixels=100_000)
     calibration = {"classes": ["a", "b", "c"], "temperature": 1.0, "threshold": 0.0, "unknown_class_id": 3}
-    model = SignatureClassifier(tiny_classifier(), tiny_verifier(), calibration, settings, top_k=2)
+    model = SignatureClassifier(LogitScorer(tiny_classifier()), tiny_verifier(), calibration, settings, top_k=2)
     answers = model.answers(items_from([buffer.getvalue(), png_declaring(400, 300), buffer.getvalue()]))
     assert [answer.error == "" for answer in answers] == [True, False, True]
     assert answers[1].error == (

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tasks.model.classifier import LogitScorer
 from tasks.model.verifier import save_verifier
 from tasks.serving.inference import SignatureClassifier
 from tasks.serving.model_files import ARTIFACT_DIGESTS, DIGESTS_FILE_NAME, packaged_model_errors, verify_packaged_files
@@ -184,7 +185,7 @@ def test_the_declared_signature_is_what_mlflow_infers_from_answers(store: Projec
     from tasks.serving.answers import answers_frame
     from tasks.serving.model_input import items_from
 
-    model = SignatureClassifier(tiny_classifier(), tiny_verifier(), CALIBRATION, SETTINGS, top_k=2)
+    model = SignatureClassifier(LogitScorer(tiny_classifier()), tiny_verifier(), CALIBRATION, SETTINGS, top_k=2)
     example = pd.DataFrame({"path": [str(store.root / "signature.png")], "claimed_writer": ["a"]})
     inferred = infer_signature(example, answers_frame(model.answers(items_from(example)))).outputs.inputs
     declared = model_signature().outputs.inputs
