@@ -59,9 +59,7 @@ from tasks.workspace.prefect_home import keep_prefect_state_in_workspace
 DEFAULT_RUN_DIR = ".run"
 LOCAL_CREDENTIALS_FILE = "credentials.env"
 LOCAL_AUTH_DATABASE_FILE = "mlflow-auth.db"
-# Started in the reverse order; stopped in this order: the model server and the worker before the servers they talk to.
-SERVICES = ("scorer", "worker", "mlflow", "prefect-server")
-# How `down` stops them: the clients (model server, worker) at once, then the two servers at once.
+# The services, as `down` stops them: the clients (model server, worker) at once, then the servers they talk to at once.
 STOP_TIERS = (("scorer", "worker"), ("mlflow", "prefect-server"))
 ALREADY_UP = "already up (make down first)"
 TITLES = {"prefect-server": "the Prefect server", "mlflow": "the MLflow server"}  # in errors naming a server
@@ -112,7 +110,7 @@ def sourced_variables(credentials_file: Path) -> dict[str, str]:
 
 
 def service_environments(credentials: dict[str, str], prefect_url: str) -> dict[str, dict[str, str]]:
-    """Each process's environment (SERVICES' names, and "deploy" for the deployment's commands): this
+    """Each process's environment (the names in STOP_TIERS, and "deploy" for the deployment's commands): this
     environment without the servers' secrets nor any value of credentials.env (a shell that sourced it
     holds the MLflow admin's login), plus what that process needs of `credentials` and no more."""
     base = without_server_secrets(os.environ)
