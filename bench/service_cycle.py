@@ -19,8 +19,7 @@ import argparse
 import json
 import os
 import platform
-import socket
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,18 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lean_pipeline import AFTER, PROJECT_ROOT, environment, workspace_of
+from lean_pipeline import AFTER, PROJECT_ROOT, environment, summary, workspace_of
+
+from tasks.runtime.prefect_api import free_port
 
 RESULTS_FILE = PROJECT_ROOT / "bench" / "results" / "service_cycle.json"
 STEP_TIMEOUT_SECONDS = 600
 OPEN_FOLDER_MODE = 0o755  # the team folder: PostgreSQL's user must enter it when this runs as root
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def timed_step(command: list[str], cwd: Path, variables: dict[str, str]) -> float:
@@ -86,20 +80,8 @@ def team_round(revision: str, scratch: Path) -> dict[str, float]:
         up = timed_step([*module, "up"], workspace, variables)
         down = timed_step([*module, "down"], workspace, variables)
     finally:
-        subprocess.run(["rm", "-rf", str(folder)], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
     return {"team_up": up, "team_down": down}
-
-
-def summary(rounds: list[dict[str, float]]) -> dict[str, object]:
-    """Every round's seconds and their median, per measurement."""
-    names = rounds[0].keys()
-    return {
-        name: {
-            "rounds": [round(item[name], 2) for item in rounds],
-            "median": round(statistics.median(item[name] for item in rounds), 2),
-        }
-        for name in names
-    }
 
 
 def main() -> None:
